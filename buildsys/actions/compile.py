@@ -1,0 +1,58 @@
+"""The compile action: a spec becomes a Keras 3 functional model with named input and output.
+
+Preprocessing (the input's scale and offset) is a `Rescaling` layer inside the graph, so exported models take
+raw pixels and no client re-implements it. The last layer is named after the spec's output (`probabilities`),
+which is the name the SavedModel signature and the ONNX graph carry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from buildsys.actions import tensorflow
+from buildsys.dsl.hp import resolve
+from buildsys.dsl.layers import WeightRule
+from buildsys.dsl.specs import ModelSpec
+
+
+def _weight_rule(rule: WeightRule) -> Any:
+    import keras
+
+    arguments = dict(rule.args)
+    if rule.kind == "max_norm":
+        return keras.constraints.MaxNorm(max_value=arguments["max_value"], axis=arguments["axis"])
+    return keras.regularizers.L1L2(l1=arguments["l1"], l2=arguments["l2"])
+
+
+def build_model(spec: ModelSpec, hparams: dict[str, Any]) -> Any:
+    """The uncompiled Keras model for `spec` with hyperparameters set to `hparams`."""
+    tensorflow()
+    import keras
+
+    image = keras.Input(shape=spec.inputs.shape, dtype=spec.inputs.dtype, name=spec.inputs.name)
+    tensor = keras.layers.Rescaling(spec.inputs.scale, spec.inputs.offset, name="preprocess")(image)
+    for index, layer in enumerate(spec.layers):
+        arguments = {name: resolve(value, hparams) for name, value in layer.args}
+        arguments = {
+            name: _weight_rule(value) if isinstance(value, WeightRule) else value for name, value in arguments.items()
+        }
+        if index == len(spec.layers) - 1:
+            arguments.setdefault("name", spec.output_name)
+        tensor = getattr(keras.layers, layer.kind)(**arguments)(tensor)
+    return keras.Model(inputs=image, outputs=tensor, name=spec.name)
+
+
+def compile_model(model: Any, spec: ModelSpec, hparams: dict[str, Any]) -> Any:
+    """Attaches optimizer, loss and metrics; the learning rate may be a hyperparameter."""
+    import keras
+
+    optimizer = keras.optimizers.get(spec.train.optimizer)
+    rate = resolve(spec.train.learning_rate, hparams)
+    if rate is not None:
+        optimizer.learning_rate = rate
+    model.compile(optimizer=optimizer, loss=spec.train.loss, metrics=list(spec.train.metrics))
+    return model
+
+
+def parameter_count(model: Any) -> int:
+    return int(model.count_params())

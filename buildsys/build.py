@@ -1,0 +1,240 @@
+"""The build of one target: plan its cache key, and when nothing matches, run the actions and publish.
+
+Planning (hyperparameters, seed, data fingerprint, key, lookup in the output tree) imports no TensorFlow, so an
+up-to-date target costs a few file reads. The actions run in order — load data, compile, train, evaluate, export,
+verify — each reported on one line with its wall time; the version is assembled in a staging folder that is
+removed on any failure or interrupt and renamed into place only when everything passed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from buildsys import sources
+from buildsys.cache import CacheKey, cache_key
+from buildsys.dsl.specs import ModelSpec, validate
+from buildsys.errors import BuildsysError, DefinitionError
+from buildsys.store import OutputTree
+from buildsys.workspace import Target
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Command-line settings that shape a build."""
+
+    force: bool = False
+    quiet: bool = False
+    strategy: str = "auto"
+    seed: int | None = None
+    data_dir: Path | None = None
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class BuildResult:
+    label: str
+    status: str  # "up to date" | "built"
+    version: int
+    content_hash: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "status": self.status,
+            "version": self.version,
+            "content_hash": self.content_hash,
+            "metrics": self.metrics,
+            "timings": self.timings,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a build would be keyed on; `key` is None while the data is not on this machine yet."""
+
+    hparams: dict[str, Any]
+    seed: int
+    key: CacheKey | None
+    published_version: int | None
+
+
+def resolve_hparams(spec: ModelSpec, overrides: dict[str, Any]) -> dict[str, Any]:
+    """Defaults overlaid with `overrides`; every override must name a declared hyperparameter and fit its space."""
+    declared = spec.hyperparameters()
+    for name, value in overrides.items():
+        if name not in declared:
+            known = ", ".join(sorted(declared)) or "none"
+            raise DefinitionError(
+                f"{spec.name} declares no hyperparameter {name!r} (it declares: {known}).", spec.location
+            )
+        declared[name].check(value)
+    values = {**spec.default_hparams(), **overrides}
+    validate(spec, values)
+    return dict(sorted(values.items()))
+
+
+def plan(target: Target, tree: OutputTree, options: BuildOptions) -> Plan:
+    """Computes the target's key and finds a published version built from it. Imports no TensorFlow."""
+    spec = target.spec
+    hparams = resolve_hparams(spec, options.hparams)
+    seed = spec.train.seed if options.seed is None else options.seed
+    fingerprint = sources.fingerprint(spec.data, options.data_dir)
+    key = cache_key(spec, fingerprint, seed, hparams) if fingerprint else None
+    published = tree.find_version(spec.name, key.digest) if key else None
+    return Plan(hparams, seed, key, published)
+
+
+class Reporter:
+    """Prints one line per action with its wall time, and keeps the timings for the manifest."""
+
+    def __init__(self, label: str, quiet: bool) -> None:
+        self.label = label
+        self.quiet = quiet
+        self.timings: dict[str, float] = {}
+
+    def say(self, message: str) -> None:
+        if not self.quiet:
+            print(f"{self.label}: {message}", flush=True)
+
+    @contextmanager
+    def action(self, name: str) -> Iterator[None]:
+        if not self.quiet:
+            print(f"{self.label}: {name} ...", flush=True)
+        started = time.perf_counter()
+        yield
+        self.timings[name] = round(time.perf_counter() - started, 3)
+        self.say(f"{name} done in {self.timings[name]:.2f}s")
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for package in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def build(target: Target, tree: OutputTree, options: BuildOptions) -> BuildResult:
+    """Builds `target` unless a published version has the same key; returns what happened.
+
+    Raises:
+        BuildsysError: for bad data, a failed parity check, or a strategy this machine cannot run; nothing is
+            published and the staging folder is removed.
+    """
+    spec = target.spec
+    reporter = Reporter(target.label, options.quiet)
+    current = plan(target, tree, options)
+    if current.published_version is not None and not options.force:
+        reporter.say(f"up to date (version {current.published_version})")
+        return BuildResult(target.label, "up to date", current.published_version, current.key.digest)
+
+    started = time.perf_counter()
+    from buildsys.actions.data import check_and_split
+
+    with reporter.action("load data"):
+        dataset = sources.load(spec.data, options.data_dir)
+        splits = check_and_split(dataset, spec, current.seed)
+    key = current.key
+    if key is None:  # the data was fetched just now: key the build on what arrived
+        fingerprint = sources.fingerprint(spec.data, options.data_dir)
+        if fingerprint is None:
+            raise BuildsysError(f"{target.label}: the data was loaded but its files cannot be found to fingerprint")
+        key = cache_key(spec, fingerprint, current.seed, current.hparams)
+        published = tree.find_version(spec.name, key.digest)
+        if published is not None and not options.force:
+            reporter.say(f"up to date (version {published})")
+            return BuildResult(target.label, "up to date", published, key.digest)
+
+    staging = tree.staging_dir(spec.name)
+    try:
+        manifest = _run_actions(target, splits, current, key, staging, options, reporter)
+        manifest["timings"]["total"] = round(time.perf_counter() - started, 3)
+        with reporter.action("publish"):
+            version = tree.publish(spec.name, staging, manifest, spec.export.max_batch_size)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    reporter.say(f"published version {version} to {tree.model_dir(spec.name) / str(version)}")
+    return BuildResult(target.label, "built", version, key.digest, manifest["metrics"]["test"], reporter.timings)
+
+
+def _run_actions(
+    target: Target, splits: Any, current: Plan, key: CacheKey, staging: Path, options: BuildOptions, reporter: Reporter
+) -> dict[str, Any]:
+    """compile → train → evaluate → export → verify, into `staging`; returns the manifest (without version)."""
+    from buildsys.actions.compile import parameter_count
+    from buildsys.actions.evaluate import evaluate
+    from buildsys.actions.export import export
+    from buildsys.actions.train import build_in_scope, fit
+    from buildsys.actions.verify import verify
+
+    spec = target.spec
+    verbose = 0 if options.quiet else (1 if sys.stdout.isatty() else 2)
+    with reporter.action("compile"):
+        model, strategy = build_in_scope(spec, current.hparams, current.seed, options.strategy)
+    reporter.say(
+        f"strategy {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s), "
+        f"{parameter_count(model):,} parameters"
+    )
+    with reporter.action("train"):
+        history = fit(model, strategy, spec, splits, current.seed, verbose)
+    with reporter.action("evaluate"):
+        metrics = evaluate(model, spec, splits)
+    reporter.say("test " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
+    with reporter.action("export"):
+        tensors = export(model, spec, staging)
+    with reporter.action("verify"):
+        parity = verify(model, spec, staging, splits.x_test)
+    reporter.say(
+        f"parity: ONNX {parity['onnx_max_abs_diff']:.2g}, SavedModel {parity['savedmodel_max_abs_diff']:.2g} "
+        f"(max abs over {parity['samples']} inputs)"
+    )
+    shape = spec.inputs.shape
+    return {
+        "format": 1,
+        "name": spec.name,
+        "label": target.label,
+        "content_hash": key.digest,
+        "created": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "platform": "onnxruntime_onnx",
+        "files": {"onnx": "model.onnx", "savedmodel": "model.savedmodel"},
+        "inputs": tensors["inputs"],
+        "outputs": tensors["outputs"],
+        "opset": tensors["opset"],
+        "class_names": list(spec.class_names),
+        "image": {
+            "height": shape[0],
+            "width": shape[1],
+            "channels": shape[2] if len(shape) == 3 else 1,
+            "color_mode": "rgb" if len(shape) == 3 and shape[2] == 3 else "grayscale",
+        },
+        "metrics": {"test": metrics},
+        "history": history,
+        "parity": parity,
+        "data_fingerprint": key.data_fingerprint,
+        "data_sizes": {
+            "train": len(splits.x_train),
+            "validation": len(splits.x_val),
+            "test": len(splits.x_test),
+        },
+        "seed": key.seed,
+        "hparams": key.hparams,
+        "params": parameter_count(model),
+        "strategy": {"name": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync},
+        "framework_versions": {**_versions(), "buildsys": key.versions["buildsys"]},
+        "spec": spec.to_json(),
+        "timings": dict(reporter.timings),
+    }

@@ -1,0 +1,47 @@
+"""The definition language: everything a `model_defs/*.py` file may use, and nothing else.
+
+Definitions start with `from buildsys.dsl import *`. The names below are the whole public surface; the rest of
+`buildsys` is internal. Importing this package never imports TensorFlow.
+"""
+
+from buildsys.dsl import datasets, hp
+from buildsys.dsl.layers import (
+    Activation,
+    AveragePooling2D,
+    BatchNormalization,
+    Conv2D,
+    Dense,
+    Dropout,
+    Flatten,
+    GlobalAveragePooling2D,
+    GlobalMaxPooling2D,
+    LeakyReLU,
+    MaxPooling2D,
+    Reshape,
+    l1_l2,
+    max_norm,
+)
+from buildsys.dsl.specs import export, image_input, model, train
+
+__all__ = [
+    "Activation",
+    "AveragePooling2D",
+    "BatchNormalization",
+    "Conv2D",
+    "Dense",
+    "Dropout",
+    "Flatten",
+    "GlobalAveragePooling2D",
+    "GlobalMaxPooling2D",
+    "LeakyReLU",
+    "MaxPooling2D",
+    "Reshape",
+    "datasets",
+    "export",
+    "hp",
+    "image_input",
+    "l1_l2",
+    "max_norm",
+    "model",
+    "train",
+]

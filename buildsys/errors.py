@@ -1,0 +1,88 @@
+"""The errors a user can fix, and where in a definition they point.
+
+Every such error is printed by the command line as one line (no traceback); problems with a definition start
+with `file:line:` so that editors and terminals can jump to it. Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+_DSL_PACKAGE_DIR = Path(__file__).resolve().parent / "dsl"
+
+
+@dataclass(frozen=True)
+class Location:
+    """A place in a definition file, shown relative to the current directory when possible."""
+
+    path: str
+    line: int
+
+    def __str__(self) -> str:
+        try:
+            shown = os.path.relpath(self.path)
+        except ValueError:  # a path on another drive
+            shown = self.path
+        if shown.startswith(".."):
+            shown = self.path
+        return f"{shown}:{self.line}"
+
+
+def caller_location() -> Location | None:
+    """Returns the first stack frame outside the definition language: the line of the user's definition.
+
+    Spec constructors call this so that a later validation error can name the line that wrote the bad value,
+    even though validation runs long after the constructor returned.
+    """
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = Path(frame.f_code.co_filename).resolve()
+        if _DSL_PACKAGE_DIR not in filename.parents:
+            return Location(str(filename), frame.f_lineno)
+        frame = frame.f_back
+    return None
+
+
+class BuildsysError(Exception):
+    """An error the user can fix; the command line prints it as one line and exits non-zero.
+
+    Attributes:
+        exit_code: 2 for bad definitions, labels and arguments (nothing was done), 1 for failures while
+            building.
+    """
+
+    exit_code = 1
+
+
+class DefinitionError(BuildsysError):
+    """A model definition is invalid. Raised before any data is loaded or any model is trained.
+
+    Example:
+        `model_defs/cifar10.py:14: Dense(units=...) expects a positive int. Received: "128" (str).`
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, location: Location | None = None) -> None:
+        self.location = location
+        self.message = message
+        super().__init__(f"{location}: {message}" if location else message)
+
+
+class DataError(BuildsysError):
+    """A dataset is missing, unreadable, or does not fit its definition (shapes, NaNs, labels out of range)."""
+
+
+class LabelError(BuildsysError):
+    """A label on the command line names no target."""
+
+    exit_code = 2
+
+
+def describe(value: object) -> str:
+    """Shows a received value the way error messages quote it: `"128" (str)`."""
+    shown = f'"{value}"' if isinstance(value, str) else repr(value)
+    return f"{shown} ({type(value).__name__})"

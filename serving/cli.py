@@ -1,0 +1,131 @@
+"""The ``serve`` command, shared by ``python -m serving`` and ``python -m buildsys serve`` (a buildsys.plugins
+entry point). Only argparse and the standard library are imported here; the server loads inside ``run``, so
+registering the command costs buildsys nothing.
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+COMMAND = "serve"
+HELP = "serve the built models over gRPC (Open Inference Protocol, ONNX Runtime)"
+# The names serving.runtime maps to ONNX Runtime settings (a test keeps the two lists equal).
+DEVICES = ("auto", "cuda", "cpu")
+GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Adds the serve flags to ``parser``."""
+    parser.add_argument("--repository", type=Path, default=Path("build-out/models"), help="model repository")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: local only)")
+    parser.add_argument("--port", type=_non_negative_int, default=8001, help="gRPC port (default 8001)")
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available")
+    runtime = parser.add_argument_group("ONNX Runtime")
+    runtime.add_argument(
+        "--intra-op-threads",
+        type=_non_negative_int,
+        default=0,
+        help="threads per model call (0: one per core)",
+    )
+    runtime.add_argument("--graph-optimization-level", choices=GRAPH_OPTIMIZATION_LEVELS, default="all")
+    batching = parser.add_argument_group("dynamic batching (defaults from each model's config.pbtxt)")
+    batching.add_argument("--max-batch-size", type=_positive_int, help="samples per merged model call")
+    batching.add_argument(
+        "--max-queue-delay-us", type=_non_negative_int, help="how long the oldest request waits for others"
+    )
+    batching.add_argument(
+        "--max-queue-size", type=_positive_int, help="waiting requests per model before UNAVAILABLE"
+    )
+    repository = parser.add_argument_group("repository")
+    repository.add_argument(
+        "--poll-interval",
+        type=_non_negative_float,
+        default=2.0,
+        help="seconds between rescans (0: no hot reload)",
+    )
+    repository.add_argument(
+        "--version-policy",
+        help="versions to serve: latest, latest:N, all or specific:1,3 (default: config.pbtxt's policy)",
+    )
+    security = parser.add_argument_group("security and operations")
+    security.add_argument("--tls-cert", type=Path, help="PEM certificate chain (with --tls-key)")
+    security.add_argument("--tls-key", type=Path, help="PEM private key (with --tls-cert)")
+    security.add_argument(
+        "--auth-token-file", type=Path, help="file holding the bearer token clients must send"
+    )
+    security.add_argument(
+        "--metrics-port", type=_non_negative_int, help="serve Prometheus /metrics on this port"
+    )
+    security.add_argument(
+        "--grace-period",
+        type=_non_negative_float,
+        default=30.0,
+        help="seconds in-flight requests get on SIGTERM",
+    )
+    security.add_argument("--threads", type=_positive_int, default=64, help="gRPC worker threads")
+    security.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Starts the server with the parsed flags; returns the exit code (2 for a configuration error)."""
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from serving.repository import BatchingOverrides
+    from serving.runtime import RuntimeOptions
+    from serving.server import ServerSettings, StartupError, serve
+    from serving.version_policy import VersionPolicy
+
+    try:
+        policy = VersionPolicy.parse(args.version_policy) if args.version_policy else None
+        settings = ServerSettings(
+            repository=args.repository,
+            host=args.host,
+            port=args.port,
+            runtime=RuntimeOptions(
+                device=args.device,
+                intra_op_threads=args.intra_op_threads,
+                graph_optimization_level=args.graph_optimization_level,
+            ),
+            batching=BatchingOverrides(
+                max_batch_size=args.max_batch_size,
+                max_queue_delay_us=args.max_queue_delay_us,
+                max_queue_size=args.max_queue_size,
+            ),
+            version_policy=policy,
+            poll_interval_s=args.poll_interval,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            auth_token_file=args.auth_token_file,
+            metrics_port=args.metrics_port,
+            grace_period_s=args.grace_period,
+            threads=args.threads,
+        )
+        return serve(settings)
+    except (ValueError, StartupError) as error:
+        print(f"serve: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,163 @@
+"""ONNX Runtime sessions for model versions: provider choice, session options, and an honest device report.
+
+``--device auto`` asks for CUDA when this ONNX Runtime build offers the CUDA execution provider; ``cuda``
+requires it; ``cpu`` never uses it. After a session is created its active providers are read back: CUDA that
+was asked for but is not active is logged loudly and kept in ``OnnxModel.device_warning`` (which the server
+reports in ServerMetadata, ModelMetadata and ModelConfig), or, with ``--device cuda``, refuses the model.
+There is no silent fallback.
+"""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from serving.errors import ModelLoadError
+from serving.signature import ONNX_DATATYPES, ModelSignature, format_shape
+
+log = logging.getLogger(__name__)
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+GRAPH_OPTIMIZATION_LEVELS = {
+    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+DEVICES = ("auto", "cuda", "cpu")
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How sessions are created. ``intra_op_threads`` 0 lets ONNX Runtime use one thread per core."""
+
+    device: str = "auto"
+    intra_op_threads: int = 0
+    graph_optimization_level: str = "all"
+
+
+def check_device_available(device: str) -> None:
+    """Fails early when ``--device cuda`` cannot work with the installed ONNX Runtime build.
+
+    Raises:
+        ValueError: naming the providers this build offers and how to get CUDA.
+    """
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
+    if device == "cuda" and CUDA not in ort.get_available_providers():
+        raise ValueError(
+            "--device cuda, but this ONNX Runtime build offers only "
+            f"{', '.join(ort.get_available_providers())}; "
+            "install onnxruntime-gpu on a machine with CUDA, or use --device cpu"
+        )
+
+
+def _requested_providers(device: str) -> list[str]:
+    if device == "cpu":
+        return [CPU]
+    if device == "cuda" or CUDA in ort.get_available_providers():
+        return [CUDA, CPU]
+    return [CPU]
+
+
+class OnnxModel:
+    """One ONNX Runtime session, checked against the manifest's signature before it may serve."""
+
+    def __init__(self, path: Path, signature: ModelSignature, options: RuntimeOptions) -> None:
+        """Creates the session and validates it.
+
+        Raises:
+            ModelLoadError: the file does not load, its tensors differ from the manifest, or CUDA is required
+                and inactive.
+        """
+        session_options = ort.SessionOptions()
+        session_options.intra_op_num_threads = options.intra_op_threads
+        # One inter-op thread: the models are sequential graphs, and the batcher already runs one call at a
+        # time.
+        session_options.inter_op_num_threads = 1
+        session_options.graph_optimization_level = GRAPH_OPTIMIZATION_LEVELS[options.graph_optimization_level]
+        session_options.log_severity_level = 3
+        requested = _requested_providers(options.device)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=session_options, providers=requested)
+        except Exception as error:  # ONNX Runtime raises several unrelated types for a bad file
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {first_line}") from error
+        self.providers: list[str] = self.session.get_providers()
+        self.device_warning: str | None = None
+        if CUDA in requested and CUDA not in self.providers:
+            message = (
+                f"{path}: CUDA was requested (--device {options.device}) but ONNX Runtime activated only "
+                f"{', '.join(self.providers)}; check the CUDA/cuDNN libraries that onnxruntime-gpu needs"
+            )
+            if options.device == "cuda":
+                raise ModelLoadError(message)
+            log.warning("!!! %s; this model runs on the CPU", message)
+            self.device_warning = message + "; running on CPU"
+        self._check_signature(path, signature)
+        self.signature = signature
+
+    def _check_signature(self, path: Path, signature: ModelSignature) -> None:
+        for kind, actual, specs in (
+            ("input", self.session.get_inputs(), signature.inputs),
+            ("output", self.session.get_outputs(), signature.outputs),
+        ):
+            actual_names = [a.name for a in actual]
+            if sorted(actual_names) != sorted(s.name for s in specs):
+                raise ModelLoadError(
+                    f"{path}: ONNX {kind}s {actual_names} differ from the manifest's "
+                    f"{[s.name for s in specs]}"
+                )
+            by_name = {a.name: a for a in actual}
+            for spec in specs:
+                node = by_name[spec.name]
+                datatype = ONNX_DATATYPES.get(node.type, node.type)
+                # ONNX writes a symbolic or unknown dimension as a string or None; the manifest as -1.
+                dims = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape)
+                if datatype != spec.datatype or len(dims) != len(spec.shape) or dims[0] != -1:
+                    raise ModelLoadError(
+                        f"{path}: ONNX {kind} '{spec.name}' is {datatype} {format_shape(dims)} but the "
+                        f"manifest says {spec.datatype} {format_shape(spec.shape)} "
+                        "(the batch dimension must be dynamic)"
+                    )
+                if any(want not in (-1, got) for want, got in zip(spec.shape[1:], dims[1:], strict=True)):
+                    raise ModelLoadError(
+                        f"{path}: ONNX {kind} '{spec.name}' has shape {format_shape(dims)}, manifest "
+                        f"{format_shape(spec.shape)}"
+                    )
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Runs one (merged) batch and returns every output by name."""
+        names = self.signature.output_names()
+        return dict(zip(names, self.session.run(names, inputs), strict=True))
+
+    def smoke_test(self) -> None:
+        """Runs a one-sample batch of zeros so a model that loads but cannot execute never serves.
+
+        Raises:
+            ModelLoadError: the run fails or an output's shape differs from the manifest.
+        """
+        sample = {
+            spec.name: np.zeros((1, *(d if d > 0 else 1 for d in spec.shape[1:])), dtype=spec.dtype)
+            for spec in self.signature.inputs
+        }
+        try:
+            outputs = self.run(sample)
+        except Exception as error:  # any runtime failure means the version must not serve
+            raise ModelLoadError(
+                f"a test run on zeros failed: {str(error).strip().splitlines()[0]}"
+            ) from error
+        for spec in self.signature.outputs:
+            got = outputs[spec.name].shape
+            if (
+                len(got) != len(spec.shape)
+                or got[0] != 1
+                or any(want not in (-1, g) for want, g in zip(spec.shape[1:], got[1:], strict=True))
+            ):
+                raise ModelLoadError(
+                    f"output '{spec.name}' of a one-sample test run has shape {format_shape(got)}, manifest "
+                    f"{format_shape(spec.shape)}"
+                )

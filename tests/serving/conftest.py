@@ -1,0 +1,283 @@
+"""Fixtures for the serving tests: a tiny real ONNX classifier published into a temporary output tree, and a
+real server subprocess that is forbidden to import TensorFlow, keras or buildsys.
+
+The model is built with the onnx helper API (no TensorFlow): image [batch, 8, 8] uint8 -> Cast -> Reshape ->
+MatMul + Add -> Softmax -> probabilities [batch, 10] FP32, with fixed random weights per seed. Versions are
+published the way the builder does it: a complete staging folder renamed into place.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import tritonclient.grpc as grpcclient
+from onnx import TensorProto, helper, numpy_helper
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+FORBIDDEN_MODULES = ("tensorflow", "keras", "buildsys")
+
+CONFIG_TEMPLATE = """\
+name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: {max_batch_size}
+input [
+  {{
+    name: "image"
+    data_type: TYPE_UINT8
+    dims: [ 8, 8 ]
+  }}
+]
+output [
+  {{
+    name: "probabilities"
+    data_type: TYPE_FP32
+    dims: [ 10 ]
+    label_filename: "labels.txt"
+  }}
+]
+dynamic_batching {{
+  max_queue_delay_microseconds: {delay_us}
+  default_queue_policy {{
+    max_queue_size: {queue_size}
+  }}
+}}
+version_policy: {{ latest: {{ num_versions: 1 }} }}
+"""
+
+
+def classifier_onnx(seed: int) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    weights = rng.normal(0, 0.05, size=(64, 10)).astype(np.float32)
+    bias = rng.normal(0, 0.1, size=(10,)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["image"], ["image_f"], to=TensorProto.FLOAT),
+            helper.make_node("Reshape", ["image_f", "flat_shape"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "weights"], ["logits_raw"]),
+            helper.make_node("Add", ["logits_raw", "bias"], ["logits"]),
+            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+        ],
+        "tiny_classifier",
+        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", 8, 8])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10])],
+        initializer=[
+            numpy_helper.from_array(np.array([-1, 64], dtype=np.int64), "flat_shape"),
+            numpy_helper.from_array(weights, "weights"),
+            numpy_helper.from_array(bias, "bias"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_config(
+    model_dir: Path, name: str, max_batch_size: int = 1024, delay_us: int = 500, queue_size: int = 256
+):
+    """Writes config.pbtxt and labels.txt atomically (temporary file + rename), as the builder does."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    for file_name, text in (
+        (
+            "config.pbtxt",
+            CONFIG_TEMPLATE.format(
+                name=name, max_batch_size=max_batch_size, delay_us=delay_us, queue_size=queue_size
+            ),
+        ),
+        ("labels.txt", "\n".join(CLASS_NAMES) + "\n"),
+    ):
+        temporary = model_dir / f".{file_name}.tmp"
+        temporary.write_text(text)
+        os.replace(temporary, model_dir / file_name)
+
+
+def publish_version(
+    repo: Path, name: str, version: int, seed: int, *, broken: bool = False, **config
+) -> Path:
+    """Publishes ``<repo>/<name>/<version>`` by renaming a complete staging folder, as the builder does.
+
+    Returns the version folder. With ``broken=True`` the model file is not ONNX, so the version is refused.
+    """
+    model_dir = repo / name
+    if not (model_dir / "config.pbtxt").exists() or config:
+        write_config(model_dir, name, **config)
+    staging = model_dir / f".staging-{version}-{os.getpid()}"
+    staging.mkdir()
+    (staging / "model.savedmodel").mkdir()
+    if broken:
+        (staging / "model.onnx").write_bytes(b"this is not an onnx file")
+    else:
+        onnx.save(classifier_onnx(seed), staging / "model.onnx")
+    manifest = {
+        "format": 1,
+        "name": name,
+        "label": f"//model_defs:{name}",
+        "version": version,
+        "content_hash": f"{seed:064x}",
+        "created": "2026-11-22T12:34:56Z",
+        "platform": "onnxruntime_onnx",
+        "files": {"onnx": "model.onnx", "savedmodel": "model.savedmodel"},
+        "inputs": [{"name": "image", "datatype": "UINT8", "shape": [-1, 8, 8]}],
+        "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}],
+        "class_names": CLASS_NAMES,
+        "image": {"height": 8, "width": 8, "channels": 1, "color_mode": "grayscale"},
+        "seed": seed,
+        "a_key_from_the_future": {"readers": "must ignore it"},
+    }
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    final = model_dir / str(version)
+    os.rename(staging, final)
+    return final
+
+
+def reference_probabilities(version_dir: Path, images: np.ndarray) -> np.ndarray:
+    """The same model run in-process with ONNX Runtime: what the server must answer."""
+    session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(["probabilities"], {"image": images})[0]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+IMPORT_GUARD = textwrap.dedent(
+    """
+    import os
+    import sys
+
+
+    class _ForbiddenImports:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in {forbidden!r}:
+                with open(os.environ["SERVING_IMPORT_GUARD_LOG"], "a") as log:
+                    log.write(name + "\\n")
+                raise ImportError(name + " must never be imported by the serving process")
+            return None
+
+
+    sys.meta_path.insert(0, _ForbiddenImports())
+    """
+).format(forbidden=FORBIDDEN_MODULES)
+
+
+@pytest.fixture(scope="session")
+def import_guard(tmp_path_factory) -> Path:
+    """A folder with a sitecustomize.py that records and refuses imports of TensorFlow, keras, buildsys."""
+    folder = tmp_path_factory.mktemp("import_guard")
+    (folder / "sitecustomize.py").write_text(IMPORT_GUARD)
+    return folder
+
+
+class ServerProcess:
+    """``python -m serving`` in a subprocess on a free port, with the import guard; stop() sends SIGTERM."""
+
+    def __init__(self, repo: Path, guard: Path, log_dir: Path, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"server-{self.port}.log"
+        self.forbidden_log = log_dir / f"forbidden-imports-{self.port}.log"
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(guard), str(PROJECT_ROOT)])
+        env["SERVING_IMPORT_GUARD_LOG"] = str(self.forbidden_log)
+        command = [
+            sys.executable,
+            "-m",
+            "serving",
+            "--repository",
+            str(repo),
+            "--port",
+            str(self.port),
+            *args,
+        ]
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - kept open for the process's lifetime
+        self.process = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT
+        )
+        self._wait_ready()
+
+    def log(self) -> str:
+        return self.log_path.read_text()
+
+    def _wait_ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if "(ready)" in self.log():
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
+            time.sleep(0.05)
+        self.process.kill()
+        raise RuntimeError(f"server not ready within {timeout_s} s:\n{self.log()}")
+
+    def wait_for_log(self, text: str, timeout_s: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while text not in self.log():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not logged within {timeout_s} s:\n{self.log()}")
+            time.sleep(0.05)
+
+    def stop(self, timeout_s: float = 30.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            code = self.process.wait(timeout_s)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+            self._log.close()
+        forbidden = self.forbidden_log.read_text() if self.forbidden_log.exists() else ""
+        assert not forbidden, f"the server tried to import: {forbidden}"
+        return code
+
+
+@pytest.fixture
+def start_server(import_guard, tmp_path):
+    """Starts servers for one test and stops them after it, checking the exit code and forbidden imports."""
+    servers: list[ServerProcess] = []
+
+    def start(repo: Path, *args: str) -> ServerProcess:
+        server = ServerProcess(repo, import_guard, tmp_path, *args)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        if server.process.poll() is None:
+            assert server.stop() == 0, server.log()
+
+
+@pytest.fixture(scope="session")
+def digits_repo(tmp_path_factory) -> Path:
+    repo = tmp_path_factory.mktemp("repository")
+    publish_version(repo, "digits", 1, seed=1)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def shared_server(digits_repo, import_guard, tmp_path_factory):
+    """One server for the read-only tests (metadata, inference, errors): started once, stopped at the end."""
+    server = ServerProcess(digits_repo, import_guard, tmp_path_factory.mktemp("shared-server"))
+    yield server
+    assert server.stop() == 0, server.log()
+
+
+@pytest.fixture
+def client(shared_server):
+    with grpcclient.InferenceServerClient(shared_server.url) as triton:
+        yield triton
+
+
+def images(count: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 17, size=(count, 8, 8), dtype=np.uint8)

@@ -1,0 +1,143 @@
+"""Hot reload under load, refusal of a broken version, and the repository load/unload RPCs, end to end."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from tests.serving.conftest import images, publish_version, reference_probabilities
+
+
+def wait_until(condition, timeout_s: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+class ContinuousLoad:
+    """Threads that call the model without pause, keeping every answer and every failure."""
+
+    def __init__(self, url: str, threads: int = 3) -> None:
+        self.batch = images(4, seed=42)
+        self.answers: list[tuple[str, np.ndarray]] = []
+        self.failures: list[Exception] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(url,)) for _ in range(threads)]
+        for thread in self._threads:
+            thread.start()
+
+    def _run(self, url: str) -> None:
+        with grpcclient.InferenceServerClient(url) as client:
+            tensor = grpcclient.InferInput("image", list(self.batch.shape), "UINT8")
+            tensor.set_data_from_numpy(self.batch)
+            while not self._stop.is_set():
+                try:
+                    result = client.infer("digits", [tensor])
+                    self.answers.append(
+                        (result.get_response().model_version, result.as_numpy("probabilities"))
+                    )
+                except InferenceServerException as error:
+                    self.failures.append(error)
+
+    def versions_seen(self) -> set[str]:
+        return {version for version, _ in list(self.answers)}
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
+def test_new_version_hot_swaps_under_load_with_no_failed_request(start_server, tmp_path):
+    repo = tmp_path / "models"
+    v1 = publish_version(repo, "digits", 1, seed=1)
+    server = start_server(repo, "--poll-interval", "0.2")
+    load = ContinuousLoad(server.url)
+    try:
+        wait_until(lambda: len(load.answers) > 20, what="answers from version 1")
+        v2 = publish_version(repo, "digits", 2, seed=2)
+        wait_until(lambda: "2" in load.versions_seen(), what="answers from version 2")
+        count = len(load.answers)
+        wait_until(lambda: len(load.answers) > count + 20, what="more answers after the swap")
+    finally:
+        load.stop()
+    assert load.failures == []
+    assert load.versions_seen() == {"1", "2"}
+    expected = {"1": reference_probabilities(v1, load.batch), "2": reference_probabilities(v2, load.batch)}
+    assert not np.array_equal(expected["1"], expected["2"])
+    for version, answer in load.answers:
+        np.testing.assert_array_equal(answer, expected[version])
+    # After the swap only the newest version serves (latest policy); version 1 is unloaded.
+    with grpcclient.InferenceServerClient(server.url) as client:
+        wait_until(lambda: not client.is_model_ready("digits", "1"), what="version 1 to unload")
+        assert list(client.get_model_metadata("digits").versions) == ["2"]
+    server.wait_for_log("model 'digits' version 1 unloaded")
+
+
+def test_broken_new_version_is_refused_and_the_previous_keeps_serving(start_server, tmp_path):
+    repo = tmp_path / "models"
+    v1 = publish_version(repo, "digits", 1, seed=1)
+    server = start_server(repo, "--poll-interval", "0.2")
+    load = ContinuousLoad(server.url, threads=2)
+    try:
+        publish_version(repo, "digits", 2, seed=2, broken=True)
+        server.wait_for_log("model 'digits' version 2 refused")
+        count = len(load.answers)
+        wait_until(lambda: len(load.answers) > count + 10, what="answers after the refusal")
+    finally:
+        load.stop()
+    assert load.failures == [] and load.versions_seen() == {"1"}
+    assert "ONNX Runtime cannot load it" in server.log()
+    with grpcclient.InferenceServerClient(server.url) as client:
+        assert client.is_model_ready("digits", "1") and not client.is_model_ready("digits", "2")
+        index = {(m.version, m.state): m.reason for m in client.get_model_repository_index().models}
+        assert ("1", "READY") in index and "refused" in index[("2", "UNAVAILABLE")]
+        np.testing.assert_array_equal(
+            client.infer("digits", [_tensor(load.batch)]).as_numpy("probabilities"),
+            reference_probabilities(v1, load.batch),
+        )
+    assert server.log().count("version 2 refused") == 1, "a refused version must not be retried on every poll"
+
+
+def _tensor(batch: np.ndarray) -> grpcclient.InferInput:
+    tensor = grpcclient.InferInput("image", list(batch.shape), "UINT8")
+    tensor.set_data_from_numpy(batch)
+    return tensor
+
+
+def test_repository_unload_and_load(start_server, tmp_path):
+    repo = tmp_path / "models"
+    publish_version(repo, "digits", 1, seed=1)
+    publish_version(repo, "broken", 1, seed=3, broken=True)
+    server = start_server(repo, "--poll-interval", "0.2")
+    with grpcclient.InferenceServerClient(server.url) as client:
+        assert client.is_model_ready("digits")
+        client.unload_model("digits")
+        assert not client.is_model_ready("digits")
+        with pytest.raises(InferenceServerException, match="NOT_FOUND"):
+            client.infer("digits", [_tensor(images(1))])
+        time.sleep(0.6)  # several polls: an unloaded model stays unloaded
+        assert not client.is_model_ready("digits")
+        index = {(m.name, m.version): (m.state, m.reason) for m in client.get_model_repository_index().models}
+        assert index[("digits", "")] == ("UNAVAILABLE", "unloaded through the repository API")
+
+        client.load_model("digits")
+        assert client.is_model_ready("digits")
+        assert client.infer("digits", [_tensor(images(2))]).as_numpy("probabilities").shape == (2, 10)
+
+        with pytest.raises(
+            InferenceServerException, match="FAILED_PRECONDITION.*broken.*ONNX Runtime cannot load"
+        ):
+            client.load_model("broken")
+        for name in ("ghost", "../digits", "Digits"):
+            with pytest.raises(InferenceServerException, match="NOT_FOUND"):
+                client.load_model(name)
+            with pytest.raises(InferenceServerException, match="NOT_FOUND"):
+                client.unload_model(name)
+        with pytest.raises(InferenceServerException, match="INVALID_ARGUMENT.*not supported"):
+            client.load_model("digits", config='{"max_batch_size": 1}')

@@ -38,6 +38,7 @@ class HyperParameter:
         if self.kind == "int":
             ok = isinstance(value, int) and not isinstance(value, bool)
             ok = ok and self.min_value <= value <= self.max_value
+            ok = ok and (self.step is None or (value - self.min_value) % self.step == 0)
         elif self.kind == "float":
             ok = isinstance(value, int | float) and not isinstance(value, bool)
             ok = ok and self.min_value <= value <= self.max_value

@@ -338,7 +338,10 @@ def infer_output_shape(layer: LayerSpec, input_shape: Shape, hparams: dict[str, 
     try:
         return tuple(LAYER_TYPES[layer.kind].infer_shape(tuple(input_shape), arguments))
     except ValueError as error:
-        raise DefinitionError(f"{layer.kind}: {error}.", layer.location) from None
+        text = str(error).rstrip(".")
+        if not text.startswith(layer.kind):
+            text = f"{layer.kind}: {text}"
+        raise DefinitionError(f"{text}.", layer.location) from None
 
 
 Dense = _make_constructor("Dense", LAYER_TYPES["Dense"])

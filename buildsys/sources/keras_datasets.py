@@ -27,6 +27,7 @@ FASHION_FILES = (
     "t10k-labels-idx1-ubyte.gz",
 )
 CIFAR_BIN_FILES = tuple(f"data_batch_{i}.bin" for i in range(1, 6)) + ("test_batch.bin",)
+KERAS_PYTHON_CIFAR = "cifar-10-batches-py-target/cifar-10-batches-py"  # what Keras' loader downloads and reads
 CIFAR_PY_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 
 # Where each dataset's files sit relative to a data folder or to Keras' cache, in order of preference.
@@ -111,32 +112,19 @@ def _from_files(name: str, folder: str, paths: list[Path]) -> tuple[np.ndarray, 
     if name == "fashion_mnist":
         x_train, y_train, x_test, y_test = (_read_idx(path) for path in paths)
         return x_train, y_train, x_test, y_test
-    if folder == "cifar-10-batches-bin":
-        batches = [_read_cifar_binary(path) for path in paths]
-        train = batches[:5]
-        return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), *batches[5])
-    return _download(name)  # Keras' own cache of the python version: its loader reads it
+    batches = [_read_cifar_binary(path) for path in paths]
+    train = batches[:5]
+    return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), *batches[5])
 
 
-def _download(name: str) -> tuple[np.ndarray, ...]:
+def _download(name: str, data_dir: Path | None) -> tuple[np.ndarray, ...]:
+    """Keras' own loader: its cache, or a checksum-verified download; one line on failure."""
     import keras
 
-    loader = {
-        "mnist": keras.datasets.mnist,
-        "fashion_mnist": keras.datasets.fashion_mnist,
-        "cifar10": keras.datasets.cifar10,
-    }[name]
-    (x_train, y_train), (x_test, y_test) = loader.load_data()
-    return x_train, y_train.reshape(-1), x_test, y_test.reshape(-1)
-
-
-def load(source: DataSource, data_dir: Path | None) -> Dataset:
-    name = dict(source.params)["name"]
-    found = _locate(name, data_dir)
+    loader = {"mnist": keras.datasets.mnist, "fashion_mnist": keras.datasets.fashion_mnist,
+              "cifar10": keras.datasets.cifar10}[name]  # fmt: skip
     try:
-        arrays = _from_files(name, *found) if found else _download(name)
-    except DataError:
-        raise
+        (x_train, y_train), (x_test, y_test) = loader.load_data()
     except Exception as error:  # a failed download: say what to put where instead of a traceback
         folder = data_dir_from_environment(data_dir) or keras_cache_dir()
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
@@ -144,5 +132,18 @@ def load(source: DataSource, data_dir: Path | None) -> Dataset:
             f"dataset {name!r} is not on this machine and could not be downloaded ({reason}); "
             f"put {WHERE_TO_GET[name]} into {folder} (or pass --data-dir / set BUILDSYS_DATA_DIR)"
         ) from None
+    return x_train, y_train.reshape(-1), x_test, y_test.reshape(-1)
+
+
+def load(source: DataSource, data_dir: Path | None) -> Dataset:
+    name = dict(source.params)["name"]
+    found = _locate(name, data_dir)
+    if found is None or found[0] == KERAS_PYTHON_CIFAR:
+        arrays = _download(name, data_dir)
+    else:
+        try:
+            arrays = _from_files(name, *found)
+        except (OSError, ValueError, KeyError, EOFError) as error:
+            raise DataError(f"{found[1][0].parent}: cannot read the {name} files: {error}") from None
     x_train, y_train, x_test, y_test = arrays
     return Dataset(x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64), source.class_names)

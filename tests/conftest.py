@@ -1,0 +1,46 @@
+"""Shared fixtures: throw-away workspaces, and one real build of `digits` reused by the tests that read it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_definition(root: Path, filename: str, source: str) -> Path:
+    """Writes a definition file into `root/model_defs/` and returns its path."""
+    path = root / "model_defs" / filename
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(textwrap.dedent(source).lstrip(), encoding="utf-8")
+    return path
+
+
+def run_buildsys(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Runs `python -m buildsys ARGS` in a subprocess, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "buildsys", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    """An empty workspace (a folder with model_defs/)."""
+    (tmp_path / "model_defs").mkdir()
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def digits_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A workspace holding the shipped `digits` definition, built once for the whole session."""
+    root = tmp_path_factory.mktemp("digits-workspace")
+    (root / "model_defs").mkdir()
+    shutil.copy(REPO / "model_defs" / "digits.py", root / "model_defs" / "digits.py")
+    result = run_buildsys("build", "//model_defs:digits", "--quiet", cwd=root)
+    assert result.returncode == 0, result.stderr
+    return root

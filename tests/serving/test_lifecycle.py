@@ -1,0 +1,247 @@
+"""Process-level behaviour: SIGTERM draining, TLS and bearer token, metrics, startup errors, and the rule that
+the serving process never imports TensorFlow, keras or buildsys."""
+
+import datetime
+import ipaddress
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+from tests.serving.conftest import PROJECT_ROOT, free_port, images, reference_probabilities
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
+def health_status(channel: grpc.Channel) -> int:
+    return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="")).status
+
+
+def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero(start_server, digits_repo):
+    metrics_port = free_port()
+    server = start_server(
+        digits_repo,
+        "--max-queue-delay-us",
+        "1500000",
+        "--metrics-port",
+        str(metrics_port),
+        "--grace-period",
+        "20",
+    )
+    batch = images(3, seed=9)
+    outcome: dict[str, object] = {}
+
+    def in_flight_call():
+        with grpcclient.InferenceServerClient(server.url) as client:
+            tensor = grpcclient.InferInput("image", [3, 8, 8], "UINT8")
+            tensor.set_data_from_numpy(batch)
+            outcome["result"] = client.infer("digits", [tensor]).as_numpy("probabilities")
+
+    caller = threading.Thread(target=in_flight_call)
+    caller.start()
+    deadline = time.monotonic() + 20
+    while 'serving_queue_depth{model="digits"} 1.0' not in scrape(metrics_port):
+        assert time.monotonic() < deadline, "the request never reached the queue"
+        time.sleep(0.02)
+
+    server.process.send_signal(signal.SIGTERM)
+    with grpc.insecure_channel(server.url) as channel:
+        deadline = time.monotonic() + 10
+        while health_status(channel) != health_pb2.HealthCheckResponse.NOT_SERVING:
+            assert time.monotonic() < deadline, "health never turned NOT_SERVING"
+            time.sleep(0.01)
+        assert caller.is_alive(), "the in-flight request should still be waiting in its batch"
+        with grpcclient.InferenceServerClient(server.url) as client:
+            assert not client.is_server_ready()
+            tensor = grpcclient.InferInput("image", [1, 8, 8], "UINT8")
+            tensor.set_data_from_numpy(images(1))
+            with pytest.raises(InferenceServerException, match="UNAVAILABLE.*shutting down"):
+                client.infer("digits", [tensor])
+    caller.join(20)
+    np.testing.assert_array_equal(
+        outcome["result"], reference_probabilities(digits_repo / "digits" / "1", batch)
+    )
+    assert server.process.wait(20) == 0
+    assert "shutting down: refusing new requests, 1 in flight" in server.log()
+
+
+def test_metrics_count_requests_by_status_and_batch_sizes(start_server, digits_repo):
+    metrics_port = free_port()
+    server = start_server(digits_repo, "--metrics-port", str(metrics_port))
+    with grpcclient.InferenceServerClient(server.url) as client:
+        tensor = grpcclient.InferInput("image", [2, 8, 8], "UINT8")
+        tensor.set_data_from_numpy(images(2))
+        client.infer("digits", [tensor])
+        with pytest.raises(InferenceServerException):
+            client.infer(
+                "digits",
+                [
+                    grpcclient.InferInput("image", [1, 8, 8], "FP32").set_data_from_numpy(
+                        np.zeros((1, 8, 8), np.float32)
+                    )
+                ],
+            )
+    text = scrape(metrics_port)
+    assert 'serving_requests_total{code="OK",model="digits"} 1.0' in text
+    assert 'serving_requests_total{code="INVALID_ARGUMENT",model="digits"} 1.0' in text
+    assert 'serving_batch_size_bucket{le="2.0",model="digits"} 1.0' in text
+    assert 'serving_request_latency_seconds_count{model="digits"} 2.0' in text
+
+
+def self_signed_certificate(folder):
+    """A certificate for 127.0.0.1/localhost and its key as PEM files (cryptography, else openssl)."""
+    cert_path, key_path = folder / "server.crt", folder / "server.key"
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError:
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", str(key_path), "-out", str(cert_path), "-days", "1", "-subj", "/CN=localhost",
+             "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        return cert_path, key_path
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls_and_bearer_token(start_server, digits_repo, tmp_path):
+    cert, key = self_signed_certificate(tmp_path)
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    server = start_server(
+        digits_repo, "--tls-cert", str(cert), "--tls-key", str(key), "--auth-token-file", str(token_file)
+    )
+    assert "with TLS and a bearer token" in server.log()
+    tensor = grpcclient.InferInput("image", [1, 8, 8], "UINT8")
+    tensor.set_data_from_numpy(images(1))
+    good = {"authorization": "Bearer s3cret-token"}
+    with grpcclient.InferenceServerClient(server.url, ssl=True, root_certificates=str(cert)) as client:
+        assert client.infer("digits", [tensor], headers=good).as_numpy("probabilities").shape == (1, 10)
+        assert client.get_model_metadata("digits", headers=good).name == "digits"
+        for headers, message in (
+            (None, "missing 'authorization"),
+            ({"authorization": "Bearer nope"}, "invalid"),
+        ):
+            for call in (
+                lambda h: client.infer("digits", [tensor], headers=h),
+                lambda h: client.get_model_metadata("digits", headers=h),
+                lambda h: client.get_server_metadata(headers=h),
+                lambda h: client.get_model_repository_index(headers=h),
+                lambda h: client.unload_model("digits", headers=h),
+            ):
+                with pytest.raises(InferenceServerException, match=f"UNAUTHENTICATED.*{message}"):
+                    call(headers)
+        assert client.is_model_ready("digits", headers=good), "a refused unload must not have unloaded"
+    credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+    with grpc.secure_channel(server.url, credentials) as channel:
+        assert health_status(channel) == health_pb2.HealthCheckResponse.SERVING  # health needs no token
+    with grpcclient.InferenceServerClient(server.url) as plaintext, pytest.raises(InferenceServerException):
+        plaintext.get_server_metadata(headers=good)
+
+
+def run_serving(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "serving", *args], capture_output=True, text=True, env=env, cwd=PROJECT_ROOT,
+        timeout=timeout,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--repository", "/nonexistent/models"], "model repository /nonexistent/models does not exist"),
+        (["--device", "cuda"], "--device cuda, but this ONNX Runtime build offers only"),
+        (["--tls-cert", "/tmp/only-cert.pem"], "TLS needs both --tls-cert and --tls-key"),
+        (["--version-policy", "newest"], "invalid version policy 'newest'"),
+        (["--auth-token-file", "/nonexistent/token"], "cannot read token file /nonexistent/token"),
+    ],
+)
+def test_startup_errors_are_one_clear_line_and_exit_2(digits_repo, args, message):
+    if (
+        args[0] == "--device"
+        and "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers()
+    ):
+        pytest.skip("this machine has CUDA; --device cuda is valid here")
+    full = args if args[0] == "--repository" else ["--repository", str(digits_repo), "--port", "0", *args]
+    completed = run_serving(*full)
+    assert completed.returncode == 2, completed.stderr
+    error_lines = [line for line in completed.stderr.splitlines() if line.startswith("serve: error:")]
+    assert len(error_lines) == 1 and message in error_lines[0], completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def test_port_in_use_is_a_clear_error(start_server, digits_repo):
+    server = start_server(digits_repo)
+    completed = run_serving("--repository", str(digits_repo), "--port", str(server.port))
+    assert completed.returncode == 2
+    assert f"serve: error: cannot listen on 127.0.0.1:{server.port}" in completed.stderr
+
+
+def test_the_import_guard_really_blocks_tensorflow(import_guard, tmp_path):
+    """The positive control for the guard every server test runs under: it does catch an import."""
+    log = tmp_path / "forbidden.log"
+    env = dict(os.environ, PYTHONPATH=str(import_guard), SERVING_IMPORT_GUARD_LOG=str(log))
+    completed = subprocess.run(
+        [sys.executable, "-c", "import tensorflow"], capture_output=True, text=True, env=env
+    )
+    assert completed.returncode != 0 and "must never be imported by the serving process" in completed.stderr
+    assert log.read_text().split() == ["tensorflow"]
+
+
+def test_cli_module_is_light_and_matches_the_runtime():
+    """buildsys imports serving.cli to register `serve`: that must not load gRPC, numpy or ONNX Runtime."""
+    code = (
+        "import sys, serving.cli as c; "
+        "heavy = [m for m in ('grpc', 'numpy', 'onnxruntime', 'google.protobuf') if m in sys.modules]; "
+        "print(heavy, c.COMMAND)"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, check=True
+    )
+    assert completed.stdout.strip() == "[] serve"
+    from serving import cli, runtime
+
+    assert cli.DEVICES == runtime.DEVICES
+    assert tuple(runtime.GRAPH_OPTIMIZATION_LEVELS) == cli.GRAPH_OPTIMIZATION_LEVELS

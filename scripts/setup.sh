@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Sets up a fresh machine for buildsys: a virtual environment in .venv with the package (editable), its test
+# and dev tools, at the versions in constraints.txt (the set TensorFlow 2.21, tritonclient and grpcio-tools
+# agree on). Safe to run again: it only installs what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -c constraints.txt -e '.[test,dev]'
+echo "buildsys is installed in .venv ($(.venv/bin/python -c 'import buildsys; print(buildsys.__version__)'))"

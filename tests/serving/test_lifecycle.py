@@ -18,7 +18,8 @@ import tritonclient.grpc as grpcclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
-from tests.serving.conftest import PROJECT_ROOT, free_port, images, reference_probabilities
+from serving.client import ClientError, InferenceClient
+from tests.serving.conftest import CLASS_NAMES, PROJECT_ROOT, free_port, images, reference_probabilities
 
 
 def scrape(port: int) -> str:
@@ -173,6 +174,10 @@ def test_tls_and_bearer_token(start_server, digits_repo, tmp_path):
                 with pytest.raises(InferenceServerException, match=f"UNAUTHENTICATED.*{message}"):
                     call(headers)
         assert client.is_model_ready("digits", headers=good), "a refused unload must not have unloaded"
+    with InferenceClient(server.url, token="s3cret-token", tls=cert) as ours:
+        assert ours.classify("digits", images(2), top_k=1)[0][0][0] in CLASS_NAMES
+    with InferenceClient(server.url, tls=cert) as ours, pytest.raises(ClientError, match="UNAUTHENTICATED"):
+        ours.metadata("digits")
     credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
     with grpc.secure_channel(server.url, credentials) as channel:
         assert health_status(channel) == health_pb2.HealthCheckResponse.SERVING  # health needs no token

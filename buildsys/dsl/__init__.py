@@ -21,7 +21,7 @@ from buildsys.dsl.layers import (
     l1_l2,
     max_norm,
 )
-from buildsys.dsl.specs import export, image_input, model, train
+from buildsys.dsl.specs import evaluate, export, image_input, model, train
 
 __all__ = [
     "Activation",
@@ -37,6 +37,7 @@ __all__ = [
     "MaxPooling2D",
     "Reshape",
     "datasets",
+    "evaluate",
     "export",
     "hp",
     "image_input",

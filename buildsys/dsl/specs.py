@@ -96,6 +96,22 @@ class ExportSpec:
 
 
 @dataclass(frozen=True)
+class EvaluateSpec:
+    """The quality gate: thresholds a candidate's test accuracy must meet before it is published.
+
+    `min_accuracy` is absolute; `max_regression` is how far below the currently published version (measured on
+    the same test data) the candidate may fall. None leaves that check out.
+    """
+
+    min_accuracy: float | None
+    max_regression: float | None
+    location: Location | None = field(default=None, compare=False, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"min_accuracy": self.min_accuracy, "max_regression": self.max_regression}
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A target: everything needed to build, evaluate, export and publish one image classifier."""
 
@@ -107,6 +123,7 @@ class ModelSpec:
     export: ExportSpec
     description: str = ""
     output_name: str = "probabilities"
+    evaluate: EvaluateSpec | None = None
     location: Location | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -134,8 +151,14 @@ class ModelSpec:
         return {name: parameter.default for name, parameter in sorted(self.hyperparameters().items())}
 
     def to_json(self) -> dict[str, Any]:
-        """The canonical content of the target; its digest is part of the cache key."""
+        """The canonical content of the target; its digest is part of the cache key.
+
+        A quality gate appears only when one is declared, so that targets without one keep the keys (and the
+        published versions) they had before gates existed.
+        """
+        gate = {"evaluate": self.evaluate.to_json()} if self.evaluate is not None else {}
         return {
+            **gate,
             "name": self.name,
             "description": self.description,
             "data": self.data.to_json(),
@@ -286,6 +309,28 @@ def export(
     return ExportSpec(opset, max_batch_size, parity_tolerance, parity_samples, location)
 
 
+def evaluate(min_accuracy: float | None = None, max_regression: float | None = None) -> EvaluateSpec:
+    """The quality gate: a candidate below `min_accuracy`, or worse than the published version by more than
+    `max_regression` (on the same test data), is kept under `build-out/rejected/` and not published.
+
+    Example:
+        `evaluate(min_accuracy=0.85, max_regression=0.01)`
+    """
+    location = caller_location()
+    for label, value in (("min_accuracy", min_accuracy), ("max_regression", max_regression)):
+        _require(
+            value is None or (isinstance(value, float | int) and not isinstance(value, bool) and 0 <= value <= 1),
+            f"evaluate({label}=...) expects a number in [0, 1] (a fraction, not a percentage). "
+            f"Received: {describe(value)}.",
+            location,
+        )
+    return EvaluateSpec(
+        None if min_accuracy is None else float(min_accuracy),
+        None if max_regression is None else float(max_regression),
+        location,
+    )
+
+
 _registered: contextvars.ContextVar[list[ModelSpec] | None] = contextvars.ContextVar("buildsys_targets", default=None)
 
 
@@ -307,6 +352,7 @@ def model(
     train: TrainSpec,
     export: ExportSpec | None = None,
     description: str = "",
+    evaluate: EvaluateSpec | None = None,
 ) -> ModelSpec:
     """Declares a target. Checks it completely, so that a bad definition fails before any work.
 
@@ -340,6 +386,11 @@ def model(
         "model(layers=...) expects a non-empty list of layers such as Dense(10, activation='softmax').",
         location,
     )
+    _require(
+        evaluate is None or isinstance(evaluate, EvaluateSpec),
+        f"model(evaluate=...) expects evaluate(min_accuracy=..., max_regression=...). Received: {describe(evaluate)}.",
+        location,
+    )
     spec = ModelSpec(
         name,
         data,
@@ -348,6 +399,7 @@ def model(
         train,
         export or ExportSpec(17, 1024, 1e-4, 256, location),
         description,
+        evaluate=evaluate,
         location=location,
     )
     validate(spec)

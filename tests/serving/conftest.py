@@ -159,17 +159,20 @@ IMPORT_GUARD = textwrap.dedent(
 
 
     class _ForbiddenImports:
+        forbidden = set(os.environ["SERVING_IMPORT_GUARD_MODULES"].split(","))
+
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {forbidden!r}:
+            if name.split(".")[0] in self.forbidden:
                 with open(os.environ["SERVING_IMPORT_GUARD_LOG"], "a") as log:
                     log.write(name + "\\n")
                 raise ImportError(name + " must never be imported by the serving process")
             return None
 
 
-    sys.meta_path.insert(0, _ForbiddenImports())
+    if os.environ.get("SERVING_IMPORT_GUARD_MODULES"):
+        sys.meta_path.insert(0, _ForbiddenImports())
     """
-).format(forbidden=FORBIDDEN_MODULES)
+)
 
 
 @pytest.fixture(scope="session")
@@ -183,7 +186,15 @@ def import_guard(tmp_path_factory) -> Path:
 class ServerProcess:
     """``python -m serving`` in a subprocess on a free port, with the import guard; stop() sends SIGTERM."""
 
-    def __init__(self, repo: Path, guard: Path, log_dir: Path, *args: str) -> None:
+    def __init__(
+        self,
+        repo: Path,
+        guard: Path,
+        log_dir: Path,
+        *args: str,
+        command: tuple[str, ...] = ("-m", "serving"),
+        forbidden: tuple[str, ...] = FORBIDDEN_MODULES,
+    ) -> None:
         self.port = free_port()
         self.url = f"127.0.0.1:{self.port}"
         self.log_path = log_dir / f"server-{self.port}.log"
@@ -247,8 +258,8 @@ def start_server(import_guard, tmp_path):
     """Starts servers for one test and stops them after it, checking the exit code and forbidden imports."""
     servers: list[ServerProcess] = []
 
-    def start(repo: Path, *args: str) -> ServerProcess:
-        server = ServerProcess(repo, import_guard, tmp_path, *args)
+    def start(repo: Path, *args: str, **options) -> ServerProcess:
+        server = ServerProcess(repo, import_guard, tmp_path, *args, **options)
         servers.append(server)
         return server
 

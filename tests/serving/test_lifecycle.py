@@ -227,12 +227,27 @@ def test_port_in_use_is_a_clear_error(start_server, digits_repo):
 def test_the_import_guard_really_blocks_tensorflow(import_guard, tmp_path):
     """The positive control for the guard every server test runs under: it does catch an import."""
     log = tmp_path / "forbidden.log"
-    env = dict(os.environ, PYTHONPATH=str(import_guard), SERVING_IMPORT_GUARD_LOG=str(log))
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(import_guard),
+        SERVING_IMPORT_GUARD_LOG=str(log),
+        SERVING_IMPORT_GUARD_MODULES="tensorflow,keras,buildsys",
+    )
     completed = subprocess.run(
         [sys.executable, "-c", "import tensorflow"], capture_output=True, text=True, env=env
     )
     assert completed.returncode != 0 and "must never be imported by the serving process" in completed.stderr
     assert log.read_text().split() == ["tensorflow"]
+
+
+def test_buildsys_serve_runs_the_same_server_without_tensorflow(start_server, digits_repo):
+    """The seam: buildsys finds `serve` through its buildsys.plugins entry point and never imports the server
+    itself; the process may import buildsys's command line, but neither TensorFlow nor keras."""
+    server = start_server(digits_repo, command=("-m", "buildsys", "serve"), forbidden=("tensorflow", "keras"))
+    with grpcclient.InferenceServerClient(server.url) as client:
+        assert client.is_model_ready("digits")
+        assert client.get_server_metadata().name == "buildsys-serving"
+    assert server.stop() == 0
 
 
 def test_cli_module_is_light_and_matches_the_runtime():

@@ -4,21 +4,7 @@ from buildsys.dsl import *
 
 model(
     name="fashion_mnist_mlp",
-    data=datasets.keras(
-        "fashion_mnist",
-        class_names=[
-            "T-shirt/top",
-            "Trouser",
-            "Pullover",
-            "Dress",
-            "Coat",
-            "Sandal",
-            "Shirt",
-            "Sneaker",
-            "Bag",
-            "Ankle boot",
-        ],
-    ),  # fmt: skip
+    data=datasets.keras("fashion_mnist"),  # the published class names: T-shirt/top, Trouser, ... Ankle boot
     inputs=image_input("image", shape=(28, 28), dtype="uint8", scale=1 / 255),
     layers=[
         Flatten(),

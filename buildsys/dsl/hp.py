@@ -94,22 +94,20 @@ def _check_range(kind: str, name: str, min_value, max_value, step, sampling, loc
         )
 
 
-def Int(  # noqa: N802 - named like KerasTuner's hp.Int, which users know
-    name: str,
-    min_value: int,
-    max_value: int,
-    *,
-    default: int,
-    step: int | None = None,
-    sampling: str = "linear",
-) -> HyperParameter:
-    """An integer in [min_value, max_value]; `default` is what an untuned build uses."""
+def _numeric(kind: str, name: str, min_value, max_value, default, step, sampling) -> HyperParameter:
     location = caller_location()
     _check_name(name, location)
-    _check_range("int", name, min_value, max_value, step, sampling, location)
-    parameter = HyperParameter(name, "int", default, min_value, max_value, step, sampling, location=location)
+    _check_range(kind, name, min_value, max_value, step, sampling, location)
+    parameter = HyperParameter(name, kind, default, min_value, max_value, step, sampling, location=location)
     parameter.check(default)
     return parameter
+
+
+def Int(  # noqa: N802 - named like KerasTuner's hp.Int, which users know
+    name: str, min_value: int, max_value: int, *, default: int, step: int | None = None, sampling: str = "linear"
+) -> HyperParameter:
+    """An integer in [min_value, max_value] (on `step` when given); `default` is what an untuned build uses."""
+    return _numeric("int", name, min_value, max_value, default, step, sampling)
 
 
 def Float(  # noqa: N802
@@ -122,12 +120,7 @@ def Float(  # noqa: N802
     sampling: str = "linear",
 ) -> HyperParameter:
     """A float in [min_value, max_value]; use `sampling="log"` for learning rates."""
-    location = caller_location()
-    _check_name(name, location)
-    _check_range("float", name, min_value, max_value, step, sampling, location)
-    parameter = HyperParameter(name, "float", default, min_value, max_value, step, sampling, location=location)
-    parameter.check(default)
-    return parameter
+    return _numeric("float", name, min_value, max_value, default, step, sampling)
 
 
 def Choice(name: str, values: list | tuple, *, default: Any) -> HyperParameter:  # noqa: N802

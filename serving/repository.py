@@ -99,11 +99,11 @@ class ServedVersion:
     def version(self) -> int:
         return self.manifest.version
 
-    def _acquire(self) -> None:
+    def acquire(self) -> None:
         with self._idle:
             self._inflight += 1
 
-    def _release(self) -> None:
+    def release(self) -> None:
         with self._idle:
             self._inflight -= 1
             if self._inflight == 0:
@@ -154,11 +154,11 @@ class ModelRepository:
         """
         with self._lock:
             served = self._resolve(name, version)
-            served._acquire()
+            served.acquire()
         try:
             yield served
         finally:
-            served._release()
+            served.release()
 
     def versions(self, name: str) -> list[ServedVersion]:
         """The loaded versions of a model, ascending.

@@ -70,10 +70,11 @@ class ServerState:
 def _rpc(method: Callable) -> Callable:
     @functools.wraps(method)
     def handler(self: "InferenceServicer", request, context: grpc.ServicerContext):
-        if self.state.draining and method.__name__ not in ALWAYS_ANSWERED:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "server is shutting down; retry on another instance")
+        # Counted before the draining check, so the drain cannot miss a call that got past the check.
         self.state.begin()
         try:
+            if self.state.draining and method.__name__ not in ALWAYS_ANSWERED:
+                raise ServingError(Status.UNAVAILABLE, "server is shutting down; retry on another instance")
             return method(self, request, context)
         except ServingError as error:
             context.abort(GRPC_CODES[error.status], error.message)

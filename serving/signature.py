@@ -106,9 +106,6 @@ class ModelSignature:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
 
-    def input_names(self) -> list[str]:
-        return [spec.name for spec in self.inputs]
-
     def output_names(self) -> list[str]:
         return [spec.name for spec in self.outputs]
 

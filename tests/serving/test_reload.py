@@ -141,3 +141,6 @@ def test_repository_unload_and_load(start_server, tmp_path):
                 client.unload_model(name)
         with pytest.raises(InferenceServerException, match="INVALID_ARGUMENT.*not supported"):
             client.load_model("digits", config='{"max_batch_size": 1}')
+
+        publish_version(repo, "letters", 1, seed=4)  # a model folder that appears while serving
+        wait_until(lambda: client.is_model_ready("letters"), what="the new model to load")

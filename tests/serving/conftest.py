@@ -202,10 +202,10 @@ class ServerProcess:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(guard), str(PROJECT_ROOT)])
         env["SERVING_IMPORT_GUARD_LOG"] = str(self.forbidden_log)
+        env["SERVING_IMPORT_GUARD_MODULES"] = ",".join(forbidden)
         command = [
             sys.executable,
-            "-m",
-            "serving",
+            *command,
             "--repository",
             str(repo),
             "--port",

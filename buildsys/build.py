@@ -143,6 +143,8 @@ def build(target: Target, tree: OutputTree, options: BuildOptions) -> BuildResul
 
     started = time.perf_counter()
     from buildsys.actions.data import check_and_split
+    from buildsys.actions.report import write_report
+    from buildsys.gate import judge, reject
 
     with reporter.action("load data"):
         dataset = sources.load(spec.data, options.data_dir)
@@ -160,7 +162,16 @@ def build(target: Target, tree: OutputTree, options: BuildOptions) -> BuildResul
 
     staging = tree.staging_dir(spec.name)
     try:
-        manifest = _run_actions(target, splits, current, key, staging, options, reporter)
+        manifest, probabilities = _run_actions(target, splits, current, key, staging, options, reporter)
+        with reporter.action("report"):
+            verdict = judge(spec.evaluate, manifest, tree.latest_manifest(spec.name))
+            manifest["quality_gate"] = verdict.to_json()
+            write_report(staging, manifest, splits.x_test, splits.y_test, probabilities)
+        manifest["timings"]["report"] = reporter.timings["report"]
+        for note in verdict.notes:
+            reporter.say(f"quality gate: {note}")
+        if not verdict.passed:
+            raise reject(tree, staging, manifest, verdict)
         manifest["timings"]["total"] = round(time.perf_counter() - started, 3)
         with reporter.action("publish"):
             version = tree.publish(spec.name, staging, manifest, spec.export.max_batch_size)
@@ -173,11 +184,13 @@ def build(target: Target, tree: OutputTree, options: BuildOptions) -> BuildResul
 
 def _run_actions(
     target: Target, splits: Any, current: Plan, key: CacheKey, staging: Path, options: BuildOptions, reporter: Reporter
-) -> dict[str, Any]:
-    """compile → train → evaluate → export → verify, into `staging`; returns the manifest (without version)."""
+) -> tuple[dict[str, Any], Any]:
+    """compile → train → evaluate → export → verify, into `staging`; returns the manifest (without version) and the
+    model's probabilities on the test split, predicted once for the metrics, the parity check and the report."""
     from buildsys.actions.compile import parameter_count
     from buildsys.actions.evaluate import evaluate
     from buildsys.actions.export import export
+    from buildsys.actions.report import classification_metrics, layer_table
     from buildsys.actions.train import build_in_scope, fit
     from buildsys.actions.verify import verify
 
@@ -193,17 +206,19 @@ def _run_actions(
         history = fit(model, strategy, spec, splits, current.seed, verbose)
     with reporter.action("evaluate"):
         metrics = evaluate(model, spec, splits)
+        probabilities = model.predict(splits.x_test, batch_size=256, verbose=0)
+        classified = classification_metrics(splits.y_test, probabilities, spec.class_names)
     reporter.say("test " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
     with reporter.action("export"):
         tensors = export(model, spec, staging)
     with reporter.action("verify"):
-        parity = verify(model, spec, staging, splits.x_test)
+        parity = verify(spec, staging, splits.x_test, probabilities)
     reporter.say(
         f"parity: ONNX {parity['onnx_max_abs_diff']:.2g}, SavedModel {parity['savedmodel_max_abs_diff']:.2g} "
         f"(max abs over {parity['samples']} inputs)"
     )
     shape = spec.inputs.shape
-    return {
+    manifest = {
         "format": 1,
         "name": spec.name,
         "label": target.label,
@@ -221,7 +236,7 @@ def _run_actions(
             "channels": shape[2] if len(shape) == 3 else 1,
             "color_mode": "rgb" if len(shape) == 3 and shape[2] == 3 else "grayscale",
         },
-        "metrics": {"test": metrics},
+        "metrics": {"test": metrics, **classified},
         "history": history,
         "parity": parity,
         "data_fingerprint": key.data_fingerprint,
@@ -233,8 +248,10 @@ def _run_actions(
         "seed": key.seed,
         "hparams": key.hparams,
         "params": parameter_count(model),
+        "model_summary": layer_table(model),
         "strategy": {"name": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync},
         "framework_versions": {**_versions(), "buildsys": key.versions["buildsys"]},
         "spec": spec.to_json(),
         "timings": dict(reporter.timings),
     }
+    return manifest, probabilities

@@ -200,7 +200,7 @@ def _gate_banner(gate: dict[str, Any] | None) -> str:
         return ""
     kind = "passed" if gate["passed"] else "rejected"
     title = "Quality gate passed" if gate["passed"] else "Rejected by the quality gate — not published"
-    notes = "".join(f"<li>{html.escape(note)}</li>" for note in gate["notes"])
+    notes = "".join(f"<li>{html.escape(note)}</li>" for note in [*gate["failures"], *gate["notes"]])
     return f'<div class="gate {kind}"><strong>{title}</strong><ul>{notes}</ul></div>'
 
 
@@ -379,5 +379,6 @@ def summary_text(manifest: dict[str, Any]) -> str:
         lines.append("most confused (true→predicted): " + ", ".join(confused))
     gate = manifest.get("quality_gate")
     if gate and gate.get("declared"):
-        lines.append(f"quality gate: {'passed' if gate['passed'] else 'rejected'}; " + "; ".join(gate["notes"]))
+        verdict = "passed" if gate["passed"] else "rejected"
+        lines.append(f"quality gate: {verdict}; " + "; ".join([*gate["failures"], *gate["notes"]]))
     return "\n".join(lines)

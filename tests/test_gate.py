@@ -1,0 +1,152 @@
+"""The quality gate: the definition's thresholds, the verdict, and a real weakened build kept out of the repository."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from buildsys.cache import cache_key
+from buildsys.cli import main
+from buildsys.dsl import Dense, Flatten, datasets, evaluate, image_input, model, train
+from buildsys.dsl.specs import EvaluateSpec
+from buildsys.errors import DefinitionError
+from buildsys.gate import judge
+from tests.conftest import REPO, write_definition
+
+
+def manifest(accuracy: float, fingerprint: str = "a" * 64, version: int | None = None) -> dict:
+    found = {"label": "//model_defs:digits", "metrics": {"accuracy": accuracy}, "data_fingerprint": fingerprint}
+    return {**found, "version": version} if version else found
+
+
+def test_without_a_gate_everything_passes() -> None:
+    verdict = judge(None, manifest(0.1), manifest(0.99, version=4))
+    assert verdict.passed and not verdict.declared and not verdict.notes
+
+
+def test_min_accuracy() -> None:
+    assert judge(EvaluateSpec(0.9, None), manifest(0.91), None).passed
+    verdict = judge(EvaluateSpec(0.9, None), manifest(0.85), None)
+    assert not verdict.passed
+    assert verdict.failures == ["test accuracy 0.8500 is below min_accuracy 0.9000"]
+
+
+def test_max_regression_against_the_published_version_on_the_same_data() -> None:
+    passed = judge(EvaluateSpec(None, 0.01), manifest(0.965), manifest(0.97, version=3))
+    assert passed.passed and passed.baseline_version == 3 and passed.same_data
+    failed = judge(EvaluateSpec(None, 0.01), manifest(0.95), manifest(0.97, version=3))
+    assert not failed.passed
+    (failure,) = failed.failures
+    assert "0.9500" in failure and "published version 3's 0.9700" in failure and "max_regression 0.0100" in failure
+
+
+def test_different_test_data_is_said_and_not_compared() -> None:
+    verdict = judge(EvaluateSpec(0.5, 0.01), manifest(0.6, "a" * 64), manifest(0.97, "b" * 64, version=2))
+    assert verdict.passed and verdict.same_data is False
+    assert any("was tested on different data" in note and "bbbbbbbbbbbb" in note for note in verdict.notes)
+
+
+def test_the_first_version_has_nothing_to_regress_from() -> None:
+    verdict = judge(EvaluateSpec(None, 0.0), manifest(0.2), None)
+    assert verdict.passed and "no published version" in verdict.notes[0]
+
+
+def test_versions_without_report_metrics_compare_on_keras_accuracy() -> None:
+    old = {"version": 1, "metrics": {"test": {"accuracy": 0.97, "loss": 0.1}}, "data_fingerprint": "a" * 64}
+    assert not judge(EvaluateSpec(None, 0.01), manifest(0.9), old).passed
+
+
+def tiny(**gate: float) -> object:
+    return model(
+        name="tiny",
+        data=datasets.sklearn_digits(),
+        inputs=image_input(shape=(8, 8)),
+        layers=[Flatten(), Dense(10, activation="softmax")],
+        train=train(),
+        **({"evaluate": evaluate(**gate)} if gate else {}),
+    )
+
+
+def test_the_gate_is_part_of_the_cache_key_only_when_declared() -> None:
+    plain, gated, stricter = tiny(), tiny(min_accuracy=0.9), tiny(min_accuracy=0.95)
+    assert "evaluate" not in plain.to_json()
+    assert gated.to_json()["evaluate"] == {"min_accuracy": 0.9, "max_regression": None}
+    keys = {cache_key(spec, "f" * 64, 1, {}).digest for spec in (plain, gated, stricter)}
+    assert len(keys) == 3
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"min_accuracy": 85}, "evaluate(min_accuracy=...) expects a number in [0, 1] (a fraction, not a percentage). "
+         "Received: 85 (int)."),
+        ({"max_regression": "0.01"}, 'evaluate(max_regression=...) expects a number in [0, 1]'),
+    ],
+)  # fmt: skip
+def test_bad_thresholds_name_the_line(arguments: dict, message: str) -> None:
+    with pytest.raises(DefinitionError) as caught:
+        evaluate(**arguments)
+    assert message in str(caught.value)
+    assert re.match(r".*test_gate\.py:\d+: ", str(caught.value))
+
+
+WEAK = """
+    from buildsys.dsl import *
+
+    model(
+        name="digits",
+        data=datasets.sklearn_digits(test_fraction=0.2, split_seed=0),
+        inputs=image_input("image", shape=(8, 8), dtype="uint8", scale=1 / 255),
+        layers=[Flatten(), Dense(4, activation="relu"), Dense(10, activation="softmax")],
+        train=train(epochs=1, batch_size=64),
+        evaluate=evaluate(max_regression=0.01),
+    )
+"""
+
+
+@pytest.mark.slow
+def test_weakened_model_is_rejected_and_a_good_one_published(
+    digits_workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(digits_workspace / "build-out", tmp_path / "build-out")
+    write_definition(tmp_path, "digits.py", WEAK)
+    models = tmp_path / "build-out" / "models" / "digits"
+    config = (models / "config.pbtxt").read_text()
+    published = json.loads((models / "1" / "manifest.json").read_text())
+
+    assert main(["build", "digits", "--workspace", str(tmp_path), "--quiet"]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1, error
+    found = re.search(r"test accuracy (0\.\d{4}) vs published version 1's (0\.\d{4})", error)
+    assert found, error
+    assert float(found[2]) == pytest.approx(published["metrics"]["accuracy"], abs=1e-4)
+    assert float(found[1]) < float(found[2]) - 0.01
+    assert sorted(p.name for p in models.iterdir() if p.name.isdigit()) == ["1"]
+    assert (models / "config.pbtxt").read_text() == config
+    (rejected,) = (tmp_path / "build-out" / "rejected" / "digits").iterdir()
+    assert str(rejected) in error
+    verdict = json.loads((rejected / "manifest.json").read_text())
+    assert rejected.name == verdict["content_hash"] and "version" not in verdict
+    assert verdict["quality_gate"]["passed"] is False and verdict["quality_gate"]["baseline_version"] == 1
+    assert (rejected / "model.onnx").is_file()
+    page = (rejected / "report.html").read_text()
+    assert "Rejected by the quality gate" in page and f"published version 1&#x27;s {found[2]}" in page
+    assert not list((tmp_path / "build-out" / "staging" / "digits").iterdir())
+
+    good = (
+        (REPO / "model_defs" / "digits.py")
+        .read_text()
+        .replace(
+            "    train=train(", "    evaluate=evaluate(min_accuracy=0.9, max_regression=0.02),\n    train=train(", 1
+        )
+    )
+    (tmp_path / "model_defs" / "digits.py").write_text(good)
+    assert main(["build", "digits", "--workspace", str(tmp_path), "--quiet"]) == 0
+    assert sorted(p.name for p in models.iterdir() if p.name.isdigit()) == ["1", "2"]
+    gate = json.loads((models / "2" / "manifest.json").read_text())["quality_gate"]
+    assert gate["passed"] and gate["baseline_version"] == 1 and gate["same_data"] is True
+    assert "Quality gate passed" in (models / "2" / "report.html").read_text()

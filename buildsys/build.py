@@ -2,8 +2,9 @@
 
 Planning (hyperparameters, seed, data fingerprint, key, lookup in the output tree) imports no TensorFlow, so an
 up-to-date target costs a few file reads. The actions run in order — load data, compile, train, evaluate, export,
-verify — each reported on one line with its wall time; the version is assembled in a staging folder that is
-removed on any failure or interrupt and renamed into place only when everything passed.
+verify, report — each reported on one line with its wall time; the version is assembled in a staging folder that is
+removed on any failure or interrupt and renamed into place only when everything passed, the definition's quality
+gate included (a candidate it rejects is moved to `build-out/rejected/` instead).
 """
 
 from __future__ import annotations
@@ -133,6 +134,8 @@ def build(target: Target, tree: OutputTree, options: BuildOptions) -> BuildResul
     Raises:
         BuildsysError: for bad data, a failed parity check, or a strategy this machine cannot run; nothing is
             published and the staging folder is removed.
+        QualityGateError: the candidate failed its quality gate; nothing is published and the staging folder is
+            kept under `build-out/rejected/<name>/<hash>/`.
     """
     spec = target.spec
     reporter = Reporter(target.label, options.quiet)

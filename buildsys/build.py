@@ -38,6 +38,31 @@ class BuildOptions:
     seed: int | None = None
     data_dir: Path | None = None
     hparams: dict[str, Any] = field(default_factory=dict)
+    mixed_precision: bool = False
+    jit: bool = False
+    deterministic: bool = False
+
+    def training_key(self) -> dict[str, Any]:
+        """The training settings that change the trained weights, as they enter the cache key.
+
+        Settings at their defaults are left out, so the keys of builds that use none of them stay as they were.
+        `mirrored` and `multi-worker` are keyed (with the worker count) because the number of replicas sets the
+        global batch; `auto`, `default` and `one-device` are not, since resolving `auto` needs TensorFlow and a
+        no-op build must not import it — name the strategy to key a multi-GPU build. Mixed precision and XLA
+        change the arithmetic; `deterministic` is keyed so that a version built without it never answers a
+        request for a reproducible one.
+        """
+        keyed: dict[str, Any] = {}
+        if self.strategy in ("mirrored", "multi-worker"):
+            keyed["strategy"] = self.strategy
+        if self.strategy == "multi-worker":
+            from buildsys.actions.distributed import worker_count
+
+            keyed["workers"] = worker_count()
+        for name in ("mixed_precision", "jit", "deterministic"):
+            if getattr(self, name):
+                keyed[name] = True
+        return keyed
 
 
 @dataclass
@@ -91,7 +116,7 @@ def plan(target: Target, tree: OutputTree, options: BuildOptions) -> Plan:
     hparams = resolve_hparams(spec, options.hparams)
     seed = spec.train.seed if options.seed is None else options.seed
     fingerprint = sources.fingerprint(spec.data, options.data_dir)
-    key = cache_key(spec, fingerprint, seed, hparams) if fingerprint else None
+    key = cache_key(spec, fingerprint, seed, hparams, options.training_key()) if fingerprint else None
     published = tree.find_version(spec.name, key.digest) if key else None
     return Plan(hparams, seed, key, published)
 
@@ -157,7 +182,7 @@ def build(target: Target, tree: OutputTree, options: BuildOptions) -> BuildResul
         fingerprint = sources.fingerprint(spec.data, options.data_dir)
         if fingerprint is None:
             raise BuildsysError(f"{target.label}: the data was loaded but its files cannot be found to fingerprint")
-        key = cache_key(spec, fingerprint, current.seed, current.hparams)
+        key = cache_key(spec, fingerprint, current.seed, current.hparams, options.training_key())
         published = tree.find_version(spec.name, key.digest)
         if published is not None and not options.force:
             reporter.say(f"up to date (version {published})")
@@ -165,7 +190,13 @@ def build(target: Target, tree: OutputTree, options: BuildOptions) -> BuildResul
 
     staging = tree.staging_dir(spec.name)
     try:
-        manifest, probabilities = _run_actions(target, splits, current, key, staging, options, reporter)
+        work = tree.work_dir(spec.name, key.digest)
+        outcome = _run_actions(target, splits, current, key, staging, work, options, reporter)
+        if outcome is None:
+            shutil.rmtree(staging, ignore_errors=True)
+            reporter.say("trained as a multi-worker task; the chief evaluates and publishes")
+            return BuildResult(target.label, "trained (worker)", 0, key.digest, {}, reporter.timings)
+        manifest, probabilities = outcome
         with reporter.action("report"):
             verdict = judge(spec.evaluate, manifest, tree.latest_manifest(spec.name))
             manifest["quality_gate"] = verdict.to_json()
@@ -181,32 +212,59 @@ def build(target: Target, tree: OutputTree, options: BuildOptions) -> BuildResul
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    shutil.rmtree(work, ignore_errors=True)  # the training checkpoints are no longer needed
     reporter.say(f"published version {version} to {tree.model_dir(spec.name) / str(version)}")
     return BuildResult(target.label, "built", version, key.digest, manifest["metrics"]["test"], reporter.timings)
 
 
 def _run_actions(
-    target: Target, splits: Any, current: Plan, key: CacheKey, staging: Path, options: BuildOptions, reporter: Reporter
-) -> tuple[dict[str, Any], Any]:
+    target: Target,
+    splits: Any,
+    current: Plan,
+    key: CacheKey,
+    staging: Path,
+    work: Path,
+    options: BuildOptions,
+    reporter: Reporter,
+) -> tuple[dict[str, Any], Any] | None:
     """compile → train → evaluate → export → verify, into `staging`; returns the manifest (without version) and the
-    model's probabilities on the test split, predicted once for the metrics, the parity check and the report."""
+    model's probabilities on the test split, predicted once for the metrics, the parity check and the report.
+
+    Training checkpoints into `work`. A multi-worker task other than the chief returns None after training: only
+    the chief evaluates, exports and publishes.
+    """
+    from buildsys.actions.checkpoints import TrainingCheckpoint
     from buildsys.actions.compile import parameter_count
+    from buildsys.actions.distributed import is_chief, task_name
     from buildsys.actions.evaluate import evaluate
     from buildsys.actions.export import export
     from buildsys.actions.report import classification_metrics, layer_table
-    from buildsys.actions.train import build_in_scope, fit
+    from buildsys.actions.train import build_in_scope, fit, inference_copy
     from buildsys.actions.verify import verify
 
     spec = target.spec
-    verbose = 0 if options.quiet else (1 if sys.stdout.isatty() else 2)
+    multi_worker = options.strategy == "multi-worker"
+    verbose = 1 if sys.stdout.isatty() and not options.quiet else 0  # otherwise the epoch lines are the progress
     with reporter.action("compile"):
-        model, strategy = build_in_scope(spec, current.hparams, current.seed, options.strategy)
+        model, strategy = build_in_scope(
+            spec,
+            current.hparams,
+            current.seed,
+            options.strategy,
+            mixed_precision=options.mixed_precision,
+            jit=options.jit,
+            deterministic=options.deterministic,
+        )
     reporter.say(
         f"strategy {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s), "
         f"{parameter_count(model):,} parameters"
     )
+    checkpoint = TrainingCheckpoint(work / (f"checkpoint-{task_name()}" if multi_worker else "checkpoint"))
     with reporter.action("train"):
-        history = fit(model, strategy, spec, splits, current.seed, verbose)
+        history = fit(model, strategy, spec, splits, current.seed, verbose, checkpoint=checkpoint, say=reporter.say)
+    if multi_worker and not is_chief():
+        return None
+    model = inference_copy(model, spec, current.hparams)
     with reporter.action("evaluate"):
         metrics = evaluate(model, spec, splits)
         probabilities = model.predict(splits.x_test, batch_size=256, verbose=0)

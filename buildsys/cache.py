@@ -63,8 +63,18 @@ class CacheKey:
     versions: dict[str, str]
 
 
-def cache_key(spec: ModelSpec, data_fingerprint: str, seed: int, hparams: dict[str, Any]) -> CacheKey:
-    """Computes the key of building `spec` on data with `data_fingerprint`."""
+def cache_key(
+    spec: ModelSpec,
+    data_fingerprint: str,
+    seed: int,
+    hparams: dict[str, Any],
+    training: dict[str, Any] | None = None,
+) -> CacheKey:
+    """Computes the key of building `spec` on data with `data_fingerprint`.
+
+    `training` holds the command-line training settings that change the weights (`BuildOptions.training_key`);
+    it enters the key only when not empty, so builds without such settings keep their keys.
+    """
     versions = framework_versions()
     material = {
         "spec": spec.to_json(),
@@ -73,4 +83,6 @@ def cache_key(spec: ModelSpec, data_fingerprint: str, seed: int, hparams: dict[s
         "hparams": hparams,
         "versions": versions,
     }
+    if training:
+        material["training"] = training
     return CacheKey(sha256_text(canonical_json(material)), data_fingerprint, seed, dict(hparams), versions)

@@ -8,7 +8,9 @@ printed as one line; exit code 2 means bad input (nothing was done), 1 a failed 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -38,20 +40,48 @@ def _parse_hparams(text: str | None) -> dict[str, Any]:
     return values
 
 
+def _hparams_for(text: str | None, target: Any, tree: OutputTree) -> dict[str, Any]:
+    """`--hparams` for one target: a leading `best` stands for the values its last `tune` recorded, and any
+    NAME=VALUE after it overrides them (`best,units=64`)."""
+    head, _, rest = (text or "").partition(",")
+    if head.strip() != "best":
+        return _parse_hparams(text)
+    from buildsys.tuning import best_hparams
+
+    return {**best_hparams(tree, target), **_parse_hparams(rest)}
+
+
+def _set_cluster(args: argparse.Namespace) -> None:
+    """`--cluster`/`--task` become TF_CONFIG, which MultiWorkerMirroredStrategy reads; they need each other."""
+    if not (args.cluster or args.task):
+        return
+    if not (args.cluster and args.task) or args.strategy != "multi-worker":
+        raise BuildsysError("--cluster and --task go together, with --strategy multi-worker")
+    from buildsys.actions.distributed import tf_config_from_flags
+
+    os.environ["TF_CONFIG"] = tf_config_from_flags(args.cluster, args.task)
+
+
 def command_build(args: argparse.Namespace) -> int:
     from buildsys.build import BuildOptions, build
 
     workspace, tree = _context(args)
     targets = workspace.resolve(args.labels)
+    _set_cluster(args)
     options = BuildOptions(
         force=args.force,
         quiet=args.quiet or args.json,
         strategy=args.strategy,
         seed=args.seed,
         data_dir=Path(args.data_dir) if args.data_dir else None,
-        hparams=_parse_hparams(args.hparams),
+        mixed_precision=args.mixed_precision,
+        jit=args.jit,
+        deterministic=args.deterministic,
     )
-    results = [build(target, tree, options) for target in targets]
+    results = [
+        build(target, tree, dataclasses.replace(options, hparams=_hparams_for(args.hparams, target, tree)))
+        for target in targets
+    ]
     if args.json:
         print(json.dumps({"targets": [result.to_json() for result in results]}, indent=2))
     return 0
@@ -113,9 +143,47 @@ def command_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_tune(args: argparse.Namespace) -> int:
+    from buildsys.actions.tune import SearchSettings, tune
+
+    workspace, tree = _context(args)
+    if args.tuner == "hyperband" and args.max_trials is not None:
+        raise BuildsysError("--max-trials does not apply to hyperband, whose trial count follows from --epochs")
+    for target in workspace.resolve(args.labels):
+        settings = SearchSettings(
+            tuner=args.tuner,
+            max_trials=None if args.tuner == "hyperband" else (args.max_trials or 10),
+            epochs=args.epochs or target.spec.train.epochs,
+            objective=args.objective,
+            seed=target.spec.train.seed if args.seed is None else args.seed,
+        )
+        data_dir = Path(args.data_dir) if args.data_dir else None
+        tune(target, tree, settings, role=args.role, overwrite=args.overwrite, data_dir=data_dir)
+    return 0
+
+
+def _show_tuning(target: Any, tree: OutputTree, as_json: bool) -> None:
+    from buildsys.tuning import list_trials
+
+    trials = list_trials(tree, target.name)
+    if not trials:
+        raise BuildsysError(f"{target.label} has not been tuned; run: python -m buildsys tune {target.label}")
+    if as_json:
+        print(json.dumps({"label": target.label, "trials": trials}, indent=2, sort_keys=True))
+        return
+    print(f"{target.label}: {len(trials)} trial(s)")
+    for trial in trials:
+        score = f"{trial['score']:.4f}" if trial["score"] is not None else "-"
+        values = ", ".join(f"{name}={value}" for name, value in trial["hparams"].items())
+        print(f"  trial {int(trial['trial_id']) + 1:>3}  {trial['status'] or '-':<10}  {score:>7}  {values}")
+
+
 def command_show(args: argparse.Namespace) -> int:
     workspace, tree = _context(args)
     for target in workspace.resolve(args.labels):
+        if args.tuning:
+            _show_tuning(target, tree, args.json)
+            continue
         versions = tree.versions(target.name)
         if not versions:
             raise BuildsysError(f"{target.label} has not been built; run: python -m buildsys build {target.label}")
@@ -215,9 +283,25 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument("labels", nargs="+", metavar="LABEL", help="//model_defs:NAME, NAME, or //model_defs/...")
     build.add_argument("--force", action="store_true", help="rebuild even when a version with the same key exists")
     build.add_argument("--quiet", action="store_true", help="print nothing but errors")
-    build.add_argument("--strategy", default="auto", choices=("auto", "default", "one-device", "mirrored"))
+    build.add_argument(
+        "--strategy",
+        default="auto",
+        choices=("auto", "default", "one-device", "mirrored", "multi-worker"),
+        help="tf.distribute strategy; the definition's batch size is per replica (see BUILD.md)",
+    )
+    build.add_argument("--cluster", help="multi-worker: HOST:PORT of the chief, then of each worker (sets TF_CONFIG)")
+    build.add_argument("--task", help="multi-worker: this process in --cluster, chief:0 or worker:N")
     build.add_argument("--seed", type=int, help="override the definition's seed")
-    build.add_argument("--hparams", help="hyperparameter values, NAME=VALUE[,NAME=VALUE...]")
+    build.add_argument(
+        "--hparams", help="hyperparameter values, NAME=VALUE[,NAME=VALUE...]; 'best' for the last tune's values"
+    )
+    build.add_argument(
+        "--mixed-precision", action="store_true", help="train in mixed_float16 (GPU) or mixed_bfloat16 (CPU)"
+    )
+    build.add_argument("--jit", action="store_true", help="compile the train step with XLA")
+    build.add_argument(
+        "--deterministic", action="store_true", help="deterministic ops: same seed, same weights (slower)"
+    )
     build.set_defaults(func=command_build)
 
     listing = commands.add_parser("list", parents=[common, data], help="every target with its state")
@@ -232,7 +316,23 @@ def make_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show", parents=[common], help="the latest (or --version N) manifest")
     show.add_argument("labels", nargs="+", metavar="LABEL")
     show.add_argument("--version", type=int)
+    show.add_argument("--tuning", action="store_true", help="list the trials of the target's last tune")
     show.set_defaults(func=command_show)
+
+    tune = commands.add_parser("tune", parents=[common, data], help="search the hp.* values of targets with KerasTuner")
+    tune.add_argument("labels", nargs="+", metavar="LABEL")
+    tune.add_argument("--tuner", default="hyperband", choices=("hyperband", "bayesian", "random"))
+    tune.add_argument("--max-trials", type=int, help="trials to run (bayesian, random; default 10)")
+    tune.add_argument("--epochs", type=int, help="epochs per trial (hyperband: the most; default: the definition's)")
+    tune.add_argument("--objective", default="val_accuracy", help="metric to optimise, on the validation split")
+    tune.add_argument("--seed", type=int, help="override the definition's seed")
+    tune.add_argument("--overwrite", action="store_true", help="start over instead of resuming an earlier search")
+    tune.add_argument(
+        "--role",
+        choices=("chief", "worker"),
+        help="distributed tuning (KerasTuner chief/worker, see BUILD.md); default: inferred from KERASTUNER_*",
+    )
+    tune.set_defaults(func=command_tune)
 
     report = commands.add_parser(
         "report", parents=[common], help="the path of a version's report.html and its metrics as text"
@@ -256,6 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     except BuildsysError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        print("interrupted: nothing was published; run the same command again to start over", file=sys.stderr)
+    except KeyboardInterrupt as error:
+        detail = str(error) or (
+            "nothing was published; run the same command again to resume (finished training epochs and tuning "
+            "trials are kept under the output tree)"
+        )
+        print(f"interrupted: {detail}", file=sys.stderr)
         return 130

@@ -38,6 +38,8 @@ def build_model(spec: ModelSpec, hparams: dict[str, Any]) -> Any:
         }
         if index == len(spec.layers) - 1:
             arguments.setdefault("name", spec.output_name)
+            if keras.mixed_precision.global_policy().compute_dtype != "float32":
+                arguments["dtype"] = "float32"  # mixed precision: a stable softmax, float32 outputs
         tensor = getattr(keras.layers, layer.kind)(**arguments)(tensor)
     return keras.Model(inputs=image, outputs=tensor, name=spec.name)
 

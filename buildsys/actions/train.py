@@ -1,20 +1,32 @@
 """The train action: pick a `tf.distribute` strategy, build and compile the model in its scope, and fit.
 
 `auto` picks MirroredStrategy with more than one GPU, OneDeviceStrategy with one, and the default strategy on
-CPU. The definition's batch size is per replica; the global batch is per-replica × replicas.
+CPU. The definition's batch size is per replica; the global batch is per-replica × replicas. `multi-worker` trains
+with MultiWorkerMirroredStrategy through `distributed.fit_multi_worker` (Keras' fit fails under it, see there).
+Every strategy checkpoints each finished epoch (`checkpoints`) and resumes from the last one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from buildsys.actions import tensorflow
+from buildsys.actions.checkpoints import (
+    BuildInterrupted,
+    EpochCheckpoint,
+    EpochProgress,
+    TrainingCheckpoint,
+    interrupted_message,
+)
 from buildsys.actions.compile import build_model, compile_model
 from buildsys.actions.data import Splits, make_dataset
+from buildsys.actions.distributed import fit_multi_worker, is_multi_worker
+from buildsys.actions.numerics import configure
 from buildsys.dsl.specs import ModelSpec
 from buildsys.errors import BuildsysError
 
-STRATEGIES = ("auto", "default", "one-device", "mirrored")
+STRATEGIES = ("auto", "default", "one-device", "mirrored", "multi-worker")
 
 
 def choose_strategy(name: str) -> Any:
@@ -29,31 +41,109 @@ def choose_strategy(name: str) -> Any:
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
+    if name == "multi-worker":
+        from buildsys.actions.distributed import cluster_spec
+
+        cluster_spec()  # a missing or malformed TF_CONFIG is a one-line error, not a TensorFlow traceback
+        return tf.distribute.MultiWorkerMirroredStrategy()
     raise BuildsysError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
 
 
-def build_in_scope(spec: ModelSpec, hparams: dict[str, Any], seed: int, strategy_name: str) -> tuple[Any, Any]:
-    """Seeds every generator, then builds and compiles the model inside the strategy's scope."""
+def build_in_scope(
+    spec: ModelSpec,
+    hparams: dict[str, Any],
+    seed: int,
+    strategy_name: str,
+    *,
+    mixed_precision: bool = False,
+    jit: bool = False,
+    deterministic: bool = False,
+) -> tuple[Any, Any]:
+    """Chooses the strategy, seeds every generator, sets the numerics options, then builds and compiles the model
+    inside the strategy's scope.
+
+    The strategy comes first because MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs.
+    `jit` forces XLA for the train step (without it Keras decides: XLA on a single GPU, not on CPU).
+    """
     import keras
 
-    keras.utils.set_random_seed(seed)
     strategy = choose_strategy(strategy_name)
+    keras.utils.set_random_seed(seed)
+    configure(mixed_precision=mixed_precision, deterministic=deterministic)
     with strategy.scope():
         model = compile_model(build_model(spec, hparams), spec, hparams)
+        if jit:
+            model.jit_compile = True
     return model, strategy
 
 
-def fit(model: Any, strategy: Any, spec: ModelSpec, splits: Splits, seed: int, verbose: int) -> dict[str, list[float]]:
+def fit(
+    model: Any,
+    strategy: Any,
+    spec: ModelSpec,
+    splits: Splits,
+    seed: int,
+    verbose: int,
+    *,
+    checkpoint: TrainingCheckpoint,
+    say: Callable[[str], None],
+) -> dict[str, list[float]]:
     """Fits on the training split, validating on the carved-out validation split; returns the per-epoch history.
 
-    Keras' progress bar shows while `verbose` is 1 (one line per epoch with 2).
+    Training starts after the last epoch saved in `checkpoint` (its history included) and saves a checkpoint at
+    the end of every epoch; `say` gets one line when each epoch starts and ends. Keras' progress bar shows while
+    `verbose` is 1.
+
+    Raises:
+        BuildInterrupted: on Ctrl-C, saying which epochs are kept and how to resume.
     """
-    global_batch = spec.train.batch_size * strategy.num_replicas_in_sync
-    train_data = make_dataset(
-        splits.x_train, splits.y_train, global_batch, shuffle_buffer=spec.train.shuffle_buffer, seed=seed
-    )
-    validation = make_dataset(splits.x_val, splits.y_val, global_batch) if len(splits.x_val) else None
-    history = model.fit(
-        train_data, validation_data=validation, epochs=spec.train.epochs, verbose=verbose, shuffle=False
-    )
-    return {key: [float(value) for value in values] for key, values in history.history.items()}
+    epochs = spec.train.epochs
+    with strategy.scope():
+        initial_epoch, history = checkpoint.restore(model)
+    if initial_epoch:
+        say(f"resuming after epoch {initial_epoch}/{epochs} from {checkpoint.folder}")
+    callbacks = [EpochCheckpoint(checkpoint, history), EpochProgress(say, epochs)]
+    try:
+        if is_multi_worker(strategy):
+            fit_multi_worker(
+                model,
+                strategy,
+                spec,
+                splits,
+                seed,
+                initial_epoch=initial_epoch,
+                callbacks=callbacks,
+                jit=bool(model.jit_compile),
+            )
+        elif initial_epoch < epochs:
+            global_batch = spec.train.batch_size * strategy.num_replicas_in_sync
+            train_data = make_dataset(
+                splits.x_train, splits.y_train, global_batch, shuffle_buffer=spec.train.shuffle_buffer, seed=seed
+            )
+            validation = make_dataset(splits.x_val, splits.y_val, global_batch) if len(splits.x_val) else None
+            model.fit(
+                train_data,
+                validation_data=validation,
+                epochs=epochs,
+                initial_epoch=initial_epoch,
+                verbose=verbose,
+                shuffle=False,
+                callbacks=callbacks,
+            )
+    except KeyboardInterrupt:
+        raise BuildInterrupted(interrupted_message(checkpoint, epochs)) from None
+    return callbacks[0].history
+
+
+def inference_copy(model: Any, spec: ModelSpec, hparams: dict[str, Any]) -> Any:
+    """The trained weights in a float32 model built under the default strategy, compiled for `evaluate`.
+
+    Evaluation, export and the parity check run on this copy: its graph has no mixed-precision casts, no XLA,
+    and no distributed variables (a multi-worker model would start collectives that only the chief joins).
+    """
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")
+    copy = compile_model(build_model(spec, hparams), spec, hparams)
+    copy.set_weights(model.get_weights())
+    return copy

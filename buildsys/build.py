@@ -13,7 +13,7 @@ import datetime
 import shutil
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -24,7 +24,9 @@ from buildsys import sources
 from buildsys.cache import CacheKey, cache_key
 from buildsys.dsl.specs import ModelSpec, validate
 from buildsys.errors import BuildsysError, DefinitionError
+from buildsys.graph import Dependency
 from buildsys.store import OutputTree
+from buildsys.transfer import WEIGHTS_FILE, dependency_digests
 from buildsys.workspace import Target
 
 
@@ -93,6 +95,7 @@ class Plan:
     seed: int
     key: CacheKey | None
     published_version: int | None
+    dependencies: dict[str, str] = field(default_factory=dict)  # what a transfer target's base depends on
 
 
 def resolve_hparams(spec: ModelSpec, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -110,15 +113,20 @@ def resolve_hparams(spec: ModelSpec, overrides: dict[str, Any]) -> dict[str, Any
     return dict(sorted(values.items()))
 
 
-def plan(target: Target, tree: OutputTree, options: BuildOptions) -> Plan:
-    """Computes the target's key and finds a published version built from it. Imports no TensorFlow."""
+def plan(target: Target, tree: OutputTree, options: BuildOptions, dependencies: Sequence[Dependency] = ()) -> Plan:
+    """Computes the target's key and finds a published version built from it. Imports no TensorFlow.
+
+    `dependencies` are the targets a transfer target's base is cut from, with the content hashes they were
+    planned with (`buildsys.graph.TargetGraph.build_order` gives the order); their hashes enter the key.
+    """
     spec = target.spec
     hparams = resolve_hparams(spec, options.hparams)
     seed = spec.train.seed if options.seed is None else options.seed
     fingerprint = sources.fingerprint(spec.data, options.data_dir)
-    key = cache_key(spec, fingerprint, seed, hparams, options.training_key()) if fingerprint else None
+    upstream = dependency_digests(target, dependencies)
+    key = cache_key(spec, fingerprint, seed, hparams, options.training_key(), upstream) if fingerprint else None
     published = tree.find_version(spec.name, key.digest) if key else None
-    return Plan(hparams, seed, key, published)
+    return Plan(hparams, seed, key, published, upstream)
 
 
 class Reporter:
@@ -153,8 +161,12 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def build(target: Target, tree: OutputTree, options: BuildOptions) -> BuildResult:
+def build(
+    target: Target, tree: OutputTree, options: BuildOptions, dependencies: Sequence[Dependency] = ()
+) -> BuildResult:
     """Builds `target` unless a published version has the same key; returns what happened.
+
+    A transfer target's `dependencies` must be built (or up to date) already: see `plan`.
 
     Raises:
         BuildsysError: for bad data, a failed parity check, or a strategy this machine cannot run; nothing is
@@ -164,7 +176,7 @@ def build(target: Target, tree: OutputTree, options: BuildOptions) -> BuildResul
     """
     spec = target.spec
     reporter = Reporter(target.label, options.quiet)
-    current = plan(target, tree, options)
+    current = plan(target, tree, options, dependencies)
     if current.published_version is not None and not options.force:
         reporter.say(f"up to date (version {current.published_version})")
         return BuildResult(target.label, "up to date", current.published_version, current.key.digest)
@@ -182,7 +194,7 @@ def build(target: Target, tree: OutputTree, options: BuildOptions) -> BuildResul
         fingerprint = sources.fingerprint(spec.data, options.data_dir)
         if fingerprint is None:
             raise BuildsysError(f"{target.label}: the data was loaded but its files cannot be found to fingerprint")
-        key = cache_key(spec, fingerprint, current.seed, current.hparams, options.training_key())
+        key = cache_key(spec, fingerprint, current.seed, current.hparams, options.training_key(), current.dependencies)
         published = tree.find_version(spec.name, key.digest)
         if published is not None and not options.force:
             reporter.say(f"up to date (version {published})")
@@ -191,7 +203,7 @@ def build(target: Target, tree: OutputTree, options: BuildOptions) -> BuildResul
     staging = tree.staging_dir(spec.name)
     try:
         work = tree.work_dir(spec.name, key.digest)
-        outcome = _run_actions(target, splits, current, key, staging, work, options, reporter)
+        outcome = _run_actions(target, splits, current, key, staging, work, options, reporter, tree, dependencies)
         if outcome is None:
             shutil.rmtree(staging, ignore_errors=True)
             reporter.say("trained as a multi-worker task; the chief evaluates and publishes")
@@ -226,15 +238,19 @@ def _run_actions(
     work: Path,
     options: BuildOptions,
     reporter: Reporter,
+    tree: OutputTree,
+    dependencies: Sequence[Dependency],
 ) -> tuple[dict[str, Any], Any] | None:
     """compile → train → evaluate → export → verify, into `staging`; returns the manifest (without version) and the
     model's probabilities on the test split, predicted once for the metrics, the parity check and the report.
 
     Training checkpoints into `work`. A multi-worker task other than the chief returns None after training: only
-    the chief evaluates, exports and publishes.
+    the chief evaluates, exports and publishes. A transfer target compiles and trains in
+    `buildsys.actions.transfer` (base, cached features, head, fine-tuning) and joins the common path at evaluate.
     """
     from buildsys.actions.checkpoints import TrainingCheckpoint
     from buildsys.actions.compile import parameter_count
+    from buildsys.actions.data import data_sizes, stream_failures
     from buildsys.actions.distributed import is_chief, task_name
     from buildsys.actions.evaluate import evaluate
     from buildsys.actions.export import export
@@ -245,26 +261,34 @@ def _run_actions(
     spec = target.spec
     multi_worker = options.strategy == "multi-worker"
     verbose = 1 if sys.stdout.isatty() and not options.quiet else 0  # otherwise the epoch lines are the progress
-    with reporter.action("compile"):
-        model, strategy = build_in_scope(
-            spec,
-            current.hparams,
-            current.seed,
-            options.strategy,
-            mixed_precision=options.mixed_precision,
-            jit=options.jit,
-            deterministic=options.deterministic,
+    if spec.transfer is not None:
+        from buildsys.actions.transfer import train_transfer
+
+        model, strategy, history = train_transfer(
+            target, dependencies, splits, current.hparams, current.seed, key.data_fingerprint, tree,
+            reporter.action, reporter.say, verbose,
+        )  # fmt: skip
+    else:
+        with reporter.action("compile"):
+            model, strategy = build_in_scope(
+                spec,
+                current.hparams,
+                current.seed,
+                options.strategy,
+                mixed_precision=options.mixed_precision,
+                jit=options.jit,
+                deterministic=options.deterministic,
+            )
+        reporter.say(
+            f"strategy {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s), "
+            f"{parameter_count(model):,} parameters"
         )
-    reporter.say(
-        f"strategy {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s), "
-        f"{parameter_count(model):,} parameters"
-    )
-    checkpoint = TrainingCheckpoint(work / (f"checkpoint-{task_name()}" if multi_worker else "checkpoint"))
-    with reporter.action("train"):
-        history = fit(model, strategy, spec, splits, current.seed, verbose, checkpoint=checkpoint, say=reporter.say)
-    if multi_worker and not is_chief():
-        return None
-    model = inference_copy(model, spec, current.hparams)
+        checkpoint = TrainingCheckpoint(work / (f"checkpoint-{task_name()}" if multi_worker else "checkpoint"))
+        with reporter.action("train"), stream_failures(splits):
+            history = fit(model, strategy, spec, splits, current.seed, verbose, checkpoint=checkpoint, say=reporter.say)
+        if multi_worker and not is_chief():
+            return None
+        model = inference_copy(model, spec, current.hparams)
     with reporter.action("evaluate"):
         metrics = evaluate(model, spec, splits)
         probabilities = model.predict(splits.x_test, batch_size=256, verbose=0)
@@ -272,6 +296,7 @@ def _run_actions(
     reporter.say("test " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
     with reporter.action("export"):
         tensors = export(model, spec, staging)
+        model.save_weights(str(staging / WEIGHTS_FILE))  # what a dependent's target(...) base is rebuilt from
     with reporter.action("verify"):
         parity = verify(spec, staging, splits.x_test, probabilities)
     reporter.say(
@@ -286,7 +311,8 @@ def _run_actions(
         "content_hash": key.digest,
         "created": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "platform": "onnxruntime_onnx",
-        "files": {"onnx": "model.onnx", "savedmodel": "model.savedmodel"},
+        "files": {"onnx": "model.onnx", "savedmodel": "model.savedmodel", "keras_weights": WEIGHTS_FILE},
+        "dependencies": current.dependencies,
         "inputs": tensors["inputs"],
         "outputs": tensors["outputs"],
         "opset": tensors["opset"],
@@ -301,11 +327,7 @@ def _run_actions(
         "history": history,
         "parity": parity,
         "data_fingerprint": key.data_fingerprint,
-        "data_sizes": {
-            "train": len(splits.x_train),
-            "validation": len(splits.x_val),
-            "test": len(splits.x_test),
-        },
+        "data_sizes": data_sizes(splits),
         "seed": key.seed,
         "hparams": key.hparams,
         "params": parameter_count(model),

@@ -69,11 +69,13 @@ def cache_key(
     seed: int,
     hparams: dict[str, Any],
     training: dict[str, Any] | None = None,
+    dependencies: dict[str, str] | None = None,
 ) -> CacheKey:
     """Computes the key of building `spec` on data with `data_fingerprint`.
 
     `training` holds the command-line training settings that change the weights (`BuildOptions.training_key`);
-    it enters the key only when not empty, so builds without such settings keep their keys.
+    it enters the key only when not empty, so builds without such settings keep their keys. `dependencies` (the
+    content hashes a transfer target's base is built from, `buildsys.transfer.dependency_digests`) likewise.
     """
     versions = framework_versions()
     material = {
@@ -85,4 +87,6 @@ def cache_key(
     }
     if training:
         material["training"] = training
+    if dependencies:
+        material["dependencies"] = dependencies
     return CacheKey(sha256_text(canonical_json(material)), data_fingerprint, seed, dict(hparams), versions)

@@ -63,7 +63,8 @@ def _set_cluster(args: argparse.Namespace) -> None:
 
 
 def command_build(args: argparse.Namespace) -> int:
-    from buildsys.build import BuildOptions, build
+    from buildsys.build import BuildOptions
+    from buildsys.schedule import build_all
 
     workspace, tree = _context(args)
     targets = workspace.resolve(args.labels)
@@ -78,24 +79,30 @@ def command_build(args: argparse.Namespace) -> int:
         jit=args.jit,
         deterministic=args.deterministic,
     )
-    results = [
-        build(target, tree, dataclasses.replace(options, hparams=_hparams_for(args.hparams, target, tree)))
-        for target in targets
-    ]
+    results = build_all(
+        workspace,
+        tree,
+        targets,
+        options,
+        lambda target: dataclasses.replace(options, hparams=_hparams_for(args.hparams, target, tree)),
+    )
     if args.json:
         print(json.dumps({"targets": [result.to_json() for result in results]}, indent=2))
     return 0
 
 
 def command_list(args: argparse.Namespace) -> int:
-    from buildsys.build import BuildOptions, plan
+    from buildsys.build import BuildOptions
+    from buildsys.schedule import plan_all
 
     workspace, tree = _context(args)
     options = BuildOptions(data_dir=Path(args.data_dir) if args.data_dir else None)
     rows = []
-    for target in workspace.resolve(args.labels or ["//..."]):
+    targets = workspace.resolve(args.labels or ["//..."])
+    plans = plan_all(workspace, tree, targets, options)
+    for target in targets:
         versions = tree.versions(target.name)
-        current = plan(target, tree, options)
+        current = plans[target.label]
         if not versions:
             state = "not built"
         elif current.published_version is not None:
@@ -144,11 +151,11 @@ def command_compile(args: argparse.Namespace) -> int:
 
 
 def command_tune(args: argparse.Namespace) -> int:
-    from buildsys.actions.tune import SearchSettings, tune
-
     workspace, tree = _context(args)
     if args.tuner == "hyperband" and args.max_trials is not None:
         raise BuildsysError("--max-trials does not apply to hyperband, whose trial count follows from --epochs")
+    from buildsys.actions.tune import SearchSettings, tune
+
     for target in workspace.resolve(args.labels):
         settings = SearchSettings(
             tuner=args.tuner,
@@ -232,6 +239,31 @@ def command_report(args: argparse.Namespace) -> int:
                               "metrics": manifest["metrics"]}, indent=2, sort_keys=True))  # fmt: skip
             continue
         print(f"{target.label} version {version}\n  report: {path}\n{summary_text(manifest)}")
+    return 0
+
+
+def command_query(args: argparse.Namespace) -> int:
+    """`query deps|rdeps LABEL...`: the labels, then what they depend on (or what depends on them)."""
+    from buildsys.graph import TargetGraph
+
+    workspace, _ = _context(args)
+    graph = TargetGraph(workspace)
+    labels = [target.label for target in workspace.resolve(args.labels)]
+    reverse = args.relation == "rdeps"
+    if args.dot:
+        print(graph.to_dot(labels, reverse=reverse), end="")
+        return 0
+    found: dict[str, list[str]] = {}
+    for label in labels:
+        walk = graph.rdeps if reverse else graph.deps
+        found[label] = walk(label, transitive=not args.direct)
+    if args.json:
+        print(json.dumps(found, indent=2))
+        return 0
+    printed: list[str] = []
+    for label, related in found.items():
+        printed += [item for item in (label, *related) if item not in printed]
+    print("\n".join(printed))
     return 0
 
 
@@ -344,6 +376,13 @@ def make_parser() -> argparse.ArgumentParser:
     clean = commands.add_parser("clean", parents=[common], help="remove the outputs of targets (all without LABEL)")
     clean.add_argument("labels", nargs="*", metavar="LABEL")
     clean.set_defaults(func=command_clean)
+
+    query = commands.add_parser("query", parents=[common], help="what targets depend on (deps) or what depends on them")
+    query.add_argument("relation", choices=("deps", "rdeps"))
+    query.add_argument("labels", nargs="+", metavar="LABEL")
+    query.add_argument("--direct", action="store_true", help="only direct dependencies (default: all the way)")
+    query.add_argument("--dot", action="store_true", help="print a Graphviz digraph (dependent -> base)")
+    query.set_defaults(func=command_query)
 
     _add_plugins(commands)
     return parser

@@ -82,6 +82,23 @@ class LabelError(BuildsysError):
     exit_code = 2
 
 
+class DependencyCycleError(DefinitionError):
+    """Targets depend on each other in a circle (through `target(...)` bases); nothing can be built first.
+
+    Example:
+        `model_defs/a.py:9: dependency cycle: //model_defs:a -> //model_defs:b -> //model_defs:a`
+    """
+
+
+class WeightsUnavailableError(BuildsysError):
+    """A pretrained base's weights file is neither on this machine nor downloadable.
+
+    Example:
+        `InceptionV3 ImageNet weights are not on this machine and could not be downloaded (...); put
+        inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5 into /root/.keras/models`
+    """
+
+
 def describe(value: object) -> str:
     """Shows a received value the way error messages quote it: `"128" (str)`."""
     shown = f'"{value}"' if isinstance(value, str) else repr(value)

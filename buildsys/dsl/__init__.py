@@ -5,6 +5,7 @@ Definitions start with `from buildsys.dsl import *`. The names below are the who
 """
 
 from buildsys.dsl import datasets, hp
+from buildsys.dsl.bases import fine_tune, logistic_regression, mlp, pretrained, target
 from buildsys.dsl.layers import (
     Activation,
     AveragePooling2D,
@@ -39,10 +40,15 @@ __all__ = [
     "datasets",
     "evaluate",
     "export",
+    "fine_tune",
     "hp",
     "image_input",
     "l1_l2",
+    "logistic_regression",
     "max_norm",
+    "mlp",
     "model",
+    "pretrained",
+    "target",
     "train",
 ]

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from buildsys.dsl.bases import Base, FineTuneSpec, HeadSpec, TransferSpec, check_transfer
 from buildsys.dsl.datasets import DataSource
 from buildsys.dsl.hp import HyperParameter
 from buildsys.dsl.layers import LayerSpec, infer_output_shape
@@ -125,6 +126,7 @@ class ModelSpec:
     output_name: str = "probabilities"
     evaluate: EvaluateSpec | None = None
     location: Location | None = field(default=None, compare=False, repr=False)
+    transfer: TransferSpec | None = None  # a base and a head in place of `layers` (buildsys.dsl.bases)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -157,8 +159,10 @@ class ModelSpec:
         published versions) they had before gates existed.
         """
         gate = {"evaluate": self.evaluate.to_json()} if self.evaluate is not None else {}
+        transfer = {"transfer": self.transfer.to_json()} if self.transfer is not None else {}
         return {
             **gate,
+            **transfer,
             "name": self.name,
             "description": self.description,
             "data": self.data.to_json(),
@@ -348,13 +352,19 @@ def model(
     name: str,
     data: DataSource,
     inputs: ImageInput,
-    layers: list[LayerSpec] | tuple[LayerSpec, ...],
-    train: TrainSpec,
+    layers: list[LayerSpec] | tuple[LayerSpec, ...] = (),
+    train: TrainSpec | None = None,
     export: ExportSpec | None = None,
     description: str = "",
     evaluate: EvaluateSpec | None = None,
+    base: Base | None = None,
+    head: HeadSpec | None = None,
+    fine_tune: FineTuneSpec | None = None,
 ) -> ModelSpec:
     """Declares a target. Checks it completely, so that a bad definition fails before any work.
+
+    A transfer target gives `base=` and `head=` (and optionally `fine_tune=`) instead of `layers=`; see
+    `buildsys.dsl.bases`.
 
     Raises:
         DefinitionError: with the file and line of the offending value.
@@ -381,11 +391,27 @@ def model(
         f"model(train=...) expects train(...). Received: {describe(train)}.",
         location,
     )
-    _require(
-        isinstance(layers, list | tuple) and layers and all(isinstance(layer, LayerSpec) for layer in layers),
-        "model(layers=...) expects a non-empty list of layers such as Dense(10, activation='softmax').",
-        location,
-    )
+    transfer = None
+    if base is None:
+        _require(
+            isinstance(layers, list | tuple) and layers and all(isinstance(layer, LayerSpec) for layer in layers),
+            "model(layers=...) expects a non-empty list of layers such as Dense(10, activation='softmax').",
+            location,
+        )
+        _require(
+            head is None and fine_tune is None,
+            "model(head=..., fine_tune=...) need a base: add base=pretrained(...) or base=target(...).",
+            location,
+        )
+    else:
+        _require(
+            not layers,
+            "a transfer target takes head=logistic_regression(...) or head=mlp(...) instead of layers=[...].",
+            location,
+        )
+        transfer = check_transfer(
+            base, head, fine_tune, inputs.shape, inputs.dtype, inputs.scale, inputs.offset, location
+        )
     _require(
         evaluate is None or isinstance(evaluate, EvaluateSpec),
         f"model(evaluate=...) expects evaluate(min_accuracy=..., max_regression=...). Received: {describe(evaluate)}.",
@@ -401,6 +427,7 @@ def model(
         description,
         evaluate=evaluate,
         location=location,
+        transfer=transfer,
     )
     validate(spec)
     collected = _registered.get()
@@ -422,6 +449,8 @@ def validate(spec: ModelSpec, hparams: dict[str, Any] | None = None) -> tuple[in
         f"image_input(shape={input_shape}) does not fit the data, whose images are shaped {data_shape}.",
         spec.inputs.location,
     )
+    if spec.transfer is not None:  # the head is built to output one probability per class
+        return (len(spec.class_names),)
     shape = input_shape
     for layer in spec.layers:
         shape = infer_output_shape(layer, shape, values)

@@ -1,0 +1,122 @@
+"""Transfer builds end to end: digits_transfer on digits_cnn, and pretrained bases from local weights files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime
+import pytest
+
+from tests.conftest import REPO, run_buildsys, write_definition
+
+pytestmark = pytest.mark.slow
+
+
+def manifest(root: Path, name: str, version: int) -> dict:
+    return json.loads((root / "build-out" / "models" / name / str(version) / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def transfer_workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A clean workspace with digits_cnn and digits_transfer, after `build //model_defs:digits_transfer`."""
+    root = tmp_path_factory.mktemp("transfer-workspace")
+    (root / "model_defs").mkdir()
+    for name in ("digits_cnn.py", "digits_transfer.py"):
+        shutil.copy(REPO / "model_defs" / name, root / "model_defs" / name)
+    result = run_buildsys("build", "//model_defs:digits_transfer", cwd=root)
+    assert result.returncode == 0, result.stderr
+    return root, result
+
+
+def test_building_the_head_builds_its_base_first(transfer_workspace: tuple[Path, subprocess.CompletedProcess]) -> None:
+    root, result = transfer_workspace
+    published = [line for line in result.stdout.splitlines() if "published version" in line]
+    assert [line.split(":")[1] for line in published] == ["digits_cnn", "digits_transfer"]
+    head = manifest(root, "digits_transfer", 1)
+    base = manifest(root, "digits_cnn", 1)
+    assert head["metrics"]["test"]["accuracy"] >= 0.90
+    assert head["dependencies"] == {"//model_defs:digits_cnn": base["content_hash"]}
+    assert head["parity"]["onnx_max_abs_diff"] <= 1e-4 and head["parity"]["savedmodel_max_abs_diff"] <= 1e-4
+    assert list((root / "build-out" / "features").glob("*.npz")), "the base's features are cached"
+    assert "featurise" in head["timings"]
+
+
+def test_exported_head_is_one_graph_from_pixels(transfer_workspace: tuple[Path, subprocess.CompletedProcess]) -> None:
+    from sklearn.datasets import load_digits
+
+    from buildsys.sources.sklearn_digits import to_uint8
+
+    root, _ = transfer_workspace
+    path = root / "build-out" / "models" / "digits_transfer" / "1" / "model.onnx"
+    graph = onnx.load(str(path)).graph
+    assert [value.name for value in graph.input] == ["image"] and [value.name for value in graph.output] == [
+        "probabilities"
+    ]
+    digits = load_digits()
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    probabilities = session.run(["probabilities"], {"image": to_uint8(digits.images)[..., np.newaxis]})[0]
+    assert (probabilities.argmax(axis=1) == digits.target).mean() >= 0.90
+
+
+def test_noop_build_of_the_chain_stays_tensorflow_free(
+    transfer_workspace: tuple[Path, subprocess.CompletedProcess],
+) -> None:
+    root, _ = transfer_workspace
+    probe = (
+        "import sys\nfrom buildsys.cli import main\ncode = main(['build', '//model_defs:digits_transfer'])\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow was imported'\n"
+        "sys.exit(code)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "digits_cnn: up to date (version 1)" in result.stdout
+    assert "digits_transfer: up to date (version 1)" in result.stdout
+
+
+def test_changing_the_base_makes_the_head_stale(transfer_workspace: tuple[Path, subprocess.CompletedProcess]) -> None:
+    root, _ = transfer_workspace
+    changed = root / "changed"
+    shutil.copytree(root / "model_defs", changed / "model_defs")
+    os.symlink(root / "build-out", changed / "build-out")
+    cnn = changed / "model_defs" / "digits_cnn.py"
+    cnn.write_text(cnn.read_text().replace("epochs=20", "epochs=21"))
+    listed = run_buildsys("list", "--json", cwd=changed)
+    assert listed.returncode == 0, listed.stderr
+    states = {row["label"]: row["state"] for row in json.loads(listed.stdout)}
+    assert states == {"//model_defs:digits_cnn": "stale", "//model_defs:digits_transfer": "stale"}
+
+
+def test_missing_imagenet_weights_fail_with_one_line(workspace: Path) -> None:
+    """Offline and with an empty Keras cache, the build names the notop weights file and the folder for it."""
+    write_definition(
+        workspace,
+        "vgg.py",
+        """
+        from buildsys.dsl import *
+
+        model(
+            name="vgg",
+            data=datasets.sklearn_digits(),
+            inputs=image_input(shape=(8, 8, 1), scale=1),
+            base=pretrained("VGG16", weights="imagenet", input_size=(32, 32)),
+            head=logistic_regression(),
+            train=train(epochs=1),
+        )
+        """,
+    )
+    keras_home = workspace / "keras-home"
+    env = {**os.environ, "KERAS_HOME": str(keras_home), "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": ""}
+    result = run_buildsys("build", "vgg", cwd=workspace, env=env)
+    assert result.returncode == 1
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]  # TF's C++ logs aside
+    assert result.stderr.strip().endswith(line)
+    assert line.startswith("error: VGG16 ImageNet weights are not on this machine and could not be downloaded")
+    assert f"put vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 into {keras_home / 'models'}" in line
+    assert not (workspace / "build-out" / "models" / "vgg").exists()

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.mariadb import mariadb, mariadb_url  # noqa: F401 - fixtures: a real MariaDB server
+
 REPO = Path(__file__).resolve().parent.parent
 
 

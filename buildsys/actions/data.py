@@ -1,11 +1,15 @@
 """The data action: check loaded arrays against the definition, carve the validation split, make `tf.data`.
 
 Checks happen on the NumPy arrays before anything trains, so bad data (wrong shapes, NaNs, labels out of range)
-fails with one line naming the split and what was wrong.
+fails with one line naming the split and what was wrong. A `StreamingDataset` (SQL) becomes `StreamSplits`: its
+training rows flow chunk by chunk through `tf.data.Dataset.from_generator`, checked chunk by chunk, with the
+validation rows chosen by a seeded hash of each row's position, so memory stays bounded by the shuffle buffer.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,7 +17,7 @@ import numpy as np
 
 from buildsys.dsl.specs import ModelSpec
 from buildsys.errors import DataError
-from buildsys.sources import Dataset
+from buildsys.sources import Dataset, StreamingDataset
 
 
 @dataclass(frozen=True)
@@ -54,8 +58,10 @@ def _check_split(split: str, images: np.ndarray, labels: np.ndarray, spec: Model
     return images.astype(spec.inputs.dtype, copy=False)
 
 
-def check_and_split(dataset: Dataset, spec: ModelSpec, seed: int) -> Splits:
+def check_and_split(dataset: Dataset | StreamingDataset, spec: ModelSpec, seed: int) -> Splits | StreamSplits:
     """Checks both splits and carves a seeded validation set from training (never from test)."""
+    if isinstance(dataset, StreamingDataset):
+        return _stream_splits(dataset, spec, seed)
     x_train = _check_split("train", np.asarray(dataset.x_train), np.asarray(dataset.y_train), spec)
     x_test = _check_split("test", np.asarray(dataset.x_test), np.asarray(dataset.y_test), spec)
     y_train, y_test = np.asarray(dataset.y_train, np.int64), np.asarray(dataset.y_test, np.int64)
@@ -76,3 +82,109 @@ def make_dataset(
     if shuffle_buffer:
         dataset = dataset.shuffle(min(shuffle_buffer, len(images)), seed=seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+@dataclass
+class StreamSplits:
+    """Training and validation rows streamed from a `StreamingDataset`; the test split checked and in memory.
+
+    `failure` keeps a DataError raised inside a `tf.data` generator, which TensorFlow would otherwise re-raise
+    as an opaque error with a Python traceback in its message (see `stream_failures`).
+    """
+
+    dataset: StreamingDataset
+    spec: ModelSpec
+    seed: int
+    train_size: int
+    val_size: int
+    x_test: np.ndarray
+    y_test: np.ndarray
+    failure: DataError | None = None
+
+    def rows(self, validation: bool) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """One pass over the training rows (or the validation rows), checked chunk by chunk."""
+        start = 0
+        try:
+            for images, labels in self.dataset.train_chunks():
+                end = start + len(images) - 1
+                images = _check_split(f"train rows {start}..{end}:", images, np.asarray(labels), self.spec)
+                held = _held_out(start, len(images), self.seed, self.spec.train.validation_split)
+                keep = held if validation else ~held
+                start = end + 1
+                if keep.any():
+                    yield images[keep], labels[keep].astype(np.int64)
+        except DataError as error:
+            self.failure = error
+            raise
+
+
+def _held_out(start: int, count: int, seed: int, fraction: float) -> np.ndarray:
+    """Whether each row position in [start, start + count) belongs to validation: a splitmix64 hash of the
+    position and seed compared with `fraction`, so the choice needs no table-sized permutation in memory."""
+    with np.errstate(over="ignore"):
+        x = np.arange(start, start + count, dtype=np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return (x >> np.uint64(11)).astype(np.float64) / float(1 << 53) < fraction
+
+
+def _stream_splits(dataset: StreamingDataset, spec: ModelSpec, seed: int) -> StreamSplits:
+    x_test = _check_split("test", np.asarray(dataset.x_test), np.asarray(dataset.y_test), spec)
+    if dataset.train_size == 0:
+        raise DataError("train split is empty")
+    held = sum(
+        int(_held_out(start, min(1 << 20, dataset.train_size - start), seed, spec.train.validation_split).sum())
+        for start in range(0, dataset.train_size, 1 << 20)
+    )
+    y_test = np.asarray(dataset.y_test, np.int64)
+    return StreamSplits(dataset, spec, seed, dataset.train_size - held, held, x_test, y_test)
+
+
+def data_sizes(splits: Splits | StreamSplits) -> dict[str, int]:
+    """How many images each split holds, for the manifest."""
+    if isinstance(splits, StreamSplits):
+        return {"train": splits.train_size, "validation": splits.val_size, "test": len(splits.x_test)}
+    return {"train": len(splits.x_train), "validation": len(splits.x_val), "test": len(splits.x_test)}
+
+
+def training_data(splits: Splits | StreamSplits, global_batch: int, shuffle_buffer: int, seed: int) -> tuple[Any, Any]:
+    """The `tf.data` pipelines `fit` consumes: (training, validation or None).
+
+    Streamed rows are never cached (that would hold the table); they are shuffled through a buffer of
+    `shuffle_buffer` rows, reshuffled each epoch with `seed`.
+    """
+    if isinstance(splits, Splits):
+        train = make_dataset(splits.x_train, splits.y_train, global_batch, shuffle_buffer=shuffle_buffer, seed=seed)
+        validation = make_dataset(splits.x_val, splits.y_val, global_batch) if len(splits.x_val) else None
+        return train, validation
+    from buildsys.actions import tensorflow
+
+    tf = tensorflow()
+    signature = (
+        tf.TensorSpec((None, *splits.spec.inputs.shape), tf.dtypes.as_dtype(splits.spec.inputs.dtype)),
+        tf.TensorSpec((None,), tf.int64),
+    )
+
+    def stream(validation: bool) -> Any:
+        """Rows of one side; the known row count lets Keras size its progress bar and end epochs cleanly."""
+        rows = tf.data.Dataset.from_generator(lambda: splits.rows(validation), output_signature=signature)
+        count = splits.val_size if validation else splits.train_size
+        return rows.unbatch().apply(tf.data.experimental.assert_cardinality(count))
+
+    train = stream(False).shuffle(min(shuffle_buffer, splits.train_size), seed=seed, reshuffle_each_iteration=True)
+    train = train.batch(global_batch).prefetch(tf.data.AUTOTUNE)
+    validation = stream(True).batch(global_batch).prefetch(tf.data.AUTOTUNE) if splits.val_size else None
+    return train, validation
+
+
+@contextmanager
+def stream_failures(splits: Splits | StreamSplits) -> Iterator[None]:
+    """Re-raises the DataError behind a failed streamed pass as itself, so the user sees one line."""
+    try:
+        yield
+    except Exception:
+        failure = getattr(splits, "failure", None)
+        if failure is not None:
+            raise failure from None
+        raise

@@ -20,7 +20,7 @@ from buildsys.actions.checkpoints import (
     interrupted_message,
 )
 from buildsys.actions.compile import build_model, compile_model
-from buildsys.actions.data import Splits, make_dataset
+from buildsys.actions.data import Splits, StreamSplits, training_data
 from buildsys.actions.distributed import fit_multi_worker, is_multi_worker
 from buildsys.actions.numerics import configure
 from buildsys.dsl.specs import ModelSpec
@@ -81,7 +81,7 @@ def fit(
     model: Any,
     strategy: Any,
     spec: ModelSpec,
-    splits: Splits,
+    splits: Splits | StreamSplits,
     seed: int,
     verbose: int,
     *,
@@ -117,10 +117,7 @@ def fit(
             )
         elif initial_epoch < epochs:
             global_batch = spec.train.batch_size * strategy.num_replicas_in_sync
-            train_data = make_dataset(
-                splits.x_train, splits.y_train, global_batch, shuffle_buffer=spec.train.shuffle_buffer, seed=seed
-            )
-            validation = make_dataset(splits.x_val, splits.y_val, global_batch) if len(splits.x_val) else None
+            train_data, validation = training_data(splits, global_batch, spec.train.shuffle_buffer, seed)
             model.fit(
                 train_data,
                 validation_data=validation,

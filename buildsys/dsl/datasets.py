@@ -7,6 +7,7 @@ Only the declaration lives here (a `DataSource` value, hashed into the cache key
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from buildsys.errors import DefinitionError, Location, caller_location, describe
@@ -44,6 +45,9 @@ class DataSource:
     class_names: tuple[str, ...]
     image_shape: tuple[int, ...]
     location: Location | None = field(default=None, compare=False, repr=False)
+    # Relative paths and SQLite files resolve against this folder (the declaring workspace's root); it is left out
+    # of the cache key so that a moved workspace keys on the same content.
+    base_dir: Path | None = field(default=None, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, **dict(self.params), "class_names": list(self.class_names)}
@@ -87,3 +91,183 @@ def sklearn_digits(test_fraction: float = 0.2, split_seed: int = 0) -> DataSourc
     params = (("test_fraction", test_fraction), ("split_seed", split_seed))
     names = tuple(str(digit) for digit in range(10))
     return DataSource("sklearn_digits", params, names, (8, 8), location)
+
+
+def _workspace_root(location: Location | None) -> Path:
+    """The root of the workspace whose definition is declaring a source (the current folder outside one)."""
+    from buildsys.errors import LabelError
+    from buildsys.workspace import find_root
+
+    start = Path(location.path).parent if location else Path.cwd()
+    try:
+        return find_root(start)
+    except LabelError:
+        return Path.cwd().resolve()
+
+
+def _probe(location: Location | None, what: str, probe: Any, *args: Any) -> Any:
+    """Runs a source probe needed at declaration time; its DataError becomes a DefinitionError at this line."""
+    from buildsys.errors import DataError
+
+    try:
+        return probe(*args)
+    except DataError as error:
+        raise DefinitionError(f"{what}: {error}.", location) from None
+
+
+def _check_size(size: Any, argument: str, location: Location | None) -> tuple[int, ...]:
+    if not (
+        isinstance(size, tuple | list)
+        and len(size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+    ):
+        raise DefinitionError(
+            f"{argument} expects (height, width) as positive ints. Received: {describe(size)}.", location
+        )
+    return tuple(size)
+
+
+def image_folder(
+    path: str,
+    image_size: tuple[int, int],
+    color_mode: str = "rgb",
+    split: float | str = 0.2,
+    split_seed: int = 0,
+    class_names: list[str] | None = None,
+) -> DataSource:
+    """Images in one sub-folder per class (the folder's name is the class name): PNG, JPEG or BMP.
+
+    Every image is converted to `color_mode` ("grayscale" or "rgb") and resized to `image_size` (height, width).
+    `split` is the test fraction, drawn per class with `split_seed`, or "folders" for separate `train/` and `test/`
+    trees. A relative `path` is relative to the workspace root. Class names default to the sub-folders, sorted.
+
+    Example:
+        `datasets.image_folder("data/flowers", image_size=(64, 64), color_mode="rgb", split=0.2)`
+    """
+    from buildsys.sources import image_folder as folders
+    from buildsys.sources.images import COLOR_MODES, image_shape
+
+    location = caller_location()
+    if not isinstance(path, str) or not path:
+        raise DefinitionError(f"image_folder(path=...) expects a folder path. Received: {describe(path)}.", location)
+    size = _check_size(image_size, "image_folder(image_size=...)", location)
+    if color_mode not in COLOR_MODES:
+        raise DefinitionError(
+            f"image_folder(color_mode=...) expects one of {', '.join(COLOR_MODES)}. Received: {describe(color_mode)}.",
+            location,
+        )
+    if split != "folders" and not (isinstance(split, float) and 0 < split < 1):
+        raise DefinitionError(
+            f'image_folder(split=...) expects a test fraction in (0, 1) or "folders". Received: {describe(split)}.',
+            location,
+        )
+    base_dir = _workspace_root(location)
+    if class_names is None:
+        class_names = _probe(location, f"image_folder({path!r})", folders.class_folders, base_dir / path, split)
+    names = _class_names(class_names, [], location)
+    params = (("path", path), ("image_size", list(size)), ("color_mode", color_mode), ("split", split),
+              ("split_seed", split_seed))  # fmt: skip
+    return DataSource("image_folder", params, names, image_shape(size, color_mode), location, base_dir)
+
+
+def npz(path: str, class_names: list[str] | None = None) -> DataSource:
+    """A NumPy `.npz` file with `x_train`, `y_train`, `x_test`, `y_test` (read with allow_pickle=False).
+
+    Images are uint8 shaped (N, H, W) or (N, H, W, C). Class names come from `class_names`, else from a
+    `class_names` string array in the file, else are "0", "1", ... up to the largest label. A relative `path` is
+    relative to the workspace root.
+    """
+    from buildsys.sources import npz as npz_files
+
+    location = caller_location()
+    if not isinstance(path, str) or not path:
+        raise DefinitionError(f"npz(path=...) expects a file path. Received: {describe(path)}.", location)
+    base_dir = _workspace_root(location)
+    shape, found_names = _probe(location, f"npz({path!r})", npz_files.describe, base_dir / path)
+    names = _class_names(class_names, found_names, location)
+    return DataSource("npz", (("path", path),), names, shape, location, base_dir)
+
+
+def sql(
+    url: str,
+    query_train: str,
+    query_test: str,
+    image_column: str,
+    label_column: str,
+    class_names_query: str | None = None,
+    *,
+    image_shape: tuple[int, ...],
+    class_names: list[str] | None = None,
+    image_format: str = "auto",
+    id_column: str | None = None,
+    chunk_size: int = 1024,
+    checksum_query: str | None = None,
+    unsafe_pickle: bool = False,
+) -> DataSource:
+    """Images and labels from a database through SQLAlchemy (SQLite, MariaDB/MySQL via PyMySQL, ...).
+
+    Each query returns one row per image with `image_column` (PNG/JPEG/BMP bytes, `.npy` bytes, or raw uint8
+    pixels shaped `image_shape`) and `label_column` (class index). Training rows are streamed `chunk_size` at a
+    time, so a table larger than memory trains in bounded memory; the test split is held in memory.
+    `class_names_query` returns one class name per row, in class-index order (or pass `class_names`).
+    `${VAR}` in `url` is read from the environment, so passwords stay out of definitions and manifests; a relative
+    SQLite path is relative to the workspace root. Pickled cells are refused unless `unsafe_pickle=True`.
+
+    Example:
+        `datasets.sql("sqlite:///data/mnist.db", "SELECT img_vector, img_label FROM tf_images WHERE img_use = 1",
+        "SELECT img_vector, img_label FROM tf_images WHERE img_use = 2", "img_vector", "img_label",
+        class_names_query="SELECT class_name FROM categories ORDER BY class_idx", image_shape=(28, 28))`
+    """
+    from buildsys.sources import sql as databases
+    from buildsys.sources.images import CELL_FORMATS
+
+    location = caller_location()
+    texts = {"url": url, "query_train": query_train, "query_test": query_test, "image_column": image_column,
+             "label_column": label_column}  # fmt: skip
+    for argument, value in texts.items():
+        if not isinstance(value, str) or not value.strip():
+            raise DefinitionError(
+                f"sql({argument}=...) expects a non-empty string. Received: {describe(value)}.", location
+            )
+    shape = image_shape
+    if not (
+        isinstance(shape, tuple | list)
+        and len(shape) in (2, 3)
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in shape)
+        and (len(shape) == 2 or shape[2] in (1, 3))
+    ):
+        raise DefinitionError(
+            f"sql(image_shape=...) expects (height, width) or (height, width, 1 or 3). Received: {describe(shape)}.",
+            location,
+        )
+    if image_format not in CELL_FORMATS:
+        raise DefinitionError(
+            f"sql(image_format=...) expects one of {', '.join(CELL_FORMATS)}. Received: {describe(image_format)}.",
+            location,
+        )
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0:
+        raise DefinitionError(
+            f"sql(chunk_size=...) expects a positive int. Received: {describe(chunk_size)}.", location
+        )
+    if (class_names is None) == (class_names_query is None):
+        raise DefinitionError("sql() needs exactly one of class_names_query=... or class_names=[...].", location)
+    base_dir = _workspace_root(location)
+    if class_names is None:
+        class_names = _probe(location, "sql(class_names_query=...)", databases.query_class_names, url,
+                             class_names_query, base_dir)  # fmt: skip
+    names = _class_names(class_names, [], location)
+    params = (
+        ("url", url),
+        ("query_train", query_train),
+        ("query_test", query_test),
+        ("image_column", image_column),
+        ("label_column", label_column),
+        ("class_names_query", class_names_query),
+        ("image_shape", list(shape)),
+        ("image_format", image_format),
+        ("id_column", id_column),
+        ("chunk_size", chunk_size),
+        ("checksum_query", checksum_query),
+        ("unsafe_pickle", bool(unsafe_pickle)),
+    )
+    return DataSource("sql", params, names, tuple(shape), location, base_dir)

@@ -1,17 +1,25 @@
 """Data sources: where a declared dataset's images come from, and what fingerprints their content.
 
 `fingerprint` must stay cheap and TensorFlow-free: the no-op build path calls it. `load` may import heavy
-libraries; it returns plain NumPy arrays, which `buildsys.actions.data` checks and turns into `tf.data`.
+libraries; it returns plain NumPy arrays (`Dataset`), or for SQL sources a `StreamingDataset` whose training rows
+are read chunk by chunk on every pass; `buildsys.actions.data` checks either and turns it into `tf.data`.
+`reader` opens any declared source batch by batch (`records.Reader`) for import, inspection and prediction.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from buildsys.dsl.datasets import DataSource
+
+if TYPE_CHECKING:
+    from buildsys.sources.records import Reader
 
 
 @dataclass(frozen=True)
@@ -20,6 +28,19 @@ class Dataset:
 
     x_train: np.ndarray
     y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class StreamingDataset:
+    """A source too large to hold: each call of `train_chunks` starts a new pass over the training rows, yielding
+    (uint8 images, int64 labels) chunks; the test split is small enough to hold (evaluation and parity use it)."""
+
+    train_chunks: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
+    train_size: int
+    image_shape: tuple[int, ...]
     x_test: np.ndarray
     y_test: np.ndarray
     class_names: tuple[str, ...]
@@ -35,13 +56,47 @@ def fingerprint(source: DataSource, data_dir: Path | None) -> str | None:
         from buildsys.sources import sklearn_digits
 
         return sklearn_digits.fingerprint(source)
+    if source.kind in ("image_folder", "npz", "sql"):
+        return _module(source).fingerprint(source)
     from buildsys.sources import keras_datasets
 
     return keras_datasets.fingerprint(source, data_dir)
 
 
-def load(source: DataSource, data_dir: Path | None) -> Dataset:
-    """Loads the source's arrays; raises `DataError` with one line saying what is missing or wrong."""
+def _module(source: DataSource) -> ModuleType:
+    """The module that reads and fingerprints a file or database source."""
+    from buildsys.sources import image_folder, npz, sql
+
+    return {"image_folder": image_folder, "npz": npz, "sql": sql}[source.kind]
+
+
+def reader(source: DataSource, data_dir: Path | None) -> Reader:
+    """The declared source opened batch by batch; built-in datasets are loaded and wrapped."""
+    if source.kind in ("image_folder", "npz", "sql"):
+        return _module(source).source_reader(source)
+    from buildsys.sources.records import ArrayReader
+
+    dataset = load(source, data_dir)
+    arrays = {"train": (dataset.x_train, dataset.y_train), "test": (dataset.x_test, dataset.y_test)}
+    return ArrayReader(f"{source.kind} dataset", arrays, source.class_names)
+
+
+def load(source: DataSource, data_dir: Path | None) -> Dataset | StreamingDataset:
+    """Loads the source; raises `DataError` with one line saying what is missing or wrong.
+
+    SQL sources stream their training rows (`StreamingDataset`); files are read into memory.
+    """
+    if source.kind == "sql":
+        from buildsys.sources import sql
+
+        return sql.load(source)
+    if source.kind in ("image_folder", "npz"):
+        from buildsys.sources.records import read_all
+
+        opened = _module(source).source_reader(source)
+        x_train, y_train = read_all(opened, "train")
+        x_test, y_test = read_all(opened, "test")
+        return Dataset(x_train, y_train, x_test, y_test, source.class_names)
     if source.kind == "sklearn_digits":
         from buildsys.sources import sklearn_digits
 

@@ -1,0 +1,144 @@
+"""Image folders: one sub-folder per class (its name is the class name), or loose image files without labels.
+
+Owns listing, the seeded per-class train/test split, decoding with resizing, and the folder's fingerprint (every
+file's relative path, size and mtime, plus the content of an evenly spaced sample of files). Never TensorFlow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from buildsys.dsl.datasets import DataSource
+from buildsys.errors import DataError
+from buildsys.sources.images import IMAGE_SUFFIXES, image_shape, read_image_file
+from buildsys.sources.records import Batch
+
+FINGERPRINT_SAMPLES = 32
+
+
+def resolve(source: DataSource, path: str) -> Path:
+    """A path from a definition: absolute as written, else relative to the declaring workspace's root."""
+    given = Path(path)
+    return given if given.is_absolute() else (source.base_dir or Path.cwd()) / given
+
+
+def is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _images_under(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.rglob("*") if is_image(path))
+
+
+def class_folders(folder: Path, split: float | str) -> list[str]:
+    """The class names of an image folder: its sub-folders (of `train/` when split="folders"), sorted.
+
+    Raises:
+        DataError: when the folder is missing or has no class sub-folders.
+    """
+    root = folder / "train" if split == "folders" else folder
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder")
+    names = sorted(child.name for child in root.iterdir() if child.is_dir() and not child.name.startswith("."))
+    if not names:
+        raise DataError(f"{root} has no class sub-folders (expected one folder of images per class)")
+    return names
+
+
+def split_files(
+    folder: Path, class_names: tuple[str, ...], split: float | str, split_seed: int
+) -> dict[str, list[tuple[Path, int]]]:
+    """(file, label) pairs per split. A ratio split draws each class's test files with `split_seed`, so both
+    splits keep the class balance and adding a class does not reshuffle the others."""
+    index = {name: position for position, name in enumerate(class_names)}
+    if split == "folders":
+        found: dict[str, list[tuple[Path, int]]] = {}
+        for part in ("train", "test"):
+            root = folder / part
+            if not root.is_dir():
+                raise DataError(f"{root} is missing; split='folders' expects train/ and test/ trees")
+            unknown = sorted(c.name for c in root.iterdir() if c.is_dir() and c.name not in index)
+            if unknown:
+                raise DataError(f"{root} has folders that are not classes: {', '.join(unknown)}")
+            found[part] = [(path, index[name]) for name in class_names for path in _images_under(root / name)]
+        return found
+    rng = np.random.default_rng(split_seed)
+    train, test = [], []
+    for name in class_names:
+        files = _images_under(folder / name)
+        held = max(1, round(len(files) * split)) if len(files) > 1 else 0
+        chosen = set(rng.permutation(len(files))[:held].tolist())
+        for position, path in enumerate(files):
+            (test if position in chosen else train).append((path, index[name]))
+    return {"train": train, "test": test}
+
+
+class FolderReader:
+    """Reads labelled image files, decoding each batch on demand (at most one batch of pixels in memory)."""
+
+    def __init__(
+        self,
+        root: Path | None,
+        files: dict[str, list[tuple[Path, int | None]]],
+        class_names: tuple[str, ...] | None,
+        size: tuple[int, int],
+        color_mode: str,
+    ) -> None:
+        self.root = root
+        self.description = f"image folder {root}" if root else f"{sum(map(len, files.values()))} image files"
+        self.files = files
+        self.class_names = class_names
+        self.size = size
+        self.color_mode = color_mode
+        self.image_shape = image_shape(size, color_mode)
+
+    def splits(self) -> tuple[str, ...]:
+        return tuple(self.files)
+
+    def count(self, split: str) -> int:
+        return len(self.files[split])
+
+    def batches(self, split: str, batch_size: int) -> Iterator[Batch]:
+        files = self.files[split]
+        for start in range(0, len(files), batch_size):
+            chunk = files[start : start + batch_size]
+            images = np.stack([read_image_file(path, self.size, self.color_mode) for path, _ in chunk])
+            labels = None if self.class_names is None else np.array([label for _, label in chunk], np.int64)
+            yield Batch([self._id(path) for path, _ in chunk], images, labels)
+
+    def _id(self, path: Path) -> str:
+        """Image ids are paths relative to the folder, or as given for loose files."""
+        return path.relative_to(self.root).as_posix() if self.root else str(path)
+
+
+def native_size(path: Path) -> tuple[tuple[int, int], str]:
+    """(height, width) and colour mode of an image file, for sources named on the command line."""
+    pixels = read_image_file(path, None, None)
+    return pixels.shape[:2], "rgb" if pixels.ndim == 3 else "grayscale"
+
+
+def source_reader(source: DataSource) -> FolderReader:
+    params = dict(source.params)
+    folder = resolve(source, params["path"])
+    files = split_files(folder, source.class_names, params["split"], params["split_seed"])
+    return FolderReader(folder, files, source.class_names, tuple(params["image_size"]), params["color_mode"])
+
+
+def fingerprint(source: DataSource) -> str | None:
+    """Covers every image file's relative path, size and mtime, and the bytes of up to 32 evenly spaced files;
+    None when the folder is not on this machine."""
+    folder = resolve(source, dict(source.params)["path"])
+    if not folder.is_dir():
+        return None
+    digest = hashlib.sha256(repr(sorted(source.params)).encode())
+    files = _images_under(folder)
+    for path in files:
+        status = path.stat()
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
+    for position in np.unique(np.linspace(0, len(files) - 1, FINGERPRINT_SAMPLES).astype(int)) if files else []:
+        digest.update(files[position].read_bytes())
+    return digest.hexdigest()

@@ -1,0 +1,100 @@
+"""Test data generated on the spot: the real 8x8 digits, written as image folders, npz files and SQL tables."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from buildsys.sources.images import encode_png
+
+CLASS_NAMES = [f"digit {d}" for d in range(10)]
+
+
+def digits(count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits as uint8 0..255 images and int64 labels (the first `count`)."""
+    from sklearn.datasets import load_digits
+
+    from buildsys.sources.sklearn_digits import to_uint8
+
+    data = load_digits()
+    return to_uint8(data.images)[:count], data.target.astype(np.int64)[:count]
+
+
+def write_table(
+    url: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    encode: Callable[[np.ndarray], bytes] = lambda image: image.tobytes(),
+    test_every: int = 5,
+) -> None:
+    """Table `images(id, pixels, label, part)` with every `test_every`-th row in the test part, and
+    `cats(idx, name)` holding CLASS_NAMES."""
+    import sqlalchemy as sa
+
+    metadata = sa.MetaData()
+    table = sa.Table(
+        "images", metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("pixels", sa.LargeBinary),
+        sa.Column("label", sa.Integer),
+        sa.Column("part", sa.String(8)),
+    )  # fmt: skip
+    cats = sa.Table(
+        "cats",
+        metadata,
+        sa.Column("idx", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("name", sa.String(32)),
+    )
+    engine = sa.create_engine(url)
+    metadata.create_all(engine)
+    rows = [
+        {"id": i, "pixels": encode(image), "label": int(label), "part": "test" if i % test_every == 0 else "train"}
+        for i, (image, label) in enumerate(zip(images, labels, strict=True))
+    ]
+    with engine.begin() as connection:
+        connection.execute(table.insert(), rows)
+        connection.execute(cats.insert(), [{"idx": i, "name": name} for i, name in enumerate(CLASS_NAMES)])
+    engine.dispose()
+
+
+def sql_definition(url: str, name: str = "sqldigits", epochs: int = 3, extra: str = "") -> str:
+    """A definition training a small dense network on the `images` table written by `write_table`."""
+    return f"""
+        from buildsys.dsl import *
+
+        model(
+            name="{name}",
+            data=datasets.sql(
+                "{url}",
+                "SELECT id, pixels, label FROM images WHERE part = 'train' ORDER BY id",
+                "SELECT id, pixels, label FROM images WHERE part = 'test' ORDER BY id",
+                "pixels",
+                "label",
+                class_names_query="SELECT name FROM cats ORDER BY idx",
+                image_shape=(8, 8),
+                id_column="id",
+                {extra}
+            ),
+            inputs=image_input("image", shape=(8, 8)),
+            layers=[Flatten(), Dense(32, activation="relu"), Dense(10, activation="softmax")],
+            train=train(epochs={epochs}, batch_size=32, learning_rate=0.01),
+        )
+    """
+
+
+def write_folder(root: Path, images: np.ndarray, labels: np.ndarray, suffixes: tuple[str, ...] = (".png",)) -> Path:
+    """One sub-folder per class name holding each image as a file, cycling through `suffixes`."""
+    from PIL import Image
+
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):
+        folder = root / CLASS_NAMES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        suffix = suffixes[index % len(suffixes)]
+        path = folder / f"{index:05d}{suffix}"
+        if suffix == ".png":
+            path.write_bytes(encode_png(image))
+        else:
+            Image.fromarray(image).save(path)
+    return root

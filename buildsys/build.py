@@ -251,7 +251,7 @@ def _run_actions(
     from buildsys.actions.checkpoints import TrainingCheckpoint
     from buildsys.actions.compile import parameter_count
     from buildsys.actions.data import data_sizes, stream_failures
-    from buildsys.actions.distributed import is_chief, task_name
+    from buildsys.actions.distributed import is_chief
     from buildsys.actions.evaluate import evaluate
     from buildsys.actions.export import export
     from buildsys.actions.report import classification_metrics, layer_table
@@ -283,7 +283,7 @@ def _run_actions(
             f"strategy {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s), "
             f"{parameter_count(model):,} parameters"
         )
-        checkpoint = TrainingCheckpoint(work / (f"checkpoint-{task_name()}" if multi_worker else "checkpoint"))
+        checkpoint = TrainingCheckpoint(work / "checkpoint", writable=not multi_worker or is_chief())
         with reporter.action("train"), stream_failures(splits):
             history = fit(model, strategy, spec, splits, current.seed, verbose, checkpoint=checkpoint, say=reporter.say)
         if multi_worker and not is_chief():

@@ -34,10 +34,16 @@ class BuildInterrupted(KeyboardInterrupt):
 
 
 class TrainingCheckpoint:
-    """The last finished epoch of one build: weights, optimizer state and history, in `folder`."""
+    """The last finished epoch of one build: weights, optimizer state and history, in `folder`.
 
-    def __init__(self, folder: Path) -> None:
+    A multi-worker task other than the chief reads the chief's checkpoint but never writes one (`writable=False`):
+    every worker holds the same weights after each step, so one copy is enough, and restoring all workers from the
+    same copy keeps them at the same epoch — which needs the work folder on storage they share.
+    """
+
+    def __init__(self, folder: Path, *, writable: bool = True) -> None:
         self.folder = folder
+        self.writable = writable
 
     def state(self) -> dict[str, Any] | None:
         """`{"epoch": N, "history": {...}, "weights": FILE}` of the last saved epoch, or None when there is none."""
@@ -62,6 +68,8 @@ class TrainingCheckpoint:
 
     def save(self, model: Any, epoch: int, history: dict[str, list[float]]) -> None:
         """Records that `epoch` epochs are finished, with the model as it stands and the history so far."""
+        if not self.writable:
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         weights = f"epoch-{epoch}.weights.h5"
         model.save_weights(str(self.folder / weights), overwrite=True)

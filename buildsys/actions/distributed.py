@@ -88,15 +88,34 @@ def is_chief() -> bool:
     return task["type"] == "worker" and int(task["index"]) == 0
 
 
-def task_name() -> str:
-    """`chief` or `worker-N`, used to keep each task's checkpoint apart."""
-    task = cluster_spec()["task"]
-    return "chief" if task["type"] == "chief" else f"{task['type']}-{task['index']}"
-
-
 def is_multi_worker(strategy: Any) -> bool:
     tf = tensorflow()
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def _check_same_epoch(strategy: Any, initial_epoch: int) -> None:
+    """Raises ClusterError unless every worker resumes at the same epoch (else their steps would never meet).
+
+    Collectives reduce by sum, so the check compares the sum of squares with the square of the sum: n·Σe² = (Σe)²
+    holds exactly when all n values are equal.
+    """
+    tf = tensorflow()
+
+    @tf.function
+    def totals() -> tuple[Any, Any, Any]:
+        def replica() -> tuple[Any, Any, Any]:
+            epoch = tf.constant(float(initial_epoch))
+            return epoch, epoch * epoch, tf.constant(1.0)
+
+        values = strategy.run(replica)
+        return tuple(strategy.reduce("SUM", value, axis=None) for value in values)
+
+    total, squares, count = (float(value) for value in totals())
+    if abs(count * squares - total * total) > 0.5:
+        raise ClusterError(
+            f"this worker resumes after epoch {initial_epoch} but the others do not (mean {total / count:g}); the "
+            "work folder must be on storage all workers share — remove it on every worker to start over"
+        )
 
 
 def _distributed(strategy: Any, dataset: Any) -> Any:
@@ -135,6 +154,7 @@ def fit_multi_worker(
     validation = _distributed(strategy, validation) if validation is not None else None
     loss_function = keras.losses.get({"class_name": spec.train.loss, "config": {"reduction": None}})
     metric_functions = {name: getattr(keras.metrics, METRIC_FUNCTIONS[name]) for name in spec.train.metrics}
+    _check_same_epoch(strategy, initial_epoch)
     optimizer = model.optimizer
     with strategy.scope():
         if not optimizer.built:

@@ -32,6 +32,11 @@ STRATEGIES = ("auto", "default", "one-device", "mirrored", "multi-worker")
 def choose_strategy(name: str) -> Any:
     """The strategy for `name`; raises BuildsysError when the machine cannot run it."""
     tf = tensorflow()
+    if name == "multi-worker":  # before listing devices, which starts the runtime its collectives must configure
+        from buildsys.actions.distributed import cluster_spec
+
+        cluster_spec()  # a missing or malformed TF_CONFIG is a one-line error, not a TensorFlow traceback
+        return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
         name = "mirrored" if len(gpus) > 1 else "one-device" if gpus else "default"
@@ -41,11 +46,6 @@ def choose_strategy(name: str) -> Any:
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
     if name == "mirrored":
         return tf.distribute.MirroredStrategy()
-    if name == "multi-worker":
-        from buildsys.actions.distributed import cluster_spec
-
-        cluster_spec()  # a missing or malformed TF_CONFIG is a one-line error, not a TensorFlow traceback
-        return tf.distribute.MultiWorkerMirroredStrategy()
     raise BuildsysError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
 
 

@@ -84,12 +84,18 @@ def sql_definition(url: str, name: str = "sqldigits", epochs: int = 3, extra: st
     """
 
 
-def write_folder(root: Path, images: np.ndarray, labels: np.ndarray, suffixes: tuple[str, ...] = (".png",)) -> Path:
+def write_folder(
+    root: Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    suffixes: tuple[str, ...] = (".png",),
+    class_names: list[str] = CLASS_NAMES,
+) -> Path:
     """One sub-folder per class name holding each image as a file, cycling through `suffixes`."""
     from PIL import Image
 
     for index, (image, label) in enumerate(zip(images, labels, strict=True)):
-        folder = root / CLASS_NAMES[label]
+        folder = root / class_names[label]
         folder.mkdir(parents=True, exist_ok=True)
         suffix = suffixes[index % len(suffixes)]
         path = folder / f"{index:05d}{suffix}"

@@ -1,0 +1,196 @@
+"""Batch prediction with a published model: ONNX Runtime over a source, rows into a destination.
+
+Runs `model.onnx` from the output tree (never TensorFlow: this module and everything it imports must stay
+importable without it, which a test checks) over any command-line source (`sources.resolve`), batch by batch,
+and hands each batch's rows to a destination (`prediction_output`). True labels are matched to the model's
+classes by name, so a folder whose sub-folders are class names reports accuracy.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from buildsys.errors import BuildsysError, DataError
+from buildsys.prediction_output import Sink, open_sink, probability_columns
+from buildsys.progress import Progress
+from buildsys.sources.records import Batch
+from buildsys.sources.resolve import ImageFormat, open_sources
+from buildsys.store import OutputTree
+from buildsys.workspace import Target, Workspace
+
+NUMPY_TYPES = {"UINT8": np.uint8, "FP32": np.float32}
+
+
+@dataclass
+class Summary:
+    """What a prediction run did."""
+
+    model: str
+    version: int
+    destination: str
+    rows: int = 0
+    batches: int = 0
+    labelled: int = 0
+    correct: int = 0
+    seconds: float = 0.0
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.labelled if self.labelled else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "version": self.version,
+            "destination": self.destination,
+            "rows": self.rows,
+            "batches": self.batches,
+            "accuracy": self.accuracy,
+            "labelled": self.labelled,
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.rows / self.seconds, 1) if self.seconds else None,
+        }
+
+    def line(self) -> str:
+        rate = f"{self.rows / self.seconds:,.0f} images/s" if self.seconds else "-"
+        text = f"wrote {self.rows:,} rows to {self.destination} with {self.model} version {self.version} ({rate})"
+        if self.accuracy is not None:
+            text += f"; accuracy {self.accuracy:.4f} on {self.labelled:,} labelled images"
+        return text
+
+
+class Model:
+    """A published version's `model.onnx` in an ONNX Runtime session, with what the manifest says about it."""
+
+    def __init__(self, tree: OutputTree, target: Target, version: int | None) -> None:
+        import onnxruntime
+
+        versions = tree.versions(target.name)
+        if not versions:
+            raise BuildsysError(f"{target.label} has not been built; run: python -m buildsys build {target.label}")
+        self.version = version or versions[-1]
+        if self.version not in versions:
+            raise BuildsysError(
+                f"{target.label} has no version {self.version}; published: {', '.join(map(str, versions))}"
+            )
+        self.name = target.name
+        manifest = tree.manifest(target.name, self.version)
+        self.class_names: list[str] = manifest["class_names"]
+        (tensor,) = manifest["inputs"]
+        self.input_name, self.input_shape = tensor["name"], tuple(tensor["shape"][1:])
+        self.input_type = NUMPY_TYPES[tensor["datatype"]]
+        self.output_name = manifest["outputs"][0]["name"]
+        image = manifest["image"]
+        self.image_format = ImageFormat(
+            (image["height"], image["width"]), "rgb" if image["color_mode"] == "rgb" else "grayscale"
+        )
+        path = tree.model_dir(target.name) / str(self.version) / manifest["files"]["onnx"]
+        available = onnxruntime.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+
+    def probabilities(self, images: np.ndarray) -> np.ndarray:
+        if images.shape[1:] != self.input_shape:
+            if images.size == len(images) * int(np.prod(self.input_shape)):
+                images = images.reshape(len(images), *self.input_shape)
+            else:
+                raise DataError(
+                    f"images are shaped {images.shape[1:]} but {self.name} version {self.version} takes "
+                    f"{self.input_shape}"
+                )
+        return self.session.run([self.output_name], {self.input_name: images.astype(self.input_type)})[0]
+
+
+def _label_map(source_names: tuple[str, ...] | None, model_names: list[str]) -> np.ndarray | None:
+    """Source label index -> model class index (-1 where the model has no class of that name)."""
+    if source_names is None:
+        return None
+    position = {name: index for index, name in enumerate(model_names)}
+    return np.array([position.get(name, -1) for name in source_names], np.int64)
+
+
+def _rows(model: Model, batch: Batch, probabilities: np.ndarray, truth: np.ndarray | None) -> list[dict[str, Any]]:
+    columns = probability_columns(model.class_names)
+    predicted = probabilities.argmax(axis=1)
+    rows = []
+    for i, image_id in enumerate(batch.ids):
+        true_index = int(truth[i]) if truth is not None and truth[i] >= 0 else None
+        row = {
+            "image_id": image_id,
+            "model_name": model.name,
+            "model_version": model.version,
+            **{column: float(p) for column, p in zip(columns, probabilities[i], strict=True)},
+            "predicted_index": int(predicted[i]),
+            "predicted_class": model.class_names[int(predicted[i])],
+            "probability": float(probabilities[i, predicted[i]]),
+            "true_index": true_index,
+            "true_class": model.class_names[true_index] if true_index is not None else None,
+        }
+        rows.append(row)
+    return rows
+
+
+def predict(
+    workspace: Workspace,
+    tree: OutputTree,
+    label: str,
+    inputs: list[str],
+    destination: str,
+    version: int | None = None,
+    batch_size: int = 256,
+) -> Summary:
+    """Predicts every image of `inputs` with the target's published model and writes the rows to `destination`.
+
+    Raises:
+        DataError: for unreadable inputs or a failed write, saying how many whole batches were written.
+    """
+    if batch_size <= 0:
+        raise BuildsysError(f"--batch-size must be positive; received {batch_size}")
+    (target,) = workspace.resolve([label])
+    model = Model(tree, target, version)
+    opened = open_sources(inputs, model.image_format, workspace)
+    reader = opened.reader
+    labels = _label_map(reader.class_names, model.class_names)
+    columns = ["image_id", "model_name", "model_version", *probability_columns(model.class_names),
+               "predicted_index", "predicted_class", "probability", "true_index", "true_class"]  # fmt: skip
+    sink = open_sink(destination, columns, probability_columns(model.class_names), labels is not None)
+    summary = Summary(model.name, model.version, sink.description)
+    total = sum(reader.count(split) for split in opened.splits)
+    progress = Progress(f"predict {model.name}", total)
+    started = time.perf_counter()
+    try:
+        for split in opened.splits:
+            for batch in reader.batches(split, batch_size):
+                _predict_batch(model, batch, labels, sink, summary)
+                progress.advance(len(batch))
+    except DataError as error:
+        batches = f"{summary.batches} whole batch{'' if summary.batches == 1 else 'es'}"
+        written = f"{batches} ({summary.rows:,} rows)"
+        raise DataError(f"{error}; {written} were written to {sink.description}; running again upserts") from None
+    finally:
+        progress.close()
+        sink.close()
+        summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _predict_batch(model: Model, batch: Batch, labels: np.ndarray | None, sink: Sink, summary: Summary) -> None:
+    probabilities = model.probabilities(batch.images)
+    truth = labels[batch.labels] if labels is not None and batch.labels is not None else None
+    sink.write(_rows(model, batch, probabilities, truth))
+    summary.rows += len(batch)
+    summary.batches += 1
+    if truth is not None:
+        known = truth >= 0
+        summary.labelled += int(known.sum())
+        summary.correct += int((probabilities.argmax(axis=1)[known] == truth[known]).sum())
+
+
+def summary_stream(destination: str) -> Any:
+    """The summary goes to stderr when the predictions themselves go to stdout."""
+    return sys.stderr if destination == "-" else sys.stdout

@@ -276,6 +276,60 @@ def command_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def _optional_workspace(args: argparse.Namespace) -> Workspace | None:
+    """The workspace when there is one: sources given as paths or URLs need none, labels do."""
+    from buildsys.errors import LabelError
+
+    try:
+        return Workspace(find_root(Path(args.workspace) if args.workspace else None))
+    except LabelError:
+        return None
+
+
+def _image_format(args: argparse.Namespace) -> Any:
+    from buildsys.sources.resolve import ImageFormat
+
+    if not args.image_size:
+        return ImageFormat(None, args.color_mode)
+    height, separator, width = args.image_size.lower().partition("x")
+    if not separator or not height.isdigit() or not width.isdigit() or not int(height) or not int(width):
+        raise BuildsysError(f"--image-size expects HEIGHTxWIDTH such as 28x28; received {args.image_size!r}")
+    return ImageFormat((int(height), int(width)), args.color_mode)
+
+
+def command_predict(args: argparse.Namespace) -> int:
+    from buildsys.predict import predict, summary_stream
+
+    root = find_root(Path(args.workspace) if args.workspace else None)
+    tree = OutputTree(Path(args.build_out).resolve() if args.build_out else output_root(root))
+    summary = predict(Workspace(root), tree, args.label, args.input, args.destination, args.version, args.batch_size)
+    stream = summary_stream(args.destination)
+    print(json.dumps(summary.to_json(), indent=2) if args.json else summary.line(), file=stream)
+    return 0
+
+
+def command_data_import(args: argparse.Namespace) -> int:
+    from buildsys.data_import import import_source
+    from buildsys.sources.resolve import open_sources
+
+    opened = open_sources([args.source], _image_format(args), _optional_workspace(args))
+    summary = import_source(opened, args.to, args.format, args.batch_size)
+    print(json.dumps(summary.to_json(), indent=2) if args.json else summary.line())
+    return 0
+
+
+def command_data_inspect(args: argparse.Namespace) -> int:
+    from buildsys.data_inspect import inspect, plot
+    from buildsys.sources.resolve import open_sources
+
+    inspection = inspect(open_sources([args.source], _image_format(args), _optional_workspace(args)))
+    print(json.dumps(inspection.to_json(), indent=2) if args.json else inspection.text())
+    if args.plot:
+        plot(inspection, Path(args.plot))
+        print(f"wrote {args.plot}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
 def _add_plugins(commands: Any) -> None:
     """Adds the commands registered under the `buildsys.plugins` entry point group (e.g. `serve`).
 
@@ -383,6 +437,44 @@ def make_parser() -> argparse.ArgumentParser:
     query.add_argument("--direct", action="store_true", help="only direct dependencies (default: all the way)")
     query.add_argument("--dot", action="store_true", help="print a Graphviz digraph (dependent -> base)")
     query.set_defaults(func=command_query)
+
+    source_help = (
+        "a label (its declared data), a database URL (tutorial tables), an .npz file, an image folder, or image "
+        "files; add #train or #test for one split"
+    )
+    predict = commands.add_parser("predict", help="run a published model (ONNX Runtime) over images")
+    predict.add_argument("label", metavar="LABEL")
+    predict.add_argument("--input", nargs="+", required=True, metavar="SOURCE", help=source_help)
+    predict.add_argument(
+        "--output",
+        dest="destination",
+        required=True,
+        metavar="DEST",
+        help="- (a table on stdout), FILE.csv, FILE.jsonl, or a database URL (prediction_results)",
+    )
+    predict.add_argument("--version", type=int, help="a published version (default: the latest)")
+    predict.add_argument("--batch-size", type=int, default=256, help="images per ONNX Runtime call and per write")
+    predict.add_argument("--workspace", help="folder holding model_defs/ (default: found from the current folder)")
+    predict.add_argument("--build-out", help="output tree (default: $BUILDSYS_OUT or <workspace>/build-out)")
+    predict.add_argument("--json", action="store_true", help="print the summary as JSON")
+    predict.set_defaults(func=command_predict)
+
+    images = argparse.ArgumentParser(add_help=False)
+    images.add_argument("source", metavar="SOURCE", help=source_help)
+    images.add_argument("--image-size", help="HEIGHTxWIDTH for folders and files (default: the first image's)")
+    images.add_argument("--color-mode", choices=("grayscale", "rgb"), help="default: the first image's")
+    images.add_argument("--workspace", help="folder holding model_defs/ (needed for labels)")
+    images.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    data_commands = commands.add_parser("data", help="import a dataset into a database, or inspect one")
+    data_actions = data_commands.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    importing = data_actions.add_parser("import", parents=[images], help="write a dataset into the tutorial tables")
+    importing.add_argument("--to", required=True, metavar="URL", help="SQLAlchemy URL, e.g. sqlite:///images.db")
+    importing.add_argument("--format", choices=("png", "npy"), default="png", help="how images are stored")
+    importing.add_argument("--batch-size", type=int, default=500, help="rows per transaction")
+    importing.set_defaults(func=command_data_import)
+    inspecting = data_actions.add_parser("inspect", parents=[images], help="sizes, pixels, class balance, samples")
+    inspecting.add_argument("--plot", metavar="FILE.png", help="save a 5x5 grid of samples with their class names")
+    inspecting.set_defaults(func=command_data_inspect)
 
     _add_plugins(commands)
     return parser

@@ -58,8 +58,12 @@ def dependency_digests(target: Target, dependencies: Sequence[Dependency]) -> di
 def base_digest(target: Target, dependencies: Sequence[Dependency]) -> str:
     """The digest of everything that decides the base's features: its declaration, the image input, what it
     depends on, and the framework versions."""
+    base = target.spec.transfer.base
+    declared = base.to_json()
+    if isinstance(base, TargetBase):  # "digits_cnn" and "//model_defs:digits_cnn" are the same base
+        declared["label"] = dependencies[0].target.label
     material = {
-        "base": target.spec.transfer.base.to_json(),
+        "base": declared,
         "inputs": target.spec.inputs.to_json(),
         "dependencies": dependency_digests(target, dependencies),
         "versions": framework_versions(),

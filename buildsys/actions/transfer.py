@@ -76,6 +76,21 @@ def _application(base: PretrainedBase, size: tuple[int, int], load_weights: bool
         raise BuildsysError(f"cannot load {base.application} weights from {weights}: {reason}") from None
 
 
+def _preprocessing(module: str) -> Any:
+    """A layer that runs `keras.applications.<module>.preprocess_input` when the graph is traced.
+
+    Called on a symbolic tensor, preprocess_input captures its channel means as eager constants, which tf2onnx
+    turns into extra graph inputs; inside a layer's `call` they are created in the traced graph and stay constants.
+    """
+    import keras
+
+    class ApplicationPreprocessing(keras.layers.Layer):
+        def call(self, pixels: Any) -> Any:
+            return getattr(keras.applications, module).preprocess_input(pixels)
+
+    return ApplicationPreprocessing(name=f"{module}_preprocess_input")
+
+
 def _pretrained_base(spec: ModelSpec, base: PretrainedBase, load_weights: bool) -> Any:
     """image → scale/offset → RGB → resize → the application's preprocess_input → network → pooled features."""
     import keras
@@ -91,9 +106,8 @@ def _pretrained_base(spec: ModelSpec, base: PretrainedBase, load_weights: bool) 
         pixels = keras.layers.Concatenate(name="grey_to_rgb")([pixels, pixels, pixels])
     if size != (height, width):
         pixels = keras.layers.Resizing(*size, name="resize")(pixels)
-    preprocess = getattr(keras.applications, base.info.module).preprocess_input
     network = _application(base, size, load_weights)
-    return keras.Model(image, network(preprocess(pixels)), name="base")
+    return keras.Model(image, network(_preprocessing(base.info.module)(pixels)), name="base")
 
 
 def _architecture(target: Target, dependencies: Sequence[Dependency], hparams: dict[str, Any], tree: OutputTree) -> Any:

@@ -90,7 +90,39 @@ def test_changing_the_base_makes_the_head_stale(transfer_workspace: tuple[Path, 
     listed = run_buildsys("list", "--json", cwd=changed)
     assert listed.returncode == 0, listed.stderr
     states = {row["label"]: row["state"] for row in json.loads(listed.stdout)}
-    assert states == {"//model_defs:digits_cnn": "stale", "//model_defs:digits_transfer": "stale"}
+    assert states["//model_defs:digits_cnn"] == states["//model_defs:digits_transfer"] == "stale"
+
+
+def test_fine_tuning_reuses_cached_features_then_trains_end_to_end(
+    transfer_workspace: tuple[Path, subprocess.CompletedProcess],
+) -> None:
+    root, _ = transfer_workspace
+    write_definition(
+        root,
+        "digits_tuned.py",
+        """
+        from buildsys.dsl import *
+
+        model(
+            name="digits_tuned",
+            data=datasets.sklearn_digits(test_fraction=0.5, split_seed=1),
+            inputs=image_input("image", shape=(8, 8, 1), dtype="uint8", scale=1 / 255),
+            base=target("digits_cnn", layer="features"),
+            head=mlp(units=32, dropout=0.1),
+            fine_tune=fine_tune(layers=1, learning_rate=1e-4, epochs=2),
+            train=train(epochs=5, batch_size=64),
+        )
+        """,
+    )
+    result = run_buildsys("build", "digits_tuned", cwd=root)
+    assert result.returncode == 0, result.stderr
+    assert "digits_cnn: up to date (version 1)" in result.stdout
+    assert "digits_tuned: features from " in result.stdout  # digits_transfer featurised the same base and data
+    assert "digits_tuned: fine-tuning features at learning rate 0.0001" in result.stdout
+    tuned = manifest(root, "digits_tuned", 1)
+    assert len(tuned["history"]["fine_tune_loss"]) == 2 and "fine-tune" in tuned["timings"]
+    assert tuned["metrics"]["test"]["accuracy"] >= 0.90
+    assert tuned["parity"]["onnx_max_abs_diff"] <= 1e-4
 
 
 def test_missing_imagenet_weights_fail_with_one_line(workspace: Path) -> None:
@@ -120,3 +152,49 @@ def test_missing_imagenet_weights_fail_with_one_line(workspace: Path) -> None:
     assert line.startswith("error: VGG16 ImageNet weights are not on this machine and could not be downloaded")
     assert f"put vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 into {keras_home / 'models'}" in line
     assert not (workspace / "build-out" / "models" / "vgg").exists()
+
+
+def test_pretrained_base_loads_a_local_weights_file_and_exports_one_graph(workspace: Path) -> None:
+    """The real loading code, on weights made here: the base computes what the saved network computes, and the
+    composed pixels-to-probabilities model exports to ONNX and SavedModel within the parity tolerance."""
+    import keras
+
+    from buildsys.actions.export import export
+    from buildsys.actions.transfer import build_base, compose, head_layers
+    from buildsys.actions.verify import verify
+    from buildsys.store import OutputTree
+    from buildsys.workspace import Workspace
+
+    keras.utils.set_random_seed(0)
+    network = keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3), pooling="avg")
+    network.save_weights(str(workspace / "vgg16.weights.h5"))
+    write_definition(
+        workspace,
+        "vgg.py",
+        """
+        from buildsys.dsl import *
+
+        model(
+            name="vgg",
+            data=datasets.sklearn_digits(),
+            inputs=image_input(shape=(8, 8, 1), scale=1),
+            base=pretrained("VGG16", weights="../vgg16.weights.h5", input_size=(32, 32)),
+            head=logistic_regression(reg_param=0.03, elastic_net_param=0.5),
+            train=train(epochs=1),
+        )
+        """,
+    )
+    target = Workspace(workspace).targets["//model_defs:vgg"]
+    base = build_base(target, [], OutputTree(workspace / "build-out"))
+    images = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 1), dtype=np.uint8)
+    rgb = np.repeat(keras.ops.convert_to_numpy(keras.layers.Resizing(32, 32)(images.astype("float32"))), 3, axis=-1)
+    expected = network.predict(keras.applications.vgg16.preprocess_input(rgb), verbose=0)
+    np.testing.assert_allclose(base.predict(images, verbose=0), expected, rtol=1e-4, atol=1e-4)
+
+    model = compose(target.spec, base, head_layers(target.spec.transfer, 10))
+    staging = workspace / "staging"
+    staging.mkdir()
+    export(model, target.spec, staging)
+    parity = verify(target.spec, staging, images, model.predict(images, verbose=0))
+    assert parity["onnx_max_abs_diff"] <= 1e-4 and parity["savedmodel_max_abs_diff"] <= 1e-4
+    assert [value.name for value in onnx.load(str(staging / "model.onnx")).graph.input] == ["image"]

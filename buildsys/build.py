@@ -333,6 +333,7 @@ def _run_actions(
         "params": parameter_count(model),
         "model_summary": layer_table(model),
         "strategy": {"name": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync},
+        "training": {name: getattr(options, name) for name in ("mixed_precision", "jit", "deterministic")},
         "framework_versions": {**_versions(), "buildsys": key.versions["buildsys"]},
         "spec": spec.to_json(),
         "timings": dict(reporter.timings),

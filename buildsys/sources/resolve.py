@@ -17,10 +17,14 @@ from __future__ import annotations
 import glob
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from buildsys.errors import DataError
 from buildsys.sources.image_folder import FolderReader, class_folders, is_image, native_size, split_files
 from buildsys.sources.records import Reader
+
+if TYPE_CHECKING:
+    from buildsys.workspace import Workspace
 
 SPLITS = ("train", "test")
 
@@ -41,7 +45,7 @@ class Opened:
     splits: tuple[str, ...]
 
 
-def open_sources(texts: list[str], image_format: ImageFormat, workspace: object | None = None) -> Opened:
+def open_sources(texts: list[str], image_format: ImageFormat, workspace: Workspace | None = None) -> Opened:
     """Opens SOURCE texts: one source of any kind, or several image files.
 
     Raises:
@@ -60,7 +64,7 @@ def open_sources(texts: list[str], image_format: ImageFormat, workspace: object 
     return Opened(reader, chosen)
 
 
-def _open_one(text: str, image_format: ImageFormat, workspace: object | None) -> Reader:
+def _open_one(text: str, image_format: ImageFormat, workspace: Workspace | None) -> Reader:
     from buildsys.sources.sql import is_database_url
 
     if is_database_url(text):
@@ -82,7 +86,7 @@ def _open_one(text: str, image_format: ImageFormat, workspace: object | None) ->
     return _files(_expand(text), image_format)
 
 
-def _declared(label: str, workspace: object | None) -> Reader:
+def _declared(label: str, workspace: Workspace | None) -> Reader:
     from buildsys import sources
 
     if workspace is None:

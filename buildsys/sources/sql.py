@@ -84,6 +84,7 @@ def database_error(url: Any, error: Exception) -> DataError:
 
 
 def _sql_error_types() -> tuple[type[Exception], ...]:
+    """SQLAlchemy's error base, imported on first use: loading definitions without SQL sources never loads it."""
     from sqlalchemy.exc import SQLAlchemyError
 
     return (SQLAlchemyError,)
@@ -94,16 +95,21 @@ def _inner(query: str) -> str:
     return query.strip().rstrip(";").strip()
 
 
-def query_class_names(url: str, query: str, base_dir: Path | None) -> list[str]:
-    """Runs a class-names query: one row per class, in class-index order, name in the first column."""
+def run_query(url: str, base_dir: Path | None, query: str) -> list[tuple[Any, ...]]:
+    """Runs a small query and returns all its rows; a database error becomes one DataError line."""
     from sqlalchemy import text
 
     engine = engine_for(url, base_dir)
     try:
         with engine.connect() as connection:
-            return [str(row[0]) for row in connection.execute(text(_inner(query)))]
+            return [tuple(row) for row in connection.execute(text(_inner(query)))]
     except _sql_error_types() as error:
         raise database_error(engine.url, error) from None
+
+
+def query_class_names(url: str, query: str, base_dir: Path | None) -> list[str]:
+    """Runs a class-names query: one row per class, in class-index order, name in the first column."""
+    return [str(row[0]) for row in run_query(url, base_dir, query)]
 
 
 class SqlReader:
@@ -123,6 +129,7 @@ class SqlReader:
         image_format: str = "auto",
         unsafe_pickle: bool = False,
     ) -> None:
+        self.url, self.base_dir = url, base_dir
         self.engine = engine_for(url, base_dir)
         self.description = f"database {shown(self.engine.url)}"
         self.queries = {split: _inner(query) for split, query in queries.items()}
@@ -136,18 +143,8 @@ class SqlReader:
     def splits(self) -> tuple[str, ...]:
         return tuple(self.queries)
 
-    def scalar_rows(self, query: str) -> list[tuple[Any, ...]]:
-        """Runs a small query and returns all its rows."""
-        from sqlalchemy import text
-
-        try:
-            with self.engine.connect() as connection:
-                return [tuple(row) for row in connection.execute(text(query))]
-        except _sql_error_types() as error:
-            raise database_error(self.engine.url, error) from None
-
     def count(self, split: str) -> int:
-        return int(self.scalar_rows(f"SELECT COUNT(*) FROM ({self.queries[split]}) AS counted")[0][0])
+        return int(run_query(self.url, self.base_dir, f"SELECT COUNT(*) FROM ({self.queries[split]}) AS counted")[0][0])
 
     def batches(self, split: str, batch_size: int) -> Iterator[Batch]:
         """Streams the split's rows: `yield_per` makes SQLAlchemy use a server-side cursor where the driver has
@@ -219,8 +216,10 @@ class SqlReader:
         summary = checksum_query or (
             f"SELECT COUNT(*), SUM(LENGTH({image})), SUM({label}), MIN({label}), MAX({label}) FROM ({query}) AS checked"
         )
-        digest = hashlib.sha256(repr(self.scalar_rows(summary)).encode())
-        for row in self.scalar_rows(f"SELECT {image}, {label} FROM ({query}) AS sampled LIMIT {SAMPLE_ROWS}"):
+        digest = hashlib.sha256(repr(run_query(self.url, self.base_dir, summary)).encode())
+        for row in run_query(
+            self.url, self.base_dir, f"SELECT {image}, {label} FROM ({query}) AS sampled LIMIT {SAMPLE_ROWS}"
+        ):
             digest.update(
                 bytes(row[0]) if isinstance(row[0], bytes | bytearray | memoryview) else repr(row[0]).encode()
             )

@@ -14,7 +14,7 @@ from typing import Any
 
 from buildsys.errors import DataError
 from buildsys.sources.images import decode_cell, sniff
-from buildsys.sources.sql import SqlReader
+from buildsys.sources.sql import SqlReader, engine_for, query_class_names, run_query, shown
 
 USES = {"train": (1, "Training"), "test": (2, "Testing")}
 QUERIES = {
@@ -57,15 +57,15 @@ def open_database(url: str, base_dir: Path | None, image_shape: tuple[int, ...] 
     Raises:
         DataError: when the tables are missing or empty, or the first image is raw bytes (no shape to read).
     """
-    probe = SqlReader(url, base_dir, QUERIES, "img_vector", "img_label", image_shape=(1, 1), class_names=None)
-    class_names = tuple(str(row[0]) for row in probe.scalar_rows(CLASS_NAMES_QUERY))
+    class_names = tuple(query_class_names(url, CLASS_NAMES_QUERY, base_dir))
     if image_shape is None:
-        first = probe.scalar_rows("SELECT img_vector FROM tf_images ORDER BY img_idx LIMIT 1")
+        first = run_query(url, base_dir, "SELECT img_vector FROM tf_images ORDER BY img_idx LIMIT 1")
+        where = shown(engine_for(url, base_dir).url)
         if not first:
-            raise DataError(f"{probe.description}: tf_images is empty")
+            raise DataError(f"{where}: tf_images is empty")
         cell = bytes(first[0][0])
         if sniff(cell) not in ("png", "jpeg", "bmp", "npy"):
-            raise DataError(f"{probe.description}: the first img_vector is not PNG or .npy, so its shape is unknown")
+            raise DataError(f"{where}: the first img_vector is not PNG or .npy, so its shape is unknown")
         image_shape = _native_shape(cell)
     return SqlReader(
         url, base_dir, QUERIES, "img_vector", "img_label",

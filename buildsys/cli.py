@@ -242,6 +242,20 @@ def command_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_featurize(args: argparse.Namespace) -> int:
+    """`featurize LABEL [--engine local|spark]`: a transfer target's base features, cached for its build."""
+    from buildsys.actions.features import featurize
+    from buildsys.build import BuildOptions
+
+    workspace, tree = _context(args)
+    options = BuildOptions(quiet=args.json, data_dir=Path(args.data_dir) if args.data_dir else None)
+    for target in workspace.resolve(args.labels):
+        say = (lambda _: None) if args.json else print
+        written = featurize(workspace, tree, target, options, args.engine, args.master, say)
+        print(json.dumps({"label": target.label, "features": str(written)}) if args.json else f"features: {written}")
+    return 0
+
+
 def command_query(args: argparse.Namespace) -> int:
     """`query deps|rdeps LABEL...`: the labels, then what they depend on (or what depends on them)."""
     from buildsys.graph import TargetGraph
@@ -302,7 +316,17 @@ def command_predict(args: argparse.Namespace) -> int:
 
     root = find_root(Path(args.workspace) if args.workspace else None)
     tree = OutputTree(Path(args.build_out).resolve() if args.build_out else output_root(root))
-    summary = predict(Workspace(root), tree, args.label, args.input, args.destination, args.version, args.batch_size)
+    summary = predict(
+        Workspace(root),
+        tree,
+        args.label,
+        args.input,
+        args.destination,
+        args.version,
+        args.batch_size,
+        engine=args.engine,
+        master=args.master,
+    )
     stream = summary_stream(args.destination)
     print(json.dumps(summary.to_json(), indent=2) if args.json else summary.line(), file=stream)
     return 0
@@ -431,6 +455,14 @@ def make_parser() -> argparse.ArgumentParser:
     clean.add_argument("labels", nargs="*", metavar="LABEL")
     clean.set_defaults(func=command_clean)
 
+    featurize = commands.add_parser(
+        "featurize", parents=[common, data], help="compute a transfer target's base features ahead of its build"
+    )
+    featurize.add_argument("labels", nargs="+", metavar="LABEL")
+    featurize.add_argument("--engine", choices=("local", "spark"), default="local", help="where the base runs")
+    featurize.add_argument("--master", help="Spark master URL for --engine spark (default: local[2])")
+    featurize.set_defaults(func=command_featurize)
+
     query = commands.add_parser("query", parents=[common], help="what targets depend on (deps) or what depends on them")
     query.add_argument("relation", choices=("deps", "rdeps"))
     query.add_argument("labels", nargs="+", metavar="LABEL")
@@ -454,6 +486,8 @@ def make_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--version", type=int, help="a published version (default: the latest)")
     predict.add_argument("--batch-size", type=int, default=256, help="images per ONNX Runtime call and per write")
+    predict.add_argument("--engine", choices=("local", "spark"), default="local", help="where the model runs")
+    predict.add_argument("--master", help="Spark master URL for --engine spark (default: local[2])")
     predict.add_argument("--workspace", help="folder holding model_defs/ (default: found from the current folder)")
     predict.add_argument("--build-out", help="output tree (default: $BUILDSYS_OUT or <workspace>/build-out)")
     predict.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +94,8 @@ class Model:
         available = onnxruntime.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+        self.onnx_path = path
+        self.scorer: Callable[[np.ndarray], np.ndarray] | None = None  # another engine over the same file
 
     def probabilities(self, images: np.ndarray) -> np.ndarray:
         if images.shape[1:] != self.input_shape:
@@ -103,6 +106,8 @@ class Model:
                     f"images are shaped {images.shape[1:]} but {self.name} version {self.version} takes "
                     f"{self.input_shape}"
                 )
+        if self.scorer is not None:
+            return self.scorer(images.astype(self.input_type))
         return self.session.run([self.output_name], {self.input_name: images.astype(self.input_type)})[0]
 
 
@@ -143,8 +148,13 @@ def predict(
     destination: str,
     version: int | None = None,
     batch_size: int = 256,
+    engine: str = "local",
+    master: str | None = None,
 ) -> Summary:
     """Predicts every image of `inputs` with the target's published model and writes the rows to `destination`.
+
+    `engine="spark"` scores each batch on Apache Spark at `master` (`buildsys.engines.spark`) instead of in
+    this process; reading the inputs and writing the rows stay here, so both engines write the same rows.
 
     Raises:
         DataError: for unreadable inputs or a failed write, saying how many whole batches were written.
@@ -153,6 +163,10 @@ def predict(
         raise BuildsysError(f"--batch-size must be positive; received {batch_size}")
     (target,) = workspace.resolve([label])
     model = Model(tree, target, version)
+    if engine == "spark":
+        from buildsys.engines.spark import SparkScorer
+
+        model.scorer = SparkScorer(str(model.onnx_path), model.input_name, model.output_name, master)
     opened = open_sources(inputs, model.image_format, workspace)
     reader = opened.reader
     labels = _label_map(reader.class_names, model.class_names)

@@ -68,3 +68,16 @@ def plan_all(
         plans[target.label] = current
         planned[target.label] = Dependency(target, current.key.digest if current.key else UNPLANNED, dependencies)
     return plans
+
+
+def build_dependencies(
+    workspace: Workspace, tree: OutputTree, target: Target, options: BuildOptions
+) -> tuple[Dependency, ...]:
+    """Builds what `target` is built on (not `target` itself) and returns its direct dependencies."""
+    graph = TargetGraph(workspace)
+    built: dict[str, Dependency] = {}
+    for dependency in graph.build_order([graph.target(label) for label in graph.deps(target.label)]):
+        inner = tuple(built[label] for label in graph.deps(dependency.label))
+        result = build(dependency, tree, dependency_options(options), inner)
+        built[dependency.label] = Dependency(dependency, result.content_hash, inner)
+    return tuple(built[label] for label in graph.deps(target.label))

@@ -66,6 +66,8 @@ def split_files(
                 raise DataError(f"{root} has folders that are not classes: {', '.join(unknown)}")
             found[part] = [(path, index[name]) for name in class_names for path in _images_under(root / name)]
         return found
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder (expected one sub-folder of images per class)")
     rng = np.random.default_rng(split_seed)
     train, test = [], []
     for name in class_names:

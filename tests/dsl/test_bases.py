@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,27 @@ def test_bad_transfer_declarations_name_the_line(workspace: Path, body: str, inp
     with pytest.raises(DefinitionError, match=message) as raised:
         declare(workspace, body, inputs or "image_input(shape=(8, 8, 1), scale=1)")
     assert "t.py:" in str(raised.value)
+
+
+def test_shipped_transfer_examples(tmp_path: Path) -> None:
+    """bangla_digits_inception declares the reference set-up; without its images it stops on one line."""
+    from buildsys.graph import TargetGraph
+    from buildsys.workspace import Workspace
+    from tests.conftest import REPO, run_buildsys
+
+    graph = TargetGraph(Workspace(REPO))
+    assert graph.deps("//model_defs:digits_transfer") == ["//model_defs:digits_cnn"]
+    bangla = graph.target("//model_defs:bangla_digits_inception").spec
+    assert bangla.transfer.base.to_json()["application"] == "InceptionV3"
+    assert (bangla.transfer.head.reg_param, bangla.transfer.head.elastic_net_param) == (0.03, 0.5)
+
+    (tmp_path / "model_defs").mkdir()
+    shutil.copy(REPO / "model_defs" / "bangla_digits_inception.py", tmp_path / "model_defs")
+    missing = tmp_path / "no-such-folder"
+    result = run_buildsys(
+        "build", "bangla_digits_inception", cwd=tmp_path, env={**os.environ, "BANGLA_DIGITS_DIR": str(missing)}
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: {missing} is not a folder (expected one sub-folder of images per class)"
+    )

@@ -128,10 +128,15 @@ def command_compile(args: argparse.Namespace) -> int:
     from buildsys.actions.compile import build_model, parameter_count
     from buildsys.build import resolve_hparams
 
-    workspace, _ = _context(args)
+    workspace, tree = _context(args)
     for target in workspace.resolve(args.labels):
         hparams = resolve_hparams(target.spec, _parse_hparams(args.hparams))
-        model = build_model(target.spec, hparams)
+        if target.spec.transfer is not None:
+            from buildsys.actions.transfer import architecture
+
+            model = architecture(workspace, tree, target, hparams)
+        else:
+            model = build_model(target.spec, hparams)
         if args.json:
             summary = {
                 "label": target.label,

@@ -13,6 +13,7 @@ from buildsys.actions import tensorflow
 from buildsys.dsl.hp import resolve
 from buildsys.dsl.layers import WeightRule
 from buildsys.dsl.specs import ModelSpec
+from buildsys.errors import BuildsysError
 
 
 def _weight_rule(rule: WeightRule) -> Any:
@@ -25,7 +26,13 @@ def _weight_rule(rule: WeightRule) -> Any:
 
 
 def build_model(spec: ModelSpec, hparams: dict[str, Any]) -> Any:
-    """The uncompiled Keras model for `spec` with hyperparameters set to `hparams`."""
+    """The uncompiled Keras model for `spec` with hyperparameters set to `hparams`.
+
+    Raises:
+        BuildsysError: for a transfer target, whose base and head `buildsys.actions.transfer` builds.
+    """
+    if spec.transfer is not None:
+        raise BuildsysError(f"{spec.name} is a transfer target (base=...); buildsys.actions.transfer builds it")
     tensorflow()
     import keras
 

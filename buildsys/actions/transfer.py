@@ -27,10 +27,10 @@ from buildsys.actions.data import Splits, make_dataset
 from buildsys.dsl.bases import PretrainedBase, TransferSpec
 from buildsys.dsl.specs import ModelSpec
 from buildsys.errors import BuildsysError, DataError, WeightsUnavailableError
-from buildsys.graph import FEATURES_LAYER, Dependency
+from buildsys.graph import FEATURES_LAYER, Dependency, TargetGraph
 from buildsys.store import OutputTree
 from buildsys.transfer import WEIGHTS_FILE, base_digest, features_path, split_digest
-from buildsys.workspace import Target
+from buildsys.workspace import Target, Workspace
 
 SPLITS = ("train", "validation", "test")
 
@@ -116,6 +116,19 @@ def _architecture(target: Target, dependencies: Sequence[Dependency], hparams: d
         return build_model(target.spec, hparams)
     base = build_base(target, dependencies, tree, load_weights=False)
     return compose(target.spec, base, head_layers(target.spec.transfer, len(target.spec.class_names)))
+
+
+def architecture(workspace: Workspace, tree: OutputTree, target: Target, hparams: dict[str, Any]) -> Any:
+    """The composed model a transfer target's definition describes, untrained and with no weights loaded (for
+    `compile`): pretrained networks are built without downloading, a target base from its latest version's
+    hyperparameters."""
+    graph = TargetGraph(workspace)
+
+    def dependency(label: str) -> Dependency:
+        return Dependency(graph.target(label), "", tuple(dependency(inner) for inner in graph.deps(label)))
+
+    dependencies = tuple(dependency(label) for label in graph.deps(target.label))
+    return _architecture(target, dependencies, hparams, tree)
 
 
 def published_model(dependency: Dependency, tree: OutputTree) -> Any:

@@ -198,3 +198,14 @@ def test_pretrained_base_loads_a_local_weights_file_and_exports_one_graph(worksp
     parity = verify(target.spec, staging, images, model.predict(images, verbose=0))
     assert parity["onnx_max_abs_diff"] <= 1e-4 and parity["savedmodel_max_abs_diff"] <= 1e-4
     assert [value.name for value in onnx.load(str(staging / "model.onnx")).graph.input] == ["image"]
+
+
+def test_compile_shows_a_pretrained_transfer_target_without_weights(tmp_path: Path) -> None:
+    (tmp_path / "model_defs").mkdir()
+    shutil.copy(REPO / "model_defs" / "bangla_digits_inception.py", tmp_path / "model_defs")
+    env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras-home"), "HTTPS_PROXY": "http://127.0.0.1:9"}
+    result = run_buildsys("compile", "bangla_digits_inception", "--json", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["inputs"][0]["shape"] == [None, 299, 299, 3] and summary["outputs"][0]["shape"] == [None, 10]
+    assert summary["params"] > 21_000_000  # InceptionV3 without its top, and the head

@@ -78,7 +78,9 @@ def check_settings(tree: OutputTree, name: str, settings: dict[str, Any], overwr
         changed = sorted(key for key in settings.keys() | previous.keys() if settings.get(key) != previous.get(key))
         if changed:
             shown = ", ".join(
-                "the definition or its data" if key == "definition" else f"{key} {previous[key]!r} → {settings[key]!r}"
+                "the definition or its data"
+                if key == "definition"
+                else f"{key} {previous.get(key)!r} → {settings.get(key)!r}"
                 for key in changed
             )
             raise TuningError(

@@ -135,7 +135,6 @@ def fit_multi_worker(
     *,
     initial_epoch: int,
     callbacks: list[Any],
-    jit: bool = False,
 ) -> None:
     """Trains `model` (built and compiled in `strategy.scope()`) for the remaining epochs on every worker.
 
@@ -182,11 +181,9 @@ def fit_multi_worker(
         probabilities = model(images, training=False)
         return sums(labels, probabilities, tf.cast(loss_function(labels, probabilities), tf.float32))
 
-    replica_train = tf.function(train_replica, jit_compile=True) if jit else train_replica
-
     @tf.function
     def train_step(batch: Any) -> dict[str, Any]:
-        totals = strategy.run(replica_train, args=batch)
+        totals = strategy.run(train_replica, args=batch)
         return {key: strategy.reduce("SUM", value, axis=None) for key, value in totals.items()}
 
     @tf.function

@@ -64,10 +64,19 @@ def build_in_scope(
 
     The strategy comes first because MultiWorkerMirroredStrategy must exist before any other TensorFlow op runs.
     `jit` forces XLA for the train step (without it Keras decides: XLA on a single GPU, not on CPU).
+
+    Raises:
+        BuildsysError: for `jit` with more than one replica, which XLA cannot compile here.
     """
     import keras
 
     strategy = choose_strategy(strategy_name)
+    if jit and (strategy.num_replicas_in_sync > 1 or is_multi_worker(strategy)):
+        raise BuildsysError(
+            f"--jit needs a single replica, but --strategy {strategy_name} runs {strategy.num_replicas_in_sync}: "
+            "XLA cannot compile tf.distribute's per-replica variables and collectives (on CPU not at all); "
+            "drop --jit or use --strategy one-device"
+        )
     keras.utils.set_random_seed(seed)
     configure(mixed_precision=mixed_precision, deterministic=deterministic)
     with strategy.scope():
@@ -113,7 +122,6 @@ def fit(
                 seed,
                 initial_epoch=initial_epoch,
                 callbacks=callbacks,
-                jit=bool(model.jit_compile),
             )
         elif initial_epoch < epochs:
             global_batch = spec.train.batch_size * strategy.num_replicas_in_sync

@@ -47,12 +47,14 @@ def test_mirrored_on_two_logical_cpus_matches_the_default_shape(workspace: Path)
         from buildsys.cli import main
         for strategy in ("default", "mirrored"):
             assert main(["build", "small", "--strategy", strategy]) == 0
+        assert main(["build", "small", "--strategy", "mirrored", "--jit"]) == 1  # XLA needs a single replica
     """)
     result = subprocess.run(
         [sys.executable, "-c", script], cwd=workspace, env=QUIET, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "strategy MirroredStrategy with 2 replica(s)" in result.stdout
+    assert "error: --jit needs a single replica, but --strategy mirrored runs 2" in result.stderr
     default, mirrored = _manifests(workspace)
     assert default["strategy"] == {"name": "_DefaultDistributionStrategy", "replicas": 1}
     assert mirrored["strategy"] == {"name": "MirroredStrategy", "replicas": 2}

@@ -196,12 +196,7 @@ def command_show(args: argparse.Namespace) -> int:
         if args.tuning:
             _show_tuning(target, tree, args.json)
             continue
-        versions = tree.versions(target.name)
-        if not versions:
-            raise BuildsysError(f"{target.label} has not been built; run: python -m buildsys build {target.label}")
-        version = args.version or versions[-1]
-        if version not in versions:
-            raise BuildsysError(f"{target.label} has no version {version}; published: {', '.join(map(str, versions))}")
+        version = tree.published_version(target.label, target.name, args.version)
         manifest = tree.manifest(target.name, version)
         if args.json:
             print(json.dumps(manifest, indent=2, sort_keys=True))
@@ -226,12 +221,7 @@ def command_report(args: argparse.Namespace) -> int:
 
     workspace, tree = _context(args)
     for target in workspace.resolve(args.labels):
-        versions = tree.versions(target.name)
-        if not versions:
-            raise BuildsysError(f"{target.label} has not been built; run: python -m buildsys build {target.label}")
-        version = args.version or versions[-1]
-        if version not in versions:
-            raise BuildsysError(f"{target.label} has no version {version}; published: {', '.join(map(str, versions))}")
+        version = tree.published_version(target.label, target.name, args.version)
         path = tree.model_dir(target.name) / str(version) / REPORT_FILE
         manifest = tree.manifest(target.name, version)
         if not path.is_file() or "per_class" not in manifest["metrics"]:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from buildsys.sources.resolve import Opened
+from buildsys.store import write_file_atomic
 
 GRID = 5
 
@@ -135,5 +136,5 @@ def plot(inspection: Inspection, path: Path) -> None:
         axis.set_title(str(title)[:20], fontsize=8)
     figure.suptitle(inspection.description, fontsize=9)
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    write_file_atomic(path, lambda stream: figure.savefig(stream, format="png", dpi=100))
     plt.close(figure)

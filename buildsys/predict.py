@@ -71,14 +71,7 @@ class Model:
     def __init__(self, tree: OutputTree, target: Target, version: int | None) -> None:
         import onnxruntime
 
-        versions = tree.versions(target.name)
-        if not versions:
-            raise BuildsysError(f"{target.label} has not been built; run: python -m buildsys build {target.label}")
-        self.version = version or versions[-1]
-        if self.version not in versions:
-            raise BuildsysError(
-                f"{target.label} has no version {self.version}; published: {', '.join(map(str, versions))}"
-            )
+        self.version = tree.published_version(target.label, target.name, version)
         self.name = target.name
         manifest = tree.manifest(target.name, self.version)
         self.class_names: list[str] = manifest["class_names"]

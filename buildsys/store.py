@@ -14,27 +14,37 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+from buildsys.errors import BuildsysError
 
 MANIFEST = "manifest.json"
 TRITON_TYPES = {"UINT8": "TYPE_UINT8", "FP32": "TYPE_FP32", "INT64": "TYPE_INT64", "BYTES": "TYPE_STRING"}
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Writes `text` to `path` through a temporary file in the same folder and a rename."""
+def write_file_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Writes `path` through a temporary file in the same folder, fsync and a rename: readers see the old file or
+    the whole new one, never a part. The file is readable by everyone, like any published artifact."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
+        with os.fdopen(handle, "wb") as stream:
+            write(stream)
             stream.flush()
             os.fsync(stream.fileno())
+        os.chmod(temporary, 0o644)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: Path, content: str | bytes) -> None:
+    """`write_file_atomic` for text (UTF-8) or bytes."""
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    write_file_atomic(path, lambda stream: stream.write(data))
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -103,6 +113,21 @@ class OutputTree:
             if child.is_dir() and child.name.isdigit() and not child.name.startswith("0")
         ]
         return sorted(found)
+
+    def published_version(self, label: str, name: str, version: int | None = None) -> int:
+        """`version`, or the latest when None, checked to be published; otherwise one line saying what is.
+
+        Raises:
+            BuildsysError: when the target has no published version, or not that one.
+        """
+        versions = self.versions(name)
+        if not versions:
+            raise BuildsysError(f"{label} has not been built; run: python -m buildsys build {label}")
+        if version is None:
+            return versions[-1]
+        if version not in versions:
+            raise BuildsysError(f"{label} has no version {version}; published: {', '.join(map(str, versions))}")
+        return version
 
     def manifest(self, name: str, version: int) -> dict[str, Any]:
         return json.loads((self.model_dir(name) / str(version) / MANIFEST).read_text(encoding="utf-8"))

@@ -13,13 +13,13 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from buildsys.store import write_atomic
 
 REPORT_FILE = "report.html"
 FIGURES_DIR = "report"
@@ -113,20 +113,6 @@ def confident_mistakes(labels: np.ndarray, probabilities: np.ndarray, count: int
     return wrong[np.argsort(-confidence, kind="stable")[:count]]
 
 
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Writes through a temporary file and a rename, readable by everyone (a report is meant to be shared)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def write_report(
     destination: Path, manifest: dict[str, Any], images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray
 ) -> Path:
@@ -171,12 +157,12 @@ def write_report(
     for key, (title, png) in figures.items():
         if png is None:
             continue
-        _write_bytes_atomic(destination / FIGURES_DIR / f"{key}.png", png)
+        write_atomic(destination / FIGURES_DIR / f"{key}.png", png)
         embedded[key] = (
             f'<img alt="{html.escape(title)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
         )
     path = destination / REPORT_FILE
-    _write_bytes_atomic(path, _html(manifest, embedded, len(mistakes), int((predicted != labels).sum())).encode())
+    write_atomic(path, _html(manifest, embedded, len(mistakes), int((predicted != labels).sum())).encode())
     return path
 
 

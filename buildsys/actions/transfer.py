@@ -12,7 +12,6 @@ pixels to probabilities, so export and the parity check treat it like any other 
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from buildsys.dsl.bases import PretrainedBase, TransferSpec
 from buildsys.dsl.specs import ModelSpec
 from buildsys.errors import BuildsysError, DataError, WeightsUnavailableError
 from buildsys.graph import FEATURES_LAYER, Dependency, TargetGraph
-from buildsys.store import OutputTree
+from buildsys.store import OutputTree, write_file_atomic
 from buildsys.transfer import WEIGHTS_FILE, base_digest, features_path, split_digest
 from buildsys.workspace import Target, Workspace
 
@@ -216,17 +215,7 @@ def compose(spec: ModelSpec, base: Any, layers: list[Any]) -> Any:
 
 
 def _save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **arrays)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    write_file_atomic(path, lambda stream: np.savez(stream, **arrays))
 
 
 def read_parquet_features(folder: Path, sizes: dict[str, int]) -> Features:

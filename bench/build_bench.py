@@ -53,7 +53,8 @@ def handwritten_run(manifest: dict) -> float:
     seed = manifest["seed"]
     order = np.random.default_rng(seed).permutation(len(x_train))
     held = round(len(x_train) * 0.1)
-    x_val, y_val, x_fit, y_fit = x_train[order[:held]], y_train[order[:held]], x_train[order[held:]], y_train[order[held:]]
+    validation, fitting = order[:held], order[held:]
+    x_val, y_val, x_fit, y_fit = x_train[validation], y_train[validation], x_train[fitting], y_train[fitting]
 
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((8, 8), dtype="uint8")
@@ -94,7 +95,8 @@ def main() -> None:
         by_hand = [handwritten_run(manifest) for _ in range(args.repeats)]
         noop = noop_wall(workspace, 5)
     built, hand = statistics.median(through_buildsys), statistics.median(by_hand)
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    machine = platform.processor() or platform.machine()
+    print(f"machine: {machine}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"training throughput, buildsys build: {built:,.0f} samples/s (median of {args.repeats})")
     print(f"training throughput, hand-written model.fit: {hand:,.0f} samples/s (median of {args.repeats})")
     print(f"buildsys / hand-written: {built / hand:.3f} (overhead {100 * (1 - built / hand):+.1f} %)")

@@ -59,26 +59,18 @@ def start_server(repository: Path, port: int, extra: list[str]) -> subprocess.Po
     raise SystemExit("serve_bench: the server was not ready within 60 s")
 
 
-def make_request(
-    model: str, spec: pb.ModelMetadataResponse.TensorMetadata, batch: int
-) -> pb.ModelInferRequest:
+def make_request(model: str, spec: pb.ModelMetadataResponse.TensorMetadata, batch: int) -> pb.ModelInferRequest:
     shape = [batch, *spec.shape[1:]]
     rng = np.random.default_rng(0)
     dtype = NUMPY_DTYPES[spec.datatype]
-    data = (
-        rng.integers(0, 16, size=shape).astype(dtype)
-        if dtype.kind in "iu"
-        else rng.random(shape, dtype=dtype)
-    )
+    data = rng.integers(0, 16, size=shape).astype(dtype) if dtype.kind in "iu" else rng.random(shape, dtype=dtype)
     request = pb.ModelInferRequest(model_name=model)
     request.inputs.add(name=spec.name, datatype=spec.datatype, shape=shape)
     request.raw_input_contents.append(data.tobytes())
     return request
 
 
-def drive(
-    url: str, request: pb.ModelInferRequest, clients: int, duration_s: float
-) -> tuple[list[float], int]:
+def drive(url: str, request: pb.ModelInferRequest, clients: int, duration_s: float) -> tuple[list[float], int]:
     """Runs ``clients`` threads for ``duration_s``; returns every latency (s) and the number of failures."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     failures = [0] * clients
@@ -108,9 +100,7 @@ def drive(
 
 def in_process_images_per_second(model_path: Path, request: pb.ModelInferRequest, duration_s: float) -> float:
     spec = request.inputs[0]
-    array = np.frombuffer(request.raw_input_contents[0], dtype=NUMPY_DTYPES[spec.datatype]).reshape(
-        spec.shape
-    )
+    array = np.frombuffer(request.raw_input_contents[0], dtype=NUMPY_DTYPES[spec.datatype]).reshape(spec.shape)
     session = ort.InferenceSession(str(model_path), providers=ort.get_available_providers())
     session.run(None, {spec.name: array})
     runs, start = 0, time.monotonic()

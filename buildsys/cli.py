@@ -307,7 +307,7 @@ def _image_format(args: argparse.Namespace) -> Any:
 
 
 def command_predict(args: argparse.Namespace) -> int:
-    from buildsys.predict import predict, summary_stream
+    from buildsys.batch.predict import predict, summary_stream
 
     root = find_root(Path(args.workspace) if args.workspace else None)
     tree = OutputTree(Path(args.build_out).resolve() if args.build_out else output_root(root))
@@ -328,7 +328,7 @@ def command_predict(args: argparse.Namespace) -> int:
 
 
 def command_data_import(args: argparse.Namespace) -> int:
-    from buildsys.data_import import import_source
+    from buildsys.batch.data_import import import_source
     from buildsys.sources.resolve import open_sources
 
     opened = open_sources([args.source], _image_format(args), _optional_workspace(args))
@@ -338,7 +338,7 @@ def command_data_import(args: argparse.Namespace) -> int:
 
 
 def command_data_inspect(args: argparse.Namespace) -> int:
-    from buildsys.data_inspect import inspect, plot
+    from buildsys.batch.data_inspect import inspect, plot
     from buildsys.sources.resolve import open_sources
 
     inspection = inspect(open_sources([args.source], _image_format(args), _optional_workspace(args)))

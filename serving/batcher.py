@@ -89,8 +89,7 @@ class DynamicBatcher:
             if len(self._queue) >= self.max_queue_size:
                 raise ServingError(
                     Status.UNAVAILABLE,
-                    f"model '{self.name}' queue is full ({self.max_queue_size} requests waiting); "
-                    "retry later",
+                    f"model '{self.name}' queue is full ({self.max_queue_size} requests waiting); retry later",
                 )
             self._queue.append(pending)
             self._queued_samples += batch_size
@@ -132,10 +131,7 @@ class DynamicBatcher:
             batch, kept, samples = [], deque(), 0
             while self._queue:
                 pending = self._queue.popleft()
-                fits = (
-                    pending.shape_key == first.shape_key
-                    and samples + pending.batch_size <= self.max_batch_size
-                )
+                fits = pending.shape_key == first.shape_key and samples + pending.batch_size <= self.max_batch_size
                 if fits:
                     batch.append(pending)
                     samples += pending.batch_size
@@ -165,9 +161,7 @@ class DynamicBatcher:
         samples = sum(p.batch_size for p in live)
         try:
             merged = {
-                name: np.concatenate([p.inputs[name] for p in live])
-                if len(live) > 1
-                else live[0].inputs[name]
+                name: np.concatenate([p.inputs[name] for p in live]) if len(live) > 1 else live[0].inputs[name]
                 for name in live[0].inputs
             }
             input_done = time.monotonic_ns()

@@ -55,9 +55,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     batching.add_argument(
         "--max-queue-delay-us", type=_non_negative_int, help="how long the oldest request waits for others"
     )
-    batching.add_argument(
-        "--max-queue-size", type=_positive_int, help="waiting requests per model before UNAVAILABLE"
-    )
+    batching.add_argument("--max-queue-size", type=_positive_int, help="waiting requests per model before UNAVAILABLE")
     repository = parser.add_argument_group("repository")
     repository.add_argument(
         "--poll-interval",
@@ -72,12 +70,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     security = parser.add_argument_group("security and operations")
     security.add_argument("--tls-cert", type=Path, help="PEM certificate chain (with --tls-key)")
     security.add_argument("--tls-key", type=Path, help="PEM private key (with --tls-cert)")
-    security.add_argument(
-        "--auth-token-file", type=Path, help="file holding the bearer token clients must send"
-    )
-    security.add_argument(
-        "--metrics-port", type=_non_negative_int, help="serve Prometheus /metrics on this port"
-    )
+    security.add_argument("--auth-token-file", type=Path, help="file holding the bearer token clients must send")
+    security.add_argument("--metrics-port", type=_non_negative_int, help="serve Prometheus /metrics on this port")
     security.add_argument(
         "--grace-period",
         type=_non_negative_float,

@@ -119,9 +119,7 @@ class InferenceClient:
                 self._stub.ModelMetadata, pb.ModelMetadataRequest(name=model, version=version), with_call=True
             )
             trailing = dict(call.trailing_metadata() or ())
-            config = self._call(
-                self._stub.ModelConfig, pb.ModelConfigRequest(name=model, version=version)
-            ).config
+            config = self._call(self._stub.ModelConfig, pb.ModelConfigRequest(name=model, version=version)).config
             self._models[key] = ModelInfo(
                 name=response.name,
                 versions=tuple(response.versions),
@@ -129,9 +127,7 @@ class InferenceClient:
                 inputs=tuple(TensorInfo(t.name, t.datatype, tuple(t.shape)) for t in response.inputs),
                 outputs=tuple(TensorInfo(t.name, t.datatype, tuple(t.shape)) for t in response.outputs),
                 max_batch_size=config.max_batch_size,
-                execution_providers=tuple(
-                    p for p in trailing.get("x-execution-providers", "").split(",") if p
-                ),
+                execution_providers=tuple(p for p in trailing.get("x-execution-providers", "").split(",") if p),
                 device_warning=trailing.get("x-device-warning"),
             )
         return self._models[key]
@@ -139,16 +135,12 @@ class InferenceClient:
     def _infer(self, model: str, images: np.ndarray, version: str, class_count: int) -> list[np.ndarray]:
         info = self.metadata(model, version)
         if len(info.inputs) != 1:
-            raise ValueError(
-                f"model '{model}' has {len(info.inputs)} inputs; predict/classify need exactly one"
-            )
+            raise ValueError(f"model '{model}' has {len(info.inputs)} inputs; predict/classify need exactly one")
         spec, output = info.inputs[0], info.outputs[0]
         dtype = NUMPY_DTYPES[spec.datatype]
         array = np.asarray(images)
         if not np.can_cast(array.dtype, dtype, "same_kind"):
-            raise ValueError(
-                f"images are {array.dtype} but model '{model}' takes {spec.datatype}; convert them first"
-            )
+            raise ValueError(f"images are {array.dtype} but model '{model}' takes {spec.datatype}; convert them first")
         array = np.ascontiguousarray(array, dtype=dtype)
         parts = []
         for start in range(0, len(array), info.max_batch_size):
@@ -172,9 +164,7 @@ class InferenceClient:
         """
         arrays = []
         for tensor, raw in self._infer(model, images, version, class_count=0):
-            arrays.append(
-                np.frombuffer(raw, dtype=NUMPY_DTYPES[tensor.datatype]).reshape(tuple(tensor.shape))
-            )
+            arrays.append(np.frombuffer(raw, dtype=NUMPY_DTYPES[tensor.datatype]).reshape(tuple(tensor.shape)))
         return np.concatenate(arrays)
 
     def classify(

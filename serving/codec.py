@@ -55,17 +55,13 @@ def decode_inputs(
     """
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
-        raise _bad(
-            f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; send one per input"
-        )
+        raise _bad(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; send one per input")
     expected = {spec.name: spec for spec in signature.inputs}
     arrays: dict[str, np.ndarray] = {}
     for index, tensor in enumerate(request.inputs):
         spec = expected.get(tensor.name)
         if spec is None:
-            raise _bad(
-                f"unexpected input {tensor.name[:80]!r}; the model's inputs are: {', '.join(expected)}"
-            )
+            raise _bad(f"unexpected input {tensor.name[:80]!r}; the model's inputs are: {', '.join(expected)}")
         if tensor.name in arrays:
             raise _bad(f"input '{tensor.name}' is given more than once")
         shape = tuple(tensor.shape)
@@ -81,9 +77,7 @@ def decode_inputs(
     return arrays, batch_sizes.pop()
 
 
-def _decode(
-    tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, spec: TensorSpec, shape
-) -> np.ndarray:
+def _decode(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, spec: TensorSpec, shape) -> np.ndarray:
     count = math.prod(shape)
     dtype = spec.dtype
     if raw is not None:
@@ -133,9 +127,7 @@ def requested_outputs(request: pb.ModelInferRequest, signature: ModelSignature) 
         if "classification" in output.parameters:
             class_count = output.parameters["classification"].int64_param
             if class_count < 1:
-                raise _bad(
-                    f"output '{spec.name}': classification count must be at least 1, got {class_count}"
-                )
+                raise _bad(f"output '{spec.name}': classification count must be at least 1, got {class_count}")
         wanted.append(OutputRequest(spec, class_count))
     return wanted
 
@@ -180,6 +172,4 @@ def encode_outputs(
         else:
             tensor.datatype = output.spec.datatype
             tensor.shape.extend(array.shape)
-            response.raw_output_contents.append(
-                np.ascontiguousarray(array, dtype=output.spec.dtype).tobytes()
-            )
+            response.raw_output_contents.append(np.ascontiguousarray(array, dtype=output.spec.dtype).tobytes())

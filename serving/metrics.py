@@ -18,9 +18,7 @@ class _QueueDepth(Collector):
         self._depths = depths
 
     def collect(self):
-        family = GaugeMetricFamily(
-            "serving_queue_depth", "Requests waiting for a batch, by model", labels=["model"]
-        )
+        family = GaugeMetricFamily("serving_queue_depth", "Requests waiting for a batch, by model", labels=["model"])
         for model, depth in sorted(self._depths().items()):
             family.add_metric([model], depth)
         yield family

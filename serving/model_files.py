@@ -97,25 +97,17 @@ def read_manifest(version_dir: Path, model_name: str) -> Manifest:
     if not isinstance(data, dict):
         raise ModelLoadError(f"{path}: expected a JSON object")
     if data.get("format") != MANIFEST_FORMAT:
-        raise ModelLoadError(
-            f"{path}: format {data.get('format')!r} is not supported; expected {MANIFEST_FORMAT}"
-        )
+        raise ModelLoadError(f"{path}: format {data.get('format')!r} is not supported; expected {MANIFEST_FORMAT}")
     if data.get("name") != model_name:
-        raise ModelLoadError(
-            f"{path}: name {data.get('name')!r} does not match the model folder '{model_name}'"
-        )
+        raise ModelLoadError(f"{path}: name {data.get('name')!r} does not match the model folder '{model_name}'")
     if str(data.get("version")) != version_dir.name:
-        raise ModelLoadError(
-            f"{path}: version {data.get('version')!r} does not match its folder '{version_dir.name}'"
-        )
+        raise ModelLoadError(f"{path}: version {data.get('version')!r} does not match its folder '{version_dir.name}'")
     platform = data.get("platform", PLATFORM)
     if platform != PLATFORM:
         raise ModelLoadError(f"{path}: platform {platform!r} is not supported; expected '{PLATFORM}'")
     onnx_file = (data.get("files") or {}).get("onnx", "model.onnx")
     if not isinstance(onnx_file, str) or Path(onnx_file).name != onnx_file:
-        raise ModelLoadError(
-            f"{path}: files.onnx {onnx_file!r} must be a file name inside the version folder"
-        )
+        raise ModelLoadError(f"{path}: files.onnx {onnx_file!r} must be a file name inside the version folder")
     class_names = data.get("class_names") or []
     if not isinstance(class_names, list) or not all(isinstance(c, str) for c in class_names):
         raise ModelLoadError(f"{path}: class_names must be a list of strings")
@@ -146,8 +138,7 @@ def check_config_matches(config: model_config_pb2.ModelConfig, manifest: Manifes
         by_name = {t.name: t for t in declared}
         if declared and set(by_name) != {s.name for s in specs}:
             raise ModelLoadError(
-                f"{config_path}: {kind}s {sorted(by_name)} differ from the manifest's "
-                f"{[s.name for s in specs]}"
+                f"{config_path}: {kind}s {sorted(by_name)} differ from the manifest's {[s.name for s in specs]}"
             )
         for spec in specs:
             tensor = by_name.get(spec.name)

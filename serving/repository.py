@@ -216,9 +216,7 @@ class ModelRepository:
                 if entry.is_dir() and MODEL_NAME.match(entry.name):
                     names.add(entry.name)
                 elif entry.is_dir() and not entry.name.startswith("."):
-                    self._note_model_error(
-                        entry.name, f"{entry}: folder name does not match {MODEL_NAME.pattern}"
-                    )
+                    self._note_model_error(entry.name, f"{entry}: folder name does not match {MODEL_NAME.pattern}")
             for name in sorted(names):
                 self._sync_model(name)
 
@@ -242,8 +240,7 @@ class ModelRepository:
             reasons += [self._model_errors[name]] if name in self._model_errors else []
             raise ServingError(
                 Status.FAILED_PRECONDITION,
-                f"model '{name}' has no loadable version: "
-                + ("; ".join(reasons) or "no version matches its policy"),
+                f"model '{name}' has no loadable version: " + ("; ".join(reasons) or "no version matches its policy"),
             )
 
     def unload(self, name: str) -> None:
@@ -263,9 +260,7 @@ class ModelRepository:
 
     def _check_name(self, name: str) -> None:
         if not MODEL_NAME.match(name):
-            raise ServingError(
-                Status.NOT_FOUND, f"unknown model {name[:80]!r}: model names match {MODEL_NAME.pattern}"
-            )
+            raise ServingError(Status.NOT_FOUND, f"unknown model {name[:80]!r}: model names match {MODEL_NAME.pattern}")
         if not (self.root / name).is_dir():
             with self._lock:
                 if name not in self._models:
@@ -309,9 +304,7 @@ class ModelRepository:
             for served in retired_fresh:
                 served.retire()
             if not wanted and not current:
-                self._note_model_error(
-                    name, f"model '{name}': no version in {model_dir} matches policy {policy}"
-                )
+                self._note_model_error(name, f"model '{name}': no version in {model_dir} matches policy {policy}")
         with self._lock:
             models = dict(self._models)
             if target:
@@ -334,8 +327,7 @@ class ModelRepository:
         batching = self._batching(config)
         served = ServedVersion(config, manifest, model, batching, self._on_batch)
         log.info(
-            "model '%s' version %d loaded (providers %s; max_batch_size %d, max_queue_delay_us %d, "
-            "max_queue_size %d)",
+            "model '%s' version %d loaded (providers %s; max_batch_size %d, max_queue_delay_us %d, max_queue_size %d)",
             name,
             manifest.version,
             ", ".join(model.providers),

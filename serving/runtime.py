@@ -108,8 +108,7 @@ class OnnxModel:
             actual_names = [a.name for a in actual]
             if sorted(actual_names) != sorted(s.name for s in specs):
                 raise ModelLoadError(
-                    f"{path}: ONNX {kind}s {actual_names} differ from the manifest's "
-                    f"{[s.name for s in specs]}"
+                    f"{path}: ONNX {kind}s {actual_names} differ from the manifest's {[s.name for s in specs]}"
                 )
             by_name = {a.name: a for a in actual}
             for spec in specs:
@@ -147,9 +146,7 @@ class OnnxModel:
         try:
             outputs = self.run(sample)
         except Exception as error:  # any runtime failure means the version must not serve
-            raise ModelLoadError(
-                f"a test run on zeros failed: {str(error).strip().splitlines()[0]}"
-            ) from error
+            raise ModelLoadError(f"a test run on zeros failed: {str(error).strip().splitlines()[0]}") from error
         for spec in self.signature.outputs:
             got = outputs[spec.name].shape
             if (

@@ -134,9 +134,7 @@ def serve(settings: ServerSettings) -> int:
     )
     address = f"{settings.host}:{settings.port}"
     try:
-        port = (
-            server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
-        )
+        port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     except RuntimeError as error:
         raise StartupError(f"cannot listen on {address}: {error}") from error
     if port == 0:
@@ -145,9 +143,7 @@ def serve(settings: ServerSettings) -> int:
         try:
             metrics.serve_http(settings.host, settings.metrics_port)
         except OSError as error:
-            raise StartupError(
-                f"cannot serve metrics on {settings.host}:{settings.metrics_port}: {error}"
-            ) from error
+            raise StartupError(f"cannot serve metrics on {settings.host}:{settings.metrics_port}: {error}") from error
 
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -176,9 +172,7 @@ def _drain(
     repository: ModelRepository,
     grace_period_s: float,
 ) -> int:
-    log.info(
-        "shutting down: refusing new requests, %d in flight, grace %.1f s", state.inflight, grace_period_s
-    )
+    log.info("shutting down: refusing new requests, %d in flight, grace %.1f s", state.inflight, grace_period_s)
     state.draining = True
     health_servicer.enter_graceful_shutdown()
     if not state.wait_idle(grace_period_s):

@@ -96,9 +96,7 @@ def _request_timeout_s(request: pb.ModelInferRequest, context: grpc.ServicerCont
     if "timeout" in request.parameters:
         timeout_us = request.parameters["timeout"].int64_param
         if timeout_us < 0:
-            raise ServingError(
-                Status.INVALID_ARGUMENT, f"timeout must be >= 0 microseconds, got {timeout_us}"
-            )
+            raise ServingError(Status.INVALID_ARGUMENT, f"timeout must be >= 0 microseconds, got {timeout_us}")
         if timeout_us > 0:
             limits.append(timeout_us / 1e6)
     limits = [limit for limit in limits if limit is not None]
@@ -127,9 +125,7 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     def ServerMetadata(self, request: pb.ServerMetadataRequest, context) -> pb.ServerMetadataResponse:
         # The protocol has no field for warnings; an extension string is what every client prints.
         warnings = [f"device_warning: {warning}" for warning in self.repository.device_warnings()]
-        return pb.ServerMetadataResponse(
-            name=SERVER_NAME, version=__version__, extensions=EXTENSIONS + warnings
-        )
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=EXTENSIONS + warnings)
 
     @_rpc
     def ModelMetadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
@@ -207,17 +203,13 @@ class InferenceServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         entries = [e for e in self.repository.index() if e.state == "READY" or not request.ready]
         return pb.RepositoryIndexResponse(
             models=[
-                pb.RepositoryIndexResponse.ModelIndex(
-                    name=e.name, version=e.version, state=e.state, reason=e.reason
-                )
+                pb.RepositoryIndexResponse.ModelIndex(name=e.name, version=e.version, state=e.state, reason=e.reason)
                 for e in entries
             ]
         )
 
     @_rpc
-    def RepositoryModelLoad(
-        self, request: pb.RepositoryModelLoadRequest, context
-    ) -> pb.RepositoryModelLoadResponse:
+    def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context) -> pb.RepositoryModelLoadResponse:
         if request.parameters:
             names = ", ".join(sorted(request.parameters))
             raise ServingError(
@@ -245,11 +237,7 @@ def _effective_config(served: ServedVersion) -> model_config_pb2.ModelConfig:
     config.dynamic_batching.max_queue_delay_microseconds = served.batcher.max_queue_delay_us
     config.dynamic_batching.default_queue_policy.max_queue_size = served.batcher.max_queue_size
     on_gpu = CUDA in served.model.providers
-    kind = (
-        model_config_pb2.ModelInstanceGroup.KIND_GPU
-        if on_gpu
-        else model_config_pb2.ModelInstanceGroup.KIND_CPU
-    )
+    kind = model_config_pb2.ModelInstanceGroup.KIND_GPU if on_gpu else model_config_pb2.ModelInstanceGroup.KIND_CPU
     del config.instance_group[:]
     config.instance_group.add(name=f"{served.name}_0", kind=kind, count=1)
     config.parameters["execution_providers"].string_value = ",".join(served.model.providers)

@@ -69,8 +69,7 @@ class TensorSpec:
         if datatype != self.datatype:
             raise ServingError(
                 Status.INVALID_ARGUMENT,
-                f"input '{self.name}': datatype {datatype or '(empty)'} does not match the model's "
-                f"{self.datatype}",
+                f"input '{self.name}': datatype {datatype or '(empty)'} does not match the model's {self.datatype}",
             )
         expected = format_shape(self.shape)
         if len(shape) != len(self.shape) or any(
@@ -87,9 +86,7 @@ class TensorSpec:
                 f"input '{self.name}': shape {format_shape(shape)} has a negative dimension",
             )
         if shape[0] < 1:
-            raise ServingError(
-                Status.INVALID_ARGUMENT, f"input '{self.name}': batch size must be at least 1, got 0"
-            )
+            raise ServingError(Status.INVALID_ARGUMENT, f"input '{self.name}': batch size must be at least 1, got 0")
         if shape[0] > max_batch_size:
             raise ServingError(
                 Status.INVALID_ARGUMENT,

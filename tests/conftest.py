@@ -23,7 +23,9 @@ def write_definition(root: Path, filename: str, source: str) -> Path:
     return path
 
 
-def run_buildsys(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_buildsys(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """Runs `python -m buildsys ARGS` in a subprocess, as a user would."""
     return subprocess.run(
         [sys.executable, "-m", "buildsys", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout

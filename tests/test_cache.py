@@ -34,8 +34,9 @@ def test_canonical_json_is_order_independent() -> None:
 
 def test_key_is_stable_across_loads_and_formatting(workspace: Path) -> None:
     first = cache_key(spec_of(workspace), "data", 1, {"units": 16}).digest
-    second = cache_key(spec_of(workspace, comment="\n    # a comment does not change the model\n"), "data", 1,
-                       {"units": 16}).digest
+    second = cache_key(
+        spec_of(workspace, comment="\n    # a comment does not change the model\n"), "data", 1, {"units": 16}
+    ).digest
     assert first == second and len(first) == 64
 
 

@@ -45,7 +45,9 @@ def test_config_parses_as_triton_model_config(tmp_path: Path) -> None:
 
     tree = OutputTree(tmp_path)
     tree.publish("toy", stage(tree), MANIFEST, max_batch_size=8)
-    config = text_format.Parse((tmp_path / "models" / "toy" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    config = text_format.Parse(
+        (tmp_path / "models" / "toy" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
     assert config.name == "toy" and config.max_batch_size == 8
     assert list(config.input[0].dims) == [32, 32, 3] and config.output[0].label_filename == "labels.txt"
     assert config.dynamic_batching.default_queue_policy.max_queue_size == 256

@@ -41,7 +41,10 @@ def test_good_data_gets_a_channel_axis_and_a_seeded_validation_split() -> None:
 @pytest.mark.parametrize(
     ("broken", "message"),
     [
-        ({"x_train": np.zeros((40, 7, 8), np.uint8)}, r"train images are shaped \(7, 8\) but the input declares \(8, 8, 1\)"),
+        (
+            {"x_train": np.zeros((40, 7, 8), np.uint8)},
+            r"train images are shaped \(7, 8\) but the input declares \(8, 8, 1\)",
+        ),
         ({"x_test": np.full((10, 8, 8), np.nan)}, r"test image 0 contains NaN"),
         ({"y_train": np.full(40, 10)}, r"train label 0 is 10, outside 0..9 \(10 class names\)"),
         ({"y_test": np.full(10, -1)}, r"test label 0 is -1, outside 0..9"),

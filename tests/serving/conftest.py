@@ -82,17 +82,13 @@ def classifier_onnx(seed: int) -> onnx.ModelProto:
     return model
 
 
-def write_config(
-    model_dir: Path, name: str, max_batch_size: int = 1024, delay_us: int = 500, queue_size: int = 256
-):
+def write_config(model_dir: Path, name: str, max_batch_size: int = 1024, delay_us: int = 500, queue_size: int = 256):
     """Writes config.pbtxt and labels.txt atomically (temporary file + rename), as the builder does."""
     model_dir.mkdir(parents=True, exist_ok=True)
     for file_name, text in (
         (
             "config.pbtxt",
-            CONFIG_TEMPLATE.format(
-                name=name, max_batch_size=max_batch_size, delay_us=delay_us, queue_size=queue_size
-            ),
+            CONFIG_TEMPLATE.format(name=name, max_batch_size=max_batch_size, delay_us=delay_us, queue_size=queue_size),
         ),
         ("labels.txt", "\n".join(CLASS_NAMES) + "\n"),
     ):
@@ -101,9 +97,7 @@ def write_config(
         os.replace(temporary, model_dir / file_name)
 
 
-def publish_version(
-    repo: Path, name: str, version: int, seed: int, *, broken: bool = False, **config
-) -> Path:
+def publish_version(repo: Path, name: str, version: int, seed: int, *, broken: bool = False, **config) -> Path:
     """Publishes ``<repo>/<name>/<version>`` by renaming a complete staging folder, as the builder does.
 
     Returns the version folder. With ``broken=True`` the model file is not ONNX, so the version is refused.
@@ -213,9 +207,7 @@ class ServerProcess:
             *args,
         ]
         self._log = open(self.log_path, "w")  # noqa: SIM115 - kept open for the process's lifetime
-        self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT
-        )
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=PROJECT_ROOT)
         self._wait_ready()
 
     def log(self) -> str:

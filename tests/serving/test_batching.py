@@ -71,10 +71,7 @@ def test_queue_full_is_refused_at_once_with_unavailable():
     queued = [batcher.submit(rows(0, 1), 1), batcher.submit(rows(1, 1), 1)]
     with pytest.raises(ServingError) as refused:
         batcher.submit(rows(2, 1), 1)
-    assert (
-        refused.value.status is Status.UNAVAILABLE
-        and "queue is full (2 requests waiting)" in refused.value.message
-    )
+    assert refused.value.status is Status.UNAVAILABLE and "queue is full (2 requests waiting)" in refused.value.message
     batcher.close()  # flushes without waiting for the 60 s delay
     assert [f.result(1)["y"][0, 0] for f in queued] == [0.0, 2.0]
     with pytest.raises(ServingError, match="shutting down"):

@@ -74,9 +74,7 @@ def test_cli_classifies_png_and_jpeg_files(shared_server, digits_repo, tmp_path)
         "--top-k",
         "3",
     ]
-    completed = subprocess.run(
-        [*command, str(gray), str(colour)], capture_output=True, text=True, env=env, check=True
-    )
+    completed = subprocess.run([*command, str(gray), str(colour)], capture_output=True, text=True, env=env, check=True)
     lines = completed.stdout.strip().splitlines()
     assert len(lines) == 2
     batch = np.stack([load_image(path, (-1, 8, 8)) for path in (gray, colour)])

@@ -72,9 +72,7 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero(start
             with pytest.raises(InferenceServerException, match="UNAVAILABLE.*shutting down"):
                 client.infer("digits", [tensor])
     caller.join(20)
-    np.testing.assert_array_equal(
-        outcome["result"], reference_probabilities(digits_repo / "digits" / "1", batch)
-    )
+    np.testing.assert_array_equal(outcome["result"], reference_probabilities(digits_repo / "digits" / "1", batch))
     assert server.process.wait(20) == 0
     assert "shutting down: refusing new requests, 1 in flight" in server.log()
 
@@ -130,18 +128,14 @@ def self_signed_certificate(folder):
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
             critical=False,
         )
         .sign(key, hashes.SHA256())
     )
     cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
     return cert_path, key_path
 
@@ -204,10 +198,7 @@ def run_serving(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     ],
 )
 def test_startup_errors_are_one_clear_line_and_exit_2(digits_repo, args, message):
-    if (
-        args[0] == "--device"
-        and "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers()
-    ):
+    if args[0] == "--device" and "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers():
         pytest.skip("this machine has CUDA; --device cuda is valid here")
     full = args if args[0] == "--repository" else ["--repository", str(digits_repo), "--port", "0", *args]
     completed = run_serving(*full)
@@ -233,9 +224,7 @@ def test_the_import_guard_really_blocks_tensorflow(import_guard, tmp_path):
         SERVING_IMPORT_GUARD_LOG=str(log),
         SERVING_IMPORT_GUARD_MODULES="tensorflow,keras,buildsys",
     )
-    completed = subprocess.run(
-        [sys.executable, "-c", "import tensorflow"], capture_output=True, text=True, env=env
-    )
+    completed = subprocess.run([sys.executable, "-c", "import tensorflow"], capture_output=True, text=True, env=env)
     assert completed.returncode != 0 and "must never be imported by the serving process" in completed.stderr
     assert log.read_text().split() == ["tensorflow"]
 

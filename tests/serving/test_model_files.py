@@ -93,9 +93,7 @@ def test_onnx_model_must_match_the_manifest(tmp_path):
         inputs=(TensorSpec("image", "FP32", (-1, 8, 8)),),
         outputs=(TensorSpec("probabilities", "FP32", (-1, 10)),),
     )
-    with pytest.raises(
-        ModelLoadError, match="ONNX input 'image' is UINT8 \\[-1, 8, 8\\] but the manifest says FP32"
-    ):
+    with pytest.raises(ModelLoadError, match="ONNX input 'image' is UINT8 \\[-1, 8, 8\\] but the manifest says FP32"):
         OnnxModel(version_dir / "model.onnx", wrong, RuntimeOptions(device="cpu"))
     renamed = ModelSignature(inputs=(TensorSpec("pixels", "UINT8", (-1, 8, 8)),), outputs=wrong.outputs)
     with pytest.raises(ModelLoadError, match="ONNX inputs \\['image'\\] differ"):

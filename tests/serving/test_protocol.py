@@ -28,9 +28,7 @@ def test_server_and_model_metadata(client):
     model = client.get_model_metadata("digits")
     assert (model.name, list(model.versions), model.platform) == ("digits", ["1"], "onnxruntime_onnx")
     assert [(t.name, t.datatype, list(t.shape)) for t in model.inputs] == [("image", "UINT8", [-1, 8, 8])]
-    assert [(t.name, t.datatype, list(t.shape)) for t in model.outputs] == [
-        ("probabilities", "FP32", [-1, 10])
-    ]
+    assert [(t.name, t.datatype, list(t.shape)) for t in model.outputs] == [("probabilities", "FP32", [-1, 10])]
 
 
 def test_model_config_reports_effective_batching_and_device(client):
@@ -103,9 +101,7 @@ def test_health_and_reflection(shared_server):
             status = health.Check(health_pb2.HealthCheckRequest(service=service)).status
             assert status == health_pb2.HealthCheckResponse.SERVING
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        answer = next(
-            stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
-        )
+        answer = next(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
         names = {s.name for s in answer.list_services_response.service}
         assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= names
 
@@ -161,10 +157,7 @@ def test_raw_length_mismatch_is_invalid_argument(shared_server):
     with grpc.insecure_channel(shared_server.url) as channel, pytest.raises(grpc.RpcError) as raised:
         service_pb2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(request)
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert (
-        raised.value.details()
-        == "input 'image': raw contents are 100 bytes but shape [2, 8, 8] of UINT8 needs 128"
-    )
+    assert raised.value.details() == "input 'image': raw contents are 100 bytes but shape [2, 8, 8] of UINT8 needs 128"
 
 
 def test_typed_contents_out_of_range_or_wrong_count_is_invalid_argument(shared_server):
@@ -172,9 +165,7 @@ def test_typed_contents_out_of_range_or_wrong_count_is_invalid_argument(shared_s
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
         for values, fragment in (([300] * 64, "outside UINT8's range"), ([1] * 63, "has 63 values")):
             request = service_pb2.ModelInferRequest(model_name="digits")
-            request.inputs.add(name="image", datatype="UINT8", shape=[1, 8, 8]).contents.uint_contents.extend(
-                values
-            )
+            request.inputs.add(name="image", datatype="UINT8", shape=[1, 8, 8]).contents.uint_contents.extend(values)
             with pytest.raises(grpc.RpcError) as raised:
                 stub.ModelInfer(request)
             assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -38,9 +38,7 @@ class ContinuousLoad:
             while not self._stop.is_set():
                 try:
                     result = client.infer("digits", [tensor])
-                    self.answers.append(
-                        (result.get_response().model_version, result.as_numpy("probabilities"))
-                    )
+                    self.answers.append((result.get_response().model_version, result.as_numpy("probabilities")))
                 except InferenceServerException as error:
                     self.failures.append(error)
 
@@ -130,9 +128,7 @@ def test_repository_unload_and_load(start_server, tmp_path):
         assert client.is_model_ready("digits")
         assert client.infer("digits", [_tensor(images(2))]).as_numpy("probabilities").shape == (2, 10)
 
-        with pytest.raises(
-            InferenceServerException, match="FAILED_PRECONDITION.*broken.*ONNX Runtime cannot load"
-        ):
+        with pytest.raises(InferenceServerException, match="FAILED_PRECONDITION.*broken.*ONNX Runtime cannot load"):
             client.load_model("broken")
         for name in ("ghost", "../digits", "Digits"):
             with pytest.raises(InferenceServerException, match="NOT_FOUND"):

@@ -45,8 +45,12 @@ def test_fashion_mnist_idx_files(empty_keras_home: Path) -> None:
 def test_mnist_npz_is_read_without_pickle(empty_keras_home: Path) -> None:
     folder = empty_keras_home / "data"
     folder.mkdir()
-    arrays = {"x_train": np.zeros((4, 28, 28), np.uint8), "y_train": np.arange(4), "x_test": np.ones((2, 28, 28), np.uint8),
-              "y_test": np.arange(2)}
+    arrays = {
+        "x_train": np.zeros((4, 28, 28), np.uint8),
+        "y_train": np.arange(4),
+        "x_test": np.ones((2, 28, 28), np.uint8),
+        "y_test": np.arange(2),
+    }
     np.savez(folder / "mnist.npz", **arrays)
     loaded = load(datasets.keras("mnist"), folder)
     assert loaded.x_train.shape == (4, 28, 28) and loaded.y_test.tolist() == [0, 1]

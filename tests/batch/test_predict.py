@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
+from buildsys.batch.predict import predict
 from buildsys.cli import main
 from buildsys.errors import DataError
-from buildsys.predict import predict
 from buildsys.sources.resolve import ImageFormat, open_sources
 from buildsys.store import OutputTree
 from buildsys.workspace import Workspace

@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from buildsys.dbwrite import upsert
+from buildsys.batch.dbwrite import upsert
+from buildsys.batch.progress import Progress
 from buildsys.errors import DataError
-from buildsys.progress import Progress
 from buildsys.sources.images import encode_npy, encode_png
 from buildsys.sources.resolve import Opened
 from buildsys.sources.tutorial_schema import USES, tables

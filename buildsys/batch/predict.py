@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from buildsys.batch.prediction_output import Sink, open_sink, probability_columns
+from buildsys.batch.progress import Progress
 from buildsys.errors import BuildsysError, DataError
-from buildsys.prediction_output import Sink, open_sink, probability_columns
-from buildsys.progress import Progress
 from buildsys.sources.records import Batch
 from buildsys.sources.resolve import ImageFormat, open_sources
 from buildsys.store import OutputTree

@@ -151,7 +151,7 @@ class ResultsTable(Sink):
     def write(self, rows: list[dict[str, Any]]) -> None:
         import sqlalchemy as sa
 
-        from buildsys.dbwrite import upsert
+        from buildsys.batch.dbwrite import upsert
 
         now = datetime.datetime.now(datetime.UTC).replace(tzinfo=None, microsecond=0)
         names = {column.name for column in self.table.columns}

@@ -321,6 +321,7 @@ def command_predict(args: argparse.Namespace) -> int:
         args.batch_size,
         engine=args.engine,
         master=args.master,
+        columns=(args.image_column, args.label_column, args.id_column),
     )
     stream = summary_stream(args.destination)
     print(json.dumps(summary.to_json(), indent=2) if args.json else summary.line(), file=stream)
@@ -483,6 +484,10 @@ def make_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=256, help="images per ONNX Runtime call and per write")
     predict.add_argument("--engine", choices=("local", "spark"), default="local", help="where the model runs")
     predict.add_argument("--master", help="Spark master URL for --engine spark (default: local[2])")
+    for column, default in (("image", "encoded image bytes"), ("label", "class names or indices"), ("id", "ids")):
+        predict.add_argument(
+            f"--{column}-column", help=f"Parquet input with --engine spark: the column of {default} (default: {column})"
+        )
     predict.add_argument("--workspace", help="folder holding model_defs/ (default: found from the current folder)")
     predict.add_argument("--build-out", help="output tree (default: $BUILDSYS_OUT or <workspace>/build-out)")
     predict.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from buildsys.batch.prediction_output import Sink, open_sink, probability_columns
 from buildsys.batch.progress import Progress
 from buildsys.errors import BuildsysError, DataError
-from buildsys.sources.records import Batch
-from buildsys.sources.resolve import ImageFormat, open_sources
+from buildsys.sources.resolve import ImageFormat, Opened, open_sources
 from buildsys.store import OutputTree
 from buildsys.workspace import Target, Workspace
 
@@ -104,7 +103,7 @@ class Model:
         return self.session.run([self.output_name], {self.input_name: images.astype(self.input_type)})[0]
 
 
-def _label_map(source_names: tuple[str, ...] | None, model_names: list[str]) -> np.ndarray | None:
+def label_map(source_names: tuple[str, ...] | None, model_names: list[str]) -> np.ndarray | None:
     """Source label index -> model class index (-1 where the model has no class of that name)."""
     if source_names is None:
         return None
@@ -112,11 +111,11 @@ def _label_map(source_names: tuple[str, ...] | None, model_names: list[str]) -> 
     return np.array([position.get(name, -1) for name in source_names], np.int64)
 
 
-def _rows(model: Model, batch: Batch, probabilities: np.ndarray, truth: np.ndarray | None) -> list[dict[str, Any]]:
+def _rows(model: Model, ids: list[str], probabilities: np.ndarray, truth: np.ndarray | None) -> list[dict[str, Any]]:
     columns = probability_columns(model.class_names)
     predicted = probabilities.argmax(axis=1)
     rows = []
-    for i, image_id in enumerate(batch.ids):
+    for i, image_id in enumerate(ids):
         true_index = int(truth[i]) if truth is not None and truth[i] >= 0 else None
         row = {
             "image_id": image_id,
@@ -133,6 +132,37 @@ def _rows(model: Model, batch: Batch, probabilities: np.ndarray, truth: np.ndarr
     return rows
 
 
+ScoredBatch = tuple[list[str], np.ndarray, np.ndarray | None]
+"""Image ids, their probabilities, and their true model class indices (-1 where unknown; None when unlabelled)."""
+
+
+class Scored(Protocol):
+    """Scored batches in a fixed order, from wherever the images were read and scored."""
+
+    labelled: bool
+    total: int
+
+    def batches(self, batch_size: int) -> Iterator[ScoredBatch]:
+        """The scored images, `batch_size` at a time: each batch is one write to the destination."""
+        ...
+
+
+class ReaderScored:
+    """A source read in this process batch by batch, each batch scored by the model (or its engine's scorer)."""
+
+    def __init__(self, model: Model, opened: Opened) -> None:
+        self.model, self.opened = model, opened
+        self.labels = label_map(opened.reader.class_names, model.class_names)
+        self.labelled = self.labels is not None
+        self.total = sum(opened.reader.count(split) for split in opened.splits)
+
+    def batches(self, batch_size: int) -> Iterator[ScoredBatch]:
+        for split in self.opened.splits:
+            for batch in self.opened.reader.batches(split, batch_size):
+                truth = self.labels[batch.labels] if self.labels is not None and batch.labels is not None else None
+                yield batch.ids, self.model.probabilities(batch.images), truth
+
+
 def predict(
     workspace: Workspace,
     tree: OutputTree,
@@ -143,11 +173,14 @@ def predict(
     batch_size: int = 256,
     engine: str = "local",
     master: str | None = None,
+    columns: tuple[str | None, str | None, str | None] = (None, None, None),
 ) -> Summary:
     """Predicts every image of `inputs` with the target's published model and writes the rows to `destination`.
 
-    `engine="spark"` scores each batch on Apache Spark at `master` (`buildsys.engines.spark`) instead of in
-    this process; reading the inputs and writing the rows stay here, so both engines write the same rows.
+    `engine="spark"` runs on Apache Spark at `master` (`buildsys.engines.spark`): image folders, image files and
+    Parquet tables are read, decoded and scored on the executors and only the scored rows come back; other
+    sources are read here and each batch is scored on Spark. Writing the rows stays here, so both engines write
+    the same rows. `columns` name a Parquet input's image, label and id columns (None: the defaults).
 
     Raises:
         DataError: for unreadable inputs or a failed write, saying how many whole batches were written.
@@ -156,25 +189,27 @@ def predict(
         raise BuildsysError(f"--batch-size must be positive; received {batch_size}")
     (target,) = workspace.resolve([label])
     model = Model(tree, target, version)
+    source: Scored | None = None
+    if engine != "spark" and any(columns):
+        raise BuildsysError("--image-column, --label-column and --id-column apply to Parquet inputs of --engine spark")
     if engine == "spark":
-        from buildsys.engines.spark import SparkScorer
+        from buildsys.engines.spark import SparkScorer, spark_input
 
-        model.scorer = SparkScorer(str(model.onnx_path), model.input_name, model.output_name, master)
-    opened = open_sources(inputs, model.image_format, workspace)
-    reader = opened.reader
-    labels = _label_map(reader.class_names, model.class_names)
+        source = spark_input(model, inputs, workspace, master, columns)
+        if source is None:  # a source Spark cannot read itself: read here, score each batch on Spark
+            model.scorer = SparkScorer(str(model.onnx_path), model.input_name, model.output_name, master)
+    if source is None:
+        source = ReaderScored(model, open_sources(inputs, model.image_format, workspace))
     columns = ["image_id", "model_name", "model_version", *probability_columns(model.class_names),
                "predicted_index", "predicted_class", "probability", "true_index", "true_class"]  # fmt: skip
-    sink = open_sink(destination, columns, probability_columns(model.class_names), labels is not None)
+    sink = open_sink(destination, columns, probability_columns(model.class_names), source.labelled)
     summary = Summary(model.name, model.version, sink.description)
-    total = sum(reader.count(split) for split in opened.splits)
-    progress = Progress(f"predict {model.name}", total)
+    progress = Progress(f"predict {model.name}", source.total)
     started = time.perf_counter()
     try:
-        for split in opened.splits:
-            for batch in reader.batches(split, batch_size):
-                _predict_batch(model, batch, labels, sink, summary)
-                progress.advance(len(batch))
+        for ids, probabilities, truth in source.batches(batch_size):
+            _write_batch(model, ids, probabilities, truth, sink, summary)
+            progress.advance(len(ids))
     except DataError as error:
         batches = f"{summary.batches} whole batch{'' if summary.batches == 1 else 'es'}"
         written = f"{batches} ({summary.rows:,} rows)"
@@ -186,11 +221,11 @@ def predict(
     return summary
 
 
-def _predict_batch(model: Model, batch: Batch, labels: np.ndarray | None, sink: Sink, summary: Summary) -> None:
-    probabilities = model.probabilities(batch.images)
-    truth = labels[batch.labels] if labels is not None and batch.labels is not None else None
-    sink.write(_rows(model, batch, probabilities, truth))
-    summary.rows += len(batch)
+def _write_batch(
+    model: Model, ids: list[str], probabilities: np.ndarray, truth: np.ndarray | None, sink: Sink, summary: Summary
+) -> None:
+    sink.write(_rows(model, ids, probabilities, truth))
+    summary.rows += len(ids)
     summary.batches += 1
     if truth is not None:
         known = truth >= 0

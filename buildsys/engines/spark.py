@@ -2,21 +2,37 @@
 
 The model's bytes are broadcast once; each partition iterator opens one ONNX Runtime session and runs it over
 every Arrow chunk of its partition, so a model is loaded once per executor task, never per row or per chunk.
-Images travel as raw bytes with their shape, results come back keyed by a row number and are put back in the
-input's order, so the local engine and this one give the same rows in the same order. PySpark is an optional
-extra (`pip install 'buildsys[spark]'`); nothing here imports TensorFlow, and only this module imports PySpark.
+Image folders and files (Spark's binaryFile source) and Parquet tables of encoded images are read, decoded and
+resized on the executors with the local engine's own decoders, so the driver never reads an image and only the
+scored rows (a key and the probabilities) come back; other sources are decoded on the driver and travel as raw
+pixels. Results are put back in the local engine's order, so both engines give the same rows in the same order.
+PySpark is an optional extra (`pip install 'buildsys[spark]'`); nothing here imports TensorFlow, and only this
+module imports PySpark.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import re
 import sys
-from collections.abc import Iterator
-from typing import Any
+import warnings
+from collections.abc import Callable, Iterator
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from buildsys.errors import BuildsysError
+from buildsys.errors import BuildsysError, DataError
+from buildsys.sources.images import IMAGE_SUFFIXES, decode_cell, image_shape, read_image_file
+from buildsys.sources.resolve import Opened, open_sources
+
+if TYPE_CHECKING:
+    from buildsys.batch.predict import Model, Scored, ScoredBatch
+    from buildsys.workspace import Workspace
+
+Decode = Callable[[Any], tuple[Any, np.ndarray]]
 
 DEFAULT_MASTER = "local[2]"
 
@@ -43,22 +59,51 @@ def spark_session(master: str | None = None) -> Any:
     )
 
 
-def _run_onnx(model_bytes: Any, input_name: str, output_name: str, dtype: str, shape: tuple[int, ...]) -> Any:
-    """The function `mapInPandas` runs on each partition: one ONNX Runtime session for all of its chunks."""
+def _score_chunks(
+    model: Any, input_name: str, output_name: str, input_type: str, input_shape: tuple[int, ...], decode: Decode
+) -> Callable[[Iterator[Any]], Iterator[Any]]:
+    """The function `mapInPandas` runs on each partition: one ONNX Runtime session for all of its chunks.
+
+    `decode` turns an Arrow chunk into the key columns to send back and the chunk's images, so every kind of
+    input (pixels, image files, table cells) is scored by this one loop and the model is opened once per task.
+    """
 
     def run(chunks: Iterator[Any]) -> Iterator[Any]:
         import onnxruntime
-        import pandas
 
-        session = onnxruntime.InferenceSession(model_bytes.value, providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(model.value, providers=["CPUExecutionProvider"])
         for chunk in chunks:
-            if chunk.empty:
+            keys, images = decode(chunk)
+            if len(keys) == 0:
                 continue
-            images = np.stack([np.frombuffer(raw, dtype=dtype).reshape(shape) for raw in chunk["pixels"]])
+            images = images.reshape(len(images), *input_shape).astype(input_type)
             outputs = session.run([output_name], {input_name: images})[0].astype(np.float32)
-            yield pandas.DataFrame({"row": chunk["row"].to_numpy(), "output": list(outputs.reshape(len(images), -1))})
+            yield keys.assign(output=list(outputs.reshape(len(images), -1)))
 
     return run
+
+
+def _decode_pixels(dtype: str, shape: tuple[int, ...], chunk: Any) -> tuple[Any, np.ndarray]:
+    """Rows of `(row, pixels)` that the driver already decoded: the raw bytes back into arrays."""
+    images = [np.frombuffer(raw, dtype=dtype).reshape(shape) for raw in chunk["pixels"]]
+    return chunk[["row"]], np.stack(images) if images else np.zeros((0, *shape), dtype)
+
+
+def _collect(frame: Any) -> Any:
+    """`frame.toPandas()`, with a failure on an executor (an undecodable image) turned into its one-line error."""
+    from pyspark.errors import PySparkException
+
+    try:
+        with warnings.catch_warnings():  # PySpark repeats the executor's traceback as a warning before raising
+            warnings.simplefilter("ignore", UserWarning)
+            return frame.toPandas()
+    except PySparkException as error:
+        text = str(error)
+        found = re.search(r"buildsys\.errors\.(?:DataError|BuildsysError): (.+)", text)
+        if found:
+            raise DataError(found.group(1).strip()) from None
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        raise BuildsysError(f"the Spark job failed: {lines[-1] if lines else type(error).__name__}") from None
 
 
 def run_onnx(
@@ -86,10 +131,8 @@ def run_onnx(
     rows = pandas.DataFrame({"row": np.arange(len(images), dtype=np.int64), "pixels": [i.tobytes() for i in images]})
     frame = session.createDataFrame(rows, schema="row long, pixels binary")
     frame = frame.repartition(partitions or session.sparkContext.defaultParallelism)
-    scored = frame.mapInPandas(
-        _run_onnx(model, input_name, output_name, dtype, shape), schema="row long, output array<float>"
-    ).toPandas()
-    scored = scored.sort_values("row")
+    score = _score_chunks(model, input_name, output_name, dtype, shape, partial(_decode_pixels, dtype, shape))
+    scored = _collect(frame.mapInPandas(score, schema="row long, output array<float>")).sort_values("row")
     return np.stack(scored["output"].to_numpy()).astype(np.float32)
 
 
@@ -104,3 +147,212 @@ class SparkScorer:
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         return run_onnx(self.session, self.model, self.input_name, self.output_name, images)
+
+
+IMAGE_GLOB = "*.{" + ",".join(s[1:] for s in (*IMAGE_SUFFIXES, *(s.upper() for s in IMAGE_SUFFIXES))) + "}"
+PARQUET_COLUMNS = ("image", "label", "id")  # defaults of --image-column, --label-column, --id-column
+
+
+def local_path(uri: str) -> str:
+    """A local file as Spark names it (`file:/abs/path`, Hadoop's unescaped form) as the driver lists it."""
+    return uri.removeprefix("file://") if uri.startswith("file:///") else uri.removeprefix("file:")
+
+
+def _decode_files(rows: Any, size: tuple[int, int], color_mode: str, chunk: Any) -> tuple[Any, np.ndarray]:
+    """binaryFile rows `(path, content)` decoded with the local engine's decoder; files the driver did not list
+    (another split, a file the local engine would skip) are dropped before decoding."""
+    import pandas
+
+    keys, images = [], []
+    for uri, content in zip(chunk["path"], chunk["content"], strict=True):
+        path = local_path(uri)
+        row = rows.value.get(path)
+        if row is not None:
+            keys.append(row)
+            images.append(read_image_file(Path(path), size, color_mode, data=bytes(content)))
+    shape = image_shape(size, color_mode)
+    return pandas.DataFrame({"row": np.array(keys, np.int64)}), np.stack(images) if images else np.zeros((0, *shape))
+
+
+def _decode_cells(column: str, shape: tuple[int, ...], chunk: Any) -> tuple[Any, np.ndarray]:
+    """Parquet rows with encoded image bytes, decoded by the SQL source's cell decoder (so pickles are refused)."""
+    images = []
+    for cell, uri, row in zip(chunk[column], chunk["file_path"], chunk["row_index"], strict=True):
+        where = f"{local_path(uri)}, row {row}"
+        if cell is None:
+            raise DataError(f"{where}: the {column} cell is NULL")
+        images.append(decode_cell(bytes(cell), shape=shape, where=where))
+    return chunk.drop(columns=[column]), np.stack(images) if images else np.zeros((0, *shape), np.uint8)
+
+
+class _SparkModel:
+    """A Spark session with the model's ONNX bytes broadcast once, and the `mapInPandas` that scores a frame."""
+
+    def __init__(self, model: Model, master: str | None) -> None:
+        self.model = model
+        self.session = spark_session(master)
+        self.broadcast = self.session.sparkContext.broadcast(model.onnx_path.read_bytes())
+
+    def score(self, frame: Any, decode: Decode, keys: str) -> Any:
+        """The frame's `keys` columns and an `output` column of probabilities, collected on the driver."""
+        model = self.model
+        input_type = np.dtype(model.input_type).name
+        score = _score_chunks(
+            self.broadcast, model.input_name, model.output_name, input_type, model.input_shape, decode
+        )
+        return _collect(frame.mapInPandas(score, schema=f"{keys}, output array<float>"))
+
+
+class FilesScored:
+    """Image folders and files read by Spark's binaryFile source and decoded and scored on the executors.
+
+    The driver lists the file names (never their content) with the local engine's own reader, so the ids, the
+    class labels, the train/test split and the order are the local engine's; executors map each file they read
+    back to its row in that listing.
+    """
+
+    def __init__(self, spark: _SparkModel, opened: Opened, labels: np.ndarray | None, locations: list[str]) -> None:
+        reader = opened.reader
+        listed = [pair for split in opened.splits for pair in reader.files[split]]
+        self.spark, self.locations = spark, locations
+        self.paths = [os.path.abspath(path) for path, _ in listed]
+        self.ids = [reader.image_id(path) for path, _ in listed]
+        self.truth = None if labels is None else labels[np.array([label for _, label in listed], np.int64)]
+        self.labelled, self.total = labels is not None, len(listed)
+        self.size, self.color_mode = reader.size, reader.color_mode
+
+    def batches(self, batch_size: int) -> Iterator[ScoredBatch]:
+        session = self.spark.session
+        rows = session.sparkContext.broadcast({path: row for row, path in enumerate(self.paths)})
+        frame = (
+            session.read.format("binaryFile")
+            .option("recursiveFileLookup", "true")
+            .option("pathGlobFilter", IMAGE_GLOB)
+            .load(self.locations)
+            .select("path", "content")
+        )
+        scored = self.spark.score(frame, partial(_decode_files, rows, self.size, self.color_mode), "row long")
+        probabilities = _in_order(scored["row"].to_numpy(), scored["output"], self.total)
+        if probabilities is None:
+            missing = sorted(set(range(self.total)) - set(scored["row"].tolist()))
+            if not missing:
+                raise DataError(f"Spark read a file twice from {', '.join(self.locations)}; inputs must not overlap")
+            raise DataError(
+                f"{self.paths[missing[0]]}: Spark did not read this file ({len(missing)} missing; Spark skips names "
+                "beginning with _ or . and suffixes in other letter cases)"
+            )
+        for start in range(0, self.total, batch_size):
+            end = min(start + batch_size, self.total)
+            truth = None if self.truth is None else self.truth[start:end]
+            yield self.ids[start:end], probabilities[start:end], truth
+
+
+def _in_order(rows: np.ndarray, outputs: Any, total: int) -> np.ndarray | None:
+    """The outputs placed at their row numbers; None unless every row 0..total-1 came back exactly once."""
+    if len(rows) != total or len(np.unique(rows)) != total:
+        return None
+    ordered = np.empty((total, len(outputs.iloc[0])), np.float32)
+    ordered[rows] = np.stack(outputs.to_numpy())
+    return ordered
+
+
+class ParquetScored:
+    """A Parquet table of encoded images read by `spark.read.parquet`, decoded and scored on the executors.
+
+    Rows come back in the table's order (file path, then row within the file). Ids are the id column's values,
+    else `<file name>#<row>`; labels are class names, or indices of the model's classes when the column holds
+    integers.
+    """
+
+    def __init__(self, spark: _SparkModel, path: str, columns: tuple[str | None, str | None, str | None]) -> None:
+        from pyspark.sql import functions
+        from pyspark.sql.types import BinaryType, IntegralType
+
+        self.spark, self.class_names = spark, spark.model.class_names
+        table = spark.session.read.parquet(os.path.abspath(path))
+        missing = [name for name in columns if name is not None and name not in table.columns]
+        if columns[0] is None and PARQUET_COLUMNS[0] not in table.columns:
+            missing.insert(0, PARQUET_COLUMNS[0])
+        if missing:
+            raise DataError(
+                f"{path} has columns {', '.join(table.columns)}; it lacks {', '.join(missing)} "
+                "(name them with --image-column, --label-column, --id-column)"
+            )
+        image, label, image_id = (
+            given if given is not None else default if default in table.columns else None
+            for given, default in zip(columns, PARQUET_COLUMNS, strict=True)
+        )
+        if not isinstance(table.schema[image].dataType, BinaryType):
+            raise DataError(f"{path}: column {image} must hold encoded image bytes (PNG, JPEG or .npy)")
+        self.label_is_index = label is not None and isinstance(table.schema[label].dataType, IntegralType)
+        none = functions.lit(None)
+        self.frame = table.select(
+            functions.col(image).alias("image"),
+            functions.col("_metadata.file_path").alias("file_path"),
+            functions.col("_metadata.row_index").alias("row_index"),
+            (functions.col(image_id) if image_id else none).cast("string").alias("id"),
+            (functions.col(label) if label else none).cast("string").alias("label"),
+        )
+        self.labelled, self.total = label is not None, table.count()
+
+    def batches(self, batch_size: int) -> Iterator[ScoredBatch]:
+        image_format = self.spark.model.image_format
+        decode = partial(_decode_cells, "image", image_shape(image_format.size, image_format.color_mode))
+        scored = self.spark.score(self.frame, decode, "file_path string, row_index long, id string, label string")
+        scored = scored.sort_values(["file_path", "row_index"], kind="stable").reset_index(drop=True)
+        ids = [
+            given if given is not None else f"{Path(local_path(uri)).name}#{row}"
+            for given, uri, row in zip(scored["id"], scored["file_path"], scored["row_index"], strict=True)
+        ]
+        truth = np.array([self._class_index(value) for value in scored["label"]], np.int64) if self.labelled else None
+        probabilities = np.stack(scored["output"].to_numpy()) if len(scored) else np.zeros((0, 0), np.float32)
+        for start in range(0, len(ids), batch_size):
+            end = start + batch_size
+            yield ids[start:end], probabilities[start:end], None if truth is None else truth[start:end]
+
+    def _class_index(self, label: str | None) -> int:
+        """The model class a label names (an index when the column holds integers); -1 when none or unknown."""
+        if label is None:
+            return -1
+        if self.label_is_index:
+            return int(label) if 0 <= int(label) < len(self.class_names) else -1
+        return self.class_names.index(label) if label in self.class_names else -1
+
+
+def spark_input(
+    model: Model,
+    inputs: list[str],
+    workspace: Workspace | None,
+    master: str | None,
+    columns: tuple[str | None, str | None, str | None] = (None, None, None),
+) -> Scored | None:
+    """The inputs read, decoded and scored by Spark itself; None for sources Spark cannot read (labels, npz,
+    database URLs), which the driver reads and Spark only scores.
+
+    A Parquet file, or a folder of Parquet files, is a table of encoded images (`columns`: the image, label and
+    id column names, None for the defaults); image folders, image files and glob patterns are read as binary
+    files.
+    """
+    first = Path(inputs[0].partition("#")[0])
+    if len(inputs) == 1 and "#" not in inputs[0] and _is_parquet(first):
+        return ParquetScored(_SparkModel(model, master), str(first), columns)
+    if any(columns):
+        raise BuildsysError("--image-column, --label-column and --id-column apply to Parquet inputs only")
+    locations = [text.partition("#")[0] for text in inputs]
+    if not all(_is_image_location(location) for location in locations):
+        return None
+    from buildsys.batch.predict import label_map
+
+    opened = open_sources(inputs, model.image_format, workspace)  # lists the files; decodes none
+    labels = label_map(opened.reader.class_names, model.class_names)
+    return FilesScored(_SparkModel(model, master), opened, labels, [os.path.abspath(text) for text in locations])
+
+
+def _is_parquet(path: Path) -> bool:
+    return path.suffix.lower() == ".parquet" or (path.is_dir() and any(path.glob("*.parquet")))
+
+
+def _is_image_location(text: str) -> bool:
+    """A folder, an image file or a glob pattern: what Spark's binaryFile source reads."""
+    path = Path(text)
+    return path.is_dir() or glob.has_magic(text) or (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)

@@ -110,9 +110,9 @@ class FolderReader:
             chunk = files[start : start + batch_size]
             images = np.stack([read_image_file(path, self.size, self.color_mode) for path, _ in chunk])
             labels = None if self.class_names is None else np.array([label for _, label in chunk], np.int64)
-            yield Batch([self._id(path) for path, _ in chunk], images, labels)
+            yield Batch([self.image_id(path) for path, _ in chunk], images, labels)
 
-    def _id(self, path: Path) -> str:
+    def image_id(self, path: Path) -> str:
         """Image ids are paths relative to the folder, or as given for loose files."""
         return path.relative_to(self.root).as_posix() if self.root else str(path)
 

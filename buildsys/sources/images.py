@@ -47,8 +47,13 @@ def _from_pil(image: object, size: tuple[int, int] | None, color_mode: str | Non
     return np.asarray(image, dtype=np.uint8)
 
 
-def read_image_file(path: Path, size: tuple[int, int] | None, color_mode: str | None) -> np.ndarray:
+def read_image_file(
+    path: Path, size: tuple[int, int] | None, color_mode: str | None, data: bytes | None = None
+) -> np.ndarray:
     """Decodes a PNG/JPEG/BMP file into uint8 pixels, converted and resized as asked.
+
+    `data` is the file's content when it was already read elsewhere (Spark's binaryFile reader on an executor),
+    so both engines decode a file with this one function and get the same pixels.
 
     Raises:
         DataError: naming the file when it cannot be decoded.
@@ -56,9 +61,11 @@ def read_image_file(path: Path, size: tuple[int, int] | None, color_mode: str | 
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with Image.open(path if data is None else io.BytesIO(data)) as image:
             return _from_pil(image, size, color_mode)
-    except (OSError, UnidentifiedImageError, ValueError) as error:
+    except UnidentifiedImageError:  # Pillow's own message names the file again, or an anonymous buffer
+        raise DataError(f"{path}: cannot decode the image (not a PNG, JPEG or BMP image)") from None
+    except (OSError, ValueError) as error:
         raise DataError(f"{path}: cannot decode the image ({error})") from None
 
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from buildsys.cli import main
 from tests.conftest import run_buildsys, write_definition
+from tests.data_helpers import digits, write_folder
 
 pytest.importorskip("pyspark", reason="PySpark is not installed (pip install 'buildsys[spark]')")
 pytestmark = pytest.mark.slow
@@ -18,6 +20,21 @@ pytestmark = pytest.mark.slow
 def read_rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as stream:
         return list(csv.DictReader(stream))
+
+
+DIGIT_NAMES = [str(d) for d in range(10)]
+
+
+def assert_same_rows(expected: list[dict[str, str]], received: list[dict[str, str]]) -> None:
+    """Row for row: equal ids, classes and labels, and probabilities within float32 rounding."""
+    assert len(received) == len(expected)
+    for want, got in zip(expected, received, strict=True):
+        assert got.keys() == want.keys()
+        for column, value in want.items():
+            if column.startswith("prob"):  # prob_<class> and probability
+                assert float(got[column]) == pytest.approx(float(value), abs=1e-6), column
+            else:
+                assert got[column] == value, column
 
 
 def test_spark_predictions_equal_the_local_engine_row_for_row(digits_workspace: Path, tmp_path: Path) -> None:
@@ -29,15 +46,75 @@ def test_spark_predictions_equal_the_local_engine_row_for_row(digits_workspace: 
         *common, "--engine", "spark", "--master", "local[2]", "--output", str(spark), cwd=digits_workspace
     )
     assert second.returncode == 0, second.stderr
-    expected, received = read_rows(local), read_rows(spark)
-    assert len(expected) == len(received) == 360
-    for want, got in zip(expected, received, strict=True):
-        assert got.keys() == want.keys()
-        for column, value in want.items():
-            if column.startswith("p_") or column == "probability":
-                assert float(got[column]) == pytest.approx(float(value), abs=1e-6), column
-            else:
-                assert got[column] == value, column
+    expected = read_rows(local)
+    assert len(expected) == 360
+    assert_same_rows(expected, read_rows(spark))
+
+
+@pytest.fixture(scope="module")
+def digit_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """100 real digits as PNG files in class folders named like the model's classes ("0".."9")."""
+    images, labels = digits(100)
+    return write_folder(tmp_path_factory.mktemp("spark-inputs") / "digits", images, labels, class_names=DIGIT_NAMES)
+
+
+def predict_here(workspace: Path, *args: str) -> int:
+    """`predict digits ARGS` in this process, so the tests below share one SparkSession (one JVM start)."""
+    return main(["predict", "digits", "--workspace", str(workspace), "--batch-size", "32", *args])
+
+
+def test_spark_reads_an_image_folder_on_the_executors(
+    digits_workspace: Path, digit_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    local, spark = tmp_path / "local.csv", tmp_path / "spark.csv"
+    assert predict_here(digits_workspace, "--input", str(digit_folder), "--output", str(local)) == 0
+    assert (
+        predict_here(digits_workspace, "--input", str(digit_folder), "--engine", "spark", "--output", str(spark)) == 0
+    )
+    assert "wrote 100 rows" in capsys.readouterr().out
+    expected = read_rows(local)
+    assert expected[0]["image_id"].startswith("0/") and expected[0]["true_class"] == "0"
+    assert_same_rows(expected, read_rows(spark))
+
+
+def test_spark_reads_a_parquet_table_of_png_bytes(digits_workspace: Path, digit_folder: Path, tmp_path: Path) -> None:
+    import pandas
+    import pyarrow
+    import pyarrow.parquet as parquet
+
+    local = tmp_path / "local.csv"
+    assert predict_here(digits_workspace, "--input", str(digit_folder), "--output", str(local)) == 0
+    expected = read_rows(local)
+    paths = [digit_folder / row["image_id"] for row in expected]
+    table = pandas.DataFrame(
+        {"picture": [path.read_bytes() for path in paths], "label": [path.parent.name for path in paths],
+         "name": [row["image_id"] for row in expected]}
+    )  # fmt: skip
+    folder = tmp_path / "table.parquet"
+    folder.mkdir()  # two files, so the rows come back ordered by file, then by row
+    parquet.write_table(pyarrow.Table.from_pandas(table[:60]), folder / "part-0.parquet")
+    parquet.write_table(pyarrow.Table.from_pandas(table[60:]), folder / "part-1.parquet")
+    spark = tmp_path / "spark.csv"
+    columns = ("--image-column", "picture", "--id-column", "name")
+    assert (
+        predict_here(digits_workspace, "--input", str(folder), "--engine", "spark", *columns, "--output", str(spark))
+        == 0
+    )
+    assert_same_rows(expected, read_rows(spark))
+
+
+def test_spark_names_an_undecodable_image_in_one_line(
+    digits_workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    images, labels = digits(6)
+    folder = write_folder(tmp_path / "broken", images, labels, class_names=DIGIT_NAMES)
+    (folder / "3" / "corrupt.png").write_bytes(b"not an image at all")
+    assert (
+        predict_here(digits_workspace, "--input", str(folder), "--engine", "spark", "--output", str(tmp_path / "o.csv"))
+        != 0
+    )
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {folder / '3' / 'corrupt.png'}: cannot decode the image"), line
 
 
 BASE_AND_HEAD = """

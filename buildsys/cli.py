@@ -18,6 +18,7 @@ from typing import Any
 
 from buildsys.errors import BuildsysError
 from buildsys.store import OutputTree
+from buildsys.tuning import TUNERS
 from buildsys.workspace import Workspace, find_root, output_root
 
 
@@ -427,7 +428,7 @@ def make_parser() -> argparse.ArgumentParser:
 
     tune = commands.add_parser("tune", parents=[common, data], help="search the hp.* values of targets with KerasTuner")
     tune.add_argument("labels", nargs="+", metavar="LABEL")
-    tune.add_argument("--tuner", default="hyperband", choices=("hyperband", "bayesian", "random"))
+    tune.add_argument("--tuner", default="hyperband", choices=TUNERS)
     tune.add_argument("--max-trials", type=int, help="trials to run (bayesian, random; default 10)")
     tune.add_argument("--epochs", type=int, help="epochs per trial (hyperband: the most; default: the definition's)")
     tune.add_argument("--objective", default="val_accuracy", help="metric to optimise, on the validation split")

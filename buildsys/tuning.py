@@ -25,6 +25,7 @@ from buildsys.workspace import Target
 SEARCH_FILE = "search.json"
 BEST_FILE = "best.json"
 PROJECT = "search"
+TUNERS = ("hyperband", "bayesian", "random")
 
 
 class TuningError(BuildsysError):

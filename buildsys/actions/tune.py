@@ -38,9 +38,6 @@ from buildsys.workspace import Target
 tensorflow()
 import keras_tuner  # noqa: E402 - after tensorflow() has chosen the Keras backend
 
-TUNERS = ("hyperband", "bayesian", "random")
-ROLES = ("standalone", "chief", "worker")
-
 
 @dataclass(frozen=True)
 class SearchSettings:

@@ -28,18 +28,15 @@ class Application:
     module: str  # the keras.applications submodule holding preprocess_input
     features: int  # channels of the last convolutional block: the pooled feature vector's length
     min_size: int  # the smallest height/width the network accepts without its top
-    default_size: int
     weights_file: str  # the notop ImageNet weights file Keras caches under $KERAS_HOME/models/
 
 
 APPLICATIONS: dict[str, Application] = {
-    "InceptionV3": Application(
-        "inception_v3", 2048, 75, 299, "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"
-    ),
-    "Xception": Application("xception", 2048, 71, 299, "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "ResNet50": Application("resnet50", 2048, 32, 224, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "VGG16": Application("vgg16", 512, 32, 224, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "VGG19": Application("vgg19", 512, 32, 224, "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "InceptionV3": Application("inception_v3", 2048, 75, "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "Xception": Application("xception", 2048, 71, "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "ResNet50": Application("resnet50", 2048, 32, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "VGG16": Application("vgg16", 512, 32, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
+    "VGG19": Application("vgg19", 512, 32, "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5"),
 }
 
 

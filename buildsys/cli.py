@@ -322,7 +322,7 @@ def command_predict(args: argparse.Namespace) -> int:
         args.batch_size,
         engine=args.engine,
         master=args.master,
-        columns=(args.image_column, args.label_column, args.id_column),
+        parquet_columns=(args.image_column, args.label_column, args.id_column),
     )
     stream = summary_stream(args.destination)
     print(json.dumps(summary.to_json(), indent=2) if args.json else summary.line(), file=stream)

@@ -173,14 +173,14 @@ def predict(
     batch_size: int = 256,
     engine: str = "local",
     master: str | None = None,
-    columns: tuple[str | None, str | None, str | None] = (None, None, None),
+    parquet_columns: tuple[str | None, str | None, str | None] = (None, None, None),
 ) -> Summary:
     """Predicts every image of `inputs` with the target's published model and writes the rows to `destination`.
 
     `engine="spark"` runs on Apache Spark at `master` (`buildsys.engines.spark`): image folders, image files and
     Parquet tables are read, decoded and scored on the executors and only the scored rows come back; other
     sources are read here and each batch is scored on Spark. Writing the rows stays here, so both engines write
-    the same rows. `columns` name a Parquet input's image, label and id columns (None: the defaults).
+    the same rows. `parquet_columns` name a Parquet input's image, label and id columns (None: the defaults).
 
     Raises:
         DataError: for unreadable inputs or a failed write, saying how many whole batches were written.
@@ -190,12 +190,12 @@ def predict(
     (target,) = workspace.resolve([label])
     model = Model(tree, target, version)
     source: Scored | None = None
-    if engine != "spark" and any(columns):
+    if engine != "spark" and any(parquet_columns):
         raise BuildsysError("--image-column, --label-column and --id-column apply to Parquet inputs of --engine spark")
     if engine == "spark":
         from buildsys.engines.spark import SparkScorer, spark_input
 
-        source = spark_input(model, inputs, workspace, master, columns)
+        source = spark_input(model, inputs, workspace, master, parquet_columns)
         if source is None:  # a source Spark cannot read itself: read here, score each batch on Spark
             model.scorer = SparkScorer(str(model.onnx_path), model.input_name, model.output_name, master)
     if source is None:

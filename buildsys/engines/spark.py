@@ -6,6 +6,8 @@ Image folders and files (Spark's binaryFile source) and Parquet tables of encode
 resized on the executors with the local engine's own decoders, so the driver never reads an image and only the
 scored rows (a key and the probabilities) come back; other sources are decoded on the driver and travel as raw
 pixels. Results are put back in the local engine's order, so both engines give the same rows in the same order.
+`featurize --engine spark` runs a transfer base over an image folder's files with the same machinery
+(`OnnxOnSpark.score_files`).
 PySpark is an optional extra (`pip install 'buildsys[spark]'`); nothing here imports TensorFlow, and only this
 module imports PySpark.
 """
@@ -185,22 +187,78 @@ def _decode_cells(column: str, shape: tuple[int, ...], chunk: Any) -> tuple[Any,
     return chunk.drop(columns=[column]), np.stack(images) if images else np.zeros((0, *shape), np.uint8)
 
 
-class _SparkModel:
-    """A Spark session with the model's ONNX bytes broadcast once, and the `mapInPandas` that scores a frame."""
+class OnnxOnSpark:
+    """A Spark session with an ONNX model's bytes broadcast once, and the `mapInPandas` jobs that run it.
 
-    def __init__(self, model: Model, master: str | None) -> None:
-        self.model = model
-        self.session = spark_session(master)
-        self.broadcast = self.session.sparkContext.broadcast(model.onnx_path.read_bytes())
+    Shared by `predict` (a published model's probabilities) and `featurize` (a base's features), so both read
+    and decode image files on the executors the same way.
+    """
+
+    def __init__(
+        self,
+        session: Any,
+        model: bytes,
+        input_name: str,
+        output_name: str,
+        input_type: str,
+        input_shape: tuple[int, ...],
+    ) -> None:
+        self.session = session
+        self.broadcast = session.sparkContext.broadcast(model)
+        self.input_name, self.output_name = input_name, output_name
+        self.input_type, self.input_shape = np.dtype(input_type).name, tuple(input_shape)
 
     def score(self, frame: Any, decode: Decode, keys: str) -> Any:
-        """The frame's `keys` columns and an `output` column of probabilities, collected on the driver."""
-        model = self.model
-        input_type = np.dtype(model.input_type).name
+        """The frame's `keys` columns and an `output` column of the model's outputs, collected on the driver."""
         score = _score_chunks(
-            self.broadcast, model.input_name, model.output_name, input_type, model.input_shape, decode
+            self.broadcast, self.input_name, self.output_name, self.input_type, self.input_shape, decode
         )
         return _collect(frame.mapInPandas(score, schema=f"{keys}, output array<float>"))
+
+    def score_files(self, paths: list[str], locations: list[str], size: tuple[int, int], color_mode: str) -> np.ndarray:
+        """The outputs for the image files `paths` (absolute, as the driver listed them), one row per path in
+        that order, read by the binaryFile source under `locations` and decoded and resized on the executors.
+
+        Raises:
+            DataError: when a listed file was not read, or was read twice (overlapping locations).
+        """
+        rows = self.session.sparkContext.broadcast({path: row for row, path in enumerate(paths)})
+        frame = (
+            self.session.read.format("binaryFile")
+            .option("recursiveFileLookup", "true")
+            .option("pathGlobFilter", IMAGE_GLOB)
+            .load(locations)
+            .select("path", "content")
+        )
+        try:
+            scored = self.score(frame, partial(_decode_files, rows, size, color_mode), "row long")
+        finally:
+            rows.unpersist()
+        outputs = _in_order(scored["row"].to_numpy(), scored["output"], len(paths))
+        if outputs is None:
+            missing = sorted(set(range(len(paths))) - set(scored["row"].tolist()))
+            if not missing:
+                raise DataError(f"Spark read a file twice from {', '.join(locations)}; inputs must not overlap")
+            raise DataError(
+                f"{paths[missing[0]]}: Spark did not read this file ({len(missing)} missing; Spark skips names "
+                "beginning with _ or . and suffixes in other letter cases)"
+            )
+        return outputs
+
+
+class _SparkModel(OnnxOnSpark):
+    """A published model's ONNX file on Spark, with the model's description (class names, image format)."""
+
+    def __init__(self, model: Model, master: str | None) -> None:
+        super().__init__(
+            spark_session(master),
+            model.onnx_path.read_bytes(),
+            model.input_name,
+            model.output_name,
+            model.input_type,
+            model.input_shape,
+        )
+        self.model = model
 
 
 class FilesScored:
@@ -222,25 +280,7 @@ class FilesScored:
         self.size, self.color_mode = reader.size, reader.color_mode
 
     def batches(self, batch_size: int) -> Iterator[ScoredBatch]:
-        session = self.spark.session
-        rows = session.sparkContext.broadcast({path: row for row, path in enumerate(self.paths)})
-        frame = (
-            session.read.format("binaryFile")
-            .option("recursiveFileLookup", "true")
-            .option("pathGlobFilter", IMAGE_GLOB)
-            .load(self.locations)
-            .select("path", "content")
-        )
-        scored = self.spark.score(frame, partial(_decode_files, rows, self.size, self.color_mode), "row long")
-        probabilities = _in_order(scored["row"].to_numpy(), scored["output"], self.total)
-        if probabilities is None:
-            missing = sorted(set(range(self.total)) - set(scored["row"].tolist()))
-            if not missing:
-                raise DataError(f"Spark read a file twice from {', '.join(self.locations)}; inputs must not overlap")
-            raise DataError(
-                f"{self.paths[missing[0]]}: Spark did not read this file ({len(missing)} missing; Spark skips names "
-                "beginning with _ or . and suffixes in other letter cases)"
-            )
+        probabilities = self.spark.score_files(self.paths, self.locations, self.size, self.color_mode)
         for start in range(0, self.total, batch_size):
             end = min(start + batch_size, self.total)
             truth = None if self.truth is None else self.truth[start:end]

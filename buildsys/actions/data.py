@@ -65,10 +65,19 @@ def check_and_split(dataset: Dataset | StreamingDataset, spec: ModelSpec, seed: 
     x_train = _check_split("train", np.asarray(dataset.x_train), np.asarray(dataset.y_train), spec)
     x_test = _check_split("test", np.asarray(dataset.x_test), np.asarray(dataset.y_test), spec)
     y_train, y_test = np.asarray(dataset.y_train, np.int64), np.asarray(dataset.y_test, np.int64)
-    order = np.random.default_rng(seed).permutation(len(x_train))
-    held = int(round(len(x_train) * spec.train.validation_split))
-    val, fit = order[:held], order[held:]
+    fit, val = carve_validation(len(x_train), spec.train.validation_split, seed)
     return Splits(x_train[fit], y_train[fit], x_train[val], y_train[val], x_test, y_test)
+
+
+def carve_validation(count: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Positions of the training rows to fit on and to hold out for validation, in the order the splits take them.
+
+    One seeded permutation, shared by `check_and_split` and by `featurize --engine spark`, which assigns an image
+    folder's files to splits from their names alone and must put each file where the loaded arrays would.
+    """
+    order = np.random.default_rng(seed).permutation(count)
+    held = int(round(count * fraction))
+    return order[held:], order[:held]
 
 
 def make_dataset(

@@ -4,6 +4,8 @@
 engine, or a Parquet folder of the same name with `--engine spark`, where the base runs as an ONNX model in
 ONNX Runtime on the executors — the large-image-set case. The build then fits the head without running the base.
 The Parquet rows are (split, index, label, features); the build reads them back in index order per split.
+With Spark, an `image_folder` target's files are read and decoded on the executors (the driver only lists their
+names and assigns each its split and index); other sources are loaded on the driver and shipped as pixels.
 """
 
 from __future__ import annotations
@@ -12,18 +14,24 @@ import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from buildsys import sources
-from buildsys.actions.data import Splits, check_and_split
+from buildsys.actions.data import Splits, carve_validation, check_and_split
 from buildsys.actions.transfer import SPLITS, build_base, featurise
 from buildsys.build import BuildOptions, plan
 from buildsys.errors import BuildsysError, DataError
 from buildsys.store import OutputTree
 from buildsys.transfer import base_digest, features_path, split_digest
 from buildsys.workspace import Target, Workspace
+
+if TYPE_CHECKING:
+    from buildsys.engines.spark import OnnxOnSpark
+    from buildsys.sources.image_folder import FolderReader
+
+FolderSplits = dict[str, list[tuple[Path, int]]]
 
 
 def base_onnx(base: Any, spec: Any, opset: int) -> bytes:
@@ -43,35 +51,74 @@ def base_onnx(base: Any, spec: Any, opset: int) -> bytes:
     return model_proto.SerializeToString()
 
 
-def write_parquet_spark(session: Any, model: bytes, spec: Any, splits: Splits, folder: Path) -> int:
-    """Runs the base on Spark and writes its features as Parquet next to the `.npz` cache, atomically."""
+def write_parquet_spark(onnx: OnnxOnSpark, splits: Splits, folder: Path) -> int:
+    """Runs the base on Spark over images the driver loaded (shipped as pixels) and writes its features."""
     import pandas
 
     from buildsys.engines.spark import run_onnx
 
-    broadcast = session.sparkContext.broadcast(model)
     frames = []
-    try:
-        for split, images, labels in zip(
-            SPLITS,
-            (splits.x_train, splits.x_val, splits.x_test),
-            (splits.y_train, splits.y_val, splits.y_test),
-            strict=True,
-        ):
-            outputs = run_onnx(session, broadcast, spec.inputs.name, "features", images)
-            frames.append(
-                pandas.DataFrame(
-                    {
-                        "split": split,
-                        "index": np.arange(len(images), dtype=np.int64),
-                        "label": labels.astype(np.int64),
-                        "features": list(outputs),
-                    }
-                )
+    for split, images, labels in zip(
+        SPLITS,
+        (splits.x_train, splits.x_val, splits.x_test),
+        (splits.y_train, splits.y_val, splits.y_test),
+        strict=True,
+    ):
+        outputs = run_onnx(onnx.session, onnx.broadcast, onnx.input_name, onnx.output_name, images)
+        frames.append(
+            pandas.DataFrame(
+                {
+                    "split": split,
+                    "index": np.arange(len(images), dtype=np.int64),
+                    "label": labels.astype(np.int64),
+                    "features": list(outputs),
+                }
             )
-    finally:
-        broadcast.unpersist()
-    table = pandas.concat(frames, ignore_index=True)
+        )
+    return _write_parquet(onnx.session, pandas.concat(frames, ignore_index=True), folder)
+
+
+def folder_splits(reader: FolderReader, fraction: float, seed: int) -> FolderSplits:
+    """An image folder's (file, label) pairs per split, in the order `check_and_split` gives their images (the
+    validation files carved from training by the same seeded permutation), from the listing alone: no file is
+    opened, so the executors are the only readers of image bytes.
+
+    Raises:
+        DataError: for an empty train or test split, as loading the images would.
+    """
+    for split in ("train", "test"):
+        if not reader.files[split]:
+            raise DataError(f"{split} split is empty")
+    train = reader.files["train"]
+    fit, held = carve_validation(len(train), fraction, seed)
+    return {"train": [train[i] for i in fit], "validation": [train[i] for i in held], "test": reader.files["test"]}
+
+
+def write_parquet_files(onnx: OnnxOnSpark, reader: FolderReader, files: FolderSplits, folder: Path) -> int:
+    """Runs the base over an image folder's files, read by Spark's binaryFile source and decoded and resized on
+    the executors with the source's own decoder, and writes its features."""
+    import pandas
+
+    listed = [(split, index, path, label) for split in SPLITS for index, (path, label) in enumerate(files[split])]
+    outputs = onnx.score_files(
+        [os.path.abspath(path) for _, _, path, _ in listed],
+        [os.path.abspath(reader.root)],
+        reader.size,
+        reader.color_mode,
+    )
+    table = pandas.DataFrame(
+        {
+            "split": [split for split, _, _, _ in listed],
+            "index": np.array([index for _, index, _, _ in listed], np.int64),
+            "label": np.array([label for _, _, _, label in listed], np.int64),
+            "features": list(outputs),
+        }
+    )
+    return _write_parquet(onnx.session, table, folder)
+
+
+def _write_parquet(session: Any, table: Any, folder: Path) -> int:
+    """Writes the feature rows as Parquet next to the `.npz` cache: to a temporary folder, then renamed."""
     frame = session.createDataFrame(table, schema="split string, index long, label long, features array<float>")
     temporary = folder.with_name(f".{folder.name}.{os.getpid()}")
     shutil.rmtree(temporary, ignore_errors=True)
@@ -102,10 +149,14 @@ def featurize(
         raise BuildsysError(f"{target.label} has no base to featurize; featurize takes a target with base=...")
     dependencies = build_dependencies(workspace, tree, target, options)
     current = plan(target, tree, options, dependencies)
-    dataset = sources.load(spec.data, options.data_dir)
-    splits = check_and_split(dataset, spec, current.seed)
-    if not isinstance(splits, Splits):
-        raise DataError(f"{target.label}: transfer targets featurise in-memory data; this source streams")
+    on_executors = engine == "spark" and spec.data.kind == "image_folder"
+    if on_executors:
+        reader = sources.reader(spec.data, options.data_dir)
+        files = folder_splits(reader, spec.train.validation_split, current.seed)
+    else:
+        splits = check_and_split(sources.load(spec.data, options.data_dir), spec, current.seed)
+        if not isinstance(splits, Splits):
+            raise DataError(f"{target.label}: transfer targets featurise in-memory data; this source streams")
     fingerprint = current.key.data_fingerprint if current.key else sources.fingerprint(spec.data, options.data_dir)
     path = features_path(
         tree.root,
@@ -116,10 +167,18 @@ def featurize(
     if engine == "local":
         featurise(base, splits, path, say)
         return path
-    from buildsys.engines.spark import spark_session
+    from buildsys.engines.spark import OnnxOnSpark, spark_session
 
     folder = path.with_suffix(".parquet")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    rows = write_parquet_spark(spark_session(master), base_onnx(base, spec, spec.export.opset), spec, splits, folder)
+    model = base_onnx(base, spec, spec.export.opset)
+    onnx = OnnxOnSpark(spark_session(master), model, spec.inputs.name, "features", spec.inputs.dtype, spec.inputs.shape)
+    try:
+        if on_executors:
+            rows = write_parquet_files(onnx, reader, files, folder)
+        else:
+            rows = write_parquet_spark(onnx, splits, folder)
+    finally:
+        onnx.broadcast.unpersist()
     say(f"{rows:,} feature rows written to {folder}")
     return folder

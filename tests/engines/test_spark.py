@@ -160,3 +160,61 @@ def test_spark_features_as_parquet_feed_the_head(workspace: Path) -> None:
     built = run_buildsys("build", "small_head", cwd=workspace)
     assert built.returncode == 0, built.stderr
     assert f"small_head: features from {folder}" in built.stdout
+
+
+FOLDER_HEAD = """
+from buildsys.dsl import *
+
+model(
+    name="small_cnn",
+    data=datasets.sklearn_digits(),
+    inputs=image_input(shape=(8, 8, 1), scale=1 / 255),
+    layers=[Conv2D(8, 3, activation="relu"), Flatten(), Dense(16, activation="relu", name="features"),
+            Dense(10, activation="softmax")],
+    train=train(epochs=2),
+)
+model(
+    name="folder_head",
+    data=datasets.image_folder({folder!r}, image_size=(8, 8), color_mode="grayscale", split=0.25, split_seed=2),
+    inputs=image_input(shape=(8, 8, 1), scale=1 / 255),
+    base=target("small_cnn", layer="features"),
+    head=logistic_regression(reg_param=0.01, elastic_net_param=0.5),
+    train=train(epochs=2, validation_split=0.2),
+)
+"""
+
+
+def test_spark_featurizes_an_image_folder_on_the_executors(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pyarrow.parquet as parquet
+    from PIL import Image
+
+    images, labels = digits(60)
+    folder = tmp_path / "colour-digits"
+    for index, (image, label) in enumerate(zip(images, labels, strict=True)):  # RGB at 16x16: converted and resized
+        (folder / DIGIT_NAMES[label]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).resize((16, 16)).convert("RGB").save(folder / DIGIT_NAMES[label] / f"{index:03d}.png")
+    write_definition(workspace, "folder.py", FOLDER_HEAD.format(folder=str(folder)))
+    featurize = ["featurize", "folder_head", "--workspace", str(workspace)]
+    assert main(featurize) == 0
+    (npz,) = (workspace / "build-out" / "features").glob("*.npz")
+
+    def driver_opens(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the driver opened an image")
+
+    with monkeypatch.context() as patched:  # executors are other processes: only the driver's Pillow is patched
+        patched.setattr("PIL.Image.open", driver_opens)
+        assert main([*featurize, "--engine", "spark", "--master", "local[2]"]) == 0
+    folder_out = npz.with_suffix(".parquet")
+    assert f"60 feature rows written to {folder_out}" in capsys.readouterr().out
+    table = parquet.read_table(folder_out).to_pandas()
+    with np.load(npz, allow_pickle=False) as arrays:
+        for split in ("train", "validation", "test"):
+            rows = table[table["split"] == split].sort_values("index")
+            assert len(rows) == len(arrays[split]) > 0, split
+            np.testing.assert_allclose(np.stack(rows["features"].to_numpy()), arrays[split], atol=1e-5)
+    npz.unlink()
+    assert main(["build", "folder_head", "--workspace", str(workspace)]) == 0
+    assert f"folder_head: features from {folder_out}" in capsys.readouterr().out
+    assert not npz.exists()  # the build read the Parquet features instead of running the base again

@@ -228,7 +228,10 @@ def read_parquet_features(folder: Path, sizes: dict[str, int]) -> Features:
         rows = table[table["split"] == split].sort_values("index")
         if len(rows) != sizes[split] or not (rows["index"].to_numpy() == np.arange(sizes[split])).all():
             raise DataError(f"{folder}: holds {len(rows)} {split} rows, the data has {sizes[split]}; featurize again")
-        arrays[split] = np.stack(rows["features"].to_numpy()).astype(np.float32)
+        # an empty split (validation_split=0) is stored as zero rows, as the local featuriser stores it
+        arrays[split] = (
+            np.stack(rows["features"].to_numpy()).astype(np.float32) if len(rows) else np.zeros((0, 0), np.float32)
+        )
     return Features(arrays["train"], arrays["validation"], arrays["test"])
 
 

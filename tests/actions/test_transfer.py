@@ -209,3 +209,18 @@ def test_compile_shows_a_pretrained_transfer_target_without_weights(tmp_path: Pa
     summary = json.loads(result.stdout)
     assert summary["inputs"][0]["shape"] == [None, 299, 299, 3] and summary["outputs"][0]["shape"] == [None, 10]
     assert summary["params"] > 21_000_000  # InceptionV3 without its top, and the head
+
+
+def test_parquet_features_with_an_empty_validation_split(tmp_path: Path) -> None:
+    """`validation_split=0` leaves no validation rows; reading the Parquet features must not trip over that."""
+    parquet = pytest.importorskip("pyarrow.parquet", reason="pyarrow comes with the spark extra")
+    import pyarrow
+
+    from buildsys.actions.transfer import read_parquet_features
+
+    folder = tmp_path / "features.parquet"
+    folder.mkdir()
+    rows = {"split": ["train"] * 3 + ["test"] * 2, "index": [0, 1, 2, 0, 1], "features": [[1.0, 2.0]] * 5}
+    parquet.write_table(pyarrow.table(rows), folder / "part-0.parquet")
+    features = read_parquet_features(folder, {"train": 3, "validation": 0, "test": 2})
+    assert features.train.shape == (3, 2) and features.test.shape == (2, 2) and len(features.validation) == 0

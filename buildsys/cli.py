@@ -75,7 +75,7 @@ def command_build(args: argparse.Namespace) -> int:
         quiet=args.quiet or args.json,
         strategy=args.strategy,
         seed=args.seed,
-        data_dir=Path(args.data_dir) if args.data_dir else None,
+        data_dir=args.data_dir,
         mixed_precision=args.mixed_precision,
         jit=args.jit,
         deterministic=args.deterministic,
@@ -97,7 +97,7 @@ def command_list(args: argparse.Namespace) -> int:
     from buildsys.schedule import plan_all
 
     workspace, tree = _context(args)
-    options = BuildOptions(data_dir=Path(args.data_dir) if args.data_dir else None)
+    options = BuildOptions(data_dir=args.data_dir)
     rows = []
     targets = workspace.resolve(args.labels or ["//..."])
     plans = plan_all(workspace, tree, targets, options)
@@ -170,8 +170,7 @@ def command_tune(args: argparse.Namespace) -> int:
             objective=args.objective,
             seed=target.spec.train.seed if args.seed is None else args.seed,
         )
-        data_dir = Path(args.data_dir) if args.data_dir else None
-        tune(target, tree, settings, role=args.role, overwrite=args.overwrite, data_dir=data_dir)
+        tune(target, tree, settings, role=args.role, overwrite=args.overwrite, data_dir=args.data_dir)
     return 0
 
 
@@ -244,7 +243,7 @@ def command_featurize(args: argparse.Namespace) -> int:
     from buildsys.build import BuildOptions
 
     workspace, tree = _context(args)
-    options = BuildOptions(quiet=args.json, data_dir=Path(args.data_dir) if args.data_dir else None)
+    options = BuildOptions(quiet=args.json, data_dir=args.data_dir)
     for target in workspace.resolve(args.labels):
         say = (lambda _: None) if args.json else print
         written = featurize(workspace, tree, target, options, args.engine, args.master, say)
@@ -381,7 +380,9 @@ def make_parser() -> argparse.ArgumentParser:
     common.add_argument("--output", help="output tree (default: $BUILDSYS_OUT or <workspace>/build-out)")
     common.add_argument("--json", action="store_true", help="print machine-readable JSON")
     data = argparse.ArgumentParser(add_help=False)
-    data.add_argument("--data-dir", help="folder with already-downloaded datasets (or set $BUILDSYS_DATA_DIR)")
+    data.add_argument(
+        "--data-dir", type=Path, help="folder with already-downloaded datasets (or set $BUILDSYS_DATA_DIR)"
+    )
 
     parser = argparse.ArgumentParser(prog="buildsys", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -65,7 +65,7 @@ def _set_cluster(args: argparse.Namespace) -> None:
 
 def command_build(args: argparse.Namespace) -> int:
     from buildsys.build import BuildOptions
-    from buildsys.schedule import build_all
+    from buildsys.schedule import BuildFailed, build_all, summary_table
 
     workspace, tree = _context(args)
     targets = workspace.resolve(args.labels)
@@ -80,13 +80,21 @@ def command_build(args: argparse.Namespace) -> int:
         jit=args.jit,
         deterministic=args.deterministic,
     )
-    results = build_all(
-        workspace,
-        tree,
-        targets,
-        options,
-        lambda target: dataclasses.replace(options, hparams=_hparams_for(args.hparams, target, tree)),
-    )
+    try:
+        results = build_all(
+            workspace,
+            tree,
+            targets,
+            options,
+            lambda target: dataclasses.replace(options, hparams=_hparams_for(args.hparams, target, tree)),
+            keep_going=args.keep_going,
+        )
+    except BuildFailed as failed:
+        if (len(targets) > 1 or len(failed.results) > 1) and not args.json:
+            print(summary_table(failed.results), flush=True)
+        raise
+    if (len(targets) > 1 or len(results) > 1) and not args.json:
+        print(summary_table(results))
     if args.json:
         print(json.dumps({"targets": [result.to_json() for result in results]}, indent=2))
     return 0
@@ -391,6 +399,9 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument("labels", nargs="+", metavar="LABEL", help="//model_defs:NAME, NAME, or //model_defs/...")
     build.add_argument("--force", action="store_true", help="rebuild even when a version with the same key exists")
     build.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    build.add_argument(
+        "-k", "--keep-going", action="store_true", help="after a failure, build every target not depending on it"
+    )
     build.add_argument(
         "--strategy",
         default="auto",

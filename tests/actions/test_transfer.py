@@ -115,9 +115,9 @@ def test_a_retrained_base_invalidates_its_dependents_cached_features(
         kernels = []
         weights.visititems(lambda name, item: kernels.append(item) if isinstance(item, h5py.Dataset) else None)
         kernels[0][...] = kernels[0][...] + 0.5
-    manifest = tree.manifest("digits_cnn", 1)
-    extra = {**manifest.extra, "weights_sha256": file_sha256(staging / "model.weights.h5")}
-    assert tree.publish("digits_cnn", staging, manifest.replace(extra=extra), max_batch_size=64) == 2
+    base = tree.manifest("digits_cnn", 1)
+    extra = {**base.extra, "weights_sha256": file_sha256(staging / "model.weights.h5")}
+    assert tree.publish("digits_cnn", staging, base.replace(extra=extra), max_batch_size=64) == 2
 
     result = run_buildsys("build", "digits_transfer", "--force", cwd=root)
     assert result.returncode == 0, result.stderr

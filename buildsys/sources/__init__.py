@@ -31,6 +31,7 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     class_names: tuple[str, ...]
+    origin: str = ""  # where the arrays came from ("npz file data/digits.npz"), for the data check's messages
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class StreamingDataset:
     x_test: np.ndarray
     y_test: np.ndarray
     class_names: tuple[str, ...]
+    origin: str = ""
 
 
 def fingerprint(source: DataSource, data_dir: Path | None) -> str | None:
@@ -96,7 +98,7 @@ def load(source: DataSource, data_dir: Path | None) -> Dataset | StreamingDatase
         opened = _module(source).source_reader(source)
         x_train, y_train = read_all(opened, "train")
         x_test, y_test = read_all(opened, "test")
-        return Dataset(x_train, y_train, x_test, y_test, source.class_names)
+        return Dataset(x_train, y_train, x_test, y_test, source.class_names, opened.description)
     if source.kind == "sklearn_digits":
         from buildsys.sources import sklearn_digits
 

@@ -146,4 +146,5 @@ def load(source: DataSource, data_dir: Path | None) -> Dataset:
         except (OSError, ValueError, KeyError, EOFError) as error:
             raise DataError(f"{found[1][0].parent}: cannot read the {name} files: {error}") from None
     x_train, y_train, x_test, y_test = arrays
-    return Dataset(x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64), source.class_names)
+    origin = f"keras dataset {name}" + (f" ({found[1][0].parent})" if found else "")
+    return Dataset(x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64), source.class_names, origin)

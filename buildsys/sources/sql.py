@@ -193,14 +193,15 @@ class SqlReader:
         labels = None
         if label_at is not None:
             values = [row[label_at] for row in rows]
-            try:
+            # Each cell must be an integer: np.array(values, np.int64) would truncate 1.5 to 1 without a word.
+            bad = next((v for v in values if isinstance(v, bool) or not isinstance(v, int | np.integer)), None)
+            if bad is None:
                 labels = np.array(values, dtype=np.int64)
-            except (TypeError, ValueError):
-                bad = next(v for v in values if not isinstance(v, int | np.integer))
+            else:
                 raise DataError(
                     f"{self.description}, {split} rows {start}..{start + len(rows) - 1}: {self.label_column} must "
                     f"hold integer class indices; received {bad!r}"
-                ) from None
+                )
         ids = (
             [str(row[id_at]) for row in rows]
             if id_at is not None
@@ -268,4 +269,6 @@ def load(source: DataSource) -> StreamingDataset:
         for batch in reader.batches("train", chunk_size):
             yield batch.images, batch.labels
 
-    return StreamingDataset(train_chunks, reader.count("train"), source.image_shape, x_test, y_test, source.class_names)
+    return StreamingDataset(
+        train_chunks, reader.count("train"), source.image_shape, x_test, y_test, source.class_names, reader.description
+    )

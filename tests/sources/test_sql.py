@@ -85,7 +85,8 @@ def test_a_bad_label_in_a_streamed_chunk_is_one_line_and_kept_for_the_build(sqli
         connection.exec_driver_sql("UPDATE images SET label = 42 WHERE id = 1201")
     spec = target(sqlite_workspace).spec
     splits = check_and_split(sources.load(spec.data, None), spec, seed=0)
-    with pytest.raises(DataError, match=r"^train rows 0..1023: label \d+ is 42, outside 0..9 \(10 class names\)$"):
+    expected = r"^database sqlite:///\S+digits.db: train rows 0..1023: y_train\[\d+\] is 42, outside 0..9 \(10 class"
+    with pytest.raises(DataError, match=expected):
         list(splits.rows(validation=False))
     assert isinstance(splits.failure, DataError)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from buildsys import sources
-from buildsys.cache import CacheKey, cache_key
+from buildsys.cache import DIGESTS_DIR, CacheKey, cache_key
 from buildsys.dsl.specs import ModelSpec, validate
 from buildsys.errors import BuildsysError, DefinitionError
 from buildsys.graph import Dependency
@@ -122,7 +122,7 @@ def plan(target: Target, tree: OutputTree, options: BuildOptions, dependencies: 
     spec = target.spec
     hparams = resolve_hparams(spec, options.hparams)
     seed = spec.train.seed if options.seed is None else options.seed
-    fingerprint = sources.fingerprint(spec.data, options.data_dir)
+    fingerprint = sources.fingerprint(spec.data, options.data_dir, tree.root / DIGESTS_DIR)
     upstream = dependency_digests(target, dependencies)
     key = cache_key(spec, fingerprint, seed, hparams, options.training_key(), upstream) if fingerprint else None
     published = tree.find_version(spec.name, key.digest) if key else None
@@ -191,7 +191,7 @@ def build(
         splits = check_and_split(dataset, spec, current.seed)
     key = current.key
     if key is None:  # the data was fetched just now: key the build on what arrived
-        fingerprint = sources.fingerprint(spec.data, options.data_dir)
+        fingerprint = sources.fingerprint(spec.data, options.data_dir, tree.root / DIGESTS_DIR)
         if fingerprint is None:
             raise BuildsysError(f"{target.label}: the data was loaded but its files cannot be found to fingerprint")
         key = cache_key(spec, fingerprint, current.seed, current.hparams, options.training_key(), current.dependencies)

@@ -9,11 +9,10 @@ same base and data featurise once. Everything here runs on the no-op build path:
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from buildsys.cache import canonical_json, framework_versions, sha256_text
+from buildsys.cache import canonical_json, file_sha256, framework_versions, sha256_text
 from buildsys.dsl.bases import TargetBase
 from buildsys.errors import BuildsysError
 from buildsys.graph import Dependency
@@ -21,14 +20,6 @@ from buildsys.workspace import Target
 
 WEIGHTS_FILE = "model.weights.h5"  # every version's trained weights, which a dependent's base is rebuilt from
 FEATURES_DIR = "features"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def dependency_digests(target: Target, dependencies: Sequence[Dependency]) -> dict[str, str]:

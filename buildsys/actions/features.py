@@ -22,6 +22,7 @@ from buildsys import sources
 from buildsys.actions.data import Splits, carve_validation, check_and_split
 from buildsys.actions.transfer import SPLITS, build_base, featurise
 from buildsys.build import BuildOptions, plan
+from buildsys.cache import DIGESTS_DIR
 from buildsys.errors import BuildsysError, DataError
 from buildsys.store import OutputTree
 from buildsys.transfer import base_digest, features_path, split_digest
@@ -157,7 +158,11 @@ def featurize(
         splits = check_and_split(sources.load(spec.data, options.data_dir), spec, current.seed)
         if not isinstance(splits, Splits):
             raise DataError(f"{target.label}: transfer targets featurise in-memory data; this source streams")
-    fingerprint = current.key.data_fingerprint if current.key else sources.fingerprint(spec.data, options.data_dir)
+    fingerprint = (
+        current.key.data_fingerprint
+        if current.key
+        else sources.fingerprint(spec.data, options.data_dir, tree.root / DIGESTS_DIR)
+    )
     path = features_path(
         tree.root,
         base_digest(target, dependencies),

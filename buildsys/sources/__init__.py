@@ -48,21 +48,27 @@ class StreamingDataset:
     origin: str = ""
 
 
-def fingerprint(source: DataSource, data_dir: Path | None) -> str | None:
+def fingerprint(source: DataSource, data_dir: Path | None, memo_dir: Path | None = None) -> str | None:
     """A digest of the source's content, or None when the content is not on this machine yet.
 
     None means the build cannot be up to date (its data has to be fetched first); the key is computed again
-    once the data is loaded.
+    once the data is loaded. Files are digested by content, so a copy of a workspace on another machine has the
+    same fingerprints; `memo_dir` (`build-out/digests/`) remembers the digests of unchanged files
+    (`buildsys.cache.DigestMemo`), so that only a changed file is read again.
     """
     if source.kind == "sklearn_digits":
         from buildsys.sources import sklearn_digits
 
         return sklearn_digits.fingerprint(source)
-    if source.kind in ("image_folder", "npz", "sql"):
-        return _module(source).fingerprint(source)
+    if source.kind == "sql":
+        from buildsys.sources import sql
+
+        return sql.fingerprint(source)
+    if source.kind in ("image_folder", "npz"):
+        return _module(source).fingerprint(source, memo_dir)
     from buildsys.sources import keras_datasets
 
-    return keras_datasets.fingerprint(source, data_dir)
+    return keras_datasets.fingerprint(source, data_dir, memo_dir)
 
 
 def _module(source: DataSource) -> ModuleType:

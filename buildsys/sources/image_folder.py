@@ -9,13 +9,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from buildsys.cache import DigestMemo
-from buildsys.dsl.datasets import DataSource
+from buildsys.dsl.datasets import DataSource, Probed, image_shape
 from buildsys.errors import DataError
-from buildsys.sources.images import IMAGE_SUFFIXES, image_shape, read_image_file
+from buildsys.sources.images import IMAGE_SUFFIXES, read_image_file
 from buildsys.sources.records import Batch
 
 
@@ -46,6 +47,11 @@ def class_folders(folder: Path, split: float | str) -> list[str]:
     if not names:
         raise DataError(f"{root} has no class sub-folders (expected one folder of images per class)")
     return names
+
+
+def probe(params: dict[str, Any], base_dir: Path) -> Probed:
+    """The class names a declared image folder implies: its class sub-folders."""
+    return Probed(class_names=class_folders(base_dir / params["path"], params["split"]))
 
 
 def split_files(

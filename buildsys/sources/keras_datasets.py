@@ -19,7 +19,7 @@ import numpy as np
 from buildsys.cache import DigestMemo
 from buildsys.dsl.datasets import DataSource
 from buildsys.errors import DataError
-from buildsys.sources import Dataset
+from buildsys.sources.records import Dataset
 
 FASHION_FILES = (
     "train-images-idx3-ubyte.gz",

@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from buildsys.cache import DigestMemo
-from buildsys.dsl.datasets import DataSource
+from buildsys.dsl.datasets import DataSource, Probed
 from buildsys.errors import DataError
 from buildsys.sources.image_folder import resolve
 from buildsys.sources.records import ArrayReader
@@ -60,6 +61,12 @@ def describe(path: Path) -> tuple[tuple[int, ...], list[str]]:
     labels = np.concatenate([_load(path)[name] for name in ("y_train", "y_test")])
     top = int(labels.max()) if labels.size else 0
     return tuple(shape[1:]), [str(index) for index in range(top + 1)]
+
+
+def probe(params: dict[str, Any], base_dir: Path) -> Probed:
+    """A declared npz file's image shape and the class names it implies (`describe`)."""
+    shape, class_names = describe(base_dir / params["path"])
+    return Probed(shape, class_names)
 
 
 def _load(path: Path) -> dict[str, np.ndarray]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from buildsys.dsl.datasets import DataSource
-from buildsys.sources import Dataset
+from buildsys.sources.records import Dataset
 
 
 def _data_file() -> Path:

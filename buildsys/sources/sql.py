@@ -19,11 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from buildsys.dsl.datasets import DataSource
+from buildsys.dsl.datasets import DataSource, Probed
 from buildsys.errors import DataError
-from buildsys.sources import StreamingDataset
 from buildsys.sources.images import decode_cell, warn_unsafe_pickle
-from buildsys.sources.records import Batch, read_all
+from buildsys.sources.records import Batch, StreamingDataset, read_all
 
 SAMPLE_ROWS = 64
 _VARIABLE = re.compile(r"\$\{(\w+)\}")
@@ -137,6 +136,11 @@ def run_query(url: str, base_dir: Path | None, query: str) -> list[tuple[Any, ..
 def query_class_names(url: str, query: str, base_dir: Path | None) -> list[str]:
     """Runs a class-names query: one row per class, in class-index order, name in the first column."""
     return [str(row[0]) for row in run_query(url, base_dir, query)]
+
+
+def probe(params: dict[str, Any], base_dir: Path) -> Probed:
+    """A declared source's class names from its `class_names_query`."""
+    return Probed(class_names=query_class_names(params["url"], params["class_names_query"], base_dir))
 
 
 class SqlReader:

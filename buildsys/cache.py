@@ -153,7 +153,7 @@ class DigestMemo:
         """Writes the memo when a digest was added (atomically: a concurrent build reads the old or the new one)."""
         if self.path is None or not self.changed:
             return
-        from buildsys.store import write_json_atomic
+        from modelrepo import write_json_atomic
 
         write_json_atomic(self.path, {"folder": str(self.folder), "files": self.known})
         self.changed = False

@@ -16,6 +16,7 @@ from buildsys.errors import DataError
 from buildsys.sources.resolve import ImageFormat
 from buildsys.store import OutputTree
 from buildsys.workspace import Target
+from modelrepo import FormatError, read_manifest
 
 NUMPY_TYPES = {"UINT8": np.uint8, "FP32": np.float32}
 
@@ -28,17 +29,25 @@ class Model:
 
         self.version = tree.published_version(target.label, target.name, version)
         self.name = target.name
-        manifest = tree.manifest(target.name, self.version)
-        self.class_names: list[str] = manifest["class_names"]
-        (tensor,) = manifest["inputs"]
-        self.input_name, self.input_shape = tensor["name"], tuple(tensor["shape"][1:])
-        self.input_type = NUMPY_TYPES[tensor["datatype"]]
-        self.output_name = manifest["outputs"][0]["name"]
-        image = manifest["image"]
+        version_dir = tree.model_dir(target.name) / str(self.version)
+        try:
+            manifest = read_manifest(version_dir)
+            path = version_dir / manifest.onnx_file
+        except FormatError as error:
+            raise DataError(str(error)) from None
+        if len(manifest.inputs) != 1 or not manifest.outputs or manifest.image is None:
+            raise DataError(f"{version_dir}: predict needs one image input, an output and the image settings")
+        self.class_names: list[str] = list(manifest.class_names)
+        (tensor,) = manifest.inputs
+        if tensor.datatype not in NUMPY_TYPES:
+            raise DataError(f"{version_dir}: predict feeds {', '.join(NUMPY_TYPES)} inputs, not {tensor.datatype}")
+        self.input_name, self.input_shape = tensor.name, tensor.shape[1:]
+        self.input_type = NUMPY_TYPES[tensor.datatype]
+        self.output_name = manifest.outputs[0].name
+        image = manifest.image
         self.image_format = ImageFormat(
             (image["height"], image["width"]), "rgb" if image["color_mode"] == "rgb" else "grayscale"
         )
-        path = tree.model_dir(target.name) / str(self.version) / manifest["files"]["onnx"]
         available = onnxruntime.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         self.session = onnxruntime.InferenceSession(str(path), providers=providers)

@@ -128,7 +128,7 @@ def load_file(path: Path, root: Path | None = None) -> list[ModelSpec]:
     namespace.update({name: getattr(dsl, name) for name in dsl.__all__})
     targets, token = collect_targets()
     try:
-        with declaring(root, sources.probe):
+        with declaring(root.resolve(), sources.probe):
             exec(compile(source, str(path), "exec"), namespace)  # noqa: S102 - definitions are the user's own code
     except Exception as error:  # every failure in a definition becomes one readable line
         raise _definition_error(error, path) from None

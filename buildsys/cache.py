@@ -91,7 +91,7 @@ def code_digest(root: Path = PACKAGE_DIR) -> str:
 
 
 def accelerator() -> str:
-    """ "gpu" when TensorFlow will train on an NVIDIA GPU, else "cpu" — guessed without importing TensorFlow.
+    """The device kind TensorFlow will train on, "gpu" (NVIDIA) or "cpu", guessed without importing TensorFlow.
 
     A GPU counts when a device node exists, `CUDA_VISIBLE_DEVICES` does not hide it, and TensorFlow's CUDA
     libraries are installed (`tensorflow[and-cuda]` brings `nvidia-cudnn-cu12`). It enters a key only where the

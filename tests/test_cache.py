@@ -198,3 +198,16 @@ def test_fingerprints_follow_content_and_the_memo_rereads_only_changed_files(tmp
 
     monkeypatch.setattr("buildsys.cache.file_sha256", no_reading)
     assert _keys(root, memo) == after
+
+
+def test_the_device_kind_is_keyed_only_where_it_changes_the_arithmetic(workspace: Path, monkeypatch) -> None:
+    spec = spec_of(workspace)
+
+    def key_on(device: str, training: dict) -> str:
+        monkeypatch.setattr("buildsys.cache.accelerator", lambda: device)
+        return cache_key(spec, "d", 1, {}, training).digest
+
+    assert key_on("gpu", {}) == key_on("cpu", {})
+    assert key_on("gpu", {"jit": True}) == key_on("cpu", {"jit": True})
+    for option in ("mixed_precision", "deterministic"):
+        assert key_on("gpu", {option: True}) != key_on("cpu", {option: True}), option

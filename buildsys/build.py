@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from buildsys import sources
-from buildsys.cache import CacheKey, cache_key
+from buildsys.cache import DIGESTS_DIR, CacheKey, cache_key, file_sha256
 from buildsys.dsl.specs import ModelSpec, validate
 from buildsys.errors import BuildsysError, DefinitionError
 from buildsys.graph import Dependency
-from buildsys.store import WEIGHTS_FILE, OutputTree, file_sha256
+from buildsys.store import WEIGHTS_FILE, OutputTree
 from buildsys.transfer import dependency_digests, features_path
 from buildsys.workspace import Target
 from modelrepo import MANIFEST_FORMAT, PLATFORM, Manifest
@@ -188,7 +188,7 @@ def plan(target: Target, tree: OutputTree, options: BuildOptions, dependencies: 
         upstream=upstream,
         newer_than=tree.highest_version(spec.name) if options.force else 0,
     )
-    fingerprint = sources.fingerprint(spec.data, options.data_dir)
+    fingerprint = sources.fingerprint(spec.data, options.data_dir, tree.root / DIGESTS_DIR)
     return unkeyed.keyed(fingerprint, tree) if fingerprint else unkeyed
 
 
@@ -300,7 +300,7 @@ class BuildJob:
             return fetched
         splits = self.load_data(plan)
         if plan.key is None:  # the data was fetched just now: key the build on what arrived
-            fingerprint = sources.fingerprint(plan.spec.data, plan.options.data_dir)
+            fingerprint = sources.fingerprint(plan.spec.data, plan.options.data_dir, self.tree.root / DIGESTS_DIR)
             if fingerprint is None:
                 raise BuildsysError(f"{plan.label}: the data was loaded but its files cannot be found to fingerprint")
             plan = plan.keyed(fingerprint, self.tree)

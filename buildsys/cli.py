@@ -19,12 +19,12 @@ from typing import Any
 from buildsys.errors import BuildsysError
 from buildsys.store import OutputTree
 from buildsys.tuning import TUNERS
-from buildsys.workspace import Workspace, find_root, output_root
+from buildsys.workspace import Workspace, open_workspace, output_root
 
 
-def _context(args: argparse.Namespace) -> tuple[Workspace, OutputTree]:
-    root = find_root(Path(args.workspace) if args.workspace else None)
-    return Workspace(root), OutputTree(Path(args.output).resolve() if args.output else output_root(root))
+def _context(args: argparse.Namespace, defer: bool = False) -> tuple[Workspace, OutputTree]:
+    workspace = open_workspace(args.workspace, defer=defer)
+    return workspace, OutputTree(Path(args.output).resolve() if args.output else output_root(workspace.root))
 
 
 def _parse_hparams(text: str | None) -> dict[str, Any]:
@@ -285,7 +285,7 @@ def command_query(args: argparse.Namespace) -> int:
 
 
 def command_clean(args: argparse.Namespace) -> int:
-    workspace, tree = _context(args)
+    workspace, tree = _context(args, defer=not args.labels)
     names = [target.name for target in workspace.resolve(args.labels)] if args.labels else [None]
     for name in names:
         for path in tree.clean(name):
@@ -294,11 +294,12 @@ def command_clean(args: argparse.Namespace) -> int:
 
 
 def _optional_workspace(args: argparse.Namespace) -> Workspace | None:
-    """The workspace when there is one: sources given as paths or URLs need none, labels do."""
+    """The workspace when there is one, its definitions run only if a source is a label: sources given as paths
+    or URLs need none, so a broken or unsafe definition never affects them."""
     from buildsys.errors import LabelError
 
     try:
-        return Workspace(find_root(Path(args.workspace) if args.workspace else None))
+        return open_workspace(args.workspace, defer=True)
     except LabelError:
         return None
 
@@ -317,10 +318,10 @@ def _image_format(args: argparse.Namespace) -> Any:
 def command_predict(args: argparse.Namespace) -> int:
     from buildsys.batch.predict import predict, summary_stream
 
-    root = find_root(Path(args.workspace) if args.workspace else None)
-    tree = OutputTree(Path(args.build_out).resolve() if args.build_out else output_root(root))
+    workspace = open_workspace(args.workspace)
+    tree = OutputTree(Path(args.build_out).resolve() if args.build_out else output_root(workspace.root))
     summary = predict(
-        Workspace(root),
+        workspace,
         tree,
         args.label,
         args.input,
@@ -382,9 +383,15 @@ def _raise(reason: str) -> int:
     raise BuildsysError(reason)
 
 
+WORKSPACE_HELP = (
+    "folder holding model_defs/, trusted as named (default: $BUILDSYS_WORKSPACE, else found upward from the "
+    "current folder, refused when another user owns its model_defs/ or everyone may write to it)"
+)
+
+
 def make_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--workspace", help="folder holding model_defs/ (default: found from the current folder)")
+    common.add_argument("--workspace", default=argparse.SUPPRESS, help=WORKSPACE_HELP)
     common.add_argument("--output", help="output tree (default: $BUILDSYS_OUT or <workspace>/build-out)")
     common.add_argument("--json", action="store_true", help="print machine-readable JSON")
     data = argparse.ArgumentParser(add_help=False)
@@ -393,6 +400,9 @@ def make_parser() -> argparse.ArgumentParser:
     )
 
     parser = argparse.ArgumentParser(prog="buildsys", description=__doc__.splitlines()[0])
+    # Before or after the command; the subcommands' copies leave the value unset unless given (SUPPRESS), so that
+    # `buildsys --workspace DIR build X` keeps DIR.
+    parser.add_argument("--workspace", help=WORKSPACE_HELP)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     build = commands.add_parser("build", parents=[common, data], help="build, verify and publish targets")
@@ -501,7 +511,7 @@ def make_parser() -> argparse.ArgumentParser:
         predict.add_argument(
             f"--{column}-column", help=f"Parquet input with --engine spark: the column of {default} (default: {column})"
         )
-    predict.add_argument("--workspace", help="folder holding model_defs/ (default: found from the current folder)")
+    predict.add_argument("--workspace", default=argparse.SUPPRESS, help=WORKSPACE_HELP)
     predict.add_argument("--build-out", help="output tree (default: $BUILDSYS_OUT or <workspace>/build-out)")
     predict.add_argument("--json", action="store_true", help="print the summary as JSON")
     predict.set_defaults(func=command_predict)
@@ -510,7 +520,7 @@ def make_parser() -> argparse.ArgumentParser:
     images.add_argument("source", metavar="SOURCE", help=source_help)
     images.add_argument("--image-size", help="HEIGHTxWIDTH for folders and files (default: the first image's)")
     images.add_argument("--color-mode", choices=("grayscale", "rgb"), help="default: the first image's")
-    images.add_argument("--workspace", help="folder holding model_defs/ (needed for labels)")
+    images.add_argument("--workspace", default=argparse.SUPPRESS, help=WORKSPACE_HELP + "; needed for labels")
     images.add_argument("--json", action="store_true", help="print machine-readable JSON")
     data_commands = commands.add_parser("data", help="import a dataset into a database, or inspect one")
     data_actions = data_commands.add_subparsers(dest="data_command", required=True, metavar="ACTION")

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from buildsys.cache import file_sha256
 from buildsys.errors import BuildsysError
 from modelrepo import (
     CONFIG_FILE,
@@ -49,14 +49,6 @@ WEIGHTS_FILE = "model.weights.h5"  # every version's trained weights, which a de
 PUBLISHED_DIR_MODE = 0o755  # Triton or a server running as another user must read every published file
 PUBLISHED_FILE_MODE = 0o644
 KEPT_BY_CLEAN = ("meta", "locks")  # version high-water marks (servers know versions by number) and held locks
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _pid_alive(pid: int) -> bool:

@@ -15,11 +15,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from buildsys.cache import canonical_json, framework_versions, sha256_text
+from buildsys.cache import canonical_json, file_sha256, framework_versions, sha256_text
 from buildsys.dsl.bases import TargetBase
 from buildsys.errors import BuildsysError
 from buildsys.graph import Dependency
-from buildsys.store import OutputTree, file_sha256
+from buildsys.store import OutputTree
 from buildsys.workspace import Target
 
 

@@ -4,19 +4,29 @@ A workspace is a folder with a `model_defs/` tree. Every `*.py` file under it is
 language in scope; each `model(...)` call it makes declares one target, labelled `//<folder>:<name>`
 (`//model_defs:digits`). Labels accept the short form `digits` and the pattern `//model_defs/...`. Loading a
 definition never imports TensorFlow, so it is cheap enough for every command, including no-op builds.
+
+Definitions are code that runs as the user, so a workspace found by searching upward (as Bazel does) must be safe:
+one whose `model_defs/` another user owns or everyone may write to is refused, the way git refuses a repository
+owned by someone else, unless the user names it (`--workspace`, `$BUILDSYS_WORKSPACE`). The workspace lends its
+definitions the source probe (`buildsys.sources.probe`) through which a declaration reads what it needs from its
+files or database, so the definition language never imports the code that reads data.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
+from buildsys import sources
+from buildsys.dsl.datasets import declaring
 from buildsys.dsl.specs import ModelSpec, collect_targets, stop_collecting
 from buildsys.errors import DefinitionError, LabelError, Location
 
 DEFINITIONS_DIR = "model_defs"
+WORKSPACE_VARIABLE = "BUILDSYS_WORKSPACE"
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,45 @@ def find_root(start: Path | None = None) -> Path:
     raise LabelError(f"no {DEFINITIONS_DIR}/ folder in {start} or any folder above it; run buildsys in a workspace")
 
 
+def open_workspace(named: str | Path | None = None, *, defer: bool = False) -> Workspace:
+    """The workspace of a command: the folder the user named (`--workspace`, else `$BUILDSYS_WORKSPACE`), trusted
+    as named, or else the nearest one found upward from the current folder, whose definitions run only once
+    `check_safe` accepts it.
+
+    Raises:
+        LabelError: for a named folder without `model_defs/`, or when no workspace is found.
+    """
+    named = named or os.environ.get(WORKSPACE_VARIABLE) or None
+    if named is None:
+        return Workspace(find_root(), defer=defer, trusted=False)
+    root = Path(named).resolve()
+    if not (root / DEFINITIONS_DIR).is_dir():
+        raise LabelError(f"{root} (named by --workspace or ${WORKSPACE_VARIABLE}) holds no {DEFINITIONS_DIR}/ folder")
+    return Workspace(root, defer=defer)
+
+
+def check_safe(root: Path) -> None:
+    """Refuses a workspace whose definitions someone else could have written: a `model_defs/` owned by another
+    user, or writable by every user (a shared `/tmp/model_defs/`, say). Group-writable folders are accepted, since
+    with a private group per user (umask 002) every folder is.
+
+    Raises:
+        LabelError: in one line saying why and how to trust the workspace anyway.
+    """
+    definitions = root / DEFINITIONS_DIR
+    status = definitions.stat()
+    if status.st_uid != os.geteuid():
+        why = f"is owned by another user (uid {status.st_uid})"
+    elif status.st_mode & stat.S_IWOTH:
+        why = "is writable by every user"
+    else:
+        return
+    raise LabelError(
+        f"unsafe workspace: {definitions} {why}, and its definitions would run as you; if you trust it, name it: "
+        f"--workspace {root} (or ${WORKSPACE_VARIABLE}={root})"
+    )
+
+
 def _definition_error(error: BaseException, path: Path) -> DefinitionError:
     """Turns an exception raised while executing a definition file into one line naming its file and line."""
     if isinstance(error, DefinitionError):
@@ -64,16 +113,23 @@ def _definition_error(error: BaseException, path: Path) -> DefinitionError:
     return DefinitionError(f"{type(error).__name__}: {message}.", Location(str(path), line))
 
 
-def load_file(path: Path) -> list[ModelSpec]:
-    """Executes one definition file and returns the targets it declares."""
+def load_file(path: Path, root: Path | None = None) -> list[ModelSpec]:
+    """Executes one definition file of the workspace at `root` and returns the targets it declares.
+
+    `root` defaults to the folder above the file's `model_defs/` (the file's own folder outside one); relative
+    paths in the file's data sources resolve against it.
+    """
     import buildsys.dsl as dsl
 
+    if root is None:
+        root = next((f.parent for f in path.resolve().parents if f.name == DEFINITIONS_DIR), path.resolve().parent)
     source = path.read_text(encoding="utf-8")
     namespace = {"__name__": f"model_defs.{path.stem}", "__file__": str(path)}
     namespace.update({name: getattr(dsl, name) for name in dsl.__all__})
     targets, token = collect_targets()
     try:
-        exec(compile(source, str(path), "exec"), namespace)  # noqa: S102 - definitions are the user's own code
+        with declaring(root.resolve(), sources.probe):
+            exec(compile(source, str(path), "exec"), namespace)  # noqa: S102 - definitions are the user's own code
     except Exception as error:  # every failure in a definition becomes one readable line
         raise _definition_error(error, path) from None
     finally:
@@ -82,21 +138,39 @@ def load_file(path: Path) -> list[ModelSpec]:
 
 
 class Workspace:
-    """All targets of a workspace, loaded once per command."""
+    """All targets of a workspace, loaded once per command.
 
-    def __init__(self, root: Path) -> None:
+    `defer=True` runs the definitions only when `targets` is first read: commands whose inputs may be paths or
+    URLs rather than labels (`data import`, `data inspect`, `clean` without labels) then run none, so a broken or
+    untrusted definition cannot stop or affect them. `trusted=False` (a workspace found, not named) runs them only
+    after `check_safe`.
+    """
+
+    def __init__(self, root: Path, *, defer: bool = False, trusted: bool = True) -> None:
         self.root = root
-        self.targets: dict[str, Target] = {}
-        self._load()
+        self.trusted = trusted
+        self._targets: dict[str, Target] | None = None
+        if not defer:
+            self._load()
+
+    @property
+    def targets(self) -> dict[str, Target]:
+        """Every target by label (the definitions run on the first use of a deferred workspace)."""
+        if self._targets is None:
+            self._load()
+        return self._targets
 
     def _load(self) -> None:
+        if not self.trusted:
+            check_safe(self.root)
         definitions = self.root / DEFINITIONS_DIR
+        targets: dict[str, Target] = {}
         by_name: dict[str, Target] = {}
         for path in sorted(definitions.rglob("*.py")):
             if path.name.startswith("_"):
                 continue
             package = path.parent.relative_to(self.root).as_posix()
-            for spec in load_file(path):
+            for spec in load_file(path, self.root):
                 if spec.name in by_name:
                     first = by_name[spec.name].spec.location
                     raise DefinitionError(
@@ -104,7 +178,8 @@ class Workspace:
                     )
                 target = Target(f"//{package}:{spec.name}", spec)
                 by_name[spec.name] = target
-                self.targets[target.label] = target
+                targets[target.label] = target
+        self._targets = targets
 
     def resolve(self, patterns: list[str]) -> list[Target]:
         """Expands labels, short names and `//pkg/...` patterns into targets, in a stable order.

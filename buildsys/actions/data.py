@@ -32,38 +32,77 @@ class Splits:
     y_test: np.ndarray
 
 
-def _check_split(split: str, images: np.ndarray, labels: np.ndarray, spec: ModelSpec) -> np.ndarray:
-    """Returns the images shaped exactly as the input declares (a channel axis is added for (H, W, 1))."""
+def _check_split(
+    split: str, images: np.ndarray, labels: np.ndarray, spec: ModelSpec, origin: str = "", rows: str = ""
+) -> np.ndarray:
+    """Returns the images shaped exactly as the input declares (a channel axis is added for (H, W, 1)).
+
+    Errors name the arrays as an npz file does (`x_train`, `y_test`), prefixed by the source (`origin`: the file,
+    folder or database) and, for a streamed chunk, its `rows`, so one line says where the bad value is.
+    """
+    where = ": ".join(part for part in (origin, rows) if part)
+    prefix = f"{where}: " if where else ""
+    images_name, labels_name = f"x_{split}", f"y_{split}"
     declared = tuple(spec.inputs.shape)
     if images.ndim >= 1 and tuple(images.shape[1:]) + (1,) == declared:
         images = images[..., np.newaxis]
     if tuple(images.shape[1:]) != declared:
-        raise DataError(f"{split} images are shaped {tuple(images.shape[1:])} but the input declares {declared}")
+        raise DataError(
+            f"{prefix}{images_name} images are shaped {tuple(images.shape[1:])} but the input declares {declared}"
+        )
     if labels.ndim != 1 or len(labels) != len(images):
-        raise DataError(f"{split} has {len(images)} images but labels shaped {labels.shape}; expected ({len(images)},)")
+        raise DataError(
+            f"{prefix}{images_name} has {len(images)} images but {labels_name} is shaped {labels.shape}; "
+            f"expected ({len(images)},)"
+        )
     if len(images) == 0:
-        raise DataError(f"{split} split is empty")
+        raise DataError(f"{prefix}the {split} split is empty")
     if np.issubdtype(images.dtype, np.floating) and not np.isfinite(images).all():
         bad = int(np.flatnonzero(~np.isfinite(images.reshape(len(images), -1)).all(axis=1))[0])
-        raise DataError(f"{split} image {bad} contains NaN or infinite pixels")
-    if spec.inputs.dtype == "uint8" and (images.min() < 0 or images.max() > 255):
-        raise DataError(f"{split} pixels range {images.min()}..{images.max()}, outside 0..255 for a uint8 input")
+        raise DataError(f"{prefix}{images_name}[{bad}] contains NaN or infinite pixels")
+    _check_pixel_type(images, spec.inputs.dtype, f"{prefix}{images_name}")
     classes = len(spec.class_names)
     if not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"{split} labels must be integer class indices; received dtype {labels.dtype}")
+        raise DataError(f"{prefix}{labels_name} must hold integer class indices; received dtype {labels.dtype}")
     out_of_range = np.flatnonzero((labels < 0) | (labels >= classes))
     if out_of_range.size:
         index = int(out_of_range[0])
-        raise DataError(f"{split} label {index} is {labels[index]}, outside 0..{classes - 1} ({classes} class names)")
+        raise DataError(
+            f"{prefix}{labels_name}[{index}] is {labels[index]}, outside 0..{classes - 1} ({classes} class names); "
+            "labels must be class indices"
+        )
     return images.astype(spec.inputs.dtype, copy=False)
+
+
+def _check_pixel_type(images: np.ndarray, declared: str, name: str) -> None:
+    """Refuses pixels whose dtype is not the declared one, unless casting them keeps every value.
+
+    Under `dtype="uint8"` only integer arrays whose values lie in 0..255 pass: float pixels are refused even when
+    they would cast exactly, because their scale (0..1, 0..16, 0..255) cannot be told from the values, and a model
+    trained on 0..16 serves 0..255 PNGs wrongly. Under `float32` any integer or float array passes (the declared
+    `scale` says what its values mean).
+    """
+    kind = images.dtype.kind
+    if declared == "uint8":
+        fits = kind in "iu" and images.min() >= 0 and images.max() <= 255
+        need = "integer pixels 0..255"
+        fix = "store the pixels as uint8 0..255"
+    else:
+        fits = kind in "iuf"
+        need = "integer or float pixels"
+        fix = "store the pixels as numbers"
+    if not fits:
+        shown = f" with values {images.min()}..{images.max()}" if kind in "iufb" else ""
+        raise DataError(f"{name} is {images.dtype}{shown}, but image_input declares dtype={declared!r} ({need}); {fix}")
 
 
 def check_and_split(dataset: Dataset | StreamingDataset, spec: ModelSpec, seed: int) -> Splits | StreamSplits:
     """Checks both splits and carves a seeded validation set from training (never from test)."""
     if isinstance(dataset, StreamingDataset):
         return _stream_splits(dataset, spec, seed)
-    x_train = _check_split("train", np.asarray(dataset.x_train), np.asarray(dataset.y_train), spec)
-    x_test = _check_split("test", np.asarray(dataset.x_test), np.asarray(dataset.y_test), spec)
+    origin = dataset.origin
+    x_train = _check_split("train", np.asarray(dataset.x_train), np.asarray(dataset.y_train), spec, origin)
+    x_test = _check_split("test", np.asarray(dataset.x_test), np.asarray(dataset.y_test), spec, origin)
     y_train, y_test = np.asarray(dataset.y_train, np.int64), np.asarray(dataset.y_test, np.int64)
     fit, val = carve_validation(len(x_train), spec.train.validation_split, seed)
     return Splits(x_train[fit], y_train[fit], x_train[val], y_train[val], x_test, y_test)
@@ -116,7 +155,8 @@ class StreamSplits:
         try:
             for images, labels in self.dataset.train_chunks():
                 end = start + len(images) - 1
-                images = _check_split(f"train rows {start}..{end}:", images, np.asarray(labels), self.spec)
+                rows = f"train rows {start}..{end}"
+                images = _check_split("train", images, np.asarray(labels), self.spec, self.dataset.origin, rows)
                 held = _held_out(start, len(images), self.seed, self.spec.train.validation_split)
                 keep = held if validation else ~held
                 start = end + 1
@@ -139,7 +179,7 @@ def _held_out(start: int, count: int, seed: int, fraction: float) -> np.ndarray:
 
 
 def _stream_splits(dataset: StreamingDataset, spec: ModelSpec, seed: int) -> StreamSplits:
-    x_test = _check_split("test", np.asarray(dataset.x_test), np.asarray(dataset.y_test), spec)
+    x_test = _check_split("test", np.asarray(dataset.x_test), np.asarray(dataset.y_test), spec, dataset.origin)
     if dataset.train_size == 0:
         raise DataError("train split is empty")
     held = sum(

@@ -22,6 +22,7 @@ from buildsys import sources
 from buildsys.actions.data import Splits, carve_validation, check_and_split
 from buildsys.actions.transfer import SPLITS, build_base, featurise
 from buildsys.build import BuildOptions, plan
+from buildsys.cache import DIGESTS_DIR
 from buildsys.errors import BuildsysError, DataError
 from buildsys.store import OutputTree
 from buildsys.workspace import Target, Workspace
@@ -157,7 +158,7 @@ def featurize(
         if not isinstance(splits, Splits):
             raise DataError(f"{target.label}: transfer targets featurise in-memory data; this source streams")
     if current.key is None:  # the data was fetched just now
-        current = current.keyed(sources.fingerprint(spec.data, options.data_dir), tree)
+        current = current.keyed(sources.fingerprint(spec.data, options.data_dir, tree.root / DIGESTS_DIR), tree)
     path = current.paths.features
     base = build_base(target, dependencies, tree)
     if engine == "local":

@@ -311,7 +311,7 @@ def tune(
     """
     from buildsys import sources
     from buildsys.actions.data import check_and_split
-    from buildsys.cache import canonical_json, sha256_text
+    from buildsys.cache import DIGESTS_DIR, canonical_json, sha256_text
 
     spec = target.spec
     say = say or (lambda message: print(f"{target.label}: {message}", flush=True))
@@ -319,7 +319,7 @@ def tune(
     dataset = sources.load(spec.data, data_dir)
     splits = check_and_split(dataset, spec, settings.seed)
     if role != "worker":
-        fingerprint = sources.fingerprint(spec.data, data_dir)
+        fingerprint = sources.fingerprint(spec.data, data_dir, tree.root / DIGESTS_DIR)
         recorded = {
             **dataclasses.asdict(settings),
             "definition": sha256_text(canonical_json({"spec": spec.to_json(), "data_fingerprint": fingerprint})),

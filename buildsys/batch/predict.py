@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from buildsys.batch.prediction_output import Sink, open_sink, probability_columns
 from buildsys.batch.progress import Progress
+from buildsys.batch.scoring import Model, Scored, ScoredBatch, label_map
 from buildsys.errors import BuildsysError, DataError
-from buildsys.sources.resolve import ImageFormat, Opened, open_sources
+from buildsys.sources.resolve import Opened, open_sources
 from buildsys.store import OutputTree
-from buildsys.workspace import Target, Workspace
-
-NUMPY_TYPES = {"UINT8": np.uint8, "FP32": np.float32}
+from buildsys.workspace import Workspace
 
 
 @dataclass
@@ -64,53 +63,6 @@ class Summary:
         return text
 
 
-class Model:
-    """A published version's `model.onnx` in an ONNX Runtime session, with what the manifest says about it."""
-
-    def __init__(self, tree: OutputTree, target: Target, version: int | None) -> None:
-        import onnxruntime
-
-        self.version = tree.published_version(target.label, target.name, version)
-        self.name = target.name
-        manifest = tree.manifest(target.name, self.version)
-        self.class_names: list[str] = list(manifest.class_names)
-        (tensor,) = manifest.inputs
-        self.input_name, self.input_shape = tensor.name, tuple(tensor.shape[1:])
-        self.input_type = NUMPY_TYPES[tensor.datatype]
-        self.output_name = manifest.outputs[0].name
-        image = manifest.image
-        self.image_format = ImageFormat(
-            (image["height"], image["width"]), "rgb" if image["color_mode"] == "rgb" else "grayscale"
-        )
-        path = tree.model_dir(target.name) / str(self.version) / manifest.onnx_file
-        available = onnxruntime.get_available_providers()
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        self.session = onnxruntime.InferenceSession(str(path), providers=providers)
-        self.onnx_path = path
-        self.scorer: Callable[[np.ndarray], np.ndarray] | None = None  # another engine over the same file
-
-    def probabilities(self, images: np.ndarray) -> np.ndarray:
-        if images.shape[1:] != self.input_shape:
-            if images.size == len(images) * int(np.prod(self.input_shape)):
-                images = images.reshape(len(images), *self.input_shape)
-            else:
-                raise DataError(
-                    f"images are shaped {images.shape[1:]} but {self.name} version {self.version} takes "
-                    f"{self.input_shape}"
-                )
-        if self.scorer is not None:
-            return self.scorer(images.astype(self.input_type))
-        return self.session.run([self.output_name], {self.input_name: images.astype(self.input_type)})[0]
-
-
-def label_map(source_names: tuple[str, ...] | None, model_names: list[str]) -> np.ndarray | None:
-    """Source label index -> model class index (-1 where the model has no class of that name)."""
-    if source_names is None:
-        return None
-    position = {name: index for index, name in enumerate(model_names)}
-    return np.array([position.get(name, -1) for name in source_names], np.int64)
-
-
 def _rows(model: Model, ids: list[str], probabilities: np.ndarray, truth: np.ndarray | None) -> list[dict[str, Any]]:
     columns = probability_columns(model.class_names)
     predicted = probabilities.argmax(axis=1)
@@ -130,21 +82,6 @@ def _rows(model: Model, ids: list[str], probabilities: np.ndarray, truth: np.nda
         }
         rows.append(row)
     return rows
-
-
-ScoredBatch = tuple[list[str], np.ndarray, np.ndarray | None]
-"""Image ids, their probabilities, and their true model class indices (-1 where unknown; None when unlabelled)."""
-
-
-class Scored(Protocol):
-    """Scored batches in a fixed order, from wherever the images were read and scored."""
-
-    labelled: bool
-    total: int
-
-    def batches(self, batch_size: int) -> Iterator[ScoredBatch]:
-        """The scored images, `batch_size` at a time: each batch is one write to the destination."""
-        ...
 
 
 class ReaderScored:

@@ -1,16 +1,25 @@
 """Data source declarations: which images and labels a target trains and tests on.
 
-Only the declaration lives here (a `DataSource` value, hashed into the cache key); loading is in
-`buildsys.sources`, which may import heavy libraries. Class names default to each dataset's published ones.
+Only the declaration lives here (a `DataSource` value, hashed into the cache key); reading is in
+`buildsys.sources`, which may import heavy libraries, and which this module never imports. What a declaration must
+learn from its files or database (an npz file's image shape, class names from folders or a query) it asks the
+`SourceProbe` that the loading workspace lends it (`declaring`), so the definition language stays free of I/O code.
+Class names default to each dataset's published ones.
 """
 
 from __future__ import annotations
 
+import contextvars
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from buildsys.errors import DefinitionError, Location, caller_location, describe
+from buildsys.errors import DataError, DefinitionError, Location, caller_location, describe
+
+COLOR_MODES = ("grayscale", "rgb")
+CELL_FORMATS = ("auto", "png", "jpeg", "npy", "raw")
 
 KERAS_DATASETS: dict[str, dict[str, Any]] = {
     "mnist": {"shape": (28, 28), "classes": [str(digit) for digit in range(10)]},
@@ -93,26 +102,61 @@ def sklearn_digits(test_fraction: float = 0.2, split_seed: int = 0) -> DataSourc
     return DataSource("sklearn_digits", params, names, (8, 8), location)
 
 
-def _workspace_root(location: Location | None) -> Path:
-    """The root of the workspace whose definition is declaring a source (the current folder outside one)."""
-    from buildsys.errors import LabelError
-    from buildsys.workspace import find_root
+@dataclass(frozen=True)
+class Probed:
+    """What a source's files or database say about it at declaration time (None: not asked for)."""
 
-    start = Path(location.path).parent if location else Path.cwd()
+    image_shape: tuple[int, ...] | None = None
+    class_names: list[str] | None = None
+
+
+SourceProbe = Callable[[str, dict[str, Any], Path], Probed]
+"""(kind, declared settings, workspace root) -> what the data says; raises DataError. `buildsys.sources.probe`."""
+
+
+@dataclass(frozen=True)
+class Declaring:
+    """What the workspace running a definition lends it: its root (relative paths resolve there) and its probe."""
+
+    root: Path
+    probe: SourceProbe
+
+
+_declaring: contextvars.ContextVar[Declaring | None] = contextvars.ContextVar("buildsys_declaring", default=None)
+
+
+@contextmanager
+def declaring(root: Path, probe: SourceProbe) -> Iterator[None]:
+    """Runs the definitions of the workspace at `root` with `probe` answering their sources' questions."""
+    token = _declaring.set(Declaring(root, probe))
     try:
-        return find_root(start)
-    except LabelError:
-        return Path.cwd().resolve()
+        yield
+    finally:
+        _declaring.reset(token)
 
 
-def _probe(location: Location | None, what: str, probe: Any, *args: Any) -> Any:
-    """Runs a source probe needed at declaration time; its DataError becomes a DefinitionError at this line."""
-    from buildsys.errors import DataError
+def _context(function: str, location: Location | None) -> Declaring:
+    context = _declaring.get()
+    if context is None:
+        raise DefinitionError(
+            f"datasets.{function}() reads its data's files or database when declared, which only a workspace "
+            "loading its definitions can do (buildsys.workspace.Workspace)",
+            location,
+        )
+    return context
 
+
+def _probe(context: Declaring, kind: str, params: dict[str, Any], what: str, location: Location | None) -> Probed:
+    """Asks the workspace's probe about a source; its DataError becomes a DefinitionError at the declaring line."""
     try:
-        return probe(*args)
+        return context.probe(kind, params, context.root)
     except DataError as error:
         raise DefinitionError(f"{what}: {error}.", location) from None
+
+
+def image_shape(size: tuple[int, int], color_mode: str) -> tuple[int, ...]:
+    """The array shape of an image of `size` (height, width): `(H, W)` for grayscale, `(H, W, 3)` for RGB."""
+    return tuple(size) if color_mode == "grayscale" else (*size, 3)
 
 
 def _check_size(size: Any, argument: str, location: Location | None) -> tuple[int, ...]:
@@ -144,9 +188,6 @@ def image_folder(
     Example:
         `datasets.image_folder("data/flowers", image_size=(64, 64), color_mode="rgb", split=0.2)`
     """
-    from buildsys.sources import image_folder as folders
-    from buildsys.sources.images import COLOR_MODES, image_shape
-
     location = caller_location()
     if not isinstance(path, str) or not path:
         raise DefinitionError(f"image_folder(path=...) expects a folder path. Received: {describe(path)}.", location)
@@ -161,13 +202,13 @@ def image_folder(
             f'image_folder(split=...) expects a test fraction in (0, 1) or "folders". Received: {describe(split)}.',
             location,
         )
-    base_dir = _workspace_root(location)
-    if class_names is None:
-        class_names = _probe(location, f"image_folder({path!r})", folders.class_folders, base_dir / path, split)
-    names = _class_names(class_names, [], location)
+    context = _context("image_folder", location)
     params = (("path", path), ("image_size", list(size)), ("color_mode", color_mode), ("split", split),
               ("split_seed", split_seed))  # fmt: skip
-    return DataSource("image_folder", params, names, image_shape(size, color_mode), location, base_dir)
+    if class_names is None:
+        class_names = _probe(context, "image_folder", dict(params), f"image_folder({path!r})", location).class_names
+    names = _class_names(class_names, [], location)
+    return DataSource("image_folder", params, names, image_shape(size, color_mode), location, context.root)
 
 
 def npz(path: str, class_names: list[str] | None = None) -> DataSource:
@@ -177,15 +218,14 @@ def npz(path: str, class_names: list[str] | None = None) -> DataSource:
     `class_names` string array in the file, else are "0", "1", ... up to the largest label. A relative `path` is
     relative to the workspace root.
     """
-    from buildsys.sources import npz as npz_files
-
     location = caller_location()
     if not isinstance(path, str) or not path:
         raise DefinitionError(f"npz(path=...) expects a file path. Received: {describe(path)}.", location)
-    base_dir = _workspace_root(location)
-    shape, found_names = _probe(location, f"npz({path!r})", npz_files.describe, base_dir / path)
-    names = _class_names(class_names, found_names, location)
-    return DataSource("npz", (("path", path),), names, shape, location, base_dir)
+    context = _context("npz", location)
+    params = (("path", path),)
+    found = _probe(context, "npz", dict(params), f"npz({path!r})", location)
+    names = _class_names(class_names, found.class_names, location)
+    return DataSource("npz", params, names, found.image_shape, location, context.root)
 
 
 def sql(
@@ -218,9 +258,6 @@ def sql(
         "SELECT img_vector, img_label FROM tf_images WHERE img_use = 2", "img_vector", "img_label",
         class_names_query="SELECT class_name FROM categories ORDER BY class_idx", image_shape=(28, 28))`
     """
-    from buildsys.sources import sql as databases
-    from buildsys.sources.images import CELL_FORMATS
-
     location = caller_location()
     texts = {"url": url, "query_train": query_train, "query_test": query_test, "image_column": image_column,
              "label_column": label_column}  # fmt: skip
@@ -251,11 +288,7 @@ def sql(
         )
     if (class_names is None) == (class_names_query is None):
         raise DefinitionError("sql() needs exactly one of class_names_query=... or class_names=[...].", location)
-    base_dir = _workspace_root(location)
-    if class_names is None:
-        class_names = _probe(location, "sql(class_names_query=...)", databases.query_class_names, url,
-                             class_names_query, base_dir)  # fmt: skip
-    names = _class_names(class_names, [], location)
+    context = _context("sql", location)
     params = (
         ("url", url),
         ("query_train", query_train),
@@ -270,4 +303,7 @@ def sql(
         ("checksum_query", checksum_query),
         ("unsafe_pickle", bool(unsafe_pickle)),
     )
-    return DataSource("sql", params, names, tuple(shape), location, base_dir)
+    if class_names is None:
+        class_names = _probe(context, "sql", dict(params), "sql(class_names_query=...)", location).class_names
+    names = _class_names(class_names, [], location)
+    return DataSource("sql", params, names, tuple(shape), location, context.root)

@@ -26,12 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from buildsys.dsl.datasets import image_shape
 from buildsys.errors import BuildsysError, DataError
-from buildsys.sources.images import IMAGE_SUFFIXES, decode_cell, image_shape, read_image_file
+from buildsys.sources.images import IMAGE_SUFFIXES, decode_cell, read_image_file
 from buildsys.sources.resolve import Opened, open_sources
 
 if TYPE_CHECKING:
-    from buildsys.batch.predict import Model, Scored, ScoredBatch
+    from buildsys.batch.scoring import Model, Scored, ScoredBatch
     from buildsys.workspace import Workspace
 
 Decode = Callable[[Any], tuple[Any, np.ndarray]]
@@ -381,7 +382,7 @@ def spark_input(
     locations = [text.partition("#")[0] for text in inputs]
     if not all(_is_image_location(location) for location in locations):
         return None
-    from buildsys.batch.predict import label_map
+    from buildsys.batch.scoring import label_map
 
     opened = open_sources(inputs, model.image_format, workspace)  # lists the files; decodes none
     labels = label_map(opened.reader.class_names, model.class_names)

@@ -1,7 +1,7 @@
 """Image folders: one sub-folder per class (its name is the class name), or loose image files without labels.
 
 Owns listing, the seeded per-class train/test split, decoding with resizing, and the folder's fingerprint (every
-file's relative path, size and mtime, plus the content of an evenly spaced sample of files). Never TensorFlow.
+image file's path relative to the folder and the sha256 of its bytes). Never TensorFlow.
 """
 
 from __future__ import annotations
@@ -9,15 +9,15 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from buildsys.dsl.datasets import DataSource
+from buildsys.cache import DigestMemo
+from buildsys.dsl.datasets import DataSource, Probed, image_shape
 from buildsys.errors import DataError
-from buildsys.sources.images import IMAGE_SUFFIXES, image_shape, read_image_file
+from buildsys.sources.images import IMAGE_SUFFIXES, read_image_file
 from buildsys.sources.records import Batch
-
-FINGERPRINT_SAMPLES = 32
 
 
 def resolve(source: DataSource, path: str) -> Path:
@@ -47,6 +47,11 @@ def class_folders(folder: Path, split: float | str) -> list[str]:
     if not names:
         raise DataError(f"{root} has no class sub-folders (expected one folder of images per class)")
     return names
+
+
+def probe(params: dict[str, Any], base_dir: Path) -> Probed:
+    """The class names a declared image folder implies: its class sub-folders."""
+    return Probed(class_names=class_folders(base_dir / params["path"], params["split"]))
 
 
 def split_files(
@@ -130,17 +135,15 @@ def source_reader(source: DataSource) -> FolderReader:
     return FolderReader(folder, files, source.class_names, tuple(params["image_size"]), params["color_mode"])
 
 
-def fingerprint(source: DataSource) -> str | None:
-    """Covers every image file's relative path, size and mtime, and the bytes of up to 32 evenly spaced files;
-    None when the folder is not on this machine."""
+def fingerprint(source: DataSource, memo_dir: Path | None = None) -> str | None:
+    """Covers every image file's path relative to the folder and the sha256 of its bytes (files unchanged since
+    the last build are not read again: `DigestMemo`); None when the folder is not on this machine."""
     folder = resolve(source, dict(source.params)["path"])
     if not folder.is_dir():
         return None
+    memo = DigestMemo(folder, memo_dir)
     digest = hashlib.sha256(repr(sorted(source.params)).encode())
-    files = _images_under(folder)
-    for path in files:
-        status = path.stat()
-        digest.update(f"{path.relative_to(folder).as_posix()}\0{status.st_size}\0{status.st_mtime_ns}\n".encode())
-    for position in np.unique(np.linspace(0, len(files) - 1, FINGERPRINT_SAMPLES).astype(int)) if files else []:
-        digest.update(files[position].read_bytes())
+    for path in _images_under(folder):
+        digest.update(f"{path.relative_to(folder).as_posix()}\0{memo.digest(path)}\n".encode())
+    memo.save()
     return digest.hexdigest()

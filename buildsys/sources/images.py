@@ -17,8 +17,6 @@ import numpy as np
 from buildsys.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
-COLOR_MODES = ("grayscale", "rgb")
-CELL_FORMATS = ("auto", "png", "jpeg", "npy", "raw")
 
 _MAGIC = {b"\x89PNG\r\n\x1a\n": "png", b"\xff\xd8\xff": "jpeg", b"BM": "bmp", b"\x93NUMPY": "npy"}
 _PICKLE_REFUSED = (
@@ -28,11 +26,6 @@ _PICKLE_REFUSED = (
 )
 
 log = logging.getLogger("buildsys")
-
-
-def image_shape(size: tuple[int, int], color_mode: str) -> tuple[int, ...]:
-    """The array shape of an image of `size` (height, width): `(H, W)` for grayscale, `(H, W, 3)` for RGB."""
-    return tuple(size) if color_mode == "grayscale" else (*size, 3)
 
 
 def _from_pil(image: object, size: tuple[int, int] | None, color_mode: str | None) -> np.ndarray:

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from buildsys.cache import DigestMemo
 from buildsys.dsl.datasets import DataSource
 from buildsys.errors import DataError
-from buildsys.sources import Dataset
+from buildsys.sources.records import Dataset
 
 FASHION_FILES = (
     "train-images-idx3-ubyte.gz",
@@ -68,17 +69,17 @@ def _locate(name: str, data_dir: Path | None) -> tuple[str, list[Path]] | None:
     return None
 
 
-def fingerprint(source: DataSource, data_dir: Path | None) -> str | None:
-    """sha256 over the dataset's files when they are here; None when they still have to be downloaded."""
+def fingerprint(source: DataSource, data_dir: Path | None, memo_dir: Path | None = None) -> str | None:
+    """sha256 over the dataset's file names and contents when they are here; None when they still have to be
+    downloaded. Where the files were found (data folder or Keras' cache) does not matter."""
     found = _locate(dict(source.params)["name"], data_dir)
     if found is None:
         return None
+    memo = DigestMemo(found[1][0].parent, memo_dir)
     digest = hashlib.sha256()
     for path in found[1]:
-        digest.update(path.name.encode())
-        with open(path, "rb") as stream:
-            while chunk := stream.read(1 << 22):
-                digest.update(chunk)
+        digest.update(f"{path.name}\0{memo.digest(path)}\n".encode())
+    memo.save()
     return digest.hexdigest()
 
 
@@ -146,4 +147,5 @@ def load(source: DataSource, data_dir: Path | None) -> Dataset:
         except (OSError, ValueError, KeyError, EOFError) as error:
             raise DataError(f"{found[1][0].parent}: cannot read the {name} files: {error}") from None
     x_train, y_train, x_test, y_test = arrays
-    return Dataset(x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64), source.class_names)
+    origin = f"keras dataset {name}" + (f" ({found[1][0].parent})" if found else "")
+    return Dataset(x_train, y_train.astype(np.int64), x_test, y_test.astype(np.int64), source.class_names, origin)

@@ -1,7 +1,7 @@
 """NumPy `.npz` files holding `x_train`, `y_train`, `x_test`, `y_test`, always read with `allow_pickle=False`.
 
 Owns the cheap header probe used at declaration time (image shape without reading the pixels), loading, and the
-file's fingerprint (size, mtime and the bytes of three 1 MiB samples: start, middle, end). Never TensorFlow.
+file's fingerprint (the sha256 of its bytes). Never TensorFlow.
 """
 
 from __future__ import annotations
@@ -9,16 +9,17 @@ from __future__ import annotations
 import hashlib
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from buildsys.dsl.datasets import DataSource
+from buildsys.cache import DigestMemo
+from buildsys.dsl.datasets import DataSource, Probed
 from buildsys.errors import DataError
 from buildsys.sources.image_folder import resolve
 from buildsys.sources.records import ArrayReader
 
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
-SAMPLE_BYTES = 1 << 20
 
 
 def _check_members(path: Path) -> zipfile.ZipFile:
@@ -62,6 +63,12 @@ def describe(path: Path) -> tuple[tuple[int, ...], list[str]]:
     return tuple(shape[1:]), [str(index) for index in range(top + 1)]
 
 
+def probe(params: dict[str, Any], base_dir: Path) -> Probed:
+    """A declared npz file's image shape and the class names it implies (`describe`)."""
+    shape, class_names = describe(base_dir / params["path"])
+    return Probed(shape, class_names)
+
+
 def _load(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as arrays:
@@ -88,15 +95,12 @@ def source_reader(source: DataSource) -> ArrayReader:
     return open_npz(resolve(source, dict(source.params)["path"]), source.class_names)
 
 
-def fingerprint(source: DataSource) -> str | None:
-    """Covers the file's size, mtime and three 1 MiB samples; None when the file is not on this machine."""
+def fingerprint(source: DataSource, memo_dir: Path | None = None) -> str | None:
+    """The sha256 of the file's bytes and the source's settings; None when the file is not on this machine."""
     path = resolve(source, dict(source.params)["path"])
     if not path.is_file():
         return None
-    status = path.stat()
-    digest = hashlib.sha256(f"{status.st_size}\0{status.st_mtime_ns}\0{sorted(source.params)}".encode())
-    with open(path, "rb") as stream:
-        for offset in (0, max(0, status.st_size // 2 - SAMPLE_BYTES // 2), max(0, status.st_size - SAMPLE_BYTES)):
-            stream.seek(offset)
-            digest.update(stream.read(SAMPLE_BYTES))
+    memo = DigestMemo(path.parent, memo_dir)
+    digest = hashlib.sha256(f"{sorted(source.params)}\0{memo.digest(path)}".encode())
+    memo.save()
     return digest.hexdigest()

@@ -1,4 +1,5 @@
-"""Reading a source batch by batch: the one interface that training streams, import, inspect and predict share.
+"""Reading a source batch by batch: the one interface that training streams, import, inspect and predict share,
+and the loaded forms of a source that the data action checks (`Dataset` in memory, `StreamingDataset` in chunks).
 
 A `Reader` exposes a source's splits as batches of (ids, uint8 images, labels), in a fixed order, so every
 consumer holds at most one batch at a time; in-memory sources are wrapped by `ArrayReader`. Never TensorFlow.
@@ -6,7 +7,7 @@ consumer holds at most one batch at a time; in-memory sources are wrapped by `Ar
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -23,6 +24,32 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Train and test images with integer labels, as loaded from a source."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+    origin: str = ""  # where the arrays came from ("npz file data/digits.npz"), for the data check's messages
+
+
+@dataclass(frozen=True)
+class StreamingDataset:
+    """A source too large to hold: each call of `train_chunks` starts a new pass over the training rows, yielding
+    (uint8 images, int64 labels) chunks; the test split is small enough to hold (evaluation and parity use it)."""
+
+    train_chunks: Callable[[], Iterator[tuple[np.ndarray, np.ndarray]]]
+    train_size: int
+    image_shape: tuple[int, ...]
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+    origin: str = ""
 
 
 class Reader(Protocol):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from buildsys.dsl.datasets import DataSource
-from buildsys.sources import Dataset
+from buildsys.sources.records import Dataset
 
 
 def _data_file() -> Path:
@@ -43,4 +43,4 @@ def load(source: DataSource) -> Dataset:
     x_train, x_test, y_train, y_test = train_test_split(
         images, labels, test_size=params["test_fraction"], random_state=params["split_seed"], stratify=labels
     )
-    return Dataset(x_train, y_train, x_test, y_test, source.class_names)
+    return Dataset(x_train, y_train, x_test, y_test, source.class_names, "scikit-learn digits")

@@ -1,10 +1,10 @@
 """SQL databases through SQLAlchemy: SQLite, MariaDB/MySQL (PyMySQL), or any dialect SQLAlchemy knows.
 
-Owns connecting (`${VAR}` expansion so passwords stay out of definitions, SQLite paths relative to the workspace
-root, passwords hidden in every message), streaming query results in chunks with server-side cursors where the
-driver has them, decoding image cells (through `images.decode_cell`, which refuses pickles), and the source's
-fingerprint: per split, a checksum query (row count, total image bytes, label sum/min/max by default) plus the
-bytes of the first rows. Never TensorFlow.
+Owns connecting (`${VAR}` expansion into each URL field, so passwords stay out of definitions; SQLite paths
+relative to the workspace root; passwords hidden in every message), streaming query results in chunks with
+server-side cursors where the driver has them, decoding image cells (through `images.decode_cell`, which refuses
+pickles), and the source's fingerprint: per split, a checksum query (row count, total image bytes, label
+sum/min/max by default) plus the bytes of the first rows. Never TensorFlow.
 """
 
 from __future__ import annotations
@@ -19,39 +19,65 @@ from typing import Any
 
 import numpy as np
 
-from buildsys.dsl.datasets import DataSource
+from buildsys.dsl.datasets import DataSource, Probed
 from buildsys.errors import DataError
-from buildsys.sources import StreamingDataset
 from buildsys.sources.images import decode_cell, warn_unsafe_pickle
-from buildsys.sources.records import Batch, read_all
+from buildsys.sources.records import Batch, StreamingDataset, read_all
 
 SAMPLE_ROWS = 64
 _VARIABLE = re.compile(r"\$\{(\w+)\}")
+_PORT_VARIABLE = re.compile(r"(?<=[^/:]:)\$\{(\w+)\}(?=[/?]|$)")  # host:${PORT}/ (not user:${PASSWORD}@)
 
 
 def expand_url(url: str, base_dir: Path | None = None) -> Any:
     """The SQLAlchemy URL for `url`: `${VAR}` read from the environment, relative SQLite paths under `base_dir`.
 
+    The definition's text is parsed first and each variable then fills its own field (user name, password, host,
+    port, database, query values) through SQLAlchemy's URL API, so a value is never parsed as part of a URL: a
+    password holding `@`, `/`, `%` or `?` reaches the right host as written, and messages, which print the URL
+    with the password hidden, show no fragment of it.
+
     Raises:
-        DataError: for an unset variable or a URL SQLAlchemy cannot parse.
+        DataError: for an unset variable, a port variable that is not a number, or a URL SQLAlchemy cannot parse.
     """
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
-    def variable(match: re.Match) -> str:
-        if match.group(1) not in os.environ:
-            raise DataError(f"the database URL uses ${{{match.group(1)}}}, which is not set in the environment")
-        return os.environ[match.group(1)]
+    def expand(text: str) -> str:
+        return _VARIABLE.sub(lambda match: _variable(match.group(1)), text)
 
     try:
-        parsed = make_url(_VARIABLE.sub(variable, url))
-    except ArgumentError as error:
+        parsed = make_url(_PORT_VARIABLE.sub(lambda match: _port(match.group(1)), url))
+    except (ArgumentError, ValueError) as error:
         raise DataError(f"{url!r} is not a database URL ({error})") from None
+    fields = {name: getattr(parsed, name) for name in ("username", "password", "host", "database")}
+    parsed = parsed.set(
+        **{name: expand(value) for name, value in fields.items() if isinstance(value, str)},
+        query={
+            key: expand(value) if isinstance(value, str) else tuple(expand(item) for item in value)
+            for key, value in parsed.query.items()
+        },
+    )
     database = parsed.database
     local_file = database and database != ":memory:" and not database.startswith("file:")
     if parsed.get_backend_name() == "sqlite" and local_file and not Path(database).is_absolute():
         parsed = parsed.set(database=str((base_dir or Path.cwd()) / database))
     return parsed
+
+
+def _variable(name: str) -> str:
+    if name not in os.environ:
+        raise DataError(f"the database URL uses ${{{name}}}, which is not set in the environment")
+    return os.environ[name]
+
+
+def _port(name: str) -> str:
+    """A `${VAR}` standing for the port is put into the text before parsing (SQLAlchemy parses ports as numbers);
+    only digits are accepted, so it cannot change any other field."""
+    value = _variable(name)
+    if not value.isdigit():
+        raise DataError(f"the database URL's ${{{name}}} stands for the port, a number; received {value!r}")
+    return value
 
 
 def shown(url: Any) -> str:
@@ -110,6 +136,11 @@ def run_query(url: str, base_dir: Path | None, query: str) -> list[tuple[Any, ..
 def query_class_names(url: str, query: str, base_dir: Path | None) -> list[str]:
     """Runs a class-names query: one row per class, in class-index order, name in the first column."""
     return [str(row[0]) for row in run_query(url, base_dir, query)]
+
+
+def probe(params: dict[str, Any], base_dir: Path) -> Probed:
+    """A declared source's class names from its `class_names_query`."""
+    return Probed(class_names=query_class_names(params["url"], params["class_names_query"], base_dir))
 
 
 class SqlReader:
@@ -193,14 +224,15 @@ class SqlReader:
         labels = None
         if label_at is not None:
             values = [row[label_at] for row in rows]
-            try:
+            # Each cell must be an integer: np.array(values, np.int64) would truncate 1.5 to 1 without a word.
+            bad = next((v for v in values if isinstance(v, bool) or not isinstance(v, int | np.integer)), None)
+            if bad is None:
                 labels = np.array(values, dtype=np.int64)
-            except (TypeError, ValueError):
-                bad = next(v for v in values if not isinstance(v, int | np.integer))
+            else:
                 raise DataError(
                     f"{self.description}, {split} rows {start}..{start + len(rows) - 1}: {self.label_column} must "
                     f"hold integer class indices; received {bad!r}"
-                ) from None
+                )
         ids = (
             [str(row[id_at]) for row in rows]
             if id_at is not None
@@ -268,4 +300,6 @@ def load(source: DataSource) -> StreamingDataset:
         for batch in reader.batches("train", chunk_size):
             yield batch.images, batch.labels
 
-    return StreamingDataset(train_chunks, reader.count("train"), source.image_shape, x_test, y_test, source.class_names)
+    return StreamingDataset(
+        train_chunks, reader.count("train"), source.image_shape, x_test, y_test, source.class_names, reader.description
+    )

@@ -100,7 +100,8 @@ def test_a_retrained_base_invalidates_its_dependents_cached_features(
     must featurise again, not read features of the old weights; `clean BASE` removes them (issue 11, hole 6)."""
     import h5py
 
-    from buildsys.store import OutputTree, file_sha256
+    from buildsys.cache import file_sha256
+    from buildsys.store import OutputTree
 
     source, _ = transfer_workspace
     root = tmp_path / "copy"

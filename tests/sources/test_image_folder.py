@@ -58,7 +58,7 @@ def test_separate_train_and_test_trees(workspace: Path) -> None:
     np.testing.assert_array_equal(np.sort(dataset.y_test), np.sort(labels[40:]))
 
 
-def test_fingerprint_covers_sizes_mtimes_and_content(workspace: Path) -> None:
+def test_fingerprint_covers_names_and_content_but_not_mtimes(workspace: Path) -> None:
     images, labels = digits(30)
     folder = write_folder(workspace / "data" / "digits", images, labels)
     source = declare(workspace)
@@ -66,7 +66,12 @@ def test_fingerprint_covers_sizes_mtimes_and_content(workspace: Path) -> None:
     assert first == sources.fingerprint(source, None)
     some_file = next((folder / CLASS_NAMES[0]).iterdir())
     os.utime(some_file, ns=(1, 1))
-    assert sources.fingerprint(source, None) != first
+    assert sources.fingerprint(source, None) == first  # touched, or copied to another machine: the same content
+    some_file.rename(some_file.with_name("renamed.png"))
+    renamed = sources.fingerprint(source, None)
+    assert renamed != first
+    (folder / CLASS_NAMES[1] / "renamed.png").write_bytes((folder / CLASS_NAMES[0] / "renamed.png").read_bytes())
+    assert sources.fingerprint(source, None) not in (first, renamed)
 
 
 def test_a_missing_folder_names_the_definition_line(workspace: Path) -> None:

@@ -85,7 +85,8 @@ def test_a_bad_label_in_a_streamed_chunk_is_one_line_and_kept_for_the_build(sqli
         connection.exec_driver_sql("UPDATE images SET label = 42 WHERE id = 1201")
     spec = target(sqlite_workspace).spec
     splits = check_and_split(sources.load(spec.data, None), spec, seed=0)
-    with pytest.raises(DataError, match=r"^train rows 0..1023: label \d+ is 42, outside 0..9 \(10 class names\)$"):
+    expected = r"^database sqlite:///\S+digits.db: train rows 0..1023: y_train\[\d+\] is 42, outside 0..9 \(10 class"
+    with pytest.raises(DataError, match=expected):
         list(splits.rows(validation=False))
     assert isinstance(splits.failure, DataError)
 
@@ -245,3 +246,65 @@ def test_a_table_of_200k_images_trains_an_epoch_in_bounded_memory(workspace: Pat
     decoded = (rows - 1000) * pixels  # the training table as uint8 pixels: 155 MB
     assert measured["rows"] == rows - 1000
     assert measured["growth_bytes"] < decoded / 3, measured
+
+
+PASSWORD = "p@ss/w%rd@evil.example:1/x?y=z"  # every character that ends a URL field
+
+
+def test_url_variables_fill_each_field_without_being_parsed_as_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    from buildsys.sources.sql import expand_url, shown
+
+    monkeypatch.setenv("BUILDSYS_TEST_PASSWORD", PASSWORD)
+    monkeypatch.setenv("BUILDSYS_TEST_PORT", "3307")
+    url = expand_url("mysql+pymysql://reader:${BUILDSYS_TEST_PASSWORD}@db.example:${BUILDSYS_TEST_PORT}/images")
+    assert (url.username, url.password, url.host, url.port, url.database) == (
+        "reader", PASSWORD, "db.example", 3307, "images"
+    )  # fmt: skip
+    assert shown(url) == "mysql+pymysql://reader:***@db.example:3307/images"
+    monkeypatch.setenv("BUILDSYS_TEST_PORT", "33o7")
+    with pytest.raises(DataError, match=r"\$\{BUILDSYS_TEST_PORT\} stands for the port, a number; received '33o7'"):
+        expand_url("mysql+pymysql://reader@db.example:${BUILDSYS_TEST_PORT}/images")
+
+
+def test_a_sqlite_path_from_a_variable_may_hold_url_characters(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = workspace / "odd ? #name @ 50%"
+    folder.mkdir()
+    images, labels = digits(50)
+    write_table(f"sqlite:///{workspace / 'plain.db'}", images, labels)
+    (workspace / "plain.db").rename(folder / "env.db")
+    monkeypatch.setenv("BUILDSYS_TEST_DB", str(folder / "env.db"))
+    write_definition(workspace, "env.py", sql_definition("sqlite:///${BUILDSYS_TEST_DB}", name="env"))
+    dataset = sources.load(target(workspace, "env").spec.data, None)
+    assert dataset.train_size == 40
+
+
+def test_a_password_with_url_characters_reaches_mariadb(workspace: Path, mariadb: str, monkeypatch) -> None:
+    import sqlalchemy as sa
+
+    from buildsys.sources.sql import expand_url, shown
+
+    images, labels = digits(50)
+    write_table(mariadb, images, labels, encode=encode_png)
+    database = mariadb.rsplit("/", 1)[1]
+    server = sa.create_engine(mariadb)
+    with server.begin() as connection:
+        connection.exec_driver_sql("DROP USER IF EXISTS 'reader'@'127.0.0.1'")
+        connection.execute(sa.text("CREATE USER 'reader'@'127.0.0.1' IDENTIFIED BY :password"), {"password": PASSWORD})
+        connection.exec_driver_sql(f"GRANT SELECT ON {database}.* TO 'reader'@'127.0.0.1'")
+    server.dispose()
+    monkeypatch.setenv("BUILDSYS_TEST_PASSWORD", PASSWORD)
+    host_and_database = mariadb.split("@", 1)[1]
+    url = f"mysql+pymysql://reader:${{BUILDSYS_TEST_PASSWORD}}@{host_and_database}"
+    write_definition(workspace, "sqldigits.py", sql_definition(url))
+    spec = target(workspace).spec
+    assert spec.class_names == tuple(CLASS_NAMES)  # class_names_query ran as `reader`
+    assert spec.data.to_json()["url"] == url  # the definition's text, never the password
+    assert sources.load(spec.data, None).train_size == 40
+    monkeypatch.setenv("BUILDSYS_TEST_PASSWORD", PASSWORD[:-1])
+    with pytest.raises(DefinitionError) as refused:
+        target(workspace)
+    message = str(refused.value)
+    assert "Access denied for user 'reader'" in message and shown(expand_url(url)) in message
+    assert all(fragment not in message for fragment in ("p@ss", "w%rd", "evil", "y=z")), message

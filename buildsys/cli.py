@@ -16,15 +16,70 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from buildsys.errors import BuildsysError
+from buildsys import __version__
+from buildsys.errors import BuildsysError, UsageError
 from buildsys.store import OutputTree
 from buildsys.tuning import TUNERS
 from buildsys.workspace import Workspace, find_root, output_root
 
+DESCRIPTION = """\
+Builds Keras image classifiers from declarative definitions (model_defs/*.py), verifies their ONNX and SavedModel
+exports, and publishes them as numbered versions in an output tree that Triton-style servers read.
+"""
+
+EXAMPLES = """\
+examples:
+  buildsys build //model_defs:digits           build, verify and publish (or say it is up to date)
+  buildsys build //model_defs/... --quiet      every target, printing only one result line each
+  buildsys list                                every target with its state
+  buildsys diff digits                         the two latest versions side by side
+  buildsys report digits                       where report.html is, and its numbers as text
+  buildsys predict digits --input images/ --output predictions.csv
+  buildsys serve                               the inference server (the serving plugin)
+
+Bad input exits 2, a failed build 1, an interrupt 130. See README.md and BUILD.md.
+"""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error style: one line, naming the command's --help, exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]  # argparse's error() never returns
+        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+
+
+def _existing_folder(text: str) -> Path:
+    """`--data-dir` checked up front: a missing folder or a file is bad input, not a later missing-dataset hint."""
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text!r} does not exist")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder")
+    return path
+
+
+def _check_data_dir_environment(args: argparse.Namespace) -> None:
+    """$BUILDSYS_DATA_DIR gets the same check as --data-dir, for the commands that read datasets."""
+    value = os.environ.get("BUILDSYS_DATA_DIR")
+    if getattr(args, "data_dir", ...) is None and value:
+        try:
+            _existing_folder(value)
+        except argparse.ArgumentTypeError as error:
+            raise UsageError(f"$BUILDSYS_DATA_DIR: {error}") from None
+
+
+def _output_tree(args: argparse.Namespace, root: Path) -> OutputTree:
+    """`--build-out` (or the deprecated `--output` of commands other than predict), else the default tree."""
+    chosen = args.build_out
+    if getattr(args, "deprecated_output", None):
+        print("warning: --output is deprecated for the output tree; use --build-out", file=sys.stderr)
+        chosen = chosen or args.deprecated_output
+    return OutputTree(Path(chosen).resolve() if chosen else output_root(root))
+
 
 def _context(args: argparse.Namespace) -> tuple[Workspace, OutputTree]:
     root = find_root(Path(args.workspace) if args.workspace else None)
-    return Workspace(root), OutputTree(Path(args.output).resolve() if args.output else output_root(root))
+    return Workspace(root), _output_tree(args, root)
 
 
 def _parse_hparams(text: str | None) -> dict[str, Any]:
@@ -33,7 +88,7 @@ def _parse_hparams(text: str | None) -> dict[str, Any]:
     for item in filter(None, (text or "").split(",")):
         name, separator, raw = item.partition("=")
         if not separator or not name.strip():
-            raise BuildsysError(f"--hparams expects NAME=VALUE[,NAME=VALUE...]; received {item!r}")
+            raise UsageError(f"--hparams expects NAME=VALUE[,NAME=VALUE...]; received {item!r}")
         try:
             values[name.strip()] = json.loads(raw)
         except json.JSONDecodeError:
@@ -57,7 +112,7 @@ def _set_cluster(args: argparse.Namespace) -> None:
     if not (args.cluster or args.task):
         return
     if not (args.cluster and args.task) or args.strategy != "multi-worker":
-        raise BuildsysError("--cluster and --task go together, with --strategy multi-worker")
+        raise UsageError("--cluster and --task go together, with --strategy multi-worker")
     from buildsys.actions.distributed import tf_config_from_flags
 
     os.environ["TF_CONFIG"] = tf_config_from_flags(args.cluster, args.task)
@@ -159,7 +214,7 @@ def command_compile(args: argparse.Namespace) -> int:
 def command_tune(args: argparse.Namespace) -> int:
     workspace, tree = _context(args)
     if args.tuner == "hyperband" and args.max_trials is not None:
-        raise BuildsysError("--max-trials does not apply to hyperband, whose trial count follows from --epochs")
+        raise UsageError("--max-trials does not apply to hyperband, whose trial count follows from --epochs")
     from buildsys.actions.tune import SearchSettings, tune
 
     for target in workspace.resolve(args.labels):
@@ -302,7 +357,7 @@ def _image_format(args: argparse.Namespace) -> Any:
         return ImageFormat(None, args.color_mode)
     height, separator, width = args.image_size.lower().partition("x")
     if not separator or not height.isdigit() or not width.isdigit() or not int(height) or not int(width):
-        raise BuildsysError(f"--image-size expects HEIGHTxWIDTH such as 28x28; received {args.image_size!r}")
+        raise UsageError(f"--image-size expects HEIGHTxWIDTH such as 28x28; received {args.image_size!r}")
     return ImageFormat((int(height), int(width)), args.color_mode)
 
 
@@ -310,7 +365,7 @@ def command_predict(args: argparse.Namespace) -> int:
     from buildsys.batch.predict import predict, summary_stream
 
     root = find_root(Path(args.workspace) if args.workspace else None)
-    tree = OutputTree(Path(args.build_out).resolve() if args.build_out else output_root(root))
+    tree = _output_tree(args, root)
     summary = predict(
         Workspace(root),
         tree,
@@ -377,14 +432,18 @@ def _raise(reason: str) -> int:
 def make_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--workspace", help="folder holding model_defs/ (default: found from the current folder)")
-    common.add_argument("--output", help="output tree (default: $BUILDSYS_OUT or <workspace>/build-out)")
+    common.add_argument("--build-out", help="output tree (default: $BUILDSYS_OUT or <workspace>/build-out)")
+    common.add_argument("--output", dest="deprecated_output", help=argparse.SUPPRESS)  # the old name of --build-out
     common.add_argument("--json", action="store_true", help="print machine-readable JSON")
     data = argparse.ArgumentParser(add_help=False)
     data.add_argument(
-        "--data-dir", type=Path, help="folder with already-downloaded datasets (or set $BUILDSYS_DATA_DIR)"
+        "--data-dir", type=_existing_folder, help="folder with already-downloaded datasets (or set $BUILDSYS_DATA_DIR)"
     )
 
-    parser = argparse.ArgumentParser(prog="buildsys", description=__doc__.splitlines()[0])
+    parser = Parser(
+        prog="buildsys", description=DESCRIPTION, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"buildsys {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     build = commands.add_parser("build", parents=[common, data], help="build, verify and publish targets")
@@ -519,6 +578,7 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
+        _check_data_dir_environment(args)
         return args.func(args)
     except BuildsysError as error:
         print(f"error: {error}", file=sys.stderr)

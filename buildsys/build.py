@@ -13,8 +13,7 @@ import datetime
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 from buildsys import sources
 from buildsys.cache import CacheKey, cache_key
+from buildsys.console import Reporter
 from buildsys.dsl.specs import ModelSpec, validate
 from buildsys.errors import BuildsysError, DefinitionError
 from buildsys.graph import Dependency
@@ -129,28 +129,6 @@ def plan(target: Target, tree: OutputTree, options: BuildOptions, dependencies: 
     return Plan(hparams, seed, key, published, upstream)
 
 
-class Reporter:
-    """Prints one line per action with its wall time, and keeps the timings for the manifest."""
-
-    def __init__(self, label: str, quiet: bool) -> None:
-        self.label = label
-        self.quiet = quiet
-        self.timings: dict[str, float] = {}
-
-    def say(self, message: str) -> None:
-        if not self.quiet:
-            print(f"{self.label}: {message}", flush=True)
-
-    @contextmanager
-    def action(self, name: str) -> Iterator[None]:
-        if not self.quiet:
-            print(f"{self.label}: {name} ...", flush=True)
-        started = time.perf_counter()
-        yield
-        self.timings[name] = round(time.perf_counter() - started, 3)
-        self.say(f"{name} done in {self.timings[name]:.2f}s")
-
-
 def _versions() -> dict[str, str]:
     found = {}
     for package in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime"):
@@ -178,7 +156,7 @@ def build(
     reporter = Reporter(target.label, options.quiet)
     current = plan(target, tree, options, dependencies)
     if current.published_version is not None and not options.force:
-        reporter.say(f"up to date (version {current.published_version})")
+        reporter.result(f"up to date (version {current.published_version})")
         return BuildResult(target.label, "up to date", current.published_version, current.key.digest)
 
     started = time.perf_counter()
@@ -197,7 +175,7 @@ def build(
         key = cache_key(spec, fingerprint, current.seed, current.hparams, options.training_key(), current.dependencies)
         published = tree.find_version(spec.name, key.digest)
         if published is not None and not options.force:
-            reporter.say(f"up to date (version {published})")
+            reporter.result(f"up to date (version {published})")
             return BuildResult(target.label, "up to date", published, key.digest)
 
     staging = tree.staging_dir(spec.name)
@@ -206,7 +184,7 @@ def build(
         outcome = _run_actions(target, splits, current, key, staging, work, options, reporter, tree, dependencies)
         if outcome is None:
             shutil.rmtree(staging, ignore_errors=True)
-            reporter.say("trained as a multi-worker task; the chief evaluates and publishes")
+            reporter.result("trained as a multi-worker task; the chief evaluates and publishes")
             return BuildResult(target.label, "trained (worker)", 0, key.digest, {}, reporter.timings)
         manifest, probabilities = outcome
         with reporter.action("report"):
@@ -225,7 +203,7 @@ def build(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     shutil.rmtree(work, ignore_errors=True)  # the training checkpoints are no longer needed
-    reporter.say(f"published version {version} to {tree.model_dir(spec.name) / str(version)}")
+    reporter.result(f"published version {version} to {tree.model_dir(spec.name) / str(version)}")
     return BuildResult(target.label, "built", version, key.digest, manifest["metrics"]["test"], reporter.timings)
 
 
@@ -251,7 +229,7 @@ def _run_actions(
     from buildsys.actions.checkpoints import TrainingCheckpoint
     from buildsys.actions.compile import parameter_count
     from buildsys.actions.data import data_sizes, stream_failures
-    from buildsys.actions.distributed import is_chief
+    from buildsys.actions.distributed import describe_strategy, is_chief
     from buildsys.actions.evaluate import evaluate
     from buildsys.actions.export import export
     from buildsys.actions.report import classification_metrics, layer_table
@@ -279,13 +257,12 @@ def _run_actions(
                 jit=options.jit,
                 deterministic=options.deterministic,
             )
-        reporter.say(
-            f"strategy {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s), "
-            f"{parameter_count(model):,} parameters"
-        )
+        reporter.note(f"{describe_strategy(strategy)}, {parameter_count(model):,} parameters")
         checkpoint = TrainingCheckpoint(work / "checkpoint", writable=not multi_worker or is_chief())
         with reporter.action("train"), stream_failures(splits):
-            history = fit(model, strategy, spec, splits, current.seed, verbose, checkpoint=checkpoint, say=reporter.say)
+            history = fit(
+                model, strategy, spec, splits, current.seed, verbose, checkpoint=checkpoint, reporter=reporter
+            )
         if multi_worker and not is_chief():
             return None
         model = inference_copy(model, spec, current.hparams)
@@ -293,13 +270,13 @@ def _run_actions(
         metrics = evaluate(model, spec, splits)
         probabilities = model.predict(splits.x_test, batch_size=256, verbose=0)
         classified = classification_metrics(splits.y_test, probabilities, spec.class_names)
-    reporter.say("test " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
+    reporter.note("test " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
     with reporter.action("export"):
         tensors = export(model, spec, staging)
         model.save_weights(str(staging / WEIGHTS_FILE))  # what a dependent's target(...) base is rebuilt from
     with reporter.action("verify"):
         parity = verify(spec, staging, splits.x_test, probabilities)
-    reporter.say(
+    reporter.note(
         f"parity: ONNX {parity['onnx_max_abs_diff']:.2g}, SavedModel {parity['savedmodel_max_abs_diff']:.2g} "
         f"(max abs over {parity['samples']} inputs)"
     )
@@ -332,7 +309,11 @@ def _run_actions(
         "hparams": key.hparams,
         "params": parameter_count(model),
         "model_summary": layer_table(model),
-        "strategy": {"name": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync},
+        "strategy": {
+            "name": type(strategy).__name__,
+            "replicas": strategy.num_replicas_in_sync,
+            "description": describe_strategy(strategy),
+        },
         "training": {name: getattr(options, name) for name in ("mixed_precision", "jit", "deterministic")},
         "framework_versions": {**_versions(), "buildsys": key.versions["buildsys"]},
         "spec": spec.to_json(),

@@ -8,6 +8,7 @@ printed as one line; exit code 2 means bad input (nothing was done), 1 a failed 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -135,13 +136,14 @@ def command_build(args: argparse.Namespace) -> int:
         jit=args.jit,
         deterministic=args.deterministic,
     )
-    results = build_all(
-        workspace,
-        tree,
-        targets,
-        options,
-        lambda target: dataclasses.replace(options, hparams=_hparams_for(args.hparams, target, tree)),
-    )
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():  # stdout: JSON only
+        results = build_all(
+            workspace,
+            tree,
+            targets,
+            options,
+            lambda target: dataclasses.replace(options, hparams=_hparams_for(args.hparams, target, tree)),
+        )
     if args.json:
         print(json.dumps({"targets": [result.to_json() for result in results]}, indent=2))
     return 0

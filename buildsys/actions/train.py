@@ -8,7 +8,6 @@ Every strategy checkpoints each finished epoch (`checkpoints`) and resumes from 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from buildsys.actions import tensorflow
@@ -23,6 +22,7 @@ from buildsys.actions.compile import build_model, compile_model
 from buildsys.actions.data import Splits, StreamSplits, training_data
 from buildsys.actions.distributed import fit_multi_worker, is_multi_worker
 from buildsys.actions.numerics import configure
+from buildsys.console import Reporter, warn_once
 from buildsys.dsl.specs import ModelSpec
 from buildsys.errors import BuildsysError
 
@@ -38,6 +38,8 @@ def choose_strategy(name: str) -> Any:
         cluster_spec()  # a missing or malformed TF_CONFIG is a one-line error, not a TensorFlow traceback
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
+    if name in ("one-device", "mirrored") and not gpus:
+        warn_once(f"--strategy {name} found no GPU on this machine (no CUDA driver or device); it runs on the CPU")
     if name == "auto":
         name = "mirrored" if len(gpus) > 1 else "one-device" if gpus else "default"
     if name == "default":
@@ -95,13 +97,13 @@ def fit(
     verbose: int,
     *,
     checkpoint: TrainingCheckpoint,
-    say: Callable[[str], None],
+    reporter: Reporter,
 ) -> dict[str, list[float]]:
     """Fits on the training split, validating on the carved-out validation split; returns the per-epoch history.
 
     Training starts after the last epoch saved in `checkpoint` (its history included) and saves a checkpoint at
-    the end of every epoch; `say` gets one line when each epoch starts and ends. Keras' progress bar shows while
-    `verbose` is 1.
+    the end of every epoch; `reporter` gets one line when each epoch ends. Keras' progress bar shows the epoch in
+    progress while `verbose` is 1 (a terminal).
 
     Raises:
         BuildInterrupted: on Ctrl-C, saying which epochs are kept and how to resume.
@@ -110,8 +112,8 @@ def fit(
     with strategy.scope():
         initial_epoch, history = checkpoint.restore(model)
     if initial_epoch:
-        say(f"resuming after epoch {initial_epoch}/{epochs} from {checkpoint.folder}")
-    callbacks = [EpochCheckpoint(checkpoint, history), EpochProgress(say, epochs)]
+        reporter.say(f"resuming after epoch {initial_epoch}/{epochs} from {checkpoint.folder}")
+    callbacks = [EpochCheckpoint(checkpoint, history), EpochProgress(reporter, epochs, bar=verbose == 1)]
     try:
         if is_multi_worker(strategy):
             fit_multi_worker(
@@ -131,7 +133,7 @@ def fit(
                 validation_data=validation,
                 epochs=epochs,
                 initial_epoch=initial_epoch,
-                verbose=verbose,
+                verbose=0,  # EpochProgress draws Keras' bar itself, so that a finished epoch leaves one line
                 shuffle=False,
                 callbacks=callbacks,
             )

@@ -25,6 +25,7 @@ from buildsys.console import Reporter
 from buildsys.dsl.specs import ModelSpec, validate
 from buildsys.errors import BuildsysError, DefinitionError
 from buildsys.graph import Dependency
+from buildsys.model_index import write_index
 from buildsys.store import OutputTree
 from buildsys.transfer import WEIGHTS_FILE, dependency_digests
 from buildsys.workspace import Target
@@ -43,6 +44,7 @@ class BuildOptions:
     mixed_precision: bool = False
     jit: bool = False
     deterministic: bool = False
+    tensorboard: bool = False  # per-epoch scalars under the work folder; not keyed, it changes no weights
 
     def training_key(self) -> dict[str, Any]:
         """The training settings that change the trained weights, as they enter the cache key.
@@ -199,11 +201,16 @@ def build(
         manifest["timings"]["total"] = round(time.perf_counter() - started, 3)
         with reporter.action("publish"):
             version = tree.publish(spec.name, staging, manifest, spec.export.max_batch_size)
+            write_index(tree.model_dir(spec.name))  # the page across versions, beside the version folders
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    shutil.rmtree(work, ignore_errors=True)  # the training checkpoints are no longer needed
+    shutil.rmtree(work / "checkpoint" if options.tensorboard else work, ignore_errors=True)  # checkpoints are done
     reporter.result(f"published version {version} to {tree.model_dir(spec.name) / str(version)}")
+    if options.tensorboard:
+        from buildsys.actions.train import TENSORBOARD_DIR  # loaded already: this build trained
+
+        reporter.result(f"TensorBoard logs: tensorboard --logdir {work / TENSORBOARD_DIR}")
     return BuildResult(target.label, "built", version, key.digest, manifest["metrics"]["test"], reporter.timings)
 
 
@@ -233,7 +240,7 @@ def _run_actions(
     from buildsys.actions.evaluate import evaluate
     from buildsys.actions.export import export
     from buildsys.actions.report import classification_metrics, layer_table
-    from buildsys.actions.train import build_in_scope, fit, inference_copy
+    from buildsys.actions.train import TENSORBOARD_DIR, build_in_scope, fit, inference_copy
     from buildsys.actions.verify import verify
 
     spec = target.spec
@@ -259,10 +266,12 @@ def _run_actions(
             )
         reporter.note(f"{describe_strategy(strategy)}, {parameter_count(model):,} parameters")
         checkpoint = TrainingCheckpoint(work / "checkpoint", writable=not multi_worker or is_chief())
+        logs = work / TENSORBOARD_DIR if options.tensorboard else None
         with reporter.action("train"), stream_failures(splits):
             history = fit(
-                model, strategy, spec, splits, current.seed, verbose, checkpoint=checkpoint, reporter=reporter
-            )
+                model, strategy, spec, splits, current.seed, verbose, checkpoint=checkpoint, reporter=reporter,
+                tensorboard=logs,
+            )  # fmt: skip
         if multi_worker and not is_chief():
             return None
         model = inference_copy(model, spec, current.hparams)

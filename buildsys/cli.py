@@ -135,6 +135,7 @@ def command_build(args: argparse.Namespace) -> int:
         mixed_precision=args.mixed_precision,
         jit=args.jit,
         deterministic=args.deterministic,
+        tensorboard=args.tensorboard,
     )
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():  # stdout: JSON only
         results = build_all(
@@ -291,6 +292,32 @@ def command_report(args: argparse.Namespace) -> int:
                               "metrics": manifest["metrics"]}, indent=2, sort_keys=True))  # fmt: skip
             continue
         print(f"{target.label} version {version}\n  report: {path}\n{summary_text(manifest)}")
+    return 0
+
+
+def command_diff(args: argparse.Namespace) -> int:
+    """`diff LABEL [V1 [V2]]`: V1 against V2, V1 against the latest, or the two latest; reads files only."""
+    from buildsys.diff import diff_versions, format_diff
+
+    workspace, tree = _context(args)
+    (target,) = workspace.resolve([args.label])
+    if len(args.versions) > 2:
+        raise UsageError(f"diff compares two versions; received {len(args.versions)}")
+    asked = [tree.published_version(target.label, target.name, version) for version in args.versions]
+    published = tree.versions(target.name)
+    if not asked:
+        if len(published) < 2:
+            raise BuildsysError(
+                f"{target.label} has {len(published)} published version(s); diff needs two (build it again with "
+                "other --hparams or --seed, or with --force)"
+            )
+        asked = published[-2:]
+    elif len(asked) == 1:
+        if asked[0] == published[-1]:
+            raise UsageError(f"version {asked[0]} is the latest of {target.label}; name the version to compare it with")
+        asked.append(published[-1])
+    difference = diff_versions(tree.model_dir(target.name), asked[0], asked[1])
+    print(json.dumps(difference, indent=2) if args.json else format_diff(difference, all_rows=args.all))
     return 0
 
 
@@ -471,6 +498,9 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--deterministic", action="store_true", help="deterministic ops: same seed, same weights (slower)"
     )
+    build.add_argument(
+        "--tensorboard", action="store_true", help="write per-epoch TensorBoard scalars under the build's work folder"
+    )
     build.set_defaults(func=command_build)
 
     listing = commands.add_parser("list", parents=[common, data], help="every target with its state")
@@ -509,6 +539,16 @@ def make_parser() -> argparse.ArgumentParser:
     report.add_argument("labels", nargs="+", metavar="LABEL")
     report.add_argument("--version", type=int, help="a published version (default: the latest)")
     report.set_defaults(func=command_report)
+
+    diff = commands.add_parser(
+        "diff",
+        parents=[common],
+        help="two published versions side by side: metrics, hyperparameters, data, options, parity, sizes, timings",
+    )
+    diff.add_argument("label", metavar="LABEL")
+    diff.add_argument("versions", nargs="*", type=int, metavar="VERSION", help="V1 [V2] (default: the two latest)")
+    diff.add_argument("--all", action="store_true", help="show every row, not only those that differ")
+    diff.set_defaults(func=command_diff)
 
     clean = commands.add_parser("clean", parents=[common], help="remove the outputs of targets (all without LABEL)")
     clean.add_argument("labels", nargs="*", metavar="LABEL")

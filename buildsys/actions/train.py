@@ -8,6 +8,7 @@ Every strategy checkpoints each finished epoch (`checkpoints`) and resumes from 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from buildsys.actions import tensorflow
@@ -27,6 +28,7 @@ from buildsys.dsl.specs import ModelSpec
 from buildsys.errors import BuildsysError
 
 STRATEGIES = ("auto", "default", "one-device", "mirrored", "multi-worker")
+TENSORBOARD_DIR = "tensorboard"  # `build --tensorboard`: in the build's work folder, beside its checkpoint
 
 
 def choose_strategy(name: str) -> Any:
@@ -98,12 +100,14 @@ def fit(
     *,
     checkpoint: TrainingCheckpoint,
     reporter: Reporter,
+    tensorboard: Path | None = None,
 ) -> dict[str, list[float]]:
     """Fits on the training split, validating on the carved-out validation split; returns the per-epoch history.
 
     Training starts after the last epoch saved in `checkpoint` (its history included) and saves a checkpoint at
     the end of every epoch; `reporter` gets one line when each epoch ends. Keras' progress bar shows the epoch in
-    progress while `verbose` is 1 (a terminal).
+    progress while `verbose` is 1 (a terminal). With `tensorboard`, Keras' TensorBoard callback writes the loss and
+    metrics of every epoch there (`train/` and `validation/` event files; fit only, not the multi-worker loop).
 
     Raises:
         BuildInterrupted: on Ctrl-C, saying which epochs are kept and how to resume.
@@ -126,6 +130,11 @@ def fit(
                 callbacks=callbacks,
             )
         elif initial_epoch < epochs:
+            if tensorboard is not None:
+                import keras
+
+                board = keras.callbacks.TensorBoard(str(tensorboard), write_graph=False, profile_batch=0)
+                callbacks.append(board)  # update_freq="epoch": one scalar per epoch
             global_batch = spec.train.batch_size * strategy.num_replicas_in_sync
             train_data, validation = training_data(splits, global_batch, spec.train.shuffle_buffer, seed)
             model.fit(

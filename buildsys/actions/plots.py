@@ -143,11 +143,11 @@ def image_grid(
                       edgecolor=colour, linewidth=2.5)
         )  # fmt: skip
         score = f"{probabilities[index, predicted[index]]:.0%}"
-        text = (
-            f"{class_names[predicted[index]]} {score}\nright"
-            if right
-            else f"{class_names[labels[index]]} →\n{class_names[predicted[index]]} {score}"
-        )
+        true, guess = class_names[labels[index]], class_names[predicted[index]]
+        if right:
+            text = f"{guess}\n{score}"
+        else:  # true → predicted on one line when it fits the cell (about 14 characters at this size)
+            text = f"{true} → {guess}\n{score}" if len(true) + len(guess) <= 10 else f"{true} →\n{guess} {score}"
         axes.text(left + cell_w / 2 - 0.5, top + pad / 2 - 0.5, text, ha="center", va="bottom", fontsize=8.5,
                   color=colour, fontweight="normal" if right else "bold")  # fmt: skip
     return _png(figure)

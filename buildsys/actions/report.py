@@ -271,7 +271,7 @@ tr.average td {{ font-weight: 600; background: #f7f8fa; }}
 table.details td {{ text-align: left; font-family: ui-monospace, monospace; font-size: 13px; word-break: break-all; }}
 img {{ max-width: 100%; height: auto; display: block; }}
 .side {{ display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }}
-.side img {{ max-width: 520px; }}
+.side img {{ max-width: 400px; }}
 .note {{ color: #5b6475; font-size: 14px; margin: 2px 0 8px; }}
 .gate {{ border-radius: 8px; padding: 10px 16px; margin: 12px 0; }}
 .gate.passed {{ background: #e8f1fc; border-left: 5px solid #1f5fbf; }}

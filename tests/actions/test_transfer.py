@@ -37,8 +37,9 @@ def transfer_workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
 
 def test_building_the_head_builds_its_base_first(transfer_workspace: tuple[Path, subprocess.CompletedProcess]) -> None:
     root, result = transfer_workspace
-    published = [line for line in result.stdout.splitlines() if "published version" in line]
-    assert [line.split(":")[1] for line in published] == ["digits_cnn", "digits_transfer"]
+    blocks = [line for line in result.stdout.splitlines() if not line.startswith(" ")]  # one label per target
+    assert blocks == ["//model_defs:digits_cnn", "//model_defs:digits_transfer"]
+    assert result.stdout.count("  published version 1 to ") == 2
     head = manifest(root, "digits_transfer", 1)
     base = manifest(root, "digits_cnn", 1)
     assert head["metrics"]["test"]["accuracy"] >= 0.90

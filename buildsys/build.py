@@ -269,7 +269,7 @@ def _run_actions(
         logs = work / TENSORBOARD_DIR if options.tensorboard else None
         with reporter.action("train"), stream_failures(splits):
             history = fit(
-                model, strategy, spec, splits, current.seed, verbose, checkpoint=checkpoint, reporter=reporter,
+                model, strategy, spec, splits, current.seed, verbose, checkpoint=checkpoint, say=reporter.say,
                 tensorboard=logs,
             )  # fmt: skip
         if multi_worker and not is_chief():

@@ -34,6 +34,12 @@ def warn_once(message: str) -> None:
         print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
+def epoch_line(epoch: int, epochs: int, seconds: float, logs: dict[str, float]) -> str:
+    """The line of a finished epoch, aligned with the actions': `epoch 3/40    0.16s  accuracy 0.9312, ...`."""
+    shown = ", ".join(f"{name} {value:.4f}" for name, value in logs.items())
+    return f"{f'epoch {epoch}/{epochs}':<{NAME_WIDTH}}{seconds:6.2f}s  {shown}"
+
+
 def clear_progress_line() -> None:
     """Erases a progress bar drawn on the terminal's current line, so that the next line starts clean."""
     if sys.stdout.isatty():
@@ -73,11 +79,6 @@ class Reporter:
         """One line of its own in the block: an epoch, or something the user must know (a resumed build)."""
         self._flush()
         self._print(message)
-
-    def epoch(self, epoch: int, epochs: int, seconds: float, logs: dict[str, float]) -> None:
-        """The line of a finished epoch: `epoch 3/40    0.16s  accuracy 0.9312, loss 0.3656, ...`."""
-        shown = ", ".join(f"{name} {value:.4f}" for name, value in logs.items())
-        self.say(f"{f'epoch {epoch}/{epochs}':<{NAME_WIDTH}}{seconds:6.2f}s  {shown}")
 
     def note(self, message: str) -> None:
         """Adds `message` to the line of the action that just finished (a line of its own when there is none)."""

@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from buildsys.actions import tensorflow
-from buildsys.console import clear_progress_line
+from buildsys.console import clear_progress_line, epoch_line
 from buildsys.store import write_json_atomic
 
 tensorflow()
@@ -108,16 +109,16 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
 
 class EpochProgress(keras.callbacks.Callback):
-    """One line per finished epoch through the build's reporter, and Keras' progress bar for the epoch in progress.
+    """One line per finished epoch through `say`, and Keras' progress bar for the epoch in progress.
 
     The lines are the build's progress in logs, and they let a test or a supervisor see which epoch finished. With
     `bar` (a terminal) a `keras.utils.Progbar` shows the running epoch's steps and metrics and is erased when the
     epoch's line replaces it, so a terminal ends up showing the same lines as a log.
     """
 
-    def __init__(self, reporter: Any, epochs: int, *, bar: bool = False) -> None:
+    def __init__(self, say: Callable[[str], None], epochs: int, *, bar: bool = False) -> None:
         super().__init__()
-        self.reporter = reporter
+        self.say = say
         self.epochs = epochs
         self.bar = bar
         self.started = 0.0
@@ -137,4 +138,4 @@ class EpochProgress(keras.callbacks.Callback):
             clear_progress_line()
             self.progress = None
         shown = {name: float(value) for name, value in (logs or {}).items()}
-        self.reporter.epoch(epoch + 1, self.epochs, time.perf_counter() - self.started, shown)
+        self.say(epoch_line(epoch + 1, self.epochs, time.perf_counter() - self.started, shown))

@@ -8,6 +8,7 @@ Every strategy checkpoints each finished epoch (`checkpoints`) and resumes from 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from buildsys.actions.compile import build_model, compile_model
 from buildsys.actions.data import Splits, StreamSplits, training_data
 from buildsys.actions.distributed import fit_multi_worker, is_multi_worker
 from buildsys.actions.numerics import configure
-from buildsys.console import Reporter, warn_once
+from buildsys.console import warn_once
 from buildsys.dsl.specs import ModelSpec
 from buildsys.errors import BuildsysError
 
@@ -99,13 +100,13 @@ def fit(
     verbose: int,
     *,
     checkpoint: TrainingCheckpoint,
-    reporter: Reporter,
+    say: Callable[[str], None],
     tensorboard: Path | None = None,
 ) -> dict[str, list[float]]:
     """Fits on the training split, validating on the carved-out validation split; returns the per-epoch history.
 
     Training starts after the last epoch saved in `checkpoint` (its history included) and saves a checkpoint at
-    the end of every epoch; `reporter` gets one line when each epoch ends. Keras' progress bar shows the epoch in
+    the end of every epoch; `say` gets one line when each epoch ends. Keras' progress bar shows the epoch in
     progress while `verbose` is 1 (a terminal). With `tensorboard`, Keras' TensorBoard callback writes the loss and
     metrics of every epoch there (`train/` and `validation/` event files; fit only, not the multi-worker loop).
 
@@ -116,8 +117,8 @@ def fit(
     with strategy.scope():
         initial_epoch, history = checkpoint.restore(model)
     if initial_epoch:
-        reporter.say(f"resuming after epoch {initial_epoch}/{epochs} from {checkpoint.folder}")
-    callbacks = [EpochCheckpoint(checkpoint, history), EpochProgress(reporter, epochs, bar=verbose == 1)]
+        say(f"resuming after epoch {initial_epoch}/{epochs} from {checkpoint.folder}")
+    callbacks = [EpochCheckpoint(checkpoint, history), EpochProgress(say, epochs, bar=verbose == 1)]
     try:
         if is_multi_worker(strategy):
             fit_multi_worker(

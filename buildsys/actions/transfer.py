@@ -301,6 +301,8 @@ def train_transfer(
     """
     import keras
 
+    from buildsys.actions.checkpoints import EpochProgress
+
     tf = tensorflow()
     spec = target.spec
     if not isinstance(splits, Splits):
@@ -332,7 +334,8 @@ def train_transfer(
             epochs=spec.train.epochs,
             batch_size=spec.train.batch_size,
             shuffle=True,
-            verbose=verbose,
+            verbose=0,  # EpochProgress: one line per epoch, Keras' bar on a terminal
+            callbacks=[EpochProgress(say, spec.train.epochs, bar=verbose == 1)],
         )
     history = {name: [float(v) for v in values] for name, values in fitted.history.items()}
     model = compose(spec, base, layers)
@@ -354,7 +357,13 @@ def train_transfer(
             validation_data = (
                 make_dataset(splits.x_val, splits.y_val, spec.train.batch_size) if len(splits.x_val) else None
             )
-            tuned = model.fit(train_data, validation_data=validation_data, epochs=fine.epochs, verbose=verbose)
+            tuned = model.fit(
+                train_data,
+                validation_data=validation_data,
+                epochs=fine.epochs,
+                verbose=0,
+                callbacks=[EpochProgress(say, fine.epochs, bar=verbose == 1)],
+            )
         history.update({f"fine_tune_{name}": [float(v) for v in values] for name, values in tuned.history.items()})
     model.compile(loss=spec.train.loss, metrics=list(spec.train.metrics))
     return model, tf.distribute.get_strategy(), history

@@ -362,6 +362,7 @@ def train_transfer(
                 validation_data=validation_data,
                 epochs=fine.epochs,
                 verbose=0,
+                shuffle=False,  # make_dataset shuffles; Keras warns when asked to shuffle a tf.data.Dataset
                 callbacks=[EpochProgress(say, fine.epochs, bar=verbose == 1)],
             )
         history.update({f"fine_tune_{name}": [float(v) for v in values] for name, values in tuned.history.items()})

@@ -4,7 +4,7 @@ Output follows Bazel and Keras habits. The label heads the block once; each line
 action (or an epoch) when it has finished, with its wall time and what it found:
 
     //model_defs:digits
-      load data     0.41s  1,437 training and 360 test images
+      load data     0.41s
       compile       0.08s  default (1 CPU), 4,810 parameters
       epoch 1/40    1.74s  accuracy 0.6187, loss 1.6582, val_accuracy 0.8056, val_loss 1.1011
       ...

@@ -53,15 +53,15 @@ def measure(spec, splits, strategy: str, mixed_precision: bool, jit: bool, work:
     from buildsys.actions.train import build_in_scope, fit
 
     model, chosen = build_in_scope(spec, {}, 0, strategy, mixed_precision=mixed_precision, jit=jit)
-    times: list[float] = []
+    ends: list[float] = []
 
     def say(line: str) -> None:
-        if line.endswith("..."):
-            times.append(time.perf_counter())
+        if line.startswith("epoch "):
+            ends.append(time.perf_counter())
 
     folder = work / f"{strategy}-{mixed_precision}-{jit}"
     fit(model, chosen, spec, splits, 0, 0, checkpoint=TrainingCheckpoint(folder), say=say)
-    elapsed = time.perf_counter() - times[1]  # from the start of epoch 2 (after the warm-up) to the end of training
+    elapsed = ends[-1] - ends[0]  # from the end of epoch 1 (the warm-up) to the end of training
     timed_epochs = spec.train.epochs - 1
     return len(splits.x_train) * timed_epochs / elapsed, chosen.num_replicas_in_sync
 

@@ -21,8 +21,7 @@ import datetime
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -30,9 +29,11 @@ from typing import Any, Protocol
 
 from buildsys import sources
 from buildsys.cache import DIGESTS_DIR, CacheKey, cache_key, file_sha256
+from buildsys.console import Reporter
 from buildsys.dsl.specs import ModelSpec, validate
 from buildsys.errors import BuildsysError, DefinitionError
 from buildsys.graph import Dependency
+from buildsys.model_index import write_index
 from buildsys.store import WEIGHTS_FILE, OutputTree
 from buildsys.transfer import dependency_digests, features_path
 from buildsys.workspace import Target
@@ -52,6 +53,7 @@ class BuildOptions:
     mixed_precision: bool = False
     jit: bool = False
     deterministic: bool = False
+    tensorboard: bool = False  # per-epoch scalars under the work folder; not keyed, it changes no weights
 
     def training_key(self) -> dict[str, Any]:
         """The training settings that change the trained weights, as they enter the cache key.
@@ -206,28 +208,6 @@ class RemoteCache(Protocol):
     def upload(self, plan: Plan, version_dir: Path) -> None: ...
 
 
-class Reporter:
-    """Prints one line per action with its wall time, and keeps the timings for the manifest."""
-
-    def __init__(self, label: str, quiet: bool) -> None:
-        self.label = label
-        self.quiet = quiet
-        self.timings: dict[str, float] = {}
-
-    def say(self, message: str) -> None:
-        if not self.quiet:
-            print(f"{self.label}: {message}", flush=True)
-
-    @contextmanager
-    def action(self, name: str) -> Iterator[None]:
-        if not self.quiet:
-            print(f"{self.label}: {name} ...", flush=True)
-        started = time.perf_counter()
-        yield
-        self.timings[name] = round(time.perf_counter() - started, 3)
-        self.say(f"{name} done in {self.timings[name]:.2f}s")
-
-
 def _versions() -> dict[str, str]:
     found = {}
     for package in ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime"):
@@ -289,7 +269,7 @@ class BuildJob:
         if self.tree.versions(name)[-1] == version:
             for path in self.tree.refresh_model_files(name, plan.spec.export.max_batch_size):
                 self.reporter.say(f"rewrote {path}")
-        self.reporter.say(f"up to date (version {version})")
+        self.reporter.result(f"up to date (version {version})")
         return BuildResult(plan.label, "up to date", version, plan.key.digest)
 
     def _run_locked(self, plan: Plan) -> BuildResult:
@@ -313,16 +293,21 @@ class BuildJob:
             manifest = self.train(plan, splits, staging)
             if manifest is None:
                 shutil.rmtree(staging, ignore_errors=True)
-                self.reporter.say("trained as a multi-worker task; the chief evaluates and publishes")
+                self.reporter.result("trained as a multi-worker task; the chief evaluates and publishes")
                 return BuildResult(plan.label, "trained (worker)", 0, plan.key.digest, {}, self.reporter.timings)
             manifest = manifest.replace(timings={**manifest.timings, "total": round(time.perf_counter() - started, 3)})
             version = self.publish(plan, staging, manifest)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        shutil.rmtree(plan.paths.work_dir, ignore_errors=True)  # the training checkpoints are no longer needed
+        work = plan.paths.work_dir
+        shutil.rmtree(work / "checkpoint" if plan.options.tensorboard else work, ignore_errors=True)  # done with them
         if self.remote is not None:
             self.remote.upload(plan, plan.paths.model_dir / str(version))
+        if plan.options.tensorboard:
+            from buildsys.actions.train import TENSORBOARD_DIR  # loaded already: this build trained
+
+            self.reporter.result(f"TensorBoard logs: tensorboard --logdir {work / TENSORBOARD_DIR}")
         test = manifest.metrics["test"]
         return BuildResult(plan.label, "built", version, plan.key.digest, test, self.reporter.timings)
 
@@ -377,7 +362,8 @@ class BuildJob:
     def publish(self, plan: Plan, staging: Path, manifest: Manifest) -> int:
         with self.reporter.action("publish"):
             version = self.tree.publish(plan.spec.name, staging, manifest, plan.spec.export.max_batch_size)
-        self.reporter.say(f"published version {version} to {plan.paths.model_dir / str(version)}")
+            write_index(plan.paths.model_dir)  # the page across versions, beside the version folders
+        self.reporter.result(f"published version {version} to {plan.paths.model_dir / str(version)}")
         return version
 
 
@@ -394,11 +380,11 @@ def _run_actions(
     from buildsys.actions.checkpoints import TrainingCheckpoint
     from buildsys.actions.compile import parameter_count
     from buildsys.actions.data import data_sizes, stream_failures
-    from buildsys.actions.distributed import is_chief
+    from buildsys.actions.distributed import describe_strategy, is_chief
     from buildsys.actions.evaluate import evaluate
     from buildsys.actions.export import export
     from buildsys.actions.report import classification_metrics, layer_table
-    from buildsys.actions.train import build_in_scope, fit, inference_copy
+    from buildsys.actions.train import TENSORBOARD_DIR, build_in_scope, fit, inference_copy
     from buildsys.actions.verify import verify
 
     spec, options, key = plan.spec, plan.options, plan.key
@@ -419,13 +405,15 @@ def _run_actions(
                 jit=options.jit,
                 deterministic=options.deterministic,
             )
-        reporter.say(
-            f"strategy {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s), "
-            f"{parameter_count(model):,} parameters"
-        )
-        checkpoint = TrainingCheckpoint(plan.paths.work_dir / "checkpoint", writable=not multi_worker or is_chief())
+        reporter.note(f"{describe_strategy(strategy)}, {parameter_count(model):,} parameters")
+        work = plan.paths.work_dir
+        checkpoint = TrainingCheckpoint(work / "checkpoint", writable=not multi_worker or is_chief())
+        logs = work / TENSORBOARD_DIR if options.tensorboard else None
         with reporter.action("train"), stream_failures(splits):
-            history = fit(model, strategy, spec, splits, plan.seed, verbose, checkpoint=checkpoint, say=reporter.say)
+            history = fit(
+                model, strategy, spec, splits, plan.seed, verbose, checkpoint=checkpoint, say=reporter.say,
+                tensorboard=logs,
+            )  # fmt: skip
         if multi_worker and not is_chief():
             return None
         model = inference_copy(model, spec, plan.hparams)
@@ -433,13 +421,13 @@ def _run_actions(
         metrics = evaluate(model, spec, splits)
         probabilities = model.predict(splits.x_test, batch_size=256, verbose=0)
         classified = classification_metrics(splits.y_test, probabilities, spec.class_names)
-    reporter.say("test " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
+    reporter.note("test " + ", ".join(f"{name} {value:.4f}" for name, value in metrics.items()))
     with reporter.action("export"):
         tensors = export(model, spec, staging)
         model.save_weights(str(staging / WEIGHTS_FILE))  # what a dependent's target(...) base is rebuilt from
     with reporter.action("verify"):
         parity = verify(spec, staging, splits.x_test, probabilities)
-    reporter.say(
+    reporter.note(
         f"parity: ONNX {parity['onnx_max_abs_diff']:.2g}, SavedModel {parity['savedmodel_max_abs_diff']:.2g} "
         f"(max abs over {parity['samples']} inputs)"
     )
@@ -477,7 +465,11 @@ def _run_actions(
         "hparams": key.hparams,
         "params": parameter_count(model),
         "model_summary": layer_table(model),
-        "strategy": {"name": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync},
+        "strategy": {
+            "name": type(strategy).__name__,
+            "replicas": strategy.num_replicas_in_sync,
+            "description": describe_strategy(strategy),
+        },
         "training": {name: getattr(options, name) for name in ("mixed_precision", "jit", "deterministic")},
         "framework_versions": {**_versions(), "buildsys": key.versions["buildsys"]},
         "spec": spec.to_json(),

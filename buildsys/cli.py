@@ -8,6 +8,7 @@ printed as one line; exit code 2 means bad input (nothing was done), 1 a failed 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -16,15 +17,70 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from buildsys.errors import BuildsysError
+from buildsys import __version__
+from buildsys.errors import BuildsysError, UsageError
 from buildsys.store import OutputTree
 from buildsys.tuning import TUNERS
 from buildsys.workspace import Workspace, open_workspace, output_root
 
+DESCRIPTION = """\
+Builds Keras image classifiers from declarative definitions (model_defs/*.py), verifies their ONNX and SavedModel
+exports, and publishes them as numbered versions in an output tree that Triton-style servers read.
+"""
+
+EXAMPLES = """\
+examples:
+  buildsys build //model_defs:digits           build, verify and publish (or say it is up to date)
+  buildsys build //model_defs/... --quiet      every target, printing only one result line each
+  buildsys list                                every target with its state
+  buildsys diff digits                         the two latest versions side by side
+  buildsys report digits                       where report.html is, and its numbers as text
+  buildsys predict digits --input images/ --output predictions.csv
+  buildsys serve                               the inference server (the serving plugin)
+
+Bad input exits 2, a failed build 1, an interrupt 130. See README.md and BUILD.md.
+"""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error style: one line, naming the command's --help, exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]  # argparse's error() never returns
+        self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
+
+
+def _existing_folder(text: str) -> Path:
+    """`--data-dir` checked up front: a missing folder or a file is bad input, not a later missing-dataset hint."""
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{text!r} does not exist")
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a file, not a folder")
+    return path
+
+
+def _check_data_dir_environment(args: argparse.Namespace) -> None:
+    """$BUILDSYS_DATA_DIR gets the same check as --data-dir, for the commands that read datasets."""
+    value = os.environ.get("BUILDSYS_DATA_DIR")
+    if getattr(args, "data_dir", ...) is None and value:
+        try:
+            _existing_folder(value)
+        except argparse.ArgumentTypeError as error:
+            raise UsageError(f"$BUILDSYS_DATA_DIR: {error}") from None
+
+
+def _output_tree(args: argparse.Namespace, root: Path) -> OutputTree:
+    """`--build-out` (or the deprecated `--output` of commands other than predict), else the default tree."""
+    chosen = args.build_out
+    if getattr(args, "deprecated_output", None):
+        print("warning: --output is deprecated for the output tree; use --build-out", file=sys.stderr)
+        chosen = chosen or args.deprecated_output
+    return OutputTree(Path(chosen).resolve() if chosen else output_root(root))
+
 
 def _context(args: argparse.Namespace, defer: bool = False) -> tuple[Workspace, OutputTree]:
     workspace = open_workspace(args.workspace, defer=defer)
-    return workspace, OutputTree(Path(args.output).resolve() if args.output else output_root(workspace.root))
+    return workspace, _output_tree(args, workspace.root)
 
 
 def _parse_hparams(text: str | None) -> dict[str, Any]:
@@ -33,7 +89,7 @@ def _parse_hparams(text: str | None) -> dict[str, Any]:
     for item in filter(None, (text or "").split(",")):
         name, separator, raw = item.partition("=")
         if not separator or not name.strip():
-            raise BuildsysError(f"--hparams expects NAME=VALUE[,NAME=VALUE...]; received {item!r}")
+            raise UsageError(f"--hparams expects NAME=VALUE[,NAME=VALUE...]; received {item!r}")
         try:
             values[name.strip()] = json.loads(raw)
         except json.JSONDecodeError:
@@ -57,7 +113,7 @@ def _set_cluster(args: argparse.Namespace) -> None:
     if not (args.cluster or args.task):
         return
     if not (args.cluster and args.task) or args.strategy != "multi-worker":
-        raise BuildsysError("--cluster and --task go together, with --strategy multi-worker")
+        raise UsageError("--cluster and --task go together, with --strategy multi-worker")
     from buildsys.actions.distributed import tf_config_from_flags
 
     os.environ["TF_CONFIG"] = tf_config_from_flags(args.cluster, args.task)
@@ -79,20 +135,22 @@ def command_build(args: argparse.Namespace) -> int:
         mixed_precision=args.mixed_precision,
         jit=args.jit,
         deterministic=args.deterministic,
+        tensorboard=args.tensorboard,
     )
-    try:
-        results = build_all(
-            workspace,
-            tree,
-            targets,
-            options,
-            lambda target: dataclasses.replace(options, hparams=_hparams_for(args.hparams, target, tree)),
-            keep_going=args.keep_going,
-        )
-    except BuildFailed as failed:
-        if (len(targets) > 1 or len(failed.results) > 1) and not args.json:
-            print(summary_table(failed.results), flush=True)
-        raise
+    with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():  # stdout: JSON only
+        try:
+            results = build_all(
+                workspace,
+                tree,
+                targets,
+                options,
+                lambda target: dataclasses.replace(options, hparams=_hparams_for(args.hparams, target, tree)),
+                keep_going=args.keep_going,
+            )
+        except BuildFailed as failed:
+            if (len(targets) > 1 or len(failed.results) > 1) and not args.json:
+                print(summary_table(failed.results), flush=True)
+            raise
     if (len(targets) > 1 or len(results) > 1) and not args.json:
         print(summary_table(results))
     if args.json:
@@ -167,7 +225,7 @@ def command_compile(args: argparse.Namespace) -> int:
 def command_tune(args: argparse.Namespace) -> int:
     workspace, tree = _context(args)
     if args.tuner == "hyperband" and args.max_trials is not None:
-        raise BuildsysError("--max-trials does not apply to hyperband, whose trial count follows from --epochs")
+        raise UsageError("--max-trials does not apply to hyperband, whose trial count follows from --epochs")
     from buildsys.actions.tune import SearchSettings, tune
 
     for target in workspace.resolve(args.labels):
@@ -245,6 +303,32 @@ def command_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_diff(args: argparse.Namespace) -> int:
+    """`diff LABEL [V1 [V2]]`: V1 against V2, V1 against the latest, or the two latest; reads files only."""
+    from buildsys.diff import diff_versions, format_diff
+
+    workspace, tree = _context(args)
+    (target,) = workspace.resolve([args.label])
+    if len(args.versions) > 2:
+        raise UsageError(f"diff compares two versions; received {len(args.versions)}")
+    asked = [tree.published_version(target.label, target.name, version) for version in args.versions]
+    published = tree.versions(target.name)
+    if not asked:
+        if len(published) < 2:
+            raise BuildsysError(
+                f"{target.label} has {len(published)} published version(s); diff needs two (build it again with "
+                "other --hparams or --seed, or with --force)"
+            )
+        asked = published[-2:]
+    elif len(asked) == 1:
+        if asked[0] == published[-1]:
+            raise UsageError(f"version {asked[0]} is the latest of {target.label}; name the version to compare it with")
+        asked.append(published[-1])
+    difference = diff_versions(tree.model_dir(target.name), asked[0], asked[1])
+    print(json.dumps(difference, indent=2) if args.json else format_diff(difference, all_rows=args.all))
+    return 0
+
+
 def command_featurize(args: argparse.Namespace) -> int:
     """`featurize LABEL [--engine local|spark]`: a transfer target's base features, cached for its build."""
     from buildsys.actions.features import featurize
@@ -311,7 +395,7 @@ def _image_format(args: argparse.Namespace) -> Any:
         return ImageFormat(None, args.color_mode)
     height, separator, width = args.image_size.lower().partition("x")
     if not separator or not height.isdigit() or not width.isdigit() or not int(height) or not int(width):
-        raise BuildsysError(f"--image-size expects HEIGHTxWIDTH such as 28x28; received {args.image_size!r}")
+        raise UsageError(f"--image-size expects HEIGHTxWIDTH such as 28x28; received {args.image_size!r}")
     return ImageFormat((int(height), int(width)), args.color_mode)
 
 
@@ -319,7 +403,7 @@ def command_predict(args: argparse.Namespace) -> int:
     from buildsys.batch.predict import predict, summary_stream
 
     workspace = open_workspace(args.workspace)
-    tree = OutputTree(Path(args.build_out).resolve() if args.build_out else output_root(workspace.root))
+    tree = _output_tree(args, workspace.root)
     summary = predict(
         workspace,
         tree,
@@ -392,14 +476,18 @@ WORKSPACE_HELP = (
 def make_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--workspace", default=argparse.SUPPRESS, help=WORKSPACE_HELP)
-    common.add_argument("--output", help="output tree (default: $BUILDSYS_OUT or <workspace>/build-out)")
+    common.add_argument("--build-out", help="output tree (default: $BUILDSYS_OUT or <workspace>/build-out)")
+    common.add_argument("--output", dest="deprecated_output", help=argparse.SUPPRESS)  # the old name of --build-out
     common.add_argument("--json", action="store_true", help="print machine-readable JSON")
     data = argparse.ArgumentParser(add_help=False)
     data.add_argument(
-        "--data-dir", type=Path, help="folder with already-downloaded datasets (or set $BUILDSYS_DATA_DIR)"
+        "--data-dir", type=_existing_folder, help="folder with already-downloaded datasets (or set $BUILDSYS_DATA_DIR)"
     )
 
-    parser = argparse.ArgumentParser(prog="buildsys", description=__doc__.splitlines()[0])
+    parser = Parser(
+        prog="buildsys", description=DESCRIPTION, epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"buildsys {__version__}")
     # Before or after the command; the subcommands' copies leave the value unset unless given (SUPPRESS), so that
     # `buildsys --workspace DIR build X` keeps DIR.
     parser.add_argument("--workspace", help=WORKSPACE_HELP)
@@ -430,6 +518,9 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument("--jit", action="store_true", help="compile the train step with XLA")
     build.add_argument(
         "--deterministic", action="store_true", help="deterministic ops: same seed, same weights (slower)"
+    )
+    build.add_argument(
+        "--tensorboard", action="store_true", help="write per-epoch TensorBoard scalars under the build's work folder"
     )
     build.set_defaults(func=command_build)
 
@@ -469,6 +560,16 @@ def make_parser() -> argparse.ArgumentParser:
     report.add_argument("labels", nargs="+", metavar="LABEL")
     report.add_argument("--version", type=int, help="a published version (default: the latest)")
     report.set_defaults(func=command_report)
+
+    diff = commands.add_parser(
+        "diff",
+        parents=[common],
+        help="two published versions side by side: metrics, hyperparameters, data, options, parity, sizes, timings",
+    )
+    diff.add_argument("label", metavar="LABEL")
+    diff.add_argument("versions", nargs="*", type=int, metavar="VERSION", help="V1 [V2] (default: the two latest)")
+    diff.add_argument("--all", action="store_true", help="show every row, not only those that differ")
+    diff.set_defaults(func=command_diff)
 
     clean = commands.add_parser("clean", parents=[common], help="remove the outputs of targets (all without LABEL)")
     clean.add_argument("labels", nargs="*", metavar="LABEL")
@@ -540,6 +641,7 @@ def make_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
+        _check_data_dir_environment(args)
         return args.func(args)
     except BuildsysError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -82,6 +82,21 @@ class LabelError(BuildsysError):
     exit_code = 2
 
 
+class UsageError(BuildsysError):
+    """A command-line argument is wrong (a malformed value, a missing folder, flags that need each other).
+
+    Nothing was done, so the exit code is 2, as for argparse's own errors.
+    """
+
+    exit_code = 2
+
+
+class SourceError(DataError):
+    """A SOURCE named on the command line (`data inspect`, `predict --input`) matches nothing readable: bad input."""
+
+    exit_code = 2
+
+
 class DependencyCycleError(DefinitionError):
     """Targets depend on each other in a circle (through `target(...)` bases); nothing can be built first.
 

@@ -14,6 +14,7 @@ files or database, so the definition language never imports the code that reads 
 
 from __future__ import annotations
 
+import difflib
 import os
 import stat
 import traceback
@@ -192,9 +193,21 @@ class Workspace:
             matches = self._match(pattern)
             if not matches:
                 known = ", ".join(sorted(self.targets)) or "none"
-                raise LabelError(f"unknown target {pattern!r}; known targets: {known}")
+                near = self.near(pattern)
+                hint = f"did you mean {' or '.join(near)}? " if near else ""
+                raise LabelError(f"unknown target {pattern!r}; {hint}known targets: {known}")
             chosen.update((target.label, target) for target in matches)
         return list(chosen.values())
+
+    def near(self, pattern: str) -> list[str]:
+        """Labels whose target name is close to the mistyped one in `pattern` (difflib).
+
+        Names, not whole labels, are compared: every label shares `//model_defs:`, which would make any two look
+        alike.
+        """
+        by_name = {target.name: label for label, target in self.targets.items()}
+        name = pattern.rsplit(":", 1)[-1]
+        return [by_name[close] for close in difflib.get_close_matches(name, list(by_name), n=2, cutoff=0.6)]
 
     def _match(self, pattern: str) -> list[Target]:
         if pattern.endswith("/..."):

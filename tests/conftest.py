@@ -41,10 +41,16 @@ def workspace(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def digits_workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A workspace holding the shipped `digits` definition, built once for the whole session."""
+    """A workspace holding the shipped `digits` definition, built once for the whole session.
+
+    The build's stdout and stderr (off a terminal) are kept in `build.stdout` and `build.stderr` beside
+    model_defs/, for the tests of what a build prints.
+    """
     root = tmp_path_factory.mktemp("digits-workspace")
     (root / "model_defs").mkdir()
     shutil.copy(REPO / "model_defs" / "digits.py", root / "model_defs" / "digits.py")
-    result = run_buildsys("build", "//model_defs:digits", "--quiet", cwd=root)
+    result = run_buildsys("build", "//model_defs:digits", cwd=root)
     assert result.returncode == 0, result.stderr
+    (root / "build.stdout").write_text(result.stdout, encoding="utf-8")
+    (root / "build.stderr").write_text(result.stderr, encoding="utf-8")
     return root

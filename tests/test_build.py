@@ -42,6 +42,28 @@ def test_digits_build_reaches_accuracy_and_records_everything(digits_workspace: 
     assert manifest["seed"] == 1337 and manifest["params"] == 8 * 8 * 64 + 64 + 64 * 10 + 10
 
 
+def test_build_prints_one_line_per_epoch_and_action_and_no_tensorflow_noise(digits_workspace: Path) -> None:
+    manifest = manifest_of(digits_workspace)
+    lines = (digits_workspace / "build.stdout").read_text(encoding="utf-8").splitlines()
+    epochs = len(manifest["history"]["loss"])
+    actions = ["load data", "compile", "train", "evaluate", "export", "verify", "report", "publish"]
+    assert len(lines) == 1 + epochs + len(actions) + 1, "\n".join(lines)  # the label, the lines, the result
+    assert lines[0] == "//model_defs:digits"
+    assert all(line.startswith("  ") and "//model_defs:digits" not in line for line in lines[1:])
+    assert [line.split()[0] for line in lines[1:] if not line.startswith("  epoch ")] == [
+        *(action.split()[0] for action in actions),
+        "published",
+    ]
+    assert sum(line.startswith("  epoch ") for line in lines) == epochs
+    assert lines[2].startswith("  compile") and "default (1 CPU), 4,810 parameters" in lines[2]
+    assert "_DefaultDistributionStrategy" not in "\n".join(lines)
+    assert manifest["strategy"]["description"] == "default (1 CPU)"
+    assert lines[-1] == f"  published version 1 to {digits_workspace / 'build-out' / 'models' / 'digits' / '1'}"
+    errors = (digits_workspace / "build.stderr").read_text(encoding="utf-8")
+    for noise in ("cuInit", "cudart", "cuda_", "absl::InitializeLog"):
+        assert noise not in errors, errors
+
+
 def test_onnx_has_named_dynamic_batch_and_explicit_opset(digits_workspace: Path) -> None:
     path = digits_workspace / "build-out" / "models" / "digits" / "1" / "model.onnx"
     model = onnx.load(str(path))
@@ -78,8 +100,10 @@ def test_noop_build_is_up_to_date_without_importing_tensorflow(digits_workspace:
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=digits_workspace, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "//model_defs:digits: up to date (version 1)" in result.stdout
-    assert "tensorflow not imported" in result.stdout
+    assert result.stdout.splitlines() == ["//model_defs:digits: up to date (version 1)", "tensorflow not imported"]
+    assert run_buildsys("build", "digits", "--quiet", cwd=digits_workspace).stdout == (
+        "//model_defs:digits: up to date (version 1)\n"
+    )
 
 
 def test_list_and_show(digits_workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -118,7 +142,7 @@ def test_killed_build_leaves_no_version_and_the_next_build_recovers(tmp_path: Pa
     seen = []
     for line in process.stdout:
         seen.append(line)
-        if line.startswith("//model_defs:digits: verify ..."):  # the export is on disk, not yet published
+        if line.startswith("  export "):  # the export is on disk and verify is running: not yet published
             process.send_signal(signal.SIGKILL)
             break
     process.wait(timeout=60)

@@ -64,15 +64,15 @@ def _state(root: Path) -> dict:
 def test_interrupt_then_kill_then_resume_publishes_once(workspace: Path) -> None:
     write_definition(workspace, "slow.py", SLOW)
 
-    interrupted, _ = _run_until(workspace, "slow: epoch 2/4 ...", signal.SIGINT)
+    interrupted, _ = _run_until(workspace, "  epoch 1/4 ", signal.SIGINT)  # epoch 1's line: epoch 2 is running
     assert interrupted.returncode == 130, interrupted.stderr
     assert "interrupted: nothing was published; 1/4 epochs are saved in" in interrupted.stderr
     assert "resumes at epoch 2" in interrupted.stderr
     assert _state(workspace)["epoch"] == 1
 
-    killed, seen = _run_until(workspace, "slow: epoch 3/4 ...", signal.SIGKILL)
+    killed, seen = _run_until(workspace, "  epoch 2/4 ", signal.SIGKILL)
     assert killed.returncode == -signal.SIGKILL, "".join(seen)
-    assert "resuming after epoch 1/4" in killed.stdout and "epoch 1/4 ..." not in killed.stdout
+    assert "resuming after epoch 1/4" in killed.stdout and "  epoch 1/4 " not in killed.stdout
     assert _state(workspace)["epoch"] == 2  # killed in the middle of epoch 3
 
     # A changed definition is keyed differently, so it can never pick up this checkpoint.
@@ -85,8 +85,8 @@ def test_interrupt_then_kill_then_resume_publishes_once(workspace: Path) -> None
     resumed = run_buildsys("build", "slow", cwd=workspace)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming after epoch 2/4" in resumed.stdout
-    started = [line.split("slow: ")[1].strip() for line in resumed.stdout.splitlines() if line.endswith("/4 ...")]
-    assert started == ["epoch 3/4 ...", "epoch 4/4 ..."]
+    finished = [line.split()[1] for line in resumed.stdout.splitlines() if line.startswith("  epoch ")]
+    assert finished == ["3/4", "4/4"]
     versions = [path.name for path in (workspace / "build-out" / "models" / "slow").iterdir() if path.name.isdigit()]
     assert versions == ["1"]
     manifest = json.loads((workspace / "build-out" / "models" / "slow" / "1" / "manifest.json").read_text())

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from buildsys.actions import tensorflow
+from buildsys.console import clear_progress_line, epoch_line
 from buildsys.store import write_json_atomic
 
 tensorflow()
@@ -108,22 +109,33 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
 
 class EpochProgress(keras.callbacks.Callback):
-    """Prints `epoch N/M ...` when an epoch starts and `epoch N/M done in Xs: loss ..., accuracy ...` when it ends.
+    """One line per finished epoch through `say`, and Keras' progress bar for the epoch in progress.
 
-    These lines are the build's progress in logs (Keras' progress bar shows only on a terminal), and they let a
-    test or a supervisor see which epoch is running.
+    The lines are the build's progress in logs, and they let a test or a supervisor see which epoch finished. With
+    `bar` (a terminal) a `keras.utils.Progbar` shows the running epoch's steps and metrics and is erased when the
+    epoch's line replaces it, so a terminal ends up showing the same lines as a log.
     """
 
-    def __init__(self, say: Callable[[str], None], epochs: int) -> None:
+    def __init__(self, say: Callable[[str], None], epochs: int, *, bar: bool = False) -> None:
         super().__init__()
         self.say = say
         self.epochs = epochs
+        self.bar = bar
         self.started = 0.0
+        self.progress: keras.utils.Progbar | None = None
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self.started = time.perf_counter()
-        self.say(f"epoch {epoch + 1}/{self.epochs} ...")
+        if self.bar:
+            self.progress = keras.utils.Progbar(self.params.get("steps"), verbose=1, unit_name="step")
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if self.progress is not None:
+            self.progress.update(batch + 1, list((logs or {}).items()), finalize=False)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        shown = ", ".join(f"{name} {float(value):.4f}" for name, value in (logs or {}).items())
-        self.say(f"epoch {epoch + 1}/{self.epochs} done in {time.perf_counter() - self.started:.2f}s: {shown}")
+        if self.progress is not None:
+            clear_progress_line()
+            self.progress = None
+        shown = {name: float(value) for name, value in (logs or {}).items()}
+        self.say(epoch_line(epoch + 1, self.epochs, time.perf_counter() - self.started, shown))

@@ -88,6 +88,24 @@ def is_chief() -> bool:
     return task["type"] == "worker" and int(task["index"]) == 0
 
 
+def describe_strategy(strategy: Any) -> str:
+    """The strategy as a user names it, with what it runs on: `default (1 CPU)`, `mirrored (2 GPUs)`,
+    `multi-worker (2 workers)` — not the private class name `_DefaultDistributionStrategy`."""
+    tf = tensorflow()
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        workers = worker_count()
+        return f"multi-worker ({workers} worker{'s' if workers != 1 else ''})"
+    kind = {"MirroredStrategy": "mirrored", "OneDeviceStrategy": "one-device"}.get(type(strategy).__name__, "default")
+    if kind == "default":
+        devices = [device.name for device in tf.config.list_logical_devices("GPU")[:1]] or ["CPU"]
+    else:
+        devices = list(strategy.extended.worker_devices)
+    gpus = sum("GPU" in device.upper() for device in devices)
+    if gpus:
+        return f"{kind} ({gpus} GPU{'s' if gpus != 1 else ''})"
+    return f"{kind} ({len(devices)} CPU{'s' if len(devices) != 1 else ''})"
+
+
 def is_multi_worker(strategy: Any) -> bool:
     tf = tensorflow()
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)

@@ -106,7 +106,7 @@ def image_grid(
     class_names: Sequence[str],
     columns: int = 8,
 ) -> bytes:
-    """Images with predicted class and confidence above true class: blue when right, red when wrong.
+    """Images with their captions: `predicted score` in blue when right, `true → predicted score` in red when wrong.
 
     All images go into one mosaic (with room above each image for its caption) drawn by a single `imshow`, with a
     coloured frame and caption per cell; this is an order of magnitude faster than one axes per image.
@@ -142,48 +142,83 @@ def image_grid(
             Rectangle((left + pad / 2 - 0.5, top + pad / 2 - 0.5), width + pad, height + pad, fill=False,
                       edgecolor=colour, linewidth=2.5)
         )  # fmt: skip
-        text = (
-            f"{class_names[predicted[index]]} {probabilities[index, predicted[index]]:.0%}\n"
-            f"true: {class_names[labels[index]]}"
-        )
+        score = f"{probabilities[index, predicted[index]]:.0%}"
+        true, guess = class_names[labels[index]], class_names[predicted[index]]
+        if right:
+            text = f"{guess}\n{score}"
+        else:  # true → predicted on one line when it fits the cell (about 14 characters at this size)
+            text = f"{true} → {guess}\n{score}" if len(true) + len(guess) <= 10 else f"{true} →\n{guess} {score}"
         axes.text(left + cell_w / 2 - 0.5, top + pad / 2 - 0.5, text, ha="center", va="bottom", fontsize=8.5,
                   color=colour, fontweight="normal" if right else "bold")  # fmt: skip
     return _png(figure)
 
 
-def probability_bars(
-    images: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]
-) -> bytes:
-    """For each image, the image beside the bar chart of every class's probability.
+def roc_curves(labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]) -> bytes | None:
+    """One-vs-rest ROC curve of every class that occurs in the test split, and their macro average (bold).
 
-    The predicted class's bar is blue when right and red when wrong; the true class's bar is outlined in black.
+    The macro curve averages the per-class true-positive rates on a common false-positive grid (scikit-learn's
+    recipe), so its area matches the macro ROC AUC the report prints. None when no class has a curve.
     """
-    shown = displayable(images)
-    count, classes = probabilities.shape
-    columns = 2 if count > 3 else 1
-    rows = -(-count // columns)
-    figure = _figure(6.2 * columns, 1.9 * rows)
-    grid = figure.add_gridspec(rows, 2 * columns, width_ratios=[1, 3.2] * columns, wspace=0.25, hspace=0.6)
-    predicted = probabilities.argmax(axis=1)
-    for index in range(count):
-        row, column = divmod(index, columns)
-        picture = figure.add_subplot(grid[row, 2 * column])
-        picture.imshow(shown[index], cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-        picture.set_axis_off()
-        bars = figure.add_subplot(grid[row, 2 * column + 1])
-        colours = ["#b0b7c3"] * classes
-        right = predicted[index] == labels[index]
-        colours[predicted[index]] = CORRECT if right else WRONG
-        drawn = bars.bar(range(classes), probabilities[index], color=colours)
-        drawn[labels[index]].set_edgecolor("black")
-        drawn[labels[index]].set_linewidth(1.5)
-        bars.set_ylim(0, 1)
-        bars.set_xticks(range(classes), labels=list(class_names), fontsize=7, rotation=45 if classes > 10 else 0)
-        bars.tick_params(axis="y", labelsize=7)
-        bars.set_title(
-            f"predicted {class_names[predicted[index]]} ({probabilities[index, predicted[index]]:.1%}), "
-            f"true {class_names[labels[index]]}",
-            fontsize=8,
-            color=CORRECT if right else WRONG,
-        )
+    from sklearn.metrics import auc, roc_curve
+
+    labels = np.asarray(labels)
+    grid = np.linspace(0.0, 1.0, 201)
+    curves = []
+    for index, name in enumerate(class_names):
+        positives = labels == index
+        if 0 < positives.sum() < len(labels):
+            fpr, tpr, _ = roc_curve(positives, probabilities[:, index])
+            curves.append((name, fpr, tpr, auc(fpr, tpr)))
+    if not curves:
+        return None
+    figure = _figure(5.2, 4.6)
+    axes = figure.add_subplot(1, 1, 1)
+    colours = _colours(len(curves))
+    for (name, fpr, tpr, area), colour in zip(curves, colours, strict=True):
+        axes.plot(fpr, tpr, color=colour, linewidth=1.0, alpha=0.8, label=f"{name} ({area:.3f})")
+    macro = np.mean([np.interp(grid, fpr, tpr) for _, fpr, tpr, _ in curves], axis=0)
+    macro[0] = 0.0
+    mean_auc = float(np.mean([area for *_, area in curves]))
+    axes.plot(grid, macro, color="#111111", linewidth=2.4, label=f"macro ({mean_auc:.3f})")
+    axes.plot([0, 1], [0, 1], color="#999999", linewidth=0.8, linestyle="--")
+    axes.set_xlim(-0.01, 1.0)
+    axes.set_ylim(0.0, 1.01)
+    axes.set_xlabel("false positive rate")
+    axes.set_ylabel("true positive rate")
+    axes.set_title("ROC, one-vs-rest (AUC)")
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right", fontsize=7 if len(curves) <= 12 else 5, ncol=1 if len(curves) <= 12 else 2)
+    figure.tight_layout()
     return _png(figure)
+
+
+def per_class_scores(per_class: Sequence[dict[str, Any]]) -> bytes:
+    """Precision, recall and F1 of every class as one heat-map table, the numbers in the cells.
+
+    The colour scale starts just below the weakest score instead of at 0, so that the classes the model finds
+    hard stand out even when every score is above 0.9 (the numbers stay exact).
+    """
+    columns = ("precision", "recall", "f1")
+    values = np.array([[row[column] for column in columns] for row in per_class], dtype=float)
+    low = float(max(0.0, min(values.min(initial=1.0) - 0.02, 0.9)))
+    classes = len(per_class)
+    figure = _figure(4.6, 0.9 + 0.3 * classes)
+    axes = figure.add_subplot(1, 1, 1)
+    image = axes.imshow(values, cmap="RdYlGn", vmin=low, vmax=1.0, aspect="auto")
+    figure.colorbar(image, ax=axes, fraction=0.05, pad=0.04)
+    axes.set_xticks(range(len(columns)), labels=["precision", "recall", "F1"])
+    axes.xaxis.tick_top()
+    axes.set_yticks(range(classes), labels=[f"{row['class']} ({row['support']})" for row in per_class], fontsize=8)
+    for row in range(classes):
+        for column in range(len(columns)):
+            axes.text(column, row, f"{values[row, column]:.3f}", ha="center", va="center", fontsize=8, color="#111111")
+    axes.set_ylabel("class (test images)")
+    figure.tight_layout()
+    return _png(figure)
+
+
+def _colours(count: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10" if count <= 10 else "tab20"]
+    return [palette(index % palette.N) for index in range(count)]

@@ -2,7 +2,7 @@
 
 The build predicts the test split once (the same predictions the parity check compares against); from them this
 module computes the confusion matrix, per-class precision/recall/F1/support with macro and weighted averages and
-one-vs-rest ROC AUC (scikit-learn), and writes one self-contained HTML page — every figure embedded as a
+one-vs-rest ROC AUC and curves (scikit-learn), and writes one self-contained HTML page — every figure embedded as a
 `data:` URI — plus the PNGs it embeds under `report/`, into the staging folder so that the report moves with its
 version. `summary_text` serves `python -m buildsys report`, which only reads files. Nothing here imports
 TensorFlow; matplotlib and scikit-learn are imported only when a report is computed.
@@ -24,8 +24,7 @@ from buildsys.store import write_atomic
 REPORT_FILE = "report.html"
 FIGURES_DIR = "report"
 GRID_IMAGES = 32
-BAR_CHARTS = 6
-MISTAKES = 16
+MISTAKES = 16  # at most half the grid, so that it also shows what right looks like
 
 
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
@@ -98,19 +97,21 @@ def _chosen_samples(total: int) -> np.ndarray:
     return np.sort(np.random.default_rng(0).choice(total, size=min(GRID_IMAGES, total), replace=False))
 
 
-def _bar_samples(grid: np.ndarray, labels: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """From the grid, up to half mistakes (the instructive cases) and the rest correct predictions."""
-    wrong = grid[predicted[grid] != labels[grid]][: BAR_CHARTS // 2]
-    right = grid[predicted[grid] == labels[grid]][: BAR_CHARTS - len(wrong)]
-    return np.concatenate([wrong, right])
-
-
 def confident_mistakes(labels: np.ndarray, probabilities: np.ndarray, count: int = MISTAKES) -> np.ndarray:
     """Indices of the wrong predictions made with the highest confidence, most confident first."""
     predicted = probabilities.argmax(axis=1)
     wrong = np.flatnonzero(predicted != labels)
     confidence = probabilities[wrong, predicted[wrong]]
     return wrong[np.argsort(-confidence, kind="stable")[:count]]
+
+
+def grid_samples(labels: np.ndarray, probabilities: np.ndarray) -> np.ndarray:
+    """The test images the report's grid shows, in order: the model's mistakes first (the most confident first, up
+    to `MISTAKES`), then a fixed seeded sample of the rest, so a rebuild shows the same images."""
+    mistakes = confident_mistakes(labels, probabilities)
+    sample = _chosen_samples(len(labels))
+    rest = sample[~np.isin(sample, mistakes)][: GRID_IMAGES - len(mistakes)]
+    return np.concatenate([mistakes, rest]).astype(np.int64)
 
 
 def write_report(
@@ -127,9 +128,8 @@ def write_report(
     probabilities = np.asarray(probabilities, dtype=np.float32)
     class_names = manifest["class_names"]
     predicted = probabilities.argmax(axis=1)
-    grid = _chosen_samples(len(labels))
-    bars = _bar_samples(grid, labels, predicted)
-    mistakes = confident_mistakes(labels, probabilities)
+    grid = grid_samples(labels, probabilities)
+    mistakes = int((predicted[grid] != labels[grid]).sum())
     metrics = manifest["metrics"]
 
     figures: dict[str, tuple[str, bytes | None]] = {
@@ -138,19 +138,11 @@ def write_report(
             "Confusion matrix",
             plots.confusion_matrix(np.asarray(metrics["confusion_matrix"]), class_names),
         ),
+        "roc_curves": ("ROC curves", plots.roc_curves(labels, probabilities, class_names)),
+        "per_class_scores": ("Per-class scores", plots.per_class_scores(metrics["per_class"])),
         "test_images": (
             "Test images",
             plots.image_grid(images[grid], labels[grid], probabilities[grid], class_names),
-        ),
-        "probabilities": (
-            "Class probabilities",
-            plots.probability_bars(images[bars], labels[bars], probabilities[bars], class_names),
-        ),
-        "confident_mistakes": (
-            "Most confident mistakes",
-            plots.image_grid(images[mistakes], labels[mistakes], probabilities[mistakes], class_names)
-            if len(mistakes)
-            else None,
         ),
     }
     embedded = {}
@@ -162,7 +154,7 @@ def write_report(
             f'<img alt="{html.escape(title)}" src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">'
         )
     path = destination / REPORT_FILE
-    write_atomic(path, _html(manifest, embedded, len(mistakes), int((predicted != labels).sum())).encode())
+    write_atomic(path, _html(manifest, embedded, mistakes, int((predicted != labels).sum())).encode())
     return path
 
 
@@ -248,10 +240,14 @@ def _html(manifest: dict[str, Any], figures: dict[str, str], mistakes: int, wron
             return f"<section><h2>{title}</h2><p class='note'>{caption}</p></section>"
         return f"<section><h2>{title}</h2><p class='note'>{caption}</p>{figures[key]}</section>"
 
-    mistakes_caption = (
-        f"The {mistakes} wrong predictions made with the highest confidence, of {wrong:,} mistakes in all."
+    grid_caption = (
+        f"First the {mistakes} wrong predictions made with the highest confidence (of {wrong:,} mistakes in all), "
+        "captioned true → predicted and its probability, in <span class='legend-red'>red</span>; then a fixed "
+        "sample of the test split, captioned with the predicted class, in <span class='legend-blue'>blue</span> "
+        "when right."
         if mistakes
-        else "The model made no mistakes on the test split."
+        else "The model made no mistakes on the test split; a fixed sample of it, captioned with the predicted class "
+        "and its probability."
     )
     return f"""<!DOCTYPE html>
 <html lang="en">
@@ -274,6 +270,8 @@ th:first-child, td:first-child {{ text-align: left; }}
 tr.average td {{ font-weight: 600; background: #f7f8fa; }}
 table.details td {{ text-align: left; font-family: ui-monospace, monospace; font-size: 13px; word-break: break-all; }}
 img {{ max-width: 100%; height: auto; display: block; }}
+.side {{ display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }}
+.side img {{ max-width: 400px; }}
 .note {{ color: #5b6475; font-size: 14px; margin: 2px 0 8px; }}
 .gate {{ border-radius: 8px; padding: 10px 16px; margin: 12px 0; }}
 .gate.passed {{ background: #e8f1fc; border-left: 5px solid #1f5fbf; }}
@@ -301,26 +299,22 @@ img {{ max-width: 100%; height: auto; display: block; }}
         )
     }
 <section><h2>Per-class metrics</h2>
-<p class="note">Precision, recall and F1 from the arg-max prediction; ROC AUC one-vs-rest from the probabilities.</p>
+<p class="note">Precision, recall and F1 from the arg-max prediction; ROC AUC one-vs-rest from the probabilities,
+with each class's curve and their macro average beside the numbers.</p>
+<div class="side">
 {_table(["class", "precision", "recall", "F1", "support", "ROC AUC"], per_class, row_classes)}
+{figures.get("roc_curves", "")}
+</div>
 </section>
 {
         figure(
-            "test_images",
-            "Test images",
-            "A fixed sample of the test split: predicted class and confidence, "
-            "then the true class — <span class='legend-blue'>blue</span> when right, "
-            "<span class='legend-red'>red</span> when wrong.",
+            "per_class_scores",
+            "Per-class scores",
+            "Precision, recall and F1 per class (test images in brackets); the colour scale starts just below the "
+            "weakest score, so the classes the model finds hardest stand out.",
         )
     }
-{
-        figure(
-            "probabilities",
-            "Class probabilities",
-            "Every class's probability for a few of the images above; the true class's bar is outlined.",
-        )
-    }
-{figure("confident_mistakes", "Most confident mistakes", mistakes_caption)}
+{figure("test_images", "Test images", grid_caption)}
 <section><h2>Model</h2>
 {_table(["layer", "type", "output shape", "parameters"], layer_rows) if layer_rows else ""}
 <table class="details"><tbody>{

@@ -9,6 +9,7 @@ Every strategy checkpoints each finished epoch (`checkpoints`) and resumes from 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from buildsys.actions import tensorflow
@@ -23,10 +24,12 @@ from buildsys.actions.compile import build_model, compile_model
 from buildsys.actions.data import Splits, StreamSplits, training_data
 from buildsys.actions.distributed import fit_multi_worker, is_multi_worker
 from buildsys.actions.numerics import configure
+from buildsys.console import warn_once
 from buildsys.dsl.specs import ModelSpec
 from buildsys.errors import BuildsysError
 
 STRATEGIES = ("auto", "default", "one-device", "mirrored", "multi-worker")
+TENSORBOARD_DIR = "tensorboard"  # `build --tensorboard`: in the build's work folder, beside its checkpoint
 
 
 def choose_strategy(name: str) -> Any:
@@ -38,6 +41,8 @@ def choose_strategy(name: str) -> Any:
         cluster_spec()  # a missing or malformed TF_CONFIG is a one-line error, not a TensorFlow traceback
         return tf.distribute.MultiWorkerMirroredStrategy()
     gpus = tf.config.list_logical_devices("GPU")
+    if name in ("one-device", "mirrored") and not gpus:
+        warn_once(f"--strategy {name} found no GPU on this machine (no CUDA driver or device); it runs on the CPU")
     if name == "auto":
         name = "mirrored" if len(gpus) > 1 else "one-device" if gpus else "default"
     if name == "default":
@@ -96,12 +101,14 @@ def fit(
     *,
     checkpoint: TrainingCheckpoint,
     say: Callable[[str], None],
+    tensorboard: Path | None = None,
 ) -> dict[str, list[float]]:
     """Fits on the training split, validating on the carved-out validation split; returns the per-epoch history.
 
     Training starts after the last epoch saved in `checkpoint` (its history included) and saves a checkpoint at
-    the end of every epoch; `say` gets one line when each epoch starts and ends. Keras' progress bar shows while
-    `verbose` is 1.
+    the end of every epoch; `say` gets one line when each epoch ends. Keras' progress bar shows the epoch in
+    progress while `verbose` is 1 (a terminal). With `tensorboard`, Keras' TensorBoard callback writes the loss and
+    metrics of every epoch there (`train/` and `validation/` event files; fit only, not the multi-worker loop).
 
     Raises:
         BuildInterrupted: on Ctrl-C, saying which epochs are kept and how to resume.
@@ -111,7 +118,7 @@ def fit(
         initial_epoch, history = checkpoint.restore(model)
     if initial_epoch:
         say(f"resuming after epoch {initial_epoch}/{epochs} from {checkpoint.folder}")
-    callbacks = [EpochCheckpoint(checkpoint, history), EpochProgress(say, epochs)]
+    callbacks = [EpochCheckpoint(checkpoint, history), EpochProgress(say, epochs, bar=verbose == 1)]
     try:
         if is_multi_worker(strategy):
             fit_multi_worker(
@@ -124,6 +131,11 @@ def fit(
                 callbacks=callbacks,
             )
         elif initial_epoch < epochs:
+            if tensorboard is not None:
+                import keras
+
+                board = keras.callbacks.TensorBoard(str(tensorboard), write_graph=False, profile_batch=0)
+                callbacks.append(board)  # update_freq="epoch": one scalar per epoch
             global_batch = spec.train.batch_size * strategy.num_replicas_in_sync
             train_data, validation = training_data(splits, global_batch, spec.train.shuffle_buffer, seed)
             model.fit(
@@ -131,7 +143,7 @@ def fit(
                 validation_data=validation,
                 epochs=epochs,
                 initial_epoch=initial_epoch,
-                verbose=verbose,
+                verbose=0,  # EpochProgress draws Keras' bar itself, so that a finished epoch leaves one line
                 shuffle=False,
                 callbacks=callbacks,
             )

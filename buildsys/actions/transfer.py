@@ -297,6 +297,8 @@ def train_transfer(
     """
     import keras
 
+    from buildsys.actions.checkpoints import EpochProgress
+
     tf = tensorflow()
     spec, seed, hparams = plan.spec, plan.seed, plan.hparams
     if not isinstance(splits, Splits):
@@ -323,7 +325,8 @@ def train_transfer(
             epochs=spec.train.epochs,
             batch_size=spec.train.batch_size,
             shuffle=True,
-            verbose=verbose,
+            verbose=0,  # EpochProgress: one line per epoch, Keras' bar on a terminal
+            callbacks=[EpochProgress(say, spec.train.epochs, bar=verbose == 1)],
         )
     history = {name: [float(v) for v in values] for name, values in fitted.history.items()}
     model = compose(spec, base, layers)
@@ -345,7 +348,14 @@ def train_transfer(
             validation_data = (
                 make_dataset(splits.x_val, splits.y_val, spec.train.batch_size) if len(splits.x_val) else None
             )
-            tuned = model.fit(train_data, validation_data=validation_data, epochs=fine.epochs, verbose=verbose)
+            tuned = model.fit(
+                train_data,
+                validation_data=validation_data,
+                epochs=fine.epochs,
+                verbose=0,
+                shuffle=False,  # make_dataset shuffles; Keras warns when asked to shuffle a tf.data.Dataset
+                callbacks=[EpochProgress(say, fine.epochs, bar=verbose == 1)],
+            )
         history.update({f"fine_tune_{name}": [float(v) for v in values] for name, values in tuned.history.items()})
     model.compile(loss=spec.train.loss, metrics=list(spec.train.metrics))
     return model, tf.distribute.get_strategy(), history

@@ -8,6 +8,7 @@ cache key share.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -47,7 +48,20 @@ class HyperParameter:
         else:
             ok = value in self.values
         if not ok:
-            raise DefinitionError(f"{where} does not allow the value {describe(value)}.", self.location)
+            raise DefinitionError(
+                f"{where} does not allow the value {describe(value)}; it allows {self.allowed()}.", self.location
+            )
+
+    def allowed(self) -> str:
+        """The space in words (`integers from 16 to 256 in steps of 16`), so that a refused value says what fits."""
+        if self.kind == "int":
+            steps = f" in steps of {self.step:g}" if self.step not in (None, 1) else ""
+            return f"integers from {self.min_value:g} to {self.max_value:g}{steps}"
+        if self.kind == "float":
+            return f"numbers from {self.min_value:g} to {self.max_value:g}"
+        if self.kind == "boolean":
+            return "true or false"
+        return "one of " + ", ".join(json.dumps(value) for value in self.values)
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {"name": self.name, "kind": self.kind, "default": self.default}

@@ -5,6 +5,8 @@ Files are looked for first in the data folder (`--data-dir` or `$BUILDSYS_DATA_D
 with its own checksums. Files found locally are parsed here without pickle: MNIST's `mnist.npz` with
 `allow_pickle=False`, Fashion-MNIST's IDX files, CIFAR-10's binary version (`cifar-10-batches-bin/`). Only the
 download path for CIFAR-10 goes through Keras' loader, which reads the checksum-verified python version it fetched.
+Keras is imported only for a download, through `buildsys.actions.tensorflow()` (TensorFlow's start-up chatter
+silenced), and only after the dataset's host answered: offline, the missing-dataset hint comes at once.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -118,8 +121,48 @@ def _from_files(name: str, folder: str, paths: list[Path]) -> tuple[np.ndarray, 
     return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), *batches[5])
 
 
+# Where Keras' loaders download each dataset from, for a quick reachability check before they print `Downloading`.
+ORIGIN_HOSTS = {"mnist": "storage.googleapis.com", "fashion_mnist": "storage.googleapis.com",
+                "cifar10": "www.cs.toronto.edu"}  # fmt: skip
+
+
+def _unreachable(host: str) -> str | None:
+    """Why `host` cannot be reached over HTTPS (None when it can, or when a proxy decides).
+
+    Checked before Keras' loader runs so that an offline machine gets the one-line hint at once, instead of Keras'
+    `Downloading data from ...` followed by a failure.
+    """
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as error:
+        return f"{host} cannot be reached: {error.strerror or error}"
+    return None
+
+
+def _missing(name: str, data_dir: Path | None, reason: str) -> DataError:
+    """The missing-dataset error: what to put where, and `--data-dir` only for a user who did not pass it."""
+    if data_dir is not None:
+        where = f"{data_dir} (the --data-dir folder)"
+    elif os.environ.get("BUILDSYS_DATA_DIR"):
+        where = f"{os.environ['BUILDSYS_DATA_DIR']} ($BUILDSYS_DATA_DIR)"
+    else:
+        where = f"{keras_cache_dir()} (or into a folder named by --data-dir or $BUILDSYS_DATA_DIR)"
+    return DataError(
+        f"dataset {name!r} is not on this machine and could not be downloaded ({reason}); "
+        f"put {WHERE_TO_GET[name]} into {where}"
+    )
+
+
 def _download(name: str, data_dir: Path | None) -> tuple[np.ndarray, ...]:
     """Keras' own loader: its cache, or a checksum-verified download; one line on failure."""
+    reason = _unreachable(ORIGIN_HOSTS[name])
+    if reason is not None:
+        raise _missing(name, data_dir, reason)
+    from buildsys.actions import tensorflow
+
+    tensorflow()
     import keras
 
     loader = {"mnist": keras.datasets.mnist, "fashion_mnist": keras.datasets.fashion_mnist,
@@ -127,12 +170,8 @@ def _download(name: str, data_dir: Path | None) -> tuple[np.ndarray, ...]:
     try:
         (x_train, y_train), (x_test, y_test) = loader.load_data()
     except Exception as error:  # a failed download: say what to put where instead of a traceback
-        folder = data_dir_from_environment(data_dir) or keras_cache_dir()
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError(
-            f"dataset {name!r} is not on this machine and could not be downloaded ({reason}); "
-            f"put {WHERE_TO_GET[name]} into {folder} (or pass --data-dir / set BUILDSYS_DATA_DIR)"
-        ) from None
+        raise _missing(name, data_dir, reason) from None
     return x_train, y_train.reshape(-1), x_test, y_test.reshape(-1)
 
 

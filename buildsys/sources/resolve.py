@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from buildsys.errors import DataError
+from buildsys.errors import SourceError
 from buildsys.sources.image_folder import FolderReader, class_folders, is_image, native_size, split_files
 from buildsys.sources.records import Reader
 
@@ -49,18 +49,18 @@ def open_sources(texts: list[str], image_format: ImageFormat, workspace: Workspa
     """Opens SOURCE texts: one source of any kind, or several image files.
 
     Raises:
-        DataError: saying what the text did not match.
+        SourceError: saying what the text did not match.
     """
     if len(texts) > 1:
         files = _files([path for text in texts for path in _expand(text)], image_format)
         return Opened(files, files.splits())
     text, _, split = texts[0].partition("#")
     if split and split not in SPLITS:
-        raise DataError(f"{texts[0]!r}: a split suffix must be #train or #test")
+        raise SourceError(f"{texts[0]!r}: a split suffix must be #train or #test")
     reader = _open_one(text, image_format, workspace)
     chosen = (split,) if split else reader.splits()
     if split and split not in reader.splits():
-        raise DataError(f"{text!r} has no {split} split (it has: {', '.join(reader.splits())})")
+        raise SourceError(f"{text!r} has no {split} split (it has: {', '.join(reader.splits())})")
     return Opened(reader, chosen)
 
 
@@ -90,7 +90,7 @@ def _declared(label: str, workspace: Workspace | None) -> Reader:
     from buildsys import sources
 
     if workspace is None:
-        raise DataError(f"{label!r} is neither a file, a folder, a database URL nor (outside a workspace) a label")
+        raise SourceError(f"{label!r} is neither a file, a folder, a database URL nor (outside a workspace) a label")
     target = workspace.resolve([label])[0]
     return sources.reader(target.spec.data, None)
 
@@ -105,7 +105,7 @@ def _folder(folder: Path, image_format: ImageFormat) -> Reader:
     files = split_files(folder, names, split, 0)
     first = next((path for pairs in files.values() for path, _ in pairs), None)
     if first is None:
-        raise DataError(f"{folder} has class folders but no PNG/JPEG/BMP images in them")
+        raise SourceError(f"{folder} has class folders but no PNG/JPEG/BMP images in them")
     size, color_mode = _format_of(first, image_format)
     return FolderReader(folder, files, names, size, color_mode)
 
@@ -121,7 +121,7 @@ def _expand(text: str) -> list[Path]:
     paths = [Path(p) for p in sorted(glob.glob(text))] if glob.has_magic(text) else [Path(text)]
     missing = [str(path) for path in paths if not path.exists()]
     if missing or not paths:
-        raise DataError(f"{text!r} matches no file, folder, database URL or label")
+        raise SourceError(f"{text!r} matches no file, folder, database URL or label")
     return paths
 
 
@@ -129,8 +129,8 @@ def _files(paths: list[Path], image_format: ImageFormat, root: Path | None = Non
     images = [path for path in paths if is_image(path)]
     others = [str(path) for path in paths if not is_image(path)]
     if others:
-        raise DataError(f"not PNG/JPEG/BMP images: {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}")
+        raise SourceError(f"not PNG/JPEG/BMP images: {', '.join(others[:3])}{' ...' if len(others) > 3 else ''}")
     if not images:
-        raise DataError(f"{root or 'the input'} holds no PNG/JPEG/BMP images")
+        raise SourceError(f"{root or 'the input'} holds no PNG/JPEG/BMP images")
     size, color_mode = _format_of(images[0], image_format)
     return FolderReader(root, {"all": [(path, None) for path in images]}, None, size, color_mode)

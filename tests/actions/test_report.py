@@ -15,7 +15,14 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from buildsys.actions.report import REPORT_FILE, classification_metrics, confident_mistakes, write_report
+from buildsys.actions.report import (
+    GRID_IMAGES,
+    REPORT_FILE,
+    classification_metrics,
+    confident_mistakes,
+    grid_samples,
+    write_report,
+)
 from buildsys.cli import main
 
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -83,6 +90,17 @@ def test_confident_mistakes_are_wrong_and_sorted_by_confidence() -> None:
     assert confidence[-1] >= np.sort(probabilities[wrong, predicted[wrong]])[-16]
 
 
+def test_grid_opens_with_the_mistakes_most_confident_first() -> None:
+    labels, probabilities = predictions(1_000)
+    shown = grid_samples(labels, probabilities)
+    predicted = probabilities.argmax(axis=1)
+    assert len(shown) <= GRID_IMAGES and len(set(shown.tolist())) == len(shown)
+    assert shown[:16].tolist() == confident_mistakes(labels, probabilities, 16).tolist()
+    assert (predicted[shown[:16]] != labels[shown[:16]]).all()
+    perfect = np.eye(10, dtype=np.float32)[labels]
+    assert len(grid_samples(labels, perfect)) == GRID_IMAGES  # no mistakes: the seeded sample alone
+
+
 class _References(HTMLParser):
     """Collects every src/href attribute and the tags that could load something."""
 
@@ -139,8 +157,7 @@ def test_report_for_10000_test_images_builds_in_seconds(tmp_path: Path) -> None:
     assert path == tmp_path / REPORT_FILE
     pngs = sorted(p.name for p in (tmp_path / "report").iterdir())
     assert pngs == [
-        "confident_mistakes.png", "confusion_matrix.png", "probabilities.png", "test_images.png",
-        "training_curves.png",
+        "confusion_matrix.png", "per_class_scores.png", "roc_curves.png", "test_images.png", "training_curves.png",
     ]  # fmt: skip
     assert not [p for p in tmp_path.rglob(".*")], "a temporary file was left behind"
     assert_self_contained(path)
@@ -172,8 +189,18 @@ def test_built_digits_report_matches_sklearn_and_is_self_contained(digits_worksp
     assert {"report", "evaluate", "verify"} <= set(manifest["timings"])
 
     assert_self_contained(version / REPORT_FILE)
-    for png in ("training_curves", "confusion_matrix", "test_images", "probabilities", "confident_mistakes"):
+    for png in ("training_curves", "confusion_matrix", "roc_curves", "per_class_scores", "test_images"):
         assert (version / "report" / f"{png}.png").read_bytes().startswith(b"\x89PNG")
+
+    # The grid shows what went wrong first: digits makes a few mistakes, and the grid opens with them.
+    wrong = probabilities.argmax(axis=1) != splits.y_test
+    assert wrong.any()
+    shown = grid_samples(splits.y_test, probabilities)
+    assert wrong[shown[0]] and wrong[shown[: wrong.sum()]].all() and not wrong[shown[wrong.sum() :]].any()
+    assert f"First the {wrong.sum()} wrong predictions" in (version / REPORT_FILE).read_text(encoding="utf-8")
+    # Layer names as `compile` shows them, though the build made a second model for evaluation.
+    assert [layer["name"] for layer in manifest["model_summary"]] == ["image", "preprocess", "flatten", "dense",
+                                                                       "probabilities"]  # fmt: skip
 
 
 def find_browser() -> str | None:

@@ -37,8 +37,9 @@ def transfer_workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
 
 def test_building_the_head_builds_its_base_first(transfer_workspace: tuple[Path, subprocess.CompletedProcess]) -> None:
     root, result = transfer_workspace
-    published = [line for line in result.stdout.splitlines() if "published version" in line]
-    assert [line.split(":")[1] for line in published] == ["digits_cnn", "digits_transfer"]
+    blocks = [line for line in result.stdout.splitlines() if not line.startswith(" ")]  # one label per target
+    assert blocks == ["//model_defs:digits_cnn", "//model_defs:digits_transfer"]
+    assert result.stdout.count("  published version 1 to ") == 2
     head = manifest(root, "digits_transfer", 1)
     base = manifest(root, "digits_cnn", 1)
     assert head["metrics"]["test"]["accuracy"] >= 0.90
@@ -156,8 +157,11 @@ def test_fine_tuning_reuses_cached_features_then_trains_end_to_end(
     result = run_buildsys("build", "digits_tuned", cwd=root)
     assert result.returncode == 0, result.stderr
     assert "digits_cnn: up to date (version 1)" in result.stdout
-    assert "digits_tuned: features from " in result.stdout  # digits_transfer featurised the same base and data
-    assert "digits_tuned: fine-tuning features at learning rate 0.0001" in result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[1] == "//model_defs:digits_tuned"
+    assert any(line.startswith("  features from ") for line in lines)  # digits_transfer featurised the same data
+    assert "  fine-tuning features at learning rate 0.0001" in lines
+    assert sum(line.startswith("  epoch ") for line in lines) == 5 + 2  # the head's epochs, then fine-tuning's
     tuned = manifest(root, "digits_tuned", 1)
     assert len(tuned["history"]["fine_tune_loss"]) == 2 and "fine-tune" in tuned["timings"]
     assert tuned["metrics"]["test"]["accuracy"] >= 0.90

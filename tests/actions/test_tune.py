@@ -81,7 +81,7 @@ def test_best_without_a_search_says_how_to_tune(workspace: Path, capsys: pytest.
     write_definition(workspace, "tiny.py", TINY)
     assert main(["build", "tiny", "--hparams", "best", "--workspace", str(workspace)]) == 1
     assert "has no tuning results" in capsys.readouterr().err
-    assert main(["tune", "tiny", "--tuner", "hyperband", "--max-trials", "3", "--workspace", str(workspace)]) == 1
+    assert main(["tune", "tiny", "--tuner", "hyperband", "--max-trials", "3", "--workspace", str(workspace)]) == 2
     assert "--max-trials does not apply to hyperband" in capsys.readouterr().err
 
 

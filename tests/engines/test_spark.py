@@ -145,7 +145,8 @@ def test_spark_features_as_parquet_feed_the_head(workspace: Path) -> None:
     write_definition(workspace, "small.py", BASE_AND_HEAD)
     locally = run_buildsys("featurize", "small_head", cwd=workspace)
     assert locally.returncode == 0, locally.stderr
-    assert "small_cnn: published version 1" in locally.stdout  # the base was built first
+    # the base was built first
+    assert locally.stdout.startswith("//model_defs:small_cnn\n") and "  published version 1 to " in locally.stdout
     (npz,) = (workspace / "build-out" / "features").glob("small_cnn/*.npz")
     on_spark = run_buildsys("featurize", "small_head", "--engine", "spark", "--master", "local[2]", cwd=workspace)
     assert on_spark.returncode == 0, on_spark.stderr

@@ -81,6 +81,7 @@ def test_missing_dataset_says_what_to_put_where(empty_keras_home: Path, monkeypa
     def offline(*args, **kwargs):
         raise OSError("network is unreachable")
 
+    monkeypatch.setattr(keras_datasets, "_unreachable", lambda host: None)  # the host answers, the download fails
     monkeypatch.setattr(keras.datasets.fashion_mnist, "load_data", offline)
     source = datasets.keras("fashion_mnist")
     assert fingerprint(source, empty_keras_home / "nothing") is None
@@ -90,3 +91,29 @@ def test_missing_dataset_says_what_to_put_where(empty_keras_home: Path, monkeypa
     assert "\n" not in message
     assert "could not be downloaded (network is unreachable)" in message
     assert "train-images-idx3-ubyte.gz" in message and str(empty_keras_home / "nothing") in message
+    assert "pass --data-dir" not in message and "named by --data-dir" not in message  # the user passed it
+
+
+def test_offline_the_hint_comes_before_any_download(
+    empty_keras_home: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    import keras
+
+    def offline(address, timeout):
+        raise OSError(101, "Network is unreachable")
+
+    def never(*args, **kwargs):
+        raise AssertionError("Keras' loader ran (and printed Downloading...) although the host is unreachable")
+
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setattr(keras_datasets.socket, "create_connection", offline)
+    monkeypatch.setattr(keras.datasets.mnist, "load_data", never)
+    with pytest.raises(DataError) as caught:
+        load(datasets.keras("mnist"), None)
+    assert "could not be downloaded (storage.googleapis.com cannot be reached: Network is unreachable)" in str(
+        caught.value
+    )
+    assert "or into a folder named by --data-dir or $BUILDSYS_DATA_DIR" in str(caught.value)
+    captured = capfd.readouterr()
+    assert "Downloading" not in captured.out + captured.err

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from buildsys.errors import BuildsysError
-from buildsys.store import write_atomic
+from modelrepo import FormatError, Manifest, write_atomic
 
 PROBE_FILE = "parity_probe.npz"
 PROBE_ROWS = 8
@@ -34,7 +33,7 @@ def write_probe(folder: Path, inputs: np.ndarray, outputs: np.ndarray) -> str:
     return PROBE_FILE
 
 
-def check_probe(folder: Path, manifest: dict[str, Any]) -> float:
+def check_probe(folder: Path, manifest: Manifest) -> float:
     """Runs `folder`'s ONNX model on its probe inputs; returns the max abs difference from the recorded outputs.
 
     The manifest (already checked by the caller to belong to this key) gives the tensor names, types and shapes
@@ -46,13 +45,13 @@ def check_probe(folder: Path, manifest: dict[str, Any]) -> float:
     import onnxruntime
 
     try:
-        (source,), (target,) = manifest["inputs"], manifest["outputs"]
-        tolerance = float(manifest["parity"]["tolerance"])
-        onnx_file = manifest["files"]["onnx"]
-        dtype = NUMPY_TYPES[source["datatype"]]
-        input_shape, output_shape = tuple(source["shape"][1:]), tuple(target["shape"][1:])
-    except (KeyError, TypeError, ValueError) as error:
-        raise ProbeError(f"manifest.json does not describe one input and one output ({error!r})") from None
+        (source,), (target,) = manifest.inputs, manifest.outputs
+        tolerance = float(manifest.parity["tolerance"])
+        onnx_file = manifest.onnx_file
+        dtype = NUMPY_TYPES[source.datatype]
+    except (KeyError, TypeError, ValueError, FormatError) as error:
+        raise ProbeError(f"manifest.json does not describe one ONNX input and output ({error!r})"[:200]) from None
+    input_shape, output_shape = source.shape[1:], target.shape[1:]
     try:
         with np.load(folder / PROBE_FILE, allow_pickle=False) as arrays:
             inputs, expected = arrays["inputs"], arrays["outputs"]
@@ -71,7 +70,7 @@ def check_probe(folder: Path, manifest: dict[str, Any]) -> float:
         raise ProbeError(f"{PROBE_FILE} does not match the manifest's input and output tensors")
     try:
         session = onnxruntime.InferenceSession(str(folder / onnx_file), providers=["CPUExecutionProvider"])
-        (actual,) = session.run([target["name"]], {source["name"]: inputs})
+        (actual,) = session.run([target.name], {source.name: inputs})
     except Exception as error:  # onnxruntime raises its own exception types for unloadable models and bad feeds
         raise ProbeError(f"{onnx_file} does not run on its probe: {str(error).splitlines()[0][:160]}") from None
     difference = float(np.abs(np.asarray(actual, np.float32) - expected).max())

@@ -24,9 +24,9 @@ from typing import Any
 
 from buildsys.errors import BuildsysError
 from buildsys.transfer import file_sha256
+from modelrepo import MANIFEST_FILE, MODEL_NAME
 
 RECORD_FORMAT = "buildsys-remote/1"
-MANIFEST_PATH = "manifest.json"
 MAX_RECORD_BYTES = 4 << 20  # a record lists file names and digests; anything bigger is not one
 MAX_FILES = 10_000
 MAX_FILE_BYTES = 64 << 30
@@ -142,7 +142,7 @@ def parse_record(data: bytes, key: str) -> ActionRecord:
     if _digest(value["key"], "record.key") != key:
         raise RecordError(f"record.key {value['key'][:16]}... is not the key it is stored under ({key[:16]}...)")
     name = value["name"]
-    if not isinstance(name, str) or not re.match(r"^[a-z][a-z0-9_]{0,63}$", name):
+    if not isinstance(name, str) or not MODEL_NAME.match(name):
         raise RecordError(f"record.name: expected a model name. Received: {name!r}"[:200])
     manifest = _digest(value["manifest"], "record.manifest")
     files = value["files"]
@@ -153,8 +153,8 @@ def parse_record(data: bytes, key: str) -> ActionRecord:
     clash = sorted(folders & set(entries))
     if clash:
         raise RecordError(f"record.files: {clash[0]!r} is listed both as a file and as a folder of other files")
-    if MANIFEST_PATH not in entries or entries[MANIFEST_PATH].digest != manifest:
-        raise RecordError(f"record.files: {MANIFEST_PATH} is missing or its digest is not record.manifest")
+    if MANIFEST_FILE not in entries or entries[MANIFEST_FILE].digest != manifest:
+        raise RecordError(f"record.files: {MANIFEST_FILE} is missing or its digest is not record.manifest")
     return ActionRecord(value["key"], name, manifest, entries)
 
 
@@ -176,6 +176,6 @@ def describe_folder(folder: Path, key: str, name: str) -> ActionRecord:
             if stat.S_ISREG(info.st_mode):
                 mode = 0o755 if info.st_mode & stat.S_IXUSR else 0o644
                 entries[relative] = FileEntry(file_sha256(path), info.st_size, mode)
-    if MANIFEST_PATH not in entries:
-        raise RecordError(f"{folder}: no {MANIFEST_PATH}; only published versions are uploaded")
-    return ActionRecord(key, name, entries[MANIFEST_PATH].digest, entries)
+    if MANIFEST_FILE not in entries:
+        raise RecordError(f"{folder}: no {MANIFEST_FILE}; only published versions are uploaded")
+    return ActionRecord(key, name, entries[MANIFEST_FILE].digest, entries)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -24,19 +23,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from buildsys.errors import BuildsysError
 from buildsys.remote.backends import Backend, RemoteUnavailableError, open_backend
 from buildsys.remote.probe import ProbeError, check_probe
-from buildsys.remote.record import (
-    MANIFEST_PATH,
-    MAX_RECORD_BYTES,
-    ActionRecord,
-    RecordError,
-    describe_folder,
-    parse_record,
-)
+from buildsys.remote.record import MAX_RECORD_BYTES, ActionRecord, RecordError, describe_folder, parse_record
+from modelrepo import FormatError, Manifest, read_manifest
 
 
 class CorruptEntryError(BuildsysError):
@@ -67,7 +59,7 @@ class RemoteSettings:
 class Fetched:
     """A verified hit: the staging folder holds the version's files; `manifest` is what to publish it with."""
 
-    manifest: dict[str, Any]
+    manifest: Manifest
     seconds: float
     size: int
 
@@ -117,14 +109,14 @@ class RemoteCache:
             self.warn(f"remote cache {self.display}: entry {key[:16]} is unusable ({error}); building locally")
             return None
         seconds = round(time.perf_counter() - started, 3)
-        built_as = {"version": manifest.pop("version", None), "origin": manifest.pop("origin", None)}
-        manifest["origin"] = {
+        origin = {
             "kind": "fetched",
             "cache": self.display,
             "key": key,
             "fetched": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "built_as": built_as,
+            "built_as": {"version": manifest.version, "origin": manifest.extra.get("origin")},
         }
+        manifest = manifest.replace(version=None, extra={**manifest.extra, "origin": origin})
         return Fetched(manifest, seconds, record.total_size)
 
     def _download(self, record: ActionRecord, staging: Path) -> None:
@@ -153,21 +145,16 @@ class RemoteCache:
         for directory, _, _ in os.walk(staging):
             os.chmod(directory, 0o755)
 
-    def _verify(self, record: ActionRecord, staging: Path, key: str, name: str) -> dict[str, Any]:
+    def _verify(self, record: ActionRecord, staging: Path, key: str, name: str) -> Manifest:
         try:
-            manifest = json.loads((staging / MANIFEST_PATH).read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise CorruptEntryError(f"{MANIFEST_PATH} is not JSON ({error})") from None
-        if not isinstance(manifest, dict):
-            raise CorruptEntryError(f"{MANIFEST_PATH} is not a JSON object")
-        if manifest.get("content_hash") != key or manifest.get("name") != name:
-            raise CorruptEntryError(f"{MANIFEST_PATH} is of another build (its name or content_hash differs)")
-        files = manifest.get("files")
-        if not isinstance(files, dict) or not all(isinstance(value, str) for value in files.values()):
-            raise CorruptEntryError(f"{MANIFEST_PATH}: 'files' is not an object of file names")
-        for role, path in files.items():
+            manifest = read_manifest(staging)
+        except FormatError as error:
+            raise CorruptEntryError(str(error).replace(str(staging), "staging")) from None
+        if manifest.content_hash != key or manifest.name != name:
+            raise CorruptEntryError("manifest.json is of another build (its name or content_hash differs)")
+        for role, path in manifest.files.items():
             if path not in record.files and not any(listed.startswith(f"{path}/") for listed in record.files):
-                raise CorruptEntryError(f"{MANIFEST_PATH} names {role} file {path!r}, which the record lacks")
+                raise CorruptEntryError(f"manifest.json names {role} file {path!r}, which the record lacks")
         check_probe(staging, manifest)
         return manifest
 

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from buildsys import sources
 from buildsys.cache import CacheKey, cache_key
@@ -28,6 +28,9 @@ from buildsys.graph import Dependency
 from buildsys.store import OutputTree
 from buildsys.transfer import WEIGHTS_FILE, dependency_digests
 from buildsys.workspace import Target
+
+if TYPE_CHECKING:
+    from buildsys.remote import RemoteCache
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class BuildOptions:
     mixed_precision: bool = False
     jit: bool = False
     deterministic: bool = False
+    remote: RemoteCache | None = None  # looked up before training, uploaded to after publishing
 
     def training_key(self) -> dict[str, Any]:
         """The training settings that change the trained weights, as they enter the cache key.
@@ -70,7 +74,7 @@ class BuildOptions:
 @dataclass
 class BuildResult:
     label: str
-    status: str  # "up to date" | "built"
+    status: str  # "up to date" | "built" | "fetched"
     version: int
     content_hash: str
     metrics: dict[str, float] = field(default_factory=dict)
@@ -180,6 +184,8 @@ def build(
     if current.published_version is not None and not options.force:
         reporter.say(f"up to date (version {current.published_version})")
         return BuildResult(target.label, "up to date", current.published_version, current.key.digest)
+    if current.key is not None and (hit := _remote_hit(target, tree, options, current.key, reporter)):
+        return hit
 
     started = time.perf_counter()
     from buildsys.actions.data import check_and_split
@@ -199,6 +205,8 @@ def build(
         if published is not None and not options.force:
             reporter.say(f"up to date (version {published})")
             return BuildResult(target.label, "up to date", published, key.digest)
+        if hit := _remote_hit(target, tree, options, key, reporter):
+            return hit
 
     staging = tree.staging_dir(spec.name)
     try:
@@ -226,7 +234,32 @@ def build(
         raise
     shutil.rmtree(work, ignore_errors=True)  # the training checkpoints are no longer needed
     reporter.say(f"published version {version} to {tree.model_dir(spec.name) / str(version)}")
+    if options.remote is not None:  # the remote cache seam after publish
+        from buildsys.remote.seam import upload_published
+
+        upload_published(options.remote, tree, spec.name, version, key.digest, reporter.say)
     return BuildResult(target.label, "built", version, key.digest, manifest["metrics"]["test"], reporter.timings)
+
+
+def _remote_hit(
+    target: Target, tree: OutputTree, options: BuildOptions, key: CacheKey, reporter: Reporter
+) -> BuildResult | None:
+    """The remote cache seam before training: a verified hit published as a local version, or None to build.
+
+    Skipped with `--force` (the user asked for a rebuild) and for multi-worker training, whose tasks must all
+    train together.
+    """
+    if options.remote is None or options.force or options.strategy == "multi-worker":
+        return None
+    from buildsys.remote.seam import publish_hit
+
+    hit = publish_hit(options.remote, tree, target.spec, key.digest, reporter.say)
+    if hit is None:
+        return None
+    version, fetched = hit
+    reporter.say(f"published version {version} to {tree.model_dir(target.spec.name) / str(version)} (no training)")
+    test_metrics = fetched.manifest.metrics.get("test", {})
+    return BuildResult(target.label, "fetched", version, key.digest, test_metrics, {"fetch": fetched.seconds})
 
 
 def _run_actions(
@@ -311,6 +344,7 @@ def _run_actions(
         "content_hash": key.digest,
         "created": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "platform": "onnxruntime_onnx",
+        "origin": {"kind": "built"},
         "files": {"onnx": "model.onnx", "savedmodel": "model.savedmodel", "keras_weights": WEIGHTS_FILE},
         "dependencies": current.dependencies,
         "inputs": tensors["inputs"],

@@ -63,6 +63,21 @@ def _set_cluster(args: argparse.Namespace) -> None:
     os.environ["TF_CONFIG"] = tf_config_from_flags(args.cluster, args.task)
 
 
+def _remote_cache(args: argparse.Namespace) -> Any:
+    """The `--remote-cache` of a build (or $BUILDSYS_REMOTE_CACHE), None without one; headers come from
+    `--remote-header` and $BUILDSYS_REMOTE_HEADERS (one `NAME: VALUE` per line), never from anything printed."""
+    url = args.remote_cache or os.environ.get("BUILDSYS_REMOTE_CACHE")
+    if not url:
+        if args.remote_cache_required or args.remote_header or args.remote_ca:
+            raise BuildsysError("--remote-cache-required, --remote-header and --remote-ca need --remote-cache URL")
+        return None
+    from buildsys.remote import RemoteCache, RemoteSettings, parse_headers
+
+    headers = parse_headers([*os.environ.get("BUILDSYS_REMOTE_HEADERS", "").splitlines(), *args.remote_header])
+    settings = RemoteSettings(url, args.remote_upload, args.remote_cache_required, headers, args.remote_ca)
+    return RemoteCache(settings)
+
+
 def command_build(args: argparse.Namespace) -> int:
     from buildsys.build import BuildOptions
     from buildsys.schedule import build_all
@@ -70,6 +85,7 @@ def command_build(args: argparse.Namespace) -> int:
     workspace, tree = _context(args)
     targets = workspace.resolve(args.labels)
     _set_cluster(args)
+    remote = _remote_cache(args)
     options = BuildOptions(
         force=args.force,
         quiet=args.quiet or args.json,
@@ -79,6 +95,7 @@ def command_build(args: argparse.Namespace) -> int:
         mixed_precision=args.mixed_precision,
         jit=args.jit,
         deterministic=args.deterministic,
+        remote=remote,
     )
     results = build_all(
         workspace,
@@ -190,6 +207,15 @@ def _show_tuning(target: Any, tree: OutputTree, as_json: bool) -> None:
         print(f"  trial {int(trial['trial_id']) + 1:>3}  {trial['status'] or '-':<10}  {score:>7}  {values}")
 
 
+def _origin_text(origin: Any) -> str:
+    """Where a version came from, as `show` prints it; versions from before origins were recorded were built here."""
+    if isinstance(origin, dict) and origin.get("kind") == "fetched":
+        built = origin.get("built_as") or {}
+        remote_version = f", version {built['version']} there" if built.get("version") else ""
+        return f"fetched from {origin.get('cache')} ({origin.get('fetched')}{remote_version}), key {origin.get('key')}"
+    return "built here"
+
+
 def command_show(args: argparse.Namespace) -> int:
     workspace, tree = _context(args)
     for target in workspace.resolve(args.labels):
@@ -210,7 +236,8 @@ def command_show(args: argparse.Namespace) -> int:
             f"  parity:  ONNX {manifest['parity']['onnx_max_abs_diff']:.2g}, "
             f"SavedModel {manifest['parity']['savedmodel_max_abs_diff']:.2g}\n"
             f"  hparams: {json.dumps(manifest['hparams'])}\n"
-            f"  params:  {manifest['params']:,}"
+            f"  params:  {manifest['params']:,}\n"
+            f"  origin:  {_origin_text(manifest.get('origin'))}"
         )
     return 0
 
@@ -410,6 +437,30 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--deterministic", action="store_true", help="deterministic ops: same seed, same weights (slower)"
     )
+    remote = build.add_argument_group("remote cache (see BUILD.md)")
+    remote.add_argument(
+        "--remote-cache",
+        metavar="URL",
+        help="share built versions: http(s)://HOST/PATH (Bazel's HTTP protocol), file://, s3:// or gs:// "
+        "(default: $BUILDSYS_REMOTE_CACHE)",
+    )
+    remote.add_argument(
+        "--remote-upload",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="upload what this build trained and published (default: on)",
+    )
+    remote.add_argument(
+        "--remote-cache-required", action="store_true", help="fail the build when the cache cannot be reached"
+    )
+    remote.add_argument(
+        "--remote-header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'|@FILE",
+        help="an HTTP header such as a token, or @FILE with one per line (keeps it out of the process list)",
+    )
+    remote.add_argument("--remote-ca", type=Path, metavar="FILE", help="CA certificates to verify the cache's TLS with")
     build.set_defaults(func=command_build)
 
     listing = commands.add_parser("list", parents=[common, data], help="every target with its state")

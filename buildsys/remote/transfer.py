@@ -71,6 +71,7 @@ class RemoteCache:
         self.settings = settings
         self.backend: Backend = open_backend(settings.url, settings.headers, settings.ca_file)
         self.warn = warn
+        self.damaged: set[str] = set()  # blobs found corrupt: uploaded again even though the cache has them
 
     @property
     def display(self) -> str:
@@ -140,6 +141,7 @@ class RemoteCache:
                 stream.flush()
                 os.fsync(stream.fileno())
             if size != entry.size or digest.hexdigest() != entry.digest:
+                self.damaged.add(entry.digest)
                 raise CorruptEntryError(f"{path}: the blob's size or sha256 is not the record's")
             os.chmod(destination, entry.mode)
         for directory, _, _ in os.walk(staging):
@@ -169,7 +171,7 @@ class RemoteCache:
             record = describe_folder(version_dir, key, name)
             sent = 0
             for path, entry in sorted(record.files.items()):
-                if not self.backend.has_blob(entry.digest):
+                if entry.digest in self.damaged or not self.backend.has_blob(entry.digest):
                     self.backend.put_blob(entry.digest, version_dir.joinpath(*path.split("/")))
                     sent += entry.size
             self.backend.put_record(key, record.to_bytes())

@@ -1,14 +1,22 @@
-"""The build of one target: plan its cache key, and when nothing matches, run the actions and publish.
+"""The build of one target: a plan, then one job that carries it from the cache lookup to the published version.
 
-Planning (hyperparameters, seed, data fingerprint, key, lookup in the output tree) imports no TensorFlow, so an
-up-to-date target costs a few file reads. The actions run in order — load data, compile, train, evaluate, export,
-verify, report — each reported on one line with its wall time; the version is assembled in a staging folder that is
-removed on any failure or interrupt and renamed into place only when everything passed, the definition's quality
-gate included (a candidate it rejects is moved to `build-out/rejected/` instead).
+The scheduler (`buildsys.schedule`) walks the target graph once and calls `plan` for each target: an immutable
+`Plan` holding everything the build will use — label, spec, resolved hyperparameters and seed, the cache key, the
+dependencies' published versions and weights digests, and every path it will touch. Planning imports no
+TensorFlow, so an up-to-date target costs a few file reads. `BuildJob` then runs the plan in stages, each a method
+that takes the plan and returns what the next needs (KerasTuner's oracle / tuner / trial split, with the plan
+passed between roles): look up a published version (local, then an optional `RemoteCache`); load data; train,
+evaluate, export, verify and report into a staging folder; publish; upload. Nothing after `plan` computes a key
+or a path. The job holds the target's build lock from its lookup to its publish, so a second build of the same
+target waits and then finds the first one's version; the staging folder is removed on any failure or interrupt
+and renamed into place only when everything passed, the quality gate included (a rejected candidate is moved to
+`build-out/rejected/` instead).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime
 import shutil
 import sys
@@ -18,19 +26,16 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from buildsys import sources
 from buildsys.cache import CacheKey, cache_key
 from buildsys.dsl.specs import ModelSpec, validate
 from buildsys.errors import BuildsysError, DefinitionError
 from buildsys.graph import Dependency
-from buildsys.store import OutputTree
-from buildsys.transfer import WEIGHTS_FILE, dependency_digests
+from buildsys.store import WEIGHTS_FILE, OutputTree, file_sha256
+from buildsys.transfer import dependency_digests, features_path
 from buildsys.workspace import Target
-
-if TYPE_CHECKING:
-    from buildsys.remote import RemoteCache
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,6 @@ class BuildOptions:
     mixed_precision: bool = False
     jit: bool = False
     deterministic: bool = False
-    remote: RemoteCache | None = None  # looked up before training, uploaded to after publishing
 
     def training_key(self) -> dict[str, Any]:
         """The training settings that change the trained weights, as they enter the cache key.
@@ -74,11 +78,13 @@ class BuildOptions:
 @dataclass
 class BuildResult:
     label: str
-    status: str  # "up to date" | "built" | "fetched"
+    status: str  # "up to date" | "built" | "fetched" | "trained (worker)" | "failed" | "skipped"
     version: int
     content_hash: str
     metrics: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    reason: str = ""  # failed: the error's one line; skipped: "depends on LABEL"
+    seconds: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -88,18 +94,61 @@ class BuildResult:
             "content_hash": self.content_hash,
             "metrics": self.metrics,
             "timings": self.timings,
+            "reason": self.reason,
+            "seconds": self.seconds,
         }
 
 
 @dataclass(frozen=True)
-class Plan:
-    """What a build would be keyed on; `key` is None while the data is not on this machine yet."""
+class BuildPaths:
+    """Every place a build of one target reads or writes in the output tree, fixed when it is planned."""
 
+    model_dir: Path
+    staging_root: Path
+    work_dir: Path | None = None  # per content hash: training checkpoints; None until the key is known
+    features: Path | None = None  # a transfer target's cached base features; None until data and base are known
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one target's build is keyed on and where it goes; `key` is None while the data is not on this machine.
+
+    `dependencies` are the targets a transfer target's base is cut from, each with its content hash, published
+    version and weights digest; `upstream` is what of them enters the key. `newer_than` is the highest version
+    number published when a `--force` build was planned: it ignores versions up to it, and accepts a version with
+    its key that another build published meanwhile (0 without --force).
+    """
+
+    target: Target
+    options: BuildOptions
     hparams: dict[str, Any]
     seed: int
     key: CacheKey | None
     published_version: int | None
-    dependencies: dict[str, str] = field(default_factory=dict)  # what a transfer target's base depends on
+    paths: BuildPaths
+    dependencies: tuple[Dependency, ...] = ()
+    upstream: dict[str, str] = field(default_factory=dict)
+    newer_than: int = 0
+
+    @property
+    def label(self) -> str:
+        return self.target.label
+
+    @property
+    def spec(self) -> ModelSpec:
+        return self.target.spec
+
+    def keyed(self, data_fingerprint: str, tree: OutputTree) -> Plan:
+        """This plan keyed on data with `data_fingerprint`: the one place a build's key and key-dependent paths
+        are computed (at planning, or after the data was fetched by the build)."""
+        spec = self.spec
+        key = cache_key(spec, data_fingerprint, self.seed, self.hparams, self.options.training_key(), self.upstream)
+        features = (
+            features_path(tree, self.target, self.dependencies, data_fingerprint, self.seed) if spec.transfer else None
+        )
+        paths = dataclasses.replace(self.paths, work_dir=tree.work_dir(spec.name, key.digest), features=features)
+        published = tree.find_version(spec.name, key.digest, self.newer_than)
+        return dataclasses.replace(self, key=key, paths=paths, published_version=published)
 
 
 def resolve_hparams(spec: ModelSpec, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -118,19 +167,42 @@ def resolve_hparams(spec: ModelSpec, overrides: dict[str, Any]) -> dict[str, Any
 
 
 def plan(target: Target, tree: OutputTree, options: BuildOptions, dependencies: Sequence[Dependency] = ()) -> Plan:
-    """Computes the target's key and finds a published version built from it. Imports no TensorFlow.
+    """Plans `target`: its hyperparameters, seed, key and paths, and the published version built from that key.
+    Imports no TensorFlow.
 
-    `dependencies` are the targets a transfer target's base is cut from, with the content hashes they were
-    planned with (`buildsys.graph.TargetGraph.build_order` gives the order); their hashes enter the key.
+    `dependencies` are the targets a transfer target's base is cut from, as the scheduler resolved them
+    (`buildsys.schedule.walk` gives the order); their content hashes enter the key.
     """
     spec = target.spec
-    hparams = resolve_hparams(spec, options.hparams)
-    seed = spec.train.seed if options.seed is None else options.seed
-    fingerprint = sources.fingerprint(spec.data, options.data_dir)
     upstream = dependency_digests(target, dependencies)
-    key = cache_key(spec, fingerprint, seed, hparams, options.training_key(), upstream) if fingerprint else None
-    published = tree.find_version(spec.name, key.digest) if key else None
-    return Plan(hparams, seed, key, published, upstream)
+    unkeyed = Plan(
+        target=target,
+        options=options,
+        hparams=resolve_hparams(spec, options.hparams),
+        seed=spec.train.seed if options.seed is None else options.seed,
+        key=None,
+        published_version=None,
+        paths=BuildPaths(model_dir=tree.model_dir(spec.name), staging_root=tree.staging_root(spec.name)),
+        dependencies=tuple(dependencies),
+        upstream=upstream,
+        newer_than=tree.highest_version(spec.name) if options.force else 0,
+    )
+    fingerprint = sources.fingerprint(spec.data, options.data_dir)
+    return unkeyed.keyed(fingerprint, tree) if fingerprint else unkeyed
+
+
+class RemoteCache(Protocol):
+    """A shared cache the build job consults after a local miss and fills after a publish (issue 14's seam).
+
+    `fetch` downloads and verifies the version built from `plan.key` into `staging` (an empty folder the job
+    owns and removes on failure) and returns its manifest without a version number, or None on a miss (a
+    corrupt or unreachable cache is a miss); the job then publishes the folder as it publishes a local build.
+    `upload` stores a version this job built (`version_dir`, complete and published) under `plan.key`.
+    """
+
+    def fetch(self, plan: Plan, staging: Path) -> dict[str, Any] | None: ...
+
+    def upload(self, plan: Plan, version_dir: Path) -> None: ...
 
 
 class Reporter:
@@ -165,120 +237,157 @@ def _versions() -> dict[str, str]:
     return found
 
 
-def build(
-    target: Target, tree: OutputTree, options: BuildOptions, dependencies: Sequence[Dependency] = ()
-) -> BuildResult:
-    """Builds `target` unless a published version has the same key; returns what happened.
+class BuildJob:
+    """Runs one plan: lookup → (remote fetch | load data → train … report) → publish → upload.
 
-    A transfer target's `dependencies` must be built (or up to date) already: see `plan`.
-
-    Raises:
-        BuildsysError: for bad data, a failed parity check, or a strategy this machine cannot run; nothing is
-            published and the staging folder is removed.
-        QualityGateError: the candidate failed its quality gate; nothing is published and the staging folder is
-            kept under `build-out/rejected/<name>/<hash>/`.
+    Seams for a shared cache: `remote.fetch` is tried after the local lookup misses and before any data is loaded
+    or model trained; `remote.upload` after a version built here is published. Both run under the target lock.
     """
-    spec = target.spec
-    reporter = Reporter(target.label, options.quiet)
-    current = plan(target, tree, options, dependencies)
-    if current.published_version is not None and not options.force:
-        reporter.say(f"up to date (version {current.published_version})")
-        return BuildResult(target.label, "up to date", current.published_version, current.key.digest)
-    if current.key is not None and (hit := _remote_hit(target, tree, options, current.key, reporter)):
-        return hit
 
-    started = time.perf_counter()
-    from buildsys.actions.data import check_and_split
-    from buildsys.actions.report import write_report
-    from buildsys.gate import judge, reject
+    def __init__(self, plan: Plan, tree: OutputTree, remote: RemoteCache | None = None) -> None:
+        self.plan = plan
+        self.tree = tree
+        self.remote = remote
+        self.reporter = Reporter(plan.label, plan.options.quiet)
 
-    with reporter.action("load data"):
-        dataset = sources.load(spec.data, options.data_dir)
-        splits = check_and_split(dataset, spec, current.seed)
-    key = current.key
-    if key is None:  # the data was fetched just now: key the build on what arrived
-        fingerprint = sources.fingerprint(spec.data, options.data_dir)
-        if fingerprint is None:
-            raise BuildsysError(f"{target.label}: the data was loaded but its files cannot be found to fingerprint")
-        key = cache_key(spec, fingerprint, current.seed, current.hparams, options.training_key(), current.dependencies)
-        published = tree.find_version(spec.name, key.digest)
-        if published is not None and not options.force:
-            reporter.say(f"up to date (version {published})")
-            return BuildResult(target.label, "up to date", published, key.digest)
-        if hit := _remote_hit(target, tree, options, key, reporter):
-            return hit
+    def run(self) -> BuildResult:
+        """Builds the plan's target unless a published version has its key; returns what happened.
 
-    staging = tree.staging_dir(spec.name)
-    try:
-        work = tree.work_dir(spec.name, key.digest)
-        outcome = _run_actions(target, splits, current, key, staging, work, options, reporter, tree, dependencies)
-        if outcome is None:
+        Raises:
+            BuildsysError: for bad data, a failed parity check, or a strategy this machine cannot run; nothing is
+                published and the staging folder is removed.
+            QualityGateError: the candidate failed its quality gate; nothing is published and the staging folder is
+                kept under `build-out/rejected/<name>/<hash>/`.
+        """
+        if self.plan.published_version is not None:
+            return self.up_to_date(self.plan, self.plan.published_version)
+        with self._lock():
+            return self._run_locked(self.plan)
+
+    def _lock(self) -> contextlib.AbstractContextManager[Any]:
+        """The target lock, which multi-worker tasks other than the chief do not take: they train in lockstep
+        with the chief (which holds it) and publish nothing."""
+        if self.plan.options.strategy == "multi-worker":
+            from buildsys.actions.distributed import is_chief
+
+            if not is_chief():
+                return contextlib.nullcontext()
+        name = self.plan.spec.name
+        return self.tree.target_lock(name, waiting=lambda: self.reporter.say("waiting for another build of it"))
+
+    def lookup(self, plan: Plan) -> int | None:
+        """The published version built from the plan's key, looked up again under the lock: another build of the
+        same target may have published it while this one waited."""
+        return self.tree.find_version(plan.spec.name, plan.key.digest, plan.newer_than)
+
+    def up_to_date(self, plan: Plan, version: int) -> BuildResult:
+        """Reports `version` and repairs the model-level files (and the version's copies) when that version is the
+        latest and they are missing, stale (a build killed after its rename) or written with other serving
+        settings (`max_batch_size`)."""
+        name = plan.spec.name
+        if self.tree.versions(name)[-1] == version:
+            for path in self.tree.refresh_model_files(name, plan.spec.export.max_batch_size):
+                self.reporter.say(f"rewrote {path}")
+        self.reporter.say(f"up to date (version {version})")
+        return BuildResult(plan.label, "up to date", version, plan.key.digest)
+
+    def _run_locked(self, plan: Plan) -> BuildResult:
+        started = time.perf_counter()
+        if plan.key is not None and (found := self.lookup(plan)) is not None:
+            return self.up_to_date(plan, found)
+        if plan.key is not None and (fetched := self._fetch(plan)) is not None:
+            return fetched
+        splits = self.load_data(plan)
+        if plan.key is None:  # the data was fetched just now: key the build on what arrived
+            fingerprint = sources.fingerprint(plan.spec.data, plan.options.data_dir)
+            if fingerprint is None:
+                raise BuildsysError(f"{plan.label}: the data was loaded but its files cannot be found to fingerprint")
+            plan = plan.keyed(fingerprint, self.tree)
+            if (found := self.lookup(plan)) is not None:
+                return self.up_to_date(plan, found)
+            if (fetched := self._fetch(plan)) is not None:
+                return fetched
+        staging = self.tree.staging_dir(plan.spec.name)
+        try:
+            manifest = self.train(plan, splits, staging)
+            if manifest is None:
+                shutil.rmtree(staging, ignore_errors=True)
+                self.reporter.say("trained as a multi-worker task; the chief evaluates and publishes")
+                return BuildResult(plan.label, "trained (worker)", 0, plan.key.digest, {}, self.reporter.timings)
+            manifest["timings"]["total"] = round(time.perf_counter() - started, 3)
+            version = self.publish(plan, staging, manifest)
+        except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
-            reporter.say("trained as a multi-worker task; the chief evaluates and publishes")
-            return BuildResult(target.label, "trained (worker)", 0, key.digest, {}, reporter.timings)
+            raise
+        shutil.rmtree(plan.paths.work_dir, ignore_errors=True)  # the training checkpoints are no longer needed
+        if self.remote is not None:
+            self.remote.upload(plan, plan.paths.model_dir / str(version))
+        test = manifest["metrics"]["test"]
+        return BuildResult(plan.label, "built", version, plan.key.digest, test, self.reporter.timings)
+
+    def _fetch(self, plan: Plan) -> BuildResult | None:
+        """A version from the remote cache, published here as a local build would be; None on a miss."""
+        if self.remote is None:
+            return None
+        staging = self.tree.staging_dir(plan.spec.name)
+        try:
+            manifest = self.remote.fetch(plan, staging)
+            if manifest is None:
+                shutil.rmtree(staging, ignore_errors=True)
+                return None
+            version = self.publish(plan, staging, manifest)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return BuildResult(plan.label, "fetched", version, plan.key.digest, manifest["metrics"]["test"])
+
+    def load_data(self, plan: Plan) -> Any:
+        from buildsys.actions.data import check_and_split
+
+        with self.reporter.action("load data"):
+            dataset = sources.load(plan.spec.data, plan.options.data_dir)
+            return check_and_split(dataset, plan.spec, plan.seed)
+
+    def train(self, plan: Plan, splits: Any, staging: Path) -> dict[str, Any] | None:
+        """compile → train → evaluate → export → verify → report, into `staging`; returns the manifest (without a
+        version), or None for a multi-worker task other than the chief, which only trains.
+
+        Raises:
+            QualityGateError: the candidate failed the definition's gate (moved to `build-out/rejected/`).
+        """
+        from buildsys.actions.report import write_report
+        from buildsys.gate import judge, reject
+
+        outcome = _run_actions(plan, splits, staging, self.tree, self.reporter)
+        if outcome is None:
+            return None
         manifest, probabilities = outcome
-        with reporter.action("report"):
-            verdict = judge(spec.evaluate, manifest, tree.latest_manifest(spec.name))
+        with self.reporter.action("report"):
+            verdict = judge(plan.spec.evaluate, manifest, self.tree.latest_manifest(plan.spec.name))
             manifest["quality_gate"] = verdict.to_json()
             write_report(staging, manifest, splits.x_test, splits.y_test, probabilities)
-        manifest["timings"]["report"] = reporter.timings["report"]
+        manifest["timings"]["report"] = self.reporter.timings["report"]
         for note in verdict.notes:
-            reporter.say(f"quality gate: {note}")
+            self.reporter.say(f"quality gate: {note}")
         if not verdict.passed:
-            raise reject(tree, staging, manifest, verdict)
-        manifest["timings"]["total"] = round(time.perf_counter() - started, 3)
-        with reporter.action("publish"):
-            version = tree.publish(spec.name, staging, manifest, spec.export.max_batch_size)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(work, ignore_errors=True)  # the training checkpoints are no longer needed
-    reporter.say(f"published version {version} to {tree.model_dir(spec.name) / str(version)}")
-    if options.remote is not None:  # the remote cache seam after publish
-        from buildsys.remote.seam import upload_published
+            raise reject(self.tree, staging, manifest, verdict)
+        return manifest
 
-        upload_published(options.remote, tree, spec.name, version, key.digest, reporter.say)
-    return BuildResult(target.label, "built", version, key.digest, manifest["metrics"]["test"], reporter.timings)
-
-
-def _remote_hit(
-    target: Target, tree: OutputTree, options: BuildOptions, key: CacheKey, reporter: Reporter
-) -> BuildResult | None:
-    """The remote cache seam before training: a verified hit published as a local version, or None to build.
-
-    Skipped with `--force` (the user asked for a rebuild) and for multi-worker training, whose tasks must all
-    train together.
-    """
-    if options.remote is None or options.force or options.strategy == "multi-worker":
-        return None
-    from buildsys.remote.seam import publish_hit
-
-    hit = publish_hit(options.remote, tree, target.spec, key.digest, reporter.say)
-    if hit is None:
-        return None
-    version, fetched = hit
-    reporter.say(f"published version {version} to {tree.model_dir(target.spec.name) / str(version)} (no training)")
-    test_metrics = fetched.manifest.metrics.get("test", {})
-    return BuildResult(target.label, "fetched", version, key.digest, test_metrics, {"fetch": fetched.seconds})
+    def publish(self, plan: Plan, staging: Path, manifest: dict[str, Any]) -> int:
+        with self.reporter.action("publish"):
+            version = self.tree.publish(plan.spec.name, staging, manifest, plan.spec.export.max_batch_size)
+        self.reporter.say(f"published version {version} to {plan.paths.model_dir / str(version)}")
+        return version
 
 
 def _run_actions(
-    target: Target,
-    splits: Any,
-    current: Plan,
-    key: CacheKey,
-    staging: Path,
-    work: Path,
-    options: BuildOptions,
-    reporter: Reporter,
-    tree: OutputTree,
-    dependencies: Sequence[Dependency],
+    plan: Plan, splits: Any, staging: Path, tree: OutputTree, reporter: Reporter
 ) -> tuple[dict[str, Any], Any] | None:
     """compile → train → evaluate → export → verify, into `staging`; returns the manifest (without version) and the
     model's probabilities on the test split, predicted once for the metrics, the parity check and the report.
 
-    Training checkpoints into `work`. A multi-worker task other than the chief returns None after training: only
-    the chief evaluates, exports and publishes. A transfer target compiles and trains in
+    Training checkpoints into the plan's work folder. A multi-worker task other than the chief returns None after
+    training: only the chief evaluates, exports and publishes. A transfer target compiles and trains in
     `buildsys.actions.transfer` (base, cached features, head, fine-tuning) and joins the common path at evaluate.
     """
     from buildsys.actions.checkpoints import TrainingCheckpoint
@@ -291,22 +400,19 @@ def _run_actions(
     from buildsys.actions.train import build_in_scope, fit, inference_copy
     from buildsys.actions.verify import verify
 
-    spec = target.spec
+    spec, options, key = plan.spec, plan.options, plan.key
     multi_worker = options.strategy == "multi-worker"
     verbose = 1 if sys.stdout.isatty() and not options.quiet else 0  # otherwise the epoch lines are the progress
     if spec.transfer is not None:
         from buildsys.actions.transfer import train_transfer
 
-        model, strategy, history = train_transfer(
-            target, dependencies, splits, current.hparams, current.seed, key.data_fingerprint, tree,
-            reporter.action, reporter.say, verbose,
-        )  # fmt: skip
+        model, strategy, history = train_transfer(plan, splits, tree, reporter.action, reporter.say, verbose)
     else:
         with reporter.action("compile"):
             model, strategy = build_in_scope(
                 spec,
-                current.hparams,
-                current.seed,
+                plan.hparams,
+                plan.seed,
                 options.strategy,
                 mixed_precision=options.mixed_precision,
                 jit=options.jit,
@@ -316,12 +422,12 @@ def _run_actions(
             f"strategy {type(strategy).__name__} with {strategy.num_replicas_in_sync} replica(s), "
             f"{parameter_count(model):,} parameters"
         )
-        checkpoint = TrainingCheckpoint(work / "checkpoint", writable=not multi_worker or is_chief())
+        checkpoint = TrainingCheckpoint(plan.paths.work_dir / "checkpoint", writable=not multi_worker or is_chief())
         with reporter.action("train"), stream_failures(splits):
-            history = fit(model, strategy, spec, splits, current.seed, verbose, checkpoint=checkpoint, say=reporter.say)
+            history = fit(model, strategy, spec, splits, plan.seed, verbose, checkpoint=checkpoint, say=reporter.say)
         if multi_worker and not is_chief():
             return None
-        model = inference_copy(model, spec, current.hparams)
+        model = inference_copy(model, spec, plan.hparams)
     with reporter.action("evaluate"):
         metrics = evaluate(model, spec, splits)
         probabilities = model.predict(splits.x_test, batch_size=256, verbose=0)
@@ -340,13 +446,18 @@ def _run_actions(
     manifest = {
         "format": 1,
         "name": spec.name,
-        "label": target.label,
+        "label": plan.label,
         "content_hash": key.digest,
         "created": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "platform": "onnxruntime_onnx",
-        "origin": {"kind": "built"},
+        "origin": {"kind": "built"},  # a remote cache hit records the cache and key instead (buildsys.remote)
         "files": {"onnx": "model.onnx", "savedmodel": "model.savedmodel", "keras_weights": WEIGHTS_FILE},
-        "dependencies": current.dependencies,
+        "dependencies": plan.upstream,
+        "dependency_versions": {
+            dependency.target.label: {"version": dependency.version, "weights_sha256": dependency.weights_digest}
+            for dependency in plan.dependencies
+        },
+        "weights_sha256": file_sha256(staging / WEIGHTS_FILE),
         "inputs": tensors["inputs"],
         "outputs": tensors["outputs"],
         "opset": tensors["opset"],

@@ -63,7 +63,7 @@ def _set_cluster(args: argparse.Namespace) -> None:
     os.environ["TF_CONFIG"] = tf_config_from_flags(args.cluster, args.task)
 
 
-def _remote_cache(args: argparse.Namespace) -> Any:
+def _remote_cache(args: argparse.Namespace, tree: OutputTree) -> Any:
     """The `--remote-cache` of a build (or $BUILDSYS_REMOTE_CACHE), None without one; headers come from
     `--remote-header` and $BUILDSYS_REMOTE_HEADERS (one `NAME: VALUE` per line), never from anything printed."""
     url = args.remote_cache or os.environ.get("BUILDSYS_REMOTE_CACHE")
@@ -72,20 +72,21 @@ def _remote_cache(args: argparse.Namespace) -> Any:
             raise BuildsysError("--remote-cache-required, --remote-header and --remote-ca need --remote-cache URL")
         return None
     from buildsys.remote import RemoteCache, RemoteSettings, parse_headers
+    from buildsys.remote.seam import BuildCache
 
     headers = parse_headers([*os.environ.get("BUILDSYS_REMOTE_HEADERS", "").splitlines(), *args.remote_header])
     settings = RemoteSettings(url, args.remote_upload, args.remote_cache_required, headers, args.remote_ca)
-    return RemoteCache(settings)
+    return BuildCache(RemoteCache(settings), tree)
 
 
 def command_build(args: argparse.Namespace) -> int:
     from buildsys.build import BuildOptions
-    from buildsys.schedule import build_all
+    from buildsys.schedule import BuildFailed, build_all, summary_table
 
     workspace, tree = _context(args)
     targets = workspace.resolve(args.labels)
     _set_cluster(args)
-    remote = _remote_cache(args)
+    remote = _remote_cache(args, tree)
     options = BuildOptions(
         force=args.force,
         quiet=args.quiet or args.json,
@@ -95,15 +96,23 @@ def command_build(args: argparse.Namespace) -> int:
         mixed_precision=args.mixed_precision,
         jit=args.jit,
         deterministic=args.deterministic,
-        remote=remote,
     )
-    results = build_all(
-        workspace,
-        tree,
-        targets,
-        options,
-        lambda target: dataclasses.replace(options, hparams=_hparams_for(args.hparams, target, tree)),
-    )
+    try:
+        results = build_all(
+            workspace,
+            tree,
+            targets,
+            options,
+            lambda target: dataclasses.replace(options, hparams=_hparams_for(args.hparams, target, tree)),
+            keep_going=args.keep_going,
+            remote=remote,
+        )
+    except BuildFailed as failed:
+        if (len(targets) > 1 or len(failed.results) > 1) and not args.json:
+            print(summary_table(failed.results), flush=True)
+        raise
+    if (len(targets) > 1 or len(results) > 1) and not args.json:
+        print(summary_table(results))
     if args.json:
         print(json.dumps({"targets": [result.to_json() for result in results]}, indent=2))
     return 0
@@ -418,6 +427,9 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument("labels", nargs="+", metavar="LABEL", help="//model_defs:NAME, NAME, or //model_defs/...")
     build.add_argument("--force", action="store_true", help="rebuild even when a version with the same key exists")
     build.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    build.add_argument(
+        "-k", "--keep-going", action="store_true", help="after a failure, build every target not depending on it"
+    )
     build.add_argument(
         "--strategy",
         default="auto",

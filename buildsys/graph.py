@@ -21,12 +21,15 @@ FEATURES_LAYER = "features"  # the name of a transfer target's base output, wher
 @dataclass(frozen=True)
 class Dependency:
     """A dependency as a dependent's build sees it: the target, the content hash it was built (or is up to date)
-    with — the value that enters the dependent's cache key — and its own dependencies, which rebuilding its model
-    from the definitions needs."""
+    with — the value that enters the dependent's cache key — its own dependencies, which rebuilding its model
+    from the definitions needs, and the published version the dependent builds on with the digest of that
+    version's weights (what its cached features are keyed by); None while it is not published."""
 
     target: Target
     content_hash: str
     dependencies: tuple[Dependency, ...] = ()
+    version: int | None = None
+    weights_digest: str | None = None
 
 
 def cut_layers(target: Target) -> tuple[str, ...]:

@@ -1,20 +1,25 @@
 """The output tree: versioned model folders, their manifests, and atomic publishing.
 
 This module owns the layout described in docs/output-tree.md — the only thing that crosses from building to
-serving. A version folder is assembled in `build-out/staging/` and renamed into place in one step, so a
-version folder that exists is complete; config.pbtxt and labels.txt are replaced by rename too. Version numbers
-are assigned under a file lock, so two builds publishing at once never share one. Nothing here imports TensorFlow.
+serving. A version folder is assembled in `build-out/staging/`, made world-readable, fsynced, and renamed into
+place in one step, so a version folder that exists is complete — its own copies of config.pbtxt and labels.txt
+included — and the model-level config.pbtxt and labels.txt are never inconsistent with the newest version (see
+`OutputTree.publish`). Version numbers are assigned under a file lock from a high-water mark kept outside the
+model folder (`build-out/meta/<name>.json`), so two builds never share one and `clean` never makes one mean
+other content. A per-target build lock (`target_lock`) serialises builds of one target. Nothing here imports
+TensorFlow.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +27,18 @@ from buildsys.errors import BuildsysError
 from modelrepo import write_atomic, write_file_atomic, write_json_atomic  # noqa: F401 - one atomic writer for the tree
 
 MANIFEST = "manifest.json"
+CONFIG = "config.pbtxt"
+LABELS = "labels.txt"
+WEIGHTS_FILE = "model.weights.h5"  # every version's trained weights, which a dependent's base is rebuilt from
 TRITON_TYPES = {"UINT8": "TYPE_UINT8", "FP32": "TYPE_FP32", "INT64": "TYPE_INT64", "BYTES": "TYPE_STRING"}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -35,8 +51,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _labels_text(manifest: dict[str, Any]) -> str:
+    return "".join(f"{label}\n" for label in manifest["class_names"])
+
+
 def triton_config(
-    manifest: dict[str, Any], max_batch_size: int, max_queue_delay_us: int = 500, max_queue_size: int = 256
+    manifest: dict[str, Any],
+    max_batch_size: int,
+    max_queue_delay_us: int = 500,
+    max_queue_size: int = 256,
+    labels: bool = True,
 ) -> str:
     """The Triton model configuration (text protobuf) for a published model.
 
@@ -52,7 +76,7 @@ def triton_config(
         )
 
     inputs = ",\n".join(tensor(spec, False) for spec in manifest["inputs"])
-    outputs = ",\n".join(tensor(spec, True) for spec in manifest["outputs"])
+    outputs = ",\n".join(tensor(spec, labels) for spec in manifest["outputs"])
     return (
         f'name: "{manifest["name"]}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {max_batch_size}\n'
         f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\n"
@@ -60,6 +84,60 @@ def triton_config(
         f"  default_queue_policy {{\n    max_queue_size: {max_queue_size}\n  }}\n}}\n"
         "version_policy: { latest: { num_versions: 1 } }\n"
     )
+
+
+PUBLISHED_DIR_MODE = 0o755  # Triton or a server running as another user must read every published file
+PUBLISHED_FILE_MODE = 0o644
+KEPT_BY_CLEAN = ("meta", "locks")  # version high-water marks (servers know versions by number) and held locks
+
+
+def _fsync_dir(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def seal(folder: Path) -> None:
+    """Makes a staged folder readable by everyone (folders 0755, files 0644) and fsyncs every file and folder in
+    it, deepest first, so that after the rename that publishes it no crash can leave a version folder with
+    missing or partial contents, and no reader running as another user is locked out."""
+    for parent, folders, files in os.walk(folder, topdown=False):
+        for name in files:
+            path = os.path.join(parent, name)
+            os.chmod(path, PUBLISHED_FILE_MODE)
+            with open(path, "rb") as stream:
+                os.fsync(stream.fileno())
+        for name in folders:
+            os.chmod(os.path.join(parent, name), PUBLISHED_DIR_MODE)
+        _fsync_dir(Path(parent))
+    os.chmod(folder, PUBLISHED_DIR_MODE)
+
+
+def _signature(manifest: dict[str, Any]) -> tuple[Any, ...]:
+    """What a version's config.pbtxt and labels.txt depend on, apart from the serving settings."""
+    tensors = tuple(
+        (tensor["name"], tensor["datatype"], tuple(tensor["shape"]))
+        for tensor in (*manifest["inputs"], *manifest["outputs"])
+    )
+    return tensors, tuple(manifest["class_names"])
+
+
+def _spanning(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A manifest whose config is valid for both `old` and `new`: dims that differ become -1 (any size)."""
+
+    def merged(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if [(t["name"], t["datatype"], len(t["shape"])) for t in before] != [
+            (t["name"], t["datatype"], len(t["shape"])) for t in after
+        ]:
+            return after
+        return [
+            {**tensor, "shape": [a if a == b else -1 for a, b in zip(tensor["shape"], other["shape"], strict=True)]}
+            for tensor, other in zip(after, before, strict=True)
+        ]
+
+    return {**new, "inputs": merged(old["inputs"], new["inputs"]), "outputs": merged(old["outputs"], new["outputs"])}
 
 
 class OutputTree:
@@ -76,6 +154,17 @@ class OutputTree:
         """Scratch space for one build (checkpoints, intermediate exports), keyed by the content hash."""
         return self.root / "work" / name / content_hash[:16]
 
+    def staging_root(self, name: str) -> Path:
+        return self.root / "staging" / name
+
+    def features_dir(self, owner: str) -> Path:
+        """Cached base features computed through `owner` (a target's name, or `keras.<Application>`)."""
+        return self.root / "features" / owner
+
+    def meta_path(self, name: str) -> Path:
+        """`build-out/meta/<name>.json`: the highest version number ever published for `name`."""
+        return self.root / "meta" / f"{name}.json"
+
     def versions(self, name: str) -> list[int]:
         """Published versions, oldest first. Only decimal folder names count; staging folders never do."""
         folder = self.model_dir(name)
@@ -87,6 +176,17 @@ class OutputTree:
             if child.is_dir() and child.name.isdigit() and not child.name.startswith("0")
         ]
         return sorted(found)
+
+    def highest_version(self, name: str) -> int:
+        """The highest version number ever published for `name` (0 for none), `clean` or not."""
+        recorded = 0
+        path = self.meta_path(name)
+        if path.is_file():
+            try:
+                recorded = int(json.loads(path.read_text(encoding="utf-8"))["highest_version"])
+            except (ValueError, KeyError, TypeError) as error:
+                raise BuildsysError(f"{path}: unreadable version high-water mark ({error}); fix or remove it") from None
+        return max(recorded, *self.versions(name), 0)
 
     def published_version(self, label: str, name: str, version: int | None = None) -> int:
         """`version`, or the latest when None, checked to be published; otherwise one line saying what is.
@@ -110,28 +210,50 @@ class OutputTree:
         versions = self.versions(name)
         return self.manifest(name, versions[-1]) if versions else None
 
-    def find_version(self, name: str, content_hash: str) -> int | None:
-        """The newest published version built from exactly this content, if any."""
+    def find_version(self, name: str, content_hash: str, newer_than: int = 0) -> int | None:
+        """The newest published version built from exactly this content, if any (and above `newer_than`)."""
         for version in reversed(self.versions(name)):
+            if version <= newer_than:
+                break
             if self.manifest(name, version).get("content_hash") == content_hash:
                 return version
         return None
 
+    def weights_digest(self, name: str, version: int) -> str | None:
+        """The sha256 of a version's trained Keras weights, as its manifest recorded it (or hashed now, for
+        versions built before it was recorded); None when the version has no weights file."""
+        recorded = self.manifest(name, version).get("weights_sha256")
+        if recorded:
+            return recorded
+        path = self.model_dir(name) / str(version) / WEIGHTS_FILE
+        return file_sha256(path) if path.is_file() else None
+
     @contextlib.contextmanager
-    def _lock(self, name: str) -> Iterator[None]:
+    def _lock(self, name: str, kind: str = "publish", waiting: Callable[[], None] | None = None) -> Iterator[None]:
         locks = self.root / "locks"
         locks.mkdir(parents=True, exist_ok=True)
-        with open(locks / f"{name}.lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
+        with open(locks / f"{name}.{kind}.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if waiting is not None:
+                    waiting()
+                fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 yield
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
+    def target_lock(self, name: str, waiting: Callable[[], None] | None = None) -> contextlib.AbstractContextManager:
+        """Held by a build of `name` from its plan to its publish, so that a second build of the same target waits
+        and then finds the first one's version, instead of sharing its work folder and publishing a duplicate.
+        Builds of different targets hold different locks. `waiting` is called once if the lock is taken."""
+        return self._lock(name, "build", waiting)
+
     def staging_dir(self, name: str) -> Path:
         """A fresh folder to assemble a version in, outside the model repository (on the same file system, so
         publishing is one rename); leftovers of dead builds are removed first."""
-        folder = self.root / "staging" / name
+        folder = self.staging_root(name)
         folder.mkdir(parents=True, exist_ok=True)
         for child in folder.iterdir():
             pid = child.name.split("-", 1)[0]
@@ -142,32 +264,80 @@ class OutputTree:
     def publish(self, name: str, staging: Path, manifest: dict[str, Any], max_batch_size: int) -> int:
         """Moves a complete staging folder into place as the next version and returns its number.
 
-        The manifest is written last into the staging folder, then the folder is renamed: readers either see
-        no new version or a complete one. config.pbtxt and labels.txt then describe the newest version.
+        The version gets its own config.pbtxt and labels.txt, the manifest is written last, and the folder is
+        sealed (world-readable, fsynced) and renamed: readers either see no new version or a complete one. The
+        model-level config.pbtxt and labels.txt (what Triton reads) are ordered around the rename so that a
+        reader that lists the versions, reads the config, and lists again unchanged never gets a pair that
+        disagrees: when the new config also fits the version published before (same tensors and class names:
+        only serving settings changed) it is written before the rename; otherwise a config valid for both
+        (differing dims as -1, no label file) is written before the rename, and labels.txt and the new config
+        after it. The high-water mark is raised before the rename, so a kill can waste a number, never reuse one.
         """
+        folder = self.model_dir(name)
         with self._lock(name):
-            version = (self.versions(name) or [0])[-1] + 1
+            version = self.highest_version(name) + 1
+            previous = self.latest_manifest(name)
             manifest = {**manifest, "version": version}
+            config = triton_config(manifest, max_batch_size)
+            write_atomic(staging / LABELS, _labels_text(manifest))
+            write_atomic(staging / CONFIG, config)
             write_json_atomic(staging / MANIFEST, manifest)
-            self.model_dir(name).mkdir(parents=True, exist_ok=True)
-            os.rename(staging, self.model_dir(name) / str(version))
-            write_atomic(
-                self.model_dir(name) / "labels.txt",
-                "".join(f"{label}\n" for label in manifest["class_names"]),
-            )
-            write_atomic(self.model_dir(name) / "config.pbtxt", triton_config(manifest, max_batch_size))
+            seal(staging)
+            write_json_atomic(self.meta_path(name), {"highest_version": version})
+            folder.mkdir(parents=True, exist_ok=True)
+            os.chmod(folder, PUBLISHED_DIR_MODE)
+            compatible = previous is None or _signature(previous) == _signature(manifest)
+            if compatible:
+                write_atomic(folder / LABELS, _labels_text(manifest))
+                write_atomic(folder / CONFIG, config)
+            else:
+                spanning = triton_config(_spanning(previous, manifest), max_batch_size, labels=False)
+                write_atomic(folder / CONFIG, spanning)
+            os.rename(staging, folder / str(version))
+            _fsync_dir(folder)
+            if not compatible:
+                write_atomic(folder / LABELS, _labels_text(manifest))
+                write_atomic(folder / CONFIG, config)
         return version
 
+    def refresh_model_files(self, name: str, max_batch_size: int) -> list[str]:
+        """Rewrites the latest version's config.pbtxt and labels.txt, and the model-level ones, where they differ
+        from what that version and `max_batch_size` call for: what an up-to-date build does, so that a build killed
+        between its rename and the model-level writes, or a changed serving setting, is repaired without a
+        retrain. Returns the paths rewritten (relative to the model folder)."""
+        folder = self.model_dir(name)
+        rewritten: list[str] = []
+        with self._lock(name):
+            versions = self.versions(name)
+            if not versions:
+                return rewritten
+            manifest = self.manifest(name, versions[-1])
+            wanted = {LABELS: _labels_text(manifest), CONFIG: triton_config(manifest, max_batch_size)}
+            for place in (folder / str(versions[-1]), folder):  # the version's own copies first, as publish does
+                for file_name, text in wanted.items():
+                    path = place / file_name
+                    if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                        write_atomic(path, text)
+                        rewritten.append(str(path.relative_to(folder)))
+        return rewritten
+
     def clean(self, name: str | None = None) -> list[Path]:
-        """Removes one target's outputs (models, work folders, rejected candidates) or the whole tree."""
+        """Removes one target's outputs (models, work and staging folders, rejected candidates, the features
+        computed through its model) or the whole tree; the version high-water marks and locks stay, so a later
+        build never reuses a version number a server may have seen."""
         if name is None:
-            paths = [self.root]
+            children = sorted(self.root.iterdir()) if self.root.is_dir() else []
+            paths = [child for child in children if child.name not in KEPT_BY_CLEAN]
         else:
             paths = [
                 self.model_dir(name),
                 *(self.root / kind / name for kind in ("work", "staging", "rejected")),
+                self.features_dir(name),
             ]
         removed = [path for path in paths if path.exists()]
         for path in removed:
-            shutil.rmtree(path)
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
         return removed

@@ -16,7 +16,7 @@ import onnxruntime
 import pytest
 
 from buildsys.cli import main
-from tests.conftest import REPO, run_buildsys
+from tests.conftest import REPO, run_buildsys, write_definition
 
 pytestmark = pytest.mark.slow
 
@@ -140,3 +140,96 @@ def test_compile_json_counts_the_cifar10_cnn_parameters(capsys: pytest.CaptureFi
     assert summary["params"] == 2_264_458
     assert summary["inputs"] == [{"name": "image", "shape": [None, 32, 32, 3], "dtype": "uint8"}]
     assert summary["outputs"][0]["name"] == "probabilities" and summary["outputs"][0]["shape"] == [None, 10]
+
+
+TINY = """
+from buildsys.dsl import *
+
+model(
+    name="{name}",
+    data=datasets.sklearn_digits(),
+    inputs=image_input("image", shape=(8, 8), dtype="uint8", scale=1 / 255),
+    layers=[Flatten(), Dense(16, activation="relu", name="hidden"), Dense(10, activation="softmax")],
+    train=train(epochs=1, batch_size=64),
+    {extra}
+)
+"""
+
+
+def tiny(root: Path, name: str, extra: str = "") -> None:
+    write_definition(root, f"{name}.py", TINY.format(name=name, extra=extra))
+
+
+def test_concurrent_builds_of_one_target_publish_one_version(workspace: Path) -> None:
+    """Two builds of one target at once (issue 11, hole 1): the second waits for the first's lock and then finds
+    its version; with --force, a version published while it waited is the one it was asked for."""
+    tiny(workspace, "tiny")
+    models = workspace / "build-out" / "models" / "tiny"
+
+    def race(*flags: str) -> list[str]:
+        command = [sys.executable, "-m", "buildsys", "build", "tiny", *flags]
+        processes = [
+            subprocess.Popen(command, cwd=workspace, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
+        outputs = [process.communicate(timeout=300) for process in processes]
+        for process, (_, err) in zip(processes, outputs, strict=True):
+            assert process.returncode == 0, err[-2000:]
+        return [out for out, _ in outputs]
+
+    plain = race()
+    assert sorted(p.name for p in models.iterdir() if p.name.isdigit()) == ["1"]
+    assert sum("up to date (version 1)" in out for out in plain) == 1
+    forced = race("--force")
+    assert sorted(p.name for p in models.iterdir() if p.name.isdigit()) == ["1", "2"]
+    assert sum("up to date (version 2)" in out for out in forced) == 1
+
+
+def test_noop_build_repairs_the_model_level_files(digits_workspace: Path) -> None:
+    """A build killed between its rename and the model-level writes left them stale; the next (up-to-date) build
+    rewrites them, still without TensorFlow (issue 11, hole 2)."""
+    folder = digits_workspace / "build-out" / "models" / "digits"
+    config = (folder / "config.pbtxt").read_text()
+    (folder / "config.pbtxt").write_text(config.replace("dims: 10", "dims: 3").replace("dims: [ 10 ]", "dims: [ 3 ]"))
+    (folder / "labels.txt").unlink()
+    result = run_buildsys("build", "digits", cwd=digits_workspace)
+    assert result.returncode == 0, result.stderr
+    assert "up to date (version 1)" in result.stdout
+    assert (folder / "config.pbtxt").read_text() == config
+    assert (folder / "labels.txt").read_text() == "".join(f"{digit}\n" for digit in range(10))
+
+
+def test_keep_going_builds_what_does_not_depend_on_a_failure(workspace: Path) -> None:
+    """`build -k` (issue 12, item 2): a target rejected by its gate fails, its dependent is skipped, the others are
+    built, and the summary table says so; without -k the build stops at the failure, with the same table."""
+    tiny(workspace, "a_broken", "evaluate=evaluate(min_accuracy=0.999),")
+    tiny(workspace, "b_good")
+    tiny(workspace, "d_good")
+    write_definition(
+        workspace,
+        "c_head.py",
+        """
+        from buildsys.dsl import *
+
+        model(
+            name="c_head",
+            data=datasets.sklearn_digits(),
+            inputs=image_input("image", shape=(8, 8), dtype="uint8", scale=1 / 255),
+            base=target("a_broken", layer="hidden"),
+            head=logistic_regression(),
+            train=train(epochs=1),
+        )
+        """,
+    )
+    stopped = run_buildsys("build", "//model_defs/...", cwd=workspace)
+    assert stopped.returncode == 1
+    assert "a_broken: rejected by the quality gate" in stopped.stderr
+    assert not (workspace / "build-out" / "models" / "b_good").exists()
+    kept = run_buildsys("build", "//model_defs/...", "--keep-going", cwd=workspace)
+    assert kept.returncode == 1, kept.stderr
+    table = kept.stdout[kept.stdout.index("target ") :].splitlines()
+    rows = {line.split()[0]: line for line in table[1:]}
+    assert set(rows) == {f"//model_defs:{name}" for name in ("a_broken", "b_good", "c_head", "d_good")}
+    assert "failed: //model_defs:a_broken: rejected by the quality gate" in rows["//model_defs:a_broken"]
+    assert rows["//model_defs:c_head"].endswith("skipped: depends on //model_defs:a_broken")
+    assert rows["//model_defs:b_good"].endswith("built v1") and rows["//model_defs:d_good"].endswith("built v1")

@@ -119,7 +119,7 @@ def test_dependency_hash_is_part_of_the_key(workspace: Path) -> None:
     again = plan(middle, tree, BuildOptions(), [Dependency(base, "a" * 64)])
     rebuilt = plan(middle, tree, BuildOptions(), [Dependency(base, "b" * 64)])
     assert first.key.digest == again.key.digest != rebuilt.key.digest
-    assert first.dependencies == {"//model_defs:base_cnn": "a" * 64}
+    assert first.upstream == {"//model_defs:base_cnn": "a" * 64}
     with pytest.raises(BuildsysError, match="which was not planned first"):
         plan(middle, tree, BuildOptions())
 

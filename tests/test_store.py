@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from buildsys.store import OutputTree
@@ -76,3 +78,100 @@ def test_clean_removes_one_target(tmp_path: Path) -> None:
     removed = tree.clean("toy")
     assert tmp_path / "models" / "toy" in removed and not (tmp_path / "models" / "toy").exists()
     assert os.path.isdir(tmp_path / "models")
+
+
+def test_version_numbers_are_never_reused_after_clean(tmp_path: Path) -> None:
+    """A server that saw version 1 must never be handed other content under that number (issue 11, hole 3)."""
+    tree = OutputTree(tmp_path)
+    assert tree.publish("toy", stage(tree), MANIFEST, max_batch_size=8) == 1
+    tree.clean("toy")
+    assert tree.publish("toy", stage(tree), MANIFEST, max_batch_size=8) == 2
+    tree.clean()
+    assert tree.versions("toy") == [] and tree.highest_version("toy") == 2
+    assert tree.publish("toy", stage(tree), MANIFEST, max_batch_size=8) == 3
+
+
+def test_published_files_and_folders_are_readable_by_everyone(tmp_path: Path) -> None:
+    """Triton or a server running as another user reads the versions (issue 11, hole 4)."""
+    tree = OutputTree(tmp_path)
+    staging = stage(tree)
+    (staging / "model.savedmodel" / "variables").mkdir(parents=True)
+    (staging / "model.savedmodel" / "variables" / "data").write_bytes(b"weights")
+    os.chmod(staging / "model.savedmodel" / "variables" / "data", 0o600)
+    os.chmod(staging / "model.savedmodel", 0o700)
+    tree.publish("toy", staging, MANIFEST, max_batch_size=8)
+    model = tmp_path / "models" / "toy"
+    for path in [model, *model.rglob("*")]:
+        expected = 0o755 if path.is_dir() else 0o644
+        assert stat.S_IMODE(path.stat().st_mode) == expected, path
+
+
+def _tensors(config: str) -> tuple[list[list[int]], bool]:
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    parsed = text_format.Parse(config, model_config_pb2.ModelConfig())
+    return [list(output.dims) for output in parsed.output], any(output.label_filename for output in parsed.output)
+
+
+def test_a_poller_never_sees_a_version_inconsistent_with_the_config(tmp_path: Path) -> None:
+    """A server polling the model folder while versions with a changing class count are published (issue 11,
+    hole 2): whenever the version list is the same before and after it reads config.pbtxt (then labels.txt),
+    that config fits the newest version, and so does the version's own copy."""
+    tree = OutputTree(tmp_path)
+    folder = tmp_path / "models" / "toy"
+    checked, wrong = [], []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set():
+            before = tree.versions("toy")
+            if not before:
+                continue
+            config_file, labels_file = folder / "config.pbtxt", folder / "labels.txt"
+            config = config_file.read_text() if config_file.exists() else None
+            labels = labels_file.read_text().splitlines() if labels_file.exists() else None
+            if tree.versions("toy") != before:
+                continue
+            if config is None:
+                wrong.append((before[-1], "no config.pbtxt"))
+                continue
+            newest = tree.manifest("toy", before[-1])
+            (dims,), uses_labels = _tensors(config)
+            classes = len(newest["class_names"])
+            own_dims, _ = _tensors((folder / str(before[-1]) / "config.pbtxt").read_text())
+            checked.append(before[-1])
+            if dims not in ([classes], [-1]) or (uses_labels and labels != newest["class_names"]):
+                wrong.append((before[-1], dims, labels))
+            if own_dims != [[classes]]:
+                wrong.append((before[-1], "own copy", own_dims))
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        for index in range(24):
+            classes = ["cat", "dog"] if index % 3 else ["cat", "dog", "emu"]
+            manifest = {
+                **MANIFEST,
+                "class_names": classes,
+                "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(classes)]}],
+            }
+            tree.publish("toy", stage(tree), manifest, max_batch_size=8 + index % 2)
+    finally:
+        done.set()
+        poller.join()
+    assert checked and not wrong, wrong[:3]
+
+
+def test_refresh_repairs_model_files_left_stale_by_a_kill(tmp_path: Path) -> None:
+    tree = OutputTree(tmp_path)
+    tree.publish("toy", stage(tree), MANIFEST, max_batch_size=8)
+    folder = tmp_path / "models" / "toy"
+    (folder / "labels.txt").unlink()
+    (folder / "config.pbtxt").write_text((folder / "config.pbtxt").read_text().replace("dims: [ 2 ]", "dims: [ 3 ]"))
+    assert sorted(tree.refresh_model_files("toy", max_batch_size=8)) == ["config.pbtxt", "labels.txt"]
+    assert (folder / "config.pbtxt").read_text() == (folder / "1" / "config.pbtxt").read_text()
+    assert (folder / "labels.txt").read_text() == "cat\ndog\n"
+    assert tree.refresh_model_files("toy", max_batch_size=8) == []
+    assert sorted(tree.refresh_model_files("toy", max_batch_size=16)) == ["1/config.pbtxt", "config.pbtxt"]
+    assert "max_batch_size: 16" in (folder / "config.pbtxt").read_text()

@@ -24,7 +24,6 @@ from buildsys.actions.transfer import SPLITS, build_base, featurise
 from buildsys.build import BuildOptions, plan
 from buildsys.errors import BuildsysError, DataError
 from buildsys.store import OutputTree
-from buildsys.transfer import base_digest, features_path, split_digest
 from buildsys.workspace import Target, Workspace
 
 if TYPE_CHECKING:
@@ -157,12 +156,9 @@ def featurize(
         splits = check_and_split(sources.load(spec.data, options.data_dir), spec, current.seed)
         if not isinstance(splits, Splits):
             raise DataError(f"{target.label}: transfer targets featurise in-memory data; this source streams")
-    fingerprint = current.key.data_fingerprint if current.key else sources.fingerprint(spec.data, options.data_dir)
-    path = features_path(
-        tree.root,
-        base_digest(target, dependencies),
-        split_digest(fingerprint, current.seed, spec.train.validation_split),
-    )
+    if current.key is None:  # the data was fetched just now
+        current = current.keyed(sources.fingerprint(spec.data, options.data_dir), tree)
+    path = current.paths.features
     base = build_base(target, dependencies, tree)
     if engine == "local":
         featurise(base, splits, path, say)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,10 +26,12 @@ from buildsys.actions.data import Splits, make_dataset
 from buildsys.dsl.bases import PretrainedBase, TransferSpec
 from buildsys.dsl.specs import ModelSpec
 from buildsys.errors import BuildsysError, DataError, WeightsUnavailableError
-from buildsys.graph import FEATURES_LAYER, Dependency, TargetGraph
-from buildsys.store import OutputTree, write_file_atomic
-from buildsys.transfer import WEIGHTS_FILE, base_digest, features_path, split_digest
+from buildsys.graph import FEATURES_LAYER, Dependency
+from buildsys.store import WEIGHTS_FILE, OutputTree, write_file_atomic
 from buildsys.workspace import Target, Workspace
+
+if TYPE_CHECKING:
+    from buildsys.build import Plan
 
 SPLITS = ("train", "validation", "test")
 
@@ -121,29 +123,25 @@ def architecture(workspace: Workspace, tree: OutputTree, target: Target, hparams
     """The composed model a transfer target's definition describes, untrained and with no weights loaded (for
     `compile`): pretrained networks are built without downloading, a target base from its latest version's
     hyperparameters."""
-    graph = TargetGraph(workspace)
+    from buildsys.schedule import walk
 
-    def dependency(label: str) -> Dependency:
-        return Dependency(graph.target(label), "", tuple(dependency(inner) for inner in graph.deps(label)))
-
-    dependencies = tuple(dependency(label) for label in graph.deps(target.label))
-    return _architecture(target, dependencies, hparams, tree)
+    walked = walk(workspace, [target], lambda dependency, inner: Dependency(dependency, "", inner))
+    return _architecture(target, walked[target.label].dependencies, hparams, tree)
 
 
 def published_model(dependency: Dependency, tree: OutputTree) -> Any:
-    """A dependency's published model: rebuilt from its definition, with the weights of the version built from
-    exactly the content hash the dependent is keyed on."""
+    """A dependency's published model: rebuilt from its definition, with the weights of the version the scheduler
+    resolved it to (built from exactly the content hash the dependent is keyed on)."""
     target = dependency.target
-    version = tree.find_version(target.name, dependency.content_hash)
-    if version is None:
+    if dependency.version is None:
         raise BuildsysError(f"{target.label} has no published version {dependency.content_hash[:12]}; build it first")
-    folder = tree.model_dir(target.name) / str(version)
+    folder = tree.model_dir(target.name) / str(dependency.version)
     if not (folder / WEIGHTS_FILE).is_file():
         raise BuildsysError(
-            f"{target.label} version {version} has no {WEIGHTS_FILE} to build on; "
+            f"{target.label} version {dependency.version} has no {WEIGHTS_FILE} to build on; "
             f"rebuild it: python -m buildsys build {target.label} --force"
         )
-    hparams = tree.manifest(target.name, version).get("hparams", {})
+    hparams = tree.manifest(target.name, dependency.version).get("hparams", {})
     model = _architecture(target, dependency.dependencies, hparams, tree)
     model.load_weights(str(folder / WEIGHTS_FILE))
     return model
@@ -283,18 +281,15 @@ def unfreeze_top(base: Any, count: int) -> list[str]:
 
 
 def train_transfer(
-    target: Target,
-    dependencies: Sequence[Dependency],
+    plan: Plan,
     splits: Splits,
-    hparams: dict[str, Any],
-    seed: int,
-    data_fingerprint: str,
     tree: OutputTree,
     action: Callable[[str], AbstractContextManager[None]],
     say: Callable[[str], None],
     verbose: int,
 ) -> tuple[Any, Any, dict[str, list[float]]]:
-    """Builds the base, fits the head on cached features, fine-tunes if asked, and composes the model.
+    """Builds the base (a dependency read from `tree` at the version the plan names), fits the head on the
+    features cached at the plan's features path, fine-tunes if asked, and composes the model.
 
     Returns the composed model compiled for `evaluate`, the (default) strategy it ran under, and the training
     history (fine-tuning epochs under `fine_tune_*` names).
@@ -302,21 +297,16 @@ def train_transfer(
     import keras
 
     tf = tensorflow()
-    spec = target.spec
+    spec, seed, hparams = plan.spec, plan.seed, plan.hparams
     if not isinstance(splits, Splits):
-        raise DataError(f"{target.label}: transfer targets featurise in-memory data; this source streams")
+        raise DataError(f"{plan.label}: transfer targets featurise in-memory data; this source streams")
     keras.utils.set_random_seed(seed)
     with action("compile"):
-        base = build_base(target, dependencies, tree)
+        base = build_base(plan.target, plan.dependencies, tree)
         base.trainable = False
         layers = head_layers(spec.transfer, len(spec.class_names))
     with action("featurise"):
-        cache = features_path(
-            tree.root,
-            base_digest(target, dependencies),
-            split_digest(data_fingerprint, seed, spec.train.validation_split),
-        )
-        features = featurise(base, splits, cache, say)
+        features = featurise(base, splits, plan.paths.features, say)
     with action("train"):
         feature_input = keras.Input(shape=features.train.shape[1:], name="features")
         tensor = feature_input

@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from buildsys.errors import BuildsysError
-from buildsys.transfer import file_sha256
+from buildsys.store import file_sha256
 from modelrepo import MANIFEST_FILE, MODEL_NAME
 
 RECORD_FORMAT = "buildsys-remote/1"

@@ -1,65 +1,74 @@
-"""Where the build meets the remote cache: publish a verified hit instead of training, upload what was published.
+"""Where the build meets the remote cache: `BuildCache` is the `buildsys.build.RemoteCache` a `BuildJob` calls.
 
-`publish_hit` is called once the cache key is known and no local version has it, before any data is loaded or
-TensorFlow imported; `upload_published` right after a local build published its version. A hit goes through the
-same quality gate and the same `OutputTree.publish` as a local build, so it becomes a local version like any
-other — the next build finds it and says "up to date", a dependent builds on its weights, a server loads it.
+The job calls `fetch` once the cache key is known and no local version has it — before any data is loaded or
+TensorFlow imported — and publishes what it returns through the store's publish, as it publishes a local build;
+it calls `upload` right after publishing a version it built. A hit passes the definition's quality gate against
+the local published version first, exactly as the same build made here would, so it becomes a local version like
+any other: the next build finds it and says "up to date", a dependent builds on its weights, a server loads it.
 Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Callable
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from buildsys.dsl.specs import ModelSpec
 from buildsys.gate import judge, reject
-from buildsys.remote.transfer import Fetched, RemoteCache
+from buildsys.remote.transfer import RemoteCache
 from buildsys.store import OutputTree
 
+if TYPE_CHECKING:
+    from buildsys.build import Plan
 
-def publish_hit(
-    cache: RemoteCache, tree: OutputTree, spec: ModelSpec, key: str, say: Callable[[str], None]
-) -> tuple[int, Fetched] | None:
-    """Fetches, verifies and publishes the remote entry of `key`; returns (local version, what was fetched), or
-    None on a miss (the caller then builds locally).
 
-    Raises:
-        RemoteRequiredError: the cache is unavailable and required.
-        QualityGateError: the fetched version fails the definition's gate against the local published version,
-            exactly as the same build made here would (it is kept under `build-out/rejected/`).
-    """
-    staging = tree.staging_dir(spec.name)
-    try:
-        fetched = cache.fetch(key, spec.name, staging)
+class BuildCache:
+    """A `RemoteCache` (the transport-level one) adapted to the build job's plan-based seam."""
+
+    def __init__(self, cache: RemoteCache, tree: OutputTree) -> None:
+        self.cache = cache
+        self.tree = tree
+
+    def _say(self, plan: Plan, message: str) -> None:
+        if not plan.options.quiet:
+            print(f"{plan.label}: {message}", file=sys.stdout, flush=True)
+
+    def fetch(self, plan: Plan, staging: Path) -> dict[str, Any] | None:
+        """The verified manifest (no version) of the remote entry for the plan's key, its files in `staging`; None
+        on a miss, and always None with `--force` (a rebuild was asked for) and for multi-worker training (its
+        tasks must all train together).
+
+        Raises:
+            RemoteRequiredError: the cache is unavailable and required.
+            QualityGateError: the fetched version fails the definition's gate (kept under `build-out/rejected/`).
+        """
+        options = plan.options
+        if options.force or options.strategy == "multi-worker":
+            return None
+        key, name = plan.key.digest, plan.spec.name
+        fetched = self.cache.fetch(key, name, staging)
         if fetched is None:
-            shutil.rmtree(staging, ignore_errors=True)
             return None
         manifest = fetched.manifest.to_json()
         try:
-            verdict = judge(spec.evaluate, manifest, tree.latest_manifest(spec.name))
+            verdict = judge(plan.spec.evaluate, manifest, self.tree.latest_manifest(name))
         except (KeyError, TypeError, ValueError):
-            cache.warn(f"remote cache {cache.display}: entry {key[:16]} records no test metrics; building locally")
-            shutil.rmtree(staging, ignore_errors=True)
+            self.cache.warn(f"remote cache {self.cache.display}: entry {key[:16]} records no test metrics; building")
             return None
         manifest["quality_gate"] = verdict.to_json()
         if not verdict.passed:
-            raise reject(tree, staging, manifest, verdict)
-        version = tree.publish(spec.name, staging, manifest, spec.export.max_batch_size)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    megabytes = fetched.size / 1e6
-    say(f"fetched from remote cache {cache.display} ({megabytes:.1f} MB in {fetched.seconds:.2f}s, verified)")
-    return version, fetched
+            raise reject(self.tree, staging, manifest, verdict)
+        self._say(
+            plan,
+            f"fetched from remote cache {self.cache.display} ({fetched.size / 1e6:.1f} MB in {fetched.seconds:.2f}s, "
+            "verified; no training)",
+        )
+        return manifest
 
-
-def upload_published(
-    cache: RemoteCache, tree: OutputTree, name: str, version: int, key: str, say: Callable[[str], None]
-) -> None:
-    """Uploads a just-published version under its key when the settings allow uploads."""
-    if not cache.settings.upload:
-        return
-    sent = cache.upload(tree.model_dir(name) / str(version), key, name)
-    if sent is not None:
-        say(f"uploaded to remote cache {cache.display} ({sent / 1e6:.1f} MB new)")
+    def upload(self, plan: Plan, version_dir: Path) -> None:
+        """Stores a version this build published under the plan's key, unless uploads are off."""
+        if not self.cache.settings.upload:
+            return
+        sent = self.cache.upload(version_dir, plan.key.digest, plan.spec.name)
+        if sent is not None:
+            self._say(plan, f"uploaded to remote cache {self.cache.display} ({sent / 1e6:.1f} MB new)")

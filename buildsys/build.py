@@ -36,6 +36,7 @@ from buildsys.graph import Dependency
 from buildsys.store import WEIGHTS_FILE, OutputTree, file_sha256
 from buildsys.transfer import dependency_digests, features_path
 from buildsys.workspace import Target
+from modelrepo import MANIFEST_FORMAT, PLATFORM, Manifest
 
 
 @dataclass(frozen=True)
@@ -200,7 +201,7 @@ class RemoteCache(Protocol):
     `upload` stores a version this job built (`version_dir`, complete and published) under `plan.key`.
     """
 
-    def fetch(self, plan: Plan, staging: Path) -> dict[str, Any] | None: ...
+    def fetch(self, plan: Plan, staging: Path) -> Manifest | None: ...
 
     def upload(self, plan: Plan, version_dir: Path) -> None: ...
 
@@ -314,7 +315,7 @@ class BuildJob:
                 shutil.rmtree(staging, ignore_errors=True)
                 self.reporter.say("trained as a multi-worker task; the chief evaluates and publishes")
                 return BuildResult(plan.label, "trained (worker)", 0, plan.key.digest, {}, self.reporter.timings)
-            manifest["timings"]["total"] = round(time.perf_counter() - started, 3)
+            manifest = manifest.replace(timings={**manifest.timings, "total": round(time.perf_counter() - started, 3)})
             version = self.publish(plan, staging, manifest)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -322,7 +323,7 @@ class BuildJob:
         shutil.rmtree(plan.paths.work_dir, ignore_errors=True)  # the training checkpoints are no longer needed
         if self.remote is not None:
             self.remote.upload(plan, plan.paths.model_dir / str(version))
-        test = manifest["metrics"]["test"]
+        test = manifest.metrics["test"]
         return BuildResult(plan.label, "built", version, plan.key.digest, test, self.reporter.timings)
 
     def _fetch(self, plan: Plan) -> BuildResult | None:
@@ -339,7 +340,7 @@ class BuildJob:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return BuildResult(plan.label, "fetched", version, plan.key.digest, manifest["metrics"]["test"])
+        return BuildResult(plan.label, "fetched", version, plan.key.digest, manifest.metrics.get("test", {}))
 
     def load_data(self, plan: Plan) -> Any:
         from buildsys.actions.data import check_and_split
@@ -348,7 +349,7 @@ class BuildJob:
             dataset = sources.load(plan.spec.data, plan.options.data_dir)
             return check_and_split(dataset, plan.spec, plan.seed)
 
-    def train(self, plan: Plan, splits: Any, staging: Path) -> dict[str, Any] | None:
+    def train(self, plan: Plan, splits: Any, staging: Path) -> Manifest | None:
         """compile → train → evaluate → export → verify → report, into `staging`; returns the manifest (without a
         version), or None for a multi-worker task other than the chief, which only trains.
 
@@ -371,9 +372,9 @@ class BuildJob:
             self.reporter.say(f"quality gate: {note}")
         if not verdict.passed:
             raise reject(self.tree, staging, manifest, verdict)
-        return manifest
+        return Manifest.from_json(manifest, f"{plan.label} (being built)")
 
-    def publish(self, plan: Plan, staging: Path, manifest: dict[str, Any]) -> int:
+    def publish(self, plan: Plan, staging: Path, manifest: Manifest) -> int:
         with self.reporter.action("publish"):
             version = self.tree.publish(plan.spec.name, staging, manifest, plan.spec.export.max_batch_size)
         self.reporter.say(f"published version {version} to {plan.paths.model_dir / str(version)}")
@@ -444,12 +445,12 @@ def _run_actions(
     )
     shape = spec.inputs.shape
     manifest = {
-        "format": 1,
+        "format": MANIFEST_FORMAT,
         "name": spec.name,
         "label": plan.label,
         "content_hash": key.digest,
         "created": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "platform": "onnxruntime_onnx",
+        "platform": PLATFORM,
         "origin": {"kind": "built"},  # a remote cache hit records the cache and key instead (buildsys.remote)
         "files": {"onnx": "model.onnx", "savedmodel": "model.savedmodel", "keras_weights": WEIGHTS_FILE},
         "dependencies": plan.upstream,

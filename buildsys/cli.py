@@ -234,19 +234,19 @@ def command_show(args: argparse.Namespace) -> int:
         version = tree.published_version(target.label, target.name, args.version)
         manifest = tree.manifest(target.name, version)
         if args.json:
-            print(json.dumps(manifest, indent=2, sort_keys=True))
+            print(json.dumps(manifest.to_json(), indent=2, sort_keys=True))
             continue
-        metrics = ", ".join(f"{name} {value:.4f}" for name, value in manifest["metrics"]["test"].items())
+        metrics = ", ".join(f"{name} {value:.4f}" for name, value in manifest.metrics["test"].items())
         print(
-            f"{target.label} version {version} ({manifest['created']})\n"
+            f"{target.label} version {version} ({manifest.created})\n"
             f"  path:    {tree.model_dir(target.name) / str(version)}\n"
-            f"  hash:    {manifest['content_hash']}\n"
+            f"  hash:    {manifest.content_hash}\n"
             f"  test:    {metrics}\n"
-            f"  parity:  ONNX {manifest['parity']['onnx_max_abs_diff']:.2g}, "
-            f"SavedModel {manifest['parity']['savedmodel_max_abs_diff']:.2g}\n"
-            f"  hparams: {json.dumps(manifest['hparams'])}\n"
-            f"  params:  {manifest['params']:,}\n"
-            f"  origin:  {_origin_text(manifest.get('origin'))}"
+            f"  parity:  ONNX {manifest.parity['onnx_max_abs_diff']:.2g}, "
+            f"SavedModel {manifest.parity['savedmodel_max_abs_diff']:.2g}\n"
+            f"  hparams: {json.dumps(manifest.hparams)}\n"
+            f"  params:  {manifest.params or 0:,}\n"
+            f"  origin:  {_origin_text(manifest.extra.get('origin'))}"
         )
     return 0
 
@@ -260,16 +260,16 @@ def command_report(args: argparse.Namespace) -> int:
         version = tree.published_version(target.label, target.name, args.version)
         path = tree.model_dir(target.name) / str(version) / REPORT_FILE
         manifest = tree.manifest(target.name, version)
-        if not path.is_file() or "per_class" not in manifest["metrics"]:
+        if not path.is_file() or "per_class" not in manifest.metrics:
             raise BuildsysError(
                 f"{target.label} version {version} has no report (it was built before reports existed); "
                 f"rebuild it with: python -m buildsys build {target.label} --force"
             )
         if args.json:
             print(json.dumps({"label": target.label, "version": version, "path": str(path),
-                              "metrics": manifest["metrics"]}, indent=2, sort_keys=True))  # fmt: skip
+                              "metrics": manifest.metrics}, indent=2, sort_keys=True))  # fmt: skip
             continue
-        print(f"{target.label} version {version}\n  report: {path}\n{summary_text(manifest)}")
+        print(f"{target.label} version {version}\n  report: {path}\n{summary_text(manifest.to_json())}")
     return 0
 
 

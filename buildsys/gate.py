@@ -18,7 +18,8 @@ from typing import Any
 
 from buildsys.dsl.specs import EvaluateSpec
 from buildsys.errors import BuildsysError
-from buildsys.store import MANIFEST, OutputTree, write_json_atomic
+from buildsys.store import OutputTree, write_json_atomic
+from modelrepo import MANIFEST_FILE, Manifest
 
 
 class QualityGateError(BuildsysError):
@@ -58,9 +59,8 @@ class Verdict:
         }
 
 
-def accuracy_of(manifest: dict[str, Any]) -> float | None:
+def accuracy_of(metrics: dict[str, Any]) -> float | None:
     """A manifest's top-1 test accuracy; versions built before reports existed recorded only Keras' metric."""
-    metrics = manifest.get("metrics", {})
     if "accuracy" in metrics:
         return float(metrics["accuracy"])
     test = metrics.get("test", {})
@@ -70,8 +70,8 @@ def accuracy_of(manifest: dict[str, Any]) -> float | None:
     return None
 
 
-def judge(gate: EvaluateSpec | None, candidate: dict[str, Any], published: dict[str, Any] | None) -> Verdict:
-    """Applies `gate` to the candidate's manifest against the published version's manifest (None if there is none).
+def judge(gate: EvaluateSpec | None, candidate: dict[str, Any], published: Manifest | None) -> Verdict:
+    """Applies `gate` to the candidate's manifest (being built) against the published version's (None if none).
 
     The candidate's accuracy is the report's top-1 accuracy, which every build computes.
     """
@@ -89,14 +89,14 @@ def judge(gate: EvaluateSpec | None, candidate: dict[str, Any], published: dict[
         if published is None:
             notes.append("no published version to compare with; the regression check does not apply")
         else:
-            baseline_version, baseline_accuracy = published.get("version"), accuracy_of(published)
-            same_data = published.get("data_fingerprint") == candidate.get("data_fingerprint")
+            baseline_version, baseline_accuracy = published.version, accuracy_of(published.metrics)
+            same_data = published.data_fingerprint == candidate.get("data_fingerprint")
             if baseline_accuracy is None:
                 notes.append(f"published version {baseline_version} records no test accuracy; not compared")
             elif not same_data:
                 notes.append(
                     f"published version {baseline_version} ({baseline_accuracy:.4f}) was tested on different data "
-                    f"(data fingerprint {str(published.get('data_fingerprint'))[:12]}… vs "
+                    f"(data fingerprint {str(published.data_fingerprint)[:12]}… vs "
                     f"{str(candidate.get('data_fingerprint'))[:12]}…), so the regression check was skipped"
                 )
             else:
@@ -121,7 +121,7 @@ def reject(tree: OutputTree, staging: Path, manifest: dict[str, Any], verdict: V
     rejected folder that exists is complete.
     """
     destination = rejected_dir(tree, manifest["name"], manifest["content_hash"])
-    write_json_atomic(staging / MANIFEST, manifest)
+    write_json_atomic(staging / MANIFEST_FILE, manifest)
     destination.parent.mkdir(parents=True, exist_ok=True)
     if destination.exists():
         stale = destination.with_name(f".{destination.name}.{os.getpid()}.old")

@@ -1,18 +1,20 @@
 """The output tree: versioned model folders, their manifests, and atomic publishing.
 
 This module owns the layout described in docs/output-tree.md — the only thing that crosses from building to
-serving. A version folder is assembled in `build-out/staging/`, made world-readable, fsynced, and renamed into
-place in one step, so a version folder that exists is complete — its own copies of config.pbtxt and labels.txt
-included — and the model-level config.pbtxt and labels.txt are never inconsistent with the newest version (see
-`OutputTree.publish`). Version numbers are assigned under a file lock from a high-water mark kept outside the
-model folder (`build-out/meta/<name>.json`), so two builds never share one and `clean` never makes one mean
-other content. A per-target build lock (`target_lock`) serialises builds of one target. Nothing here imports
-TensorFlow.
+serving — and writes it through `modelrepo`, the format package both sides share (typed manifest, config.pbtxt
+through Triton's ModelConfig). A version folder is assembled in `build-out/staging/`, made world-readable,
+fsynced, and renamed into place in one step, so a version folder that exists is complete — its own copies of
+config.pbtxt and labels.txt included — and the model-level config.pbtxt and labels.txt are never inconsistent
+with the newest version (see `OutputTree.publish`). Version numbers are assigned under a file lock from a
+high-water mark kept outside the model folder (`build-out/meta/<name>.json`), so two builds never share one and
+`clean` never makes one mean other content. A per-target build lock (`target_lock`) serialises builds of one
+target. Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -21,16 +23,32 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 from buildsys.errors import BuildsysError
-from modelrepo import write_atomic, write_file_atomic, write_json_atomic  # noqa: F401 - one atomic writer for the tree
+from modelrepo import (
+    CONFIG_FILE,
+    LABELS_FILE,
+    FormatError,
+    Manifest,
+    Tensor,
+    list_versions,
+    model_config,
+    read_config,
+    read_labels,
+    read_manifest,
+    write_atomic,  # noqa: F401 - one atomic writer for the tree, re-exported
+    write_config,
+    write_file_atomic,  # noqa: F401
+    write_json_atomic,
+    write_labels,
+    write_manifest,
+)
+from modelrepo.atomic import fsync_dir
 
-MANIFEST = "manifest.json"
-CONFIG = "config.pbtxt"
-LABELS = "labels.txt"
 WEIGHTS_FILE = "model.weights.h5"  # every version's trained weights, which a dependent's base is rebuilt from
-TRITON_TYPES = {"UINT8": "TYPE_UINT8", "FP32": "TYPE_FP32", "INT64": "TYPE_INT64", "BYTES": "TYPE_STRING"}
+PUBLISHED_DIR_MODE = 0o755  # Triton or a server running as another user must read every published file
+PUBLISHED_FILE_MODE = 0o644
+KEPT_BY_CLEAN = ("meta", "locks")  # version high-water marks (servers know versions by number) and held locks
 
 
 def file_sha256(path: Path) -> str:
@@ -51,54 +69,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _labels_text(manifest: dict[str, Any]) -> str:
-    return "".join(f"{label}\n" for label in manifest["class_names"])
-
-
-def triton_config(
-    manifest: dict[str, Any],
-    max_batch_size: int,
-    max_queue_delay_us: int = 500,
-    max_queue_size: int = 256,
-    labels: bool = True,
-) -> str:
-    """The Triton model configuration (text protobuf) for a published model.
-
-    `dims` leave out the batch axis, as Triton requires when `max_batch_size > 0`.
-    """
-
-    def tensor(spec: dict[str, Any], labels: bool) -> str:
-        dims = ", ".join(str(d) for d in spec["shape"][1:])
-        label_line = '\n    label_filename: "labels.txt"' if labels else ""
-        return (
-            f'  {{\n    name: "{spec["name"]}"\n    data_type: {TRITON_TYPES[spec["datatype"]]}\n'
-            f"    dims: [ {dims} ]{label_line}\n  }}"
-        )
-
-    inputs = ",\n".join(tensor(spec, False) for spec in manifest["inputs"])
-    outputs = ",\n".join(tensor(spec, labels) for spec in manifest["outputs"])
-    return (
-        f'name: "{manifest["name"]}"\nplatform: "onnxruntime_onnx"\nmax_batch_size: {max_batch_size}\n'
-        f"input [\n{inputs}\n]\noutput [\n{outputs}\n]\n"
-        f"dynamic_batching {{\n  max_queue_delay_microseconds: {max_queue_delay_us}\n"
-        f"  default_queue_policy {{\n    max_queue_size: {max_queue_size}\n  }}\n}}\n"
-        "version_policy: { latest: { num_versions: 1 } }\n"
-    )
-
-
-PUBLISHED_DIR_MODE = 0o755  # Triton or a server running as another user must read every published file
-PUBLISHED_FILE_MODE = 0o644
-KEPT_BY_CLEAN = ("meta", "locks")  # version high-water marks (servers know versions by number) and held locks
-
-
-def _fsync_dir(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def seal(folder: Path) -> None:
     """Makes a staged folder readable by everyone (folders 0755, files 0644) and fsyncs every file and folder in
     it, deepest first, so that after the rename that publishes it no crash can leave a version folder with
@@ -111,33 +81,29 @@ def seal(folder: Path) -> None:
                 os.fsync(stream.fileno())
         for name in folders:
             os.chmod(os.path.join(parent, name), PUBLISHED_DIR_MODE)
-        _fsync_dir(Path(parent))
+        fsync_dir(Path(parent))
     os.chmod(folder, PUBLISHED_DIR_MODE)
 
 
-def _signature(manifest: dict[str, Any]) -> tuple[Any, ...]:
+def _signature(manifest: Manifest) -> tuple[object, ...]:
     """What a version's config.pbtxt and labels.txt depend on, apart from the serving settings."""
-    tensors = tuple(
-        (tensor["name"], tensor["datatype"], tuple(tensor["shape"]))
-        for tensor in (*manifest["inputs"], *manifest["outputs"])
-    )
-    return tensors, tuple(manifest["class_names"])
+    return manifest.inputs, manifest.outputs, manifest.class_names
 
 
-def _spanning(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """A manifest whose config is valid for both `old` and `new`: dims that differ become -1 (any size)."""
+def _spanning(old: Manifest, new: Manifest) -> Manifest:
+    """A manifest whose config is valid for both `old` and `new`: dims that differ become -1 (any size), and no
+    label file, which can only fit one of them."""
 
-    def merged(before: list[dict[str, Any]], after: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if [(t["name"], t["datatype"], len(t["shape"])) for t in before] != [
-            (t["name"], t["datatype"], len(t["shape"])) for t in after
-        ]:
+    def merged(before: tuple[Tensor, ...], after: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        if [(t.name, t.datatype, len(t.shape)) for t in before] != [(t.name, t.datatype, len(t.shape)) for t in after]:
             return after
-        return [
-            {**tensor, "shape": [a if a == b else -1 for a, b in zip(tensor["shape"], other["shape"], strict=True)]}
-            for tensor, other in zip(after, before, strict=True)
-        ]
+        spanned = []
+        for tensor, other in zip(after, before, strict=True):
+            dims = tuple(mine if mine == theirs else -1 for mine, theirs in zip(tensor.shape, other.shape, strict=True))
+            spanned.append(dataclasses.replace(tensor, shape=dims))
+        return tuple(spanned)
 
-    return {**new, "inputs": merged(old["inputs"], new["inputs"]), "outputs": merged(old["outputs"], new["outputs"])}
+    return new.replace(inputs=merged(old.inputs, new.inputs), outputs=merged(old.outputs, new.outputs), class_names=())
 
 
 class OutputTree:
@@ -167,15 +133,7 @@ class OutputTree:
 
     def versions(self, name: str) -> list[int]:
         """Published versions, oldest first. Only decimal folder names count; staging folders never do."""
-        folder = self.model_dir(name)
-        if not folder.is_dir():
-            return []
-        found = [
-            int(child.name)
-            for child in folder.iterdir()
-            if child.is_dir() and child.name.isdigit() and not child.name.startswith("0")
-        ]
-        return sorted(found)
+        return list_versions(self.model_dir(name))
 
     def highest_version(self, name: str) -> int:
         """The highest version number ever published for `name` (0 for none), `clean` or not."""
@@ -203,10 +161,18 @@ class OutputTree:
             raise BuildsysError(f"{label} has no version {version}; published: {', '.join(map(str, versions))}")
         return version
 
-    def manifest(self, name: str, version: int) -> dict[str, Any]:
-        return json.loads((self.model_dir(name) / str(version) / MANIFEST).read_text(encoding="utf-8"))
+    def manifest(self, name: str, version: int) -> Manifest:
+        """A published version's manifest, checked.
 
-    def latest_manifest(self, name: str) -> dict[str, Any] | None:
+        Raises:
+            BuildsysError: for a manifest.json that does not follow the format (one line naming the file).
+        """
+        try:
+            return read_manifest(self.model_dir(name) / str(version))
+        except FormatError as error:
+            raise BuildsysError(str(error)) from None
+
+    def latest_manifest(self, name: str) -> Manifest | None:
         versions = self.versions(name)
         return self.manifest(name, versions[-1]) if versions else None
 
@@ -215,14 +181,14 @@ class OutputTree:
         for version in reversed(self.versions(name)):
             if version <= newer_than:
                 break
-            if self.manifest(name, version).get("content_hash") == content_hash:
+            if self.manifest(name, version).content_hash == content_hash:
                 return version
         return None
 
     def weights_digest(self, name: str, version: int) -> str | None:
         """The sha256 of a version's trained Keras weights, as its manifest recorded it (or hashed now, for
         versions built before it was recorded); None when the version has no weights file."""
-        recorded = self.manifest(name, version).get("weights_sha256")
+        recorded = self.manifest(name, version).extra.get("weights_sha256")
         if recorded:
             return recorded
         path = self.model_dir(name) / str(version) / WEIGHTS_FILE
@@ -261,7 +227,7 @@ class OutputTree:
                 shutil.rmtree(child, ignore_errors=True)
         return Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=folder))
 
-    def publish(self, name: str, staging: Path, manifest: dict[str, Any], max_batch_size: int) -> int:
+    def publish(self, name: str, staging: Path, manifest: Manifest, max_batch_size: int) -> int:
         """Moves a complete staging folder into place as the next version and returns its number.
 
         The version gets its own config.pbtxt and labels.txt, the manifest is written last, and the folder is
@@ -277,49 +243,67 @@ class OutputTree:
         with self._lock(name):
             version = self.highest_version(name) + 1
             previous = self.latest_manifest(name)
-            manifest = {**manifest, "version": version}
-            config = triton_config(manifest, max_batch_size)
-            write_atomic(staging / LABELS, _labels_text(manifest))
-            write_atomic(staging / CONFIG, config)
-            write_json_atomic(staging / MANIFEST, manifest)
+            manifest = manifest.replace(version=version)
+            config = model_config(manifest, max_batch_size)
+            write_labels(staging, manifest.class_names)
+            write_config(staging, config)
+            write_manifest(staging, manifest)
             seal(staging)
             write_json_atomic(self.meta_path(name), {"highest_version": version})
             folder.mkdir(parents=True, exist_ok=True)
             os.chmod(folder, PUBLISHED_DIR_MODE)
             compatible = previous is None or _signature(previous) == _signature(manifest)
             if compatible:
-                write_atomic(folder / LABELS, _labels_text(manifest))
-                write_atomic(folder / CONFIG, config)
+                write_labels(folder, manifest.class_names)
+                write_config(folder, config)
             else:
-                spanning = triton_config(_spanning(previous, manifest), max_batch_size, labels=False)
-                write_atomic(folder / CONFIG, spanning)
+                write_config(folder, model_config(_spanning(previous, manifest), max_batch_size))
             os.rename(staging, folder / str(version))
-            _fsync_dir(folder)
+            fsync_dir(folder)
             if not compatible:
-                write_atomic(folder / LABELS, _labels_text(manifest))
-                write_atomic(folder / CONFIG, config)
+                write_labels(folder, manifest.class_names)
+                write_config(folder, config)
         return version
 
     def refresh_model_files(self, name: str, max_batch_size: int) -> list[str]:
         """Rewrites the latest version's config.pbtxt and labels.txt, and the model-level ones, where they differ
         from what that version and `max_batch_size` call for: what an up-to-date build does, so that a build killed
         between its rename and the model-level writes, or a changed serving setting, is repaired without a
-        retrain. Returns the paths rewritten (relative to the model folder)."""
+        retrain. Reads only, and takes no lock, when nothing differs. Returns the paths rewritten (relative to the
+        model folder)."""
         folder = self.model_dir(name)
+        if not self._stale_model_files(name, max_batch_size):
+            return []
         rewritten: list[str] = []
         with self._lock(name):
-            versions = self.versions(name)
-            if not versions:
-                return rewritten
-            manifest = self.manifest(name, versions[-1])
-            wanted = {LABELS: _labels_text(manifest), CONFIG: triton_config(manifest, max_batch_size)}
-            for place in (folder / str(versions[-1]), folder):  # the version's own copies first, as publish does
-                for file_name, text in wanted.items():
-                    path = place / file_name
-                    if not path.is_file() or path.read_text(encoding="utf-8") != text:
-                        write_atomic(path, text)
-                        rewritten.append(str(path.relative_to(folder)))
+            for path in self._stale_model_files(name, max_batch_size):  # the version's own copies first
+                manifest = self.latest_manifest(name)
+                if path.name == LABELS_FILE:
+                    write_labels(path.parent, manifest.class_names)
+                else:
+                    write_config(path.parent, model_config(manifest, max_batch_size))
+                rewritten.append(str(path.relative_to(folder)))
         return rewritten
+
+    def _stale_model_files(self, name: str, max_batch_size: int) -> list[Path]:
+        versions = self.versions(name)
+        if not versions:
+            return []
+        manifest = self.manifest(name, versions[-1])
+        config = model_config(manifest, max_batch_size)
+        stale = []
+        for place in (self.model_dir(name) / str(versions[-1]), self.model_dir(name)):
+            try:
+                labels_ok = read_labels(place / LABELS_FILE) == manifest.class_names
+            except FormatError:
+                labels_ok = False
+            try:
+                config_ok = read_config(place / CONFIG_FILE) == config
+            except FormatError:
+                config_ok = False
+            stale += [place / LABELS_FILE] if not labels_ok else []
+            stale += [place / CONFIG_FILE] if not config_ok else []
+        return stale
 
     def clean(self, name: str | None = None) -> list[Path]:
         """Removes one target's outputs (models, work and staging folders, rejected candidates, the features

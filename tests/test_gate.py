@@ -15,6 +15,7 @@ from buildsys.dsl import Dense, Flatten, datasets, evaluate, image_input, model,
 from buildsys.dsl.specs import EvaluateSpec
 from buildsys.errors import DefinitionError
 from buildsys.gate import judge
+from modelrepo import Manifest
 from tests.conftest import REPO, write_definition
 
 
@@ -23,8 +24,13 @@ def manifest(accuracy: float, fingerprint: str = "a" * 64, version: int | None =
     return {**found, "version": version} if version else found
 
 
+def published(accuracy: float = 0.0, fingerprint: str = "a" * 64, version: int = 1, **metrics: dict) -> Manifest:
+    found = metrics or {"accuracy": accuracy}
+    return Manifest("digits", "c" * 64, (), (), version=version, metrics=found, data_fingerprint=fingerprint)
+
+
 def test_without_a_gate_everything_passes() -> None:
-    verdict = judge(None, manifest(0.1), manifest(0.99, version=4))
+    verdict = judge(None, manifest(0.1), published(0.99, version=4))
     assert verdict.passed and not verdict.declared and not verdict.notes
 
 
@@ -36,16 +42,16 @@ def test_min_accuracy() -> None:
 
 
 def test_max_regression_against_the_published_version_on_the_same_data() -> None:
-    passed = judge(EvaluateSpec(None, 0.01), manifest(0.965), manifest(0.97, version=3))
+    passed = judge(EvaluateSpec(None, 0.01), manifest(0.965), published(0.97, version=3))
     assert passed.passed and passed.baseline_version == 3 and passed.same_data
-    failed = judge(EvaluateSpec(None, 0.01), manifest(0.95), manifest(0.97, version=3))
+    failed = judge(EvaluateSpec(None, 0.01), manifest(0.95), published(0.97, version=3))
     assert not failed.passed
     (failure,) = failed.failures
     assert "0.9500" in failure and "published version 3's 0.9700" in failure and "max_regression 0.0100" in failure
 
 
 def test_different_test_data_is_said_and_not_compared() -> None:
-    verdict = judge(EvaluateSpec(0.5, 0.01), manifest(0.6, "a" * 64), manifest(0.97, "b" * 64, version=2))
+    verdict = judge(EvaluateSpec(0.5, 0.01), manifest(0.6, "a" * 64), published(0.97, "b" * 64, version=2))
     assert verdict.passed and verdict.same_data is False
     assert any("was tested on different data" in note and "bbbbbbbbbbbb" in note for note in verdict.notes)
 
@@ -56,7 +62,7 @@ def test_the_first_version_has_nothing_to_regress_from() -> None:
 
 
 def test_versions_without_report_metrics_compare_on_keras_accuracy() -> None:
-    old = {"version": 1, "metrics": {"test": {"accuracy": 0.97, "loss": 0.1}}, "data_fingerprint": "a" * 64}
+    old = published(test={"accuracy": 0.97, "loss": 0.1})
     assert not judge(EvaluateSpec(None, 0.01), manifest(0.9), old).passed
 
 

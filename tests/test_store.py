@@ -10,14 +10,15 @@ import threading
 from pathlib import Path
 
 from buildsys.store import OutputTree
+from modelrepo import Manifest, Tensor, read_config
 
-MANIFEST = {
-    "name": "toy",
-    "class_names": ["cat", "dog"],
-    "inputs": [{"name": "image", "datatype": "UINT8", "shape": [-1, 32, 32, 3]}],
-    "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 2]}],
-    "content_hash": "abc",
-}
+MANIFEST = Manifest(
+    name="toy",
+    content_hash="abc",
+    inputs=(Tensor("image", "UINT8", (-1, 32, 32, 3)),),
+    outputs=(Tensor("probabilities", "FP32", (-1, 2)),),
+    class_names=("cat", "dog"),
+)
 
 
 def stage(tree: OutputTree) -> Path:
@@ -29,16 +30,19 @@ def stage(tree: OutputTree) -> Path:
 def test_publish_numbers_versions_and_writes_triton_config(tmp_path: Path) -> None:
     tree = OutputTree(tmp_path)
     assert tree.publish("toy", stage(tree), MANIFEST, max_batch_size=64) == 1
-    assert tree.publish("toy", stage(tree), {**MANIFEST, "content_hash": "def"}, max_batch_size=64) == 2
+    assert tree.publish("toy", stage(tree), MANIFEST.replace(content_hash="def"), max_batch_size=64) == 2
     assert tree.versions("toy") == [1, 2]
-    assert tree.latest_manifest("toy")["version"] == 2
+    assert tree.latest_manifest("toy").version == 2
     assert tree.find_version("toy", "abc") == 1 and tree.find_version("toy", "zzz") is None
-    config = (tmp_path / "models" / "toy" / "config.pbtxt").read_text()
-    assert 'platform: "onnxruntime_onnx"' in config and "max_batch_size: 64" in config
-    assert "data_type: TYPE_UINT8\n    dims: [ 32, 32, 3 ]" in config
-    assert "data_type: TYPE_FP32\n    dims: [ 2 ]" in config
+    assert tree.find_version("toy", "abc", newer_than=1) is None
+    config = read_config(tmp_path / "models" / "toy" / "config.pbtxt")
+    assert config.platform == "onnxruntime_onnx" and config.max_batch_size == 64
+    assert list(config.input[0].dims) == [32, 32, 3] and list(config.output[0].dims) == [2]
     assert (tmp_path / "models" / "toy" / "labels.txt").read_text() == "cat\ndog\n"
     assert sorted(p.name for p in (tmp_path / "models" / "toy").iterdir()) == ["1", "2", "config.pbtxt", "labels.txt"]
+    assert (tmp_path / "models" / "toy" / "2" / "config.pbtxt").read_bytes() == (
+        tmp_path / "models" / "toy" / "config.pbtxt"
+    ).read_bytes()
 
 
 def test_config_parses_as_triton_model_config(tmp_path: Path) -> None:
@@ -138,10 +142,10 @@ def test_a_poller_never_sees_a_version_inconsistent_with_the_config(tmp_path: Pa
                 continue
             newest = tree.manifest("toy", before[-1])
             (dims,), uses_labels = _tensors(config)
-            classes = len(newest["class_names"])
+            classes = len(newest.class_names)
             own_dims, _ = _tensors((folder / str(before[-1]) / "config.pbtxt").read_text())
             checked.append(before[-1])
-            if dims not in ([classes], [-1]) or (uses_labels and labels != newest["class_names"]):
+            if dims not in ([classes], [-1]) or (uses_labels and tuple(labels or ()) != newest.class_names):
                 wrong.append((before[-1], dims, labels))
             if own_dims != [[classes]]:
                 wrong.append((before[-1], "own copy", own_dims))
@@ -150,12 +154,9 @@ def test_a_poller_never_sees_a_version_inconsistent_with_the_config(tmp_path: Pa
     poller.start()
     try:
         for index in range(24):
-            classes = ["cat", "dog"] if index % 3 else ["cat", "dog", "emu"]
-            manifest = {
-                **MANIFEST,
-                "class_names": classes,
-                "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, len(classes)]}],
-            }
+            classes = ("cat", "dog") if index % 3 else ("cat", "dog", "emu")
+            outputs = (Tensor("probabilities", "FP32", (-1, len(classes))),)
+            manifest = MANIFEST.replace(class_names=classes, outputs=outputs)
             tree.publish("toy", stage(tree), manifest, max_batch_size=8 + index % 2)
     finally:
         done.set()
@@ -168,7 +169,7 @@ def test_refresh_repairs_model_files_left_stale_by_a_kill(tmp_path: Path) -> Non
     tree.publish("toy", stage(tree), MANIFEST, max_batch_size=8)
     folder = tmp_path / "models" / "toy"
     (folder / "labels.txt").unlink()
-    (folder / "config.pbtxt").write_text((folder / "config.pbtxt").read_text().replace("dims: [ 2 ]", "dims: [ 3 ]"))
+    (folder / "config.pbtxt").write_text((folder / "config.pbtxt").read_text().replace("dims: 2", "dims: 3"))
     assert sorted(tree.refresh_model_files("toy", max_batch_size=8)) == ["config.pbtxt", "labels.txt"]
     assert (folder / "config.pbtxt").read_text() == (folder / "1" / "config.pbtxt").read_text()
     assert (folder / "labels.txt").read_text() == "cat\ndog\n"

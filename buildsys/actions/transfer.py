@@ -141,7 +141,7 @@ def published_model(dependency: Dependency, tree: OutputTree) -> Any:
             f"{target.label} version {dependency.version} has no {WEIGHTS_FILE} to build on; "
             f"rebuild it: python -m buildsys build {target.label} --force"
         )
-    hparams = tree.manifest(target.name, dependency.version).get("hparams", {})
+    hparams = tree.manifest(target.name, dependency.version).hparams
     model = _architecture(target, dependency.dependencies, hparams, tree)
     model.load_weights(str(folder / WEIGHTS_FILE))
     return model
@@ -163,8 +163,9 @@ def build_base(target: Target, dependencies: Sequence[Dependency], tree: OutputT
     if load_weights:
         source = published_model(dependency, tree)
     else:
-        manifest = tree.latest_manifest(dependency.target.name) or {}
-        source = _architecture(dependency.target, dependency.dependencies, manifest.get("hparams", {}), tree)
+        manifest = tree.latest_manifest(dependency.target.name)
+        hparams = manifest.hparams if manifest else {}
+        source = _architecture(dependency.target, dependency.dependencies, hparams, tree)
     features = source.get_layer(base.layer).output
     if len(features.shape) > 2:
         features = keras.layers.Flatten(name="flatten_features")(features)

@@ -73,16 +73,16 @@ class Model:
         self.version = tree.published_version(target.label, target.name, version)
         self.name = target.name
         manifest = tree.manifest(target.name, self.version)
-        self.class_names: list[str] = manifest["class_names"]
-        (tensor,) = manifest["inputs"]
-        self.input_name, self.input_shape = tensor["name"], tuple(tensor["shape"][1:])
-        self.input_type = NUMPY_TYPES[tensor["datatype"]]
-        self.output_name = manifest["outputs"][0]["name"]
-        image = manifest["image"]
+        self.class_names: list[str] = list(manifest.class_names)
+        (tensor,) = manifest.inputs
+        self.input_name, self.input_shape = tensor.name, tuple(tensor.shape[1:])
+        self.input_type = NUMPY_TYPES[tensor.datatype]
+        self.output_name = manifest.outputs[0].name
+        image = manifest.image
         self.image_format = ImageFormat(
             (image["height"], image["width"]), "rgb" if image["color_mode"] == "rgb" else "grayscale"
         )
-        path = tree.model_dir(target.name) / str(self.version) / manifest["files"]["onnx"]
+        path = tree.model_dir(target.name) / str(self.version) / manifest.onnx_file
         available = onnxruntime.get_available_providers()
         providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         self.session = onnxruntime.InferenceSession(str(path), providers=providers)

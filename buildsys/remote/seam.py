@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from buildsys.gate import judge, reject
 from buildsys.remote.transfer import RemoteCache
 from buildsys.store import OutputTree
+from modelrepo import FormatError, Manifest
 
 if TYPE_CHECKING:
     from buildsys.build import Plan
@@ -33,7 +34,7 @@ class BuildCache:
         if not plan.options.quiet:
             print(f"{plan.label}: {message}", file=sys.stdout, flush=True)
 
-    def fetch(self, plan: Plan, staging: Path) -> dict[str, Any] | None:
+    def fetch(self, plan: Plan, staging: Path) -> Manifest | None:
         """The verified manifest (no version) of the remote entry for the plan's key, its files in `staging`; None
         on a miss, and always None with `--force` (a rebuild was asked for) and for multi-worker training (its
         tasks must all train together).
@@ -52,10 +53,11 @@ class BuildCache:
         manifest = fetched.manifest.to_json()
         try:
             verdict = judge(plan.spec.evaluate, manifest, self.tree.latest_manifest(name))
-        except (KeyError, TypeError, ValueError):
+            manifest["quality_gate"] = verdict.to_json()
+            typed = Manifest.from_json(manifest, f"{plan.label} (fetched)")
+        except (KeyError, TypeError, ValueError, FormatError):
             self.cache.warn(f"remote cache {self.cache.display}: entry {key[:16]} records no test metrics; building")
             return None
-        manifest["quality_gate"] = verdict.to_json()
         if not verdict.passed:
             raise reject(self.tree, staging, manifest, verdict)
         self._say(
@@ -63,7 +65,7 @@ class BuildCache:
             f"fetched from remote cache {self.cache.display} ({fetched.size / 1e6:.1f} MB in {fetched.seconds:.2f}s, "
             "verified; no training)",
         )
-        return manifest
+        return typed
 
     def upload(self, plan: Plan, version_dir: Path) -> None:
         """Stores a version this build published under the plan's key, unless uploads are off."""

@@ -321,6 +321,36 @@ def command_clean(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size(text: str) -> int:
+    from buildsys.tree_usage import parse_size
+
+    try:
+        return parse_size(text)
+    except BuildsysError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--max-size ")) from None
+
+
+def command_cache(args: argparse.Namespace) -> int:
+    """`cache stats` and `cache gc [--keep N] [--max-size SIZE] [--dry-run]`: the local output tree as a cache."""
+    from buildsys.tree_usage import gc, human, usage
+
+    _, tree = _context(args)
+    if args.cache_command == "stats":
+        found = usage(tree)
+        print(json.dumps(found.to_json(), indent=2) if args.json else found.text())
+        return 0
+    removed = gc(tree, args.keep, args.max_size, args.dry_run)
+    if args.json:
+        rows = [{"path": str(r.path), "bytes": r.size, "reason": r.reason} for r in removed]
+        print(json.dumps({"dry_run": args.dry_run, "removed": rows}, indent=2))
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for removal in removed:
+        print(f"{verb} {removal.path} ({human(removal.size)}): {removal.reason}")
+    print(f"{verb} {len(removed)} item(s), {human(sum(r.size for r in removed))}")
+    return 0
+
+
 def _optional_workspace(args: argparse.Namespace) -> Workspace | None:
     """The workspace when there is one: sources given as paths or URLs need none, labels do."""
     from buildsys.errors import LabelError
@@ -515,6 +545,19 @@ def make_parser() -> argparse.ArgumentParser:
     clean = commands.add_parser("clean", parents=[common], help="remove the outputs of targets (all without LABEL)")
     clean.add_argument("labels", nargs="*", metavar="LABEL")
     clean.set_defaults(func=command_clean)
+
+    cache = commands.add_parser("cache", help="the local output tree as a cache: sizes, and garbage collection")
+    cache_actions = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    cache_actions.add_parser("stats", parents=[common], help="versions, sizes, work and feature folders, leftovers")
+    collect = cache_actions.add_parser(
+        "gc", parents=[common], help="remove dead staging folders, older versions, caches (never a newest version)"
+    )
+    collect.add_argument("--keep", type=int, metavar="N", help="keep the newest N versions of each model")
+    collect.add_argument(
+        "--max-size", type=_size, metavar="SIZE", help="then remove the oldest until the tree is under SIZE (2G)"
+    )
+    collect.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    cache.set_defaults(func=command_cache)
 
     featurize = commands.add_parser(
         "featurize", parents=[common, data], help="compute a transfer target's base features ahead of its build"

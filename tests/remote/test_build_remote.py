@@ -151,3 +151,53 @@ def test_a_stopped_cache_is_a_warning_and_required_makes_it_an_error(cache: Ngin
     assert warnings[0].startswith(f"warning: remote cache lookup: {cache.url}: connection refused")
     assert warnings[1].startswith("warning: remote cache upload:") and len(warnings) == 2, warnings
     assert "train done" in result.stdout and _manifest(second)["version"] == 1
+
+
+BASE = """
+    from buildsys.dsl import *
+
+    model(
+        name="digits_cnn",
+        data=datasets.sklearn_digits(test_fraction=0.2, split_seed=0),
+        inputs=image_input("image", shape=(8, 8, 1), dtype="uint8", scale=1 / 255),
+        layers=[Conv2D(8, 3, activation="relu"), Flatten(), Dense(32, activation="relu", name="features"),
+                Dense(10, activation="softmax")],
+        train=train(optimizer="adam", learning_rate=3e-3, epochs=3, batch_size=64),
+    )
+"""
+HEAD = """
+    from buildsys.dsl import *
+
+    model(
+        name="digits_transfer",
+        data=datasets.sklearn_digits(test_fraction=0.5, split_seed=1),
+        inputs=image_input("image", shape=(8, 8, 1), dtype="uint8", scale=1 / 255),
+        base=target("//model_defs:digits_cnn", layer="features"),
+        head=logistic_regression(reg_param=0.001, elastic_net_param=0.5),
+        train=train(optimizer="adam", learning_rate=1e-2, epochs=3, batch_size=64),
+    )
+"""
+
+
+def test_a_transfer_target_builds_on_a_base_from_the_cache(nginx: Nginx, tmp_path: Path) -> None:
+    first, second = tmp_path / "workspace-1", tmp_path / "workspace-2"
+    write_definition(first, "digits_cnn.py", BASE)
+    write_definition(first, "digits_transfer.py", HEAD)
+    built = run_buildsys("build", "digits_cnn", "--remote-cache", nginx.url, cwd=first)
+    assert built.returncode == 0, built.stderr
+    shutil.copytree(first / "model_defs", second / "model_defs")
+
+    result = run_buildsys("build", "digits_transfer", "--remote-cache", nginx.url, "--no-remote-upload", cwd=second)
+    assert result.returncode == 0, result.stderr
+    assert "digits_cnn: fetched from remote cache" in result.stdout and "uploaded" not in result.stdout
+    assert (
+        "digits_transfer: train" in result.stdout
+        or "digits_transfer: fit head" in result.stdout
+        or ("digits_transfer: published version 1" in result.stdout)
+    )
+    base, head = _manifest(first, "digits_cnn"), _manifest(second, "digits_transfer")
+    assert _manifest(second, "digits_cnn")["origin"]["kind"] == "fetched"
+    assert head["origin"] == {"kind": "built"}
+    assert head["dependencies"] == {"//model_defs:digits_cnn": base["content_hash"]}  # the key a local base gives
+    assert head["dependency_versions"]["//model_defs:digits_cnn"]["weights_sha256"] == base["weights_sha256"]
+    assert not (nginx.storage / "ac").exists() or len(list((nginx.storage / "ac").iterdir())) == 1

@@ -190,14 +190,10 @@ def test_a_transfer_target_builds_on_a_base_from_the_cache(nginx: Nginx, tmp_pat
     result = run_buildsys("build", "digits_transfer", "--remote-cache", nginx.url, "--no-remote-upload", cwd=second)
     assert result.returncode == 0, result.stderr
     assert "digits_cnn: fetched from remote cache" in result.stdout and "uploaded" not in result.stdout
-    assert (
-        "digits_transfer: train" in result.stdout
-        or "digits_transfer: fit head" in result.stdout
-        or ("digits_transfer: published version 1" in result.stdout)
-    )
+    assert "digits_transfer: published version 1" in result.stdout  # trained here, on the fetched base
     base, head = _manifest(first, "digits_cnn"), _manifest(second, "digits_transfer")
     assert _manifest(second, "digits_cnn")["origin"]["kind"] == "fetched"
     assert head["origin"] == {"kind": "built"}
     assert head["dependencies"] == {"//model_defs:digits_cnn": base["content_hash"]}  # the key a local base gives
     assert head["dependency_versions"]["//model_defs:digits_cnn"]["weights_sha256"] == base["weights_sha256"]
-    assert not (nginx.storage / "ac").exists() or len(list((nginx.storage / "ac").iterdir())) == 1
+    assert len(list((nginx.storage / "ac").iterdir())) == 1  # --no-remote-upload: only the base's record

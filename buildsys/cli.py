@@ -66,10 +66,12 @@ def _set_cluster(args: argparse.Namespace) -> None:
 def _remote_cache(args: argparse.Namespace, tree: OutputTree) -> Any:
     """The `--remote-cache` of a build (or $BUILDSYS_REMOTE_CACHE), None without one; headers come from
     `--remote-header` and $BUILDSYS_REMOTE_HEADERS (one `NAME: VALUE` per line), never from anything printed."""
+    from buildsys.remote import RemoteConfigError
+
     url = args.remote_cache or os.environ.get("BUILDSYS_REMOTE_CACHE")
     if not url:
         if args.remote_cache_required or args.remote_header or args.remote_ca:
-            raise BuildsysError("--remote-cache-required, --remote-header and --remote-ca need --remote-cache URL")
+            raise RemoteConfigError("--remote-cache-required, --remote-header and --remote-ca need --remote-cache URL")
         return None
     from buildsys.remote import RemoteCache, RemoteSettings, parse_headers
     from buildsys.remote.seam import BuildCache

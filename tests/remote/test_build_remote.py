@@ -197,3 +197,18 @@ def test_a_transfer_target_builds_on_a_base_from_the_cache(nginx: Nginx, tmp_pat
     assert head["dependencies"] == {"//model_defs:digits_cnn": base["content_hash"]}  # the key a local base gives
     assert head["dependency_versions"]["//model_defs:digits_cnn"]["weights_sha256"] == base["weights_sha256"]
     assert len(list((nginx.storage / "ac").iterdir())) == 1  # --no-remote-upload: only the base's record
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--remote-header", "Authorization: Bearer secret"], "need --remote-cache URL"),
+        (["--remote-cache", "ftp://cache.example/x"], "expected an http://, https://, file://, s3:// or gs:// URL"),
+        (["--remote-cache", "http://127.0.0.1:9/", "--remote-header", "no colon secret"], "expected a header as"),
+    ],
+)
+def test_remote_settings_errors_are_one_line_and_show_no_secret(tmp_path: Path, arguments: list, message: str) -> None:
+    write_definition(tmp_path, "digits.py", DIGITS)
+    result = run_buildsys("build", "digits", *arguments, cwd=tmp_path)
+    assert result.returncode == 2 and len(_ours(result.stderr)) == 1 and message in result.stderr, result.stderr
+    assert "secret" not in result.stderr and not (tmp_path / "build-out" / "models").exists()

@@ -29,7 +29,7 @@ from modelrepo import MANIFEST_FILE, MODEL_NAME
 RECORD_FORMAT = "buildsys-remote/1"
 MAX_RECORD_BYTES = 4 << 20  # a record lists file names and digests; anything bigger is not one
 MAX_FILES = 10_000
-MAX_FILE_BYTES = 64 << 30
+MAX_FILE_BYTES = 64 << 30  # for one file and for a whole entry: a disk is not filled on a record's word
 MAX_PATH_CHARS = 1024
 FILE_MODES = (0o644, 0o755)  # published files are world-readable; the execute bit is kept, never set by a record
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -153,6 +153,8 @@ def parse_record(data: bytes, key: str) -> ActionRecord:
     clash = sorted(folders & set(entries))
     if clash:
         raise RecordError(f"record.files: {clash[0]!r} is listed both as a file and as a folder of other files")
+    if sum(entry.size for entry in entries.values()) > MAX_FILE_BYTES:
+        raise RecordError(f"record.files: more than {MAX_FILE_BYTES} bytes in all; not a version folder")
     if MANIFEST_FILE not in entries or entries[MANIFEST_FILE].digest != manifest:
         raise RecordError(f"record.files: {MANIFEST_FILE} is missing or its digest is not record.manifest")
     return ActionRecord(value["key"], name, manifest, entries)

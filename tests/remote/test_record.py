@@ -64,6 +64,7 @@ def test_paths_that_could_leave_the_folder_are_refused(path: str) -> None:
         (_record({"manifest.json": _entry()}, format="bazel/2"), "record.format"),
         (_record({"manifest.json": _entry()}, name="../x"), "record.name"),
         (_record({}), "record.files"),
+        (_record({"manifest.json": _entry(), "a": _entry(size=40 << 30), "b": _entry(size=40 << 30)}), "in all"),
         (b"\xff\xfe", "not UTF-8 JSON"),
         (b"[1, 2]", "expected a JSON object"),
     ],

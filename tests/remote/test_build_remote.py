@@ -9,6 +9,7 @@ of what that build stored, so that damaging one test's cache never touches anoth
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -145,7 +146,7 @@ def test_a_stopped_cache_is_a_warning_and_required_makes_it_an_error(cache: Ngin
         f"error: remote cache required but unavailable: {cache.url}: connection refused or host unreachable"
     ]
     assert not (second / "build-out" / "models" / "digits").exists()
-    result = run_buildsys("build", "digits", "--remote-cache", cache.url, cwd=second)
+    result = run_buildsys("build", "digits", cwd=second, env={**os.environ, "BUILDSYS_REMOTE_CACHE": cache.url})
     assert result.returncode == 0, result.stderr
     warnings = _ours(result.stderr)
     assert warnings[0].startswith(f"warning: remote cache lookup: {cache.url}: connection refused")

@@ -44,7 +44,7 @@ def test_building_the_head_builds_its_base_first(transfer_workspace: tuple[Path,
     assert head["metrics"]["test"]["accuracy"] >= 0.90
     assert head["dependencies"] == {"//model_defs:digits_cnn": base["content_hash"]}
     assert head["parity"]["onnx_max_abs_diff"] <= 1e-4 and head["parity"]["savedmodel_max_abs_diff"] <= 1e-4
-    assert list((root / "build-out" / "features").glob("*.npz")), "the base's features are cached"
+    assert list((root / "build-out" / "features" / "digits_cnn").glob("*.npz")), "the base's features are cached"
     assert "featurise" in head["timings"]
 
 
@@ -91,6 +91,44 @@ def test_changing_the_base_makes_the_head_stale(transfer_workspace: tuple[Path, 
     assert listed.returncode == 0, listed.stderr
     states = {row["label"]: row["state"] for row in json.loads(listed.stdout)}
     assert states["//model_defs:digits_cnn"] == states["//model_defs:digits_transfer"] == "stale"
+
+
+def test_a_retrained_base_invalidates_its_dependents_cached_features(
+    transfer_workspace: tuple[Path, subprocess.CompletedProcess], tmp_path: Path
+) -> None:
+    """The base rebuilt from the same content (after `clean`, or with --force) has other weights: its dependents
+    must featurise again, not read features of the old weights; `clean BASE` removes them (issue 11, hole 6)."""
+    import h5py
+
+    from buildsys.store import OutputTree, file_sha256
+
+    source, _ = transfer_workspace
+    root = tmp_path / "copy"
+    shutil.copytree(source / "model_defs", root / "model_defs")
+    shutil.copytree(source / "build-out", root / "build-out")
+    features = root / "build-out" / "features"
+    cached = set(features.rglob("*.npz"))
+    tree = OutputTree(root / "build-out")
+    staging = tree.staging_dir("digits_cnn")
+    shutil.copytree(root / "build-out" / "models" / "digits_cnn" / "1", staging, dirs_exist_ok=True)
+    with h5py.File(staging / "model.weights.h5", "r+") as weights:  # same content hash, retrained weights
+        kernels = []
+        weights.visititems(lambda name, item: kernels.append(item) if isinstance(item, h5py.Dataset) else None)
+        kernels[0][...] = kernels[0][...] + 0.5
+    base = tree.manifest("digits_cnn", 1)
+    extra = {**base.extra, "weights_sha256": file_sha256(staging / "model.weights.h5")}
+    assert tree.publish("digits_cnn", staging, base.replace(extra=extra), max_batch_size=64) == 2
+
+    result = run_buildsys("build", "digits_transfer", "--force", cwd=root)
+    assert result.returncode == 0, result.stderr
+    assert "digits_cnn: up to date (version 2)" in result.stdout
+    assert "digits_transfer: features cached in" in result.stdout and "features from" not in result.stdout
+    (fresh,) = set(features.rglob("*.npz")) - cached
+    assert fresh.parent == features / "digits_cnn"
+    assert manifest(root, "digits_transfer", 2)["dependency_versions"]["//model_defs:digits_cnn"]["version"] == 2
+    cleaned = run_buildsys("clean", "digits_cnn", cwd=root)
+    assert cleaned.returncode == 0, cleaned.stderr
+    assert not (features / "digits_cnn").exists()
 
 
 def test_fine_tuning_reuses_cached_features_then_trains_end_to_end(

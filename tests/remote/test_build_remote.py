@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -91,8 +93,14 @@ def second(uploaded: dict, tmp_path: Path) -> Path:
 
 
 def test_a_second_workspace_fetches_instead_of_training(uploaded: dict, cache: Nginx, second: Path) -> None:
-    result = run_buildsys("build", "digits", "--remote-cache", cache.url, cwd=second)
+    probe = (
+        "import sys\nfrom buildsys.cli import main\n"
+        f"code = main(['build', 'digits', '--remote-cache', {cache.url!r}])\n"
+        "print('tensorflow imported' if 'tensorflow' in sys.modules else 'tensorflow not imported')\nsys.exit(code)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=second, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
+    assert "tensorflow not imported" in result.stdout
     assert "fetched from remote cache" in result.stdout and "verified; no training" in result.stdout
     assert not [action for action in ("load data", "compile", "train", "export") if f": {action} ..." in result.stdout]
     assert not _ours(result.stderr), result.stderr

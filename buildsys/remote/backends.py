@@ -13,6 +13,7 @@ headers and passwords in a URL are never part of any message.
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,6 +24,8 @@ from urllib.parse import urlsplit, urlunsplit
 from buildsys.errors import BuildsysError
 
 CHUNK = 1 << 20
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 120.0
 
@@ -78,16 +81,18 @@ def parse_headers(values: Sequence[str]) -> dict[str, str]:
                 lines = path.read_text(encoding="utf-8").splitlines()
             except OSError as error:
                 raise RemoteConfigError(f"--remote-header {value}: cannot read {path}: {error.strerror}") from None
+            except UnicodeDecodeError:
+                raise RemoteConfigError(f"--remote-header {value}: {path} is not UTF-8 text") from None
             sources = [(f"{path}:{number}", line) for number, line in enumerate(lines, 1)]
         else:
             sources = [("--remote-header", value)]
         for where, line in sources:
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
-            name, separator, content = line.partition(":")
-            if not separator or not name.strip() or any(c in name for c in " \t\r\n") or "\n" in content:
+            name, separator, content = line.strip().partition(":")
+            if not separator or not _HEADER_NAME.match(name) or _CONTROL.search(content):
                 raise RemoteConfigError(f"{where}: expected a header as 'NAME: VALUE' (the value is not shown)")
-            headers[name.strip()] = content.strip()
+            headers[name] = content.strip()
     return headers
 
 

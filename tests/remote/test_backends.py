@@ -6,6 +6,8 @@ import hashlib
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from buildsys.remote.backends import RemoteConfigError, RemoteUnavailableError, display_url, open_backend, parse_headers
 from tests.remote.nginx import TOKEN
@@ -84,3 +86,16 @@ def test_bad_settings_are_one_line(tmp_path: Path) -> None:
     assert "secret-value" not in str(caught.value)
     assert parse_headers(["X-Team: ml", "Authorization: Basic YTpi"]) == {"X-Team": "ml", "Authorization": "Basic YTpi"}
     assert display_url("https://u:p@cache.example:8443/x/") == "https://cache.example:8443/x"
+
+
+@settings(max_examples=100, deadline=None)
+@given(lines=st.lists(st.text(max_size=30), max_size=5))
+def test_fuzzed_header_files_parse_or_fail_without_echoing_them(tmp_path_factory, lines: list[str]) -> None:
+    path = tmp_path_factory.mktemp("headers") / "headers"
+    path.write_text("\n".join(lines), encoding="utf-8", errors="surrogatepass")
+    try:
+        headers = parse_headers([f"@{path}"])
+    except RemoteConfigError as error:
+        assert "\n" not in str(error) and str(path) in str(error)
+        return
+    assert all(name and ":" not in name and not any(c.isspace() for c in name) for name in headers)

@@ -146,7 +146,7 @@ def test_spark_features_as_parquet_feed_the_head(workspace: Path) -> None:
     locally = run_buildsys("featurize", "small_head", cwd=workspace)
     assert locally.returncode == 0, locally.stderr
     assert "small_cnn: published version 1" in locally.stdout  # the base was built first
-    (npz,) = (workspace / "build-out" / "features").glob("*.npz")
+    (npz,) = (workspace / "build-out" / "features").glob("small_cnn/*.npz")
     on_spark = run_buildsys("featurize", "small_head", "--engine", "spark", "--master", "local[2]", cwd=workspace)
     assert on_spark.returncode == 0, on_spark.stderr
     folder = npz.with_suffix(".parquet")
@@ -198,7 +198,7 @@ def test_spark_featurizes_an_image_folder_on_the_executors(
     write_definition(workspace, "folder.py", FOLDER_HEAD.format(folder=str(folder)))
     featurize = ["featurize", "folder_head", "--workspace", str(workspace)]
     assert main(featurize) == 0
-    (npz,) = (workspace / "build-out" / "features").glob("*.npz")
+    (npz,) = (workspace / "build-out" / "features").glob("small_cnn/*.npz")
 
     def driver_opens(*args: object, **kwargs: object) -> None:
         raise AssertionError("the driver opened an image")

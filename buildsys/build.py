@@ -81,7 +81,7 @@ class BuildOptions:
 @dataclass
 class BuildResult:
     label: str
-    status: str  # "up to date" | "built" | "trained (worker)" | "failed" | "skipped"
+    status: str  # "up to date" | "built" | "fetched" | "trained (worker)" | "failed" | "skipped"
     version: int
     content_hash: str
     metrics: dict[str, float] = field(default_factory=dict)
@@ -439,6 +439,7 @@ def _run_actions(
         "content_hash": key.digest,
         "created": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "platform": PLATFORM,
+        "origin": {"kind": "built"},  # a remote cache hit records the cache and key instead (buildsys.remote)
         "files": {"onnx": "model.onnx", "savedmodel": "model.savedmodel", "keras_weights": WEIGHTS_FILE},
         "dependencies": plan.upstream,
         "dependency_versions": {

@@ -119,6 +119,24 @@ def _set_cluster(args: argparse.Namespace) -> None:
     os.environ["TF_CONFIG"] = tf_config_from_flags(args.cluster, args.task)
 
 
+def _remote_cache(args: argparse.Namespace, tree: OutputTree) -> Any:
+    """The `--remote-cache` of a build (or $BUILDSYS_REMOTE_CACHE), None without one; headers come from
+    `--remote-header` and $BUILDSYS_REMOTE_HEADERS (one `NAME: VALUE` per line), never from anything printed."""
+    from buildsys.remote import RemoteConfigError
+
+    url = args.remote_cache or os.environ.get("BUILDSYS_REMOTE_CACHE")
+    if not url:
+        if args.remote_cache_required or args.remote_header or args.remote_ca:
+            raise RemoteConfigError("--remote-cache-required, --remote-header and --remote-ca need --remote-cache URL")
+        return None
+    from buildsys.remote import RemoteCache, RemoteSettings, parse_headers
+    from buildsys.remote.seam import BuildCache
+
+    headers = parse_headers([*os.environ.get("BUILDSYS_REMOTE_HEADERS", "").splitlines(), *args.remote_header])
+    settings = RemoteSettings(url, args.remote_upload, args.remote_cache_required, headers, args.remote_ca)
+    return BuildCache(RemoteCache(settings), tree)
+
+
 def command_build(args: argparse.Namespace) -> int:
     from buildsys.build import BuildOptions
     from buildsys.schedule import BuildFailed, build_all, summary_table
@@ -126,6 +144,7 @@ def command_build(args: argparse.Namespace) -> int:
     workspace, tree = _context(args)
     targets = workspace.resolve(args.labels)
     _set_cluster(args)
+    remote = _remote_cache(args, tree)
     options = BuildOptions(
         force=args.force,
         quiet=args.quiet or args.json,
@@ -146,6 +165,7 @@ def command_build(args: argparse.Namespace) -> int:
                 options,
                 lambda target: dataclasses.replace(options, hparams=_hparams_for(args.hparams, target, tree)),
                 keep_going=args.keep_going,
+                remote=remote,
             )
         except BuildFailed as failed:
             if (len(targets) > 1 or len(failed.results) > 1) and not args.json:
@@ -256,6 +276,15 @@ def _show_tuning(target: Any, tree: OutputTree, as_json: bool) -> None:
         print(f"  trial {int(trial['trial_id']) + 1:>3}  {trial['status'] or '-':<10}  {score:>7}  {values}")
 
 
+def _origin_text(origin: Any) -> str:
+    """Where a version came from, as `show` prints it; versions from before origins were recorded were built here."""
+    if isinstance(origin, dict) and origin.get("kind") == "fetched":
+        built = origin.get("built_as") or {}
+        remote_version = f", version {built['version']} there" if built.get("version") else ""
+        return f"fetched from {origin.get('cache')} ({origin.get('fetched')}{remote_version}), key {origin.get('key')}"
+    return "built here"
+
+
 def command_show(args: argparse.Namespace) -> int:
     workspace, tree = _context(args)
     for target in workspace.resolve(args.labels):
@@ -276,7 +305,8 @@ def command_show(args: argparse.Namespace) -> int:
             f"  parity:  ONNX {manifest.parity['onnx_max_abs_diff']:.2g}, "
             f"SavedModel {manifest.parity['savedmodel_max_abs_diff']:.2g}\n"
             f"  hparams: {json.dumps(manifest.hparams)}\n"
-            f"  params:  {manifest.params or 0:,}"
+            f"  params:  {manifest.params or 0:,}\n"
+            f"  origin:  {_origin_text(manifest.extra.get('origin'))}"
         )
     return 0
 
@@ -374,6 +404,36 @@ def command_clean(args: argparse.Namespace) -> int:
     for name in names:
         for path in tree.clean(name):
             print(f"removed {path}")
+    return 0
+
+
+def _size(text: str) -> int:
+    from buildsys.tree_usage import parse_size
+
+    try:
+        return parse_size(text)
+    except BuildsysError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("--max-size ")) from None
+
+
+def command_cache(args: argparse.Namespace) -> int:
+    """`cache stats` and `cache gc [--keep N] [--max-size SIZE] [--dry-run]`: the local output tree as a cache."""
+    from buildsys.tree_usage import gc, human, usage
+
+    _, tree = _context(args)
+    if args.cache_command == "stats":
+        found = usage(tree)
+        print(json.dumps(found.to_json(), indent=2) if args.json else found.text())
+        return 0
+    removed = gc(tree, args.keep, args.max_size, args.dry_run)
+    if args.json:
+        rows = [{"path": str(r.path), "bytes": r.size, "reason": r.reason} for r in removed]
+        print(json.dumps({"dry_run": args.dry_run, "removed": rows}, indent=2))
+        return 0
+    verb = "would remove" if args.dry_run else "removed"
+    for removal in removed:
+        print(f"{verb} {removal.path} ({human(removal.size)}): {removal.reason}")
+    print(f"{verb} {len(removed)} item(s), {human(sum(r.size for r in removed))}")
     return 0
 
 
@@ -522,6 +582,30 @@ def make_parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--tensorboard", action="store_true", help="write per-epoch TensorBoard scalars under the build's work folder"
     )
+    remote = build.add_argument_group("remote cache (see BUILD.md)")
+    remote.add_argument(
+        "--remote-cache",
+        metavar="URL",
+        help="share built versions: http(s)://HOST/PATH (Bazel's HTTP protocol), file://, s3:// or gs:// "
+        "(default: $BUILDSYS_REMOTE_CACHE)",
+    )
+    remote.add_argument(
+        "--remote-upload",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="upload what this build trained and published (default: on)",
+    )
+    remote.add_argument(
+        "--remote-cache-required", action="store_true", help="fail the build when the cache cannot be reached"
+    )
+    remote.add_argument(
+        "--remote-header",
+        action="append",
+        default=[],
+        metavar="'NAME: VALUE'|@FILE",
+        help="an HTTP header such as a token, or @FILE with one per line (keeps it out of the process list)",
+    )
+    remote.add_argument("--remote-ca", type=Path, metavar="FILE", help="CA certificates to verify the cache's TLS with")
     build.set_defaults(func=command_build)
 
     listing = commands.add_parser("list", parents=[common, data], help="every target with its state")
@@ -574,6 +658,19 @@ def make_parser() -> argparse.ArgumentParser:
     clean = commands.add_parser("clean", parents=[common], help="remove the outputs of targets (all without LABEL)")
     clean.add_argument("labels", nargs="*", metavar="LABEL")
     clean.set_defaults(func=command_clean)
+
+    cache = commands.add_parser("cache", help="the local output tree as a cache: sizes, and garbage collection")
+    cache_actions = cache.add_subparsers(dest="cache_command", required=True, metavar="ACTION")
+    cache_actions.add_parser("stats", parents=[common], help="versions, sizes, work and feature folders, leftovers")
+    collect = cache_actions.add_parser(
+        "gc", parents=[common], help="remove dead staging folders, older versions, caches (never a newest version)"
+    )
+    collect.add_argument("--keep", type=int, metavar="N", help="keep the newest N versions of each model")
+    collect.add_argument(
+        "--max-size", type=_size, metavar="SIZE", help="then remove the oldest until the tree is under SIZE (2G)"
+    )
+    collect.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    cache.set_defaults(func=command_cache)
 
     featurize = commands.add_parser(
         "featurize", parents=[common, data], help="compute a transfer target's base features ahead of its build"

@@ -297,6 +297,24 @@ class OutputTree:
             stale += [place / CONFIG_FILE] if not config_ok else []
         return stale
 
+    def remove_version(self, name: str, version: int) -> None:
+        """Removes one published version that is not the newest (which config.pbtxt describes and servers load).
+
+        Under the publish lock the folder is first renamed out of the model folder into this process's staging
+        space, so a reader sees the version whole or not at all, never half deleted.
+
+        Raises:
+            BuildsysError: for the newest version, or one that is not published.
+        """
+        with self._lock(name):
+            versions = self.versions(name)
+            if version not in versions or version == versions[-1]:
+                raise BuildsysError(f"{name} version {version} is not an older published version; not removed")
+            doomed = self.staging_root(name) / f"{os.getpid()}-removed-{version}"
+            doomed.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(self.model_dir(name) / str(version), doomed)
+        shutil.rmtree(doomed)
+
     def clean(self, name: str | None = None) -> list[Path]:
         """Removes one target's outputs (models, work and staging folders, rejected candidates, the features
         computed through its model) or the whole tree; the version high-water marks and locks stay, so a later

@@ -2,7 +2,8 @@
 
 ONNX Runtime runs `model.onnx` and TensorFlow runs the SavedModel's `serving_default` on held-out inputs (at least
 `parity_samples`, drawn from the test split, repeated if the split is smaller); the build fails if either differs
-from Keras by more than the tolerance (max absolute difference).
+from Keras by more than the tolerance (max absolute difference). The first inputs and Keras' outputs on them are
+kept beside the model as its parity probe (`parity_probe.npz`), which a remote cache hit re-checks without TensorFlow.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from buildsys.actions import tensorflow
 from buildsys.actions.export import ONNX_FILE, SAVEDMODEL_DIR
 from buildsys.dsl.specs import ModelSpec
 from buildsys.errors import BuildsysError
+from buildsys.remote.probe import write_probe
 
 
 class ParityError(BuildsysError):
@@ -56,4 +58,5 @@ def verify(spec: ModelSpec, destination: Path, x_test: np.ndarray, predictions: 
                 f"{artifact} differs from the trained Keras model by {difference:.3g} (max abs) on "
                 f"{len(images)} test inputs; the tolerance is {tolerance:g}"
             )
-    return {"samples": int(len(images)), "tolerance": tolerance, **differences}
+    probe = write_probe(destination, images, expected)  # re-checked without TensorFlow wherever it is fetched
+    return {"samples": int(len(images)), "tolerance": tolerance, **differences, "probe": probe}

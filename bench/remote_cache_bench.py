@@ -1,0 +1,111 @@
+"""A remote cache hit against a local build of the CIFAR-10 CNN architecture (2.3 M parameters), over loopback nginx.
+
+The shipped `cifar10_cnn` definition is copied into a throw-away workspace with its data replaced by generated
+images (`--images` random 32x32 RGB training images and a quarter as many test images, as an .npz) and its epochs
+by `--epochs`, so the run needs no download. Then, each as a whole `python -m buildsys build` process:
+
+1. a local build with `--remote-cache` (trains, exports, verifies, publishes, uploads): the local rebuild time;
+2. `clean`, then the same build again: a remote hit (download, verify every blob and the ONNX parity probe,
+   publish), repeated `--repeats` times.
+
+The nginx is the tests' own (tests/remote/nginx.py: Debian's nginx with WebDAV, Bazel's documented setup) on a free
+loopback port. Prints the wall times, the hit's own fetch time from the build's log line, and their ratio (goal: a
+hit in under 2 s).
+
+Usage: .venv/bin/python bench/remote_cache_bench.py [--images 512] [--epochs 1] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.remote.nginx import Nginx  # noqa: E402 - the repository root is on the path only from here on
+
+
+def workspace(root: Path, images: int, epochs: int) -> None:
+    """The CIFAR-10 CNN definition on generated data with `epochs` epochs."""
+    rng = np.random.default_rng(0)
+    tests = max(images // 4, 16)
+    np.savez(
+        root / "cifar.npz",
+        x_train=rng.integers(0, 256, size=(images, 32, 32, 3), dtype=np.uint8),
+        y_train=rng.integers(0, 10, size=images).astype(np.int64),
+        x_test=rng.integers(0, 256, size=(tests, 32, 32, 3), dtype=np.uint8),
+        y_test=np.arange(tests, dtype=np.int64) % 10,
+    )
+    source = (REPO / "model_defs" / "cifar10_cnn.py").read_text(encoding="utf-8")
+    source = source.replace('datasets.keras("cifar10")', 'datasets.npz("cifar.npz")')
+    source = re.sub(r"epochs=\d+", f"epochs={epochs}", source)
+    (root / "model_defs").mkdir()
+    (root / "model_defs" / "cifar10_cnn.py").write_text(source, encoding="utf-8")
+
+
+def timed_build(root: Path, url: str) -> tuple[float, str]:
+    started = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "buildsys", "build", "cifar10_cnn", "--remote-cache", url, "--remote-cache-required"],
+        cwd=root, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise SystemExit(f"build failed:\n{result.stdout}\n{result.stderr}")
+    return seconds, result.stdout
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=512, help="generated training images")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3, help="remote hits to time")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder) / "workspace"
+        root.mkdir()
+        workspace(root, args.images, args.epochs)
+        server = Nginx(Path(folder) / "nginx")
+        server.start()
+        try:
+            local, log = timed_build(root, server.url)
+            if "uploaded to remote cache" not in log:
+                raise SystemExit(f"the local build did not upload:\n{log}")
+            hits, fetches = [], []
+            for _ in range(args.repeats):
+                subprocess.run([sys.executable, "-m", "buildsys", "clean", "cifar10_cnn"], cwd=root, check=True,
+                               capture_output=True)  # fmt: skip
+                seconds, log = timed_build(root, server.url)
+                found = re.search(r"fetched from remote cache \S+ \(([\d.]+) MB in ([\d.]+)s", log)
+                if found is None:
+                    raise SystemExit(f"expected a remote hit:\n{log}")
+                hits.append(seconds)
+                fetches.append(float(found.group(2)))
+                megabytes = float(found.group(1))
+        finally:
+            server.stop()
+    hit = statistics.median(hits)
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+          f"Python {platform.python_version()}")  # fmt: skip
+    print(f"data: {args.images} generated 32x32x3 training images, {args.epochs} epoch(s); entry {megabytes:.1f} MB")
+    print(f"local build (train, export, verify, publish, upload), whole process: {local:.2f} s")
+    print(f"remote hit, whole process: median {hit:.2f} s, max {max(hits):.2f} s ({args.repeats} runs)")
+    print(f"remote hit, download + verify only: median {statistics.median(fetches):.2f} s")
+    print(f"local build / remote hit: {local / hit:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

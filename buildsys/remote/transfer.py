@@ -1,0 +1,193 @@
+"""Uploading a published version to a remote cache and fetching one back, verified, into a staging folder.
+
+Upload sends every file of the version folder as a blob (skipping blobs the cache already has), then the record —
+last, so a record never names a blob that was not stored. Fetch reads the record, streams each blob into the
+staging folder while hashing it, and then checks what arrived: every digest and size, the manifest's name and
+`content_hash` against the local cache key, and the ONNX model against the recorded parity probe. Only then does
+the build publish it, through the store's publish like any local build.
+
+What can go wrong remotely is never worse than a cache miss: a corrupt or partial entry and an unreachable cache
+each print one warning line and let the build train locally — unless the user asked for `required`, where an
+unreachable cache fails the build. Nothing fetched is ever executed: the record and manifest are JSON, the probe is
+loaded with `allow_pickle=False`, and weights are read as data by whoever builds on them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from buildsys.errors import BuildsysError
+from buildsys.remote.backends import Backend, RemoteUnavailableError, open_backend
+from buildsys.remote.probe import ProbeError, check_probe
+from buildsys.remote.record import MAX_RECORD_BYTES, ActionRecord, RecordError, describe_folder, parse_record
+from modelrepo import FormatError, Manifest, read_manifest
+
+
+class CorruptEntryError(BuildsysError):
+    """A remote entry that does not verify: a blob with the wrong digest or size, a missing blob, a manifest of
+    another key, or an ONNX model that does not reproduce its probe."""
+
+
+class RemoteRequiredError(BuildsysError):
+    """`--remote-cache-required` was given and the cache could not be used."""
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class RemoteSettings:
+    """How a build uses a remote cache; `headers` are secrets and are never printed or stored."""
+
+    url: str
+    upload: bool = True
+    required: bool = False
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+    ca_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A verified hit: the staging folder holds the version's files; `manifest` is what to publish it with."""
+
+    manifest: Manifest
+    seconds: float
+    size: int
+
+
+class RemoteCache:
+    """One remote cache for the whole build (one HTTP session, reused by every target)."""
+
+    def __init__(self, settings: RemoteSettings, warn: Callable[[str], None] = _warn) -> None:
+        self.settings = settings
+        self.backend: Backend = open_backend(settings.url, settings.headers, settings.ca_file)
+        self.warn = warn
+        self.damaged: set[str] = set()  # blobs found corrupt: uploaded again even though the cache has them
+
+    @property
+    def display(self) -> str:
+        return self.backend.display
+
+    def _unavailable(self, error: RemoteUnavailableError, doing: str, consequence: str) -> None:
+        if self.settings.required:
+            raise RemoteRequiredError(f"remote cache required but unavailable: {error}") from None
+        self.warn(f"remote cache {doing}: {error}; {consequence}")
+
+    def fetch(self, key: str, name: str, staging: Path) -> Fetched | None:
+        """Downloads and verifies the entry for `key` into the empty folder `staging`; None on a miss.
+
+        On a miss the staging folder is left empty. The returned manifest has `origin` set to this cache and key,
+        and no `version` (publish assigns the local number).
+
+        Raises:
+            RemoteRequiredError: the cache is unavailable and `required` is set.
+        """
+        started = time.perf_counter()
+        try:
+            data = self.backend.get_record(key, MAX_RECORD_BYTES)
+            if data is None:
+                return None
+            record = parse_record(data, key)
+            if record.name != name:
+                raise CorruptEntryError(f"the record is of model {record.name!r}, not {name!r}")
+            self._download(record, staging)
+            manifest = self._verify(record, staging, key, name)
+        except RemoteUnavailableError as error:
+            _empty(staging)
+            self._unavailable(error, "lookup", "building locally")
+            return None
+        except (RecordError, CorruptEntryError, ProbeError) as error:
+            _empty(staging)
+            self.warn(f"remote cache {self.display}: entry {key[:16]} is unusable ({error}); building locally")
+            return None
+        seconds = round(time.perf_counter() - started, 3)
+        origin = {
+            "kind": "fetched",
+            "cache": self.display,
+            "key": key,
+            "fetched": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "built_as": {"version": manifest.version, "origin": manifest.extra.get("origin")},
+        }
+        manifest = manifest.replace(version=None, extra={**manifest.extra, "origin": origin})
+        return Fetched(manifest, seconds, record.total_size)
+
+    def _download(self, record: ActionRecord, staging: Path) -> None:
+        for path, entry in sorted(record.files.items()):
+            destination = staging.joinpath(*path.split("/"))
+            if staging.resolve() not in destination.resolve().parents:  # parse_record already guarantees this
+                raise CorruptEntryError(f"{path!r} would leave the staging folder")
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            digest, size = hashlib.sha256(), 0
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+            with os.fdopen(os.open(destination, flags, 0o600), "wb") as stream:
+                try:
+                    for chunk in self.backend.get_blob(entry.digest, entry.size):
+                        digest.update(chunk)
+                        size += len(chunk)
+                        if size > entry.size:
+                            break
+                        stream.write(chunk)
+                except FileNotFoundError:
+                    raise CorruptEntryError(f"blob of {path} ({entry.digest[:16]}) is missing") from None
+                stream.flush()
+                os.fsync(stream.fileno())
+            if size != entry.size or digest.hexdigest() != entry.digest:
+                self.damaged.add(entry.digest)
+                raise CorruptEntryError(f"{path}: the blob's size or sha256 is not the record's")
+            os.chmod(destination, entry.mode)
+        for directory, _, _ in os.walk(staging):
+            os.chmod(directory, 0o755)
+
+    def _verify(self, record: ActionRecord, staging: Path, key: str, name: str) -> Manifest:
+        try:
+            manifest = read_manifest(staging)
+        except FormatError as error:
+            raise CorruptEntryError(str(error).replace(str(staging), "staging")) from None
+        if manifest.content_hash != key or manifest.name != name:
+            raise CorruptEntryError("manifest.json is of another build (its name or content_hash differs)")
+        for role, path in manifest.files.items():
+            if path not in record.files and not any(listed.startswith(f"{path}/") for listed in record.files):
+                raise CorruptEntryError(f"manifest.json names {role} file {path!r}, which the record lacks")
+        check_probe(staging, manifest)
+        return manifest
+
+    def upload(self, version_dir: Path, key: str, name: str) -> int | None:
+        """Stores a published version under `key`; returns the bytes sent, or None when the upload failed.
+
+        Raises:
+            RemoteRequiredError: the cache is unavailable and `required` is set (the version stays published
+                locally).
+        """
+        try:
+            record = describe_folder(version_dir, key, name)
+            sent = 0
+            for path, entry in sorted(record.files.items()):
+                if entry.digest in self.damaged or not self.backend.has_blob(entry.digest):
+                    self.backend.put_blob(entry.digest, version_dir.joinpath(*path.split("/")))
+                    sent += entry.size
+            self.backend.put_record(key, record.to_bytes())
+        except RemoteUnavailableError as error:
+            self._unavailable(error, "upload", "the version is published locally only")
+            return None
+        except RecordError as error:
+            self.warn(f"remote cache upload skipped: {error}")
+            return None
+        return sent
+
+
+def _empty(folder: Path) -> None:
+    """Removes what a failed fetch left in `folder`, keeping the folder itself for a local build."""
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()

@@ -1,0 +1,101 @@
+"""The transports against real stores: nginx's WebDAV (Bazel's HTTP protocol, a token, TLS) and a file:// folder."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from buildsys.remote.backends import RemoteConfigError, RemoteUnavailableError, display_url, open_backend, parse_headers
+from tests.remote.nginx import TOKEN
+
+KEY = "ab" * 32
+
+
+def _roundtrip(backend, tmp_path: Path) -> None:
+    assert backend.get_record(KEY, 1000) is None
+    blob = tmp_path / "blob"
+    blob.write_bytes(b"weights" * 1000)
+    digest = hashlib.sha256(blob.read_bytes()).hexdigest()
+    assert not backend.has_blob(digest)
+    backend.put_blob(digest, blob)
+    assert backend.has_blob(digest)
+    assert b"".join(backend.get_blob(digest, 7000)) == blob.read_bytes()
+    assert len(b"".join(backend.get_blob(digest, 10))) <= 10 + (1 << 20)  # stops soon after the declared size
+    backend.put_record(KEY, b'{"record": 1}')
+    backend.put_record(KEY, b'{"record": 2}')  # a second build of the same key replaces the record
+    assert backend.get_record(KEY, 1000) == b'{"record": 2}'
+    with pytest.raises(FileNotFoundError):
+        list(backend.get_blob("cd" * 32, 10))
+
+
+def test_http_backend_speaks_bazels_protocol_to_nginx(nginx, tmp_path: Path) -> None:
+    backend = open_backend(nginx.url)
+    _roundtrip(backend, tmp_path)
+    assert (nginx.storage / "ac" / KEY).read_bytes() == b'{"record": 2}'  # the layout Bazel's HTTP cache uses
+    assert len(list((nginx.storage / "cas").iterdir())) == 1
+
+
+def test_file_backend_roundtrip_writes_whole_objects(tmp_path: Path) -> None:
+    backend = open_backend((tmp_path / "store").as_uri())
+    _roundtrip(backend, tmp_path)
+    assert not [path for path in (tmp_path / "store").rglob(".tmp-*")]
+
+
+def test_unreachable_server_is_one_line_without_credentials(nginx) -> None:
+    nginx.stop()
+    url = nginx.url.replace("http://", "http://alice:hunter2@")
+    backend = open_backend(url)
+    with pytest.raises(RemoteUnavailableError) as caught:
+        backend.get_record(KEY, 1000)
+    assert str(caught.value) == f"{nginx.url}: connection refused or host unreachable"
+    assert "hunter2" not in backend.display and "alice" not in backend.display
+
+
+def test_token_from_a_header_file(nginx_factory, tmp_path: Path) -> None:
+    server = nginx_factory(token=TOKEN)
+    with pytest.raises(RemoteUnavailableError, match="HTTP 401 on GET ac/ \\(check the credentials"):
+        open_backend(server.url).get_record(KEY, 1000)
+    secrets = tmp_path / "headers"
+    secrets.write_text(f"# the team's cache token\nAuthorization: Bearer {TOKEN}\n", encoding="utf-8")
+    backend = open_backend(server.url, parse_headers([f"@{secrets}"]))
+    assert backend.get_record(KEY, 1000) is None
+    backend.put_record(KEY, b"{}")
+    assert backend.get_record(KEY, 1000) == b"{}"
+
+
+def test_tls_is_verified_and_a_private_ca_is_accepted(nginx_factory) -> None:
+    server = nginx_factory(tls=True)
+    with pytest.raises(RemoteUnavailableError, match="TLS verification failed"):
+        open_backend(server.url).get_record(KEY, 1000)
+    assert open_backend(server.url, ca_file=server.certificate).get_record(KEY, 1000) is None
+
+
+def test_bad_settings_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(RemoteConfigError, match="expected an http://"):
+        open_backend("ftp://cache.example/")
+    with pytest.raises(RemoteConfigError, match="apply to http"):
+        open_backend(tmp_path.as_uri(), {"Authorization": "x"})
+    with pytest.raises(RemoteConfigError, match="no such file"):
+        open_backend("https://127.0.0.1:1/", ca_file=tmp_path / "missing.pem")
+    with pytest.raises(RemoteConfigError) as caught:
+        parse_headers(["Authorization Bearer secret-value"])
+    assert "secret-value" not in str(caught.value)
+    assert parse_headers(["X-Team: ml", "Authorization: Basic YTpi"]) == {"X-Team": "ml", "Authorization": "Basic YTpi"}
+    assert display_url("https://u:p@cache.example:8443/x/") == "https://cache.example:8443/x"
+
+
+@settings(max_examples=100, deadline=None)
+@given(lines=st.lists(st.text(max_size=30), max_size=5))
+def test_fuzzed_header_files_parse_or_fail_without_echoing_them(tmp_path_factory, lines: list[str]) -> None:
+    path = tmp_path_factory.mktemp("headers") / "headers"
+    path.write_text("\n".join(lines), encoding="utf-8", errors="surrogatepass")
+    try:
+        headers = parse_headers([f"@{path}"])
+    except RemoteConfigError as error:
+        assert "\n" not in str(error) and str(path) in str(error)
+        return
+    assert all(name and ":" not in name and not any(c.isspace() for c in name) for name in headers)

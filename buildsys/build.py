@@ -21,7 +21,7 @@ import datetime
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -200,12 +200,13 @@ class RemoteCache(Protocol):
     `fetch` downloads and verifies the version built from `plan.key` into `staging` (an empty folder the job
     owns and removes on failure) and returns its manifest without a version number, or None on a miss (a
     corrupt or unreachable cache is a miss); the job then publishes the folder as it publishes a local build.
-    `upload` stores a version this job built (`version_dir`, complete and published) under `plan.key`.
+    `upload` stores a version this job built (`version_dir`, complete and published) under `plan.key`. Both tell
+    the user what they did through `say`, a line in the target's block.
     """
 
-    def fetch(self, plan: Plan, staging: Path) -> Manifest | None: ...
+    def fetch(self, plan: Plan, staging: Path, say: Callable[[str], None]) -> Manifest | None: ...
 
-    def upload(self, plan: Plan, version_dir: Path) -> None: ...
+    def upload(self, plan: Plan, version_dir: Path, say: Callable[[str], None]) -> None: ...
 
 
 def _versions() -> dict[str, str]:
@@ -303,7 +304,7 @@ class BuildJob:
         work = plan.paths.work_dir
         shutil.rmtree(work / "checkpoint" if plan.options.tensorboard else work, ignore_errors=True)  # done with them
         if self.remote is not None:
-            self.remote.upload(plan, plan.paths.model_dir / str(version))
+            self.remote.upload(plan, plan.paths.model_dir / str(version), self.reporter.say)
         if plan.options.tensorboard:
             from buildsys.actions.train import TENSORBOARD_DIR  # loaded already: this build trained
 
@@ -317,7 +318,7 @@ class BuildJob:
             return None
         staging = self.tree.staging_dir(plan.spec.name)
         try:
-            manifest = self.remote.fetch(plan, staging)
+            manifest = self.remote.fetch(plan, staging, self.reporter.say)
             if manifest is None:
                 shutil.rmtree(staging, ignore_errors=True)
                 return None

@@ -10,7 +10,7 @@ Nothing here imports TensorFlow.
 
 from __future__ import annotations
 
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,11 +30,7 @@ class BuildCache:
         self.cache = cache
         self.tree = tree
 
-    def _say(self, plan: Plan, message: str) -> None:
-        if not plan.options.quiet:
-            print(f"{plan.label}: {message}", file=sys.stdout, flush=True)
-
-    def fetch(self, plan: Plan, staging: Path) -> Manifest | None:
+    def fetch(self, plan: Plan, staging: Path, say: Callable[[str], None]) -> Manifest | None:
         """The verified manifest (no version) of the remote entry for the plan's key, its files in `staging`; None
         on a miss, and always None with `--force` (a rebuild was asked for) and for multi-worker training (its
         tasks must all train together).
@@ -60,17 +56,16 @@ class BuildCache:
             return None
         if not verdict.passed:
             raise reject(self.tree, staging, manifest, verdict)
-        self._say(
-            plan,
+        say(
             f"fetched from remote cache {self.cache.display} ({fetched.size / 1e6:.1f} MB in {fetched.seconds:.2f}s, "
             "verified; no training)",
         )
         return typed
 
-    def upload(self, plan: Plan, version_dir: Path) -> None:
+    def upload(self, plan: Plan, version_dir: Path, say: Callable[[str], None]) -> None:
         """Stores a version this build published under the plan's key, unless uploads are off."""
         if not self.cache.settings.upload:
             return
         sent = self.cache.upload(version_dir, plan.key.digest, plan.spec.name)
         if sent is not None:
-            self._say(plan, f"uploaded to remote cache {self.cache.display} ({sent / 1e6:.1f} MB new)")
+            say(f"uploaded to remote cache {self.cache.display} ({sent / 1e6:.1f} MB new)")

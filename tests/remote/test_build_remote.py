@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -138,7 +139,7 @@ def test_a_corrupt_blob_is_a_warning_and_a_local_build(cache: Nginx, second: Pat
     assert result.returncode == 0, result.stderr
     warnings = _ours(result.stderr)
     assert len(warnings) == 1 and "is unusable" in warnings[0] and "building locally" in warnings[0], result.stderr
-    assert "train done" in result.stdout and _manifest(second)["origin"] == {"kind": "built"}
+    assert "\n  train " in result.stdout and _manifest(second)["origin"] == {"kind": "built"}
     # The local build's upload repaired the entry: what the cache now holds under the key verifies again.
     staging = second / "staging-check"
     staging.mkdir()
@@ -159,7 +160,7 @@ def test_a_stopped_cache_is_a_warning_and_required_makes_it_an_error(cache: Ngin
     warnings = _ours(result.stderr)
     assert warnings[0].startswith(f"warning: remote cache lookup: {cache.url}: connection refused")
     assert warnings[1].startswith("warning: remote cache upload:") and len(warnings) == 2, warnings
-    assert "train done" in result.stdout and _manifest(second)["version"] == 1
+    assert "\n  train " in result.stdout and _manifest(second)["version"] == 1
 
 
 BASE = """
@@ -198,8 +199,8 @@ def test_a_transfer_target_builds_on_a_base_from_the_cache(nginx: Nginx, tmp_pat
 
     result = run_buildsys("build", "digits_transfer", "--remote-cache", nginx.url, "--no-remote-upload", cwd=second)
     assert result.returncode == 0, result.stderr
-    assert "digits_cnn: fetched from remote cache" in result.stdout and "uploaded" not in result.stdout
-    assert "digits_transfer: published version 1" in result.stdout  # trained here, on the fetched base
+    assert "//model_defs:digits_cnn\n  fetched from remote cache" in result.stdout and "uploaded" not in result.stdout
+    assert re.search(r"//model_defs:digits_transfer\n(  .*\n)*  published version 1 ", result.stdout)  # trained here
     base, head = _manifest(first, "digits_cnn"), _manifest(second, "digits_transfer")
     assert _manifest(second, "digits_cnn")["origin"]["kind"] == "fetched"
     assert head["origin"] == {"kind": "built"}

@@ -117,9 +117,10 @@ def _check(settings: ServerSettings) -> Security:
     return read_security(settings)
 
 
-def grpc_frontend(dataplane: DataPlane, settings: ServerSettings, security: Security) -> GrpcFrontend:
+def build_frontends(dataplane: DataPlane, settings: ServerSettings, security: Security) -> list[FrontEnd]:
+    """The front ends the settings ask for, all over the same data plane (a new protocol is one more entry)."""
     credentials = grpc.ssl_server_credentials([(security.key_pem, security.cert_pem)]) if security.tls else None
-    return GrpcFrontend(dataplane, settings.host, settings.port, credentials=credentials, token=security.token)
+    return [GrpcFrontend(dataplane, settings.host, settings.port, credentials=credentials, token=security.token)]
 
 
 def serve(settings: ServerSettings) -> int:
@@ -153,7 +154,7 @@ async def _serve(settings: ServerSettings, security: Security) -> int:
     for warning in dataplane.repository.device_warnings():
         log.warning("!!! %s", warning)
 
-    frontends: list[FrontEnd] = [grpc_frontend(dataplane, settings, security)]
+    frontends = build_frontends(dataplane, settings, security)
     started: list[FrontEnd] = []
     try:
         for frontend in frontends:

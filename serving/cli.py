@@ -50,6 +50,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="threads per model call (0: one per core)",
     )
     runtime.add_argument("--graph-optimization-level", choices=GRAPH_OPTIMIZATION_LEVELS, default="all")
+    runtime.add_argument(
+        "--intra-op-spinning",
+        action="store_true",
+        help="let idle ONNX Runtime threads spin (lower latency on a dedicated machine, more CPU)",
+    )
     batching = parser.add_argument_group("dynamic batching (defaults from each model's config.pbtxt)")
     batching.add_argument("--max-batch-size", type=_positive_int, help="samples per merged model call")
     batching.add_argument(
@@ -103,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
                 device=args.device,
                 intra_op_threads=args.intra_op_threads,
                 graph_optimization_level=args.graph_optimization_level,
+                intra_op_spinning=args.intra_op_spinning,
             ),
             batching=BatchingOverrides(
                 max_batch_size=args.max_batch_size,

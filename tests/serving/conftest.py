@@ -64,6 +64,8 @@ version_policy: {{ latest: {{ num_versions: 1 }} }}
 # The slow variant: a chain of MatMul + Tanh on 2,048 features that keeps the model busy for a few hundred
 # milliseconds per call, so that tests can hold requests in the queue behind a running execution.
 SLOW_STEPS, SLOW_WIDTH = 24, 2048
+# A request this large keeps the slow model busy for about a second on an idle 2-core machine (longer when loaded).
+HOLDING_BATCH = 512
 
 
 def classifier_onnx(seed: int, slow: bool = False) -> onnx.ModelProto:

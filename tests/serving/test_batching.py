@@ -16,6 +16,7 @@ from serving.errors import ServingError, Status
 from serving.protocol import grpc_service_pb2 as pb
 from serving.statistics import ModelStats
 from tests.serving.conftest import (
+    HOLDING_BATCH,
     connected_stub,
     free_port,
     images,
@@ -220,7 +221,7 @@ def test_full_queue_answers_unavailable_at_once_and_health_still_answers(start_s
     )
     with grpc.insecure_channel(server.url) as channel:
         stub = connected_stub(channel)
-        running = stub.ModelInfer.future(infer_request(images(64, seed=0)), timeout=60)
+        running = stub.ModelInfer.future(infer_request(images(HOLDING_BATCH, seed=0)), timeout=60)
         time.sleep(0.2)
         queued = [stub.ModelInfer.future(infer_request(images(1, seed=i)), timeout=60) for i in (1, 2)]
         wait_for_metric(metrics_port, 'serving_queue_depth{model="digits"} 2.0')
@@ -231,5 +232,5 @@ def test_full_queue_answers_unavailable_at_once_and_health_still_answers(start_s
         assert stub.ServerLive(pb.ServerLiveRequest()).live and stub.ServerReady(pb.ServerReadyRequest()).ready
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
         assert health.status == health_pb2.HealthCheckResponse.SERVING
-        assert probabilities(running.result()).shape == (64, 10)
+        assert probabilities(running.result()).shape == (HOLDING_BATCH, 10)
         assert all(probabilities(f.result()).shape == (1, 10) for f in queued)

@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from serving.protocol import grpc_service_pb2 as pb
 from serving.protocol import grpc_service_pb2_grpc
-from tests.serving.conftest import images, infer_request
+from tests.serving.conftest import HOLDING_BATCH, images, infer_request
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 # What a client may be told; INTERNAL and UNKNOWN are what a well-formed request must never get.
@@ -227,8 +227,8 @@ def test_a_request_whose_deadline_passes_in_the_queue_is_dropped_before_it_runs(
     server = start_server(slow_repo, "--max-queue-delay-us", "0")
     with grpc.insecure_channel(server.url) as channel:
         stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
-        # 64 images through the slow model: it finds the model idle, runs at once, and keeps it busy.
-        running = stub.ModelInfer.future(valid_request(64), timeout=60)
+        # HOLDING_BATCH images through the slow model: it finds the model idle, runs at once, and keeps it busy.
+        running = stub.ModelInfer.future(valid_request(HOLDING_BATCH), timeout=60)
         time.sleep(0.1)
         late = valid_request()
         late.parameters["timeout"].int64_param = 20_000  # 20 ms, far shorter than the running execution
@@ -236,6 +236,6 @@ def test_a_request_whose_deadline_passes_in_the_queue_is_dropped_before_it_runs(
         with pytest.raises(grpc.RpcError) as raised:  # the client's own deadline: it goes away
             stub.ModelInfer(valid_request(), timeout=0.02)
         assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert running.result().outputs[0].shape == [64, 10]
+        assert running.result().outputs[0].shape == [HOLDING_BATCH, 10]
         stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="digits")).model_stats[0]
-    assert stats.execution_count == 1 and stats.inference_count == 64, "a request past its deadline was run"
+    assert stats.execution_count == 1 and stats.inference_count == HOLDING_BATCH, "a request past its deadline was run"

@@ -20,6 +20,7 @@ from tritonclient.utils import InferenceServerException
 from serving.client import ClientError, InferenceClient
 from tests.serving.conftest import (
     CLASS_NAMES,
+    HOLDING_BATCH,
     PROJECT_ROOT,
     connected_stub,
     free_port,
@@ -41,11 +42,11 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero(start
     server = start_server(
         slow_repo, "--max-queue-delay-us", "1500000", "--metrics-port", str(metrics_port), "--grace-period", "20"
     )
-    running_batch, queued_batch = images(64, seed=8), images(3, seed=9)
+    running_batch, queued_batch = images(HOLDING_BATCH, seed=8), images(3, seed=9)
     with grpc.insecure_channel(server.url) as channel:
         stub = connected_stub(channel)
-        # 64 images find the model idle and run at once (a slow call); the next request queues behind them and
-        # then waits out the 1.5 s delay, so it is in flight when SIGTERM comes.
+        # A large batch finds the model idle and runs at once (a slow call); the next request queues behind it
+        # and then waits out the 1.5 s delay, so it is in flight when SIGTERM comes.
         running = stub.ModelInfer.future(infer_request(running_batch), timeout=60)
         time.sleep(0.2)
         queued = stub.ModelInfer.future(infer_request(queued_batch), timeout=60)

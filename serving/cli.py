@@ -50,6 +50,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="threads per model call (0: one per core)",
     )
     runtime.add_argument("--graph-optimization-level", choices=GRAPH_OPTIMIZATION_LEVELS, default="all")
+    runtime.add_argument(
+        "--intra-op-spinning",
+        action="store_true",
+        help="let idle ONNX Runtime threads spin (lower latency on a dedicated machine, more CPU)",
+    )
     batching = parser.add_argument_group("dynamic batching (defaults from each model's config.pbtxt)")
     batching.add_argument("--max-batch-size", type=_positive_int, help="samples per merged model call")
     batching.add_argument(
@@ -78,7 +83,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="seconds in-flight requests get on SIGTERM",
     )
-    security.add_argument("--threads", type=_positive_int, default=64, help="gRPC worker threads")
     security.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
 
 
@@ -104,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
                 device=args.device,
                 intra_op_threads=args.intra_op_threads,
                 graph_optimization_level=args.graph_optimization_level,
+                intra_op_spinning=args.intra_op_spinning,
             ),
             batching=BatchingOverrides(
                 max_batch_size=args.max_batch_size,
@@ -117,7 +122,6 @@ def run(args: argparse.Namespace) -> int:
             auth_token_file=args.auth_token_file,
             metrics_port=args.metrics_port,
             grace_period_s=args.grace_period,
-            threads=args.threads,
         )
         return serve(settings)
     except (ValueError, StartupError) as error:

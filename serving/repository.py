@@ -20,15 +20,7 @@ from pathlib import Path
 
 from serving.batcher import DynamicBatcher
 from serving.errors import ModelLoadError, ServingError, Status
-from serving.model_files import (
-    MODEL_NAME,
-    VERSION_NAME,
-    Manifest,
-    check_config_matches,
-    list_versions,
-    read_config,
-    read_manifest,
-)
+from serving.model_files import MODEL_NAME, VERSION_NAME, Manifest, list_versions, read_config, read_version
 from serving.protocol import model_config_pb2
 from serving.runtime import OnnxModel, RuntimeOptions
 from serving.statistics import ModelStats
@@ -320,8 +312,7 @@ class ModelRepository:
 
     def _load_version(self, version_dir: Path, config: model_config_pb2.ModelConfig) -> ServedVersion:
         name = version_dir.parent.name
-        manifest = read_manifest(version_dir, name)
-        check_config_matches(config, manifest, version_dir.parent / "config.pbtxt")
+        manifest = read_version(version_dir, config)
         model = OnnxModel(version_dir / manifest.onnx_file, manifest.signature, self.runtime_options)
         model.smoke_test()
         batching = self._batching(config)

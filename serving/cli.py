@@ -78,7 +78,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="seconds in-flight requests get on SIGTERM",
     )
-    security.add_argument("--threads", type=_positive_int, default=64, help="gRPC worker threads")
     security.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
 
 
@@ -117,7 +116,6 @@ def run(args: argparse.Namespace) -> int:
             auth_token_file=args.auth_token_file,
             metrics_port=args.metrics_port,
             grace_period_s=args.grace_period,
-            threads=args.threads,
         )
         return serve(settings)
     except (ValueError, StartupError) as error:

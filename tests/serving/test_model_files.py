@@ -10,9 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from serving.codec import classify, serialize_bytes
-from serving.errors import ModelLoadError, ServingError, Status
+from serving.errors import ModelLoadError
 from serving.model_files import list_versions, read_config, read_version
-from serving.repository import BatchingOverrides, ModelRepository
 from serving.runtime import OnnxModel, RuntimeOptions
 from serving.signature import ModelSignature, TensorSpec
 from serving.version_policy import VersionPolicy
@@ -114,29 +113,6 @@ def test_onnx_model_must_match_the_manifest(tmp_path):
     renamed = ModelSignature(inputs=(TensorSpec("pixels", "UINT8", (-1, 8, 8)),), outputs=wrong.outputs)
     with pytest.raises(ModelLoadError, match="ONNX inputs \\['image'\\] differ"):
         OnnxModel(version_dir / "model.onnx", renamed, RuntimeOptions(device="cpu"))
-
-
-def test_repository_serves_versions_by_policy_and_flags_override_batching(tmp_path):
-    for version in (1, 2, 3):
-        publish_version(tmp_path, "digits", version, seed=version)
-    repository = ModelRepository(
-        tmp_path,
-        RuntimeOptions(device="cpu", intra_op_threads=1),
-        version_policy=VersionPolicy.parse("latest:2"),
-        batching=BatchingOverrides(max_batch_size=16, max_queue_delay_us=0),
-    )
-    repository.load_all()
-    try:
-        assert [s.version for s in repository.versions("digits")] == [2, 3]
-        assert repository.get("digits").version == 3
-        served = repository.get("digits", "2")
-        assert (served.batcher.max_batch_size, served.batcher.max_queue_delay_us) == (16, 0)
-        assert served.batcher.max_queue_size == 256  # from config.pbtxt
-        with pytest.raises(ServingError) as raised:
-            repository.get("digits", "1")
-        assert raised.value.status is Status.NOT_FOUND and "loaded versions: 2, 3" in raised.value.message
-    finally:
-        repository.close()
 
 
 def test_classification_strings_without_class_names_are_score_and_index():

@@ -10,45 +10,35 @@ and leaves the model's signature to the data plane. Every problem is a ``Serving
 field, so the front end answers 400 with one line and never 500.
 """
 
-import math
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import orjson
 
-from serving.codec import serialize_bytes
+from serving import codec
+from serving.dataplane import InferenceRequest, InputTensor, OutputTensor, RequestedOutput
 from serving.errors import ServingError, Status
 from serving.signature import NUMPY_DTYPES
 
 # The same bound as the gRPC front end's message size: 1,024 CIFAR images (12.6 MB) fit with room to spare.
 MAX_BODY_BYTES = 64 * 1024 * 1024
-HEADER_LENGTH = "inference-header-content-length"
 # Which JSON values each datatype's ``data`` may hold (NumPy kinds of the parsed list): JSON has no unsigned or
-# 16-bit types, so integers of any width are accepted and range-checked; floats take integers too, as Triton does.
+# 16-bit types, so integers of any width are accepted (the shared codec range-checks them), and floats take
+# integers too, as Triton does; strings, objects and nulls never pass.
 ACCEPTED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf"}
 
 
 @dataclass(frozen=True)
-class RequestedOutput:
-    """One output the request names: in binary or JSON, and ``class_count`` > 0 for the classification extension."""
+class BinaryOutputs:
+    """Which outputs an answer carries as binary data: those named with ``binary_data`` true, else the default
+    (the request's ``binary_data_output``)."""
 
-    name: str
-    binary: bool
-    class_count: int = 0
+    default: bool
+    by_name: dict[str, bool]
 
-
-@dataclass(frozen=True)
-class DecodedRequest:
-    """An infer request as arrays and plain values; ``outputs`` empty means every output, binary or not by
-    ``binary_output``."""
-
-    id: str
-    inputs: dict[str, np.ndarray]
-    outputs: tuple[RequestedOutput, ...]
-    binary_output: bool
-    timeout_us: int | None
-    parameters: dict = field(default_factory=dict)
+    def __call__(self, name: str) -> bool:
+        return self.by_name.get(name, self.default)
 
 
 def _bad(message: str) -> ServingError:
@@ -115,8 +105,10 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     return body[:length], memoryview(body)[length:]
 
 
-def decode_infer_request(body: bytes, header_length: str | None) -> DecodedRequest:
-    """Parses an infer body into arrays in the datatypes and shapes the request declares.
+def decode_infer_request(
+    body: bytes, header_length: str | None, model: str, version: str
+) -> tuple[InferenceRequest, BinaryOutputs]:
+    """Parses an infer body into the data plane's request, with arrays in the datatypes and shapes it declares.
 
     Raises:
         ServingError: INVALID_ARGUMENT naming the field that is malformed.
@@ -127,21 +119,15 @@ def decode_infer_request(body: bytes, header_length: str | None) -> DecodedReque
     if not isinstance(request_id, str):
         raise _bad(f"'id' must be a string, got {_short(request_id)}")
     parameters = _object(request.get("parameters", {}), "'parameters'")
-    binary_output = _bool(parameters.get("binary_data_output", False), "parameters.binary_data_output")
-    timeout_us = None
-    if "timeout" in parameters:
-        timeout_us = _int(parameters["timeout"], "parameters.timeout (microseconds)")
+    binary_default = _bool(parameters.get("binary_data_output", False), "parameters.binary_data_output")
     inputs = request.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise _bad("'inputs' must be a non-empty list of {name, datatype, shape, data or parameters.binary_data_size}")
-    arrays: dict[str, np.ndarray] = {}
+    tensors = []
     offset = 0
     for index, entry in enumerate(inputs):
-        array, used = _decode_input(_object(entry, f"inputs[{index}]"), index, binary[offset:])
-        name = entry["name"]
-        if name in arrays:
-            raise _bad(f"input '{name}' is given more than once")
-        arrays[name] = array
+        tensor, used = _decode_input(_object(entry, f"inputs[{index}]"), index, binary[offset:])
+        tensors.append(tensor)
         offset += used
     if offset != len(binary):
         raise _bad(
@@ -151,27 +137,33 @@ def decode_infer_request(body: bytes, header_length: str | None) -> DecodedReque
     outputs = request.get("outputs", [])
     if not isinstance(outputs, list):
         raise _bad(f"'outputs' must be a list, got {_short(outputs)}")
-    requested = tuple(
-        _requested_output(_object(entry, f"outputs[{index}]"), index, binary_output)
-        for index, entry in enumerate(outputs)
+    requested = []
+    binary_by_name = {}
+    for index, entry in enumerate(outputs):
+        name, output_parameters = _output_entry(_object(entry, f"outputs[{index}]"), index)
+        binary_by_name[name] = _bool(
+            output_parameters.get("binary_data", binary_default), f"output {codec.shown(name)}: parameters.binary_data"
+        )
+        requested.append(RequestedOutput.from_parameters(name, output_parameters))
+    decoded = InferenceRequest(
+        model=model, version=version, id=request_id, inputs=tensors, outputs=requested, parameters=parameters
     )
-    return DecodedRequest(request_id, arrays, requested, binary_output, timeout_us, parameters)
+    return decoded, BinaryOutputs(binary_default, binary_by_name)
 
 
-def _decode_input(entry: dict, index: int, binary: memoryview) -> tuple[np.ndarray, int]:
-    """One input as an array, and how many bytes of the binary tail it took."""
+def _decode_input(entry: dict, index: int, binary: memoryview) -> tuple[InputTensor, int]:
+    """One input as the data plane's tensor, and how many bytes of the binary tail it took."""
     name = entry.get("name")
     if not isinstance(name, str) or not name:
         raise _bad(f"inputs[{index}].name must be a non-empty string, got {_short(name)}")
-    where = f"input '{name[:80]}'"
+    where = f"input {codec.shown(name)}"
     datatype = entry.get("datatype")
-    if not isinstance(datatype, str) or datatype not in NUMPY_DTYPES:
-        raise _bad(f"{where}: datatype {_short(datatype)} is not one of {', '.join(NUMPY_DTYPES)}")
+    if not isinstance(datatype, str):
+        raise _bad(f"{where}: datatype must be a string, got {_short(datatype)}")
     shape = entry.get("shape")
     if not isinstance(shape, list) or not all(not isinstance(d, bool) and isinstance(d, int) and d >= 0 for d in shape):
         raise _bad(f"{where}: shape must be a list of integers >= 0, got {_short(shape)}")
-    dtype = NUMPY_DTYPES[datatype]
-    count = math.prod(shape)
+    shape = tuple(shape)
     parameters = _object(entry.get("parameters", {}), f"{where}: parameters")
     if any(key.startswith("shared_memory") for key in parameters):
         raise _bad(f"{where}: shared memory inputs are not supported; send data or binary data")
@@ -181,50 +173,33 @@ def _decode_input(entry: dict, index: int, binary: memoryview) -> tuple[np.ndarr
             raise _bad(f"{where} has both 'data' and binary_data_size; send one")
         if size > len(binary):
             raise _bad(f"{where}: binary_data_size {size} is more than the {len(binary)} bytes of binary data left")
-        if size != count * dtype.itemsize:
-            raise _bad(
-                f"{where}: binary_data_size is {size} bytes but shape {shape} of {datatype} needs "
-                f"{count * dtype.itemsize}"
-            )
-        return np.frombuffer(binary[:size], dtype=dtype).reshape(shape), size
+        return InputTensor(name, datatype, shape, codec.array_from_raw(name, datatype, shape, binary[:size])), size
     if "data" not in entry:
         raise _bad(f"{where} has neither 'data' nor parameters.binary_data_size")
-    return _from_json_data(entry["data"], where, datatype, dtype, shape, count), 0
+    return InputTensor(name, datatype, shape, _from_json_data(entry["data"], name, datatype, shape)), 0
 
 
-def _from_json_data(
-    data: object, where: str, datatype: str, dtype: np.dtype, shape: list[int], count: int
-) -> np.ndarray:
+def _from_json_data(data: object, name: str, datatype: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A flat or nested JSON list as the declared tensor; JSON's untyped numbers are checked to be of the kind
+    the datatype holds before the shared codec converts and range-checks them."""
+    where = f"input {codec.shown(name)}"
     if not isinstance(data, list):
         raise _bad(f"{where}: data must be a JSON list, got {_short(data)}")
     try:
         values = np.asarray(data)
-    except ValueError as error:  # ragged nesting
-        raise _bad(f"{where}: data is not a regular (flat or nested) list of numbers ({error})") from error
-    if values.size != count:
-        raise _bad(f"{where}: data has {values.size} values but shape {shape} needs {count}")
-    if count and values.dtype.kind not in ACCEPTED_KINDS[dtype.kind]:
+    except (ValueError, OverflowError) as error:  # ragged nesting
+        raise _bad(f"{where}: data is not a regular (flat or nested) list of numbers ({error})") from None
+    dtype = NUMPY_DTYPES.get(datatype)
+    if values.size and dtype is not None and values.dtype.kind not in ACCEPTED_KINDS[dtype.kind]:
         raise _bad(f"{where}: data holds {values.dtype.kind!r}-kind values, not {datatype} values")
-    if count and dtype.kind in "iu":
-        limits = np.iinfo(dtype)
-        if values.min() < limits.min or values.max() > limits.max:
-            raise _bad(f"{where}: data holds values outside {datatype}'s range [{limits.min}, {limits.max}]")
-    return values.astype(dtype).reshape(shape)
+    return codec.array_from_values(name, datatype, shape, values.reshape(-1), "data")
 
 
-def _requested_output(entry: dict, index: int, binary_default: bool) -> RequestedOutput:
+def _output_entry(entry: dict, index: int) -> tuple[str, dict]:
     name = entry.get("name")
     if not isinstance(name, str) or not name:
         raise _bad(f"outputs[{index}].name must be a non-empty string, got {_short(name)}")
-    where = f"output '{name[:80]}'"
-    parameters = _object(entry.get("parameters", {}), f"{where}: parameters")
-    if any(key.startswith("shared_memory") for key in parameters):
-        raise _bad(f"{where}: shared memory outputs are not supported")
-    binary = _bool(parameters.get("binary_data", binary_default), f"{where}: parameters.binary_data")
-    class_count = 0
-    if "classification" in parameters:
-        class_count = _int(parameters["classification"], f"{where}: parameters.classification", minimum=1)
-    return RequestedOutput(name, binary, class_count)
+    return name, _object(entry.get("parameters", {}), f"output {codec.shown(name)}: parameters")
 
 
 @dataclass(frozen=True)
@@ -236,29 +211,26 @@ class EncodedResponse:
 
 
 def encode_infer_response(
-    model_name: str,
-    model_version: str,
-    request_id: str,
-    outputs: list[tuple[str, str, np.ndarray, bool]],
+    model: str, version: str, request_id: str, outputs: list[OutputTensor], binary: BinaryOutputs
 ) -> EncodedResponse:
-    """The answer body for ``outputs`` given as (name, datatype, array, binary).
+    """The answer body: each output in JSON ``data`` or as binary data after the JSON header.
 
-    BYTES arrays (the classification extension's strings) travel as JSON strings or in the 4-byte-length layout.
+    BYTES outputs (the classification extension's strings) travel as JSON strings or in the 4-byte-length layout.
     """
     described = []
     blobs = []
-    for name, datatype, array, binary in outputs:
-        entry: dict = {"name": name, "datatype": datatype, "shape": list(array.shape)}
-        if binary:
-            blob = serialize_bytes(array) if datatype == "BYTES" else np.ascontiguousarray(array).tobytes()
+    for output in outputs:
+        entry: dict = {"name": output.name, "datatype": output.datatype, "shape": list(output.shape)}
+        if binary(output.name):
+            blob = codec.raw_bytes(output.datatype, output.data)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
-        elif datatype == "BYTES":
-            entry["data"] = [item.decode("utf-8", "replace") for item in array.reshape(-1)]
+        elif output.datatype == "BYTES":
+            entry["data"] = [item.decode("utf-8", "replace") for item in output.data.reshape(-1)]
         else:
-            entry["data"] = array.reshape(-1)
+            entry["data"] = np.ascontiguousarray(output.data).reshape(-1)
         described.append(entry)
-    answer = {"model_name": model_name, "model_version": model_version, "outputs": described}
+    answer = {"model_name": model, "model_version": version, "outputs": described}
     if request_id:
         answer["id"] = request_id
     header = dump_json(answer)

@@ -1,4 +1,4 @@
-"""Runs the REST front end's ASGI application with uvicorn (httptools) inside the server's own event loop.
+"""The HTTP front end: the REST application served by uvicorn (httptools) inside the server's own event loop.
 
 uvicorn was chosen by measurement (bench/http_stack_bench.py, BENCHMARKS.md). It is embedded rather than run:
 the socket is bound here, so a port in use is a clear startup error and port 0 works; uvicorn's signal handlers
@@ -9,9 +9,14 @@ so its few lines go through the process's logging like every other module's.
 import asyncio
 import contextlib
 import socket
+import ssl
 from pathlib import Path
 
 import uvicorn
+
+from serving.auth import BearerToken
+from serving.dataplane import DataPlane
+from serving.rest.app import RestFrontEnd
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -21,62 +26,78 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (IPv4 or IPv6 by the address).
+class HttpFrontend:
+    """The REST front end on the data plane's event loop (``serving.server.FrontEnd``).
 
-    Raises:
-        OSError: the address is in use or not local.
+    Args:
+        tls_cert, tls_key: PEM files for HTTPS, or None for plain HTTP.
+        token: the bearer token every route but /v2/health/* must carry, or None.
     """
-    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-    return socket.create_server((host, port), family=family, backlog=2048)
 
-
-class HttpServer:
-    """One uvicorn server on an already bound socket; ``start`` and ``stop`` run on the server's event loop."""
+    name = "HTTP"
 
     def __init__(
         self,
-        app,
-        sock: socket.socket,
+        dataplane: DataPlane,
+        host: str,
+        port: int,
         *,
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
-        grace_period_s: float = 30.0,
+        token: BearerToken | None = None,
     ) -> None:
-        """Prepares the server; the TLS files are read here, so a bad one fails before anything listens.
+        self.dataplane = dataplane
+        self.host = host
+        self.port = port
+        self._tls = (tls_cert, tls_key) if tls_cert is not None else None
+        self.app = RestFrontEnd(dataplane, token=token)
+        self._server: _EmbeddedServer | None = None
+        self._task: asyncio.Task | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Binds and starts serving.
 
         Raises:
-            OSError, ssl.SSLError: a TLS file that cannot be read or used.
+            OSError: the address cannot be bound, or the TLS files cannot be used (one line).
         """
+        try:
+            family = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0][0]
+            sock = socket.create_server((self.host, self.port), family=family, backlog=2048)
+        except OSError as error:
+            raise OSError(f"cannot listen on {self.address}: {error.strerror or error}") from error
         config = uvicorn.Config(
-            app,
+            self.app,
             http="auto",  # httptools when installed (the measured choice), else h11
             lifespan="off",
             access_log=False,
             log_config=None,
             log_level="warning",
-            ssl_certfile=str(tls_cert) if tls_cert else None,
-            ssl_keyfile=str(tls_key) if tls_key else None,
-            timeout_graceful_shutdown=grace_period_s,
+            ssl_certfile=str(self._tls[0]) if self._tls else None,
+            ssl_keyfile=str(self._tls[1]) if self._tls else None,
             server_header=False,
         )
-        config.load()
+        try:
+            config.load()
+        except (OSError, ssl.SSLError) as error:
+            sock.close()
+            raise OSError(f"cannot serve HTTPS with --tls-cert/--tls-key: {error}") from error
+        self.port = sock.getsockname()[1]
         self._server = _EmbeddedServer(config)
-        self._socket = sock
-        self._task: asyncio.Task | None = None
-        self.port: int = sock.getsockname()[1]
-
-    async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[self._socket]))
+        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]), name="http")
         while not self._server.started:
             if self._task.done():
                 self._task.result()  # raises what stopped it
-                raise OSError("the HTTP server stopped while starting")
+                raise OSError(f"the HTTP server on {self.address} stopped while starting")
             await asyncio.sleep(0.005)
 
-    async def stop(self) -> None:
-        """Stops accepting, lets open requests finish (up to the grace period), then closes the connections."""
-        if self._task is None:
-            return
-        self._server.should_exit = True
-        await self._task
+    async def stop(self, grace_s: float) -> None:
+        """Waits up to ``grace_s`` for in-flight requests (new ones get 503 from the data plane), then closes."""
+        await self.dataplane.wait_idle(grace_s)
+        if self._server is not None and self._task is not None:
+            self._server.config.timeout_graceful_shutdown = 0.5
+            self._server.should_exit = True
+            await self._task

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import time
 from pathlib import Path
 
 import uvicorn
@@ -17,6 +18,10 @@ import uvicorn
 from serving.auth import BearerToken
 from serving.dataplane import DataPlane
 from serving.rest.app import RestFrontEnd
+
+DRAIN_POLL_S = 0.02
+# After the drain: how long uvicorn waits for answers still being written before closing the connections.
+CLOSE_GRACE_S = 1.0
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -95,9 +100,12 @@ class HttpFrontend:
             await asyncio.sleep(0.005)
 
     async def stop(self, grace_s: float) -> None:
-        """Waits up to ``grace_s`` for in-flight requests (new ones get 503 from the data plane), then closes."""
-        await self.dataplane.wait_idle(grace_s)
+        """Keeps answering (503 for new work, readiness false) until nothing is in flight or ``grace_s`` ran out,
+        so that load balancers see the drain; then closes the listener and the connections."""
+        deadline = time.monotonic() + grace_s
+        while self.dataplane.inflight and time.monotonic() < deadline:
+            await asyncio.sleep(DRAIN_POLL_S)
         if self._server is not None and self._task is not None:
-            self._server.config.timeout_graceful_shutdown = 0.5
+            self._server.config.timeout_graceful_shutdown = CLOSE_GRACE_S
             self._server.should_exit = True
             await self._task

@@ -230,7 +230,7 @@ class ModelRepository:
                 try:
                     retired += self._sync_model(name)
                 except Exception as error:  # one model's files must never stop the scan of the others
-                    self._note_model_error(name, f"model '{name}' not (re)loaded: {_one_line(error)}")
+                    self._note_model_error(name, f"model '{name}' not (re)loaded: {_naming(self.root / name, error)}")
                     self._unready[name] = self._model_errors[name]
         return retired
 
@@ -305,8 +305,7 @@ class ModelRepository:
                 config = read_config(model_dir)
             except Exception as error:  # not only ModelLoadError: any unreadable config refuses only this model
                 # Keep serving what already serves: a config being rewritten or broken must not take it down.
-                reason = str(error) if isinstance(error, ModelLoadError) else f"{config_path}: {_one_line(error)}"
-                self._note_model_error(name, f"model '{name}' not (re)loaded: {reason}")
+                self._note_model_error(name, f"model '{name}' not (re)loaded: {_naming(config_path, error)}")
                 if not current:
                     self._unready[name] = self._model_errors[name]
                 return []
@@ -321,7 +320,7 @@ class ModelRepository:
                     try:
                         loaded_now[version] = self._load_version(model_dir / str(version), config)
                     except Exception as error:  # whatever a version's files raise refuses only that version
-                        detail = str(error) if isinstance(error, ModelLoadError) else _one_line(error)
+                        detail = _naming(model_dir / str(version), error)
                         reason = f"model '{name}' version {version} refused: {detail}"
                         log.error("%s", reason)
                         self._failures[(name, version)] = _Refusal(reason, _files_state(model_dir, version))
@@ -434,7 +433,14 @@ def _files_state(model_dir: Path, version: int) -> tuple:
     return tuple(sorted(state))
 
 
-def _one_line(error: BaseException) -> str:
+def _naming(path: Path, error: BaseException) -> str:
+    """One line for a file error that names the file: the error's own message when it does, else prefixed."""
     text = str(error).strip()
-    first = text.splitlines()[0][:300] if text else ""
-    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+    first = text.splitlines()[0][:300] if text else type(error).__name__
+    if str(path.parent) in first:
+        return first
+    return (
+        f"{path}: {first}"
+        if isinstance(error, ModelLoadError | ValueError)
+        else f"{path}: {type(error).__name__}: {first}"
+    )

@@ -31,6 +31,24 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket. It is made with ``IPPROTO_TCP`` on purpose: asyncio turns Nagle's algorithm off
+    only for sockets whose protocol says TCP, and with it on, a response written in two parts (headers, body) waits
+    out the client's delayed ACK, about 40 ms per request."""
+    family, kind, protocol, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+    )[0]
+    sock = socket.socket(family, kind, protocol)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class HttpFrontend:
     """The REST front end on the data plane's event loop (``serving.server.FrontEnd``).
 
@@ -70,8 +88,7 @@ class HttpFrontend:
             OSError: the address cannot be bound, or the TLS files cannot be used (one line).
         """
         try:
-            family = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0][0]
-            sock = socket.create_server((self.host, self.port), family=family, backlog=2048)
+            sock = _listen(self.host, self.port)
         except OSError as error:
             raise OSError(f"cannot listen on {self.address}: {error.strerror or error}") from error
         config = uvicorn.Config(

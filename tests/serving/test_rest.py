@@ -22,7 +22,7 @@ from tests.serving.conftest import (
     reference_probabilities,
     wait_for_metric,
 )
-from tests.serving.test_lifecycle import self_signed_certificate
+from tests.serving.test_lifecycle import run_serving, self_signed_certificate
 
 
 def call(url: str, method: str, path: str, body: bytes = b"", headers: dict | None = None, context=None):
@@ -341,3 +341,28 @@ def test_sigterm_drains_http_requests_and_refuses_new_ones(start_server, slow_re
     for key, batch in batches.items():
         np.testing.assert_allclose(outcome[key], reference_probabilities(version_dir, batch), rtol=1e-5, atol=1e-6)
     assert server.process.wait(20) == 0
+
+
+def test_either_front_end_can_be_turned_off(start_server, digits_repo):
+    http_only = start_server(digits_repo, "--no-grpc")
+    assert f"HTTP on {http_only.http_url}" in http_only.log() and "gRPC on" not in http_only.log()
+    client = httpclient.InferenceServerClient(http_only.http_url)
+    try:
+        assert client.is_model_ready("digits")
+    finally:
+        client.close()
+    grpc_only = start_server(digits_repo, "--no-http")
+    assert "gRPC on" in grpc_only.log() and "HTTP on" not in grpc_only.log()
+    with pytest.raises(OSError):
+        call(grpc_only.http_url, "GET", "/v2/health/live")
+    completed = run_serving("--repository", str(digits_repo), "--no-grpc", "--no-http")
+    assert completed.returncode == 2
+    assert "serve: error: --no-grpc and --no-http leave nothing to serve" in completed.stderr
+
+
+def test_http_port_in_use_is_a_clear_error(start_server, digits_repo):
+    server = start_server(digits_repo)
+    completed = run_serving("--repository", str(digits_repo), "--port", "0", "--http-port", str(server.http_port))
+    assert completed.returncode == 2
+    assert f"serve: error: cannot listen on 127.0.0.1:{server.http_port}" in completed.stderr
+    assert "Traceback" not in completed.stderr

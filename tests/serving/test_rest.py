@@ -5,6 +5,7 @@ every error, TLS and the bearer token, hot reload under load and the SIGTERM dra
 import http.client
 import json
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -366,3 +367,47 @@ def test_http_port_in_use_is_a_clear_error(start_server, digits_repo):
     assert completed.returncode == 2
     assert f"serve: error: cannot listen on 127.0.0.1:{server.http_port}" in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+def test_a_triton_repository_without_manifests_serves_over_http(start_server, tmp_path):
+    repo = tmp_path / "triton"
+    version_dir = publish_version(repo, "digits", 1, seed=3)
+    (version_dir / "manifest.json").unlink()
+    server = start_server(repo)
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        batch = images(2, seed=1)
+        outputs = [httpclient.InferRequestedOutput("probabilities", class_count=1)]
+        labels = client.infer("digits", [infer_input(batch)], outputs=outputs).as_numpy("probabilities")
+        best = np.argmax(reference_probabilities(version_dir, batch), axis=1)
+        assert [row[0].decode().split(":")[2] for row in labels] == [CLASS_NAMES[i] for i in best]
+    finally:
+        client.close()
+
+
+def stats(url: str) -> dict:
+    return json.loads(call(url, "GET", "/v2/models/digits/stats")[2])["model_stats"][0]
+
+
+def test_a_full_queue_answers_503_and_a_client_that_left_is_dropped_before_it_runs(start_server, slow_repo):
+    metrics_port = free_port()
+    server = start_server(slow_repo, "--max-queue-size", "1", "--metrics-port", str(metrics_port))
+    baseline = stats(server.http_url)["inference_count"]
+    running = threading.Thread(target=call, args=(server.http_url, "POST", INFER, json.dumps(GOOD_HEADER).encode()))
+    running.start()
+    time.sleep(0.1)  # the first request finds the model idle and runs at once (a slow call)
+    # A second request queues behind the running one, and its client goes away while it waits.
+    header = {"inputs": [{"name": "image", "shape": [3, 8, 8], "datatype": "UINT8", "data": [0] * 192}]}
+    body = json.dumps(header).encode()
+    leaving = http.client.HTTPConnection(*server.http_url.split(":"), timeout=30)
+    leaving.request("POST", INFER, body=body)
+    wait_for_metric(metrics_port, 'serving_queue_depth{model="digits"} 1.0')
+    status, _, content = call(server.http_url, "POST", INFER, json.dumps(GOOD_HEADER).encode())
+    assert status == 503 and "queue" in json.loads(content)["error"], content
+    assert call(server.http_url, "GET", "/v2/health/ready")[0] == 200  # health is answered under overload
+    leaving.sock.shutdown(socket.SHUT_RDWR)
+    leaving.close()
+    wait_for_metric(metrics_port, 'serving_queue_depth{model="digits"} 0.0')
+    running.join(30)
+    time.sleep(1.0)  # had the abandoned request been dequeued to run, its slow call would have finished by now
+    assert stats(server.http_url)["inference_count"] == baseline + 1, "the abandoned 3-image request must not run"

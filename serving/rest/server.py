@@ -8,6 +8,7 @@ so its few lines go through the process's logging like every other module's.
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
 import time
@@ -22,6 +23,31 @@ from serving.rest.app import RestFrontEnd
 DRAIN_POLL_S = 0.02
 # After the drain: how long uvicorn waits for answers still being written before closing the connections.
 CLOSE_GRACE_S = 1.0
+
+
+class _RateLimit(logging.Filter):
+    """Lets through one uvicorn record per ``interval_s``: its warnings ("Invalid HTTP request received.") are
+    triggered by clients, and bytes that are not HTTP must not become a log line each."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        super().__init__()
+        self._interval_s = interval_s
+        self._next_at = 0.0
+        self._suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now < self._next_at:
+            self._suppressed += 1
+            return False
+        if self._suppressed:
+            record.msg = f"{record.msg} ({self._suppressed} more in the last {self._interval_s:.0f} s not logged)"
+        self._suppressed = 0
+        self._next_at = now + self._interval_s
+        return True
+
+
+UVICORN_LOG_LIMIT = _RateLimit()
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -108,6 +134,8 @@ class HttpFrontend:
             sock.close()
             raise OSError(f"cannot serve HTTPS with --tls-cert/--tls-key: {error}") from error
         self.port = sock.getsockname()[1]
+        if UVICORN_LOG_LIMIT not in logging.getLogger("uvicorn.error").filters:
+            logging.getLogger("uvicorn.error").addFilter(UVICORN_LOG_LIMIT)
         self._server = _EmbeddedServer(config)
         self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]), name="http")
         while not self._server.started:

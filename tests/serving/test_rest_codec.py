@@ -177,3 +177,10 @@ def test_mutated_valid_requests_decode_or_are_invalid_argument(key, value, binar
         codec.decode_infer_request(body + binary, str(len(body)), "m", "")
     except ServingError as error:
         assert error.status is Status.INVALID_ARGUMENT
+
+
+def test_every_status_has_an_http_code():
+    from serving.rest.app import HTTP_STATUS
+
+    assert set(HTTP_STATUS) == set(Status)
+    assert HTTP_STATUS[Status.NOT_FOUND] == 404 and HTTP_STATUS[Status.UNAVAILABLE] == 503

@@ -329,7 +329,7 @@ async def _unless_client_leaves(work: Awaitable, receive: Callable):
 async def _read_body(receive: Callable, headers: dict[str, str]) -> bytes:
     """The whole request body, refused past ``MAX_BODY_BYTES`` (before reading it when its length is declared)."""
     declared = headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > codec.MAX_BODY_BYTES:
+    if declared.isascii() and declared.isdigit() and int(declared) > codec.MAX_BODY_BYTES:
         raise ServingError(
             Status.INVALID_ARGUMENT, f"the body is {declared} bytes; the limit is {codec.MAX_BODY_BYTES}"
         )

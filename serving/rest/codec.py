@@ -96,7 +96,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
     """The JSON header and the binary tail of an infer body, by the ``Inference-Header-Content-Length`` header."""
     if header_length is None:
         return body, memoryview(b"")
-    if not header_length.isdigit() or int(header_length) > len(body):
+    if not (header_length.isascii() and header_length.isdigit()) or int(header_length) > len(body):
         raise _bad(
             f"Inference-Header-Content-Length {header_length[:40]!r} must be a byte count within the "
             f"{len(body)}-byte body"

@@ -174,6 +174,14 @@ GOOD_HEADER = {"inputs": [{"name": "image", "shape": [1, 8, 8], "datatype": "UIN
             400,
             "Inference-Header-Content-Length",
         ),
+        (
+            "POST",
+            INFER,
+            json.dumps(GOOD_HEADER).encode(),
+            {"Inference-Header-Content-Length": "\u00b9"},  # a digit to str.isdigit, not to int()
+            400,
+            "Inference-Header-Content-Length",
+        ),
         ("POST", INFER, b"\x1f\x8b garbage", {"Content-Encoding": "gzip"}, 400, "not valid gzip"),
         ("POST", INFER, b"{}", {"Content-Encoding": "br"}, 400, "Content-Encoding 'br' is not supported"),
         ("GET", "/v2/nowhere", b"", {}, 404, "no route"),

@@ -48,6 +48,7 @@ def main() -> int:
                     str(port),
                     "--http-port",
                     str(http_port),
+                    "--no-metrics",
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

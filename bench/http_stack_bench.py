@@ -106,7 +106,7 @@ def run_serving(port: int) -> None:
         repo = Path(folder) / "models"
         publish_version(repo, "digits", 1, seed=1)
         command = [sys.executable, "-m", "serving", "--repository", str(repo), "--http-port", str(port)]
-        command += ["--port", str(free_port()), "--poll-interval", "0", "--log-level", "warning"]
+        command += ["--port", str(free_port()), "--poll-interval", "0", "--log-level", "warning", "--no-metrics"]
         env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
         server = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env)
         signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(0))  # so that the server is stopped too

@@ -40,7 +40,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Adds the serve flags to ``parser``."""
     parser.add_argument("--repository", type=Path, default=Path("build-out/models"), help="model repository")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: local only)")
-    # Triton's ports. 0 picks a free port (it is logged); --no-grpc / --no-http turn a front end off.
+    # Triton's ports (HTTP 8000, gRPC 8001, metrics 8002). 0 picks a free port (the front ends' are logged);
+    # --no-grpc / --no-http / --no-metrics turn one off.
     parser.add_argument(
         "--port", "--grpc-port", dest="port", type=_non_negative_int, default=8001, help="gRPC port (default 8001)"
     )
@@ -77,7 +78,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     security.add_argument("--tls-cert", type=Path, help="PEM certificate chain (with --tls-key)")
     security.add_argument("--tls-key", type=Path, help="PEM private key (with --tls-cert)")
     security.add_argument("--auth-token-file", type=Path, help="file holding the bearer token clients must send")
-    security.add_argument("--metrics-port", type=_non_negative_int, help="serve Prometheus /metrics on this port")
+    security.add_argument(
+        "--metrics-port", type=_non_negative_int, default=8002, help="Prometheus /metrics port (default 8002)"
+    )
+    security.add_argument("--no-metrics", action="store_true", help="do not serve Prometheus /metrics")
     security.add_argument(
         "--grace-period",
         type=_non_negative_float,
@@ -121,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             auth_token_file=args.auth_token_file,
-            metrics_port=args.metrics_port,
+            metrics_port=None if args.no_metrics else args.metrics_port,
             grace_period_s=args.grace_period,
         )
         return serve(settings)

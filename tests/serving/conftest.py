@@ -237,6 +237,8 @@ class ServerProcess:
             str(self.port),
             "--http-port",
             str(self.http_port),
+            "--metrics-port",
+            str(free_port()),
             *args,
         ]
         self._log = open(self.log_path, "w")  # noqa: SIM115 - kept open for the process's lifetime

@@ -401,9 +401,11 @@ def test_a_full_queue_answers_503_and_a_client_that_left_is_dropped_before_it_ru
     metrics_port = free_port()
     server = start_server(slow_repo, "--max-queue-size", "1", "--metrics-port", str(metrics_port))
     baseline = stats(server.http_url)["inference_count"]
-    running = threading.Thread(target=call, args=(server.http_url, "POST", INFER, json.dumps(GOOD_HEADER).encode()))
+    # The first request finds the model idle and runs at once: 512 images make the slow model's call last seconds.
+    big = {"inputs": [{"name": "image", "shape": [512, 8, 8], "datatype": "UINT8", "data": [0] * 512 * 64}]}
+    running = threading.Thread(target=call, args=(server.http_url, "POST", INFER, json.dumps(big).encode()))
     running.start()
-    time.sleep(0.1)  # the first request finds the model idle and runs at once (a slow call)
+    time.sleep(0.3)
     # A second request queues behind the running one, and its client goes away while it waits.
     header = {"inputs": [{"name": "image", "shape": [3, 8, 8], "datatype": "UINT8", "data": [0] * 192}]}
     body = json.dumps(header).encode()
@@ -418,4 +420,4 @@ def test_a_full_queue_answers_503_and_a_client_that_left_is_dropped_before_it_ru
     wait_for_metric(metrics_port, 'serving_queue_depth{model="digits"} 0.0')
     running.join(30)
     time.sleep(1.0)  # had the abandoned request been dequeued to run, its slow call would have finished by now
-    assert stats(server.http_url)["inference_count"] == baseline + 1, "the abandoned 3-image request must not run"
+    assert stats(server.http_url)["inference_count"] == baseline + 512, "the abandoned 3-image request must not run"

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 COMMAND = "serve"
-HELP = "serve the built models over gRPC (Open Inference Protocol, ONNX Runtime)"
+HELP = "serve the built models over gRPC and HTTP/REST (Open Inference Protocol, ONNX Runtime)"
 # The names serving.runtime maps to ONNX Runtime settings (a test keeps the two lists equal).
 DEVICES = ("auto", "cuda", "cpu")
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
@@ -40,7 +40,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Adds the serve flags to ``parser``."""
     parser.add_argument("--repository", type=Path, default=Path("build-out/models"), help="model repository")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: local only)")
-    parser.add_argument("--port", type=_non_negative_int, default=8001, help="gRPC port (default 8001)")
+    # Triton's ports (HTTP 8000, gRPC 8001, metrics 8002). 0 picks a free port (the front ends' are logged);
+    # --no-grpc / --no-http / --no-metrics turn one off.
+    parser.add_argument(
+        "--port", "--grpc-port", dest="port", type=_non_negative_int, default=8001, help="gRPC port (default 8001)"
+    )
+    parser.add_argument("--http-port", type=_non_negative_int, default=8000, help="HTTP/REST port (default 8000)")
+    parser.add_argument("--no-grpc", action="store_true", help="do not serve gRPC")
+    parser.add_argument("--no-http", action="store_true", help="do not serve HTTP/REST")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available")
     runtime = parser.add_argument_group("ONNX Runtime")
     runtime.add_argument(
@@ -76,7 +83,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     security.add_argument("--tls-cert", type=Path, help="PEM certificate chain (with --tls-key)")
     security.add_argument("--tls-key", type=Path, help="PEM private key (with --tls-cert)")
     security.add_argument("--auth-token-file", type=Path, help="file holding the bearer token clients must send")
-    security.add_argument("--metrics-port", type=_non_negative_int, help="serve Prometheus /metrics on this port")
+    security.add_argument(
+        "--metrics-port", type=_non_negative_int, default=8002, help="Prometheus /metrics port (default 8002)"
+    )
+    security.add_argument("--no-metrics", action="store_true", help="do not serve Prometheus /metrics")
     security.add_argument(
         "--grace-period",
         type=_non_negative_float,
@@ -103,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
         settings = ServerSettings(
             repository=args.repository,
             host=args.host,
-            port=args.port,
+            port=None if args.no_grpc else args.port,
+            http_port=None if args.no_http else args.http_port,
             runtime=RuntimeOptions(
                 device=args.device,
                 intra_op_threads=args.intra_op_threads,
@@ -120,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             auth_token_file=args.auth_token_file,
-            metrics_port=args.metrics_port,
+            metrics_port=None if args.no_metrics else args.metrics_port,
             grace_period_s=args.grace_period,
         )
         return serve(settings)

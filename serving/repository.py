@@ -26,7 +26,7 @@ from modelrepo import MODEL_NAME, VERSION_NAME, list_versions
 from serving.batcher import DynamicBatcher
 from serving.codec import shown
 from serving.errors import ModelLoadError, ServingError, Status
-from serving.model_files import Manifest, check_config_matches, read_config, read_manifest
+from serving.model_files import Manifest, read_config, read_version
 from serving.protocol import model_config_pb2
 from serving.runtime import OnnxModel, RuntimeOptions
 from serving.statistics import ModelStats
@@ -356,8 +356,7 @@ class ModelRepository:
 
     def _load_version(self, version_dir: Path, config: model_config_pb2.ModelConfig) -> ServedVersion:
         name = version_dir.parent.name
-        manifest = read_manifest(version_dir, name)
-        check_config_matches(config, manifest, version_dir.parent / "config.pbtxt")
+        manifest = read_version(version_dir, config)
         model = OnnxModel(version_dir / manifest.onnx_file, manifest.signature, self.runtime_options)
         model.smoke_test()
         batching = self._batching(config)

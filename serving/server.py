@@ -1,7 +1,7 @@
 """Wires the serving process together: one event loop, one data plane, and the front ends that share them.
 
 ``serve`` checks the settings (one clear line for anything that makes serving impossible), builds the data
-plane, loads the models, and starts each front end (gRPC today; HTTP joins the same list) on the same loop.
+plane, loads the models, and starts each front end (gRPC, and HTTP/REST from serving/rest/) on the same loop.
 Shutdown on SIGTERM or SIGINT: readiness turns false and every front end's health NOT_SERVING, new requests are
 refused with UNAVAILABLE, in-flight ones get up to ``grace_period_s`` to finish, queued batches are flushed, and
 the process exits 0. uvloop runs the loop when it is installed (it measured faster for the gRPC front end).
@@ -21,6 +21,7 @@ from serving.dataplane import DataPlane
 from serving.grpc_frontend import GrpcFrontend
 from serving.metrics import Metrics
 from serving.repository import BatchingOverrides
+from serving.rest.server import HttpFrontend
 from serving.runtime import RuntimeOptions, check_device_available
 from serving.version_policy import VersionPolicy
 
@@ -50,7 +51,8 @@ class FrontEnd(Protocol):
 class ServerSettings:
     repository: Path = Path("build-out/models")
     host: str = "127.0.0.1"
-    port: int = 8001
+    port: int | None = 8001  # gRPC; None: off
+    http_port: int | None = 8000  # HTTP/REST; None: off
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     batching: BatchingOverrides = field(default_factory=BatchingOverrides)
     version_policy: VersionPolicy | None = None
@@ -105,6 +107,8 @@ def read_security(settings: ServerSettings) -> Security:
 
 
 def _check(settings: ServerSettings) -> Security:
+    if settings.port is None and settings.http_port is None:
+        raise StartupError("--no-grpc and --no-http leave nothing to serve; keep at least one front end")
     if not settings.repository.is_dir():
         raise StartupError(
             f"model repository {settings.repository} does not exist; build a model first "
@@ -119,8 +123,24 @@ def _check(settings: ServerSettings) -> Security:
 
 def build_frontends(dataplane: DataPlane, settings: ServerSettings, security: Security) -> list[FrontEnd]:
     """The front ends the settings ask for, all over the same data plane (a new protocol is one more entry)."""
-    credentials = grpc.ssl_server_credentials([(security.key_pem, security.cert_pem)]) if security.tls else None
-    return [GrpcFrontend(dataplane, settings.host, settings.port, credentials=credentials, token=security.token)]
+    frontends: list[FrontEnd] = []
+    if settings.port is not None:
+        credentials = grpc.ssl_server_credentials([(security.key_pem, security.cert_pem)]) if security.tls else None
+        frontends.append(
+            GrpcFrontend(dataplane, settings.host, settings.port, credentials=credentials, token=security.token)
+        )
+    if settings.http_port is not None:
+        frontends.append(
+            HttpFrontend(
+                dataplane,
+                settings.host,
+                settings.http_port,
+                tls_cert=security.tls_cert,
+                tls_key=security.tls_key,
+                token=security.token,
+            )
+        )
+    return frontends
 
 
 def serve(settings: ServerSettings) -> int:

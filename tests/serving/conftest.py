@@ -208,7 +208,8 @@ def import_guard(tmp_path_factory) -> Path:
 
 
 class ServerProcess:
-    """``python -m serving`` in a subprocess on a free port, with the import guard; stop() sends SIGTERM."""
+    """``python -m serving`` in a subprocess on free gRPC and HTTP ports, with the import guard; stop() sends
+    SIGTERM."""
 
     def __init__(
         self,
@@ -221,6 +222,8 @@ class ServerProcess:
     ) -> None:
         self.port = free_port()
         self.url = f"127.0.0.1:{self.port}"
+        self.http_port = free_port()
+        self.http_url = f"127.0.0.1:{self.http_port}"
         self.log_path = log_dir / f"server-{self.port}.log"
         self.forbidden_log = log_dir / f"forbidden-imports-{self.port}.log"
         env = dict(os.environ)
@@ -234,6 +237,10 @@ class ServerProcess:
             str(repo),
             "--port",
             str(self.port),
+            "--http-port",
+            str(self.http_port),
+            "--metrics-port",
+            str(free_port()),
             *args,
         ]
         self._log = open(self.log_path, "w")  # noqa: SIM115 - kept open for the process's lifetime

@@ -14,41 +14,15 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from buildsys.errors import BuildsysError
+from modelrepo import write_atomic, write_file_atomic, write_json_atomic  # noqa: F401 - one atomic writer for the tree
 
 MANIFEST = "manifest.json"
 TRITON_TYPES = {"UINT8": "TYPE_UINT8", "FP32": "TYPE_FP32", "INT64": "TYPE_INT64", "BYTES": "TYPE_STRING"}
-
-
-def write_file_atomic(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Writes `path` through a temporary file in the same folder, fsync and a rename: readers see the old file or
-    the whole new one, never a part. The file is readable by everyone, like any published artifact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            write(stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-def write_atomic(path: Path, content: str | bytes) -> None:
-    """`write_file_atomic` for text (UTF-8) or bytes."""
-    data = content.encode("utf-8") if isinstance(content, str) else content
-    write_file_atomic(path, lambda stream: stream.write(data))
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -516,6 +516,13 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# The top-level modules of the `build` extra: without them only the serving side (`serve`) is installed.
+BUILD_EXTRA_MODULES = frozenset(
+    {"tensorflow", "keras", "keras_tuner", "tensorboard", "tf2onnx", "onnx", "sklearn", "PIL", "matplotlib",
+     "sqlalchemy", "pymysql"}
+)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
@@ -523,6 +530,15 @@ def main(argv: list[str] | None = None) -> int:
     except BuildsysError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
+    except ModuleNotFoundError as error:
+        if (error.name or "").split(".")[0] not in BUILD_EXTRA_MODULES:
+            raise
+        print(
+            f"error: `{args.command}` needs the build extra and {error.name} is not installed (this is the serving "
+            "install): pip install 'buildsys[build]' (from a checkout: pip install '.[build]', or scripts/setup.sh)",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt as error:
         detail = str(error) or (
             "nothing was published; run the same command again to resume (finished training epochs and tuning "

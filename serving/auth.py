@@ -1,4 +1,4 @@
-"""Bearer-token authentication for every RPC except the health service.
+"""Bearer-token authentication: the check every front end shares, and the grpc.aio interceptor that applies it.
 
 The token is compared in constant time. Health stays open so that load balancers and orchestrators can probe
 without the secret; everything else (inference, metadata, repository, reflection) needs
@@ -12,11 +12,27 @@ import grpc
 OPEN_SERVICE_PREFIX = "/grpc.health.v1.Health/"
 
 
-def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+class BearerToken:
+    """The expected ``authorization`` value; ``refusal`` says why a given value is not it."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    def refusal(self, authorization: str | bytes | None) -> str | None:
+        """None when ``authorization`` carries the token, else the one-line reason to answer UNAUTHENTICATED."""
+        if authorization is None:
+            return "missing 'authorization: Bearer <token>' metadata"
+        given = authorization if isinstance(authorization, bytes) else authorization.encode("utf-8", "replace")
+        if not hmac.compare_digest(given, self._expected):
+            return "invalid bearer token"
+        return None
+
+
+def _refusal_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
     """A handler of the same streaming kind as ``handler`` that only answers UNAUTHENTICATED."""
 
-    def deny(request_or_iterator, context: grpc.ServicerContext):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+    async def deny(request_or_iterator, context: grpc.aio.ServicerContext):
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(deny)
@@ -27,18 +43,14 @@ def _refusal(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHand
     return grpc.unary_unary_rpc_method_handler(deny)
 
 
-class BearerTokenInterceptor(grpc.ServerInterceptor):
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    def __init__(self, token: BearerToken) -> None:
+        self._token = token
 
-    def intercept_service(self, continuation, handler_call_details: grpc.HandlerCallDetails):
-        handler = continuation(handler_call_details)
+    async def intercept_service(self, continuation, handler_call_details: grpc.HandlerCallDetails):
+        handler = await continuation(handler_call_details)
         if handler is None or handler_call_details.method.startswith(OPEN_SERVICE_PREFIX):
             return handler
         metadata = dict(handler_call_details.invocation_metadata or ())
-        given = metadata.get("authorization")
-        if given is None:
-            return _refusal(handler, "missing 'authorization: Bearer <token>' metadata")
-        if not hmac.compare_digest(str(given).encode(), self._expected):
-            return _refusal(handler, "invalid bearer token")
-        return handler
+        refusal = self._token.refusal(metadata.get("authorization"))
+        return handler if refusal is None else _refusal_handler(handler, refusal)

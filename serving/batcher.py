@@ -1,23 +1,26 @@
-"""Dynamic batching for one model version: merges concurrent requests into one model execution.
+"""Dynamic batching for one model version on the asyncio event loop: merges concurrent requests into one call.
 
-A request waits at most ``max_queue_delay_us`` (counted from the oldest waiting request) for others to join,
-and a merged batch holds at most ``max_batch_size`` samples. The queue is bounded by ``max_queue_size``
-requests: beyond it ``submit`` refuses at once with UNAVAILABLE instead of letting latency grow without limit.
-One worker thread runs the executions, so the model sees one call at a time and ONNX Runtime's intra-op
-threads do the parallel work. This module knows nothing about gRPC; results and errors travel in futures.
+Requests are queued and awaited on the loop (no thread hop to enqueue or to wake a waiter); only the model call
+itself, with the merge of the inputs, runs in a small thread pool so that the loop never blocks on a model.
+A request that finds the model idle and nobody queued runs at once: a lone client never waits out the queue
+delay. Requests that arrive while the model is busy wait at most ``max_queue_delay_us`` (counted from the
+oldest) for others to join, and a merged batch holds at most ``max_batch_size`` samples. The queue is bounded
+by ``max_queue_size`` requests: beyond it ``infer`` refuses at once with UNAVAILABLE instead of letting
+latency grow without limit. A request whose deadline passed or whose caller went away (its task cancelled)
+leaves the queue and never runs. One execution at a time per version, so ONNX Runtime's intra-op threads do
+the parallel work. This module knows nothing about any protocol.
 """
 
+import asyncio
 import logging
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
-from dataclasses import dataclass, field
+from concurrent.futures import Executor
 
 import numpy as np
 
-from serving.errors import ServingError, Status
+from serving.errors import RateLimitedLog, ServingError, Status
 from serving.statistics import ModelStats
 
 log = logging.getLogger(__name__)
@@ -25,166 +28,247 @@ log = logging.getLogger(__name__)
 Tensors = dict[str, np.ndarray]
 
 
-@dataclass
 class _Pending:
-    inputs: Tensors
-    batch_size: int
-    shape_key: tuple
-    enqueued_ns: int
-    deadline_ns: int | None
-    future: Future = field(default_factory=Future)
+    __slots__ = ("inputs", "batch_size", "shape_key", "enqueued_ns", "deadline", "future")
+
+    def __init__(self, inputs: Tensors, batch_size: int, deadline: float | None, future: asyncio.Future) -> None:
+        self.inputs = inputs
+        self.batch_size = batch_size
+        # Only requests whose non-batch dimensions agree can be concatenated.
+        self.shape_key = tuple((name, array.shape[1:]) for name, array in inputs.items())
+        self.enqueued_ns = time.monotonic_ns()
+        self.deadline = deadline
+        self.future = future
 
 
 class DynamicBatcher:
-    """Queues requests of one model version and executes them in merged batches on a worker thread."""
+    """Queues requests of one model version and executes them in merged batches, one execution at a time."""
 
     def __init__(
         self,
         *,
         name: str,
         execute: Callable[[Tensors], Tensors],
+        executor: Executor | None,
         max_batch_size: int,
         max_queue_delay_us: int,
         max_queue_size: int,
         stats: ModelStats,
         on_batch: Callable[[int], None] = lambda size: None,
     ) -> None:
+        """Creates the batcher; no event-loop object is made until the first request, on the running loop.
+
+        Args:
+            execute: runs one merged batch (called in ``executor``; None means the loop's default executor).
+        """
         self.name = name
         self.max_batch_size = max_batch_size
         self.max_queue_delay_us = max_queue_delay_us
         self.max_queue_size = max_queue_size
         self._execute = execute
+        self._executor = executor
         self._stats = stats
         self._on_batch = on_batch
         self._queue: deque[_Pending] = deque()
         self._queued_samples = 0
         self._closing = False
-        self._cond = threading.Condition()
-        self._worker = threading.Thread(target=self._run, name=f"batcher-{name}", daemon=True)
-        self._worker.start()
+        self._worker: asyncio.Task | None = None
+        # The worker sleeps on this future: while idle any arrival wakes it, while filling only a full batch.
+        self._wakeup: asyncio.Future | None = None
+        self._idle = True
+        self._failure_log = RateLimitedLog(log)
 
     @property
     def queue_depth(self) -> int:
         """Requests waiting for an execution (not counting the batch being executed)."""
         return len(self._queue)
 
-    def submit(self, inputs: Tensors, batch_size: int, timeout_s: float | None = None) -> "Future[Tensors]":
-        """Queues one request whose inputs all have ``batch_size`` rows; the future yields its own rows.
+    async def infer(self, inputs: Tensors, batch_size: int, deadline: float | None = None) -> Tensors:
+        """Queues one request whose inputs all have ``batch_size`` rows and returns its own rows of the outputs.
 
         Args:
             inputs: validated arrays by input name, first dimension the batch.
             batch_size: rows in this request, at most ``max_batch_size``.
-            timeout_s: optional limit on the wait before execution; expiry fails with DEADLINE_EXCEEDED.
+            deadline: ``time.monotonic()`` after which the request fails with DEADLINE_EXCEEDED unless it runs.
 
         Raises:
-            ServingError: UNAVAILABLE when the queue is full or the batcher is closing.
+            ServingError: UNAVAILABLE when the queue is full or the batcher is closing; DEADLINE_EXCEEDED;
+                INTERNAL when the model fails.
         """
-        now = time.monotonic_ns()
-        deadline = None if timeout_s is None else now + int(timeout_s * 1e9)
-        shape_key = tuple((name, array.shape[1:]) for name, array in sorted(inputs.items()))
-        pending = _Pending(inputs, batch_size, shape_key, now, deadline)
-        with self._cond:
-            if self._closing:
-                raise ServingError(Status.UNAVAILABLE, f"model '{self.name}' is shutting down; retry")
-            if len(self._queue) >= self.max_queue_size:
-                raise ServingError(
-                    Status.UNAVAILABLE,
-                    f"model '{self.name}' queue is full ({self.max_queue_size} requests waiting); retry later",
-                )
-            self._queue.append(pending)
-            self._queued_samples += batch_size
-            self._cond.notify()
-        return pending.future
+        if self._closing:
+            raise ServingError(Status.UNAVAILABLE, f"model '{self.name}' is shutting down; retry")
+        if len(self._queue) >= self.max_queue_size:
+            raise ServingError(
+                Status.UNAVAILABLE,
+                f"model '{self.name}' queue is full ({self.max_queue_size} requests waiting); retry later",
+            )
+        loop = asyncio.get_running_loop()
+        pending = _Pending(inputs, batch_size, deadline, loop.create_future())
+        self._queue.append(pending)
+        self._queued_samples += batch_size
+        if self._worker is None:
+            self._worker = loop.create_task(self._run(), name=f"batcher-{self.name}")
+        else:
+            self._notify()
+        timer = None if deadline is None else loop.call_later(deadline - time.monotonic(), self._expire, pending)
+        try:
+            return await pending.future
+        finally:
+            if timer is not None:
+                timer.cancel()
+            if not pending.future.done() or pending.future.cancelled():
+                self._forget(pending)  # the caller went away while queued: it must not run
 
-    def close(self) -> None:
-        """Stops accepting requests, executes everything already queued without waiting, and joins."""
-        with self._cond:
-            self._closing = True
-            self._cond.notify()
-        self._worker.join()
+    async def close(self) -> None:
+        """Stops accepting requests and executes everything already queued without waiting for the delay."""
+        self._closing = True
+        if self._worker is None:
+            return
+        self._notify()
+        await self._worker
 
-    def _run(self) -> None:
-        while True:
-            batch = self._next_batch()
-            if batch is None:
-                return
-            self._execute_batch(batch)
+    def _notify(self) -> None:
+        wakeup = self._wakeup
+        if (wakeup is not None and not wakeup.done()) and (
+            self._idle or self._closing or self._queued_samples >= self.max_batch_size
+        ):
+            wakeup.set_result(None)
 
-    def _next_batch(self) -> list[_Pending] | None:
-        """Waits for the oldest request's delay or a full batch, then takes the requests that fit.
+    def _forget(self, pending: _Pending) -> None:
+        try:
+            self._queue.remove(pending)
+        except ValueError:
+            return  # already taken into a batch
+        self._queued_samples -= pending.batch_size
 
-        The oldest request always fits, so a large request skipped over once leads the next batch: no
-        starvation.
-        """
-        with self._cond:
-            while not self._queue:
-                if self._closing:
-                    return None
-                self._cond.wait()
-            flush_at = self._queue[0].enqueued_ns + self.max_queue_delay_us * 1000
-            while not self._closing and self._queued_samples < self.max_batch_size:
-                remaining_s = (flush_at - time.monotonic_ns()) / 1e9
-                if remaining_s <= 0:
-                    break
-                self._cond.wait(remaining_s)
-            first = self._queue[0]
-            batch, kept, samples = [], deque(), 0
+    def _expire(self, pending: _Pending) -> None:
+        if pending.future.done():
+            return
+        waited_ms = (time.monotonic_ns() - pending.enqueued_ns) / 1e6
+        self._forget(pending)
+        pending.future.set_exception(
+            ServingError(
+                Status.DEADLINE_EXCEEDED,
+                f"model '{self.name}': request timed out after {waited_ms:.1f} ms in the queue",
+            )
+        )
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                if not self._queue:
+                    if self._closing:
+                        return
+                    self._idle = True
+                    await self._sleep(loop, None)
+                    continue
+                if not self._idle:
+                    await self._fill(loop)
+                self._idle = False
+                batch = self._take()
+                if batch:
+                    await self._execute_batch(loop, batch)
+                # What queued during the execution waits for the delay (from its oldest); an empty queue means
+                # the next arrival finds the model idle and runs at once.
+                self._idle = not self._queue
+        except Exception as error:  # a bug here must fail the waiting requests, not leave them hanging
+            log.exception("model '%s': batcher stopped", self.name)
+            failure = ServingError(Status.INTERNAL, f"model '{self.name}': batcher failed: {_one_line(error)}")
             while self._queue:
                 pending = self._queue.popleft()
-                fits = pending.shape_key == first.shape_key and samples + pending.batch_size <= self.max_batch_size
-                if fits:
-                    batch.append(pending)
-                    samples += pending.batch_size
-                else:
-                    kept.append(pending)
-            self._queue = kept
-            self._queued_samples -= samples
-            return batch
+                if not pending.future.done():
+                    pending.future.set_exception(failure)
+            self._queued_samples = 0
+            self._idle, self._worker = True, None
 
-    def _execute_batch(self, batch: list[_Pending]) -> None:
-        started = time.monotonic_ns()
-        live = []
-        for pending in batch:
-            if pending.deadline_ns is not None and started > pending.deadline_ns:
-                waited_ms = (started - pending.enqueued_ns) / 1e6
-                pending.future.set_exception(
-                    ServingError(
-                        Status.DEADLINE_EXCEEDED,
-                        f"model '{self.name}': request timed out after {waited_ms:.1f} ms in the queue",
-                    )
-                )
-            elif pending.future.set_running_or_notify_cancel():
-                live.append(pending)
-        if not live:
-            return
-        queue_ns = sum(started - p.enqueued_ns for p in live)
-        samples = sum(p.batch_size for p in live)
+    async def _sleep(self, loop: asyncio.AbstractEventLoop, timeout_s: float | None) -> None:
+        self._wakeup = wakeup = loop.create_future()
+        timer = None if timeout_s is None else loop.call_later(timeout_s, _resolve, wakeup)
         try:
-            merged = {
-                name: np.concatenate([p.inputs[name] for p in live]) if len(live) > 1 else live[0].inputs[name]
-                for name in live[0].inputs
-            }
-            input_done = time.monotonic_ns()
-            outputs = self._execute(merged)
-            infer_done = time.monotonic_ns()
-        except Exception as error:  # the model failing must fail these requests, never the server
-            log.exception("model '%s': execution of a batch of %d failed", self.name, samples)
-            failure = ServingError(Status.INTERNAL, f"model '{self.name}' failed to execute: {error}")
-            for pending in live:
-                pending.future.set_exception(failure)
+            await wakeup
+        finally:
+            self._wakeup = None
+            if timer is not None:
+                timer.cancel()
+
+    async def _fill(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Waits until the oldest request's delay is over or a full batch is queued."""
+        if not self._queue:
             return
-        offset = 0
+        flush_at_ns = self._queue[0].enqueued_ns + self.max_queue_delay_us * 1000
+        while not self._closing and self._queued_samples < self.max_batch_size:
+            remaining_s = (flush_at_ns - time.monotonic_ns()) / 1e9
+            if remaining_s <= 0:
+                return
+            await self._sleep(loop, remaining_s)
+
+    def _take(self) -> list[_Pending]:
+        """Takes the requests that fit with the oldest live one (it always fits, so none starves)."""
+        now = time.monotonic()
+        live: list[_Pending] = []
+        for pending in list(self._queue):
+            if pending.future.done():
+                continue
+            if pending.deadline is not None and now > pending.deadline:
+                self._expire(pending)
+                continue
+            live.append(pending)
+        batch, kept, samples = [], deque(), 0
         for pending in live:
-            rows = slice(offset, offset + pending.batch_size)
-            pending.future.set_result({name: array[rows] for name, array in outputs.items()})
+            if pending.shape_key == live[0].shape_key and samples + pending.batch_size <= self.max_batch_size:
+                batch.append(pending)
+                samples += pending.batch_size
+            else:
+                kept.append(pending)
+        self._queue = kept
+        self._queued_samples = sum(p.batch_size for p in kept)
+        return batch
+
+    async def _execute_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
+        started = time.monotonic_ns()
+        queue_ns = sum(started - p.enqueued_ns for p in batch)
+        samples = sum(p.batch_size for p in batch)
+        try:
+            outputs, input_ns, infer_ns = await loop.run_in_executor(
+                self._executor, self._merge_and_run, [p.inputs for p in batch]
+            )
+        except Exception as error:  # the model failing must fail these requests, never the server
+            self._failure_log.warning(
+                "model '%s': execution of a batch of %d failed: %s", self.name, samples, _one_line(error)
+            )
+            failure = ServingError(Status.INTERNAL, f"model '{self.name}' failed to execute: {_one_line(error)}")
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(failure)
+            return
+        split_started = time.monotonic_ns()
+        offset = 0
+        for pending in batch:
+            if not pending.future.done():
+                rows = slice(offset, offset + pending.batch_size)
+                pending.future.set_result(
+                    outputs if len(batch) == 1 else {name: array[rows] for name, array in outputs.items()}
+                )
             offset += pending.batch_size
-        output_done = time.monotonic_ns()
-        self._stats.record_execution(
-            samples,
-            len(live),
-            queue_ns,
-            input_done - started,
-            infer_done - input_done,
-            output_done - infer_done,
-        )
+        output_ns = time.monotonic_ns() - split_started
+        self._stats.record_execution(samples, len(batch), queue_ns, input_ns, infer_ns, output_ns)
         self._on_batch(samples)
+
+    def _merge_and_run(self, parts: list[Tensors]) -> tuple[Tensors, int, int]:
+        """Runs in the executor: concatenates the requests' inputs and calls the model once."""
+        started = time.monotonic_ns()
+        merged = parts[0] if len(parts) == 1 else {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+        merged_at = time.monotonic_ns()
+        outputs = self._execute(merged)
+        return outputs, merged_at - started, time.monotonic_ns() - merged_at
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__

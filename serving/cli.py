@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 COMMAND = "serve"
-HELP = "serve the built models over gRPC (Open Inference Protocol, ONNX Runtime)"
+HELP = "serve the built models over gRPC and HTTP/REST (Open Inference Protocol, ONNX Runtime)"
 # The names serving.runtime maps to ONNX Runtime settings (a test keeps the two lists equal).
 DEVICES = ("auto", "cuda", "cpu")
 GRAPH_OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
@@ -40,7 +40,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Adds the serve flags to ``parser``."""
     parser.add_argument("--repository", type=Path, default=Path("build-out/models"), help="model repository")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: local only)")
-    parser.add_argument("--port", type=_non_negative_int, default=8001, help="gRPC port (default 8001)")
+    # Triton's ports. 0 picks a free port (it is logged); --no-grpc / --no-http turn a front end off.
+    parser.add_argument(
+        "--port", "--grpc-port", dest="port", type=_non_negative_int, default=8001, help="gRPC port (default 8001)"
+    )
+    parser.add_argument("--http-port", type=_non_negative_int, default=8000, help="HTTP/REST port (default 8000)")
+    parser.add_argument("--no-grpc", action="store_true", help="do not serve gRPC")
+    parser.add_argument("--no-http", action="store_true", help="do not serve HTTP/REST")
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available")
     runtime = parser.add_argument_group("ONNX Runtime")
     runtime.add_argument(
@@ -78,7 +84,6 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="seconds in-flight requests get on SIGTERM",
     )
-    security.add_argument("--threads", type=_positive_int, default=64, help="gRPC worker threads")
     security.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
 
 
@@ -99,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
         settings = ServerSettings(
             repository=args.repository,
             host=args.host,
-            port=args.port,
+            port=None if args.no_grpc else args.port,
+            http_port=None if args.no_http else args.http_port,
             runtime=RuntimeOptions(
                 device=args.device,
                 intra_op_threads=args.intra_op_threads,
@@ -117,7 +123,6 @@ def run(args: argparse.Namespace) -> int:
             auth_token_file=args.auth_token_file,
             metrics_port=args.metrics_port,
             grace_period_s=args.grace_period,
-            threads=args.threads,
         )
         return serve(settings)
     except (ValueError, StartupError) as error:

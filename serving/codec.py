@@ -1,135 +1,86 @@
-"""Translation between Open Inference Protocol tensors and numpy arrays, with the request checks it implies.
+"""Tensor bytes and values to numpy arrays and back, for every front end; no protocol type is imported here.
 
-Inputs arrive in ``raw_input_contents`` (little-endian, row-major bytes) or typed ``contents``; outputs always
-leave in ``raw_output_contents``. The classification extension turns an output into BYTES strings
-``"score:index:label"`` for its top k. Every check raises INVALID_ARGUMENT naming the tensor and what was
-expected.
+A front end hands over what its protocol carried (raw little-endian row-major bytes, or a flat list of typed
+values) with the declared name, datatype and shape; these functions check that the data matches the declaration
+and return the array. The classification extension's ``"score:index:label"`` strings and the protocol's raw
+BYTES layout live here too. Every check raises INVALID_ARGUMENT naming the tensor and what was expected.
 """
 
 import math
 import struct
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 
 from serving.errors import ServingError, Status
-from serving.protocol import grpc_service_pb2 as pb
-from serving.signature import ModelSignature, TensorSpec, format_shape
+from serving.signature import NUMPY_DTYPES, format_shape
 
-# Which typed ``InferTensorContents`` field carries each datatype (the protocol's table). FP16 travels raw
-# only.
-CONTENTS_FIELDS = {
-    "BOOL": "bool_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-}
+# Names in requests are arbitrary client text: messages show at most this much of them.
+SHOWN_NAME_CHARS = 80
 
 
-@dataclass(frozen=True)
-class OutputRequest:
-    """One output to return; ``class_count`` > 0 asks for the classification extension's top k."""
-
-    spec: TensorSpec
-    class_count: int = 0
+def shown(name: str) -> str:
+    """A client-given name as it appears in error messages: quoted, escaped and cut short."""
+    return repr(name[:SHOWN_NAME_CHARS]) if len(name) > SHOWN_NAME_CHARS or not name.isprintable() else f"'{name}'"
 
 
 def _bad(message: str) -> ServingError:
     return ServingError(Status.INVALID_ARGUMENT, message)
 
 
-def decode_inputs(
-    request: pb.ModelInferRequest, signature: ModelSignature, max_batch_size: int
-) -> tuple[dict[str, np.ndarray], int]:
-    """Checks the request's inputs against the model and returns them as arrays, with the batch size.
+def _dtype_and_count(name: str, datatype: str, shape: tuple[int, ...]) -> tuple[np.dtype, int]:
+    dtype = NUMPY_DTYPES.get(datatype)
+    if dtype is None:
+        raise _bad(
+            f"input {shown(name)}: datatype {datatype[:20] or '(empty)'!r} is not supported; "
+            f"expected one of {', '.join(NUMPY_DTYPES)}"
+        )
+    if any(d < 0 for d in shape):
+        raise _bad(f"input {shown(name)}: shape {format_shape(shape)} has a negative dimension")
+    return dtype, math.prod(shape)
+
+
+def array_from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes) -> np.ndarray:
+    """The array that ``raw`` (little-endian, row-major) holds for a tensor declared as ``datatype`` ``shape``.
 
     Raises:
-        ServingError: INVALID_ARGUMENT for a missing, extra, repeated or malformed input.
+        ServingError: INVALID_ARGUMENT for an unknown datatype, a negative dimension or a length mismatch.
     """
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise _bad(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; send one per input")
-    expected = {spec.name: spec for spec in signature.inputs}
-    arrays: dict[str, np.ndarray] = {}
-    for index, tensor in enumerate(request.inputs):
-        spec = expected.get(tensor.name)
-        if spec is None:
-            raise _bad(f"unexpected input {tensor.name[:80]!r}; the model's inputs are: {', '.join(expected)}")
-        if tensor.name in arrays:
-            raise _bad(f"input '{tensor.name}' is given more than once")
-        shape = tuple(tensor.shape)
-        spec.check_request(tensor.datatype, shape, max_batch_size)
-        arrays[spec.name] = _decode(tensor, raw[index] if raw else None, spec, shape)
-    for spec in signature.inputs:
-        if spec.name not in arrays:
-            raise _bad(f"missing input '{spec.name}' ({spec.datatype} {format_shape(spec.shape)})")
-    batch_sizes = {array.shape[0] for array in arrays.values()}
-    if len(batch_sizes) > 1:
-        sizes = ", ".join(f"'{name}': {array.shape[0]}" for name, array in arrays.items())
-        raise _bad(f"inputs disagree on the batch size ({sizes})")
-    return arrays, batch_sizes.pop()
+    dtype, count = _dtype_and_count(name, datatype, shape)
+    if len(raw) != count * dtype.itemsize:
+        raise _bad(
+            f"input {shown(name)}: raw contents are {len(raw)} bytes but shape {format_shape(shape)} of "
+            f"{datatype} needs {count * dtype.itemsize}"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(shape)
 
 
-def _decode(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None, spec: TensorSpec, shape) -> np.ndarray:
-    count = math.prod(shape)
-    dtype = spec.dtype
-    if raw is not None:
-        if tensor.HasField("contents"):
-            raise _bad(f"input '{spec.name}' has both raw contents and typed contents; send one")
-        if len(raw) != count * dtype.itemsize:
-            raise _bad(
-                f"input '{spec.name}': raw contents are {len(raw)} bytes but shape {format_shape(shape)} of "
-                f"{spec.datatype} needs {count * dtype.itemsize}"
-            )
-        return np.frombuffer(raw, dtype=dtype).reshape(shape)
-    field = CONTENTS_FIELDS.get(spec.datatype)
-    if field is None:
-        raise _bad(f"input '{spec.name}': {spec.datatype} can only be sent in raw_input_contents")
-    values = getattr(tensor.contents, field)
+def array_from_values(name: str, datatype: str, shape: tuple[int, ...], values: Sequence, source: str) -> np.ndarray:
+    """The array of a flat list of typed values (``source`` names where they came from, for the message).
+
+    Integers are checked against the datatype's range instead of wrapping around silently.
+
+    Raises:
+        ServingError: INVALID_ARGUMENT for an unknown datatype, a wrong count, or values out of range.
+    """
+    dtype, count = _dtype_and_count(name, datatype, shape)
     if len(values) != count:
         raise _bad(
-            f"input '{spec.name}': contents.{field} has {len(values)} values but shape {format_shape(shape)} "
-            f"needs {count}"
+            f"input {shown(name)}: {source} has {len(values)} values but shape {format_shape(shape)} needs {count}"
         )
-    if dtype.kind in "iu":
-        wide = np.array(values, dtype=np.uint64 if dtype.kind == "u" else np.int64)
-        limits = np.iinfo(dtype)
-        if wide.size and (wide.min() < limits.min or wide.max() > limits.max):
-            raise _bad(
-                f"input '{spec.name}': contents hold values outside {spec.datatype}'s range "
-                f"[{limits.min}, {limits.max}]"
-            )
-        return wide.astype(dtype).reshape(shape)
-    return np.array(values, dtype=dtype).reshape(shape)
-
-
-def requested_outputs(request: pb.ModelInferRequest, signature: ModelSignature) -> list[OutputRequest]:
-    """The outputs to return: all of them when none is named.
-
-    Raises:
-        ServingError: INVALID_ARGUMENT for an unknown output, a bad class count or shared memory.
-    """
-    if not request.outputs:
-        return [OutputRequest(spec) for spec in signature.outputs]
-    wanted = []
-    for output in request.outputs:
-        spec = signature.output(output.name)
-        if any(key.startswith("shared_memory") for key in output.parameters):
-            raise _bad(f"output '{spec.name}': shared memory outputs are not supported")
-        class_count = 0
-        if "classification" in output.parameters:
-            class_count = output.parameters["classification"].int64_param
-            if class_count < 1:
-                raise _bad(f"output '{spec.name}': classification count must be at least 1, got {class_count}")
-        wanted.append(OutputRequest(spec, class_count))
-    return wanted
+    try:
+        if dtype.kind in "iu":
+            wide = np.array(values, dtype=np.uint64 if dtype.kind == "u" else np.int64)
+            limits = np.iinfo(dtype)
+            if wide.size and (wide.min() < limits.min or wide.max() > limits.max):
+                raise _bad(
+                    f"input {shown(name)}: {source} holds values outside {datatype}'s range "
+                    f"[{limits.min}, {limits.max}]"
+                )
+            return wide.astype(dtype).reshape(shape)
+        return np.array(values, dtype=dtype).reshape(shape)
+    except (TypeError, ValueError, OverflowError) as error:
+        raise _bad(f"input {shown(name)}: {source} cannot be read as {datatype}: {error}") from None
 
 
 def classify(scores: np.ndarray, k: int, class_names: tuple[str, ...]) -> np.ndarray:
@@ -154,22 +105,8 @@ def serialize_bytes(array: np.ndarray) -> bytes:
     return b"".join(struct.pack("<I", len(item)) + item for item in array.reshape(-1))
 
 
-def encode_outputs(
-    response: pb.ModelInferResponse,
-    results: dict[str, np.ndarray],
-    wanted: list[OutputRequest],
-    class_names: tuple[str, ...],
-) -> None:
-    """Appends the wanted outputs to ``response`` in raw_output_contents."""
-    for output in wanted:
-        array = results[output.spec.name]
-        tensor = response.outputs.add(name=output.spec.name)
-        if output.class_count:
-            labels = classify(array, output.class_count, class_names)
-            tensor.datatype = "BYTES"
-            tensor.shape.extend(labels.shape)
-            response.raw_output_contents.append(serialize_bytes(labels))
-        else:
-            tensor.datatype = output.spec.datatype
-            tensor.shape.extend(array.shape)
-            response.raw_output_contents.append(np.ascontiguousarray(array, dtype=output.spec.dtype).tobytes())
+def raw_bytes(datatype: str, array: np.ndarray) -> bytes:
+    """An output tensor's raw contents: BYTES in the length-prefixed layout, numbers little-endian row-major."""
+    if datatype == "BYTES":
+        return serialize_bytes(array)
+    return np.ascontiguousarray(array, dtype=NUMPY_DTYPES[datatype]).tobytes()

@@ -1,11 +1,13 @@
 """Transport-free errors of the serving data plane.
 
-The repository, batcher, runtime and tensor codec raise ``ServingError`` carrying a ``Status``; only
-``serving/servicer.py`` knows gRPC, and maps each status to a gRPC code in one place. Keeping the status next
-to the message means every failure path ends as one clear line for the caller, never a stack trace.
+The data plane, repository, batcher, runtime and tensor codec raise ``ServingError`` carrying a ``Status``;
+each front end (gRPC, HTTP) maps a status to its protocol's code in one table. Keeping the status next to the
+message means every failure path ends as one clear line for the caller, never a stack trace.
 """
 
 import enum
+import logging
+import time
 
 
 class Status(enum.Enum):
@@ -34,3 +36,28 @@ class ServingError(Exception):
 
 class ModelLoadError(Exception):
     """A model version on disk cannot be served; the message says which file is wrong and why."""
+
+
+class RateLimitedLog:
+    """Logs a message that a client can trigger on every request at most once per ``interval_s``.
+
+    A flood of malformed requests must not become a flood of log lines (or fill the disk): the first one is
+    logged, later ones within the interval are counted and the count is reported with the next line.
+    """
+
+    def __init__(self, logger: logging.Logger, interval_s: float = 10.0) -> None:
+        self._logger = logger
+        self._interval_s = interval_s
+        self._next_at = 0.0
+        self._suppressed = 0
+
+    def warning(self, message: str, *args: object, exc_info: bool = False) -> None:
+        now = time.monotonic()
+        if now < self._next_at:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            message += f" ({self._suppressed} more like it in the last {self._interval_s:.0f} s not logged)"
+        self._suppressed = 0
+        self._next_at = now + self._interval_s
+        self._logger.warning(message, *args, exc_info=exc_info)

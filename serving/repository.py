@@ -1,34 +1,31 @@
 """The model repository being served: scans the output tree, loads versions, hot-reloads, loads and unloads.
 
-Every model folder under the root is loaded at start, by its version policy. A poll thread rescans: a new
-version is loaded and validated in the background (manifest, config.pbtxt, ONNX session, a test run) while the
-old one serves, then swapped in under a lock. A version being replaced keeps its batcher until its last
-in-flight request finishes (``lease`` counts them), so a swap never fails or drops a request. A version that
-fails validation is logged with its reason, remembered (version folders never change once they appear) and
-skipped, and the previous version keeps serving. Model names from requests are only ever looked up among
-loaded models, and the repository API accepts only names matching the output tree's pattern, so no request can
-reach another path.
+Every model folder under the root is loaded at start, by its version policy, and rescanned by the data plane's
+poll. A new version is loaded and validated off the event loop (manifest, config.pbtxt, ONNX session, a test
+run) while the old one serves, then swapped in by replacing one dictionary, so lookups on the request path take
+no lock. A replaced version is handed back to the caller to retire on the loop: it keeps its batcher until its
+last in-flight request finishes, so a swap never fails or drops a request. No file can take the server down:
+whatever one model's files raise refuses only that model or version, with one log line naming the file and the
+reason, and the scan goes on with the others. A refused version is remembered with the size and modification
+time of its files and tried again only when they change; the previous version keeps serving meanwhile. Model
+names from requests are only ever looked up among loaded models, and the repository API accepts only names
+matching the output tree's pattern, so no request can reach another path.
 """
 
+import asyncio
 import contextlib
 import logging
+import os
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
 from serving.batcher import DynamicBatcher
+from serving.codec import shown
 from serving.errors import ModelLoadError, ServingError, Status
-from serving.model_files import (
-    MODEL_NAME,
-    VERSION_NAME,
-    Manifest,
-    check_config_matches,
-    list_versions,
-    read_config,
-    read_manifest,
-)
+from serving.model_files import MODEL_NAME, VERSION_NAME, Manifest, list_versions, read_config, read_version
 from serving.protocol import model_config_pb2
 from serving.runtime import OnnxModel, RuntimeOptions
 from serving.statistics import ModelStats
@@ -38,6 +35,8 @@ log = logging.getLogger(__name__)
 
 # Triton treats max_queue_size 0 as unbounded; serving never queues without limit, so 0 means this default.
 DEFAULT_MAX_QUEUE_SIZE = 256
+# The longest version string that can name a version (18 digits fit in an int64); longer ones are not looked up.
+MAX_VERSION_DIGITS = 18
 
 
 @dataclass(frozen=True)
@@ -64,6 +63,14 @@ class Batching:
     max_queue_size: int
 
 
+@dataclass(frozen=True)
+class _Refusal:
+    """Why a version was refused, and the state of its files then: it is retried when they change."""
+
+    reason: str
+    files: tuple
+
+
 class ServedVersion:
     """One loaded, validated model version with its session, batcher and statistics."""
 
@@ -73,6 +80,7 @@ class ServedVersion:
         manifest: Manifest,
         model: OnnxModel,
         batching: Batching,
+        executor: Executor | None,
         on_batch: Callable[[str, int], None],
     ) -> None:
         self.config = config
@@ -82,14 +90,16 @@ class ServedVersion:
         self.batcher = DynamicBatcher(
             name=f"{manifest.name}/{manifest.version}",
             execute=model.run,
+            executor=executor,
             max_batch_size=batching.max_batch_size,
             max_queue_delay_us=batching.max_queue_delay_us,
             max_queue_size=batching.max_queue_size,
             stats=self.stats,
             on_batch=lambda size: on_batch(manifest.name, size),
         )
+        # Changed only on the event loop (requests and retirement run there), so no lock is needed.
         self._inflight = 0
-        self._idle = threading.Condition()
+        self._idle: asyncio.Event | None = None
 
     @property
     def name(self) -> str:
@@ -100,25 +110,29 @@ class ServedVersion:
         return self.manifest.version
 
     def acquire(self) -> None:
-        with self._idle:
-            self._inflight += 1
+        self._inflight += 1
 
     def release(self) -> None:
-        with self._idle:
-            self._inflight -= 1
-            if self._inflight == 0:
-                self._idle.notify_all()
+        self._inflight -= 1
+        if self._inflight == 0 and self._idle is not None:
+            self._idle.set()
 
-    def retire(self) -> None:
-        """Waits for the requests that leased this version, then closes its batcher (it serves no one new)."""
-        with self._idle:
-            self._idle.wait_for(lambda: self._inflight == 0)
-        self.batcher.close()
+    async def retire(self) -> None:
+        """Waits for the requests that hold this version, then finishes its queue (it serves no one new)."""
+        while self._inflight:
+            self._idle = asyncio.Event()
+            await self._idle.wait()
+        await self.batcher.close()
         log.info("model '%s' version %d unloaded", self.name, self.version)
 
 
 class ModelRepository:
-    """All models served from one repository folder; thread-safe."""
+    """All models served from one repository folder.
+
+    Scans, loads and unloads are blocking (file reads, ONNX Runtime sessions) and run one at a time on a worker
+    thread; each returns the versions it replaced, for the caller to ``retire()`` on the event loop. Lookups
+    read one immutable dictionary and take no lock.
+    """
 
     def __init__(
         self,
@@ -127,38 +141,45 @@ class ModelRepository:
         *,
         version_policy: VersionPolicy | None = None,
         batching: BatchingOverrides = BatchingOverrides(),
+        executor: Executor | None = None,
         on_batch: Callable[[str, int], None] = lambda model, size: None,
     ) -> None:
         self.root = root
         self.runtime_options = runtime_options
         self.version_policy = version_policy
         self.batching = batching
+        self._executor = executor
         self._on_batch = on_batch
-        self._lock = threading.Lock()  # guards _models: the swap and every lookup
-        self._sync_lock = threading.Lock()  # one scan/load/unload at a time (poll thread vs repository RPCs)
+        self._sync_lock = threading.Lock()  # one scan/load/unload at a time (poll vs repository requests)
+        # Replaced, never changed in place: a lookup reads one consistent snapshot without a lock.
         self._models: dict[str, dict[int, ServedVersion]] = {}
-        self._failures: dict[tuple[str, int], str] = {}
+        self._failures: dict[tuple[str, int], _Refusal] = {}
         self._model_errors: dict[str, str] = {}
+        self._unready: dict[str, str] = {}
         self._unloaded: set[str] = set()
-        self._stop_polling = threading.Event()
-        self._poller: threading.Thread | None = None
 
     # --- lookups (request path) ---------------------------------------------------------------------------
 
-    @contextmanager
-    def lease(self, name: str, version: str = "") -> Iterator[ServedVersion]:
-        """Yields the version to serve a request; the version cannot be retired until the block exits.
+    def get(self, name: str, version: str = "") -> ServedVersion:
+        """The version a request for ``name``/``version`` would use (newest when no version is given).
 
         Raises:
             ServingError: NOT_FOUND for an unknown model or a version that is not loaded.
         """
-        with self._lock:
-            served = self._resolve(name, version)
-            served.acquire()
-        try:
-            yield served
-        finally:
-            served.release()
+        models = self._models
+        versions = models.get(name)
+        if not versions:
+            loaded = ", ".join(sorted(models)) or "none"
+            raise ServingError(Status.NOT_FOUND, f"unknown model {shown(name)}; loaded models: {loaded}")
+        if not version:
+            return versions[max(versions)]
+        if len(version) <= MAX_VERSION_DIGITS and VERSION_NAME.match(version) and int(version) in versions:
+            return versions[int(version)]
+        loaded = ", ".join(str(v) for v in sorted(versions))
+        raise ServingError(
+            Status.NOT_FOUND,
+            f"model '{name}' has no loaded version {version[:20]!r}; loaded versions: {loaded}",
+        )
 
     def versions(self, name: str) -> list[ServedVersion]:
         """The loaded versions of a model, ascending.
@@ -166,14 +187,9 @@ class ModelRepository:
         Raises:
             ServingError: NOT_FOUND when the model is not loaded.
         """
-        with self._lock:
-            self._resolve(name, "")
-            return [self._models[name][v] for v in sorted(self._models[name])]
-
-    def get(self, name: str, version: str = "") -> ServedVersion:
-        """The version a request for ``name``/``version`` would use (newest when no version is given)."""
-        with self._lock:
-            return self._resolve(name, version)
+        self.get(name)
+        versions = self._models[name]
+        return [versions[v] for v in sorted(versions)]
 
     def is_ready(self, name: str, version: str = "") -> bool:
         try:
@@ -183,28 +199,21 @@ class ModelRepository:
         return True
 
     def loaded(self) -> list[ServedVersion]:
-        with self._lock:
-            return [served for versions in self._models.values() for served in versions.values()]
+        return [served for versions in self._models.values() for served in versions.values()]
 
-    def _resolve(self, name: str, version: str) -> ServedVersion:
-        versions = self._models.get(name)
-        if not versions:
-            loaded = ", ".join(sorted(self._models)) or "none"
-            raise ServingError(Status.NOT_FOUND, f"unknown model {name[:80]!r}; loaded models: {loaded}")
-        if not version:
-            return versions[max(versions)]
-        if VERSION_NAME.match(version) and int(version) in versions:
-            return versions[int(version)]
-        loaded = ", ".join(str(v) for v in sorted(versions))
-        raise ServingError(
-            Status.NOT_FOUND,
-            f"model '{name}' has no loaded version {version[:20]!r}; loaded versions: {loaded}",
-        )
+    def unready_models(self) -> dict[str, str]:
+        """Models in the repository that serve no version although their policy selects one, with the reason."""
+        return dict(self._unready)
 
-    # --- loading --------------------------------------------------------------------------------------------
+    # --- loading (blocking: call from a worker thread) -----------------------------------------------------
 
-    def load_all(self) -> None:
-        """Scans the repository once and loads every model by its policy (used at start and by the poller)."""
+    def load_all(self) -> list[ServedVersion]:
+        """Scans the repository once and loads every model by its policy (at start and on every poll).
+
+        Returns:
+            The versions no longer served, to retire.
+        """
+        retired: list[ServedVersion] = []
         with self._sync_lock:
             names = set(self._models)
             try:
@@ -218,10 +227,18 @@ class ModelRepository:
                 elif entry.is_dir() and not entry.name.startswith("."):
                     self._note_model_error(entry.name, f"{entry}: folder name does not match {MODEL_NAME.pattern}")
             for name in sorted(names):
-                self._sync_model(name)
+                try:
+                    retired += self._sync_model(name)
+                except Exception as error:  # one model's files must never stop the scan of the others
+                    self._note_model_error(name, f"model '{name}' not (re)loaded: {_naming(self.root / name, error)}")
+                    self._unready[name] = self._model_errors[name]
+        return retired
 
-    def load(self, name: str) -> None:
-        """Loads (or reloads) a model now, retrying versions that failed before; the repository RPC.
+    def load(self, name: str) -> list[ServedVersion]:
+        """Loads (or reloads) a model now, retrying versions that failed before; the repository request.
+
+        Returns:
+            The versions no longer served, to retire.
 
         Raises:
             ServingError: NOT_FOUND when no such model folder exists; FAILED_PRECONDITION with the reasons
@@ -230,102 +247,120 @@ class ModelRepository:
         self._check_name(name)
         with self._sync_lock:
             self._unloaded.discard(name)
-            self._failures = {key: reason for key, reason in self._failures.items() if key[0] != name}
+            self._failures = {key: refusal for key, refusal in self._failures.items() if key[0] != name}
             self._model_errors.pop(name, None)
-            self._sync_model(name)
-            with self._lock:
-                if name in self._models:
-                    return
-            reasons = [r for (n, _), r in sorted(self._failures.items()) if n == name]
+            retired = self._sync_model(name)
+            if name in self._models:
+                return retired
+            reasons = [r.reason for (n, _), r in sorted(self._failures.items()) if n == name]
             reasons += [self._model_errors[name]] if name in self._model_errors else []
             raise ServingError(
                 Status.FAILED_PRECONDITION,
                 f"model '{name}' has no loadable version: " + ("; ".join(reasons) or "no version matches its policy"),
             )
 
-    def unload(self, name: str) -> None:
+    def unload(self, name: str) -> list[ServedVersion]:
         """Unloads every version of a model and keeps it unloaded (polling skips it) until ``load``.
+
+        Returns:
+            The versions no longer served, to retire.
 
         Raises:
             ServingError: NOT_FOUND when the model is neither loaded nor in the repository.
         """
         self._check_name(name)
         with self._sync_lock:
-            with self._lock:
-                loaded = name in self._models
-            if not loaded and not (self.root / name).is_dir():
+            if name not in self._models and not (self.root / name).is_dir():
                 raise ServingError(Status.NOT_FOUND, f"unknown model '{name}' in repository {self.root}")
             self._unloaded.add(name)
-            self._sync_model(name)
+            return self._sync_model(name)
+
+    def take_all(self) -> list[ServedVersion]:
+        """Stops serving everything (at shutdown); returns the versions to retire."""
+        with self._sync_lock:
+            retired, self._models = self.loaded(), {}
+            return retired
 
     def _check_name(self, name: str) -> None:
         if not MODEL_NAME.match(name):
-            raise ServingError(Status.NOT_FOUND, f"unknown model {name[:80]!r}: model names match {MODEL_NAME.pattern}")
-        if not (self.root / name).is_dir():
-            with self._lock:
-                if name not in self._models:
-                    raise ServingError(Status.NOT_FOUND, f"unknown model '{name}' in repository {self.root}")
+            raise ServingError(Status.NOT_FOUND, f"unknown model {shown(name)}: model names match {MODEL_NAME.pattern}")
+        if not (self.root / name).is_dir() and name not in self._models:
+            raise ServingError(Status.NOT_FOUND, f"unknown model '{name}' in repository {self.root}")
 
     def _note_model_error(self, name: str, reason: str) -> None:
         if self._model_errors.get(name) != reason:
             log.error("%s", reason)
         self._model_errors[name] = reason
 
-    def _sync_model(self, name: str) -> None:
+    def _sync_model(self, name: str) -> list[ServedVersion]:
         """Brings one model's loaded versions in line with its folder and policy (caller holds _sync_lock)."""
-        with self._lock:
-            current = dict(self._models.get(name, {}))
+        current = dict(self._models.get(name, {}))
         model_dir = self.root / name
         target: dict[int, ServedVersion] = {}
+        retired: list[ServedVersion] = []
+        self._unready.pop(name, None)
         if name not in self._unloaded and model_dir.is_dir():
+            config_path = model_dir / "config.pbtxt"
             try:
                 config = read_config(model_dir)
-            except ModelLoadError as error:
+            except Exception as error:  # not only ModelLoadError: any unreadable config refuses only this model
                 # Keep serving what already serves: a config being rewritten or broken must not take it down.
-                self._note_model_error(name, f"model '{name}' not (re)loaded: {error}")
-                return
+                self._note_model_error(name, f"model '{name}' not (re)loaded: {_naming(config_path, error)}")
+                if not current:
+                    self._unready[name] = self._model_errors[name]
+                return []
             self._model_errors.pop(name, None)
             policy = self.version_policy or VersionPolicy.from_config(config)
-            candidates = [v for v in list_versions(model_dir) if (name, v) not in self._failures]
+            available = list_versions(model_dir)
+            candidates = [v for v in available if self._may_try(name, v, model_dir)]
             loaded_now: dict[int, ServedVersion] = {}
             wanted = policy.select(candidates)
             while missing := sorted(wanted - current.keys() - loaded_now.keys()):
                 for version in missing:
                     try:
                         loaded_now[version] = self._load_version(model_dir / str(version), config)
-                    except ModelLoadError as error:
-                        reason = f"model '{name}' version {version} refused: {error}"
+                    except Exception as error:  # whatever a version's files raise refuses only that version
+                        detail = _naming(model_dir / str(version), error)
+                        reason = f"model '{name}' version {version} refused: {detail}"
                         log.error("%s", reason)
-                        self._failures[(name, version)] = reason
+                        self._failures[(name, version)] = _Refusal(reason, _files_state(model_dir, version))
                         candidates.remove(version)
                 wanted = policy.select(candidates)
             target = {v: loaded_now.get(v) or current[v] for v in wanted}
-            retired_fresh = [served for v, served in loaded_now.items() if v not in target]
-            for served in retired_fresh:
-                served.retire()
-            if not wanted and not current:
+            retired += [served for v, served in loaded_now.items() if v not in target]
+            if not wanted and not current and policy.select(available):
+                self._unready[name] = f"model '{name}': no version its policy {policy} selects could be loaded"
+            elif not wanted and not current:
                 self._note_model_error(name, f"model '{name}': no version in {model_dir} matches policy {policy}")
-        with self._lock:
-            models = dict(self._models)
-            if target:
-                models[name] = target
-            else:
-                models.pop(name, None)
-            self._models = models
-        for version, served in current.items():
-            if target.get(version) is not served:
-                threading.Thread(target=served.retire, name=f"retire-{name}-{version}", daemon=True).start()
+        models = dict(self._models)
+        if target:
+            models[name] = target
+        else:
+            models.pop(name, None)
+        self._models = models
+        retired += [served for version, served in current.items() if target.get(version) is not served]
         if target.keys() != current.keys():
             log.info("model '%s' now serves versions %s", name, sorted(target) or "none")
+        return retired
+
+    def _may_try(self, name: str, version: int, model_dir: Path) -> bool:
+        """False for a version refused before whose files have not changed since."""
+        refusal = self._failures.get((name, version))
+        if refusal is None:
+            return True
+        if refusal.files == _files_state(model_dir, version):
+            return False
+        del self._failures[(name, version)]
+        log.info("model '%s' version %d: its files changed since it was refused; trying again", name, version)
+        return True
 
     def _load_version(self, version_dir: Path, config: model_config_pb2.ModelConfig) -> ServedVersion:
         name = version_dir.parent.name
-        manifest = read_manifest(version_dir, name)
-        check_config_matches(config, manifest, version_dir.parent / "config.pbtxt")
+        manifest = read_version(version_dir, config)
         model = OnnxModel(version_dir / manifest.onnx_file, manifest.signature, self.runtime_options)
         model.smoke_test()
         batching = self._batching(config)
-        served = ServedVersion(config, manifest, model, batching, self._on_batch)
+        served = ServedVersion(config, manifest, model, batching, self._executor, self._on_batch)
         log.info(
             "model '%s' version %d loaded (providers %s; max_batch_size %d, max_queue_delay_us %d, max_queue_size %d)",
             name,
@@ -351,38 +386,12 @@ class ModelRepository:
             max_queue_size=overrides.max_queue_size or config_queue or DEFAULT_MAX_QUEUE_SIZE,
         )
 
-    # --- polling and shutdown -------------------------------------------------------------------------------
-
-    def start_polling(self, interval_s: float) -> None:
-        """Rescans every ``interval_s`` seconds on a daemon thread until ``close``."""
-
-        def poll() -> None:
-            while not self._stop_polling.wait(interval_s):
-                try:
-                    self.load_all()
-                except Exception:  # a poll must never end polling; the next one retries
-                    log.exception("repository poll failed")
-
-        self._poller = threading.Thread(target=poll, name="repository-poll", daemon=True)
-        self._poller.start()
-
-    def close(self) -> None:
-        """Stops polling, then finishes what is queued in every batcher."""
-        self._stop_polling.set()
-        if self._poller is not None:
-            self._poller.join()
-        with self._sync_lock:
-            for served in self.loaded():
-                served.retire()
-            with self._lock:
-                self._models = {}
-
     # --- reporting ------------------------------------------------------------------------------------------
 
     def index(self) -> list[IndexEntry]:
         """Every model folder and loaded version with its state, and the reason for what does not serve."""
-        with self._lock:
-            models = {name: sorted(versions) for name, versions in self._models.items()}
+        models = {name: sorted(versions) for name, versions in self._models.items()}
+        failures = dict(self._failures)
         names = set(models) | self._unloaded | set(self._model_errors)
         with contextlib.suppress(OSError):  # a vanished repository folder just lists what is loaded
             names |= {e.name for e in self.root.iterdir() if e.is_dir() and MODEL_NAME.match(e.name)}
@@ -390,14 +399,14 @@ class ModelRepository:
         for name in sorted(names):
             entries += [IndexEntry(name, str(v), "READY", "") for v in models.get(name, [])]
             entries += [
-                IndexEntry(n, str(v), "UNAVAILABLE", reason)
-                for (n, v), reason in sorted(self._failures.items())
+                IndexEntry(n, str(v), "UNAVAILABLE", refusal.reason)
+                for (n, v), refusal in sorted(failures.items())
                 if n == name
             ]
             if name in self._unloaded:
                 entries.append(IndexEntry(name, "", "UNAVAILABLE", "unloaded through the repository API"))
             elif name not in models:
-                reason = self._model_errors.get(name, "not loaded")
+                reason = self._model_errors.get(name) or self._unready.get(name, "not loaded")
                 entries.append(IndexEntry(name, "", "UNAVAILABLE", reason))
         return entries
 
@@ -409,3 +418,29 @@ class ModelRepository:
         for served in self.loaded():
             depths[served.name] = depths.get(served.name, 0) + served.batcher.queue_depth
         return depths
+
+
+def _files_state(model_dir: Path, version: int) -> tuple:
+    """Name, size and modification time of config.pbtxt and of each entry of a version folder."""
+    state = []
+    for folder in (model_dir, model_dir / str(version)):
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(folder):
+                if folder != model_dir or entry.name == "config.pbtxt":
+                    with contextlib.suppress(OSError):
+                        stat = entry.stat()
+                        state.append((folder.name, entry.name, stat.st_size, stat.st_mtime_ns))
+    return tuple(sorted(state))
+
+
+def _naming(path: Path, error: BaseException) -> str:
+    """One line for a file error that names the file: the error's own message when it does, else prefixed."""
+    text = str(error).strip()
+    first = text.splitlines()[0][:300] if text else type(error).__name__
+    if str(path.parent) in first:
+        return first
+    return (
+        f"{path}: {first}"
+        if isinstance(error, ModelLoadError | ValueError)
+        else f"{path}: {type(error).__name__}: {first}"
+    )

@@ -18,6 +18,8 @@ from buildsys.sources import Dataset
 
 def _data_file() -> Path:
     spec = importlib.util.find_spec("sklearn")  # finds the package without importing it (no-op builds stay fast)
+    if spec is None:  # the serving install; the command line says how to add the build side
+        raise ModuleNotFoundError("No module named 'sklearn'", name="sklearn")
     return Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
 
 

@@ -13,7 +13,9 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 from onnx import TensorProto, helper, numpy_helper
+from tritonclient.utils import InferenceServerException
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -56,23 +59,43 @@ version_policy: {{ latest: {{ num_versions: 1 }} }}
 """
 
 
-def classifier_onnx(seed: int) -> onnx.ModelProto:
+# The slow variant: a chain of MatMul + Tanh on 2,048 features that keeps the model busy for a few hundred
+# milliseconds per call, so that tests can hold requests in the queue behind a running execution.
+SLOW_STEPS, SLOW_WIDTH = 24, 2048
+
+
+def classifier_onnx(seed: int, slow: bool = False) -> onnx.ModelProto:
     rng = np.random.default_rng(seed)
     weights = rng.normal(0, 0.05, size=(64, 10)).astype(np.float32)
     bias = rng.normal(0, 0.1, size=(10,)).astype(np.float32)
+    nodes = [
+        helper.make_node("Cast", ["image"], ["image_f"], to=TensorProto.FLOAT),
+        helper.make_node("Reshape", ["image_f", "flat_shape"], ["flat"]),
+    ]
+    initializers = [numpy_helper.from_array(np.array([-1, 64], dtype=np.int64), "flat_shape")]
+    features = "flat"
+    if slow:
+        wide = rng.normal(0, 0.05, size=(64, SLOW_WIDTH)).astype(np.float32)
+        square = rng.normal(0, 1 / np.sqrt(SLOW_WIDTH), size=(SLOW_WIDTH, SLOW_WIDTH)).astype(np.float32)
+        weights = rng.normal(0, 0.1, size=(SLOW_WIDTH, 10)).astype(np.float32)
+        initializers += [numpy_helper.from_array(wide, "wide"), numpy_helper.from_array(square, "square")]
+        nodes.append(helper.make_node("MatMul", ["flat", "wide"], ["hidden_0"]))
+        for step in range(SLOW_STEPS):
+            nodes.append(helper.make_node("MatMul", [f"hidden_{step}", "square"], [f"mixed_{step}"]))
+            nodes.append(helper.make_node("Tanh", [f"mixed_{step}"], [f"hidden_{step + 1}"]))
+        features = f"hidden_{SLOW_STEPS}"
+    nodes += [
+        helper.make_node("MatMul", [features, "weights"], ["logits_raw"]),
+        helper.make_node("Add", ["logits_raw", "bias"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
+    ]
     graph = helper.make_graph(
-        [
-            helper.make_node("Cast", ["image"], ["image_f"], to=TensorProto.FLOAT),
-            helper.make_node("Reshape", ["image_f", "flat_shape"], ["flat"]),
-            helper.make_node("MatMul", ["flat", "weights"], ["logits_raw"]),
-            helper.make_node("Add", ["logits_raw", "bias"], ["logits"]),
-            helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1),
-        ],
+        nodes,
         "tiny_classifier",
         [helper.make_tensor_value_info("image", TensorProto.UINT8, ["batch", 8, 8])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["batch", 10])],
         initializer=[
-            numpy_helper.from_array(np.array([-1, 64], dtype=np.int64), "flat_shape"),
+            *initializers,
             numpy_helper.from_array(weights, "weights"),
             numpy_helper.from_array(bias, "bias"),
         ],
@@ -97,10 +120,13 @@ def write_config(model_dir: Path, name: str, max_batch_size: int = 1024, delay_u
         os.replace(temporary, model_dir / file_name)
 
 
-def publish_version(repo: Path, name: str, version: int, seed: int, *, broken: bool = False, **config) -> Path:
+def publish_version(
+    repo: Path, name: str, version: int, seed: int, *, broken: bool = False, slow: bool = False, **config
+) -> Path:
     """Publishes ``<repo>/<name>/<version>`` by renaming a complete staging folder, as the builder does.
 
-    Returns the version folder. With ``broken=True`` the model file is not ONNX, so the version is refused.
+    Returns the version folder. With ``broken=True`` the model file is not ONNX, so the version is refused;
+    with ``slow=True`` each model call takes a few hundred milliseconds.
     """
     model_dir = repo / name
     if not (model_dir / "config.pbtxt").exists() or config:
@@ -111,7 +137,7 @@ def publish_version(repo: Path, name: str, version: int, seed: int, *, broken: b
     if broken:
         (staging / "model.onnx").write_bytes(b"this is not an onnx file")
     else:
-        onnx.save(classifier_onnx(seed), staging / "model.onnx")
+        onnx.save(classifier_onnx(seed, slow=slow), staging / "model.onnx")
     manifest = {
         "format": 1,
         "name": name,
@@ -178,7 +204,8 @@ def import_guard(tmp_path_factory) -> Path:
 
 
 class ServerProcess:
-    """``python -m serving`` in a subprocess on a free port, with the import guard; stop() sends SIGTERM."""
+    """``python -m serving`` in a subprocess on free gRPC and HTTP ports, with the import guard; stop() sends
+    SIGTERM."""
 
     def __init__(
         self,
@@ -191,6 +218,8 @@ class ServerProcess:
     ) -> None:
         self.port = free_port()
         self.url = f"127.0.0.1:{self.port}"
+        self.http_port = free_port()
+        self.http_url = f"127.0.0.1:{self.http_port}"
         self.log_path = log_dir / f"server-{self.port}.log"
         self.forbidden_log = log_dir / f"forbidden-imports-{self.port}.log"
         env = dict(os.environ)
@@ -204,6 +233,8 @@ class ServerProcess:
             str(repo),
             "--port",
             str(self.port),
+            "--http-port",
+            str(self.http_port),
             *args,
         ]
         self._log = open(self.log_path, "w")  # noqa: SIM115 - kept open for the process's lifetime
@@ -216,7 +247,7 @@ class ServerProcess:
     def _wait_ready(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if "(ready)" in self.log():
+            if "(ready)" in self.log() or "(not ready:" in self.log():
                 return
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")
@@ -276,6 +307,14 @@ def shared_server(digits_repo, import_guard, tmp_path_factory):
     assert server.stop() == 0, server.log()
 
 
+@pytest.fixture(scope="session")
+def slow_repo(tmp_path_factory) -> Path:
+    """A repository whose model takes a few hundred milliseconds per call (to hold requests in the queue)."""
+    repo = tmp_path_factory.mktemp("slow-repository")
+    publish_version(repo, "digits", 1, seed=1, slow=True)
+    return repo
+
+
 @pytest.fixture
 def client(shared_server):
     with grpcclient.InferenceServerClient(shared_server.url) as triton:
@@ -284,3 +323,33 @@ def client(shared_server):
 
 def images(count: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 17, size=(count, 8, 8), dtype=np.uint8)
+
+
+def scrape(port: int) -> str:
+    """The server's Prometheus metrics page."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
+def wait_for_metric(port: int, line: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while line not in scrape(port):
+        assert time.monotonic() < deadline, f"metric {line!r} not seen within {timeout_s} s"
+        time.sleep(0.02)
+
+
+def infer_in_thread(url: str, batch: np.ndarray, outcome: dict, key: str) -> threading.Thread:
+    """Calls the model from a thread; the answer (or the InferenceServerException) lands in ``outcome[key]``."""
+
+    def call():
+        with grpcclient.InferenceServerClient(url) as client:
+            tensor = grpcclient.InferInput("image", list(batch.shape), "UINT8")
+            tensor.set_data_from_numpy(batch)
+            try:
+                outcome[key] = client.infer("digits", [tensor]).as_numpy("probabilities")
+            except InferenceServerException as error:
+                outcome[key] = error
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    return thread

@@ -1,18 +1,21 @@
 """Dynamic batching: the batcher in-process (merging, limits, timeouts, failures) and merging end to end."""
 
+import asyncio
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from serving.batcher import DynamicBatcher
 from serving.errors import ServingError, Status
 from serving.statistics import ModelStats
-from tests.serving.conftest import images, reference_probabilities
+from tests.serving.conftest import free_port, images, infer_in_thread, reference_probabilities, wait_for_metric
 
 
 class RecordingModel:
@@ -22,9 +25,11 @@ class RecordingModel:
         self.batch_sizes: list[int] = []
         self.release = threading.Event()
         self.release.set()
+        self.started = threading.Event()
         self.fail = False
 
     def __call__(self, inputs):
+        self.started.set()
         self.release.wait(10)
         self.batch_sizes.append(len(inputs["x"]))
         if self.fail:
@@ -34,81 +39,150 @@ class RecordingModel:
 
 def make_batcher(model, **limits) -> DynamicBatcher:
     settings = {"max_batch_size": 8, "max_queue_delay_us": 0, "max_queue_size": 16, **limits}
-    return DynamicBatcher(name="test", execute=model, stats=ModelStats(), **settings)
+    return DynamicBatcher(name="test", execute=model, executor=None, stats=ModelStats(), **settings)
 
 
 def rows(start: int, count: int) -> dict[str, np.ndarray]:
     return {"x": np.arange(start, start + count, dtype=np.float32).reshape(count, 1)}
 
 
-def test_concurrent_requests_merge_and_each_gets_its_own_rows():
-    model = RecordingModel()
-    batcher = make_batcher(model, max_batch_size=64, max_queue_delay_us=2_000_000)
-    futures = [batcher.submit(rows(10 * i, i + 1), i + 1) for i in range(5)]
-    results = [f.result(10) for f in futures]
-    batcher.close()
-    assert model.batch_sizes == [15]
+async def hold(model: RecordingModel, batcher: DynamicBatcher) -> asyncio.Task:
+    """Starts one request that finds the model idle and keeps it busy until ``model.release`` is set."""
+    model.release.clear()
+    model.started.clear()
+    busy = asyncio.create_task(batcher.infer(rows(100, 1), 1))
+    while not model.started.is_set():
+        await asyncio.sleep(0.001)
+    return busy
+
+
+def test_a_lone_request_runs_at_once_without_waiting_for_the_delay():
+    async def scenario():
+        model = RecordingModel()
+        batcher = make_batcher(model, max_queue_delay_us=60_000_000)
+        result = await asyncio.wait_for(batcher.infer(rows(0, 2), 2), 10)  # 60 s if it waited for the delay
+        await batcher.close()
+        return model, result
+
+    model, result = asyncio.run(scenario())
+    assert model.batch_sizes == [2]
+    np.testing.assert_array_equal(result["y"], [[0.0], [2.0]])
+
+
+def test_requests_queued_behind_a_busy_model_merge_and_each_gets_its_own_rows():
+    async def scenario():
+        model = RecordingModel()
+        batcher = make_batcher(model, max_batch_size=64, max_queue_delay_us=100_000)
+        busy = await hold(model, batcher)
+        waiting = [asyncio.create_task(batcher.infer(rows(10 * i, i + 1), i + 1)) for i in range(5)]
+        await asyncio.sleep(0.01)
+        model.release.set()
+        results = await asyncio.gather(*waiting)
+        await busy
+        await batcher.close()
+        return model, results
+
+    model, results = asyncio.run(scenario())
+    assert model.batch_sizes == [1, 15]
     for i, result in enumerate(results):
         np.testing.assert_array_equal(result["y"], rows(10 * i, i + 1)["x"] * 2)
 
 
 def test_a_full_batch_does_not_wait_for_the_delay_and_never_exceeds_max_batch_size():
-    model = RecordingModel()
-    model.release.clear()
-    batcher = make_batcher(model, max_batch_size=8, max_queue_delay_us=60_000_000)
-    first = batcher.submit(rows(0, 1), 1)
-    futures = [first] + [batcher.submit(rows(i, 4), 4) for i in range(3)]
-    model.release.set()
-    for future in futures:
-        future.result(10)  # would take 60 s if a full batch waited for the delay
-    batcher.close()
-    assert sum(model.batch_sizes) == 13 and max(model.batch_sizes) <= 8
+    async def scenario():
+        model = RecordingModel()
+        batcher = make_batcher(model, max_batch_size=8, max_queue_delay_us=60_000_000)
+        busy = await hold(model, batcher)
+        waiting = [asyncio.create_task(batcher.infer(rows(i, 4), 4)) for i in range(4)]
+        await asyncio.sleep(0.01)
+        model.release.set()
+        await asyncio.wait_for(asyncio.gather(busy, *waiting), 10)  # 60 s if a full batch waited for the delay
+        await batcher.close()
+        return model
+
+    assert asyncio.run(scenario()).batch_sizes == [1, 8, 8]
 
 
 def test_queue_full_is_refused_at_once_with_unavailable():
-    model = RecordingModel()
-    batcher = make_batcher(model, max_queue_size=2, max_queue_delay_us=60_000_000)
-    queued = [batcher.submit(rows(0, 1), 1), batcher.submit(rows(1, 1), 1)]
-    with pytest.raises(ServingError) as refused:
-        batcher.submit(rows(2, 1), 1)
-    assert refused.value.status is Status.UNAVAILABLE and "queue is full (2 requests waiting)" in refused.value.message
-    batcher.close()  # flushes without waiting for the 60 s delay
-    assert [f.result(1)["y"][0, 0] for f in queued] == [0.0, 2.0]
-    with pytest.raises(ServingError, match="shutting down"):
-        batcher.submit(rows(0, 1), 1)
+    async def scenario():
+        model = RecordingModel()
+        batcher = make_batcher(model, max_queue_size=2, max_queue_delay_us=60_000_000)
+        busy = await hold(model, batcher)
+        queued = [asyncio.create_task(batcher.infer(rows(i, 1), 1)) for i in range(2)]
+        await asyncio.sleep(0)
+        with pytest.raises(ServingError) as refused:
+            await batcher.infer(rows(2, 1), 1)
+        model.release.set()
+        await busy
+        closing = asyncio.create_task(batcher.close())  # flushes without waiting for the 60 s delay
+        results = await asyncio.wait_for(asyncio.gather(*queued), 10)
+        await closing
+        with pytest.raises(ServingError, match="shutting down"):
+            await batcher.infer(rows(0, 1), 1)
+        return refused.value, results
+
+    refused, results = asyncio.run(scenario())
+    assert refused.status is Status.UNAVAILABLE and "queue is full (2 requests waiting)" in refused.message
+    assert [r["y"][0, 0] for r in results] == [0.0, 2.0]
 
 
-def test_request_that_times_out_in_the_queue_fails_with_deadline_exceeded():
-    model = RecordingModel()
-    model.release.clear()
-    batcher = make_batcher(model, max_batch_size=1)
-    busy = batcher.submit(rows(0, 1), 1)
-    late = batcher.submit(rows(1, 1), 1, timeout_s=0.01)
-    time.sleep(0.05)
-    model.release.set()
-    busy.result(10)
-    with pytest.raises(ServingError) as expired:
-        late.result(10)
-    batcher.close()
-    assert expired.value.status is Status.DEADLINE_EXCEEDED
-    assert model.batch_sizes == [1]
+def test_a_request_whose_deadline_passes_in_the_queue_fails_and_never_runs():
+    async def scenario():
+        model = RecordingModel()
+        batcher = make_batcher(model, max_batch_size=1)
+        busy = await hold(model, batcher)
+        with pytest.raises(ServingError) as expired:
+            await batcher.infer(rows(1, 1), 1, deadline=time.monotonic() + 0.01)
+        assert batcher.queue_depth == 0, "an expired request must leave the queue at once"
+        model.release.set()
+        await busy
+        await batcher.close()
+        return model, expired.value
+
+    model, expired = asyncio.run(scenario())
+    assert expired.status is Status.DEADLINE_EXCEEDED
+    assert model.batch_sizes == [1], "the expired request ran"
+
+
+def test_a_cancelled_request_leaves_the_queue_and_never_runs():
+    async def scenario():
+        model = RecordingModel()
+        batcher = make_batcher(model, max_batch_size=1)
+        busy = await hold(model, batcher)
+        gone = asyncio.create_task(batcher.infer(rows(1, 1), 1))
+        await asyncio.sleep(0)
+        assert batcher.queue_depth == 1
+        gone.cancel()  # what grpc.aio does when the client goes away
+        await asyncio.gather(gone, return_exceptions=True)
+        assert batcher.queue_depth == 0
+        model.release.set()
+        await busy
+        await batcher.close()
+        return model
+
+    assert asyncio.run(scenario()).batch_sizes == [1]
 
 
 def test_model_failure_fails_the_batch_with_internal_and_the_batcher_keeps_working():
-    model = RecordingModel()
-    model.fail = True
-    batcher = make_batcher(model)
-    with pytest.raises(ServingError) as failed:
-        batcher.submit(rows(0, 2), 2).result(10)
-    assert failed.value.status is Status.INTERNAL and "boom" in failed.value.message
-    model.fail = False
-    np.testing.assert_array_equal(batcher.submit(rows(3, 1), 1).result(10)["y"], [[6.0]])
-    batcher.close()
+    async def scenario():
+        model = RecordingModel()
+        model.fail = True
+        batcher = make_batcher(model)
+        with pytest.raises(ServingError) as failed:
+            await batcher.infer(rows(0, 2), 2)
+        model.fail = False
+        result = await batcher.infer(rows(3, 1), 1)
+        await batcher.close()
+        return failed.value, result
+
+    failed, result = asyncio.run(scenario())
+    assert failed.status is Status.INTERNAL and "boom" in failed.message
+    np.testing.assert_array_equal(result["y"], [[6.0]])
 
 
-def test_concurrent_clients_are_merged_and_each_gets_its_own_answer(start_server, digits_repo):
-    server = start_server(digits_repo, "--max-queue-delay-us", "1000000")
-    version_dir = digits_repo / "digits" / "1"
+def test_concurrent_clients_are_merged_and_each_gets_its_own_answer(start_server, slow_repo):
+    server = start_server(slow_repo, "--max-queue-delay-us", "1000000")
+    version_dir = slow_repo / "digits" / "1"
     batches = [images(size, seed=100 + size) for size in range(1, 9)]
     barrier = threading.Barrier(len(batches))
 
@@ -122,7 +196,7 @@ def test_concurrent_clients_are_merged_and_each_gets_its_own_answer(start_server
     with ThreadPoolExecutor(len(batches)) as pool:
         results = list(pool.map(call, batches))
     for batch, result in zip(batches, results, strict=True):
-        np.testing.assert_array_equal(result, reference_probabilities(version_dir, batch))
+        np.testing.assert_allclose(result, reference_probabilities(version_dir, batch), rtol=1e-5, atol=1e-6)
     with grpcclient.InferenceServerClient(server.url) as client:
         stats = client.get_inference_statistics("digits").model_stats[0]
     assert stats.inference_stats.success.count == len(batches)
@@ -131,24 +205,25 @@ def test_concurrent_clients_are_merged_and_each_gets_its_own_answer(start_server
     assert max(b.batch_size for b in stats.batch_stats) > max(len(b) for b in batches)
 
 
-def test_queue_full_end_to_end_is_unavailable_and_accepted_requests_succeed(start_server, digits_repo):
-    server = start_server(digits_repo, "--max-queue-size", "2", "--max-queue-delay-us", "2000000")
-    barrier = threading.Barrier(6)
-
-    def call(seed):
-        with grpcclient.InferenceServerClient(server.url) as client:
-            tensor = grpcclient.InferInput("image", [1, 8, 8], "UINT8")
-            tensor.set_data_from_numpy(images(1, seed))
-            barrier.wait()
-            try:
-                return client.infer("digits", [tensor]).as_numpy("probabilities")
-            except InferenceServerException as error:
-                return error
-
-    with ThreadPoolExecutor(6) as pool:
-        outcomes = list(pool.map(call, range(6)))
-    refused = [o for o in outcomes if isinstance(o, InferenceServerException)]
-    served = [o for o in outcomes if isinstance(o, np.ndarray)]
-    assert refused and served and len(served) <= 2
-    assert all(e.status() == "StatusCode.UNAVAILABLE" and "queue is full" in e.message() for e in refused)
-    assert all(o.shape == (1, 10) for o in served)
+def test_full_queue_answers_unavailable_at_once_and_health_still_answers(start_server, slow_repo):
+    metrics_port = free_port()
+    server = start_server(
+        slow_repo, "--max-queue-size", "2", "--max-queue-delay-us", "2000000", "--metrics-port", str(metrics_port)
+    )
+    outcome: dict[str, object] = {}
+    callers = [infer_in_thread(server.url, images(1, seed=0), outcome, "running")]
+    time.sleep(0.05)
+    callers += [infer_in_thread(server.url, images(1, seed=i), outcome, f"queued-{i}") for i in (1, 2)]
+    wait_for_metric(metrics_port, 'serving_queue_depth{model="digits"} 2.0')
+    with grpcclient.InferenceServerClient(server.url) as client, grpc.insecure_channel(server.url) as channel:
+        tensor = grpcclient.InferInput("image", [1, 8, 8], "UINT8")
+        tensor.set_data_from_numpy(images(1, seed=3))
+        with pytest.raises(InferenceServerException, match="UNAVAILABLE.*queue is full"):
+            client.infer("digits", [tensor])
+        assert callers[1].is_alive() and callers[2].is_alive(), "the refusal waited for the queued requests"
+        assert client.is_server_live() and client.is_server_ready()
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+    for caller in callers:
+        caller.join(30)
+    assert all(isinstance(o, np.ndarray) and o.shape == (1, 10) for o in outcome.values()), outcome

@@ -4,12 +4,11 @@ the serving process never imports TensorFlow, keras or buildsys."""
 import datetime
 import ipaddress
 import os
+import re
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 
 import grpc
 import numpy as np
@@ -19,43 +18,36 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from serving.client import ClientError, InferenceClient
-from tests.serving.conftest import CLASS_NAMES, PROJECT_ROOT, free_port, images, reference_probabilities
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        return response.read().decode()
+from tests.serving.conftest import (
+    CLASS_NAMES,
+    PROJECT_ROOT,
+    free_port,
+    images,
+    infer_in_thread,
+    reference_probabilities,
+    scrape,
+)
 
 
 def health_status(channel: grpc.Channel) -> int:
     return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="")).status
 
 
-def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero(start_server, digits_repo):
+def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero(start_server, slow_repo):
     metrics_port = free_port()
     server = start_server(
-        digits_repo,
-        "--max-queue-delay-us",
-        "1500000",
-        "--metrics-port",
-        str(metrics_port),
-        "--grace-period",
-        "20",
+        slow_repo, "--max-queue-delay-us", "1500000", "--metrics-port", str(metrics_port), "--grace-period", "20"
     )
-    batch = images(3, seed=9)
+    running, queued = images(1, seed=8), images(3, seed=9)
     outcome: dict[str, object] = {}
-
-    def in_flight_call():
-        with grpcclient.InferenceServerClient(server.url) as client:
-            tensor = grpcclient.InferInput("image", [3, 8, 8], "UINT8")
-            tensor.set_data_from_numpy(batch)
-            outcome["result"] = client.infer("digits", [tensor]).as_numpy("probabilities")
-
-    caller = threading.Thread(target=in_flight_call)
-    caller.start()
+    # The first request finds the model idle and runs at once (a slow call); the second queues behind it and
+    # then waits out the 1.5 s delay, so it is in flight when SIGTERM comes.
+    callers = [infer_in_thread(server.url, running, outcome, "running")]
+    time.sleep(0.05)
+    callers.append(infer_in_thread(server.url, queued, outcome, "queued"))
     deadline = time.monotonic() + 20
     while 'serving_queue_depth{model="digits"} 1.0' not in scrape(metrics_port):
-        assert time.monotonic() < deadline, "the request never reached the queue"
+        assert time.monotonic() < deadline, "the second request never waited in the queue"
         time.sleep(0.02)
 
     server.process.send_signal(signal.SIGTERM)
@@ -64,17 +56,20 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero(start
         while health_status(channel) != health_pb2.HealthCheckResponse.NOT_SERVING:
             assert time.monotonic() < deadline, "health never turned NOT_SERVING"
             time.sleep(0.01)
-        assert caller.is_alive(), "the in-flight request should still be waiting in its batch"
+        assert callers[1].is_alive(), "the queued request should still be waiting for its batch"
         with grpcclient.InferenceServerClient(server.url) as client:
-            assert not client.is_server_ready()
+            assert client.is_server_live() and not client.is_server_ready()
             tensor = grpcclient.InferInput("image", [1, 8, 8], "UINT8")
             tensor.set_data_from_numpy(images(1))
             with pytest.raises(InferenceServerException, match="UNAVAILABLE.*shutting down"):
                 client.infer("digits", [tensor])
-    caller.join(20)
-    np.testing.assert_array_equal(outcome["result"], reference_probabilities(digits_repo / "digits" / "1", batch))
+    for caller in callers:
+        caller.join(20)
+    version_dir = slow_repo / "digits" / "1"
+    for key, batch in (("running", running), ("queued", queued)):
+        np.testing.assert_allclose(outcome[key], reference_probabilities(version_dir, batch), rtol=1e-5, atol=1e-6)
     assert server.process.wait(20) == 0
-    assert "shutting down: refusing new requests, 1 in flight" in server.log()
+    assert re.search(r"shutting down: refusing new requests, [12] in flight", server.log()), server.log()
 
 
 def test_metrics_count_requests_by_status_and_batch_sizes(start_server, digits_repo):

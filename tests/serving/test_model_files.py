@@ -1,14 +1,17 @@
-"""Reading and validating the output tree in-process: version policies, manifests, configs, signatures."""
+"""Reading and validating the output tree in-process: version policies, manifests, configs, signatures, Triton
+repositories without manifest.json, and the rule that no file raises anything but ModelLoadError."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from serving.codec import classify, serialize_bytes
-from serving.errors import ModelLoadError, ServingError, Status
-from serving.model_files import check_config_matches, list_versions, read_config, read_manifest
-from serving.repository import BatchingOverrides, ModelRepository
+from serving.errors import ModelLoadError
+from serving.model_files import list_versions, read_config, read_version
 from serving.runtime import OnnxModel, RuntimeOptions
 from serving.signature import ModelSignature, TensorSpec
 from serving.version_policy import VersionPolicy
@@ -43,10 +46,9 @@ def test_config_and_manifest_of_a_published_version(tmp_path):
     assert list_versions(tmp_path / "digits") == [3]
     config = read_config(tmp_path / "digits")
     assert VersionPolicy.from_config(config) == VersionPolicy("latest", count=1)
-    manifest = read_manifest(version_dir, "digits")
+    manifest = read_version(version_dir, config)
     assert manifest.version == 3 and manifest.class_names[0] == "zero"
     assert manifest.signature.inputs == (TensorSpec("image", "UINT8", (-1, 8, 8)),)
-    check_config_matches(config, manifest, tmp_path / "digits" / "config.pbtxt")
 
 
 def rewrite_manifest(version_dir, **changes):
@@ -62,17 +64,21 @@ def rewrite_manifest(version_dir, **changes):
         ({"name": "letters"}, "name 'letters' does not match the model folder 'digits'"),
         ({"version": 2}, "version 2 does not match its folder '1'"),
         ({"format": 2}, "format 2 is not supported"),
-        ({"inputs": [{"name": "image", "datatype": "STRING", "shape": [-1]}]}, "datatype STRING"),
+        ({"inputs": [{"name": "image", "datatype": "STRING", "shape": [-1]}]}, "datatype 'STRING'"),
+        ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}]}, "datatype BYTES; serving supports"),
         ({"inputs": [{"name": "image", "datatype": "UINT8", "shape": [8, 8]}]}, "must start with -1"),
+        ({"inputs": [{"name": "image", "datatype": "UINT8", "shape": [-1, 8, 9]}]}, "is UINT8 \\[8, 8\\]"),
         ({"files": {"onnx": "../../elsewhere.onnx"}}, "must be a file name inside the version folder"),
+        ({"class_names": "zero"}, "'class_names' must be a list of strings"),
     ],
 )
 def test_manifest_errors_name_the_file_and_the_problem(tmp_path, changes, message):
     version_dir = publish_version(tmp_path, "digits", 1, seed=1)
     rewrite_manifest(version_dir, **changes)
     with pytest.raises(ModelLoadError, match=message) as raised:
-        read_manifest(version_dir, "digits")
-    assert str(version_dir / "manifest.json") in str(raised.value)
+        read_version(version_dir, read_config(tmp_path / "digits"))
+    assert "manifest.json" in str(raised.value) or "config.pbtxt" in str(raised.value)
+    assert "\n" not in str(raised.value)
 
 
 def test_config_errors(tmp_path):
@@ -85,6 +91,15 @@ def test_config_errors(tmp_path):
     write_config(tmp_path / "other", "digits")
     with pytest.raises(ModelLoadError, match="name 'digits' does not match its folder 'other'"):
         read_config(tmp_path / "other")
+    (tmp_path / "digits" / "config.pbtxt").write_bytes(b"\xff\xfe")
+    with pytest.raises(ModelLoadError, match="config.pbtxt: not UTF-8"):
+        read_config(tmp_path / "digits")
+    (tmp_path / "digits" / "config.pbtxt").write_text('platform: "tensorflow_savedmodel" max_batch_size: 4')
+    with pytest.raises(ModelLoadError, match="'tensorflow_savedmodel' is not supported"):
+        read_config(tmp_path / "digits")
+    (tmp_path / "digits" / "config.pbtxt").write_text('max_batch_size: 4 default_model_filename: "../x.onnx"')
+    with pytest.raises(ModelLoadError, match="default_model_filename '../x.onnx' must be a file name"):
+        read_config(tmp_path / "digits")
 
 
 def test_onnx_model_must_match_the_manifest(tmp_path):
@@ -100,30 +115,112 @@ def test_onnx_model_must_match_the_manifest(tmp_path):
         OnnxModel(version_dir / "model.onnx", renamed, RuntimeOptions(device="cpu"))
 
 
-def test_repository_serves_versions_by_policy_and_flags_override_batching(tmp_path):
-    for version in (1, 2, 3):
-        publish_version(tmp_path, "digits", version, seed=version)
-    repository = ModelRepository(
-        tmp_path,
-        RuntimeOptions(device="cpu", intra_op_threads=1),
-        version_policy=VersionPolicy.parse("latest:2"),
-        batching=BatchingOverrides(max_batch_size=16, max_queue_delay_us=0),
-    )
-    repository.load_all()
-    try:
-        assert [s.version for s in repository.versions("digits")] == [2, 3]
-        assert repository.get("digits").version == 3
-        served = repository.get("digits", "2")
-        assert (served.batcher.max_batch_size, served.batcher.max_queue_delay_us) == (16, 0)
-        assert served.batcher.max_queue_size == 256  # from config.pbtxt
-        with pytest.raises(ServingError) as raised:
-            repository.get("digits", "1")
-        assert raised.value.status is Status.NOT_FOUND and "loaded versions: 2, 3" in raised.value.message
-    finally:
-        repository.close()
-
-
 def test_classification_strings_without_class_names_are_score_and_index():
     labels = classify(np.array([[0.1, 0.7, 0.2]], dtype=np.float32), 5, ())
     assert labels.tolist() == [[b"0.700000:1", b"0.200000:2", b"0.100000:0"]]
     assert serialize_bytes(np.array([b"ab", b""], dtype=object)) == b"\x02\x00\x00\x00ab\x00\x00\x00\x00"
+
+
+def triton_repository(tmp_path, *, config: bool = True, labels: bool = True):
+    """A model folder as Triton users have it: config.pbtxt (optional), labels.txt and 1/model.onnx, no manifest."""
+    version_dir = publish_version(tmp_path, "digits", 1, seed=1)
+    (version_dir / "manifest.json").unlink()
+    shutil.rmtree(version_dir / "model.savedmodel")
+    model_dir = tmp_path / "digits"
+    if not labels:
+        (model_dir / "labels.txt").unlink()
+        text = (model_dir / "config.pbtxt").read_text().replace('label_filename: "labels.txt"', "")
+        (model_dir / "config.pbtxt").write_text(text)
+    if not config:
+        (model_dir / "config.pbtxt").unlink()
+    return model_dir, version_dir
+
+
+def test_a_triton_version_without_manifest_is_served_from_config_and_labels(tmp_path):
+    model_dir, version_dir = triton_repository(tmp_path)
+    served = read_version(version_dir, read_config(model_dir))
+    assert served.signature.inputs == (TensorSpec("image", "UINT8", (-1, 8, 8)),)
+    assert served.signature.outputs == (TensorSpec("probabilities", "FP32", (-1, 10)),)
+    assert served.class_names[:2] == ("zero", "one") and served.onnx_file == "model.onnx"
+    OnnxModel(version_dir / served.onnx_file, served.signature, RuntimeOptions(device="cpu")).smoke_test()
+
+
+def test_default_model_filename_names_the_onnx_file(tmp_path):
+    model_dir, version_dir = triton_repository(tmp_path, labels=False)
+    (version_dir / "model.onnx").rename(version_dir / "classifier.onnx")
+    with (model_dir / "config.pbtxt").open("a") as config:
+        config.write('default_model_filename: "classifier.onnx"\n')
+    served = read_version(version_dir, read_config(model_dir))
+    assert (served.onnx_file, served.class_names) == ("classifier.onnx", ())
+
+
+def test_a_missing_config_is_completed_from_the_onnx_file(tmp_path):
+    model_dir, version_dir = triton_repository(tmp_path, config=False, labels=False)
+    config = read_config(model_dir)
+    assert (config.name, config.platform, config.max_batch_size) == ("digits", "onnxruntime_onnx", 4)
+    assert [(t.name, list(t.dims)) for t in config.input] == [("image", [8, 8])]
+    served = read_version(version_dir, config)
+    assert served.signature.outputs == (TensorSpec("probabilities", "FP32", (-1, 10)),)
+
+
+def test_a_missing_config_with_a_fixed_first_dimension_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    model_dir = tmp_path / "fixed"
+    (model_dir / "1").mkdir(parents=True)
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "fixed",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 2])],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model_dir / "1" / "model.onnx")
+    with pytest.raises(ModelLoadError, match="input 'x' has shape \\[3, 2\\]; without config.pbtxt"):
+        read_config(model_dir)
+    (model_dir / "1" / "model.onnx").write_bytes(b"not onnx")
+    with pytest.raises(ModelLoadError, match="model.onnx: ONNX Runtime cannot load it"):
+        read_config(model_dir)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_manifest_bytes_read_or_raise_model_load_error(tmp_path_factory, data):
+    repo = tmp_path_factory.mktemp("fuzz")
+    version_dir = publish_version(repo, "digits", 1, seed=1)
+    valid = (version_dir / "manifest.json").read_bytes()
+    (version_dir / "manifest.json").write_bytes(data.draw(mutations(valid), label="manifest.json"))
+    config = read_config(repo / "digits")
+    try:
+        read_version(version_dir, config)
+    except ModelLoadError as error:
+        assert "\n" not in str(error)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_config_bytes_read_or_raise_model_load_error(tmp_path_factory, data):
+    repo = tmp_path_factory.mktemp("fuzz")
+    version_dir = publish_version(repo, "digits", 1, seed=1)
+    if data.draw(st.booleans(), label="without manifest"):
+        (version_dir / "manifest.json").unlink()
+    config_path = repo / "digits" / "config.pbtxt"
+    config_path.write_bytes(data.draw(mutations(config_path.read_bytes()), label="config.pbtxt"))
+    try:
+        read_version(version_dir, read_config(repo / "digits"))
+    except ModelLoadError as error:
+        assert "\n" not in str(error)
+
+
+def mutations(valid: bytes) -> st.SearchStrategy[bytes]:
+    """Random bytes, or the valid file with a slice replaced, deleted or duplicated, or a token swapped."""
+    tokens = [b"-1", b"0", b"99999999999999999999", b'"x"', b"null", b"[]", b"{}", b"TYPE_STRING", b"\xff", b"true"]
+
+    @st.composite
+    def edited(draw) -> bytes:
+        start = draw(st.integers(0, len(valid)))
+        end = draw(st.integers(start, min(len(valid), start + 40)))
+        middle = draw(st.sampled_from([b"", valid[start:end] * 2, *tokens]) | st.binary(max_size=8))
+        return valid[:start] + middle + valid[end:]
+
+    return st.binary(max_size=200) | edited()

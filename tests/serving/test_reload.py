@@ -140,3 +140,29 @@ def test_repository_unload_and_load(start_server, tmp_path):
 
         publish_version(repo, "letters", 1, seed=4)  # a model folder that appears while serving
         wait_until(lambda: client.is_model_ready("letters"), what="the new model to load")
+
+
+def test_bad_files_at_startup_and_while_polling_refuse_only_their_model(start_server, tmp_path):
+    repo = tmp_path / "models"
+    publish_version(repo, "digits", 1, seed=1)
+    publish_version(repo, "alpha", 1, seed=2)
+    (repo / "alpha" / "config.pbtxt").write_bytes(b"\xff\xfe not UTF-8")
+    server = start_server(repo, "--poll-interval", "0.2")
+    assert "(not ready: " in server.log()
+    with grpcclient.InferenceServerClient(server.url) as client:
+        assert client.is_server_live() and not client.is_server_ready()
+        assert client.is_model_ready("digits") and not client.is_model_ready("alpha")
+        assert client.infer("digits", [_tensor(images(1))]).as_numpy("probabilities").shape == (1, 10)
+        beta = publish_version(repo, "beta", 1, seed=3)
+        (beta / "manifest.json").write_text('{"format": 1, "name": "beta", "version": 1, "inputs": 5}')
+        publish_version(repo, "omega", 1, seed=4)  # scanned after the broken one
+        wait_until(lambda: client.is_model_ready("omega"), what="the model after the broken one to load")
+        server.wait_for_log("model 'beta' version 1 refused")
+        reasons = {m.name: m.reason for m in client.get_model_repository_index().models if m.state != "READY"}
+        assert str(repo / "alpha" / "config.pbtxt") in reasons["alpha"] and "beta" in reasons
+        for name in ("alpha", "beta"):
+            client.unload_model(name)
+        assert client.is_server_ready(), "with the broken models unloaded every model asked for is loaded"
+    errors = [line for line in server.log().splitlines() if " ERROR " in line]
+    assert len(errors) == 2 and str(repo / "alpha" / "config.pbtxt") in errors[0] and "'beta' version 1" in errors[1]
+    assert "Traceback" not in server.log()

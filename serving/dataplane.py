@@ -1,0 +1,464 @@
+"""The data plane: everything a request needs that does not depend on the protocol it arrived in.
+
+It resolves a model and version, validates inputs against the signature, queues them into the version's
+dynamic batcher (which runs ONNX Runtime off the event loop), splits the results, applies the classification
+extension, and records statistics and metrics; it also answers health, metadata, configuration, statistics and
+the repository's index, load and unload, and owns the polling of the repository and the drain at shutdown.
+Its requests and answers are the plain values below (NumPy arrays, strings, ints, dicts); no protocol message
+(gRPC, HTTP) enters it, so every front end is a thin translator: protocol message <-> these values, and
+``ServingError.status`` <-> the protocol's code. All methods are called on the server's one event loop.
+
+Example:
+    request = InferenceRequest(model="digits", inputs=[InputTensor("image", "UINT8", (1, 8, 8), pixels)])
+    response = await dataplane.infer(request)
+    response.outputs[0].data  # float32 probabilities, shape (1, 10)
+"""
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from serving import __version__, codec
+from serving.errors import ServingError, Status
+from serving.metrics import Metrics
+from serving.protocol import model_config_pb2
+from serving.repository import BatchingOverrides, IndexEntry, ModelRepository, ServedVersion
+from serving.runtime import CUDA, RuntimeOptions
+from serving.signature import format_shape
+from serving.statistics import StatsSnapshot
+from serving.version_policy import VersionPolicy
+
+log = logging.getLogger(__name__)
+
+SERVER_NAME = "buildsys-serving"
+EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics")
+# A timeout or deadline further away than this is no limit at all (and would overflow some timers).
+NO_DEADLINE_S = 86_400.0
+# Threads that run ONNX Runtime calls; each model version runs one call at a time, and ONNX Runtime's own
+# intra-op threads use the cores, so a few are enough for several models to run side by side.
+EXECUTOR_THREADS = 4
+
+
+# --- request and response values -----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class InputTensor:
+    """One input as the front end decoded it: ``data`` already has ``shape`` and ``datatype``'s dtype."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: np.ndarray
+
+
+@dataclass(slots=True)
+class RequestedOutput:
+    """An output to return; ``class_count`` > 0 asks for the classification extension's top k."""
+
+    name: str
+    class_count: int = 0
+    parameters: dict[str, object] = field(default_factory=dict)
+
+    @classmethod
+    def from_parameters(cls, name: str, parameters: Mapping[str, object]) -> "RequestedOutput":
+        """Reads the protocol's ``classification`` parameter out of an output's parameters.
+
+        Raises:
+            ServingError: INVALID_ARGUMENT when ``classification`` is not a positive integer.
+        """
+        class_count = parameters.get("classification", 0)
+        if "classification" in parameters and (
+            isinstance(class_count, bool) or not isinstance(class_count, int) or class_count < 1
+        ):
+            raise ServingError(
+                Status.INVALID_ARGUMENT,
+                f"output {codec.shown(name)}: classification must be an integer >= 1, got {class_count!r:.40}",
+            )
+        return cls(name, class_count, dict(parameters))
+
+
+@dataclass(slots=True)
+class InferenceRequest:
+    """A request for one model; ``version`` "" means the newest loaded one.
+
+    ``deadline`` is a ``time.monotonic()`` value (the transport's deadline, e.g. gRPC's); the ``timeout``
+    parameter (microseconds, Triton's) tightens it. ``outputs`` empty means every output of the model.
+    """
+
+    model: str
+    inputs: list[InputTensor]
+    version: str = ""
+    id: str = ""
+    outputs: list[RequestedOutput] = field(default_factory=list)
+    parameters: dict[str, object] = field(default_factory=dict)
+    deadline: float | None = None
+
+
+@dataclass(slots=True)
+class OutputTensor:
+    """One output: numbers as a NumPy array of ``datatype``, or BYTES as an object array of ``bytes``."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: np.ndarray
+
+
+@dataclass(slots=True)
+class InferenceResponse:
+    model: str
+    version: str
+    id: str
+    outputs: list[OutputTensor]
+
+
+@dataclass(frozen=True)
+class TensorMetadata:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ServerMetadata:
+    name: str
+    version: str
+    extensions: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """ModelMetadata of the protocol, plus the execution providers really used and any device warning."""
+
+    name: str
+    versions: tuple[str, ...]
+    platform: str
+    inputs: tuple[TensorMetadata, ...]
+    outputs: tuple[TensorMetadata, ...]
+    execution_providers: tuple[str, ...]
+    device_warning: str | None
+
+
+@dataclass(frozen=True)
+class VersionStatistics:
+    """Cumulative statistics of one loaded version, in Triton's terms (see serving/statistics.py)."""
+
+    name: str
+    version: str
+    stats: StatsSnapshot
+
+
+# --- the data plane ------------------------------------------------------------------------------------------
+
+
+class DataPlane:
+    """The transport-free server: one per process, shared by every front end on the same event loop.
+
+    Lifecycle: ``await start()`` (first scan, then polling), requests, ``begin_drain()`` on shutdown (readiness
+    turns false), ``await wait_idle(grace)``, ``await close()``. A front end brackets every call except health
+    and readiness with ``admit()`` / ``release()``, which refuses new work while draining and lets the drain
+    wait for what is in flight, whichever front end it came through.
+    """
+
+    def __init__(
+        self,
+        repository_root: Path,
+        runtime: RuntimeOptions,
+        *,
+        version_policy: VersionPolicy | None = None,
+        batching: BatchingOverrides | None = None,
+        poll_interval_s: float = 2.0,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.metrics = metrics or Metrics()
+        self._executor = ThreadPoolExecutor(EXECUTOR_THREADS, thread_name_prefix="onnxruntime")
+        self.repository = ModelRepository(
+            repository_root,
+            runtime,
+            version_policy=version_policy,
+            batching=batching or BatchingOverrides(),
+            executor=self._executor,
+            on_batch=self.metrics.observe_batch,
+        )
+        self.metrics.watch_queue_depth(self.repository.queue_depths)
+        self.poll_interval_s = poll_interval_s
+        self.draining = False
+        self._inflight = 0
+        self._idle: asyncio.Event | None = None
+        self._poller: asyncio.Task | None = None
+        self._retiring: set[asyncio.Task] = set()
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Loads every model (off the loop) and starts polling the repository for changes."""
+        self._retire(await asyncio.to_thread(self.repository.load_all))
+        if self.poll_interval_s > 0:
+            self._poller = asyncio.get_running_loop().create_task(self._poll(), name="repository-poll")
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_interval_s)
+            try:
+                self._retire(await asyncio.to_thread(self.repository.load_all))
+            except Exception:  # a poll must never end polling; the next one retries
+                log.exception("repository poll failed")
+
+    def _retire(self, versions: list[ServedVersion]) -> None:
+        for served in versions:
+            task = asyncio.get_running_loop().create_task(served.retire(), name=f"retire-{served.name}")
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    def admit(self) -> None:
+        """Counts one request in flight (for the drain); call ``release()`` when it is answered.
+
+        Raises:
+            ServingError: UNAVAILABLE while the server is shutting down.
+        """
+        if self.draining:
+            raise ServingError(Status.UNAVAILABLE, "server is shutting down; retry on another instance")
+        self._inflight += 1
+
+    def release(self) -> None:
+        self._inflight -= 1
+        if self._inflight == 0 and self._idle is not None:
+            self._idle.set()
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    def begin_drain(self) -> None:
+        """From now on new requests get UNAVAILABLE and ``ready()`` is False; health keeps answering."""
+        self.draining = True
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        """Waits until no admitted request is in flight; False when ``timeout_s`` ran out first."""
+        deadline = time.monotonic() + timeout_s
+        while self._inflight:
+            self._idle = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                return False
+        return True
+
+    async def close(self) -> None:
+        """Stops polling, finishes what is queued in every batcher, and stops the ONNX Runtime threads."""
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+        self._retire(await asyncio.to_thread(self.repository.take_all))
+        await asyncio.gather(*self._retiring, return_exceptions=True)
+        self._executor.shutdown(wait=True)
+
+    # --- health and metadata -------------------------------------------------------------------------------
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        """True when not shutting down and every model that its policy asks for serves at least one version."""
+        return not self.draining and not self.repository.unready_models()
+
+    def server_metadata(self) -> ServerMetadata:
+        # The protocol has no field for warnings; an extension string is what every client prints.
+        warnings = tuple(f"device_warning: {warning}" for warning in self.repository.device_warnings())
+        return ServerMetadata(SERVER_NAME, __version__, EXTENSIONS + warnings)
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        return self.repository.is_ready(name, version)
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        """Raises ServingError NOT_FOUND for a model or version that is not loaded."""
+        served = self.repository.get(name, version)
+        signature = served.manifest.signature
+        return ModelMetadata(
+            name=served.name,
+            versions=tuple(str(v.version) for v in self.repository.versions(name)),
+            platform=served.manifest.platform,
+            inputs=tuple(TensorMetadata(s.name, s.datatype, s.shape) for s in signature.inputs),
+            outputs=tuple(TensorMetadata(s.name, s.datatype, s.shape) for s in signature.outputs),
+            execution_providers=tuple(served.model.providers),
+            device_warning=served.model.device_warning,
+        )
+
+    def model_config(self, name: str, version: str = "") -> model_config_pb2.ModelConfig:
+        """config.pbtxt as it is really applied: batching after flag overrides, and the device really used.
+
+        The value is Triton's ``ModelConfig`` message because that is the model configuration's own format
+        (config.pbtxt is its text form); the HTTP front end writes it as JSON the way Triton does.
+        """
+        served = self.repository.get(name, version)
+        config = model_config_pb2.ModelConfig()
+        config.CopyFrom(served.config)
+        config.name = served.name
+        config.platform = served.manifest.platform
+        config.max_batch_size = served.batcher.max_batch_size
+        config.dynamic_batching.max_queue_delay_microseconds = served.batcher.max_queue_delay_us
+        config.dynamic_batching.default_queue_policy.max_queue_size = served.batcher.max_queue_size
+        on_gpu = CUDA in served.model.providers
+        kind = model_config_pb2.ModelInstanceGroup.KIND_GPU if on_gpu else model_config_pb2.ModelInstanceGroup.KIND_CPU
+        del config.instance_group[:]
+        config.instance_group.add(name=f"{served.name}_0", kind=kind, count=1)
+        config.parameters["execution_providers"].string_value = ",".join(served.model.providers)
+        if served.model.device_warning:
+            config.parameters["device_warning"].string_value = served.model.device_warning
+        return config
+
+    def statistics(self, name: str = "", version: str = "") -> list[VersionStatistics]:
+        """Every loaded version's statistics, one model's, or one version's.
+
+        Raises:
+            ServingError: NOT_FOUND for a model or version that is not loaded.
+        """
+        if name and version:
+            chosen = [self.repository.get(name, version)]
+        elif name:
+            chosen = self.repository.versions(name)
+        else:
+            chosen = sorted(self.repository.loaded(), key=lambda s: (s.name, s.version))
+        return [VersionStatistics(s.name, str(s.version), s.stats.snapshot()) for s in chosen]
+
+    # --- repository --------------------------------------------------------------------------------------
+
+    def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
+        return [e for e in self.repository.index() if e.state == "READY" or not ready_only]
+
+    async def load(self, name: str, parameters: Mapping[str, object] | None = None) -> None:
+        """Loads or reloads a model now (off the loop).
+
+        Raises:
+            ServingError: INVALID_ARGUMENT for load parameters (a config override), NOT_FOUND for an unknown
+                model, FAILED_PRECONDITION with the reasons when no version loads.
+        """
+        if parameters:
+            names = ", ".join(sorted(parameters))[:200]
+            raise ServingError(
+                Status.INVALID_ARGUMENT,
+                f"load parameters ({names}) are not supported; publish the model into the repository instead",
+            )
+        self._retire(await asyncio.to_thread(self.repository.load, name))
+
+    async def unload(self, name: str) -> None:
+        """Unloads every version of a model; it stays unloaded until ``load``.
+
+        Raises:
+            ServingError: NOT_FOUND for an unknown model.
+        """
+        self._retire(await asyncio.to_thread(self.repository.unload, name))
+
+    # --- inference -----------------------------------------------------------------------------------------
+
+    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+        """Validates, batches and runs one request.
+
+        Raises:
+            ServingError: NOT_FOUND (model/version), INVALID_ARGUMENT (inputs, outputs, parameters),
+                UNAVAILABLE (queue full, shutting down), DEADLINE_EXCEEDED, INTERNAL (the model failed).
+        """
+        started = time.monotonic_ns()
+        try:
+            served = self.repository.get(request.model, request.version)
+        except ServingError as error:
+            self.metrics.observe_request("(unknown)", error.status.name, (time.monotonic_ns() - started) / 1e9)
+            raise
+        served.acquire()
+        try:
+            inputs, batch_size = _checked_inputs(request.inputs, served)
+            wanted = _checked_outputs(request.outputs, served)
+            deadline = _deadline(request)
+            results = await served.batcher.infer(inputs, batch_size, deadline)
+            outputs = []
+            for output, class_count in wanted:
+                array = results[output.name]
+                if class_count:
+                    labels = codec.classify(array, class_count, served.manifest.class_names)
+                    outputs.append(OutputTensor(output.name, "BYTES", labels.shape, labels))
+                else:
+                    outputs.append(OutputTensor(output.name, output.datatype, array.shape, array))
+            response = InferenceResponse(served.name, str(served.version), request.id, outputs)
+        except ServingError as error:
+            elapsed = time.monotonic_ns() - started
+            served.stats.record_request(False, elapsed)
+            self.metrics.observe_request(served.name, error.status.name, elapsed / 1e9)
+            raise
+        finally:
+            served.release()
+        elapsed = time.monotonic_ns() - started
+        served.stats.record_request(True, elapsed)
+        self.metrics.observe_request(served.name, "OK", elapsed / 1e9)
+        return response
+
+
+def _bad(message: str) -> ServingError:
+    return ServingError(Status.INVALID_ARGUMENT, message)
+
+
+def _checked_inputs(tensors: list[InputTensor], served: ServedVersion) -> tuple[dict[str, np.ndarray], int]:
+    """The request's arrays by input name and their common batch size, checked against the signature."""
+    signature = served.manifest.signature
+    max_batch_size = served.batcher.max_batch_size
+    arrays: dict[str, np.ndarray] = {}
+    specs = signature.inputs
+    for tensor in tensors:
+        spec = next((s for s in specs if s.name == tensor.name), None)
+        if spec is None:
+            raise _bad(
+                f"unexpected input {codec.shown(tensor.name)}; the model's inputs are: "
+                + ", ".join(s.name for s in specs)
+            )
+        if spec.name in arrays:
+            raise _bad(f"input '{spec.name}' is given more than once")
+        spec.check_request(tensor.datatype, tuple(tensor.shape), max_batch_size)
+        arrays[spec.name] = tensor.data
+    if len(arrays) != len(specs):
+        spec = next(s for s in specs if s.name not in arrays)
+        raise _bad(f"missing input '{spec.name}' ({spec.datatype} {format_shape(spec.shape)})")
+    batch_sizes = {array.shape[0] for array in arrays.values()}
+    if len(batch_sizes) > 1:
+        sizes = ", ".join(f"'{name}': {array.shape[0]}" for name, array in arrays.items())
+        raise _bad(f"inputs disagree on the batch size ({sizes})")
+    return arrays, batch_sizes.pop()
+
+
+def _checked_outputs(requested: list[RequestedOutput], served: ServedVersion) -> list[tuple]:
+    """(output spec, class count) for each output to return: all of them when none is named."""
+    signature = served.manifest.signature
+    if not requested:
+        return [(spec, 0) for spec in signature.outputs]
+    wanted = []
+    for output in requested:
+        spec = next((s for s in signature.outputs if s.name == output.name), None)
+        if spec is None:
+            raise _bad(
+                f"unknown output {codec.shown(output.name)}; the model's outputs are: "
+                + ", ".join(signature.output_names())
+            )
+        if any(key.startswith("shared_memory") for key in output.parameters):
+            raise _bad(f"output '{spec.name}': shared memory outputs are not supported")
+        wanted.append((spec, output.class_count))
+    return wanted
+
+
+def _deadline(request: InferenceRequest) -> float | None:
+    """The tighter of the transport's deadline and the ``timeout`` parameter (microseconds, 0 = none)."""
+    deadline = request.deadline
+    if "timeout" in request.parameters:
+        timeout_us = request.parameters["timeout"]
+        if isinstance(timeout_us, bool) or not isinstance(timeout_us, int) or timeout_us < 0:
+            raise _bad(f"timeout must be an integer >= 0 microseconds, got {timeout_us!r:.40}")
+        if 0 < timeout_us < NO_DEADLINE_S * 1e6:
+            limit = time.monotonic() + timeout_us / 1e6
+            deadline = limit if deadline is None else min(deadline, limit)
+    if deadline is not None and deadline - time.monotonic() > NO_DEADLINE_S:
+        return None
+    return deadline

@@ -1,0 +1,366 @@
+"""The gRPC front end on grpc.aio: ``inference.GRPCInferenceService``, health and reflection, thin over the data
+plane.
+
+Each RPC method is named after the protocol and only translates: protocol message -> data plane values, the
+data plane's answer -> protocol message, ``ServingError.status`` -> gRPC code (``GRPC_CODES``, the one table).
+Requests arrive as bytes and are parsed here, so bytes that do not decode answer INVALID_ARGUMENT with one
+rate-limited log line instead of a stack trace each; anything unexpected answers INTERNAL with a one-line
+message, and the server never goes down on a request. Every RPC except liveness and readiness is admitted by
+the data plane, which refuses new work while draining and lets the drain wait for what is in flight.
+"""
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import grpc
+from google.protobuf import message as protobuf_message
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from serving import codec
+from serving.auth import BearerToken, BearerTokenInterceptor
+from serving.dataplane import (
+    NO_DEADLINE_S,
+    DataPlane,
+    InferenceRequest,
+    InputTensor,
+    RequestedOutput,
+    VersionStatistics,
+)
+from serving.errors import RateLimitedLog, ServingError, Status
+from serving.protocol import grpc_service_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+# 1,024 CIFAR images (32x32x3 float32) are 12.6 MB; 64 MiB leaves room for larger models and batches.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+GRPC_CODES = {
+    Status.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,
+    Status.NOT_FOUND: grpc.StatusCode.NOT_FOUND,
+    Status.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Status.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
+    Status.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    Status.INTERNAL: grpc.StatusCode.INTERNAL,
+}
+# Answered even while draining, so that orchestrators can watch the shutdown.
+ALWAYS_ANSWERED = {"ServerLive", "ServerReady"}
+# Which typed ``InferTensorContents`` field carries each datatype (the protocol's table). FP16 travels raw only.
+CONTENTS_FIELDS = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
+
+
+def _bad(message: str) -> ServingError:
+    return ServingError(Status.INVALID_ARGUMENT, message)
+
+
+def _parameters(parameters) -> dict[str, object]:
+    """``map<string, InferParameter>`` as plain values (None for a parameter with no value set)."""
+    values: dict[str, object] = {}
+    for key, parameter in parameters.items():
+        choice = parameter.WhichOneof("parameter_choice")
+        values[key] = getattr(parameter, choice) if choice else None
+    return values
+
+
+def _inputs(request: pb.ModelInferRequest) -> list[InputTensor]:
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise _bad(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; send one per input")
+    tensors = []
+    for index, tensor in enumerate(request.inputs):
+        shape = tuple(tensor.shape)
+        if raw:
+            if tensor.HasField("contents"):
+                raise _bad(f"input {codec.shown(tensor.name)} has both raw contents and typed contents; send one")
+            data = codec.array_from_raw(tensor.name, tensor.datatype, shape, raw[index])
+        else:
+            field = CONTENTS_FIELDS.get(tensor.datatype)
+            if field is None:
+                raise _bad(
+                    f"input {codec.shown(tensor.name)}: {tensor.datatype[:20] or '(no datatype)'} can only be sent "
+                    "in raw_input_contents"
+                )
+            values = getattr(tensor.contents, field)
+            data = codec.array_from_values(tensor.name, tensor.datatype, shape, values, f"contents.{field}")
+        tensors.append(InputTensor(tensor.name, tensor.datatype, shape, data))
+    return tensors
+
+
+def _outputs(request: pb.ModelInferRequest) -> list[RequestedOutput]:
+    return [
+        RequestedOutput.from_parameters(output.name, _parameters(output.parameters) if output.parameters else {})
+        for output in request.outputs
+    ]
+
+
+def _statistics(entry: VersionStatistics) -> pb.ModelStatistics:
+    snap = entry.stats
+
+    def duration(d) -> pb.StatisticDuration:
+        return pb.StatisticDuration(count=d.count, ns=d.ns)
+
+    return pb.ModelStatistics(
+        name=entry.name,
+        version=entry.version,
+        last_inference=snap.last_inference_ms,
+        inference_count=snap.inference_count,
+        execution_count=snap.execution_count,
+        inference_stats=pb.InferStatistics(
+            success=duration(snap.success),
+            fail=duration(snap.fail),
+            queue=duration(snap.queue),
+            compute_input=duration(snap.compute_input),
+            compute_infer=duration(snap.compute_infer),
+            compute_output=duration(snap.compute_output),
+        ),
+        batch_stats=[
+            pb.InferBatchStatistics(
+                batch_size=size,
+                compute_input=duration(b.compute_input),
+                compute_infer=duration(b.compute_infer),
+                compute_output=duration(b.compute_output),
+            )
+            for size, b in snap.batches.items()
+        ],
+    )
+
+
+def _tensor_metadata(tensors) -> list[pb.ModelMetadataResponse.TensorMetadata]:
+    return [pb.ModelMetadataResponse.TensorMetadata(name=t.name, datatype=t.datatype, shape=t.shape) for t in tensors]
+
+
+class InferenceService:
+    """The protocol's RPCs, each translating to one data plane call."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=self.dataplane.live())
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.dataplane.ready())
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self.dataplane.model_ready(request.name, request.version))
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context) -> pb.ServerMetadataResponse:
+        metadata = self.dataplane.server_metadata()
+        return pb.ServerMetadataResponse(
+            name=metadata.name, version=metadata.version, extensions=list(metadata.extensions)
+        )
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context) -> pb.ModelMetadataResponse:
+        metadata = self.dataplane.model_metadata(request.name, request.version)
+        trailing = [("x-execution-providers", ",".join(metadata.execution_providers))]
+        if metadata.device_warning:
+            trailing.append(("x-device-warning", metadata.device_warning))
+        context.set_trailing_metadata(tuple(trailing))
+        return pb.ModelMetadataResponse(
+            name=metadata.name,
+            versions=list(metadata.versions),
+            platform=metadata.platform,
+            inputs=_tensor_metadata(metadata.inputs),
+            outputs=_tensor_metadata(metadata.outputs),
+        )
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context) -> pb.ModelConfigResponse:
+        return pb.ModelConfigResponse(config=self.dataplane.model_config(request.name, request.version))
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
+        # Without a client deadline gRPC reports no time limit (None); a huge one is no limit either.
+        remaining = context.time_remaining()
+        deadline = time.monotonic() + remaining if remaining is not None and remaining < NO_DEADLINE_S else None
+        result = await self.dataplane.infer(
+            InferenceRequest(
+                model=request.model_name,
+                version=request.model_version,
+                id=request.id,
+                inputs=_inputs(request),
+                outputs=_outputs(request),
+                parameters=_parameters(request.parameters) if request.parameters else {},
+                deadline=deadline,
+            )
+        )
+        response = pb.ModelInferResponse(model_name=result.model, model_version=result.version, id=result.id)
+        for output in result.outputs:
+            response.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
+            response.raw_output_contents.append(codec.raw_bytes(output.datatype, output.data))
+        return response
+
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context) -> pb.ModelStatisticsResponse:
+        entries = self.dataplane.statistics(request.name, request.version)
+        return pb.ModelStatisticsResponse(model_stats=[_statistics(entry) for entry in entries])
+
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context) -> pb.RepositoryIndexResponse:
+        return pb.RepositoryIndexResponse(
+            models=[
+                pb.RepositoryIndexResponse.ModelIndex(name=e.name, version=e.version, state=e.state, reason=e.reason)
+                for e in self.dataplane.repository_index(request.ready)
+            ]
+        )
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context
+    ) -> pb.RepositoryModelLoadResponse:
+        await self.dataplane.load(request.model_name, dict(request.parameters))
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self.dataplane.unload(request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+RPCS = (
+    ("ServerLive", pb.ServerLiveRequest),
+    ("ServerReady", pb.ServerReadyRequest),
+    ("ModelReady", pb.ModelReadyRequest),
+    ("ServerMetadata", pb.ServerMetadataRequest),
+    ("ModelMetadata", pb.ModelMetadataRequest),
+    ("ModelConfig", pb.ModelConfigRequest),
+    ("ModelInfer", pb.ModelInferRequest),
+    ("ModelStatistics", pb.ModelStatisticsRequest),
+    ("RepositoryIndex", pb.RepositoryIndexRequest),
+    ("RepositoryModelLoad", pb.RepositoryModelLoadRequest),
+    ("RepositoryModelUnload", pb.RepositoryModelUnloadRequest),
+)
+
+
+class _Translator:
+    """Wraps each RPC method: parse the bytes, admit, call, and map a failure to one gRPC status."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+        self.undecodable_log = RateLimitedLog(log)
+        self.unexpected_log = RateLimitedLog(log)
+
+    def handler(self, name: str, request_type, method: Callable[..., Awaitable]) -> grpc.RpcMethodHandler:
+        parse = request_type.FromString
+        admitted_call = name not in ALWAYS_ANSWERED
+        dataplane = self.dataplane
+
+        async def handle(data: bytes, context: grpc.aio.ServicerContext):
+            try:
+                request = parse(data)
+            except protobuf_message.DecodeError as error:
+                self.undecodable_log.warning("%s: a request that is not a valid message was refused: %s", name, error)
+                code, details = grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {request_type.__name__}"
+            else:
+                admitted = False
+                try:
+                    if admitted_call:
+                        dataplane.admit()
+                        admitted = True
+                    return await method(request, context)
+                except ServingError as error:
+                    code, details = GRPC_CODES[error.status], error.message
+                except Exception as error:  # never let one request take the server down; say what happened
+                    self.unexpected_log.warning("%s failed: %r", name, error, exc_info=True)
+                    code, details = grpc.StatusCode.INTERNAL, f"internal error in {name}: {error!r}"[:500]
+                finally:
+                    if admitted:
+                        dataplane.release()
+            await context.abort(code, details)
+
+        return grpc.unary_unary_rpc_method_handler(
+            handle, request_deserializer=None, response_serializer=lambda response: response.SerializeToString()
+        )
+
+
+class GrpcFrontend:
+    """One grpc.aio server on the data plane's event loop: the inference service, health and reflection.
+
+    Args:
+        credentials: TLS server credentials, or None for plain text.
+        token: the bearer token every RPC but health must carry, or None.
+    """
+
+    name = "gRPC"
+
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        host: str,
+        port: int,
+        *,
+        credentials: grpc.ServerCredentials | None = None,
+        token: BearerToken | None = None,
+    ) -> None:
+        self.dataplane = dataplane
+        self.host = host
+        self.port = port
+        self._credentials = credentials
+        self._token = token
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Binds and starts serving; health says SERVING from here on.
+
+        Raises:
+            OSError: the address cannot be bound (in use, or not a local address).
+        """
+        server = grpc.aio.server(
+            interceptors=[BearerTokenInterceptor(self._token)] if self._token else None,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        service = InferenceService(self.dataplane)
+        translator = _Translator(self.dataplane)
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    SERVICE_NAME,
+                    {name: translator.handler(name, kind, getattr(service, name)) for name, kind in RPCS},
+                ),
+            )
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            server,
+        )
+        address = f"{self.host}:{self.port}"
+        try:
+            if self._credentials is not None:
+                port = server.add_secure_port(address, self._credentials)
+            else:
+                port = server.add_insecure_port(address)
+        except RuntimeError as error:
+            raise OSError(f"cannot listen on {address}: {error}") from error
+        if port == 0:
+            raise OSError(f"cannot listen on {address} (in use, or not a local address)")
+        self.port = port
+        await server.start()
+        self._server = server
+        for service_name in ("", SERVICE_NAME):
+            await self._health.set(service_name, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace_s: float) -> None:
+        """Health turns NOT_SERVING at once; in-flight requests get up to ``grace_s``, then the server stops."""
+        await self._health.enter_graceful_shutdown()
+        await self.dataplane.wait_idle(grace_s)
+        if self._server is not None:
+            await self._server.stop(0)

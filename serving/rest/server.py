@@ -1,0 +1,111 @@
+"""The HTTP front end: the REST application served by uvicorn (httptools) inside the server's own event loop.
+
+uvicorn was chosen by measurement (bench/http_stack_bench.py, BENCHMARKS.md). It is embedded rather than run:
+the socket is bound here, so a port in use is a clear startup error and port 0 works; uvicorn's signal handlers
+are left out, so SIGTERM belongs to the server's shutdown sequence; and its logging configuration is not applied,
+so its few lines go through the process's logging like every other module's.
+"""
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import time
+from pathlib import Path
+
+import uvicorn
+
+from serving.auth import BearerToken
+from serving.dataplane import DataPlane
+from serving.rest.app import RestFrontEnd
+
+DRAIN_POLL_S = 0.02
+# After the drain: how long uvicorn waits for answers still being written before closing the connections.
+CLOSE_GRACE_S = 1.0
+
+
+class _EmbeddedServer(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):
+        # The serving process handles SIGTERM/SIGINT itself (drain, then stop every front end).
+        yield
+
+
+class HttpFrontend:
+    """The REST front end on the data plane's event loop (``serving.server.FrontEnd``).
+
+    Args:
+        tls_cert, tls_key: PEM files for HTTPS, or None for plain HTTP.
+        token: the bearer token every route but /v2/health/* must carry, or None.
+    """
+
+    name = "HTTP"
+
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        host: str,
+        port: int,
+        *,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+        token: BearerToken | None = None,
+    ) -> None:
+        self.dataplane = dataplane
+        self.host = host
+        self.port = port
+        self._tls = (tls_cert, tls_key) if tls_cert is not None else None
+        self.app = RestFrontEnd(dataplane, token=token)
+        self._server: _EmbeddedServer | None = None
+        self._task: asyncio.Task | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    async def start(self) -> None:
+        """Binds and starts serving.
+
+        Raises:
+            OSError: the address cannot be bound, or the TLS files cannot be used (one line).
+        """
+        try:
+            family = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0][0]
+            sock = socket.create_server((self.host, self.port), family=family, backlog=2048)
+        except OSError as error:
+            raise OSError(f"cannot listen on {self.address}: {error.strerror or error}") from error
+        config = uvicorn.Config(
+            self.app,
+            http="auto",  # httptools when installed (the measured choice), else h11
+            lifespan="off",
+            access_log=False,
+            log_config=None,
+            log_level="warning",
+            ssl_certfile=str(self._tls[0]) if self._tls else None,
+            ssl_keyfile=str(self._tls[1]) if self._tls else None,
+            server_header=False,
+        )
+        try:
+            config.load()
+        except (OSError, ssl.SSLError) as error:
+            sock.close()
+            raise OSError(f"cannot serve HTTPS with --tls-cert/--tls-key: {error}") from error
+        self.port = sock.getsockname()[1]
+        self._server = _EmbeddedServer(config)
+        self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]), name="http")
+        while not self._server.started:
+            if self._task.done():
+                self._task.result()  # raises what stopped it
+                raise OSError(f"the HTTP server on {self.address} stopped while starting")
+            await asyncio.sleep(0.005)
+
+    async def stop(self, grace_s: float) -> None:
+        """Keeps answering (503 for new work, readiness false) until nothing is in flight or ``grace_s`` ran out,
+        so that load balancers see the drain; then closes the listener and the connections."""
+        deadline = time.monotonic() + grace_s
+        while self.dataplane.inflight and time.monotonic() < deadline:
+            await asyncio.sleep(DRAIN_POLL_S)
+        if self._server is not None and self._task is not None:
+            self._server.config.timeout_graceful_shutdown = CLOSE_GRACE_S
+            self._server.should_exit = True
+            await self._task

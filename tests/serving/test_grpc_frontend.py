@@ -1,0 +1,244 @@
+"""serving.grpc_frontend against a real server: no well-formed request answers INTERNAL, bytes that do not decode
+answer INVALID_ARGUMENT with one rate-limited log line, deadlines drop queued requests, and a Hypothesis fuzz of
+ModelInfer (mutated messages and mutated bytes) gets only OK or client-error statuses while the server stays live.
+
+``fuzz_model_infer`` is also what ``bench/fuzz_serve.py`` runs, with 10,000+ examples.
+"""
+
+import math
+import time
+
+import grpc
+import pytest
+import tritonclient.grpc as grpcclient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from tritonclient.utils import InferenceServerException
+
+from serving.protocol import grpc_service_pb2 as pb
+from serving.protocol import grpc_service_pb2_grpc
+from tests.serving.conftest import images
+
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+# What a client may be told; INTERNAL and UNKNOWN are what a well-formed request must never get.
+CLIENT_ERRORS = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.OUT_OF_RANGE,
+}
+INT64 = st.integers(-(2**63), 2**63 - 1)
+DATATYPES = ["UINT8", "FP32", "INT64", "BOOL", "FP16", "UINT64", "INT8", "BYTES", "", "uint8", "COMPLEX64"]
+ITEM_SIZES = {"UINT8": 1, "INT8": 1, "BOOL": 1, "FP16": 2, "FP32": 4, "INT64": 8, "UINT64": 8}
+
+
+def valid_request(batch: int = 1) -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="digits", id="fuzz")
+    request.inputs.add(name="image", datatype="UINT8", shape=[batch, 8, 8])
+    request.raw_input_contents.append(images(batch).tobytes())
+    return request
+
+
+@st.composite
+def parameters(draw, keys: list[str]) -> dict[str, pb.InferParameter]:
+    values = {}
+    for key in draw(st.lists(st.sampled_from(keys) | st.text(max_size=12), max_size=3, unique=True)):
+        choice = draw(st.sampled_from(["bool_param", "int64_param", "string_param", "double_param", "uint64_param"]))
+        value = {
+            "bool_param": st.booleans(),
+            "int64_param": INT64 | st.integers(-3, 3),
+            "string_param": st.text(max_size=30),
+            "double_param": st.floats(allow_nan=True, allow_infinity=True),
+            "uint64_param": st.integers(0, 2**64 - 1),
+        }[choice]
+        values[key] = pb.InferParameter(**{choice: draw(value)})
+    return values
+
+
+@st.composite
+def infer_requests(draw) -> pb.ModelInferRequest:
+    """A ModelInferRequest that starts valid and has any of its fields replaced by something else."""
+    request = valid_request(draw(st.integers(1, 4)))
+    if draw(st.booleans()):
+        request.model_name = draw(st.sampled_from(["", "nope", "../digits", "DIGITS"]) | st.text(max_size=80))
+    if draw(st.booleans()):
+        request.model_version = draw(
+            st.sampled_from(["1", "2", "0", "-1", "01", "1.0", "9" * 5000, "1" * 19]) | st.text(max_size=30)
+        )
+    if draw(st.booleans()):
+        request.id = draw(st.text(max_size=50))
+    if draw(st.booleans()):
+        del request.inputs[:]
+        del request.raw_input_contents[:]
+        for _ in range(draw(st.integers(0, 3))):
+            batch = draw(st.integers(0, 1100) | INT64)
+            shape = draw(st.sampled_from([[batch, 8, 8], [batch, 8], [batch, 8, 9], []]) | st.lists(INT64, max_size=5))
+            datatype = draw(st.sampled_from(DATATYPES) | st.text(max_size=10))
+            name = draw(st.sampled_from(["image", "image", "pixels", ""]) | st.text(max_size=20))
+            tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
+            count = math.prod(shape) if all(0 <= d < 2**20 for d in shape) else -1
+            content = draw(st.sampled_from(["exact raw", "random raw", "typed", "both", "nothing"]))
+            if content == "exact raw" and 0 <= count * ITEM_SIZES.get(datatype, 1) <= 1 << 20:
+                request.raw_input_contents.append(bytes(count * ITEM_SIZES.get(datatype, 1)))
+            elif content in ("random raw", "both"):
+                request.raw_input_contents.append(draw(st.binary(max_size=300)))
+            if content in ("typed", "both"):
+                size = count if 0 <= count <= 256 and draw(st.booleans()) else draw(st.integers(0, 70))
+                values = draw(st.lists(st.integers(0, 2**32 - 1), min_size=size, max_size=size))
+                tensor.contents.uint_contents.extend(values)
+    if draw(st.booleans()):
+        for key, value in draw(parameters(["timeout", "priority", "sequence_id", "binary_data_output"])).items():
+            request.parameters[key].CopyFrom(value)
+    for _ in range(draw(st.integers(0, 2))):
+        output = request.outputs.add(name=draw(st.sampled_from(["probabilities", "logits", ""]) | st.text(max_size=20)))
+        for key, value in draw(parameters(["classification", "binary_data", "shared_memory_region"])).items():
+            output.parameters[key].CopyFrom(value)
+    return request
+
+
+@st.composite
+def mutated_bytes(draw) -> bytes:
+    """A valid request's bytes, truncated, extended or with bytes overwritten: often not a message at all."""
+    data = bytearray(draw(infer_requests()).SerializeToString())
+    for _ in range(draw(st.integers(1, 4))):
+        action = draw(st.sampled_from(["overwrite", "truncate", "insert"]))
+        position = draw(st.integers(0, max(0, len(data) - 1)))
+        if action == "overwrite" and data:
+            data[position] = draw(st.integers(0, 255))
+        elif action == "truncate":
+            del data[position:]
+        else:
+            data[position:position] = draw(st.binary(min_size=1, max_size=8))
+    return bytes(data)
+
+
+def check_answer(call, payload) -> grpc.StatusCode:
+    try:
+        call(payload, timeout=30)
+    except grpc.RpcError as error:
+        assert error.code() in CLIENT_ERRORS, f"{error.code()}: {error.details()} for {payload!r:.300}"
+        return error.code()
+    return grpc.StatusCode.OK
+
+
+def fuzz_model_infer(url: str, max_examples: int) -> dict[str, int]:
+    """Sends ``max_examples`` mutated messages and as many mutated byte strings; returns the codes seen."""
+    seen: dict[str, int] = {}
+    with grpc.insecure_channel(url) as channel:
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        raw = channel.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
+        options = settings(
+            max_examples=max_examples,
+            deadline=None,
+            derandomize=max_examples <= 500,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+        )
+
+        @options
+        @given(infer_requests())
+        def messages(request):
+            code = check_answer(stub.ModelInfer, request).name
+            seen[code] = seen.get(code, 0) + 1
+
+        @options
+        @given(mutated_bytes())
+        def byte_strings(data):
+            code = check_answer(raw, data).name
+            seen[code] = seen.get(code, 0) + 1
+
+        messages()
+        byte_strings()
+        assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
+        assert stub.ModelInfer(valid_request(), timeout=10).model_name == "digits"
+    return seen
+
+
+def test_fuzzed_model_infer_gets_only_ok_or_client_errors_and_the_server_stays_live(start_server, digits_repo):
+    server = start_server(digits_repo)
+    seen = fuzz_model_infer(server.url, max_examples=100)
+    assert seen.get("OK") and seen.get("INVALID_ARGUMENT") and seen.get("NOT_FOUND"), seen
+    log_lines = server.log().splitlines()
+    assert len(log_lines) < 20, "a flood of bad requests must not flood the log:\n" + "\n".join(log_lines[-30:])
+    assert "Traceback" not in server.log()
+
+
+def test_undecodable_bytes_are_invalid_argument_with_one_rate_limited_log_line(shared_server):
+    with grpc.insecure_channel(shared_server.url) as channel:
+        raw = channel.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
+        for garbage in [b"\xff" * 10, b"\x0a\x05\xff\xfe\xfd\xfc\xfb"] * 100:  # 0x0a: model_name, not UTF-8
+            with pytest.raises(grpc.RpcError) as raised:
+                raw(garbage, timeout=10)
+            assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert raised.value.details() == "the request is not a valid ModelInferRequest"
+    assert shared_server.log().count("a request that is not a valid message was refused") == 1
+    assert "Traceback" not in shared_server.log()
+
+
+@pytest.mark.parametrize("version", ["9" * 5000, "1" * 19, "0", "-1", "01", " 1", "1e3"])
+def test_any_version_string_is_not_found_never_internal(client, version):
+    with pytest.raises(InferenceServerException, match="StatusCode.NOT_FOUND"):
+        client.infer(
+            "digits", [grpcclient.InferInput("image", [1, 8, 8], "UINT8").set_data_from_numpy(images(1))], version
+        )
+    for call in (client.get_model_metadata, client.get_model_config, client.get_inference_statistics):
+        with pytest.raises(InferenceServerException, match="StatusCode.NOT_FOUND"):
+            call("digits", version)
+    assert not client.is_model_ready("digits", version)
+
+
+@pytest.mark.parametrize(
+    ("where", "key", "parameter", "outcome"),
+    [
+        ("request", "timeout", pb.InferParameter(string_param="soon"), "INVALID_ARGUMENT"),
+        ("request", "timeout", pb.InferParameter(int64_param=-5), "INVALID_ARGUMENT"),
+        ("request", "timeout", pb.InferParameter(int64_param=2**63 - 1), "OK"),
+        ("request", "timeout", pb.InferParameter(uint64_param=2**64 - 1), "OK"),
+        ("request", "timeout", pb.InferParameter(), "INVALID_ARGUMENT"),
+        ("request", "priority", pb.InferParameter(double_param=float("nan")), "OK"),
+        ("output", "classification", pb.InferParameter(string_param="3"), "INVALID_ARGUMENT"),
+        ("output", "classification", pb.InferParameter(int64_param=2**63 - 1), "OK"),
+        ("output", "classification", pb.InferParameter(int64_param=0), "INVALID_ARGUMENT"),
+        ("output", "classification", pb.InferParameter(bool_param=True), "INVALID_ARGUMENT"),
+    ],
+)
+def test_any_parameter_value_is_answered_with_ok_or_a_client_error(shared_server, where, key, parameter, outcome):
+    request = valid_request()
+    if where == "request":
+        request.parameters[key].CopyFrom(parameter)
+    else:
+        request.outputs.add(name="probabilities").parameters[key].CopyFrom(parameter)
+    with grpc.insecure_channel(shared_server.url) as channel:
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        assert check_answer(stub.ModelInfer, request).name == outcome
+
+
+@pytest.mark.parametrize("timeout_s", [1e-6, 1e-3, 1e9])
+def test_any_grpc_timeout_is_answered_without_internal(shared_server, timeout_s):
+    with grpc.insecure_channel(shared_server.url) as channel:
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        try:
+            stub.ModelInfer(valid_request(), timeout=timeout_s)
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_a_request_whose_deadline_passes_in_the_queue_is_dropped_before_it_runs(start_server, slow_repo):
+    server = start_server(slow_repo, "--max-queue-delay-us", "0")
+    with grpc.insecure_channel(server.url) as channel:
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        # 64 images through the slow model: it finds the model idle, runs at once, and keeps it busy.
+        running = stub.ModelInfer.future(valid_request(64), timeout=60)
+        time.sleep(0.1)
+        late = valid_request()
+        late.parameters["timeout"].int64_param = 20_000  # 20 ms, far shorter than the running execution
+        assert check_answer(stub.ModelInfer, late) == grpc.StatusCode.DEADLINE_EXCEEDED
+        with pytest.raises(grpc.RpcError) as raised:  # the client's own deadline: it goes away
+            stub.ModelInfer(valid_request(), timeout=0.02)
+        assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert running.result().outputs[0].shape == [64, 10]
+        stats = stub.ModelStatistics(pb.ModelStatisticsRequest(name="digits")).model_stats[0]
+    assert stats.execution_count == 1 and stats.inference_count == 64, "a request past its deadline was run"

@@ -1,0 +1,126 @@
+"""serving.repository in-process: version policies and overrides, and that no model's files can stop the scan."""
+
+import json
+import logging
+import os
+
+import pytest
+
+from serving.errors import ServingError, Status
+from serving.repository import BatchingOverrides, ModelRepository
+from serving.runtime import RuntimeOptions
+from serving.version_policy import VersionPolicy
+from tests.serving.conftest import publish_version
+
+CPU = RuntimeOptions(device="cpu", intra_op_threads=1)
+
+
+def test_repository_serves_versions_by_policy_and_flags_override_batching(tmp_path):
+    for version in (1, 2, 3):
+        publish_version(tmp_path, "digits", version, seed=version)
+    repository = ModelRepository(
+        tmp_path,
+        CPU,
+        version_policy=VersionPolicy.parse("latest:2"),
+        batching=BatchingOverrides(max_batch_size=16, max_queue_delay_us=0),
+    )
+    assert repository.load_all() == []
+    assert [s.version for s in repository.versions("digits")] == [2, 3]
+    assert repository.get("digits").version == 3
+    served = repository.get("digits", "2")
+    assert (served.batcher.max_batch_size, served.batcher.max_queue_delay_us) == (16, 0)
+    assert served.batcher.max_queue_size == 256  # from config.pbtxt
+    with pytest.raises(ServingError) as raised:
+        repository.get("digits", "1")
+    assert raised.value.status is Status.NOT_FOUND and "loaded versions: 2, 3" in raised.value.message
+    assert {s.version for s in repository.take_all()} == {2, 3} and repository.loaded() == []
+
+
+@pytest.mark.parametrize("version", ["9" * 5000, "1" + "0" * 18, "0", "-1", "1.0", " 1", "١"])
+def test_any_version_string_is_not_found_never_an_error_of_the_server(tmp_path, version):
+    publish_version(tmp_path, "digits", 1, seed=1)
+    repository = ModelRepository(tmp_path, CPU)
+    repository.load_all()
+    with pytest.raises(ServingError) as raised:
+        repository.get("digits", version)
+    assert raised.value.status is Status.NOT_FOUND and len(raised.value.message) < 200
+    assert not repository.is_ready("digits", version)
+
+
+def break_files(repo, name: str, how: str) -> None:
+    """Publishes model ``name`` and then damages one of its files in the way ``how`` says."""
+    version_dir = publish_version(repo, name, 1, seed=7)
+    if how == "config not UTF-8":
+        (repo / name / "config.pbtxt").write_bytes(b"\xff\xfe name: \x80\x81")
+    elif how == "manifest of wrong JSON types":
+        (version_dir / "manifest.json").write_text(
+            json.dumps({"format": 1, "name": name, "version": 1, "files": ["model.onnx"], "inputs": "image"})
+        )
+    elif how == "manifest shape of strings":
+        data = json.loads((version_dir / "manifest.json").read_text())
+        data["inputs"][0]["shape"] = [-1, "eight", {}]
+        (version_dir / "manifest.json").write_text(json.dumps(data))
+    elif how == "manifest not JSON":
+        (version_dir / "manifest.json").write_bytes(b"\xff{not json")
+    elif how == "ONNX that fails to load":
+        (version_dir / "model.onnx").write_bytes(b"\x08\x07garbage")
+    elif how == "unknown datatype":
+        data = json.loads((version_dir / "manifest.json").read_text())
+        data["outputs"][0]["datatype"] = "COMPLEX128"
+        (version_dir / "manifest.json").write_text(json.dumps(data))
+
+
+BREAKAGES = [
+    "config not UTF-8",
+    "manifest of wrong JSON types",
+    "manifest shape of strings",
+    "manifest not JSON",
+    "ONNX that fails to load",
+    "unknown datatype",
+]
+
+
+@pytest.mark.parametrize("how", BREAKAGES)
+def test_a_bad_file_at_startup_refuses_only_its_model_with_one_line_naming_it(tmp_path, caplog, how):
+    publish_version(tmp_path, "digits", 1, seed=1)
+    break_files(tmp_path, "alpha", how)  # scanned before digits
+    publish_version(tmp_path, "zulu", 1, seed=2)  # and one after
+    repository = ModelRepository(tmp_path, CPU)
+    with caplog.at_level(logging.INFO, logger="serving.repository"):
+        repository.load_all()
+    assert sorted(s.name for s in repository.loaded()) == ["digits", "zulu"]
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0].getMessage() and not errors[0].exc_info
+    assert str(tmp_path / "alpha") in errors[0].getMessage(), errors[0].getMessage()
+    assert list(repository.unready_models()) == ["alpha"]
+    index = {(e.name, e.state) for e in repository.index()}
+    assert ("alpha", "UNAVAILABLE") in index and ("digits", "READY") in index
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="serving.repository"):
+        repository.load_all()  # the next poll: no second log line, nothing else changes
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert sorted(s.name for s in repository.loaded()) == ["digits", "zulu"]
+
+
+def test_a_bad_file_during_polling_refuses_only_itself_and_a_fixed_version_is_retried(tmp_path, caplog):
+    publish_version(tmp_path, "digits", 1, seed=1)
+    repository = ModelRepository(tmp_path, CPU)
+    repository.load_all()
+    broken = publish_version(tmp_path, "digits", 2, seed=2, broken=True)
+    publish_version(tmp_path, "alpha", 1, seed=3)
+    (tmp_path / "beta").mkdir()
+    (tmp_path / "beta" / "config.pbtxt").write_bytes(b"\xff")
+    publish_version(tmp_path, "omega", 1, seed=4)
+    with caplog.at_level(logging.INFO, logger="serving.repository"):
+        repository.load_all()
+        repository.load_all()
+    assert {(s.name, s.version) for s in repository.loaded()} == {("alpha", 1), ("digits", 1), ("omega", 1)}
+    refusals = [r.getMessage() for r in caplog.records if "version 2 refused" in r.getMessage()]
+    assert len(refusals) == 1 and str(broken / "model.onnx") in refusals[0], refusals
+    assert repository.unready_models().keys() == {"beta"}
+    # The version's files change (a fixed model.onnx): the next scan tries it again and it serves.
+    (broken / "model.onnx").write_bytes((tmp_path / "digits" / "1" / "model.onnx").read_bytes() + b"")
+    os.utime(broken / "model.onnx", ns=(1, 1))
+    retired = repository.load_all()
+    assert [s.version for s in repository.versions("digits")] == [2]
+    assert [(s.name, s.version) for s in retired] == [("digits", 1)]

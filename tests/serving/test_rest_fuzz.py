@@ -1,0 +1,136 @@
+"""Hypothesis fuzz of the REST front end of a real server: mutated JSON bodies, binary header lengths, headers,
+methods and paths; every answer must be a success, a client error or 503 (never 500), every error a one-line
+JSON body, and the server must stay live without flooding its log. ``bench/fuzz_serve.py`` runs the same
+strategies for 10,000+ examples."""
+
+import http.client
+import json
+import urllib.parse
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.serving.conftest import images
+
+IMAGE = images(1, seed=4)
+VALID_HEADER = {
+    "id": "fuzz",
+    "parameters": {"binary_data_output": True},
+    "inputs": [{"name": "image", "shape": [1, 8, 8], "datatype": "UINT8", "parameters": {"binary_data_size": 64}}],
+    "outputs": [{"name": "probabilities", "parameters": {"classification": 2, "binary_data": False}}],
+}
+PATHS = [
+    "/v2",
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/v2/models/digits",
+    "/v2/models/digits/versions/1",
+    "/v2/models/digits/ready",
+    "/v2/models/digits/config",
+    "/v2/models/digits/stats",
+    "/v2/models/stats",
+    "/v2/models/digits/infer",
+    "/v2/models/digits/versions/1/infer",
+    "/v2/repository/index",
+    "/v2/repository/models/digits/load",
+]
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=10,
+)
+header_text = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=12)
+
+
+@st.composite
+def infer_bodies(draw) -> tuple[bytes, dict[str, str]]:
+    """A valid binary infer request with one JSON field replaced, or its bytes edited, with its headers."""
+    header = json.loads(json.dumps(VALID_HEADER))
+    targets = [header, header["parameters"], header["inputs"][0], header["inputs"][0]["parameters"]]
+    targets += [header["outputs"][0], header["outputs"][0]["parameters"]]
+    target = draw(st.sampled_from(targets))
+    if draw(st.booleans()):
+        key = draw(st.sampled_from([*target, "data", "binary_data_size", "timeout", "classification"]))
+        target[key] = draw(json_values)
+    text = json.dumps(header).encode()
+    body = text + IMAGE.tobytes()
+    if draw(st.booleans()):
+        start = draw(st.integers(0, len(body)))
+        end = draw(st.integers(start, min(len(body), start + 30)))
+        body = body[:start] + draw(st.binary(max_size=12)) + body[end:]
+    headers = {"Inference-Header-Content-Length": str(len(text))}
+    choice = draw(st.sampled_from(["keep", "drop", "shift", "text"]))
+    if choice == "drop":
+        del headers["Inference-Header-Content-Length"]
+    elif choice == "shift":
+        headers["Inference-Header-Content-Length"] = str(len(text) + draw(st.integers(-80, 80)))
+    elif choice == "text":
+        headers["Inference-Header-Content-Length"] = draw(header_text)
+    if draw(st.integers(0, 9)) == 0:
+        headers["Content-Encoding"] = draw(st.sampled_from(["gzip", "deflate", "br", "identity"]) | header_text)
+    return body, headers
+
+
+@st.composite
+def http_requests(draw) -> tuple[str, str, bytes, dict[str, str]]:
+    kind = draw(st.sampled_from(["infer", "infer", "infer", "path", "body"]))
+    if kind == "infer":
+        body, headers = draw(infer_bodies())
+        return "POST", draw(st.sampled_from(PATHS[9:11])), body, headers
+    if kind == "path":
+        segments = draw(
+            st.lists(st.text(max_size=12) | st.sampled_from(["v2", "models", "digits", "versions"]), max_size=6)
+        )
+        path = "/" + urllib.parse.quote("/".join(segments), safe="/")
+        return draw(st.sampled_from(["GET", "POST", "PUT", "DELETE"])), path, b"", {}
+    body = draw(st.binary(max_size=80) | json_values.map(lambda value: json.dumps(value).encode()))
+    return draw(st.sampled_from(["GET", "POST"])), draw(st.sampled_from(PATHS)), body, {}
+
+
+def check_answer(url: str, method: str, path: str, body: bytes, headers: dict[str, str]) -> int:
+    host, port = url.split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=headers)
+        response = connection.getresponse()
+        content = response.read()
+    finally:
+        connection.close()
+    status = response.status
+    assert 200 <= status < 300 or 400 <= status < 500 or status == 503, f"{status} {content[:300]!r} for {path}"
+    if status >= 400 and content:
+        error = json.loads(content)["error"]
+        assert isinstance(error, str) and "\n" not in error
+    return status
+
+
+def fuzz_rest(url: str, max_examples: int) -> dict[int, int]:
+    """Sends ``max_examples`` fuzzed requests; returns how often each status code answered."""
+    seen: dict[int, int] = {}
+
+    @settings(
+        max_examples=max_examples,
+        deadline=None,
+        derandomize=max_examples <= 500,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    )
+    @given(http_requests())
+    def requests(request):
+        status = check_answer(url, *request)
+        seen[status] = seen.get(status, 0) + 1
+
+    requests()
+    assert check_answer(url, "GET", "/v2/health/live", b"", {}) == 200
+    headers = {"Inference-Header-Content-Length": str(len(json.dumps(VALID_HEADER)))}
+    assert check_answer(url, "POST", PATHS[9], json.dumps(VALID_HEADER).encode() + IMAGE.tobytes(), headers) == 200
+    return seen
+
+
+def test_fuzzed_http_requests_get_only_success_or_client_errors_and_the_server_stays_live(start_server, digits_repo):
+    server = start_server(digits_repo)
+    seen = fuzz_rest(server.http_url, max_examples=200)
+    assert seen.get(200) and seen.get(400) and seen.get(404), seen
+    log_lines = server.log().splitlines()
+    assert len(log_lines) < 20, "a flood of bad requests must not flood the log:\n" + "\n".join(log_lines[-30:])
+    assert "Traceback" not in server.log()

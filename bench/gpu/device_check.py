@@ -178,9 +178,9 @@ def cuda_active(run: Run, record: dict, models: list[Model]) -> None:
 
 
 def server_command(repository: Path, device: str, port: int) -> list[str]:
-    """``python -m serving`` on loopback with no hot reload, the one place the bench spells its flags."""
+    """``python -m serving`` on loopback, gRPC only, no hot reload: the one place this script spells its flags."""
     return [sys.executable, "-m", "serving", "--repository", str(repository), "--device", device,
-            "--port", str(port), "--poll-interval", "0", "--log-level", "warning"]  # fmt: skip
+            "--grpc-port", str(port), "--no-http", "--poll-interval", "0", "--log-level", "warning"]  # fmt: skip
 
 
 def cuda_hidden_fails_loudly(run: Run, record: dict, repository: Path) -> None:
@@ -270,12 +270,14 @@ def infer_request(model: Model, images: np.ndarray):
     return request
 
 
-def closed_loop(port: int, request, clients: int, seconds: float) -> list[float]:
-    """Latencies (s) of ``clients`` threads sending ``request`` back to back for ``seconds``, one channel each."""
+def closed_loop(port: int, request, clients: int, seconds: float) -> tuple[list[float], float]:
+    """Latencies (s) of ``clients`` threads sending ``request`` back to back for ``seconds``, one channel each,
+    and the wall time from the start to the last answer (longer than ``seconds`` when requests are slow)."""
     grpc, _, services = grpc_stubs()
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[str] = []
     barrier = threading.Barrier(clients)
+    opened, finished = [0.0] * clients, [0.0] * clients
     options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
 
     def client(index: int) -> None:
@@ -284,7 +286,8 @@ def closed_loop(port: int, request, clients: int, seconds: float) -> list[float]
             for _ in range(3):  # connect and warm up outside the measurement
                 infer(request, timeout=60)
             barrier.wait()
-            end = time.perf_counter() + seconds
+            opened[index] = time.perf_counter()
+            end = opened[index] + seconds
             while (now := time.perf_counter()) < end:
                 try:
                     infer(request, timeout=30)
@@ -292,6 +295,7 @@ def closed_loop(port: int, request, clients: int, seconds: float) -> list[float]
                     errors.append(f"{error.code().name}: {error.details()}")
                     return
                 latencies[index].append(time.perf_counter() - now)
+            finished[index] = time.perf_counter()
 
     threads = [threading.Thread(target=client, args=(index,)) for index in range(clients)]
     for thread in threads:
@@ -300,7 +304,7 @@ def closed_loop(port: int, request, clients: int, seconds: float) -> list[float]
         thread.join()
     if errors:
         raise CheckFailed(f"ModelInfer failed: {errors[0]}")
-    return [value for values in latencies for value in values]
+    return [value for values in latencies for value in values], max(finished) - min(opened)
 
 
 def server(run: Run, record: dict, repository: Path, models: list[Model]) -> None:
@@ -320,17 +324,17 @@ def server(run: Run, record: dict, repository: Path, models: list[Model]) -> Non
                     if not run.dry and CUDA not in providers:
                         raise CheckFailed(f"{model.name}: the server's execution providers are {providers!r}")
             for model in models:
-                latencies = closed_loop(port, infer_request(model, model.images(1)), 1, run.args.seconds)
+                latencies, _ = closed_loop(port, infer_request(model, model.images(1)), 1, run.args.seconds)
                 record[model.name]["batch1_one_client"] = {
                     "requests": len(latencies),
                     "p50_ms": round(statistics.median(latencies) * 1e3, 3),
                     "p99_ms": round(float(np.percentile(latencies, 99)) * 1e3, 3),
                 }
             cifar = next(model for model in models if model.dataset == "cifar")
-            latencies = closed_loop(port, infer_request(cifar, cifar.images(256)), 8, run.args.seconds)
+            latencies, elapsed = closed_loop(port, infer_request(cifar, cifar.images(256)), 8, run.args.seconds)
             record[cifar.name]["batch256_eight_clients"] = {
                 "requests": len(latencies),
-                "images_per_second": round(len(latencies) * 256 / run.args.seconds, 1),
+                "images_per_second": round(len(latencies) * 256 / elapsed, 1),
                 "p50_ms": round(statistics.median(latencies) * 1e3, 3),
             }
         finally:
@@ -407,6 +411,11 @@ def serve_bench(run: Run, record: dict, repository: Path, out: Path) -> None:
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise CheckFailed(f"serve_bench.py exited with {result.returncode}: {last}")
+    # Every server asked for must have run: a skipped one (its client missing, say) is a hole in the figures.
+    for kind in ("skipped", "errors"):
+        if record.get("json", {}).get(kind):
+            server, reason = next(iter(record["json"][kind].items()))
+            raise CheckFailed(f"serve_bench.py {kind} {server}: {reason}")
 
 
 def predict(run: Run, record: dict, workspace: Path, models: list[Model]) -> None:
@@ -452,6 +461,16 @@ def goals(run: Run) -> None:
                 "value_ms": p50,
                 "met": p50 < GOAL_P50_MS,
             }
+    for row in steps.get("serve_bench", {}).get("json", {}).get("rows", []):
+        if (row.get("model"), row.get("cell")) == ("cifar", "256x8"):
+            for server in ("buildsys-grpc", "buildsys-rest"):
+                share = row.get(f"{server} / inprocess")
+                if share is not None:
+                    goal[f"serve_bench CIFAR 256x8 {server} >= {GOAL_SERVER_SHARE:.0%} of in-process batch 256"] = {
+                        "server_images_per_second": row[server]["images_per_s"],
+                        "inprocess_images_per_second": row["inprocess"]["images_per_s"],
+                        "share": round(share, 3), "met": share >= GOAL_SERVER_SHARE,
+                    }  # fmt: skip
     through = served.get("cifar10_cnn", {}).get("batch256_eight_clients", {}).get("images_per_second")
     ceiling = steps.get("inprocess", {}).get("cifar10_cnn", {}).get("256", {}).get("run")
     if through and ceiling:

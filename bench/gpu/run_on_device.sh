@@ -67,11 +67,14 @@ EOF
   WORKSPACE=$WORK/bundle/workspace
   if [[ $MODE == device ]]; then
     export PYTHONPATH=$WORK/bundle/site:$REPO
-    CUDA_LIBS=/opt/torch/.venv/lib/python3.12/site-packages/nvidia/cu13/lib
+    # CUDA 13 (cu13/lib, known to work with this build), then any other NVIDIA wheel's libraries (cuDNN).
+    NVIDIA=/opt/torch/.venv/lib/python3.12/site-packages/nvidia
+    CUDA_LIBS=$NVIDIA/cu13/lib
+    for folder in "$NVIDIA"/*/lib; do [[ -d $folder && $folder != "$CUDA_LIBS" ]] && CUDA_LIBS=$CUDA_LIBS:$folder; done
     export LD_LIBRARY_PATH=$CUDA_LIBS${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   else
     # Refuse every import the device would lack: its own packages plus what the bundle carries.
-    mkdir -p "$WORK/dry-run"
+    rm -rf "$WORK/dry-run"; mkdir -p "$WORK/dry-run"
     "$PYTHON" "$REPO/bench/gpu/device_imports.py" --write-guard "$WORK/dry-run" --site "$WORK/bundle/site"
     export PYTHONPATH=$WORK/dry-run:$REPO
   fi
@@ -81,5 +84,8 @@ export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=2
 echo "python: $("$PYTHON" -c 'import sys; print(sys.version.split()[0], sys.executable)'); mode $MODE"
 status=0
 "$PYTHON" "$REPO/bench/gpu/device_check.py" --workspace "$WORKSPACE" --out "$OUT" "${EXTRA[@]}" || status=$?
+if [[ $MODE == dry && -s $WORK/dry-run/hidden.txt ]]; then
+  echo "dry run: imports hidden because the device lacks them (optional ones are fine; add needed ones to bench/gpu/requirements.txt): $(sort -u "$WORK/dry-run/hidden.txt" | tr '\n' ' ')"
+fi
 echo "run_on_device.sh: done in $(( $(date +%s) - started )) s (exit $status); results in $OUT"
 exit $status

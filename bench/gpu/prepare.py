@@ -49,7 +49,7 @@ DEVICE_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux
                     "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64")  # fmt: skip
 CALL_LIMIT = 64 << 20
 MARGIN = 2 << 20  # for files the working tree gains between prepare and the calls
-MAX_PART = 56 << 20
+MAX_PART = 60 << 20
 DEVICE_WORK = "/tmp/gpu-bench"
 STEM = "bundle.tar.zst"
 
@@ -185,7 +185,7 @@ def folder_bytes(path: Path) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-bundle", action="store_true", help="build the models only (a CUDA machine with pip)")
-    parser.add_argument("--part-mib", type=int, help="part size in MiB (default: the most each call fits, <= 56)")
+    parser.add_argument("--part-mib", type=int, help="part size in MiB (default: the most each call fits, <= 60)")
     parser.add_argument("--level", type=int, default=9, help="zstd level (19 saves ~1 %% at 10x the time)")
     args = parser.parse_args()
     started = time.monotonic()

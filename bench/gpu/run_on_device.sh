@@ -21,7 +21,7 @@ MODE=device
 EXTRA=()
 for argument in "$@"; do
   case $argument in
-    --cpu-dry-run) MODE=dry; EXTRA+=(--cpu-dry-run --seconds 0.5 --budget-s 300) ;;
+    --cpu-dry-run) MODE=dry; EXTRA+=(--cpu-dry-run --seconds 0.5 --budget-s 600) ;;
     --installed) MODE=installed ;;
     *) echo "run_on_device.sh: unknown argument $argument (expected --cpu-dry-run or --installed)" >&2; exit 2 ;;
   esac

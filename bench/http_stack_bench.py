@@ -1,24 +1,33 @@
 """Which HTTP stack should carry the REST front end: requests/s of the same two handlers on each candidate.
 
 Each candidate server runs in its own process and answers ``GET /v2/health/live`` (an empty 200) and
-``POST /v2/models/m/infer`` with Triton's binary tensor extension (a JSON header of ``Inference-Header-Content-Length``
-bytes, then the raw tensor; the answer is a JSON header plus the tensor echoed back), so what is measured is the
-stack's own cost per request: parsing, routing, writing. The load comes from a raw-socket HTTP/1.1 keep-alive client
-(``--connections`` connections, one request in flight on each) in another process, so the client's own cost is as
-small as it can be and is the same for every candidate.
+``POST /v2/models/digits/infer`` with Triton's binary tensor extension (a JSON header of
+``Inference-Header-Content-Length`` bytes, then the raw tensor; the answer is a JSON header plus the tensor echoed
+back), so what is measured is the stack's own cost per request: parsing, routing, writing. The ``serving`` row is
+the real thing for comparison: ``python -m serving`` (the REST front end on the data plane) answering the same
+requests with the tests' tiny 8x8 classifier, so its infer column includes batching and an ONNX Runtime call. The
+load comes from a raw-socket HTTP/1.1 keep-alive client (``--connections`` connections, one request in flight on
+each) in another process, so the client's own cost is as small as it can be and is the same for every candidate.
 
 Examples:
     python bench/http_stack_bench.py                 # every installed candidate, 3 s each
-    python bench/http_stack_bench.py --duration 10 --connections 16 --stacks uvicorn-asgi aiohttp
+    python bench/http_stack_bench.py --duration 10 --connections 16 --stacks uvicorn-asgi aiohttp serving
 """
 
 import argparse
 import asyncio
 import json
 import multiprocessing
+import os
+import signal
 import socket
+import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 INFER_HEADER = json.dumps(
     {"inputs": [{"name": "image", "shape": [1, 8, 8], "datatype": "UINT8", "parameters": {"binary_data_size": 64}}]}
@@ -85,14 +94,34 @@ def run_aiohttp(port: int) -> None:
 
     app = web.Application()
     app.router.add_get("/v2/health/live", live)
-    app.router.add_post("/v2/models/m/infer", infer)
+    app.router.add_post("/v2/models/digits/infer", infer)
     web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+def run_serving(port: int) -> None:
+    sys.path.insert(0, str(PROJECT_ROOT))
+    from tests.serving.conftest import free_port, publish_version
+
+    with tempfile.TemporaryDirectory() as folder:
+        repo = Path(folder) / "models"
+        publish_version(repo, "digits", 1, seed=1)
+        command = [sys.executable, "-m", "serving", "--repository", str(repo), "--http-port", str(port)]
+        command += ["--port", str(free_port()), "--poll-interval", "0", "--log-level", "warning"]
+        env = dict(os.environ, PYTHONPATH=str(PROJECT_ROOT))
+        server = subprocess.Popen(command, cwd=PROJECT_ROOT, env=env)
+        signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(0))  # so that the server is stopped too
+        try:
+            server.wait()
+        finally:
+            server.terminate()
+            server.wait()
 
 
 STACKS = {
     "uvicorn-asgi": lambda port: run_uvicorn_asgi(port, "httptools"),
     "uvicorn-h11": lambda port: run_uvicorn_asgi(port, "h11"),
     "aiohttp": run_aiohttp,
+    "serving": run_serving,
 }
 
 
@@ -100,7 +129,7 @@ def _request(kind: str) -> bytes:
     if kind == "live":
         return b"GET /v2/health/live HTTP/1.1\r\nHost: b\r\n\r\n"
     return (
-        b"POST /v2/models/m/infer HTTP/1.1\r\nHost: b\r\nContent-Type: application/octet-stream\r\n"
+        b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: b\r\nContent-Type: application/octet-stream\r\n"
         b"Inference-Header-Content-Length: %d\r\nContent-Length: %d\r\n\r\n" % (len(INFER_HEADER), len(INFER_BODY))
     ) + INFER_BODY
 

@@ -58,9 +58,11 @@ import onnxruntime as ort
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PEERS_DIR = PROJECT_ROOT / "bench" / "peers"
 VENVS = PROJECT_ROOT / "bench" / ".venvs"
-sys.path.insert(0, str(PROJECT_ROOT / "bench"))
+sys.path[:0] = [str(PROJECT_ROOT), str(PROJECT_ROOT / "bench")]
 
 from prepare_models import MODELS  # noqa: E402 - the short model names and the targets they stand for
+
+from modelrepo import MANIFEST_FILE, ONNX_FILE, FormatError, list_versions, read_manifest  # noqa: E402
 
 SERVERS = ("buildsys-grpc", "buildsys-rest", "mlserver", "kserve-grpc", "kserve-rest", "inprocess")
 PEERS = ("mlserver", "kserve-grpc", "kserve-rest")
@@ -156,12 +158,14 @@ def parse_choices(allowed: tuple[str, ...] | list[str]) -> Callable[[str], list[
 def load_model(model_dir: Path, short: str) -> Model:
     """The latest version of MODELS[short] in `model_dir`, read the way a server reads it (manifest's ONNX file)."""
     name = MODELS[short]
-    versions = sorted(int(path.name) for path in (model_dir / name).glob("[1-9]*") if path.name.isdigit())
+    versions = list_versions(model_dir / name)
     if not versions:
         raise SystemExit(f"serve_bench: {model_dir / name} has no version folder (run bench/prepare_models.py)")
     version_dir = model_dir / name / str(versions[-1])
-    manifest = version_dir / "manifest.json"
-    onnx_file = json.loads(manifest.read_text())["files"]["onnx"] if manifest.exists() else "model.onnx"
+    try:
+        onnx_file = read_manifest(version_dir).onnx_file if (version_dir / MANIFEST_FILE).exists() else ONNX_FILE
+    except FormatError as error:
+        raise SystemExit(f"serve_bench: {error}") from None
     session = ort.InferenceSession(str(version_dir / onnx_file), providers=["CPUExecutionProvider"])
     (model_input,), outputs = session.get_inputs(), session.get_outputs()
     if model_input.type not in ORT_TYPES:
@@ -537,6 +541,8 @@ def summarise(results: Results, servers: list[str], models: list[Model], cells: 
                 value = row.get(kind, {}).get("images_per_s")
                 row[f"{kind} / best peer"] = value / best_peer if value and best_peer else None
                 row[f"{kind} / inprocess"] = value / ceiling if value and ceiling else None
+            rest, kserve_rest = (row.get(kind, {}).get("images_per_s") for kind in ("buildsys-rest", "kserve-rest"))
+            row["buildsys-rest / kserve-rest"] = rest / kserve_rest if rest and kserve_rest else None
             rows.append(row)
     return rows
 
@@ -551,6 +557,8 @@ def print_tables(rows: list[dict], results: Results, servers: list[str], runs: i
     header = ["model", "batch×clients", *network, "in-process (batch)"]
     header += [f"{kind} ÷ best peer" for kind in ("buildsys-grpc", "buildsys-rest") if kind in network]
     header += [f"{kind} % of in-process" for kind in ("buildsys-grpc", "buildsys-rest") if kind in network]
+    rest_pair = "buildsys-rest" in network and "kserve-rest" in network
+    header += ["buildsys-rest ÷ kserve-rest"] if rest_pair else []
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join(["---", "---"] + ["--:"] * (len(header) - 2)) + "|")
     for row in rows:
@@ -565,6 +573,9 @@ def print_tables(rows: list[dict], results: Results, servers: list[str], runs: i
             if kind in network:
                 share = row[f"{kind} / inprocess"]
                 cells.append("—" if share is None else f"{100 * share:.0f} %")
+        if rest_pair:
+            ratio = row["buildsys-rest / kserve-rest"]
+            cells.append("—" if ratio is None else f"{ratio:.2f}×")
         print("| " + " | ".join(cells) + " |")
     if network:
         print("\nserver CPU ms per request / client-side p50 latency ms (failed requests in brackets when any)")

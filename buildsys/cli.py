@@ -518,7 +518,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 # The top-level modules of the `build` extra: without them only the serving side (`serve`) is installed.
 BUILD_EXTRA_MODULES = frozenset(
-    {"tensorflow", "keras", "keras_tuner", "tensorboard", "tf2onnx", "onnx", "sklearn", "PIL", "matplotlib",
+    {"tensorflow", "keras", "keras_tuner", "tensorboard", "tf2onnx", "onnx", "sklearn", "matplotlib",
      "sqlalchemy", "pymysql"}
 )  # fmt: skip
 

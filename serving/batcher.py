@@ -12,11 +12,11 @@ the parallel work. This module knows nothing about any protocol.
 """
 
 import asyncio
+import concurrent.futures
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor
 
 import numpy as np
 
@@ -49,7 +49,7 @@ class DynamicBatcher:
         *,
         name: str,
         execute: Callable[[Tensors], Tensors],
-        executor: Executor | None,
+        executor: concurrent.futures.Executor | None,
         max_batch_size: int,
         max_queue_delay_us: int,
         max_queue_size: int,
@@ -59,7 +59,7 @@ class DynamicBatcher:
         """Creates the batcher; no event-loop object is made until the first request, on the running loop.
 
         Args:
-            execute: runs one merged batch (called in ``executor``; None means the loop's default executor).
+            execute: runs one merged batch, in a thread of ``executor`` (None: a one-thread pool of its own).
         """
         self.name = name
         self.max_batch_size = max_batch_size
@@ -72,10 +72,11 @@ class DynamicBatcher:
         self._queue: deque[_Pending] = deque()
         self._queued_samples = 0
         self._closing = False
+        # The worker task exists only while requests are queued; a lone request runs in its own task instead.
         self._worker: asyncio.Task | None = None
-        # The worker sleeps on this future: while idle any arrival wakes it, while filling only a full batch.
+        # The worker sleeps on this future while it waits for the delay; a full batch or close wakes it early.
         self._wakeup: asyncio.Future | None = None
-        self._idle = True
+        self._busy = False  # an execution is running (a lone request's or the worker's)
         self._failure_log = RateLimitedLog(log)
 
     @property
@@ -103,13 +104,15 @@ class DynamicBatcher:
                 f"model '{self.name}' queue is full ({self.max_queue_size} requests waiting); retry later",
             )
         loop = asyncio.get_running_loop()
+        if not self._busy and not self._queue:
+            return await self._run_alone(loop, inputs, batch_size, deadline)
         pending = _Pending(inputs, batch_size, deadline, loop.create_future())
         self._queue.append(pending)
         self._queued_samples += batch_size
-        if self._worker is None:
+        if self._worker is None and not self._busy:
             self._worker = loop.create_task(self._run(), name=f"batcher-{self.name}")
         else:
-            self._notify()
+            self._notify()  # a lone request's execution hands the queue to a worker when it ends
         timer = None if deadline is None else loop.call_later(deadline - time.monotonic(), self._expire, pending)
         try:
             return await pending.future
@@ -122,15 +125,17 @@ class DynamicBatcher:
     async def close(self) -> None:
         """Stops accepting requests and executes everything already queued without waiting for the delay."""
         self._closing = True
-        if self._worker is None:
-            return
         self._notify()
-        await self._worker
+        while self._worker is not None or self._busy:
+            if self._worker is not None:
+                await self._worker
+            else:
+                await asyncio.sleep(0.001)  # a lone request's call is finishing in its thread
 
     def _notify(self) -> None:
         wakeup = self._wakeup
         if (wakeup is not None and not wakeup.done()) and (
-            self._idle or self._closing or self._queued_samples >= self.max_batch_size
+            self._closing or self._queued_samples >= self.max_batch_size
         ):
             wakeup.set_result(None)
 
@@ -153,25 +158,58 @@ class DynamicBatcher:
             )
         )
 
+    async def _run_alone(
+        self, loop: asyncio.AbstractEventLoop, inputs: Tensors, batch_size: int, deadline: float | None
+    ) -> Tensors:
+        """The model is idle and nobody waits: this request's own task runs it at once (no worker hop)."""
+        if deadline is not None and time.monotonic() > deadline:
+            raise ServingError(Status.DEADLINE_EXCEEDED, f"model '{self.name}': request timed out before it ran")
+        self._busy = True
+        work = self._submit([inputs])
+        try:
+            outputs, input_ns, infer_ns = await asyncio.wrap_future(work, loop=loop)
+        except asyncio.CancelledError:
+            # The caller went away during the call; the next execution may start only when the thread is done.
+            work.add_done_callback(lambda _: loop.call_soon_threadsafe(self._execution_ended, loop))
+            raise
+        except Exception as error:  # the model failing must fail this request, never the server
+            self._execution_ended(loop)
+            raise self._failure(error, batch_size) from None
+        self._execution_ended(loop)
+        self._stats.record_execution(batch_size, 1, 0, input_ns, infer_ns, 0)  # nothing to split
+        self._on_batch(batch_size)
+        return outputs
+
+    def _execution_ended(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._busy = False
+        if self._queue and self._worker is None:
+            self._worker = loop.create_task(self._run(), name=f"batcher-{self.name}")
+
+    def _submit(self, parts: list[Tensors]) -> concurrent.futures.Future:
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"batcher-{self.name}")
+        return self._executor.submit(self._merge_and_run, parts)
+
+    def _failure(self, error: Exception, samples: int) -> ServingError:
+        self._failure_log.warning(
+            "model '%s': execution of a batch of %d failed: %s", self.name, samples, _one_line(error)
+        )
+        return ServingError(Status.INTERNAL, f"model '{self.name}' failed to execute: {_one_line(error)}")
+
     async def _run(self) -> None:
+        """Executes what queued while the model was busy, batch after batch, until the queue is empty."""
         loop = asyncio.get_running_loop()
         try:
-            while True:
-                if not self._queue:
-                    if self._closing:
-                        return
-                    self._idle = True
-                    await self._sleep(loop, None)
-                    continue
-                if not self._idle:
-                    await self._fill(loop)
-                self._idle = False
+            while self._queue:
+                # What queued during an execution waits for the delay, counted from its oldest request.
+                await self._fill(loop)
                 batch = self._take()
                 if batch:
-                    await self._execute_batch(loop, batch)
-                # What queued during the execution waits for the delay (from its oldest); an empty queue means
-                # the next arrival finds the model idle and runs at once.
-                self._idle = not self._queue
+                    self._busy = True
+                    try:
+                        await self._execute_batch(loop, batch)
+                    finally:
+                        self._busy = False
         except Exception as error:  # a bug here must fail the waiting requests, not leave them hanging
             log.exception("model '%s': batcher stopped", self.name)
             failure = ServingError(Status.INTERNAL, f"model '{self.name}': batcher failed: {_one_line(error)}")
@@ -180,7 +218,8 @@ class DynamicBatcher:
                 if not pending.future.done():
                     pending.future.set_exception(failure)
             self._queued_samples = 0
-            self._idle, self._worker = True, None
+        finally:
+            self._worker = None
 
     async def _sleep(self, loop: asyncio.AbstractEventLoop, timeout_s: float | None) -> None:
         self._wakeup = wakeup = loop.create_future()
@@ -230,14 +269,9 @@ class DynamicBatcher:
         queue_ns = sum(started - p.enqueued_ns for p in batch)
         samples = sum(p.batch_size for p in batch)
         try:
-            outputs, input_ns, infer_ns = await loop.run_in_executor(
-                self._executor, self._merge_and_run, [p.inputs for p in batch]
-            )
+            outputs, input_ns, infer_ns = await asyncio.wrap_future(self._submit([p.inputs for p in batch]), loop=loop)
         except Exception as error:  # the model failing must fail these requests, never the server
-            self._failure_log.warning(
-                "model '%s': execution of a batch of %d failed: %s", self.name, samples, _one_line(error)
-            )
-            failure = ServingError(Status.INTERNAL, f"model '{self.name}' failed to execute: {_one_line(error)}")
+            failure = self._failure(error, samples)
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(failure)

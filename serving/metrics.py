@@ -46,14 +46,18 @@ class Metrics:
             buckets=BATCH_SIZE_BUCKETS,
             registry=self.registry,
         )
+        self._children: dict[tuple[str, str], tuple] = {}
 
     def watch_queue_depth(self, depths: Callable[[], dict[str, int]]) -> None:
         """Registers the function read at each scrape for the queue-depth gauge."""
         self.registry.register(_QueueDepth(depths))
 
     def observe_request(self, model: str, code: str, seconds: float) -> None:
-        self._requests.labels(model, code).inc()
-        self._latency.labels(model).observe(seconds)
+        children = self._children.get((model, code))
+        if children is None:  # looked up once per model and code: labels() costs more than the increment
+            children = self._children[(model, code)] = (self._requests.labels(model, code), self._latency.labels(model))
+        children[0].inc()
+        children[1].observe(seconds)
 
     def observe_batch(self, model: str, size: int) -> None:
         self._batch_size.labels(model).observe(size)

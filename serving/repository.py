@@ -22,10 +22,11 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
+from modelrepo import MODEL_NAME, VERSION_NAME, list_versions
 from serving.batcher import DynamicBatcher
 from serving.codec import shown
 from serving.errors import ModelLoadError, ServingError, Status
-from serving.model_files import MODEL_NAME, VERSION_NAME, Manifest, list_versions, read_config, read_version
+from serving.model_files import Manifest, read_config, read_version
 from serving.protocol import model_config_pb2
 from serving.runtime import OnnxModel, RuntimeOptions
 from serving.statistics import ModelStats
@@ -35,8 +36,6 @@ log = logging.getLogger(__name__)
 
 # Triton treats max_queue_size 0 as unbounded; serving never queues without limit, so 0 means this default.
 DEFAULT_MAX_QUEUE_SIZE = 256
-# The longest version string that can name a version (18 digits fit in an int64); longer ones are not looked up.
-MAX_VERSION_DIGITS = 18
 
 
 @dataclass(frozen=True)
@@ -173,7 +172,8 @@ class ModelRepository:
             raise ServingError(Status.NOT_FOUND, f"unknown model {shown(name)}; loaded models: {loaded}")
         if not version:
             return versions[max(versions)]
-        if len(version) <= MAX_VERSION_DIGITS and VERSION_NAME.match(version) and int(version) in versions:
+        # VERSION_NAME allows at most 18 digits, so int() is cheap and never refuses (a 5,000-digit string would).
+        if VERSION_NAME.match(version) and int(version) in versions:
             return versions[int(version)]
         loaded = ", ".join(str(v) for v in sorted(versions))
         raise ServingError(

@@ -121,20 +121,26 @@ def _check(settings: ServerSettings) -> Security:
     return read_security(settings)
 
 
-def grpc_frontend(dataplane: DataPlane, settings: ServerSettings, security: Security) -> GrpcFrontend:
-    credentials = grpc.ssl_server_credentials([(security.key_pem, security.cert_pem)]) if security.tls else None
-    return GrpcFrontend(dataplane, settings.host, settings.port, credentials=credentials, token=security.token)
-
-
-def http_frontend(dataplane: DataPlane, settings: ServerSettings, security: Security) -> HttpFrontend:
-    return HttpFrontend(
-        dataplane,
-        settings.host,
-        settings.http_port,
-        tls_cert=security.tls_cert,
-        tls_key=security.tls_key,
-        token=security.token,
-    )
+def build_frontends(dataplane: DataPlane, settings: ServerSettings, security: Security) -> list[FrontEnd]:
+    """The front ends the settings ask for, all over the same data plane (a new protocol is one more entry)."""
+    frontends: list[FrontEnd] = []
+    if settings.port is not None:
+        credentials = grpc.ssl_server_credentials([(security.key_pem, security.cert_pem)]) if security.tls else None
+        frontends.append(
+            GrpcFrontend(dataplane, settings.host, settings.port, credentials=credentials, token=security.token)
+        )
+    if settings.http_port is not None:
+        frontends.append(
+            HttpFrontend(
+                dataplane,
+                settings.host,
+                settings.http_port,
+                tls_cert=security.tls_cert,
+                tls_key=security.tls_key,
+                token=security.token,
+            )
+        )
+    return frontends
 
 
 def serve(settings: ServerSettings) -> int:
@@ -168,11 +174,7 @@ async def _serve(settings: ServerSettings, security: Security) -> int:
     for warning in dataplane.repository.device_warnings():
         log.warning("!!! %s", warning)
 
-    frontends: list[FrontEnd] = []
-    if settings.port is not None:
-        frontends.append(grpc_frontend(dataplane, settings, security))
-    if settings.http_port is not None:
-        frontends.append(http_frontend(dataplane, settings, security))
+    frontends = build_frontends(dataplane, settings, security)
     started: list[FrontEnd] = []
     try:
         for frontend in frontends:

@@ -283,15 +283,14 @@ class RestFrontEnd:
             if refusal is not None:
                 challenge = (b"www-authenticate", b'Bearer realm="buildsys-serving"')
                 return error_response(401, refusal.replace("metadata", "header"), (challenge,))
-        matched = [(route, route.pattern.match(path)) for route in self._routes]
-        matched = [(route, match) for route, match in matched if match]
-        if not matched:
-            return error_response(404, f"no route {path[:200]!r}; see the Open Inference Protocol's /v2 paths")
-        chosen = next(((route, match) for route, match in matched if route.method == method), None)
-        if chosen is None:
-            allowed = ", ".join(sorted({route.method for route, _ in matched}))
+        route, match = next(
+            ((r, m) for r in self._routes if r.method == method and (m := r.pattern.match(path))), (None, None)
+        )
+        if route is None:
+            allowed = ", ".join(sorted({r.method for r in self._routes if r.pattern.match(path)}))
+            if not allowed:
+                return error_response(404, f"no route {path[:200]!r}; see the Open Inference Protocol's /v2 paths")
             return error_response(405, f"{method} is not allowed on {path[:200]}", ((b"allow", allowed.encode()),))
-        route, match = chosen
         body = await _read_body(receive, headers) if method == "POST" else b""
         groups = match.groupdict()
         request = HttpRequest(groups.get("name") or "", groups.get("version") or "", headers, body, receive)

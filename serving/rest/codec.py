@@ -80,9 +80,9 @@ def _object(value: object, where: str) -> dict:
     return value
 
 
-def _int(value: object, where: str, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _bad(f"{where} must be an integer >= {minimum}, got {_short(value)}")
+def _size(value: object, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _bad(f"{where} must be an integer >= 0, got {_short(value)}")
     return value
 
 
@@ -168,7 +168,7 @@ def _decode_input(entry: dict, index: int, binary: memoryview) -> tuple[InputTen
     if any(key.startswith("shared_memory") for key in parameters):
         raise _bad(f"{where}: shared memory inputs are not supported; send data or binary data")
     if "binary_data_size" in parameters:
-        size = _int(parameters["binary_data_size"], f"{where}: parameters.binary_data_size")
+        size = _size(parameters["binary_data_size"], f"{where}: parameters.binary_data_size")
         if "data" in entry:
             raise _bad(f"{where} has both 'data' and binary_data_size; send one")
         if size > len(binary):

@@ -8,6 +8,7 @@ so its few lines go through the process's logging like every other module's.
 
 import asyncio
 import contextlib
+import logging
 import socket
 import ssl
 import time
@@ -24,11 +25,54 @@ DRAIN_POLL_S = 0.02
 CLOSE_GRACE_S = 1.0
 
 
+class _RateLimit(logging.Filter):
+    """Lets through one uvicorn record per ``interval_s``: its warnings ("Invalid HTTP request received.") are
+    triggered by clients, and bytes that are not HTTP must not become a log line each."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        super().__init__()
+        self._interval_s = interval_s
+        self._next_at = 0.0
+        self._suppressed = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        if now < self._next_at:
+            self._suppressed += 1
+            return False
+        if self._suppressed:
+            record.msg = f"{record.msg} ({self._suppressed} more in the last {self._interval_s:.0f} s not logged)"
+        self._suppressed = 0
+        self._next_at = now + self._interval_s
+        return True
+
+
+UVICORN_LOG_LIMIT = _RateLimit()
+
+
 class _EmbeddedServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self):
         # The serving process handles SIGTERM/SIGINT itself (drain, then stop every front end).
         yield
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket. It is made with ``IPPROTO_TCP`` on purpose: asyncio turns Nagle's algorithm off
+    only for sockets whose protocol says TCP, and with it on, a response written in two parts (headers, body) waits
+    out the client's delayed ACK, about 40 ms per request."""
+    family, kind, protocol, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+    )[0]
+    sock = socket.socket(family, kind, protocol)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class HttpFrontend:
@@ -70,8 +114,7 @@ class HttpFrontend:
             OSError: the address cannot be bound, or the TLS files cannot be used (one line).
         """
         try:
-            family = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0][0]
-            sock = socket.create_server((self.host, self.port), family=family, backlog=2048)
+            sock = _listen(self.host, self.port)
         except OSError as error:
             raise OSError(f"cannot listen on {self.address}: {error.strerror or error}") from error
         config = uvicorn.Config(
@@ -91,6 +134,8 @@ class HttpFrontend:
             sock.close()
             raise OSError(f"cannot serve HTTPS with --tls-cert/--tls-key: {error}") from error
         self.port = sock.getsockname()[1]
+        if UVICORN_LOG_LIMIT not in logging.getLogger("uvicorn.error").filters:
+            logging.getLogger("uvicorn.error").addFilter(UVICORN_LOG_LIMIT)
         self._server = _EmbeddedServer(config)
         self._task = asyncio.get_running_loop().create_task(self._server.serve(sockets=[sock]), name="http")
         while not self._server.started:

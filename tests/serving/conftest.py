@@ -13,18 +13,20 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import urllib.request
 from pathlib import Path
 
+import grpc
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
 from onnx import TensorProto, helper, numpy_helper
-from tritonclient.utils import InferenceServerException
+
+from serving.protocol import grpc_service_pb2 as pb
+from serving.protocol import grpc_service_pb2_grpc
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -338,18 +340,21 @@ def wait_for_metric(port: int, line: str, timeout_s: float = 20.0) -> None:
         time.sleep(0.02)
 
 
-def infer_in_thread(url: str, batch: np.ndarray, outcome: dict, key: str) -> threading.Thread:
-    """Calls the model from a thread; the answer (or the InferenceServerException) lands in ``outcome[key]``."""
+def infer_request(batch: np.ndarray, model: str = "digits") -> pb.ModelInferRequest:
+    """A raw ModelInferRequest for the tiny classifier's ``image`` input."""
+    request = pb.ModelInferRequest(model_name=model, id="test")
+    request.inputs.add(name="image", datatype="UINT8", shape=list(batch.shape))
+    request.raw_input_contents.append(batch.tobytes())
+    return request
 
-    def call():
-        with grpcclient.InferenceServerClient(url) as client:
-            tensor = grpcclient.InferInput("image", list(batch.shape), "UINT8")
-            tensor.set_data_from_numpy(batch)
-            try:
-                outcome[key] = client.infer("digits", [tensor]).as_numpy("probabilities")
-            except InferenceServerException as error:
-                outcome[key] = error
 
-    thread = threading.Thread(target=call)
-    thread.start()
-    return thread
+def probabilities(response: pb.ModelInferResponse) -> np.ndarray:
+    """The ``probabilities`` output of a raw ModelInferResponse."""
+    return np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(list(response.outputs[0].shape))
+
+
+def connected_stub(channel: grpc.Channel) -> grpc_service_pb2_grpc.GRPCInferenceServiceStub:
+    """A stub on a channel that is already connected, so that the next call reaches the server at once."""
+    stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+    assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
+    return stub

@@ -10,12 +10,20 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tritonclient.utils import InferenceServerException
 
 from serving.batcher import DynamicBatcher
 from serving.errors import ServingError, Status
+from serving.protocol import grpc_service_pb2 as pb
 from serving.statistics import ModelStats
-from tests.serving.conftest import free_port, images, infer_in_thread, reference_probabilities, wait_for_metric
+from tests.serving.conftest import (
+    connected_stub,
+    free_port,
+    images,
+    infer_request,
+    probabilities,
+    reference_probabilities,
+    wait_for_metric,
+)
 
 
 class RecordingModel:
@@ -210,20 +218,18 @@ def test_full_queue_answers_unavailable_at_once_and_health_still_answers(start_s
     server = start_server(
         slow_repo, "--max-queue-size", "2", "--max-queue-delay-us", "2000000", "--metrics-port", str(metrics_port)
     )
-    outcome: dict[str, object] = {}
-    callers = [infer_in_thread(server.url, images(1, seed=0), outcome, "running")]
-    time.sleep(0.05)
-    callers += [infer_in_thread(server.url, images(1, seed=i), outcome, f"queued-{i}") for i in (1, 2)]
-    wait_for_metric(metrics_port, 'serving_queue_depth{model="digits"} 2.0')
-    with grpcclient.InferenceServerClient(server.url) as client, grpc.insecure_channel(server.url) as channel:
-        tensor = grpcclient.InferInput("image", [1, 8, 8], "UINT8")
-        tensor.set_data_from_numpy(images(1, seed=3))
-        with pytest.raises(InferenceServerException, match="UNAVAILABLE.*queue is full"):
-            client.infer("digits", [tensor])
-        assert callers[1].is_alive() and callers[2].is_alive(), "the refusal waited for the queued requests"
-        assert client.is_server_live() and client.is_server_ready()
+    with grpc.insecure_channel(server.url) as channel:
+        stub = connected_stub(channel)
+        running = stub.ModelInfer.future(infer_request(images(64, seed=0)), timeout=60)
+        time.sleep(0.2)
+        queued = [stub.ModelInfer.future(infer_request(images(1, seed=i)), timeout=60) for i in (1, 2)]
+        wait_for_metric(metrics_port, 'serving_queue_depth{model="digits"} 2.0')
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(infer_request(images(1, seed=3)), timeout=60)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE and "queue is full" in refused.value.details()
+        assert not any(f.done() for f in queued), "the refusal waited for the queued requests"
+        assert stub.ServerLive(pb.ServerLiveRequest()).live and stub.ServerReady(pb.ServerReadyRequest()).ready
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
         assert health.status == health_pb2.HealthCheckResponse.SERVING
-    for caller in callers:
-        caller.join(30)
-    assert all(isinstance(o, np.ndarray) and o.shape == (1, 10) for o in outcome.values()), outcome
+        assert probabilities(running.result()).shape == (64, 10)
+        assert all(probabilities(f.result()).shape == (1, 10) for f in queued)

@@ -17,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from serving.protocol import grpc_service_pb2 as pb
 from serving.protocol import grpc_service_pb2_grpc
-from tests.serving.conftest import images
+from tests.serving.conftest import images, infer_request
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 # What a client may be told; INTERNAL and UNKNOWN are what a well-formed request must never get.
@@ -36,10 +36,7 @@ ITEM_SIZES = {"UINT8": 1, "INT8": 1, "BOOL": 1, "FP16": 2, "FP32": 4, "INT64": 8
 
 
 def valid_request(batch: int = 1) -> pb.ModelInferRequest:
-    request = pb.ModelInferRequest(model_name="digits", id="fuzz")
-    request.inputs.add(name="image", datatype="UINT8", shape=[batch, 8, 8])
-    request.raw_input_contents.append(images(batch).tobytes())
-    return request
+    return infer_request(images(batch))
 
 
 @st.composite

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 
 from tests.serving.conftest import PROJECT_ROOT, free_port, images, publish_version, reference_probabilities
 
@@ -75,29 +76,36 @@ def test_building_says_in_one_line_how_to_install_the_build_side(serving_venv, t
     assert len(lines) == 1 and "pip install 'buildsys[build]'" in lines[0], result.stderr
 
 
-def test_the_installed_server_answers_a_request(serving_venv, tmp_path):
+def test_the_installed_server_answers_over_grpc_and_rest(serving_venv, tmp_path):
     repo = tmp_path / "models"
     version_dir = publish_version(repo, "digits", 1, seed=3)
-    port = free_port()
+    grpc_port, http_port = free_port(), free_port()
     log_path = tmp_path / "server.log"
-    command = ["-m", "serving", "--repository", str(repo), "--port", str(port), "--poll-interval", "0"]
+    command = ["-m", "serving", "--repository", str(repo), "--grpc-port", str(grpc_port), "--http-port", str(http_port),
+               "--poll-interval", "0"]  # fmt: skip
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     with open(log_path, "w") as log:
         server = subprocess.Popen(
             [str(serving_venv / "bin" / "python"), *command], cwd=tmp_path, env=env, stdout=log, stderr=log
         )
+    batch = images(3, seed=5)
+    expected = reference_probabilities(version_dir, batch)
     try:
-        with grpcclient.InferenceServerClient(f"127.0.0.1:{port}") as client:
+        with grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}") as client:
             deadline = time.monotonic() + 60
             while not _ready(client, "digits"):
                 assert server.poll() is None, log_path.read_text()
                 assert time.monotonic() < deadline, log_path.read_text()
                 time.sleep(0.1)
-            batch = images(3, seed=5)
             tensor = grpcclient.InferInput("image", list(batch.shape), "UINT8")
             tensor.set_data_from_numpy(batch)
             answer = client.infer("digits", [tensor]).as_numpy("probabilities")
-        np.testing.assert_allclose(answer, reference_probabilities(version_dir, batch), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(answer, expected, rtol=1e-5, atol=1e-6)
+        with httpclient.InferenceServerClient(f"127.0.0.1:{http_port}") as client:
+            tensor = httpclient.InferInput("image", list(batch.shape), "UINT8")
+            tensor.set_data_from_numpy(batch, binary_data=True)
+            answer = client.infer("digits", [tensor]).as_numpy("probabilities")
+        np.testing.assert_allclose(answer, expected, rtol=1e-5, atol=1e-6)
     finally:
         server.send_signal(signal.SIGTERM)
         try:

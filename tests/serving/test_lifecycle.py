@@ -21,11 +21,14 @@ from serving.client import ClientError, InferenceClient
 from tests.serving.conftest import (
     CLASS_NAMES,
     PROJECT_ROOT,
+    connected_stub,
     free_port,
     images,
-    infer_in_thread,
+    infer_request,
+    probabilities,
     reference_probabilities,
     scrape,
+    wait_for_metric,
 )
 
 
@@ -38,36 +41,32 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero(start
     server = start_server(
         slow_repo, "--max-queue-delay-us", "1500000", "--metrics-port", str(metrics_port), "--grace-period", "20"
     )
-    running, queued = images(1, seed=8), images(3, seed=9)
-    outcome: dict[str, object] = {}
-    # The first request finds the model idle and runs at once (a slow call); the second queues behind it and
-    # then waits out the 1.5 s delay, so it is in flight when SIGTERM comes.
-    callers = [infer_in_thread(server.url, running, outcome, "running")]
-    time.sleep(0.05)
-    callers.append(infer_in_thread(server.url, queued, outcome, "queued"))
-    deadline = time.monotonic() + 20
-    while 'serving_queue_depth{model="digits"} 1.0' not in scrape(metrics_port):
-        assert time.monotonic() < deadline, "the second request never waited in the queue"
-        time.sleep(0.02)
-
-    server.process.send_signal(signal.SIGTERM)
+    running_batch, queued_batch = images(64, seed=8), images(3, seed=9)
     with grpc.insecure_channel(server.url) as channel:
+        stub = connected_stub(channel)
+        # 64 images find the model idle and run at once (a slow call); the next request queues behind them and
+        # then waits out the 1.5 s delay, so it is in flight when SIGTERM comes.
+        running = stub.ModelInfer.future(infer_request(running_batch), timeout=60)
+        time.sleep(0.2)
+        queued = stub.ModelInfer.future(infer_request(queued_batch), timeout=60)
+        wait_for_metric(metrics_port, 'serving_queue_depth{model="digits"} 1.0')
+
+        server.process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 10
         while health_status(channel) != health_pb2.HealthCheckResponse.NOT_SERVING:
             assert time.monotonic() < deadline, "health never turned NOT_SERVING"
             time.sleep(0.01)
-        assert callers[1].is_alive(), "the queued request should still be waiting for its batch"
+        assert not queued.done(), "the queued request should still be waiting for its batch"
         with grpcclient.InferenceServerClient(server.url) as client:
             assert client.is_server_live() and not client.is_server_ready()
             tensor = grpcclient.InferInput("image", [1, 8, 8], "UINT8")
             tensor.set_data_from_numpy(images(1))
             with pytest.raises(InferenceServerException, match="UNAVAILABLE.*shutting down"):
                 client.infer("digits", [tensor])
-    for caller in callers:
-        caller.join(20)
-    version_dir = slow_repo / "digits" / "1"
-    for key, batch in (("running", running), ("queued", queued)):
-        np.testing.assert_allclose(outcome[key], reference_probabilities(version_dir, batch), rtol=1e-5, atol=1e-6)
+        version_dir = slow_repo / "digits" / "1"
+        for future, batch in ((running, running_batch), (queued, queued_batch)):
+            expected = reference_probabilities(version_dir, batch)
+            np.testing.assert_allclose(probabilities(future.result()), expected, rtol=1e-5, atol=1e-6)
     assert server.process.wait(20) == 0
     assert re.search(r"shutting down: refusing new requests, [12] in flight", server.log()), server.log()
 

@@ -224,3 +224,15 @@ def mutations(valid: bytes) -> st.SearchStrategy[bytes]:
         return valid[:start] + middle + valid[end:]
 
     return st.binary(max_size=200) | edited()
+
+
+def test_a_config_without_tensors_and_with_the_backend_spelling_takes_them_from_the_onnx_file(tmp_path):
+    model_dir, version_dir = triton_repository(tmp_path, labels=False)
+    (model_dir / "config.pbtxt").write_text('backend: "onnxruntime"\nmax_batch_size: 8\n')
+    config = read_config(model_dir)
+    served = read_version(version_dir, config)
+    assert served.signature.inputs == (TensorSpec("image", "UINT8", (-1, 8, 8)),)
+    assert served.signature.outputs == (TensorSpec("probabilities", "FP32", (-1, 10)),)
+    (model_dir / "config.pbtxt").write_text('backend: "pytorch"\nmax_batch_size: 8\n')
+    with pytest.raises(ModelLoadError, match="platform/backend 'pytorch' is not supported"):
+        read_config(model_dir)

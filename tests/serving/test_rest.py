@@ -5,6 +5,7 @@ every error, TLS and the bearer token, hot reload under load and the SIGTERM dra
 import http.client
 import json
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -22,7 +23,7 @@ from tests.serving.conftest import (
     reference_probabilities,
     wait_for_metric,
 )
-from tests.serving.test_lifecycle import self_signed_certificate
+from tests.serving.test_lifecycle import run_serving, self_signed_certificate
 
 
 def call(url: str, method: str, path: str, body: bytes = b"", headers: dict | None = None, context=None):
@@ -341,3 +342,72 @@ def test_sigterm_drains_http_requests_and_refuses_new_ones(start_server, slow_re
     for key, batch in batches.items():
         np.testing.assert_allclose(outcome[key], reference_probabilities(version_dir, batch), rtol=1e-5, atol=1e-6)
     assert server.process.wait(20) == 0
+
+
+def test_either_front_end_can_be_turned_off(start_server, digits_repo):
+    http_only = start_server(digits_repo, "--no-grpc")
+    assert f"HTTP on {http_only.http_url}" in http_only.log() and "gRPC on" not in http_only.log()
+    client = httpclient.InferenceServerClient(http_only.http_url)
+    try:
+        assert client.is_model_ready("digits")
+    finally:
+        client.close()
+    grpc_only = start_server(digits_repo, "--no-http")
+    assert "gRPC on" in grpc_only.log() and "HTTP on" not in grpc_only.log()
+    with pytest.raises(OSError):
+        call(grpc_only.http_url, "GET", "/v2/health/live")
+    completed = run_serving("--repository", str(digits_repo), "--no-grpc", "--no-http")
+    assert completed.returncode == 2
+    assert "serve: error: --no-grpc and --no-http leave nothing to serve" in completed.stderr
+
+
+def test_http_port_in_use_is_a_clear_error(start_server, digits_repo):
+    server = start_server(digits_repo)
+    completed = run_serving("--repository", str(digits_repo), "--port", "0", "--http-port", str(server.http_port))
+    assert completed.returncode == 2
+    assert f"serve: error: cannot listen on 127.0.0.1:{server.http_port}" in completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def test_a_triton_repository_without_manifests_serves_over_http(start_server, tmp_path):
+    repo = tmp_path / "triton"
+    version_dir = publish_version(repo, "digits", 1, seed=3)
+    (version_dir / "manifest.json").unlink()
+    server = start_server(repo)
+    client = httpclient.InferenceServerClient(server.http_url)
+    try:
+        batch = images(2, seed=1)
+        outputs = [httpclient.InferRequestedOutput("probabilities", class_count=1)]
+        labels = client.infer("digits", [infer_input(batch)], outputs=outputs).as_numpy("probabilities")
+        best = np.argmax(reference_probabilities(version_dir, batch), axis=1)
+        assert [row[0].decode().split(":")[2] for row in labels] == [CLASS_NAMES[i] for i in best]
+    finally:
+        client.close()
+
+
+def stats(url: str) -> dict:
+    return json.loads(call(url, "GET", "/v2/models/digits/stats")[2])["model_stats"][0]
+
+
+def test_a_full_queue_answers_503_and_a_client_that_left_is_dropped_before_it_runs(start_server, slow_repo):
+    metrics_port = free_port()
+    server = start_server(slow_repo, "--max-queue-size", "1", "--metrics-port", str(metrics_port))
+    baseline = stats(server.http_url)["inference_count"]
+    running = threading.Thread(target=call, args=(server.http_url, "POST", INFER, json.dumps(GOOD_HEADER).encode()))
+    running.start()
+    time.sleep(0.1)  # the first request finds the model idle and runs at once (a slow call)
+    # A second request queues behind the running one, and its client goes away while it waits.
+    header = {"inputs": [{"name": "image", "shape": [3, 8, 8], "datatype": "UINT8", "data": [0] * 192}]}
+    body = json.dumps(header).encode()
+    leaving = http.client.HTTPConnection(*server.http_url.split(":"), timeout=30)
+    leaving.request("POST", INFER, body=body)
+    wait_for_metric(metrics_port, 'serving_queue_depth{model="digits"} 1.0')
+    status, _, content = call(server.http_url, "POST", INFER, json.dumps(GOOD_HEADER).encode())
+    assert status == 503 and "queue" in json.loads(content)["error"], content
+    assert call(server.http_url, "GET", "/v2/health/ready")[0] == 200  # health is answered under overload
+    leaving.sock.shutdown(socket.SHUT_RDWR)
+    leaving.close()
+    wait_for_metric(metrics_port, 'serving_queue_depth{model="digits"} 0.0')
+    running.join(30)
+    time.sleep(1.0)  # had the abandoned request been dequeued to run, its slow call would have finished by now
+    assert stats(server.http_url)["inference_count"] == baseline + 1, "the abandoned 3-image request must not run"

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from serving.dataplane import OutputTensor
 from serving.errors import ServingError, Status
 from serving.rest import codec
+from serving.rest.app import HTTP_STATUS
 
 
 def binary_body(header: dict, *blobs: bytes) -> tuple[bytes, str]:
@@ -177,3 +178,8 @@ def test_mutated_valid_requests_decode_or_are_invalid_argument(key, value, binar
         codec.decode_infer_request(body + binary, str(len(body)), "m", "")
     except ServingError as error:
         assert error.status is Status.INVALID_ARGUMENT
+
+
+def test_every_status_has_an_http_code():
+    assert set(HTTP_STATUS) == set(Status)
+    assert HTTP_STATUS[Status.NOT_FOUND] == 404 and HTTP_STATUS[Status.UNAVAILABLE] == 503

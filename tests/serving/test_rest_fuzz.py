@@ -1,10 +1,11 @@
 """Hypothesis fuzz of the REST front end of a real server: mutated JSON bodies, binary header lengths, headers,
-methods and paths; every answer must be a success, a client error or 503 (never 500), every error a one-line
-JSON body, and the server must stay live without flooding its log. ``bench/fuzz_serve.py`` runs the same
-strategies for 10,000+ examples."""
+methods and paths, and bytes on the socket that are barely HTTP; every answer must be a success, a client error
+or 503 (never 500), every error a one-line JSON body, and the server must stay live without flooding its log.
+``bench/fuzz_serve.py`` runs the same strategies for 10,000+ examples."""
 
 import http.client
 import json
+import socket
 import urllib.parse
 
 from hypothesis import HealthCheck, given, settings
@@ -87,6 +88,41 @@ def http_requests(draw) -> tuple[str, str, bytes, dict[str, str]]:
     return draw(st.sampled_from(["GET", "POST"])), draw(st.sampled_from(PATHS)), body, {}
 
 
+def raw_requests() -> st.SearchStrategy[bytes]:
+    """Bytes on the socket: a valid HTTP request with a slice replaced, or anything at all."""
+    header = json.dumps(VALID_HEADER).encode()
+    body = header + IMAGE.tobytes()
+    valid = (
+        b"POST /v2/models/digits/infer HTTP/1.1\r\nHost: fuzz\r\nInference-Header-Content-Length: %d\r\n"
+        b"Content-Length: %d\r\n\r\n" % (len(header), len(body))
+    ) + body
+
+    @st.composite
+    def edited(draw) -> bytes:
+        start = draw(st.integers(0, len(valid)))
+        end = draw(st.integers(start, min(len(valid), start + 30)))
+        return valid[:start] + draw(st.binary(max_size=12)) + valid[end:]
+
+    return edited() | st.binary(max_size=120)
+
+
+def check_raw_answer(url: str, data: bytes) -> int:
+    """Sends ``data`` and closes the sending side; returns the answer's status (0 when the server just closed)."""
+    host, port = url.split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    if not answer:
+        return 0
+    assert answer.startswith(b"HTTP/1.1 "), answer[:100]
+    status = int(answer[9:12])
+    assert status < 500 or status == 503, answer[:300]
+    return status
+
+
 def check_answer(url: str, method: str, path: str, body: bytes, headers: dict[str, str]) -> int:
     host, port = url.split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=30)
@@ -105,7 +141,8 @@ def check_answer(url: str, method: str, path: str, body: bytes, headers: dict[st
 
 
 def fuzz_rest(url: str, max_examples: int) -> dict[int, int]:
-    """Sends ``max_examples`` fuzzed requests; returns how often each status code answered."""
+    """Sends ``max_examples`` fuzzed requests and as many fuzzed byte strings; returns how often each status code
+    answered (0: the server closed the connection without an answer, as it does for a cut-off body)."""
     seen: dict[int, int] = {}
 
     @settings(
@@ -120,7 +157,20 @@ def fuzz_rest(url: str, max_examples: int) -> dict[int, int]:
         status = check_answer(url, *request)
         seen[status] = seen.get(status, 0) + 1
 
+    @settings(
+        max_examples=max_examples,
+        deadline=None,
+        derandomize=max_examples <= 500,
+        suppress_health_check=list(HealthCheck),
+        database=None,
+    )
+    @given(raw_requests())
+    def raw(data):
+        status = check_raw_answer(url, data)
+        seen[status] = seen.get(status, 0) + 1
+
     requests()
+    raw()
     assert check_answer(url, "GET", "/v2/health/live", b"", {}) == 200
     headers = {"Inference-Header-Content-Length": str(len(json.dumps(VALID_HEADER)))}
     assert check_answer(url, "POST", PATHS[9], json.dumps(VALID_HEADER).encode() + IMAGE.tobytes(), headers) == 200

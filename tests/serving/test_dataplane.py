@@ -1,0 +1,102 @@
+"""serving.dataplane in-process: the transport-free API every front end translates to (values in, values out)."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from serving.dataplane import DataPlane, InferenceRequest, InputTensor, RequestedOutput
+from serving.errors import ServingError, Status
+from serving.runtime import RuntimeOptions
+from tests.serving.conftest import CLASS_NAMES, images, reference_probabilities
+
+
+def run(scenario, repo):
+    """Runs ``scenario(dataplane)`` on a fresh data plane over ``repo``, closing it afterwards."""
+
+    async def main():
+        dataplane = DataPlane(repo, RuntimeOptions(device="cpu", intra_op_threads=1), poll_interval_s=0)
+        await dataplane.start()
+        try:
+            return await scenario(dataplane)
+        finally:
+            await dataplane.close()
+
+    return asyncio.run(main())
+
+
+def request(batch: np.ndarray, **fields) -> InferenceRequest:
+    return InferenceRequest(model="digits", inputs=[InputTensor("image", "UINT8", batch.shape, batch)], **fields)
+
+
+def test_infer_returns_arrays_and_classification_and_counts_statistics(digits_repo):
+    batch = images(3, seed=21)
+
+    async def scenario(dataplane):
+        plain = await dataplane.infer(request(batch, id="a"))
+        top = await dataplane.infer(
+            request(batch, outputs=[RequestedOutput.from_parameters("probabilities", {"classification": 2})])
+        )
+        return plain, top, dataplane.statistics("digits"), dataplane.ready()
+
+    plain, top, statistics, ready = run(scenario, digits_repo)
+    expected = reference_probabilities(digits_repo / "digits" / "1", batch)
+    assert (plain.model, plain.version, plain.id) == ("digits", "1", "a") and ready
+    [output] = plain.outputs
+    assert (output.name, output.datatype, output.shape) == ("probabilities", "FP32", (3, 10))
+    np.testing.assert_array_equal(output.data, expected)
+    [labels] = top.outputs
+    assert (labels.datatype, labels.shape) == ("BYTES", (3, 2))
+    assert labels.data[0, 0].decode().split(":")[2] == CLASS_NAMES[int(expected[0].argmax())]
+    [stats] = statistics
+    assert stats.stats.success.count == 2 and stats.stats.inference_count == 6
+
+
+@pytest.mark.parametrize(
+    ("change", "status", "fragment"),
+    [
+        ({"model": "nope"}, Status.NOT_FOUND, "unknown model 'nope'"),
+        ({"version": "9" * 5000}, Status.NOT_FOUND, "no loaded version"),
+        ({"inputs": []}, Status.INVALID_ARGUMENT, "missing input 'image'"),
+        ({"parameters": {"timeout": "soon"}}, Status.INVALID_ARGUMENT, "timeout must be an integer"),
+        ({"outputs": [RequestedOutput("logits")]}, Status.INVALID_ARGUMENT, "unknown output 'logits'"),
+        ({"deadline": 0.0}, Status.DEADLINE_EXCEEDED, "timed out"),
+    ],
+)
+def test_infer_refuses_with_a_status_and_one_line(digits_repo, change, status, fragment):
+    async def scenario(dataplane):
+        fields = {"model": "digits", "inputs": request(images(1)).inputs, **change}
+        with pytest.raises(ServingError) as raised:
+            await dataplane.infer(InferenceRequest(**fields))
+        return raised.value
+
+    error = run(scenario, digits_repo)
+    assert error.status is status and fragment in error.message and "\n" not in error.message
+
+
+def test_drain_refuses_new_work_and_waits_for_admitted_requests(digits_repo):
+    async def scenario(dataplane):
+        dataplane.admit()
+        dataplane.begin_drain()
+        with pytest.raises(ServingError, match="shutting down"):
+            dataplane.admit()
+        assert dataplane.live() and not dataplane.ready()
+        assert not await dataplane.wait_idle(0.01)
+        asyncio.get_running_loop().call_later(0.01, dataplane.release)
+        return await dataplane.wait_idle(10)
+
+    assert run(scenario, digits_repo)
+
+
+def test_metadata_config_and_repository_are_plain_values(digits_repo):
+    async def scenario(dataplane):
+        await dataplane.unload("digits")
+        unloaded = (dataplane.model_ready("digits"), dataplane.repository_index())
+        await dataplane.load("digits")
+        return dataplane.model_metadata("digits"), dataplane.model_config("digits"), unloaded
+
+    metadata, config, (ready_after_unload, index) = run(scenario, digits_repo)
+    assert (metadata.name, metadata.versions, metadata.platform) == ("digits", ("1",), "onnxruntime_onnx")
+    assert metadata.execution_providers == ("CPUExecutionProvider",)
+    assert config.max_batch_size == 1024 and config.parameters["execution_providers"].string_value
+    assert not ready_after_unload and index[0].reason == "unloaded through the repository API"

@@ -37,8 +37,10 @@ def transfer_workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, 
 
 def test_building_the_head_builds_its_base_first(transfer_workspace: tuple[Path, subprocess.CompletedProcess]) -> None:
     root, result = transfer_workspace
-    blocks = [line for line in result.stdout.splitlines() if not line.startswith(" ")]  # one label per target
+    output, summary = result.stdout.split("\ntarget ", 1)  # the blocks, then the summary table
+    blocks = [line for line in output.splitlines() if not line.startswith(" ")]  # one label per target
     assert blocks == ["//model_defs:digits_cnn", "//model_defs:digits_transfer"]
+    assert "//model_defs:digits_cnn" in summary and "built v1" in summary
     assert result.stdout.count("  published version 1 to ") == 2
     head = manifest(root, "digits_transfer", 1)
     base = manifest(root, "digits_cnn", 1)
@@ -124,7 +126,7 @@ def test_a_retrained_base_invalidates_its_dependents_cached_features(
     result = run_buildsys("build", "digits_transfer", "--force", cwd=root)
     assert result.returncode == 0, result.stderr
     assert "digits_cnn: up to date (version 2)" in result.stdout
-    assert "digits_transfer: features cached in" in result.stdout and "features from" not in result.stdout
+    assert "\n  features cached in" in result.stdout and "features from" not in result.stdout
     (fresh,) = set(features.rglob("*.npz")) - cached
     assert fresh.parent == features / "digits_cnn"
     assert manifest(root, "digits_transfer", 2)["dependency_versions"]["//model_defs:digits_cnn"]["version"] == 2

@@ -160,7 +160,7 @@ def test_spark_features_as_parquet_feed_the_head(workspace: Path) -> None:
     npz.unlink()
     built = run_buildsys("build", "small_head", cwd=workspace)
     assert built.returncode == 0, built.stderr
-    assert f"small_head: features from {folder}" in built.stdout
+    assert f"  features from {folder}" in built.stdout
 
 
 FOLDER_HEAD = """
@@ -217,5 +217,5 @@ def test_spark_featurizes_an_image_folder_on_the_executors(
             np.testing.assert_allclose(np.stack(rows["features"].to_numpy()), arrays[split], atol=1e-5)
     npz.unlink()
     assert main(["build", "folder_head", "--workspace", str(workspace)]) == 0
-    assert f"folder_head: features from {folder_out}" in capsys.readouterr().out
+    assert f"  features from {folder_out}" in capsys.readouterr().out
     assert not npz.exists()  # the build read the Parquet features instead of running the base again

@@ -14,6 +14,18 @@ from modelrepo.manifest import PLATFORM, Manifest, Tensor
 from serving.protocol import model_config_pb2
 
 
+def _read_text(path: Path) -> str:
+    """A model-level file's text; unreadable or non-UTF-8 bytes are one FormatError naming the file."""
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise FormatError(f"{path}: cannot read ({error.strerror or error})") from error
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise FormatError(f"{path}: not UTF-8 (byte 0x{raw[error.start]:02x} at offset {error.start})") from error
+
+
 def _data_type(datatype: str) -> int:
     """Triton's enum value for an Open Inference Protocol datatype (BYTES is Triton's TYPE_STRING)."""
     return model_config_pb2.DataType.Value("TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}")
@@ -56,14 +68,7 @@ def read_config(path: Path) -> model_config_pb2.ModelConfig:
     Raises:
         FormatError: unreadable, not UTF-8, or not a valid Triton model config (one line).
     """
-    try:
-        raw = path.read_bytes()
-    except OSError as error:
-        raise FormatError(f"{path}: cannot read ({error.strerror or error})") from error
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise FormatError(f"{path}: not UTF-8 (byte 0x{raw[error.start]:02x} at offset {error.start})") from error
+    text = _read_text(path)
     config = model_config_pb2.ModelConfig()
     try:
         text_format.Parse(text, config)
@@ -84,12 +89,5 @@ def read_labels(path: Path) -> tuple[str, ...]:
     Raises:
         FormatError: unreadable or not UTF-8.
     """
-    try:
-        raw = path.read_bytes()
-    except OSError as error:
-        raise FormatError(f"{path}: cannot read ({error.strerror or error})") from error
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise FormatError(f"{path}: not UTF-8 (byte 0x{raw[error.start]:02x} at offset {error.start})") from error
+    text = _read_text(path)
     return tuple(line.rstrip("\r") for line in text.split("\n")[: -1 if text.endswith("\n") else None])

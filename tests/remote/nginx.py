@@ -8,8 +8,6 @@ shown, only when nginx is not installed outside CI (`.ci/run` installs it).
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import shutil
 import socket
@@ -21,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.mariadb import _binary, _free_port
+from tests.tls import self_signed_certificate
 
 TOKEN = "test-token-0123456789"
 TEMP_KINDS = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")  # nginx writes each into its own folder
@@ -38,9 +37,7 @@ class Nginx:
         self.process: subprocess.Popen | None = None
         self.storage = folder / "www" / "cache"
         self.storage.mkdir(parents=True, exist_ok=True)
-        self.certificate = folder / "server.pem" if tls else None
-        if tls:
-            _self_signed(folder / "server.pem", folder / "server.key")
+        self.certificate = self_signed_certificate(folder, certificate_authority=True)[0] if tls else None
         (folder / "nginx.conf").write_text(self._config(), encoding="utf-8")
 
     @property
@@ -53,7 +50,7 @@ class Nginx:
         user = "user root;\n" if os.geteuid() == 0 else ""
         listen = f"127.0.0.1:{self.port}" + (" ssl" if self.tls else "")
         tls = (
-            f"    ssl_certificate {folder / 'server.pem'};\n    ssl_certificate_key {folder / 'server.key'};\n"
+            f"    ssl_certificate {folder / 'server.crt'};\n    ssl_certificate_key {folder / 'server.key'};\n"
             if self.tls
             else ""
         )
@@ -102,34 +99,6 @@ class Nginx:
 
     def blobs(self) -> list[Path]:
         return sorted((self.storage / "cas").iterdir())
-
-
-def _self_signed(certificate: Path, key_file: Path) -> None:
-    """A certificate for 127.0.0.1 signed by itself (its own CA), with `cryptography`."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "buildsys test cache")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    certificate.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
 
 
 def _require_nginx() -> None:

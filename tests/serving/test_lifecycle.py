@@ -1,8 +1,6 @@
 """Process-level behaviour: SIGTERM draining, TLS and bearer token, metrics, startup errors, and the rule that
 the serving process never imports TensorFlow, keras or buildsys."""
 
-import datetime
-import ipaddress
 import os
 import re
 import signal
@@ -31,6 +29,7 @@ from tests.serving.conftest import (
     scrape,
     wait_for_metric,
 )
+from tests.tls import self_signed_certificate
 
 
 def health_status(channel: grpc.Channel) -> int:
@@ -93,46 +92,6 @@ def test_metrics_count_requests_by_status_and_batch_sizes(start_server, digits_r
     assert 'serving_requests_total{code="INVALID_ARGUMENT",model="digits"} 1.0' in text
     assert 'serving_batch_size_bucket{le="2.0",model="digits"} 1.0' in text
     assert 'serving_request_latency_seconds_count{model="digits"} 2.0' in text
-
-
-def self_signed_certificate(folder):
-    """A certificate for 127.0.0.1/localhost and its key as PEM files (cryptography, else openssl)."""
-    cert_path, key_path = folder / "server.crt", folder / "server.key"
-    try:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-    except ImportError:
-        subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-             "-keyout", str(key_path), "-out", str(cert_path), "-days", "1", "-subj", "/CN=localhost",
-             "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        return cert_path, key_path
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return cert_path, key_path
 
 
 def test_tls_and_bearer_token(start_server, digits_repo, tmp_path):

@@ -23,7 +23,8 @@ from tests.serving.conftest import (
     reference_probabilities,
     wait_for_metric,
 )
-from tests.serving.test_lifecycle import run_serving, self_signed_certificate
+from tests.serving.test_lifecycle import run_serving
+from tests.tls import self_signed_certificate
 
 
 def call(url: str, method: str, path: str, body: bytes = b"", headers: dict | None = None, context=None):

@@ -17,6 +17,7 @@ from tritonclient.utils import InferenceServerException
 
 from tests.serving.conftest import (
     CLASS_NAMES,
+    HOLDING_BATCH,
     free_port,
     images,
     publish_version,
@@ -323,7 +324,7 @@ def test_sigterm_drains_http_requests_and_refuses_new_ones(start_server, slow_re
         slow_repo, "--max-queue-delay-us", "1500000", "--metrics-port", str(metrics_port), "--grace-period", "20"
     )
     outcome: dict[str, object] = {}
-    batches = {"running": images(1, seed=8), "queued": images(3, seed=9)}
+    batches = {"running": images(HOLDING_BATCH, seed=8), "queued": images(3, seed=9)}
 
     def infer(key: str) -> None:
         client = httpclient.InferenceServerClient(server.http_url, network_timeout=60)
@@ -334,10 +335,11 @@ def test_sigterm_drains_http_requests_and_refuses_new_ones(start_server, slow_re
 
     callers = [threading.Thread(target=infer, args=("running",))]
     callers[0].start()
-    time.sleep(0.05)
+    time.sleep(0.2)
     callers.append(threading.Thread(target=infer, args=("queued",)))
     callers[1].start()
-    # The first request finds the model idle and runs at once (a slow call); the second waits in the queue.
+    # The first request is large enough to keep the idle model busy for about a second (a one-image call would be
+    # over before the second request arrives); the second waits in the queue behind it.
     wait_for_metric(metrics_port, 'serving_queue_depth{model="digits"} 1.0')
     server.process.send_signal(signal.SIGTERM)
     wait_until(lambda: call(server.http_url, "GET", "/v2/health/ready")[0] == 400, timeout_s=10)

@@ -47,6 +47,7 @@ class Metrics:
             registry=self.registry,
         )
         self._children: dict[tuple[str, str], tuple] = {}
+        self._batch_children: dict[str, Histogram] = {}
 
     def watch_queue_depth(self, depths: Callable[[], dict[str, int]]) -> None:
         """Registers the function read at each scrape for the queue-depth gauge."""
@@ -60,7 +61,10 @@ class Metrics:
         children[1].observe(seconds)
 
     def observe_batch(self, model: str, size: int) -> None:
-        self._batch_size.labels(model).observe(size)
+        histogram = self._batch_children.get(model)
+        if histogram is None:
+            histogram = self._batch_children[model] = self._batch_size.labels(model)
+        histogram.observe(size)
 
     def serve_http(self, host: str, port: int) -> None:
         """Starts the /metrics endpoint on a daemon thread."""

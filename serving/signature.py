@@ -71,13 +71,13 @@ class TensorSpec:
                 Status.INVALID_ARGUMENT,
                 f"input '{self.name}': datatype {datatype or '(empty)'} does not match the model's {self.datatype}",
             )
-        expected = format_shape(self.shape)
         if len(shape) != len(self.shape) or any(
             want not in (-1, got) for want, got in zip(self.shape[1:], shape[1:], strict=True)
         ):
             raise ServingError(
                 Status.INVALID_ARGUMENT,
-                f"input '{self.name}': shape {format_shape(shape)} does not match the model's {expected} "
+                f"input '{self.name}': shape {format_shape(shape)} does not match the model's "
+                f"{format_shape(self.shape)} "
                 "(-1 is any size, the first dimension is the batch)",
             )
         if any(d < 0 for d in shape):

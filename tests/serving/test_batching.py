@@ -47,7 +47,8 @@ class RecordingModel:
 
 
 def make_batcher(model, **limits) -> DynamicBatcher:
-    settings = {"max_batch_size": 8, "max_queue_delay_us": 0, "max_queue_size": 16, **limits}
+    """A batcher that always calls the model in its thread: these models block on an event the loop sets."""
+    settings = {"max_batch_size": 8, "max_queue_delay_us": 0, "max_queue_size": 16, "inline_below_ns": 0, **limits}
     return DynamicBatcher(name="test", execute=model, executor=None, stats=ModelStats(), **settings)
 
 
@@ -76,6 +77,39 @@ def test_a_lone_request_runs_at_once_without_waiting_for_the_delay():
     model, result = asyncio.run(scenario())
     assert model.batch_sizes == [2]
     np.testing.assert_array_equal(result["y"], [[0.0], [2.0]])
+
+
+def test_a_call_cheaper_than_the_hand_off_runs_on_the_loop_and_a_slow_one_in_the_pool():
+    def threads_of(seconds_per_call: float, sizes: list[int]) -> list[str]:
+        callers: list[str] = []
+
+        def model(inputs):
+            callers.append("loop" if threading.current_thread() is threading.main_thread() else "pool")
+            busy_until = time.thread_time() + seconds_per_call
+            while time.thread_time() < busy_until:  # a model computes: it spends CPU, it does not sleep
+                pass
+            return {"y": inputs["x"] * 2}
+
+        async def scenario():
+            batcher = DynamicBatcher(
+                name="test", execute=model, executor=None, stats=ModelStats(),
+                max_batch_size=8, max_queue_delay_us=0, max_queue_size=16,
+            )  # fmt: skip
+            for size in sizes:
+                result = await batcher.infer(rows(0, size), size)
+                np.testing.assert_array_equal(result["y"], rows(0, size)["x"] * 2)
+            await batcher.close()
+
+        asyncio.run(scenario())
+        return callers
+
+    # A size not seen before is measured in the pool; once measured fast (a cold first call may take a few calls
+    # to forget), that size runs on the loop. Sizes are grouped by powers of two: 2 and 3 share an estimate.
+    fast = threads_of(0, [1] * 8 + [2] + [3] * 8)
+    assert fast[0] == "pool" and fast[7] == "loop"
+    assert fast[8] == "pool" and fast[-1] == "loop"
+    # A call of 5 ms of CPU would stall every other request on the loop: it always runs in the pool.
+    assert threads_of(0.005, [1, 1, 1]) == ["pool", "pool", "pool"]
 
 
 def test_requests_queued_behind_a_busy_model_merge_and_each_gets_its_own_rows():

@@ -191,7 +191,9 @@ class DataPlane:
         self.poll_interval_s = poll_interval_s
         self.draining = False
         self._inflight = 0
-        self._idle: asyncio.Event | None = None
+        # Set while nothing is in flight; every front end's drain and the server's wait on the same event.
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._poller: asyncio.Task | None = None
         self._retiring: set[asyncio.Task] = set()
 
@@ -225,11 +227,13 @@ class DataPlane:
         """
         if self.draining:
             raise ServingError(Status.UNAVAILABLE, "server is shutting down; retry on another instance")
+        if self._inflight == 0:
+            self._idle.clear()
         self._inflight += 1
 
     def release(self) -> None:
         self._inflight -= 1
-        if self._inflight == 0 and self._idle is not None:
+        if self._inflight == 0:
             self._idle.set()
 
     @property
@@ -242,13 +246,10 @@ class DataPlane:
 
     async def wait_idle(self, timeout_s: float) -> bool:
         """Waits until no admitted request is in flight; False when ``timeout_s`` ran out first."""
-        deadline = time.monotonic() + timeout_s
-        while self._inflight:
-            self._idle = asyncio.Event()
-            try:
-                await asyncio.wait_for(self._idle.wait(), max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                return False
+        try:
+            await asyncio.wait_for(self._idle.wait(), max(0.0, timeout_s))
+        except TimeoutError:
+            return False
         return True
 
     async def close(self) -> None:

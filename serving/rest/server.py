@@ -20,7 +20,6 @@ from serving.auth import BearerToken
 from serving.dataplane import DataPlane
 from serving.rest.app import RestFrontEnd
 
-DRAIN_POLL_S = 0.02
 # After the drain: how long uvicorn waits for answers still being written before closing the connections.
 CLOSE_GRACE_S = 1.0
 
@@ -147,9 +146,7 @@ class HttpFrontend:
     async def stop(self, grace_s: float) -> None:
         """Keeps answering (503 for new work, readiness false) until nothing is in flight or ``grace_s`` ran out,
         so that load balancers see the drain; then closes the listener and the connections."""
-        deadline = time.monotonic() + grace_s
-        while self.dataplane.inflight and time.monotonic() < deadline:
-            await asyncio.sleep(DRAIN_POLL_S)
+        await self.dataplane.wait_idle(grace_s)
         if self._server is not None and self._task is not None:
             self._server.config.timeout_graceful_shutdown = CLOSE_GRACE_S
             self._server.should_exit = True

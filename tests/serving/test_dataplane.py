@@ -1,6 +1,7 @@
 """serving.dataplane in-process: the transport-free API every front end translates to (values in, values out)."""
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -83,9 +84,13 @@ def test_drain_refuses_new_work_and_waits_for_admitted_requests(digits_repo):
         assert dataplane.live() and not dataplane.ready()
         assert not await dataplane.wait_idle(0.01)
         asyncio.get_running_loop().call_later(0.01, dataplane.release)
-        return await dataplane.wait_idle(10)
+        # Every front end's drain and the server wait at once: the last answer must wake all of them.
+        started = time.monotonic()
+        woken = await asyncio.gather(*(dataplane.wait_idle(10) for _ in range(3)))
+        return woken, time.monotonic() - started
 
-    assert run(scenario, digits_repo)
+    woken, waited_s = run(scenario, digits_repo)
+    assert woken == [True, True, True] and waited_s < 5, f"a waiter slept {waited_s:.1f} s of its 10 s grace"
 
 
 def test_metadata_config_and_repository_are_plain_values(digits_repo):

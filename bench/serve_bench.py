@@ -11,7 +11,9 @@ Servers (`--servers`, comma-separated):
   buildsys-grpc, buildsys-rest  `python -m serving` from this checkout, over gRPC and over REST with binary tensors
   mlserver                      MLServer 1.7.1, onnxruntime MLModel, adaptive batching on, parallel_workers 0 (gRPC)
   kserve-grpc, kserve-rest      KServe 0.21's ModelServer with an onnxruntime kserve.Model (gRPC, FastAPI REST)
-  inprocess                     ONNX Runtime in this process: the ceiling
+  floor-grpc, floor-rest        the same transport stacks answering a fixed answer, no decoding, no model
+                                (bench/peers/floor_server.py): the front end's floor, not a peer
+  inprocess                     ONNX Runtime in this process: the ceiling (for 1x1 also with 0.5 ms between calls)
 The peers run from their own virtual environments (`bash bench/peers/setup.sh` creates bench/.venvs/); a server
 that is not installed, or whose client library is missing here, is skipped with a note.
 
@@ -64,10 +66,15 @@ from prepare_models import MODELS  # noqa: E402 - the short model names and the 
 
 from modelrepo import MANIFEST_FILE, ONNX_FILE, FormatError, list_versions, read_manifest  # noqa: E402
 
-SERVERS = ("buildsys-grpc", "buildsys-rest", "mlserver", "kserve-grpc", "kserve-rest", "inprocess")
+SERVERS = ("buildsys-grpc", "buildsys-rest", "mlserver", "kserve-grpc", "kserve-rest", "floor-grpc", "floor-rest",
+           "inprocess")  # fmt: skip
 PEERS = ("mlserver", "kserve-grpc", "kserve-rest")
+FLOORS = ("floor-grpc", "floor-rest")
 TRANSPORT = {"buildsys-grpc": "grpc", "buildsys-rest": "http", "mlserver": "grpc", "kserve-grpc": "grpc",
-             "kserve-rest": "http"}  # fmt: skip
+             "kserve-rest": "http", "floor-grpc": "grpc", "floor-rest": "http"}  # fmt: skip
+# The in-process ceiling is also taken with this pause between calls, as a server's calls come (caches and idle
+# ONNX Runtime threads cool down between requests; back to back they stay warm).
+PACED_PAUSE_S = 0.0005
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
 ORT_TYPES = {"tensor(uint8)": (np.uint8, "UINT8"), "tensor(float)": (np.float32, "FP32")}
 NUMPY_TYPES = {"UINT8": np.uint8, "FP32": np.float32, "FP16": np.float16, "INT64": np.int64, "INT32": np.int32}
@@ -127,6 +134,7 @@ class Measurement:
 class Results:
     cells: dict[tuple[str, str, str], list[Measurement]] = field(default_factory=dict)
     ceilings: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+    paced_ceilings: dict[str, list[float]] = field(default_factory=dict)  # batch 1, PACED_PAUSE_S between calls
     ready_s: dict[str, list[float]] = field(default_factory=dict)
     errors: dict[str, list[str]] = field(default_factory=dict)
 
@@ -229,6 +237,10 @@ class Server:
             if "--http-port" in help_text:
                 command += ["--http-port", str(self.http_port), "--metrics-port", str(self.metrics_port)]
             env["PYTHONPATH"] = str(PROJECT_ROOT)
+        elif kind in FLOORS:
+            flag = "--grpc-port" if self.transport == "grpc" else "--http-port"
+            port = self.grpc_port if self.transport == "grpc" else self.http_port
+            command = [sys.executable, str(PEERS_DIR / "floor_server.py"), flag, str(port)]
         elif kind == "mlserver":
             command = [str(VENVS / "mlserver" / "bin" / "mlserver"), "start", str(self._mlserver_config(models, work))]
             env["PYTHONPATH"] = str(PEERS_DIR)
@@ -476,7 +488,8 @@ async def measure_cells(server: Server, models: list[Model], cells: list[Cell], 
                 send, first_answer = clients.sender(model, images)
                 answer = await first_answer()
                 expected = references[(model.short, cell.batch)]
-                if answer.shape != expected.shape or not np.allclose(answer, expected, atol=1e-4):
+                wrong = answer.shape != expected.shape or not np.allclose(answer, expected, atol=1e-4)
+                if wrong and server.kind not in FLOORS:  # a floor answers ten zeros to everything, by design
                     raise RuntimeError(f"{model.short} {cell.label}: the answer differs from in-process ONNX Runtime")
                 await closed_loop(send, cell.clients, args.warmup, args.max_requests)
                 cpu_before = server.cpu_s()
@@ -496,18 +509,27 @@ async def measure_cells(server: Server, models: list[Model], cells: list[Cell], 
     return measured
 
 
-def in_process_images_per_s(model: Model, batch: int, seconds: float, max_runs: int, device: str) -> float:
-    """ONNX Runtime in this process on a fresh session, one thread calling run() back to back: the ceiling."""
+def in_process_images_per_s(
+    model: Model, batch: int, seconds: float, max_runs: int, device: str, pause_s: float = 0.0
+) -> float:
+    """ONNX Runtime in this process on a fresh session, one thread calling run() back to back: the ceiling.
+
+    With ``pause_s`` the thread sleeps that long between calls and only the calls are timed: what one call costs
+    when calls come as a server's do, not back to back."""
     session = ort.InferenceSession(str(model.path), providers=PROVIDERS[device])
     if device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
         raise SystemExit(f"serve_bench: CUDA was asked for, ONNX Runtime runs on {session.get_providers()}")
     feeds = {model.input_name: model.images(batch)}
     session.run(None, feeds)
-    runs, started = 0, time.perf_counter()
+    runs, in_calls, started = 0, 0.0, time.perf_counter()
     while runs < max_runs and time.perf_counter() - started < seconds:
+        if pause_s:
+            time.sleep(pause_s)
+        call_started = time.perf_counter()
         session.run(None, feeds)
+        in_calls += time.perf_counter() - call_started
         runs += 1
-    return runs * batch / (time.perf_counter() - started)
+    return runs * batch / (in_calls if pause_s else time.perf_counter() - started)
 
 
 def median(values: list[float]) -> float | None:
@@ -589,8 +611,11 @@ def print_tables(rows: list[dict], results: Results, servers: list[str], runs: i
                 cells.append(text + (f" [{entry['failures']}]" if entry["failures"] else ""))
             print("| " + " | ".join(cells) + " |")
         print("\ntime to ready with both models, s (median): " + ", ".join(
-            f"{kind} {number(median(results.ready_s.get(kind, [])), 2)}" for kind in network
+            f"{kind} {number(median(results.ready_s.get(kind, [])), 2)}" for kind in network if kind not in FLOORS
         ))  # fmt: skip
+    if results.paced_ceilings:
+        paced = ", ".join(f"{short} {number(median(values))}" for short, values in results.paced_ceilings.items())
+        print(f"\nin-process batch 1, {1000 * PACED_PAUSE_S:g} ms between calls (calls alone timed), images/s: {paced}")
     for kind, errors in results.errors.items():
         for error in errors:
             print(f"error: {kind}: {error}")
@@ -614,6 +639,11 @@ def run_matrix(args, models: list[Model], servers: list[str], help_text: str) ->
                         for batch in sorted({cell.ceiling_batch for cell in args.cells}):
                             value = in_process_images_per_s(model, batch, args.seconds, args.max_requests, args.device)
                             results.ceilings.setdefault((model.short, batch), []).append(value)
+                        if any(cell.batch == 1 and cell.clients == 1 for cell in args.cells):
+                            paced = in_process_images_per_s(
+                                model, 1, args.seconds, args.max_requests, args.device, PACED_PAUSE_S
+                            )
+                            results.paced_ceilings.setdefault(model.short, []).append(paced)
                     continue
                 server = Server(kind, models, args.model_dir, args.device, Path(folder), help_text)
                 try:

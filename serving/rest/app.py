@@ -313,17 +313,29 @@ class _Route:
 
 
 async def _unless_client_leaves(work: Awaitable, receive: Callable):
-    """Awaits ``work``, cancelling it when the client disconnects first (its queued request then never runs)."""
-    task = asyncio.ensure_future(work)
+    """Awaits ``work`` in this task, cancelling it when the client disconnects first (a queued request then never
+    runs). One watcher task per request, not a second task for the work and a wait over both: this is on every
+    inference's path."""
+    request_task = asyncio.current_task()
     watcher = asyncio.ensure_future(receive())
+    disconnected = False
+
+    def on_message(done: asyncio.Future) -> None:
+        nonlocal disconnected
+        if not done.cancelled() and done.exception() is None and done.result().get("type") == "http.disconnect":
+            disconnected = True
+            request_task.cancel()
+
+    watcher.add_done_callback(on_message)
     try:
-        await asyncio.wait((task, watcher), return_when=asyncio.FIRST_COMPLETED)
+        return await work
+    except asyncio.CancelledError:
+        if disconnected:
+            raise ServingError(Status.UNAVAILABLE, "the client went away before the answer was ready") from None
+        raise
     finally:
+        watcher.remove_done_callback(on_message)
         watcher.cancel()
-    if not task.done():
-        task.cancel()
-        raise ServingError(Status.UNAVAILABLE, "the client went away before the answer was ready")
-    return task.result()
 
 
 async def _read_body(receive: Callable, headers: dict[str, str]) -> bytes:

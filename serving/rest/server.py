@@ -126,6 +126,7 @@ class HttpFrontend:
             ssl_certfile=str(self._tls[0]) if self._tls else None,
             ssl_keyfile=str(self._tls[1]) if self._tls else None,
             server_header=False,
+            proxy_headers=False,  # nothing reads the client's address; the middleware would cost every request
         )
         try:
             config.load()

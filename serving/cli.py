@@ -93,6 +93,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         default=30.0,
         help="seconds in-flight requests get on SIGTERM",
     )
+    security.add_argument(
+        "--max-concurrent-requests",
+        type=_positive_int,
+        default=1024,
+        help="requests in the server at once, per front end, before RESOURCE_EXHAUSTED / HTTP 503 (default 1024)",
+    )
     security.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
 
 
@@ -133,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
             auth_token_file=args.auth_token_file,
             metrics_port=None if args.no_metrics else args.metrics_port,
             grace_period_s=args.grace_period,
+            max_concurrent_requests=args.max_concurrent_requests,
         )
         return serve(settings)
     except (ValueError, StartupError) as error:

@@ -62,6 +62,9 @@ class ServerSettings:
     auth_token_file: Path | None = None
     metrics_port: int | None = None
     grace_period_s: float = 30.0
+    # Each model's queue refuses at once when full, but a request is held (and its bytes kept) while it is decoded
+    # and checked: this bounds that per front end, whatever the number of models or connections.
+    max_concurrent_requests: int = 1024
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,14 @@ def build_frontends(dataplane: DataPlane, settings: ServerSettings, security: Se
     if settings.port is not None:
         credentials = grpc.ssl_server_credentials([(security.key_pem, security.cert_pem)]) if security.tls else None
         frontends.append(
-            GrpcFrontend(dataplane, settings.host, settings.port, credentials=credentials, token=security.token)
+            GrpcFrontend(
+                dataplane,
+                settings.host,
+                settings.port,
+                credentials=credentials,
+                token=security.token,
+                max_concurrent_requests=settings.max_concurrent_requests,
+            )
         )
     if settings.http_port is not None:
         frontends.append(
@@ -138,6 +148,7 @@ def build_frontends(dataplane: DataPlane, settings: ServerSettings, security: Se
                 tls_cert=security.tls_cert,
                 tls_key=security.tls_key,
                 token=security.token,
+                max_concurrent_requests=settings.max_concurrent_requests,
             )
         )
     return frontends

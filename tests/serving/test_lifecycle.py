@@ -1,6 +1,8 @@
 """Process-level behaviour: SIGTERM draining, TLS and bearer token, metrics, startup errors, and the rule that
 the serving process never imports TensorFlow, keras or buildsys."""
 
+import http.client
+import json
 import os
 import re
 import signal
@@ -69,6 +71,40 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero(start
             np.testing.assert_allclose(probabilities(future.result()), expected, rtol=1e-5, atol=1e-6)
     assert server.process.wait(20) == 0
     assert re.search(r"shutting down: refusing new requests, [12] in flight", server.log()), server.log()
+
+
+def test_requests_beyond_the_concurrency_limit_are_refused_at_once_by_both_front_ends(start_server, slow_repo):
+    # One request at a time per front end: while a large batch holds the slow model, the next request on either
+    # front end is refused at once instead of being held in the server.
+    server = start_server(slow_repo, "--max-concurrent-requests", "1")
+    with grpc.insecure_channel(server.url) as channel:
+        stub = connected_stub(channel)
+        running = stub.ModelInfer.future(infer_request(images(HOLDING_BATCH, seed=1)), timeout=60)
+        time.sleep(0.3)
+        refused_at = time.monotonic()
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelInfer(infer_request(images(1)), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert not running.done(), "the refusal waited for the running request"
+        assert probabilities(running.result()).shape == (HOLDING_BATCH, 10)
+    assert time.monotonic() - refused_at < 30
+
+    body = infer_json(images(HOLDING_BATCH, seed=2))
+    holder = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=60)
+    holder.request("POST", "/v2/models/digits/infer", body=body, headers={"Content-Type": "application/json"})
+    time.sleep(0.3)
+    second = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+    second.request("POST", "/v2/models/digits/infer", body=infer_json(images(1)))
+    assert second.getresponse().status == 503
+    second.close()
+    answer = holder.getresponse()
+    assert answer.status == 200 and len(json.loads(answer.read())["outputs"][0]["data"]) == HOLDING_BATCH * 10
+    holder.close()
+
+
+def infer_json(batch: np.ndarray) -> bytes:
+    tensor = {"name": "image", "shape": list(batch.shape), "datatype": "UINT8", "data": batch.ravel().tolist()}
+    return json.dumps({"inputs": [tensor]}).encode()
 
 
 def test_metrics_count_requests_by_status_and_batch_sizes(start_server, digits_repo):

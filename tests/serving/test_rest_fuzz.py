@@ -144,26 +144,21 @@ def fuzz_rest(url: str, max_examples: int) -> dict[int, int]:
     """Sends ``max_examples`` fuzzed requests and as many fuzzed byte strings; returns how often each status code
     answered (0: the server closed the connection without an answer, as it does for a cut-off body)."""
     seen: dict[int, int] = {}
-
-    @settings(
+    bounded = settings(
         max_examples=max_examples,
         deadline=None,
         derandomize=max_examples <= 500,
         suppress_health_check=list(HealthCheck),
         database=None,
     )
+
+    @bounded
     @given(http_requests())
     def requests(request):
         status = check_answer(url, *request)
         seen[status] = seen.get(status, 0) + 1
 
-    @settings(
-        max_examples=max_examples,
-        deadline=None,
-        derandomize=max_examples <= 500,
-        suppress_health_check=list(HealthCheck),
-        database=None,
-    )
+    @bounded
     @given(raw_requests())
     def raw(data):
         status = check_raw_answer(url, data)

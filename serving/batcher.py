@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 Tensors = dict[str, np.ndarray]
 
-# Executions measured below this run on the event loop (see the module docstring); the loop never blocks longer.
+# Executions measured below this much of the caller's CPU run on the event loop (see the module docstring).
 INLINE_BELOW_NS = 250_000
 # Weight of the newest measurement in a size's running estimate of its execution time.
 _ESTIMATE_WEIGHT = 0.5
@@ -320,7 +320,8 @@ class DynamicBatcher:
         self._on_batch(samples)
 
     def _merge_and_run(self, parts: list[Tensors]) -> tuple[Tensors, int, int]:
-        """Runs in the executor: concatenates the requests' inputs and calls the model once."""
+        """Runs in the executor, or on the loop for a cheap call: concatenates the inputs, calls the model once,
+        and updates the estimate of that size's call."""
         started = time.monotonic_ns()
         merged = parts[0] if len(parts) == 1 else {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         merged_at, thread_started = time.monotonic_ns(), time.thread_time_ns()

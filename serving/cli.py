@@ -97,7 +97,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--max-concurrent-requests",
         type=_positive_int,
         default=1024,
-        help="requests in the server at once, per front end, before RESOURCE_EXHAUSTED / HTTP 503 (default 1024)",
+        help="requests in the server at once, all front ends together, before UNAVAILABLE / HTTP 503 "
+        "(health and readiness are answered beyond it; default 1024)",
     )
     security.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
 

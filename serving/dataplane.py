@@ -163,8 +163,9 @@ class DataPlane:
 
     Lifecycle: ``await start()`` (first scan, then polling), requests, ``begin_drain()`` on shutdown (readiness
     turns false), ``await wait_idle(grace)``, ``await close()``. A front end brackets every call except health
-    and readiness with ``admit()`` / ``release()``, which refuses new work while draining and lets the drain
-    wait for what is in flight, whichever front end it came through.
+    and readiness with ``admit()`` / ``release()``, which refuses new work while draining or beyond
+    ``max_inflight`` requests at once and lets the drain wait for what is in flight, whichever front end it came
+    through.
     """
 
     def __init__(
@@ -176,8 +177,17 @@ class DataPlane:
         batching: BatchingOverrides | None = None,
         poll_interval_s: float = 2.0,
         metrics: Metrics | None = None,
+        max_inflight: int | None = None,
     ) -> None:
+        """Creates the data plane; models load in ``start()``.
+
+        Args:
+            max_inflight: admitted requests at once, across every front end, before ``admit()`` refuses (None:
+                no limit). Each model's queue is bounded too, but a request is held (and its bytes kept) while it
+                is decoded and checked, whatever the number of models.
+        """
         self.metrics = metrics or Metrics()
+        self.max_inflight = max_inflight
         self._executor = ThreadPoolExecutor(EXECUTOR_THREADS, thread_name_prefix="onnxruntime")
         self.repository = ModelRepository(
             repository_root,
@@ -220,13 +230,19 @@ class DataPlane:
             task.add_done_callback(self._retiring.discard)
 
     def admit(self) -> None:
-        """Counts one request in flight (for the drain); call ``release()`` when it is answered.
+        """Counts one request in flight (for the drain and the bound); call ``release()`` when it is answered.
 
         Raises:
-            ServingError: UNAVAILABLE while the server is shutting down.
+            ServingError: UNAVAILABLE while the server is shutting down, or with ``max_inflight`` requests in
+                flight already.
         """
         if self.draining:
             raise ServingError(Status.UNAVAILABLE, "server is shutting down; retry on another instance")
+        if self.max_inflight is not None and self._inflight >= self.max_inflight:
+            raise ServingError(
+                Status.UNAVAILABLE,
+                f"server has {self._inflight} requests in flight, its limit (--max-concurrent-requests); retry later",
+            )
         if self._inflight == 0:
             self._idle.clear()
         self._inflight += 1

@@ -288,7 +288,8 @@ class GrpcFrontend:
     Args:
         credentials: TLS server credentials, or None for plain text.
         token: the bearer token every RPC but health must carry, or None.
-        max_concurrent_requests: RPCs in the server at once before RESOURCE_EXHAUSTED (None: no limit).
+        max_calls: RPCs in the server at once, health included, before gRPC answers RESOURCE_EXHAUSTED (None: no
+            limit); the data plane's own limit on admitted requests is lower.
     """
 
     name = "gRPC"
@@ -301,10 +302,10 @@ class GrpcFrontend:
         *,
         credentials: grpc.ServerCredentials | None = None,
         token: BearerToken | None = None,
-        max_concurrent_requests: int | None = None,
+        max_calls: int | None = None,
     ) -> None:
         self.dataplane = dataplane
-        self._max_concurrent = max_concurrent_requests
+        self._max_calls = max_calls
         self.host = host
         self.port = port
         self._credentials = credentials
@@ -324,7 +325,7 @@ class GrpcFrontend:
         """
         server = grpc.aio.server(
             interceptors=[BearerTokenInterceptor(self._token)] if self._token else None,
-            maximum_concurrent_rpcs=self._max_concurrent,  # beyond it gRPC answers RESOURCE_EXHAUSTED at once
+            maximum_concurrent_rpcs=self._max_calls,  # beyond it gRPC answers RESOURCE_EXHAUSTED at once
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

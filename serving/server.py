@@ -27,6 +27,12 @@ from serving.version_policy import VersionPolicy
 
 log = logging.getLogger("serving")
 
+# Calls each transport takes beyond the data plane's limit before it refuses everything itself (gRPC
+# RESOURCE_EXHAUSTED, uvicorn's 503): room for health and readiness probes, which the data plane does not count,
+# so that they are answered while the admitted work is at its limit; the transport's own bound still holds when
+# the callers flood it with probes or idle connections.
+PROBE_HEADROOM = 64
+
 
 class StartupError(Exception):
     """Configuration that prevents starting; the message is the one line the user sees."""
@@ -62,8 +68,7 @@ class ServerSettings:
     auth_token_file: Path | None = None
     metrics_port: int | None = None
     grace_period_s: float = 30.0
-    # Each model's queue refuses at once when full, but a request is held (and its bytes kept) while it is decoded
-    # and checked: this bounds that per front end, whatever the number of models or connections.
+    # Requests admitted at once across the front ends (DataPlane.max_inflight); health and readiness are not counted.
     max_concurrent_requests: int = 1024
 
 
@@ -136,7 +141,7 @@ def build_frontends(dataplane: DataPlane, settings: ServerSettings, security: Se
                 settings.port,
                 credentials=credentials,
                 token=security.token,
-                max_concurrent_requests=settings.max_concurrent_requests,
+                max_calls=settings.max_concurrent_requests + PROBE_HEADROOM,
             )
         )
     if settings.http_port is not None:
@@ -148,7 +153,7 @@ def build_frontends(dataplane: DataPlane, settings: ServerSettings, security: Se
                 tls_cert=security.tls_cert,
                 tls_key=security.tls_key,
                 token=security.token,
-                max_concurrent_requests=settings.max_concurrent_requests,
+                max_calls=settings.max_concurrent_requests + PROBE_HEADROOM,
             )
         )
     return frontends
@@ -177,6 +182,7 @@ async def _serve(settings: ServerSettings, security: Security) -> int:
         batching=settings.batching,
         poll_interval_s=settings.poll_interval_s,
         metrics=metrics,
+        max_inflight=settings.max_concurrent_requests,
     )
     await dataplane.start()
     loaded = dataplane.repository.loaded()

@@ -291,16 +291,19 @@ class RestFrontEnd:
             if not allowed:
                 return error_response(404, f"no route {path[:200]!r}; see the Open Inference Protocol's /v2 paths")
             return error_response(405, f"{method} is not allowed on {path[:200]}", ((b"allow", allowed.encode()),))
-        body = await _read_body(receive, headers) if method == "POST" else b""
-        groups = match.groupdict()
-        request = HttpRequest(groups.get("name") or "", groups.get("version") or "", headers, body, receive)
         if not route.admitted:
-            return await route.handler(self, request)
-        self.dataplane.admit()
+            return await route.handler(self, await self._request(match, headers, method, receive))
+        self.dataplane.admit()  # before the body is read: a refused request's bytes are never held
         try:
-            return await route.handler(self, request)
+            return await route.handler(self, await self._request(match, headers, method, receive))
         finally:
             self.dataplane.release()
+
+    @staticmethod
+    async def _request(match: re.Match, headers: dict[str, str], method: str, receive: Callable) -> HttpRequest:
+        body = await _read_body(receive, headers) if method == "POST" else b""
+        groups = match.groupdict()
+        return HttpRequest(groups.get("name") or "", groups.get("version") or "", headers, body, receive)
 
 
 class _Route:

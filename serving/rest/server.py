@@ -80,7 +80,8 @@ class HttpFrontend:
     Args:
         tls_cert, tls_key: PEM files for HTTPS, or None for plain HTTP.
         token: the bearer token every route but /v2/health/* must carry, or None.
-        max_concurrent_requests: connections and requests at once before HTTP 503 (None: no limit).
+        max_calls: connections and requests at once, health included, before uvicorn answers 503 itself (None: no
+            limit); the data plane's own limit on admitted requests is lower.
     """
 
     name = "HTTP"
@@ -94,10 +95,10 @@ class HttpFrontend:
         tls_cert: Path | None = None,
         tls_key: Path | None = None,
         token: BearerToken | None = None,
-        max_concurrent_requests: int | None = None,
+        max_calls: int | None = None,
     ) -> None:
         self.dataplane = dataplane
-        self._max_concurrent = max_concurrent_requests
+        self._max_calls = max_calls
         self.host = host
         self.port = port
         self._tls = (tls_cert, tls_key) if tls_cert is not None else None
@@ -132,7 +133,7 @@ class HttpFrontend:
             proxy_headers=False,  # nothing reads the client's address; the middleware would cost every request
             # Beyond it uvicorn answers 503 at once. It counts the asking connection among those open, so one more
             # makes N mean N requests at once, as for gRPC.
-            limit_concurrency=None if self._max_concurrent is None else self._max_concurrent + 1,
+            limit_concurrency=None if self._max_calls is None else self._max_calls + 1,
         )
         try:
             config.load()

@@ -93,6 +93,22 @@ def test_drain_refuses_new_work_and_waits_for_admitted_requests(digits_repo):
     assert woken == [True, True, True] and waited_s < 5, f"a waiter slept {waited_s:.1f} s of its 10 s grace"
 
 
+def test_admission_is_bounded_across_callers_and_reopens_when_one_is_answered(digits_repo):
+    async def scenario(dataplane):
+        dataplane.max_inflight = 2
+        dataplane.admit()
+        dataplane.admit()
+        with pytest.raises(ServingError) as refused:
+            dataplane.admit()
+        dataplane.release()
+        dataplane.admit()  # room again
+        return refused.value, dataplane.inflight
+
+    refused, inflight = run(scenario, digits_repo)
+    assert refused.status is Status.UNAVAILABLE and "2 requests in flight" in refused.message
+    assert inflight == 2
+
+
 def test_metadata_config_and_repository_are_plain_values(digits_repo):
     async def scenario(dataplane):
         await dataplane.unload("digits")

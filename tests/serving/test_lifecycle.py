@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
 from serving.client import ClientError, InferenceClient
+from serving.protocol import grpc_service_pb2 as pb
 from tests.serving.conftest import (
     CLASS_NAMES,
     HOLDING_BATCH,
@@ -73,9 +74,9 @@ def test_sigterm_drains_in_flight_requests_refuses_new_ones_and_exits_zero(start
     assert re.search(r"shutting down: refusing new requests, [12] in flight", server.log()), server.log()
 
 
-def test_requests_beyond_the_concurrency_limit_are_refused_at_once_by_both_front_ends(start_server, slow_repo):
-    # One request at a time per front end: while a large batch holds the slow model, the next request on either
-    # front end is refused at once instead of being held in the server.
+def test_requests_beyond_the_concurrency_limit_are_refused_at_once_while_health_is_answered(start_server, slow_repo):
+    # One request at a time in the whole server: while a large batch holds the slow model, the next request on
+    # either front end is refused at once instead of being held, and health and readiness still answer.
     server = start_server(slow_repo, "--max-concurrent-requests", "1")
     with grpc.insecure_channel(server.url) as channel:
         stub = connected_stub(channel)
@@ -84,8 +85,25 @@ def test_requests_beyond_the_concurrency_limit_are_refused_at_once_by_both_front
         refused_at = time.monotonic()
         with pytest.raises(grpc.RpcError) as refused:
             stub.ModelInfer(infer_request(images(1)), timeout=30)
-        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert not running.done(), "the refusal waited for the running request"
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "--max-concurrent-requests" in refused.value.details()
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ModelMetadata(pb.ModelMetadataRequest(name="digits"), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        # The limit is the server's, not each front end's: HTTP refuses too while gRPC holds the one request.
+        second = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
+        second.request("POST", "/v2/models/digits/infer", body=infer_json(images(1)))
+        answer = second.getresponse()
+        assert answer.status == 503
+        assert "--max-concurrent-requests" in json.loads(answer.read())["error"]
+        # Health and readiness are not counted: probes are answered while the admitted work is at its limit (on
+        # the connection whose refused body was never read).
+        second.request("GET", "/v2/health/ready")
+        assert second.getresponse().status == 200
+        second.close()
+        assert stub.ServerReady(pb.ServerReadyRequest(), timeout=30).ready
+        assert health_status(channel) == health_pb2.HealthCheckResponse.SERVING
+        assert not running.done(), "the refusals waited for the running request"
         assert probabilities(running.result()).shape == (HOLDING_BATCH, 10)
     assert time.monotonic() - refused_at < 30
 
@@ -93,12 +111,14 @@ def test_requests_beyond_the_concurrency_limit_are_refused_at_once_by_both_front
     holder = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=60)
     holder.request("POST", "/v2/models/digits/infer", body=body, headers={"Content-Type": "application/json"})
     time.sleep(0.3)
-    second = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=30)
-    second.request("POST", "/v2/models/digits/infer", body=infer_json(images(1)))
-    assert second.getresponse().status == 503
-    second.close()
+    with grpc.insecure_channel(server.url) as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            connected_stub(channel).ModelInfer(infer_request(images(1)), timeout=30)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     answer = holder.getresponse()
     assert answer.status == 200 and len(json.loads(answer.read())["outputs"][0]["data"]) == HOLDING_BATCH * 10
+    holder.request("POST", "/v2/models/digits/infer", body=infer_json(images(2)))
+    assert holder.getresponse().status == 200
     holder.close()
 
 

@@ -13,10 +13,16 @@ import html
 import json
 from pathlib import Path
 
+from buildsys.html_page import html_page
 from modelrepo import FormatError, Manifest, list_versions, read_manifest, write_atomic
 
 INDEX_FILE = "index.html"
 REPORT_FILE = "report.html"  # the report action's file name (buildsys.actions.report imports numpy)
+INDEX_STYLE = """\
+.charts { display: flex; flex-wrap: wrap; gap: 24px; margin: 8px 0 20px; }
+th:nth-child(-n+3), td:nth-child(-n+3), td:nth-child(8) { text-align: left; }
+td.bad { color: #c62828; text-align: left; }
+"""
 
 
 def _rows(model_dir: Path) -> list[tuple[int, Manifest | None, str]]:
@@ -105,26 +111,7 @@ def render_index(model_dir: Path) -> str:
     label = next((m.label for _, m, _ in rows if m is not None and m.label), name)
     headers = ["version", "created", "content hash", "test accuracy", "test loss", "macro F1", "parameters",
                "hyperparameters", ""]  # fmt: skip
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{html.escape(name)} — buildsys versions</title>
-<style>
-body {{ font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto; max-width: 1100px;
-  padding: 24px; color: #1d2330; line-height: 1.45; }}
-h1 {{ margin: 0 0 4px; font-size: 26px; }}
-.sub {{ color: #5b6475; margin: 0 0 16px; }}
-.charts {{ display: flex; flex-wrap: wrap; gap: 24px; margin: 8px 0 20px; }}
-table {{ border-collapse: collapse; font-size: 14px; }}
-th, td {{ padding: 4px 10px; border-bottom: 1px solid #e6e9ef; text-align: right; }}
-th:nth-child(-n+3), td:nth-child(-n+3), td:nth-child(8) {{ text-align: left; }}
-td.bad {{ color: #c62828; text-align: left; }}
-code {{ font-size: 12px; }}
-</style>
-</head>
-<body>
-<h1>{html.escape(name)}</h1>
+    body = f"""<h1>{html.escape(name)}</h1>
 <p class="sub">{html.escape(label)} · {len(rows)} published version(s);
 <code>python -m buildsys diff {html.escape(name)}</code> compares the two latest.</p>
 <div class="charts">
@@ -132,10 +119,8 @@ code {{ font-size: 12px; }}
 {_svg_series("test loss", loss, "#e07b00")}
 </div>
 <table><thead><tr>{"".join(f"<th>{h}</th>" for h in headers)}</tr></thead>
-<tbody>{"".join(table)}</tbody></table>
-</body>
-</html>
-"""
+<tbody>{"".join(table)}</tbody></table>"""
+    return html_page(f"{name} — buildsys versions", body, INDEX_STYLE)
 
 
 def _number(value: object) -> str:

@@ -19,12 +19,32 @@ from typing import Any
 
 import numpy as np
 
+from buildsys.html_page import html_page
 from buildsys.store import write_atomic
 
 REPORT_FILE = "report.html"
 FIGURES_DIR = "report"
 GRID_IMAGES = 32
 MISTAKES = 16  # at most half the grid, so that it also shows what right looks like
+REPORT_STYLE = """\
+h2 { font-size: 19px; margin: 32px 0 6px; border-bottom: 1px solid #dde2ea; padding-bottom: 4px; }
+.cards { display: flex; flex-wrap: wrap; gap: 12px; }
+.card { background: #f3f6fb; border-radius: 8px; padding: 10px 16px; min-width: 130px; }
+.card .value { font-size: 22px; font-weight: 600; }
+.card .name { font-size: 12px; color: #5b6475; }
+th:first-child, td:first-child { text-align: left; }
+tr.average td { font-weight: 600; background: #f7f8fa; }
+table.details td { text-align: left; font-family: ui-monospace, monospace; font-size: 13px; word-break: break-all; }
+img { max-width: 100%; height: auto; display: block; }
+.side { display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }
+.side img { max-width: 400px; }
+.note { color: #5b6475; font-size: 14px; margin: 2px 0 8px; }
+.gate { border-radius: 8px; padding: 10px 16px; margin: 12px 0; }
+.gate.passed { background: #e8f1fc; border-left: 5px solid #1f5fbf; }
+.gate.rejected { background: #fdecea; border-left: 5px solid #c62828; }
+.gate ul { margin: 4px 0 0; }
+.legend-blue { color: #1f5fbf; font-weight: 600; } .legend-red { color: #c62828; font-weight: 600; }
+"""
 
 
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray, class_names: Sequence[str]) -> dict[str, Any]:
@@ -249,39 +269,7 @@ def _html(manifest: dict[str, Any], figures: dict[str, str], mistakes: int, wron
         else "The model made no mistakes on the test split; a fixed sample of it, captioned with the predicted class "
         "and its probability."
     )
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{html.escape(heading)} — buildsys report</title>
-<style>
-body {{ font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0 auto; max-width: 1100px;
-  padding: 24px; color: #1d2330; background: #ffffff; line-height: 1.45; }}
-h1 {{ margin: 0 0 4px; font-size: 26px; }}
-h2 {{ font-size: 19px; margin: 32px 0 6px; border-bottom: 1px solid #dde2ea; padding-bottom: 4px; }}
-.sub {{ color: #5b6475; margin: 0 0 16px; }}
-.cards {{ display: flex; flex-wrap: wrap; gap: 12px; }}
-.card {{ background: #f3f6fb; border-radius: 8px; padding: 10px 16px; min-width: 130px; }}
-.card .value {{ font-size: 22px; font-weight: 600; }}
-.card .name {{ font-size: 12px; color: #5b6475; }}
-table {{ border-collapse: collapse; font-size: 14px; margin: 8px 0; }}
-th, td {{ padding: 4px 12px; border-bottom: 1px solid #e6e9ef; text-align: right; }}
-th:first-child, td:first-child {{ text-align: left; }}
-tr.average td {{ font-weight: 600; background: #f7f8fa; }}
-table.details td {{ text-align: left; font-family: ui-monospace, monospace; font-size: 13px; word-break: break-all; }}
-img {{ max-width: 100%; height: auto; display: block; }}
-.side {{ display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }}
-.side img {{ max-width: 400px; }}
-.note {{ color: #5b6475; font-size: 14px; margin: 2px 0 8px; }}
-.gate {{ border-radius: 8px; padding: 10px 16px; margin: 12px 0; }}
-.gate.passed {{ background: #e8f1fc; border-left: 5px solid #1f5fbf; }}
-.gate.rejected {{ background: #fdecea; border-left: 5px solid #c62828; }}
-.gate ul {{ margin: 4px 0 0; }}
-.legend-blue {{ color: #1f5fbf; font-weight: 600; }} .legend-red {{ color: #c62828; font-weight: 600; }}
-</style>
-</head>
-<body>
-<h1>{html.escape(heading)}</h1>
+    body = f"""<h1>{html.escape(heading)}</h1>
 <p class="sub">{html.escape(subtitle)}</p>
 {_gate_banner(manifest.get("quality_gate"))}
 <div class="cards">{
@@ -324,9 +312,8 @@ with each class's curve and their macro average beside the numbers.</p>
 <section><h2>Timings</h2>
 {_table(["step", "seconds"], [[k, f"{v:.2f}"] for k, v in timings.items()])}
 </section>
-</body>
-</html>
 """
+    return html_page(f"{heading} — buildsys report", body, REPORT_STYLE)
 
 
 def summary_text(manifest: dict[str, Any]) -> str:

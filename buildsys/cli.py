@@ -475,6 +475,7 @@ def command_predict(args: argparse.Namespace) -> int:
         engine=args.engine,
         master=args.master,
         parquet_columns=(args.image_column, args.label_column, args.id_column),
+        device=args.device,
     )
     stream = summary_stream(args.destination)
     print(json.dumps(summary.to_json(), indent=2) if args.json else summary.line(), file=stream)
@@ -704,6 +705,12 @@ def make_parser() -> argparse.ArgumentParser:
     predict.add_argument("--version", type=int, help="a published version (default: the latest)")
     predict.add_argument("--batch-size", type=int, default=256, help="images per ONNX Runtime call and per write")
     predict.add_argument("--engine", choices=("local", "spark"), default="local", help="where the model runs")
+    predict.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="the local engine's ONNX Runtime device: auto (CUDA when it activates), cpu, or cuda (required)",
+    )
     predict.add_argument("--master", help="Spark master URL for --engine spark (default: local[2])")
     for column, default in (("image", "encoded image bytes"), ("label", "class names or indices"), ("id", "ids")):
         predict.add_argument(

@@ -32,6 +32,7 @@ class Summary:
     model: str
     version: int
     destination: str
+    providers: tuple[str, ...] = ()  # ONNX Runtime's active providers, best first
     rows: int = 0
     batches: int = 0
     labelled: int = 0
@@ -47,6 +48,7 @@ class Summary:
             "model": self.model,
             "version": self.version,
             "destination": self.destination,
+            "providers": list(self.providers),
             "rows": self.rows,
             "batches": self.batches,
             "accuracy": self.accuracy,
@@ -57,10 +59,15 @@ class Summary:
 
     def line(self) -> str:
         rate = f"{self.rows / self.seconds:,.0f} images/s" if self.seconds else "-"
-        text = f"wrote {self.rows:,} rows to {self.destination} with {self.model} version {self.version} ({rate})"
+        text = f"wrote {self.rows:,} rows to {self.destination} with {self.model} version {self.version} ({rate}"
+        text += f" on {_device(self.providers)})" if self.providers else ")"
         if self.accuracy is not None:
             text += f"; accuracy {self.accuracy:.4f} on {self.labelled:,} labelled images"
         return text
+
+
+def _device(providers: tuple[str, ...]) -> str:
+    return "CUDA" if providers[0] == "CUDAExecutionProvider" else providers[0].removesuffix("ExecutionProvider")
 
 
 def _rows(model: Model, ids: list[str], probabilities: np.ndarray, truth: np.ndarray | None) -> list[dict[str, Any]]:
@@ -111,6 +118,7 @@ def predict(
     engine: str = "local",
     master: str | None = None,
     parquet_columns: tuple[str | None, str | None, str | None] = (None, None, None),
+    device: str = "auto",
 ) -> Summary:
     """Predicts every image of `inputs` with the target's published model and writes the rows to `destination`.
 
@@ -118,6 +126,7 @@ def predict(
     Parquet tables are read, decoded and scored on the executors and only the scored rows come back; other
     sources are read here and each batch is scored on Spark. Writing the rows stays here, so both engines write
     the same rows. `parquet_columns` name a Parquet input's image, label and id columns (None: the defaults).
+    `device` is the local engine's (`scoring.Model`); Spark's executors score on their CPUs.
 
     Raises:
         DataError: for unreadable inputs or a failed write, saying how many whole batches were written.
@@ -125,7 +134,7 @@ def predict(
     if batch_size <= 0:
         raise BuildsysError(f"--batch-size must be positive; received {batch_size}")
     (target,) = workspace.resolve([label])
-    model = Model(tree, target, version)
+    model = Model(tree, target, version, device)
     source: Scored | None = None
     if engine != "spark" and any(parquet_columns):
         raise BuildsysError("--image-column, --label-column and --id-column apply to Parquet inputs of --engine spark")
@@ -140,7 +149,12 @@ def predict(
     columns = ["image_id", "model_name", "model_version", *probability_columns(model.class_names),
                "predicted_index", "predicted_class", "probability", "true_index", "true_class"]  # fmt: skip
     sink = open_sink(destination, columns, probability_columns(model.class_names), source.labelled)
-    summary = Summary(model.name, model.version, sink.description)
+    providers = tuple(model.providers)
+    if engine == "spark":
+        from buildsys.engines.spark import EXECUTOR_PROVIDERS
+
+        providers = tuple(EXECUTOR_PROVIDERS)
+    summary = Summary(model.name, model.version, sink.description, providers)
     progress = Progress(f"predict {model.name}", source.total)
     started = time.perf_counter()
     try:

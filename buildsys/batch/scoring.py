@@ -12,6 +12,7 @@ from typing import Protocol
 
 import numpy as np
 
+from buildsys.console import warn_once
 from buildsys.errors import DataError
 from buildsys.sources.resolve import ImageFormat
 from buildsys.store import OutputTree
@@ -19,12 +20,31 @@ from buildsys.workspace import Target
 from modelrepo import FormatError, read_manifest
 
 NUMPY_TYPES = {"UINT8": np.uint8, "FP32": np.float32}
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _requested_providers(device: str, available: list[str]) -> list[str]:
+    if device not in DEVICES:
+        raise DataError(f"unknown device {device!r}; expected one of {', '.join(DEVICES)}")
+    if device == "cuda" and CUDA not in available:
+        raise DataError(
+            f"--device cuda, but ONNX Runtime's CUDA provider is not in this build ({', '.join(available)}); "
+            "install onnxruntime-gpu, or use --device auto or cpu"
+        )
+    return [CUDA, CPU] if device != "cpu" and CUDA in available else [CPU]
 
 
 class Model:
     """A published version's `model.onnx` in an ONNX Runtime session, with what the manifest says about it."""
 
-    def __init__(self, tree: OutputTree, target: Target, version: int | None) -> None:
+    def __init__(self, tree: OutputTree, target: Target, version: int | None, device: str = "auto") -> None:
+        """Opens the version's session on ``device``: ``cpu``; ``cuda``, which must become active; or ``auto``,
+        CUDA when this ONNX Runtime build offers it, with a warning when it is offered but does not activate.
+
+        Raises:
+            DataError: the version's files are unusable, or ``cuda`` is not active.
+        """
         import onnxruntime
 
         self.version = tree.published_version(target.label, target.name, version)
@@ -48,9 +68,17 @@ class Model:
         self.image_format = ImageFormat(
             (image["height"], image["width"]), "rgb" if image["color_mode"] == "rgb" else "grayscale"
         )
-        available = onnxruntime.get_available_providers()
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        self.session = onnxruntime.InferenceSession(str(path), providers=providers)
+        requested = _requested_providers(device, onnxruntime.get_available_providers())
+        self.session = onnxruntime.InferenceSession(str(path), providers=requested)
+        # ONNX Runtime falls back to the CPU when CUDA's libraries are missing; only the active list tells.
+        self.providers: list[str] = self.session.get_providers()
+        if CUDA in requested and CUDA not in self.providers:
+            if device == "cuda":
+                raise DataError(
+                    "--device cuda, but ONNX Runtime's CUDA provider did not activate (check the CUDA/cuDNN "
+                    "libraries); use --device auto or cpu"
+                )
+            warn_once(f"{path}: ONNX Runtime offers CUDA but it did not activate; predicting on the CPU")
         self.onnx_path = path
         self.scorer: Callable[[np.ndarray], np.ndarray] | None = None  # another engine over the same file
 

@@ -40,6 +40,10 @@ Decode = Callable[[Any], tuple[Any, np.ndarray]]
 DEFAULT_MASTER = "local[2]"
 
 
+# The executors score on their CPUs: a Spark cluster's executors are not assumed to have a GPU each.
+EXECUTOR_PROVIDERS = ["CPUExecutionProvider"]
+
+
 def spark_session(master: str | None = None) -> Any:
     """A SparkSession on `master` (default local[2]) whose Python workers run this interpreter.
 
@@ -74,7 +78,7 @@ def _score_chunks(
     def run(chunks: Iterator[Any]) -> Iterator[Any]:
         import onnxruntime
 
-        session = onnxruntime.InferenceSession(model.value, providers=["CPUExecutionProvider"])
+        session = onnxruntime.InferenceSession(model.value, providers=EXECUTOR_PROVIDERS)
         for chunk in chunks:
             keys, images = decode(chunk)
             if len(keys) == 0:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pytest
 import sqlalchemy as sa
 
@@ -24,6 +25,7 @@ from tests.data_helpers import digits, write_folder
 
 pytestmark = pytest.mark.slow  # the digits model is built once per session
 DIGIT_NAMES = [str(d) for d in range(10)]
+AVAILABLE = onnxruntime.get_available_providers()
 
 
 @pytest.fixture(scope="module")
@@ -98,6 +100,26 @@ def test_csv_jsonl_and_stdout(digits_workspace: Path, tmp_path: Path, capsys: py
     captured = capsys.readouterr()
     assert captured.out.splitlines()[0].split() == ["image_id", "predicted", "probability", "true"]
     assert len(captured.out.splitlines()) == 31 and "wrote 30 rows to stdout" in captured.err
+
+
+def test_the_device_is_read_back_from_onnx_runtime_and_cuda_is_never_assumed(
+    digits_workspace: Path, digit_folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_predict(digits_workspace, "--input", str(digit_folder), "--output", "-", "--device", "cpu") == 0
+    assert " on CPU)" in capsys.readouterr().err
+    assert run_predict(digits_workspace, "--input", str(digit_folder), "--output", "-", "--json") == 0
+    active = json.loads(capsys.readouterr().err)["providers"]
+    assert (
+        active
+        == onnxruntime.InferenceSession(
+            str(next((digits_workspace / "build-out" / "models" / "digits").glob("*/model.onnx"))),
+            providers=[p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in AVAILABLE],
+        ).get_providers()
+    )
+    if "CUDAExecutionProvider" not in active:  # CI and most machines: cuda must refuse, not fall back quietly
+        assert run_predict(digits_workspace, "--input", str(digit_folder), "--output", "-", "--device", "cuda") != 0
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith("error: --device cuda, but ONNX Runtime's CUDA provider") and "or cpu" in line
 
 
 def test_loose_image_files_have_no_labels(digits_workspace: Path, digit_folder: Path, capsys) -> None:

@@ -2,9 +2,10 @@
 
 Requests are queued and awaited on the loop (no thread hop to enqueue or to wake a waiter); only the model call
 itself, with the merge of the inputs, runs in a small thread pool so that the loop never blocks on a model.
-A request that finds the model idle and nobody queued runs at once: a lone client never waits out the queue
-delay. Requests that arrive while the model is busy wait at most ``max_queue_delay_us`` (counted from the
-oldest) for others to join, and a merged batch holds at most ``max_batch_size`` samples. The queue is bounded
+A request that finds the model idle runs at once, merged with the requests that arrived in the same turn of the
+event loop (those the transport read together): a lone client never waits out the queue delay, and a burst
+still makes one call. Requests that arrive while the model is busy wait at most ``max_queue_delay_us`` (counted
+from the oldest) for others to join, and a merged batch holds at most ``max_batch_size`` samples. The queue is bounded
 by ``max_queue_size`` requests: beyond it ``infer`` refuses at once with UNAVAILABLE instead of letting
 latency grow without limit. A request whose deadline passed or whose caller went away (its task cancelled)
 leaves the queue and never runs. One execution at a time per version, so ONNX Runtime's intra-op threads do
@@ -95,6 +96,8 @@ class DynamicBatcher:
         # The worker sleeps on this future while it waits for the delay; a full batch or close wakes it early.
         self._wakeup: asyncio.Future | None = None
         self._busy = False  # an execution is running (a lone request's or the worker's)
+        # Scheduled when a request finds the model idle: runs what arrived in the same turn of the loop.
+        self._flush: asyncio.Handle | None = None
         self._failure_log = RateLimitedLog(log)
         # Running estimate of the model call's time in ns, by batch size's bit length (1, 2-3, 4-7, ...).
         self._call_ns: dict[int, float] = {}
@@ -124,15 +127,17 @@ class DynamicBatcher:
                 f"model '{self.name}' queue is full ({self.max_queue_size} requests waiting); retry later",
             )
         loop = asyncio.get_running_loop()
-        if not self._busy and not self._queue:
+        idle = not self._busy and self._worker is None and self._flush is None
+        if idle and not self._runs_inline(batch_size):
             return await self._run_alone(loop, inputs, batch_size, deadline)
         pending = _Pending(inputs, batch_size, deadline, loop.create_future())
         self._queue.append(pending)
         self._queued_samples += batch_size
-        if self._worker is None and not self._busy:
-            self._worker = loop.create_task(self._run(), name=f"batcher-{self.name}")
+        if idle:
+            # A short call runs on the loop right after the requests that arrived with this one have joined it.
+            self._flush = loop.call_soon(self._run_arrived, loop)
         else:
-            self._notify()  # a lone request's execution hands the queue to a worker when it ends
+            self._notify()  # a running execution hands the queue to a worker when it ends
         timer = None if deadline is None else loop.call_later(deadline - time.monotonic(), self._expire, pending)
         try:
             return await pending.future
@@ -146,11 +151,11 @@ class DynamicBatcher:
         """Stops accepting requests and executes everything already queued without waiting for the delay."""
         self._closing = True
         self._notify()
-        while self._worker is not None or self._busy:
+        while self._worker is not None or self._busy or self._flush is not None:
             if self._worker is not None:
                 await self._worker
             else:
-                await asyncio.sleep(0.001)  # a lone request's call is finishing in its thread
+                await asyncio.sleep(0.001)  # a lone request's call is finishing in its thread, or a flush is due
 
     def _notify(self) -> None:
         wakeup = self._wakeup
@@ -181,20 +186,16 @@ class DynamicBatcher:
     async def _run_alone(
         self, loop: asyncio.AbstractEventLoop, inputs: Tensors, batch_size: int, deadline: float | None
     ) -> Tensors:
-        """The model is idle and nobody waits: this request's own task runs it at once (no worker hop)."""
+        """The model is idle and the call is a long one: this request's own task hands it to the pool at once
+        (no worker hop); requests arriving meanwhile queue behind it."""
         if deadline is not None and time.monotonic() > deadline:
             raise ServingError(Status.DEADLINE_EXCEEDED, f"model '{self.name}': request timed out before it ran")
         self._busy = True
-        work = None
+        work = self._submit([inputs])
         try:
-            if self._runs_inline(batch_size):
-                outputs, input_ns, infer_ns = self._merge_and_run([inputs])
-            else:
-                work = self._submit([inputs])
-                outputs, input_ns, infer_ns = await asyncio.wrap_future(work, loop=loop)
+            outputs, input_ns, infer_ns = await asyncio.wrap_future(work, loop=loop)
         except asyncio.CancelledError:
-            # The caller went away during the thread's call (an inline call has no await to be cancelled at); the
-            # next execution may start only when the thread is done.
+            # The caller went away during the thread's call; the next execution may start only when it is done.
             work.add_done_callback(lambda _: loop.call_soon_threadsafe(self._execution_ended, loop))
             raise
         except Exception as error:  # the model failing must fail this request, never the server
@@ -225,13 +226,33 @@ class DynamicBatcher:
         )
         return ServingError(Status.INTERNAL, f"model '{self.name}' failed to execute: {_one_line(error)}")
 
-    async def _run(self) -> None:
+    def _run_arrived(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Runs the requests that arrived while the model was idle, in the same turn of the loop, as one call:
+        on the loop when that size's calls are short, else through a worker at once (they waited for nothing)."""
+        self._flush = None
+        batch = self._take()
+        if batch and self._runs_inline(sum(p.batch_size for p in batch)):
+            self._busy = True
+            try:
+                self._execute_inline(batch)
+            finally:
+                self._busy = False
+        elif batch:
+            self._queue.extendleft(reversed(batch))
+            self._queued_samples += sum(p.batch_size for p in batch)
+        if self._queue and self._worker is None:
+            # Requests that did not fit the call (size, shapes) or whose merged call is long: no delay either.
+            self._worker = loop.create_task(self._run(delay_first=False), name=f"batcher-{self.name}")
+
+    async def _run(self, delay_first: bool = True) -> None:
         """Executes what queued while the model was busy, batch after batch, until the queue is empty."""
         loop = asyncio.get_running_loop()
         try:
             while self._queue:
                 # What queued during an execution waits for the delay, counted from its oldest request.
-                await self._fill(loop)
+                if delay_first:
+                    await self._fill(loop)
+                delay_first = True
                 batch = self._take()
                 if batch:
                     self._busy = True
@@ -294,21 +315,34 @@ class DynamicBatcher:
         return batch
 
     async def _execute_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
-        started = time.monotonic_ns()
-        queue_ns = sum(started - p.enqueued_ns for p in batch)
-        samples = sum(p.batch_size for p in batch)
-        parts = [p.inputs for p in batch]
-        try:
-            if self._runs_inline(samples):
-                outputs, input_ns, infer_ns = self._merge_and_run(parts)
-            else:
-                outputs, input_ns, infer_ns = await asyncio.wrap_future(self._submit(parts), loop=loop)
-        except Exception as error:  # the model failing must fail these requests, never the server
-            failure = self._failure(error, samples)
-            for pending in batch:
-                if not pending.future.done():
-                    pending.future.set_exception(failure)
+        if self._runs_inline(sum(p.batch_size for p in batch)):
+            self._execute_inline(batch)
             return
+        started = time.monotonic_ns()
+        try:
+            result = await asyncio.wrap_future(self._submit([p.inputs for p in batch]), loop=loop)
+        except Exception as error:  # the model failing must fail these requests, never the server
+            self._fail(batch, error)
+            return
+        self._deliver(batch, started, *result)
+
+    def _execute_inline(self, batch: list[_Pending]) -> None:
+        started = time.monotonic_ns()
+        try:
+            result = self._merge_and_run([p.inputs for p in batch])
+        except Exception as error:  # the model failing must fail these requests, never the server
+            self._fail(batch, error)
+            return
+        self._deliver(batch, started, *result)
+
+    def _fail(self, batch: list[_Pending], error: Exception) -> None:
+        failure = self._failure(error, sum(p.batch_size for p in batch))
+        for pending in batch:
+            if not pending.future.done():
+                pending.future.set_exception(failure)
+
+    def _deliver(self, batch: list[_Pending], started: int, outputs: Tensors, input_ns: int, infer_ns: int) -> None:
+        """Gives each request its own rows of the merged outputs, and records the execution."""
         split_started = time.monotonic_ns()
         offset = 0
         for pending in batch:
@@ -319,6 +353,8 @@ class DynamicBatcher:
                 )
             offset += pending.batch_size
         output_ns = time.monotonic_ns() - split_started
+        samples = sum(p.batch_size for p in batch)
+        queue_ns = sum(started - p.enqueued_ns for p in batch)
         self._stats.record_execution(samples, len(batch), queue_ns, input_ns, infer_ns, output_ns)
         self._on_batch(samples)
 

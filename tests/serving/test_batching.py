@@ -112,6 +112,31 @@ def test_a_call_cheaper_than_the_hand_off_runs_on_the_loop_and_a_slow_one_in_the
     assert threads_of(0.005, [1, 1, 1]) == ["pool", "pool", "pool"]
 
 
+def test_requests_that_arrive_together_at_an_idle_model_make_one_call_without_waiting_for_the_delay():
+    async def scenario():
+        model = RecordingModel()
+        batcher = DynamicBatcher(
+            name="test", execute=model, executor=None, stats=ModelStats(),
+            max_batch_size=64, max_queue_delay_us=60_000_000, max_queue_size=16,
+        )  # fmt: skip
+        for size in (1, 4, 4):  # measures sizes 1 and 4-7 (the first of a size runs in the pool)
+            await batcher.infer(rows(0, size), size)
+        model.batch_sizes.clear()
+        # Five requests in one turn of the loop, as a transport reads them from five connections at once.
+        results = await asyncio.wait_for(
+            asyncio.gather(*(batcher.infer(rows(10 * i, 1), 1) for i in range(5))), 10
+        )  # 60 s if they waited for the delay
+        lone = await asyncio.wait_for(batcher.infer(rows(7, 1), 1), 10)
+        await batcher.close()
+        return model, results, lone
+
+    model, results, lone = asyncio.run(scenario())
+    assert model.batch_sizes == [5, 1]
+    for i, result in enumerate(results):
+        np.testing.assert_array_equal(result["y"], rows(10 * i, 1)["x"] * 2)
+    np.testing.assert_array_equal(lone["y"], [[14.0]])
+
+
 def test_requests_queued_behind_a_busy_model_merge_and_each_gets_its_own_rows():
     async def scenario():
         model = RecordingModel()

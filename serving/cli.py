@@ -53,8 +53,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     runtime.add_argument(
         "--intra-op-threads",
         type=_non_negative_int,
-        default=0,
-        help="threads per model call (0: one per core)",
+        help="threads per model call for every model (0: one per core; default: each model's config.pbtxt "
+        "parameter intra_op_thread_count, as Triton's onnxruntime backend reads it, else one per core)",
     )
     runtime.add_argument("--graph-optimization-level", choices=GRAPH_OPTIMIZATION_LEVELS, default="all")
     runtime.add_argument(

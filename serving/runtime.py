@@ -32,11 +32,12 @@ DEVICES = ("auto", "cuda", "cpu")
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """How sessions are created. ``intra_op_threads`` 0 lets ONNX Runtime use one thread per core;
-    ``intra_op_spinning`` lets its idle threads spin for work instead of sleeping."""
+    """How sessions are created. ``intra_op_threads`` 0 lets ONNX Runtime use one thread per core, and None leaves
+    it to each model's config.pbtxt (``intra_op_thread_count``, else one per core); ``intra_op_spinning`` lets its
+    idle threads spin for work instead of sleeping."""
 
     device: str = "auto"
-    intra_op_threads: int = 0
+    intra_op_threads: int | None = None
     graph_optimization_level: str = "all"
     intra_op_spinning: bool = False
 
@@ -76,7 +77,7 @@ class OnnxModel:
                 and inactive.
         """
         session_options = ort.SessionOptions()
-        session_options.intra_op_num_threads = options.intra_op_threads
+        session_options.intra_op_num_threads = options.intra_op_threads or 0
         # One inter-op thread: the models are sequential graphs, and the batcher already runs one call at a
         # time.
         session_options.inter_op_num_threads = 1

@@ -36,6 +36,21 @@ def test_repository_serves_versions_by_policy_and_flags_override_batching(tmp_pa
     assert {s.version for s in repository.take_all()} == {2, 3} and repository.loaded() == []
 
 
+def test_threads_per_call_come_from_config_pbtxt_as_for_triton_unless_the_command_line_sets_them(tmp_path):
+    publish_version(tmp_path, "small", 1, seed=1)
+    publish_version(tmp_path, "large", 1, seed=2)
+    with open(tmp_path / "small" / "config.pbtxt", "a") as config:
+        config.write('parameters { key: "intra_op_thread_count" value { string_value: "1" } }\n')
+
+    def threads(options: RuntimeOptions) -> dict[str, int]:
+        repository = ModelRepository(tmp_path, options)
+        assert repository.load_all() == []
+        return {s.name: s.model.session.get_session_options().intra_op_num_threads for s in repository.loaded()}
+
+    assert threads(RuntimeOptions(device="cpu")) == {"small": 1, "large": 0}  # 0: one per core
+    assert threads(RuntimeOptions(device="cpu", intra_op_threads=2)) == {"small": 2, "large": 2}
+
+
 @pytest.mark.parametrize("version", ["9" * 5000, "1" + "0" * 18, "0", "-1", "1.0", " 1", "١"])
 def test_any_version_string_is_not_found_never_an_error_of_the_server(tmp_path, version):
     publish_version(tmp_path, "digits", 1, seed=1)
@@ -64,6 +79,9 @@ def break_files(repo, name: str, how: str) -> None:
         (version_dir / "manifest.json").write_bytes(b"\xff{not json")
     elif how == "ONNX that fails to load":
         (version_dir / "model.onnx").write_bytes(b"\x08\x07garbage")
+    elif how == "thread count not a number":
+        with open(repo / name / "config.pbtxt", "a") as config:
+            config.write('parameters { key: "intra_op_thread_count" value { string_value: "many" } }\n')
     elif how == "unknown datatype":
         data = json.loads((version_dir / "manifest.json").read_text())
         data["outputs"][0]["datatype"] = "COMPLEX128"
@@ -77,6 +95,7 @@ BREAKAGES = [
     "manifest not JSON",
     "ONNX that fails to load",
     "unknown datatype",
+    "thread count not a number",
 ]
 
 

@@ -96,8 +96,6 @@ class DynamicBatcher:
         # The worker sleeps on this future while it waits for the delay; a full batch or close wakes it early.
         self._wakeup: asyncio.Future | None = None
         self._busy = False  # an execution is running (a lone request's or the worker's)
-        # Scheduled when a request finds the model idle: runs what arrived in the same turn of the loop.
-        self._flush: asyncio.Handle | None = None
         self._failure_log = RateLimitedLog(log)
         # Running estimate of the model call's time in ns, by batch size's bit length (1, 2-3, 4-7, ...).
         self._call_ns: dict[int, float] = {}
@@ -127,15 +125,16 @@ class DynamicBatcher:
                 f"model '{self.name}' queue is full ({self.max_queue_size} requests waiting); retry later",
             )
         loop = asyncio.get_running_loop()
-        idle = not self._busy and self._worker is None and self._flush is None
+        idle = not self._busy and self._worker is None
         if idle and not self._runs_inline(batch_size):
             return await self._run_alone(loop, inputs, batch_size, deadline)
         pending = _Pending(inputs, batch_size, deadline, loop.create_future())
         self._queue.append(pending)
         self._queued_samples += batch_size
         if idle:
-            # A short call runs on the loop right after the requests that arrived with this one have joined it.
-            self._flush = loop.call_soon(self._run_arrived, loop)
+            # The worker's first step comes after the requests that arrived with this one, which join its first
+            # call; they waited for nothing, so that call does not wait for the delay either.
+            self._worker = loop.create_task(self._run(delay_first=False), name=f"batcher-{self.name}")
         else:
             self._notify()  # a running execution hands the queue to a worker when it ends
         timer = None if deadline is None else loop.call_later(deadline - time.monotonic(), self._expire, pending)
@@ -151,11 +150,11 @@ class DynamicBatcher:
         """Stops accepting requests and executes everything already queued without waiting for the delay."""
         self._closing = True
         self._notify()
-        while self._worker is not None or self._busy or self._flush is not None:
+        while self._worker is not None or self._busy:
             if self._worker is not None:
                 await self._worker
             else:
-                await asyncio.sleep(0.001)  # a lone request's call is finishing in its thread, or a flush is due
+                await asyncio.sleep(0.001)  # a lone request's call is finishing in its thread
 
     def _notify(self) -> None:
         wakeup = self._wakeup
@@ -226,26 +225,9 @@ class DynamicBatcher:
         )
         return ServingError(Status.INTERNAL, f"model '{self.name}' failed to execute: {_one_line(error)}")
 
-    def _run_arrived(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Runs the requests that arrived while the model was idle, in the same turn of the loop, as one call:
-        on the loop when that size's calls are short, else through a worker at once (they waited for nothing)."""
-        self._flush = None
-        batch = self._take()
-        if batch and self._runs_inline(sum(p.batch_size for p in batch)):
-            self._busy = True
-            try:
-                self._execute_inline(batch)
-            finally:
-                self._busy = False
-        elif batch:
-            self._queue.extendleft(reversed(batch))
-            self._queued_samples += sum(p.batch_size for p in batch)
-        if self._queue and self._worker is None:
-            # Requests that did not fit the call (size, shapes) or whose merged call is long: no delay either.
-            self._worker = loop.create_task(self._run(delay_first=False), name=f"batcher-{self.name}")
-
     async def _run(self, delay_first: bool = True) -> None:
-        """Executes what queued while the model was busy, batch after batch, until the queue is empty."""
+        """Executes the queue batch after batch until it is empty: what queued while the model was busy waits for
+        the delay; ``delay_first=False`` runs the first batch at once (requests that found the model idle)."""
         loop = asyncio.get_running_loop()
         try:
             while self._queue:

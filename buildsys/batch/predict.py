@@ -60,14 +60,10 @@ class Summary:
     def line(self) -> str:
         rate = f"{self.rows / self.seconds:,.0f} images/s" if self.seconds else "-"
         text = f"wrote {self.rows:,} rows to {self.destination} with {self.model} version {self.version} ({rate}"
-        text += f" on {_device(self.providers)})" if self.providers else ")"
+        text += f" on {self.providers[0].removesuffix('ExecutionProvider')})" if self.providers else ")"
         if self.accuracy is not None:
             text += f"; accuracy {self.accuracy:.4f} on {self.labelled:,} labelled images"
         return text
-
-
-def _device(providers: tuple[str, ...]) -> str:
-    return "CUDA" if providers[0] == "CUDAExecutionProvider" else providers[0].removesuffix("ExecutionProvider")
 
 
 def _rows(model: Model, ids: list[str], probabilities: np.ndarray, truth: np.ndarray | None) -> list[dict[str, Any]]:

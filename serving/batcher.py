@@ -8,7 +8,8 @@ still makes one call. Requests that arrive while the model is busy wait at most 
 from the oldest) for others to join, and a merged batch holds at most ``max_batch_size`` samples. The queue is bounded
 by ``max_queue_size`` requests: beyond it ``infer`` refuses at once with UNAVAILABLE instead of letting
 latency grow without limit. A request whose deadline passed or whose caller went away (its task cancelled)
-leaves the queue and never runs. One execution at a time per version, so ONNX Runtime's intra-op threads do
+leaves the queue and never runs; a caller told that its request is going to wait (``on_wait``) can watch for
+its client going away from then on. One execution at a time per version, so ONNX Runtime's intra-op threads do
 the parallel work.
 
 A short call runs on the loop itself. Handing a batch to a thread and waking the loop with its result costs about
@@ -45,9 +46,16 @@ _ESTIMATE_WEIGHT = 0.5
 
 
 class _Pending:
-    __slots__ = ("inputs", "batch_size", "shape_key", "enqueued_ns", "deadline", "future")
+    __slots__ = ("inputs", "batch_size", "shape_key", "enqueued_ns", "deadline", "future", "on_wait")
 
-    def __init__(self, inputs: Tensors, batch_size: int, deadline: float | None, future: asyncio.Future) -> None:
+    def __init__(
+        self,
+        inputs: Tensors,
+        batch_size: int,
+        deadline: float | None,
+        future: asyncio.Future,
+        on_wait: Callable[[], None] | None,
+    ) -> None:
         self.inputs = inputs
         self.batch_size = batch_size
         # Only requests whose non-batch dimensions agree can be concatenated.
@@ -55,6 +63,13 @@ class _Pending:
         self.enqueued_ns = time.monotonic_ns()
         self.deadline = deadline
         self.future = future
+        self.on_wait = on_wait
+
+    def waits(self) -> None:
+        """Tells the caller, once, that this request is going to wait (``DynamicBatcher.infer``'s ``on_wait``)."""
+        if self.on_wait is not None:
+            on_wait, self.on_wait = self.on_wait, None
+            on_wait()
 
 
 class DynamicBatcher:
@@ -96,6 +111,9 @@ class DynamicBatcher:
         # The worker sleeps on this future while it waits for the delay; a full batch or close wakes it early.
         self._wakeup: asyncio.Future | None = None
         self._busy = False  # an execution is running (a lone request's or the worker's)
+        # The worker was started for requests that found the model idle and has not taken its first batch: what
+        # arrives now joins that batch in the next turn of the loop instead of waiting.
+        self._starting = False
         self._failure_log = RateLimitedLog(log)
         # Running estimate of the model call's time in ns, by batch size's bit length (1, 2-3, 4-7, ...).
         self._call_ns: dict[int, float] = {}
@@ -105,13 +123,23 @@ class DynamicBatcher:
         """Requests waiting for an execution (not counting the batch being executed)."""
         return len(self._queue)
 
-    async def infer(self, inputs: Tensors, batch_size: int, deadline: float | None = None) -> Tensors:
+    async def infer(
+        self,
+        inputs: Tensors,
+        batch_size: int,
+        deadline: float | None = None,
+        on_wait: Callable[[], None] | None = None,
+    ) -> Tensors:
         """Queues one request whose inputs all have ``batch_size`` rows and returns its own rows of the outputs.
 
         Args:
             inputs: validated arrays by input name, first dimension the batch.
             batch_size: rows in this request, at most ``max_batch_size``.
             deadline: ``time.monotonic()`` after which the request fails with DEADLINE_EXCEEDED unless it runs.
+            on_wait: called once if the request is going to wait past this turn of the event loop (queued behind
+                an execution or for the delay, or run in the pool), and never for one answered in the next turn:
+                a caller that must notice its client going away starts watching only then, because a short answer
+                is cheaper to finish than to watch for.
 
         Raises:
             ServingError: UNAVAILABLE when the queue is full or the batcher is closing; DEADLINE_EXCEEDED;
@@ -127,16 +155,21 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         idle = not self._busy and self._worker is None
         if idle and not self._runs_inline(batch_size):
+            if on_wait is not None:
+                on_wait()
             return await self._run_alone(loop, inputs, batch_size, deadline)
-        pending = _Pending(inputs, batch_size, deadline, loop.create_future())
+        pending = _Pending(inputs, batch_size, deadline, loop.create_future(), on_wait)
         self._queue.append(pending)
         self._queued_samples += batch_size
         if idle:
             # The worker's first step comes after the requests that arrived with this one, which join its first
             # call; they waited for nothing, so that call does not wait for the delay either.
+            self._starting = True
             self._worker = loop.create_task(self._run(delay_first=False), name=f"batcher-{self.name}")
         else:
             self._notify()  # a running execution hands the queue to a worker when it ends
+            if not self._starting:
+                pending.waits()
         timer = None if deadline is None else loop.call_later(deadline - time.monotonic(), self._expire, pending)
         try:
             return await pending.future
@@ -236,6 +269,7 @@ class DynamicBatcher:
                     await self._fill(loop)
                 delay_first = True
                 batch = self._take()
+                self._starting = False
                 if batch:
                     self._busy = True
                     try:
@@ -252,6 +286,7 @@ class DynamicBatcher:
             self._queued_samples = 0
         finally:
             self._worker = None
+            self._starting = False
 
     async def _sleep(self, loop: asyncio.AbstractEventLoop, timeout_s: float | None) -> None:
         self._wakeup = wakeup = loop.create_future()
@@ -272,6 +307,8 @@ class DynamicBatcher:
             remaining_s = (flush_at_ns - time.monotonic_ns()) / 1e9
             if remaining_s <= 0:
                 return
+            for pending in self._queue:
+                pending.waits()
             await self._sleep(loop, remaining_s)
 
     def _take(self) -> list[_Pending]:
@@ -300,6 +337,8 @@ class DynamicBatcher:
         if self._runs_inline(sum(p.batch_size for p in batch)):
             self._execute_inline(batch)
             return
+        for pending in (*batch, *self._queue):
+            pending.waits()
         started = time.monotonic_ns()
         try:
             result = await asyncio.wrap_future(self._submit([p.inputs for p in batch]), loop=loop)

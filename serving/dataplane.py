@@ -17,7 +17,7 @@ Example:
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -375,8 +375,12 @@ class DataPlane:
 
     # --- inference -----------------------------------------------------------------------------------------
 
-    async def infer(self, request: InferenceRequest) -> InferenceResponse:
+    async def infer(self, request: InferenceRequest, on_wait: Callable[[], None] | None = None) -> InferenceResponse:
         """Validates, batches and runs one request.
+
+        Args:
+            on_wait: called once if the request is going to wait past this turn of the event loop (see
+                ``DynamicBatcher.infer``); a front end that must watch for the client going away starts then.
 
         Raises:
             ServingError: NOT_FOUND (model/version), INVALID_ARGUMENT (inputs, outputs, parameters),
@@ -393,7 +397,7 @@ class DataPlane:
             inputs, batch_size = _checked_inputs(request.inputs, served)
             wanted = _checked_outputs(request.outputs, served)
             deadline = _deadline(request)
-            results = await served.batcher.infer(inputs, batch_size, deadline)
+            results = await served.batcher.infer(inputs, batch_size, deadline, on_wait)
             outputs = []
             for output, class_count in wanted:
                 array = results[output.name]

@@ -219,7 +219,15 @@ class RestFrontEnd:
         decoded, binary = codec.decode_infer_request(
             request.body, request.headers.get("inference-header-content-length"), request.name, request.version
         )
-        result = await _unless_client_leaves(self.dataplane.infer(decoded), request.receive)
+        watch = _ClientWatch(request.receive)
+        try:
+            result = await self.dataplane.infer(decoded, on_wait=watch.start)
+        except asyncio.CancelledError:
+            if watch.disconnected:
+                raise ServingError(Status.UNAVAILABLE, "the client went away before the answer was ready") from None
+            raise
+        finally:
+            watch.stop()
         encoded = codec.encode_infer_response(result.model, result.version, result.id, result.outputs, binary)
         if encoded.header_length is None:
             return HttpResponse(200, encoded.body, (JSON,))
@@ -315,30 +323,34 @@ class _Route:
         self.admitted = admitted
 
 
-async def _unless_client_leaves(work: Awaitable, receive: Callable):
-    """Awaits ``work`` in this task, cancelling it when the client disconnects first (a queued request then never
-    runs). One watcher task per request, not a second task for the work and a wait over both: this is on every
-    inference's path."""
-    request_task = asyncio.current_task()
-    watcher = asyncio.ensure_future(receive())
-    disconnected = False
+class _ClientWatch:
+    """Cancels the request's task when its client disconnects, so that a queued request never runs.
 
-    def on_message(done: asyncio.Future) -> None:
-        nonlocal disconnected
+    Watching needs a task reading ``receive``, about 50 µs of CPU, a sixth of what a batch-1 request costs the
+    server in all; so it starts only when the data plane says the request is going to wait (``on_wait``), and an
+    answer that comes in the next turn of the loop is never watched. A client that left before the watch starts is
+    noticed at once: ``receive`` then reports the disconnect."""
+
+    def __init__(self, receive: Callable) -> None:
+        self._receive = receive
+        # Taken now: ``start`` may be called from the batcher's worker task, which must not be the one cancelled.
+        self._request_task = asyncio.current_task()
+        self._watcher: asyncio.Future | None = None
+        self.disconnected = False
+
+    def start(self) -> None:
+        self._watcher = asyncio.ensure_future(self._receive())
+        self._watcher.add_done_callback(self._on_message)
+
+    def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.remove_done_callback(self._on_message)
+            self._watcher.cancel()
+
+    def _on_message(self, done: asyncio.Future) -> None:
         if not done.cancelled() and done.exception() is None and done.result().get("type") == "http.disconnect":
-            disconnected = True
-            request_task.cancel()
-
-    watcher.add_done_callback(on_message)
-    try:
-        return await work
-    except asyncio.CancelledError:
-        if disconnected:
-            raise ServingError(Status.UNAVAILABLE, "the client went away before the answer was ready") from None
-        raise
-    finally:
-        watcher.remove_done_callback(on_message)
-        watcher.cancel()
+            self.disconnected = True
+            self._request_task.cancel()
 
 
 async def _read_body(receive: Callable, headers: dict[str, str]) -> bytes:

@@ -137,6 +137,47 @@ def test_requests_that_arrive_together_at_an_idle_model_make_one_call_without_wa
     np.testing.assert_array_equal(lone["y"], [[14.0]])
 
 
+def test_on_wait_is_called_once_for_each_request_that_waits_and_never_for_one_answered_in_the_next_turn():
+    """The REST front end watches for a client going away only when told (a watch costs ~50 µs a request)."""
+
+    async def scenario():
+        waited: list[str] = []
+
+        def call(label: str, size: int, batcher: DynamicBatcher):
+            return batcher.infer(rows(0, size), size, on_wait=lambda: waited.append(label))
+
+        fast = RecordingModel()
+        inline = DynamicBatcher(
+            name="inline", execute=fast, executor=None, stats=ModelStats(),
+            max_batch_size=4, max_queue_delay_us=2_000, max_queue_size=16,
+        )  # fmt: skip
+        for size in (1, 1, 4, 4):  # sizes 1 and 4-7 measured fast: they now run on the loop
+            await inline.infer(rows(0, size), size)
+        await call("lone", 1, inline)
+        # Six requests in one turn: four fill the first call at once, the last two wait for the delay.
+        await asyncio.gather(*(call(f"burst{i}", 1, inline) for i in range(6)))
+        await inline.close()
+        inline_waits = list(waited)
+
+        waited.clear()
+        slow = RecordingModel()
+        pooled = make_batcher(slow)
+        await call("idle, in the pool", 1, pooled)
+        busy = await hold(slow, pooled)
+        queued = asyncio.create_task(call("behind a busy model", 1, pooled))
+        await asyncio.sleep(0.01)
+        told_while_queued = list(waited)
+        slow.release.set()
+        await asyncio.gather(busy, queued)
+        await pooled.close()
+        return inline_waits, told_while_queued, waited
+
+    inline_waits, told_while_queued, pooled_waits = asyncio.run(scenario())
+    assert inline_waits == ["burst4", "burst5"]
+    assert told_while_queued == ["idle, in the pool", "behind a busy model"]  # before it ran, not after
+    assert pooled_waits == told_while_queued
+
+
 def test_requests_queued_behind_a_busy_model_merge_and_each_gets_its_own_rows():
     async def scenario():
         model = RecordingModel()

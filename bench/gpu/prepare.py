@@ -1,8 +1,9 @@
 """Prepares, on this CPU machine, everything the GPU bench needs on a device machine that can download nothing.
 
-1. Builds the two benchmark models with buildsys (the Fashion-MNIST MLP and the CIFAR-10 CNN architectures,
-   bench/gpu/model_defs/, trained briefly on generated images) in a workspace kept under ``.carry/build`` (so a
-   second run is a no-op build), and copies what serving and ``predict`` read (definitions, data, config.pbtxt,
+1. Builds the two benchmark models with buildsys (the shipped Fashion-MNIST MLP and CIFAR-10 CNN definitions,
+   their data source swapped for generated images and training cut to one epoch, as bench/prepare_models.py does
+   for the CPU serving bench) in a workspace kept under ``.carry/build`` (so a second run is a no-op build), and
+   copies what serving and ``predict`` read (definitions, data, config.pbtxt,
    labels, manifest.json, model.onnx) into the bundle's ``workspace/``.
 2. Downloads onnxruntime-gpu (the CUDA 13 build) and the other packages of bench/gpu/requirements.txt for CPython
    3.12 on x86-64 Linux, drops the dependencies the device already has (bench/gpu/device_packages.txt) and
@@ -37,6 +38,9 @@ import synthetic
 
 HERE = Path(__file__).resolve().parent
 PROJECT_ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE.parent))
+from prepare_models import benchmark_definition  # noqa: E402  (bench/, beside this folder)
+
 CARRY_DIR = HERE / ".carry"
 MODELS = ("fashion_mnist_mlp", "cifar10_cnn")
 DATA = {"fashion_mnist_mlp": ("fashion", 2000, 500), "cifar10_cnn": ("cifar", 800, 200)}
@@ -87,8 +91,11 @@ def build_models(build: Path) -> dict[str, dict]:
     """Builds both models with buildsys in ``build`` (a workspace); returns each target's build summary."""
     (build / "model_defs").mkdir(parents=True, exist_ok=True)
     for target in MODELS:
-        shutil.copy2(HERE / "model_defs" / f"{target}.py", build / "model_defs" / f"{target}.py")
         dataset, train, test = DATA[target]
+        definition = build / "model_defs" / f"{target}.py"
+        text = benchmark_definition(target, f"data/{dataset}.npz")
+        if not definition.exists() or definition.read_text() != text:
+            definition.write_text(text)
         data = build / "data" / f"{dataset}.npz"
         if not data.exists():  # the same seeds give the same file; keeping it keeps the no-op build a no-op
             synthetic.write_npz(dataset, data, train, test)

@@ -207,12 +207,19 @@ class FsspecBackend:
 
     @contextmanager
     def _failures(self, action: str) -> Iterator[None]:
+        """Any failure of the storage library but a missing object becomes one line: they do not all raise
+        OSError (s3fs lets botocore's EndpointConnectionError through when the endpoint is down)."""
         try:
             yield
         except FileNotFoundError:
             raise
         except OSError as error:
             raise RemoteUnavailableError(f"{self.display}: {action} failed: {error.strerror or error}") from None
+        except Exception as error:  # a storage library's own exception types; the message names the type
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise RemoteUnavailableError(
+                f"{self.display}: {action} failed: {type(error).__name__}{': ' if reason else ''}{reason[:300]}"
+            ) from None
 
     def get_record(self, key: str, limit: int) -> bytes | None:
         with self._failures("reading a record"):

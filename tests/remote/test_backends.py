@@ -1,4 +1,5 @@
-"""The transports against real stores: nginx's WebDAV (Bazel's HTTP protocol, a token, TLS) and a file:// folder."""
+"""The transports against real stores: nginx's WebDAV (Bazel's HTTP protocol, a token, TLS), an S3-compatible
+server (moto's, through s3fs) and a file:// folder."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from buildsys.remote.backends import RemoteConfigError, RemoteUnavailableError, display_url, open_backend, parse_headers
 from tests.remote.nginx import TOKEN
+from tests.remote.s3 import BUCKET, S3Server
 
 KEY = "ab" * 32
 
@@ -43,6 +45,24 @@ def test_file_backend_roundtrip_writes_whole_objects(tmp_path: Path) -> None:
     backend = open_backend((tmp_path / "store").as_uri())
     _roundtrip(backend, tmp_path)
     assert not [path for path in (tmp_path / "store").rglob(".tmp-*")]
+
+
+def test_s3_backend_roundtrip_uses_the_bazel_layout_under_the_prefix(s3: S3Server, tmp_path: Path) -> None:
+    import boto3
+
+    _roundtrip(open_backend(f"s3://{BUCKET}/buildsys"), tmp_path)
+    keys = sorted(item["Key"] for item in boto3.client("s3").list_objects_v2(Bucket=BUCKET)["Contents"])
+    assert keys[0] == f"buildsys/ac/{KEY}" and len(keys) == 2 and keys[1].startswith("buildsys/cas/"), keys
+
+
+def test_a_stopped_s3_server_is_one_line(s3: S3Server) -> None:
+    backend = open_backend(f"s3://{BUCKET}/buildsys")
+    s3.stop()
+    with pytest.raises(RemoteUnavailableError) as caught:
+        backend.get_record(KEY, 1000)
+    message = str(caught.value)
+    assert message.startswith(f"s3://{BUCKET}/buildsys: reading a record failed: ") and "\n" not in message
+    assert "test-secret-key" not in message
 
 
 def test_unreachable_server_is_one_line_without_credentials(nginx) -> None:

@@ -14,6 +14,12 @@ from pathlib import Path
 _DSL_PACKAGE_DIR = Path(__file__).resolve().parent / "dsl"
 
 
+def one_line(error: BaseException) -> str:
+    """The first line of an error's message (the type's name when it has none): what a library's exception
+    contributes to a one-line error."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
 @dataclass(frozen=True)
 class Location:
     """A place in a definition file, shown relative to the current directory when possible."""

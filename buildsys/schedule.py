@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from buildsys.build import BuildJob, BuildOptions, BuildResult, Plan, RemoteCache, plan
-from buildsys.errors import BuildsysError
+from buildsys.errors import BuildsysError, one_line
 from buildsys.graph import Dependency, TargetGraph
 from buildsys.store import OutputTree
 from buildsys.workspace import Target, Workspace
@@ -115,11 +115,6 @@ class BuildFailed(BuildsysError):
         self.error = error
         self.results = results
         self.exit_code = getattr(error, "exit_code", 1)
-
-
-def one_line(error: BaseException) -> str:
-    """The first line of an error's message (the type's name when it has none)."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def summary_table(results: Sequence[BuildResult]) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from buildsys.errors import BuildsysError
+from buildsys.errors import BuildsysError, one_line
 
 CHUNK = 1 << 20
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
@@ -197,8 +197,7 @@ class FsspecBackend:
         try:
             self.fs, root = fsspec.core.url_to_fs(url)
         except (ImportError, ValueError) as error:
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise RemoteConfigError(f"--remote-cache {display_url(url)}: {reason}") from None
+            raise RemoteConfigError(f"--remote-cache {display_url(url)}: {one_line(error)}") from None
         self.root = root.rstrip("/")
         self.display = display_url(url)
 
@@ -216,10 +215,9 @@ class FsspecBackend:
         except OSError as error:
             raise RemoteUnavailableError(f"{self.display}: {action} failed: {error.strerror or error}") from None
         except Exception as error:  # a storage library's own exception types; the message names the type
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            raise RemoteUnavailableError(
-                f"{self.display}: {action} failed: {type(error).__name__}{': ' if reason else ''}{reason[:300]}"
-            ) from None
+            kind, reason = type(error).__name__, one_line(error)[:300]
+            detail = kind if reason == kind else f"{kind}: {reason}"
+            raise RemoteUnavailableError(f"{self.display}: {action} failed: {detail}") from None
 
     def get_record(self, key: str, limit: int) -> bytes | None:
         with self._failures("reading a record"):

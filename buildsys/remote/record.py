@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from buildsys.errors import BuildsysError
+from buildsys.errors import BuildsysError, one_line
 from buildsys.store import file_sha256
 from modelrepo import MANIFEST_FILE, MODEL_NAME
 
@@ -129,8 +129,7 @@ def parse_record(data: bytes, key: str) -> ActionRecord:
     try:
         value = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise RecordError(f"record is not UTF-8 JSON: {reason}"[:200]) from None
+        raise RecordError(f"record is not UTF-8 JSON: {one_line(error)}"[:200]) from None
     if not isinstance(value, dict):
         raise RecordError(f"record: expected a JSON object. Received: {type(value).__name__}")
     expected = {"format", "key", "name", "manifest", "files"}

@@ -21,7 +21,7 @@ import numpy as np
 
 from buildsys.cache import DigestMemo
 from buildsys.dsl.datasets import DataSource
-from buildsys.errors import DataError
+from buildsys.errors import DataError, one_line
 from buildsys.sources.records import Dataset
 
 FASHION_FILES = (
@@ -170,8 +170,7 @@ def _download(name: str, data_dir: Path | None) -> tuple[np.ndarray, ...]:
     try:
         (x_train, y_train), (x_test, y_test) = loader.load_data()
     except Exception as error:  # a failed download: say what to put where instead of a traceback
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise _missing(name, data_dir, reason) from None
+        raise _missing(name, data_dir, one_line(error)) from None
     return x_train, y_train.reshape(-1), x_test, y_test.reshape(-1)
 
 

@@ -7,35 +7,24 @@ would provide them, so the backend under test is opened exactly as ``--remote-ca
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
+import boto3
 import pytest
+import s3fs
+from moto.server import ThreadedMotoServer
 
 BUCKET = "team-cache"
 
 
-@dataclass
-class S3Server:
-    url: str  # the endpoint, http://127.0.0.1:PORT
-    server: object
-
-    def stop(self) -> None:
-        self.server.stop()
-
-
 @pytest.fixture
-def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
-    """A running server with an empty bucket ``BUCKET``; the environment points botocore at it."""
-    boto3 = pytest.importorskip("boto3")
-    s3fs = pytest.importorskip("s3fs")
-    from moto.server import ThreadedMotoServer
-
+def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[ThreadedMotoServer]:
+    """A running server (``stop()`` stops it) with an empty bucket ``BUCKET``; the environment points botocore
+    at it."""
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
     for name, value in {
-        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
         "AWS_ACCESS_KEY_ID": "test-access-key",
         "AWS_SECRET_ACCESS_KEY": "test-secret-key",
         "AWS_DEFAULT_REGION": "us-east-1",
@@ -45,9 +34,8 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Server]:
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     boto3.client("s3").create_bucket(Bucket=BUCKET)
     s3fs.S3FileSystem.clear_instance_cache()  # fsspec reuses instances: one made for an earlier port must not serve
-    handle = S3Server(endpoint, server)
     try:
-        yield handle
+        yield server
     finally:
         server.stop()
         s3fs.S3FileSystem.clear_instance_cache()

@@ -6,13 +6,14 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import boto3
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from buildsys.remote.backends import RemoteConfigError, RemoteUnavailableError, display_url, open_backend, parse_headers
 from tests.remote.nginx import TOKEN
-from tests.remote.s3 import BUCKET, S3Server
+from tests.remote.s3 import BUCKET
 
 KEY = "ab" * 32
 
@@ -47,15 +48,13 @@ def test_file_backend_roundtrip_writes_whole_objects(tmp_path: Path) -> None:
     assert not [path for path in (tmp_path / "store").rglob(".tmp-*")]
 
 
-def test_s3_backend_roundtrip_uses_the_bazel_layout_under_the_prefix(s3: S3Server, tmp_path: Path) -> None:
-    import boto3
-
+def test_s3_backend_roundtrip_uses_the_bazel_layout_under_the_prefix(s3, tmp_path: Path) -> None:
     _roundtrip(open_backend(f"s3://{BUCKET}/buildsys"), tmp_path)
     keys = sorted(item["Key"] for item in boto3.client("s3").list_objects_v2(Bucket=BUCKET)["Contents"])
     assert keys[0] == f"buildsys/ac/{KEY}" and len(keys) == 2 and keys[1].startswith("buildsys/cas/"), keys
 
 
-def test_a_stopped_s3_server_is_one_line(s3: S3Server) -> None:
+def test_a_stopped_s3_server_is_one_line(s3) -> None:
     backend = open_backend(f"s3://{BUCKET}/buildsys")
     s3.stop()
     with pytest.raises(RemoteUnavailableError) as caught:

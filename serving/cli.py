@@ -53,8 +53,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     runtime.add_argument(
         "--intra-op-threads",
         type=_non_negative_int,
-        help="threads per model call for every model (0: one per core; default: each model's config.pbtxt "
-        "parameter intra_op_thread_count, as Triton's onnxruntime backend reads it, else one per core)",
+        help="threads of each execution instance (config.pbtxt's instance_group) for every model (0: the cores "
+        "shared among a model's instances; default: each model's config.pbtxt parameter intra_op_thread_count, as "
+        "Triton's onnxruntime backend reads it, else 0)",
     )
     runtime.add_argument("--graph-optimization-level", choices=GRAPH_OPTIMIZATION_LEVELS, default="all")
     runtime.add_argument(

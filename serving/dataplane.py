@@ -18,7 +18,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,9 +39,6 @@ SERVER_NAME = "buildsys-serving"
 EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics")
 # A timeout or deadline further away than this is no limit at all (and would overflow some timers).
 NO_DEADLINE_S = 86_400.0
-# Threads that run ONNX Runtime calls; each model version runs one call at a time, and ONNX Runtime's own
-# intra-op threads use the cores, so a few are enough for several models to run side by side.
-EXECUTOR_THREADS = 4
 
 
 # --- request and response values -----------------------------------------------------------------------------
@@ -188,13 +184,11 @@ class DataPlane:
         """
         self.metrics = metrics or Metrics()
         self.max_inflight = max_inflight
-        self._executor = ThreadPoolExecutor(EXECUTOR_THREADS, thread_name_prefix="onnxruntime")
         self.repository = ModelRepository(
             repository_root,
             runtime,
             version_policy=version_policy,
             batching=batching or BatchingOverrides(),
-            executor=self._executor,
             on_batch=self.metrics.observe_batch,
         )
         self.metrics.watch_queue_depth(self.repository.queue_depths)
@@ -275,7 +269,6 @@ class DataPlane:
             await asyncio.gather(self._poller, return_exceptions=True)
         self._retire(await asyncio.to_thread(self.repository.take_all))
         await asyncio.gather(*self._retiring, return_exceptions=True)
-        self._executor.shutdown(wait=True)
 
     # --- health and metadata -------------------------------------------------------------------------------
 
@@ -325,7 +318,8 @@ class DataPlane:
         on_gpu = CUDA in served.model.providers
         kind = model_config_pb2.ModelInstanceGroup.KIND_GPU if on_gpu else model_config_pb2.ModelInstanceGroup.KIND_CPU
         del config.instance_group[:]
-        config.instance_group.add(name=f"{served.name}_0", kind=kind, count=1)
+        config.instance_group.add(name=f"{served.name}_0", kind=kind, count=served.batcher.instance_count)
+        config.parameters["intra_op_thread_count"].string_value = str(served.model.intra_op_threads)
         config.parameters["execution_providers"].string_value = ",".join(served.model.providers)
         if served.model.device_warning:
             config.parameters["device_warning"].string_value = served.model.device_warning

@@ -19,7 +19,6 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from serving.codec import shown
 from serving.errors import ModelLoadError, ServingError, Status
 from serving.model_files import Manifest, read_config, read_version
 from serving.protocol import model_config_pb2
-from serving.runtime import OnnxModel, RuntimeOptions
+from serving.runtime import OnnxModel, RuntimeOptions, requests_cuda
 from serving.statistics import ModelStats
 from serving.version_policy import VersionPolicy
 
@@ -37,6 +36,11 @@ log = logging.getLogger(__name__)
 
 # Triton treats max_queue_size 0 as unbounded; serving never queues without limit, so 0 means this default.
 DEFAULT_MAX_QUEUE_SIZE = 256
+# Execution instances of a version when config.pbtxt names no count: Triton's defaults for ONNX Runtime models.
+DEFAULT_CPU_INSTANCES = 2
+DEFAULT_GPU_INSTANCES = 1
+# More sessions than this of one version is a typo, not a deployment; each holds the weights and a thread.
+MAX_INSTANCES = 64
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,6 @@ class ServedVersion:
         manifest: Manifest,
         model: OnnxModel,
         batching: Batching,
-        executor: Executor | None,
         on_batch: Callable[[str, int], None],
     ) -> None:
         self.config = config
@@ -89,8 +92,7 @@ class ServedVersion:
         self.stats = ModelStats()
         self.batcher = DynamicBatcher(
             name=f"{manifest.name}/{manifest.version}",
-            execute=model.run,
-            executor=executor,
+            instances=model.runners,
             max_batch_size=batching.max_batch_size,
             max_queue_delay_us=batching.max_queue_delay_us,
             max_queue_size=batching.max_queue_size,
@@ -141,14 +143,12 @@ class ModelRepository:
         *,
         version_policy: VersionPolicy | None = None,
         batching: BatchingOverrides = BatchingOverrides(),
-        executor: Executor | None = None,
         on_batch: Callable[[str, int], None] = lambda model, size: None,
     ) -> None:
         self.root = root
         self.runtime_options = runtime_options
         self.version_policy = version_policy
         self.batching = batching
-        self._executor = executor
         self._on_batch = on_batch
         self._sync_lock = threading.Lock()  # one scan/load/unload at a time (poll vs repository requests)
         # Replaced, never changed in place: a lookup reads one consistent snapshot without a lock.
@@ -359,20 +359,26 @@ class ModelRepository:
         name = version_dir.parent.name
         manifest = read_version(version_dir, config)
         configured_threads = _intra_op_thread_count(config, version_dir.parent)  # checked even when overridden
-        options = self.runtime_options
-        if options.intra_op_threads is None:  # the command line did not set it for every model
-            options = dataclasses.replace(options, intra_op_threads=configured_threads)
-        model = OnnxModel(version_dir / manifest.onnx_file, manifest.signature, options)
+        instances = _instance_count(config, version_dir.parent, requests_cuda(self.runtime_options.device))
+        threads = self.runtime_options.intra_op_threads
+        if threads is None:  # the command line did not set it for every model
+            threads = configured_threads
+        if threads == 0 and instances > 1:
+            # "One per core" for each of several instances would put two threads on every core; they share them.
+            threads = max(1, len(os.sched_getaffinity(0)) // instances)
+        options = dataclasses.replace(self.runtime_options, intra_op_threads=threads)
+        model = OnnxModel(version_dir / manifest.onnx_file, manifest.signature, options, instances)
         model.smoke_test()
         batching = self._batching(config)
-        served = ServedVersion(config, manifest, model, batching, self._executor, self._on_batch)
+        served = ServedVersion(config, manifest, model, batching, self._on_batch)
         log.info(
-            "model '%s' version %d loaded (providers %s, %s intra-op threads; max_batch_size %d, "
+            "model '%s' version %d loaded (providers %s, %d instance(s) of %s intra-op threads; max_batch_size %d, "
             "max_queue_delay_us %d, max_queue_size %d)",
             name,
             manifest.version,
             ", ".join(model.providers),
-            options.intra_op_threads or "per-core",
+            instances,
+            threads or "per-core",
             batching.max_batch_size,
             batching.max_queue_delay_us,
             batching.max_queue_size,
@@ -451,6 +457,37 @@ def _naming(path: Path, error: BaseException) -> str:
         if isinstance(error, ModelLoadError | ValueError)
         else f"{path}: {type(error).__name__}: {first}"
     )
+
+
+def _instance_count(config: model_config_pb2.ModelConfig, model_dir: Path, on_gpu: bool) -> int:
+    """How many execution instances config.pbtxt's ``instance_group`` asks for, counted as Triton counts them: the
+    sum over its groups of ``count`` (per listed GPU), a group without a count, or a config without groups, taking
+    Triton's default for ONNX Runtime (2 on the CPU, 1 on a GPU). Every instance runs on the device ``--device``
+    chose; one ONNX Runtime process does not split a version between devices.
+
+    Raises:
+        ModelLoadError: a negative count, KIND_MODEL, or more than MAX_INSTANCES in all.
+    """
+    default = DEFAULT_GPU_INSTANCES if on_gpu else DEFAULT_CPU_INSTANCES
+    if not config.instance_group:
+        return default
+    total = 0
+    for index, group in enumerate(config.instance_group):
+        where = f"{model_dir / 'config.pbtxt'}: instance_group {shown(group.name) if group.name else index}"
+        if group.kind == model_config_pb2.ModelInstanceGroup.KIND_MODEL:
+            raise ModelLoadError(
+                f"{where}: KIND_MODEL is for backends that place the model themselves; use KIND_CPU, KIND_GPU or "
+                "KIND_AUTO"
+            )
+        if group.count < 0:
+            raise ModelLoadError(f"{where}: count {group.count} must be at least 1 (or left out for the default)")
+        total += (group.count or default) * max(1, len(group.gpus))
+    if total > MAX_INSTANCES:
+        raise ModelLoadError(
+            f"{model_dir / 'config.pbtxt'}: instance_group asks for {total} instances of the model; at most "
+            f"{MAX_INSTANCES}"
+        )
+    return total
 
 
 def _intra_op_thread_count(config: model_config_pb2.ModelConfig, model_dir: Path) -> int:

@@ -8,6 +8,7 @@ There is no silent fallback.
 """
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +33,10 @@ DEVICES = ("auto", "cuda", "cpu")
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """How sessions are created. ``intra_op_threads`` 0 lets ONNX Runtime use one thread per core, and None leaves
-    it to each model's config.pbtxt (``intra_op_thread_count``, else one per core); ``intra_op_spinning`` lets its
-    idle threads spin for work instead of sleeping."""
+    """How sessions are created. ``intra_op_threads`` 0 lets ONNX Runtime use one thread per core (the repository
+    shares the cores among a version's instances first), and None leaves it to each model's config.pbtxt
+    (``intra_op_thread_count``, else 0); ``intra_op_spinning`` lets its idle threads spin for work instead of
+    sleeping."""
 
     device: str = "auto"
     intra_op_threads: int | None = None
@@ -58,6 +60,12 @@ def check_device_available(device: str) -> None:
         )
 
 
+def requests_cuda(device: str) -> bool:
+    """Whether sessions for ``--device device`` ask ONNX Runtime for CUDA (whether it then activates is read back
+    from each session)."""
+    return CUDA in _requested_providers(device)
+
+
 def _requested_providers(device: str) -> list[str]:
     if device == "cpu":
         return [CPU]
@@ -67,10 +75,15 @@ def _requested_providers(device: str) -> list[str]:
 
 
 class OnnxModel:
-    """One ONNX Runtime session, checked against the manifest's signature before it may serve."""
+    """A model version's ONNX Runtime sessions, one per execution instance, checked against the manifest's
+    signature before they may serve."""
 
-    def __init__(self, path: Path, signature: ModelSignature, options: RuntimeOptions) -> None:
-        """Creates the session and validates it.
+    def __init__(self, path: Path, signature: ModelSignature, options: RuntimeOptions, instances: int = 1) -> None:
+        """Creates the sessions and validates them.
+
+        Args:
+            instances: sessions to create, each with ``options.intra_op_threads`` threads; the batcher runs one
+                call at a time on each.
 
         Raises:
             ModelLoadError: the file does not load, its tensors differ from the manifest, or CUDA is required
@@ -78,8 +91,7 @@ class OnnxModel:
         """
         session_options = ort.SessionOptions()
         session_options.intra_op_num_threads = options.intra_op_threads or 0
-        # One inter-op thread: the models are sequential graphs, and the batcher already runs one call at a
-        # time.
+        # One inter-op thread: the models are sequential graphs; concurrency comes from the instances.
         session_options.inter_op_num_threads = 1
         session_options.graph_optimization_level = GRAPH_OPTIMIZATION_LEVELS[options.graph_optimization_level]
         session_options.log_severity_level = 3
@@ -90,10 +102,15 @@ class OnnxModel:
         )
         requested = _requested_providers(options.device)
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=session_options, providers=requested)
+            self.sessions = tuple(
+                ort.InferenceSession(str(path), sess_options=session_options, providers=requested)
+                for _ in range(instances)
+            )
         except Exception as error:  # ONNX Runtime raises several unrelated types for a bad file
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {first_line}") from error
+        self.session = self.sessions[0]
+        self.intra_op_threads = options.intra_op_threads or 0
         self.providers: list[str] = self.session.get_providers()
         self.device_warning: str | None = None
         if CUDA in requested and CUDA not in self.providers:
@@ -107,6 +124,12 @@ class OnnxModel:
             self.device_warning = message + "; running on CPU"
         self._check_signature(path, signature)
         self.signature = signature
+        names = signature.output_names()
+        # One function per instance for the batcher: the session's run with the outputs named, nothing more.
+        self.runners: tuple[Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], ...] = tuple(
+            lambda inputs, session=session: dict(zip(names, session.run(names, inputs), strict=True))
+            for session in self.sessions
+        )
 
     def _check_signature(self, path: Path, signature: ModelSignature) -> None:
         for kind, actual, specs in (
@@ -137,9 +160,8 @@ class OnnxModel:
                     )
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Runs one (merged) batch and returns every output by name."""
-        names = self.signature.output_names()
-        return dict(zip(names, self.session.run(names, inputs), strict=True))
+        """Runs one (merged) batch on the first instance and returns every output by name."""
+        return self.runners[0](inputs)
 
     def smoke_test(self) -> None:
         """Runs a one-sample batch of zeros so a model that loads but cannot execute never serves.

@@ -61,9 +61,10 @@ version_policy: {{ latest: {{ num_versions: 1 }} }}
 """
 
 
-# The slow variant: a chain of MatMul + Tanh on 2,048 features that keeps the model busy for a few hundred
-# milliseconds per call, so that tests can hold requests in the queue behind a running execution.
-SLOW_STEPS, SLOW_WIDTH = 24, 2048
+# The slow variant: a chain of MatMul + Tanh on 2,048 features that keeps the model busy for the tests' checks
+# (0.8 s for HOLDING_BATCH images on a 2-core Xeon; 24 steps, 0.3 s, let a request finish before a test that sent
+# others behind it could look), so that tests can hold requests in the queue behind a running execution.
+SLOW_STEPS, SLOW_WIDTH = 64, 2048
 # A request this large keeps the slow model busy for about a second on an idle 2-core machine (longer when loaded).
 HOLDING_BATCH = 512
 
@@ -109,13 +110,24 @@ def classifier_onnx(seed: int, slow: bool = False) -> onnx.ModelProto:
     return model
 
 
-def write_config(model_dir: Path, name: str, max_batch_size: int = 1024, delay_us: int = 500, queue_size: int = 256):
-    """Writes config.pbtxt and labels.txt atomically (temporary file + rename), as the builder does."""
+def write_config(
+    model_dir: Path,
+    name: str,
+    max_batch_size: int = 1024,
+    delay_us: int = 500,
+    queue_size: int = 256,
+    instances: int | None = None,
+):
+    """Writes config.pbtxt and labels.txt atomically (temporary file + rename), as the builder does; without
+    ``instances`` it names no instance_group, so the server's default applies."""
+    config = CONFIG_TEMPLATE.format(name=name, max_batch_size=max_batch_size, delay_us=delay_us, queue_size=queue_size)
+    if instances is not None:
+        config += f"instance_group [ {{ count: {instances} kind: KIND_CPU }} ]\n"
     model_dir.mkdir(parents=True, exist_ok=True)
     for file_name, text in (
         (
             "config.pbtxt",
-            CONFIG_TEMPLATE.format(name=name, max_batch_size=max_batch_size, delay_us=delay_us, queue_size=queue_size),
+            config,
         ),
         ("labels.txt", "\n".join(CLASS_NAMES) + "\n"),
     ):
@@ -315,9 +327,10 @@ def shared_server(digits_repo, import_guard, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def slow_repo(tmp_path_factory) -> Path:
-    """A repository whose model takes a few hundred milliseconds per call (to hold requests in the queue)."""
+    """A repository whose model takes a few hundred milliseconds per call and has one execution instance, so that
+    one long call holds the requests behind it in the queue."""
     repo = tmp_path_factory.mktemp("slow-repository")
-    publish_version(repo, "digits", 1, seed=1, slow=True)
+    publish_version(repo, "digits", 1, seed=1, slow=True, instances=1)
     return repo
 
 

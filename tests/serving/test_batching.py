@@ -48,8 +48,9 @@ class RecordingModel:
 
 def make_batcher(model, **limits) -> DynamicBatcher:
     """A batcher that always calls the model in its thread: these models block on an event the loop sets."""
-    settings = {"max_batch_size": 8, "max_queue_delay_us": 0, "max_queue_size": 16, "inline_below_ns": 0, **limits}
-    return DynamicBatcher(name="test", execute=model, executor=None, stats=ModelStats(), **settings)
+    settings = {"max_batch_size": 8, "max_queue_delay_us": 0, "max_queue_size": 16, "inline_below_ns": 0,
+                "instances": [model], **limits}  # fmt: skip
+    return DynamicBatcher(name="test", stats=ModelStats(), **settings)
 
 
 def rows(start: int, count: int) -> dict[str, np.ndarray]:
@@ -92,7 +93,7 @@ def test_a_call_cheaper_than_the_hand_off_runs_on_the_loop_and_a_slow_one_in_the
 
         async def scenario():
             batcher = DynamicBatcher(
-                name="test", execute=model, executor=None, stats=ModelStats(),
+                name="test", instances=[model], stats=ModelStats(),
                 max_batch_size=8, max_queue_delay_us=0, max_queue_size=16,
             )  # fmt: skip
             for size in sizes:
@@ -116,7 +117,7 @@ def test_requests_that_arrive_together_at_an_idle_model_make_one_call_without_wa
     async def scenario():
         model = RecordingModel()
         batcher = DynamicBatcher(
-            name="test", execute=model, executor=None, stats=ModelStats(),
+            name="test", instances=[model], stats=ModelStats(),
             max_batch_size=64, max_queue_delay_us=60_000_000, max_queue_size=16,
         )  # fmt: skip
         for size in (1, 4, 4):  # measures sizes 1 and 4-7 (the first of a size runs in the pool)
@@ -148,7 +149,7 @@ def test_on_wait_is_called_once_for_each_request_that_waits_and_never_for_one_an
 
         fast = RecordingModel()
         inline = DynamicBatcher(
-            name="inline", execute=fast, executor=None, stats=ModelStats(),
+            name="inline", instances=[fast], stats=ModelStats(),
             max_batch_size=4, max_queue_delay_us=2_000, max_queue_size=16,
         )  # fmt: skip
         for size in (1, 1, 4, 4):  # sizes 1 and 4-7 measured fast: they now run on the loop
@@ -195,6 +196,55 @@ def test_requests_queued_behind_a_busy_model_merge_and_each_gets_its_own_rows():
     assert model.batch_sizes == [1, 15]
     for i, result in enumerate(results):
         np.testing.assert_array_equal(result["y"], rows(10 * i, i + 1)["x"] * 2)
+
+
+def test_each_instance_runs_one_batch_at_a_time_and_a_free_one_takes_the_queue():
+    async def scenario():
+        first, second = RecordingModel(), RecordingModel()
+        batcher = make_batcher(first, instances=[first, second])
+        assert batcher.instance_count == 2
+        busy_first = await hold(first, batcher)
+        second.release.clear()
+        busy_second = asyncio.create_task(batcher.infer(rows(200, 2), 2))
+        await asyncio.wait_for(asyncio.to_thread(second.started.wait, 10), 10)  # beside the first, not behind it
+        assert batcher.queue_depth == 0
+        waiting = [asyncio.create_task(batcher.infer(rows(10 * i, 1), 1)) for i in range(3)]
+        await asyncio.sleep(0.01)
+        assert batcher.queue_depth == 3, "a third batch ran while both instances were busy"
+        second.release.set()
+        results = await asyncio.wait_for(asyncio.gather(busy_second, *waiting), 10)
+        assert not busy_first.done()
+        first.release.set()
+        await busy_first
+        await batcher.close()
+        return first, second, results
+
+    first, second, results = asyncio.run(scenario())
+    # The three queued requests went to the instance that was freed first, merged into one call.
+    assert first.batch_sizes == [1] and second.batch_sizes == [2, 3]
+    np.testing.assert_array_equal(results[0]["y"], [[400.0], [402.0]])
+    for i, result in enumerate(results[1:]):
+        np.testing.assert_array_equal(result["y"], [[20.0 * i]])
+
+
+def test_a_request_that_arrives_while_an_instance_runs_waits_for_the_delay_to_merge_with_others():
+    async def scenario():
+        first, second = RecordingModel(), RecordingModel()
+        batcher = make_batcher(first, instances=[first, second], max_queue_delay_us=60_000_000)
+        busy = await hold(first, batcher)
+        waiting = [asyncio.create_task(batcher.infer(rows(10 * i, 1), 1)) for i in range(3)]
+        await asyncio.sleep(0.05)
+        assert batcher.queue_depth == 3 and not second.started.is_set(), "a request did not wait for the delay"
+        closing = asyncio.create_task(batcher.close())  # flushes the queue without waiting for the 60 s delay
+        results = await asyncio.wait_for(asyncio.gather(*waiting), 10)
+        first.release.set()
+        await busy
+        await closing
+        return second, results
+
+    second, results = asyncio.run(scenario())
+    assert second.batch_sizes == [3]  # on the free instance, while the first still ran
+    assert [r["y"][0, 0] for r in results] == [0.0, 20.0, 40.0]
 
 
 def test_a_full_batch_does_not_wait_for_the_delay_and_never_exceeds_max_batch_size():

@@ -1,5 +1,7 @@
 """End-to-end: the Open Inference Protocol RPCs of a real server subprocess, called with tritonclient."""
 
+import os
+
 import grpc
 import numpy as np
 import pytest
@@ -37,7 +39,9 @@ def test_model_config_reports_effective_batching_and_device(client):
     assert config.dynamic_batching.max_queue_delay_microseconds == 500
     assert config.dynamic_batching.default_queue_policy.max_queue_size == 256
     assert config.parameters["execution_providers"].string_value == "CPUExecutionProvider"
-    assert [g.kind for g in config.instance_group] == [2]  # KIND_CPU
+    assert [(g.kind, g.count) for g in config.instance_group] == [(2, 2)]  # KIND_CPU, Triton's default count
+    # Two instances share the cores instead of each taking one thread per core.
+    assert config.parameters["intra_op_thread_count"].string_value == str(max(1, len(os.sched_getaffinity(0)) // 2))
 
 
 def test_raw_inference_equals_in_process_onnx_runtime(client, digits_repo):

@@ -47,8 +47,32 @@ def test_threads_per_call_come_from_config_pbtxt_as_for_triton_unless_the_comman
         assert repository.load_all() == []
         return {s.name: s.model.session.get_session_options().intra_op_num_threads for s in repository.loaded()}
 
-    assert threads(RuntimeOptions(device="cpu")) == {"small": 1, "large": 0}  # 0: one per core
+    # Without a thread count, each of large's two instances (Triton's default) takes its share of the cores.
+    shared_cores = max(1, len(os.sched_getaffinity(0)) // 2)
+    assert threads(RuntimeOptions(device="cpu")) == {"small": 1, "large": shared_cores}
     assert threads(RuntimeOptions(device="cpu", intra_op_threads=2)) == {"small": 2, "large": 2}
+
+
+@pytest.mark.parametrize(
+    ("instance_group", "instances", "threads"),
+    [
+        ("", 2, "shared"),  # no instance_group: Triton's default for ONNX Runtime on the CPU
+        ("instance_group [ { count: 1 kind: KIND_CPU } ]", 1, 0),  # one instance keeps one thread per core
+        ("instance_group [ { count: 3 kind: KIND_CPU }, { kind: KIND_AUTO } ]", 5, "shared"),  # 3 + the default 2
+        ("instance_group [ { count: 1 kind: KIND_GPU gpus: [ 0, 1 ] } ]", 2, "shared"),  # a count is per GPU listed
+    ],
+)
+def test_instance_group_says_how_many_sessions_run_batches_at_once(tmp_path, instance_group, instances, threads):
+    publish_version(tmp_path, "digits", 1, seed=1)
+    with open(tmp_path / "digits" / "config.pbtxt", "a") as config:
+        config.write(instance_group + "\n")
+    repository = ModelRepository(tmp_path, RuntimeOptions(device="cpu"))
+    assert repository.load_all() == []
+    served = repository.get("digits")
+    assert served.batcher.instance_count == len(served.model.sessions) == instances
+    if threads == "shared":
+        threads = max(1, len(os.sched_getaffinity(0)) // instances)
+    assert {s.get_session_options().intra_op_num_threads for s in served.model.sessions} == {threads}
 
 
 @pytest.mark.parametrize("version", ["9" * 5000, "1" + "0" * 18, "0", "-1", "1.0", " 1", "١"])
@@ -82,12 +106,20 @@ def break_files(repo, name: str, how: str) -> None:
     elif how == "thread count not a number":
         with open(repo / name / "config.pbtxt", "a") as config:
             config.write('parameters { key: "intra_op_thread_count" value { string_value: "many" } }\n')
+    elif how in INSTANCE_GROUPS:
+        with open(repo / name / "config.pbtxt", "a") as config:
+            config.write(INSTANCE_GROUPS[how] + "\n")
     elif how == "unknown datatype":
         data = json.loads((version_dir / "manifest.json").read_text())
         data["outputs"][0]["datatype"] = "COMPLEX128"
         (version_dir / "manifest.json").write_text(json.dumps(data))
 
 
+INSTANCE_GROUPS = {
+    "negative instance count": "instance_group [ { count: -1 kind: KIND_CPU } ]",
+    "instances of KIND_MODEL": "instance_group [ { name: 'mine' kind: KIND_MODEL } ]",
+    "too many instances": "instance_group [ { count: 65 kind: KIND_CPU } ]",
+}
 BREAKAGES = [
     "config not UTF-8",
     "manifest of wrong JSON types",
@@ -96,6 +128,7 @@ BREAKAGES = [
     "ONNX that fails to load",
     "unknown datatype",
     "thread count not a number",
+    *INSTANCE_GROUPS,
 ]
 
 

@@ -13,7 +13,8 @@ Servers (`--servers`, comma-separated):
   kserve-grpc, kserve-rest      KServe 0.21's ModelServer with an onnxruntime kserve.Model (gRPC, FastAPI REST)
   floor-grpc, floor-rest        the same transport stacks answering a fixed answer, no decoding, no model
                                 (bench/peers/floor_server.py): the front end's floor, not a peer
-  inprocess                     ONNX Runtime in this process: the ceiling (for 1x1 also with 0.5 ms between calls)
+  inprocess                     ONNX Runtime in this process: the ceiling (for 1x1 also with 0.5 ms between calls;
+                                on a CPU also two one-thread sessions from two threads, as `buildsys serve` runs)
 The peers run from their own virtual environments (`bash bench/peers/setup.sh` creates bench/.venvs/); a server
 that is not installed, or whose client library is missing here, is skipped with a note.
 
@@ -47,6 +48,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -135,6 +137,8 @@ class Results:
     cells: dict[tuple[str, str, str], list[Measurement]] = field(default_factory=dict)
     ceilings: dict[tuple[str, int], list[float]] = field(default_factory=dict)
     paced_ceilings: dict[str, list[float]] = field(default_factory=dict)  # batch 1, PACED_PAUSE_S between calls
+    # (model, batch): two one-thread sessions called from two threads (buildsys' default instances on a CPU).
+    two_instance_ceilings: dict[tuple[str, int], list[float]] = field(default_factory=dict)
     ready_s: dict[str, list[float]] = field(default_factory=dict)
     errors: dict[str, list[str]] = field(default_factory=dict)
 
@@ -509,6 +513,31 @@ async def measure_cells(server: Server, models: list[Model], cells: list[Cell], 
     return measured
 
 
+def in_process_two_instances_images_per_s(model: Model, batch: int, seconds: float, max_runs: int) -> float:
+    """Two one-thread sessions, each called back to back from its own thread: the ceiling for `buildsys serve`'s
+    default of two execution instances on a CPU, which can pass the one-session figure on two cores."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    sessions = [ort.InferenceSession(str(model.path), options, providers=PROVIDERS["cpu"]) for _ in range(2)]
+    feeds = {model.input_name: model.images(batch)}
+    for session in sessions:
+        session.run(None, feeds)
+    runs = [0, 0]
+    started = time.perf_counter()
+
+    def call(index: int) -> None:
+        while runs[index] < max_runs // 2 and time.perf_counter() - started < seconds:
+            sessions[index].run(None, feeds)  # ONNX Runtime releases the GIL while it runs
+            runs[index] += 1
+
+    threads = [threading.Thread(target=call, args=(index,)) for index in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(runs) * batch / (time.perf_counter() - started)
+
+
 def in_process_images_per_s(
     model: Model, batch: int, seconds: float, max_runs: int, device: str, pause_s: float = 0.0
 ) -> float:
@@ -557,6 +586,8 @@ def summarise(results: Results, servers: list[str], models: list[Model], cells: 
                 }
             ceiling = median(results.ceilings.get((model.short, cell.ceiling_batch), []))
             row["inprocess"] = {"batch": cell.ceiling_batch, "images_per_s": ceiling}
+            two = median(results.two_instance_ceilings.get((model.short, cell.ceiling_batch), []))
+            row["inprocess two instances"] = {"batch": cell.ceiling_batch, "images_per_s": two}
             peers = [row[kind]["images_per_s"] for kind in PEERS if kind in row and row[kind]["images_per_s"]]
             best_peer = max(peers) if peers else None
             for kind in ("buildsys-grpc", "buildsys-rest"):
@@ -616,6 +647,12 @@ def print_tables(rows: list[dict], results: Results, servers: list[str], runs: i
     if results.paced_ceilings:
         paced = ", ".join(f"{short} {number(median(values))}" for short, values in results.paced_ceilings.items())
         print(f"\nin-process batch 1, {1000 * PACED_PAUSE_S:g} ms between calls (calls alone timed), images/s: {paced}")
+    if results.two_instance_ceilings:
+        two = ", ".join(
+            f"{short} batch {batch} {number(median(values))}"
+            for (short, batch), values in sorted(results.two_instance_ceilings.items())
+        )
+        print(f"\nin-process, two one-thread sessions called from two threads, images/s: {two}")
     for kind, errors in results.errors.items():
         for error in errors:
             print(f"error: {kind}: {error}")
@@ -639,6 +676,11 @@ def run_matrix(args, models: list[Model], servers: list[str], help_text: str) ->
                         for batch in sorted({cell.ceiling_batch for cell in args.cells}):
                             value = in_process_images_per_s(model, batch, args.seconds, args.max_requests, args.device)
                             results.ceilings.setdefault((model.short, batch), []).append(value)
+                            if args.device == "cpu" and batch > 1:
+                                two = in_process_two_instances_images_per_s(
+                                    model, batch, args.seconds, args.max_requests
+                                )
+                                results.two_instance_ceilings.setdefault((model.short, batch), []).append(two)
                         if any(cell.batch == 1 and cell.clients == 1 for cell in args.cells):
                             paced = in_process_images_per_s(
                                 model, 1, args.seconds, args.max_requests, args.device, PACED_PAUSE_S

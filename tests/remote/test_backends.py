@@ -1,5 +1,6 @@
 """The transports against real stores: nginx's WebDAV (Bazel's HTTP protocol, a token, TLS), an S3-compatible
-server (moto's, through s3fs) and a file:// folder."""
+server (moto's, through s3fs), a Google Cloud Storage emulator (gcp-storage-emulator's, through gcsfs) and a
+file:// folder."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import hashlib
 from pathlib import Path
 
 import boto3
+import gcsfs
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from buildsys.remote.backends import RemoteConfigError, RemoteUnavailableError, display_url, open_backend, parse_headers
+from tests.remote import gcs
 from tests.remote.nginx import TOKEN
 from tests.remote.s3 import BUCKET
 
@@ -52,6 +55,14 @@ def test_s3_backend_roundtrip_uses_the_bazel_layout_under_the_prefix(s3, tmp_pat
     _roundtrip(open_backend(f"s3://{BUCKET}/buildsys"), tmp_path)
     keys = sorted(item["Key"] for item in boto3.client("s3").list_objects_v2(Bucket=BUCKET)["Contents"])
     assert keys[0] == f"buildsys/ac/{KEY}" and len(keys) == 2 and keys[1].startswith("buildsys/cas/"), keys
+
+
+def test_gcs_backend_roundtrip_uses_the_bazel_layout_under_the_prefix(gcs_server, tmp_path: Path) -> None:
+    # Objects are written in place (each upload is whole or absent): no temporary name is copied and deleted.
+    _roundtrip(open_backend(f"gs://{gcs.BUCKET}/buildsys"), tmp_path)
+    keys = sorted(gcsfs.GCSFileSystem().find(gcs.BUCKET))
+    assert keys[0] == f"{gcs.BUCKET}/buildsys/ac/{KEY}" and len(keys) == 2, keys
+    assert keys[1].startswith(f"{gcs.BUCKET}/buildsys/cas/"), keys
 
 
 def test_a_stopped_s3_server_is_one_line(s3) -> None:

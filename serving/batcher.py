@@ -244,8 +244,8 @@ class DynamicBatcher:
     async def _run_alone(
         self, loop: asyncio.AbstractEventLoop, inputs: Tensors, batch_size: int, deadline: float | None
     ) -> Tensors:
-        """An instance is free and the call is a long one: this request's own task hands it to the pool at once
-        (no worker hop); requests arriving while every instance is busy queue behind it."""
+        """The model is idle and the call is a long one: this request's own task hands it to an instance at once
+        (no worker hop); requests arriving meanwhile queue, and wait for the delay."""
         if deadline is not None and time.monotonic() > deadline:
             raise ServingError(Status.DEADLINE_EXCEEDED, f"model '{self.name}': request timed out before it ran")
         instance = self._free.pop()
@@ -289,9 +289,9 @@ class DynamicBatcher:
         return ServingError(Status.INTERNAL, f"model '{self.name}' failed to execute: {_one_line(error)}")
 
     async def _run(self, delay_first: bool = True) -> None:
-        """Hands the queue to free instances batch after batch until it is empty: what queued while every instance
-        was busy waits for the delay; ``delay_first=False`` runs the first batch at once (requests that found an
-        instance free)."""
+        """Hands the queue to free instances batch after batch until it is empty: what queued while an instance ran
+        waits for the delay; ``delay_first=False`` runs the first batch at once (requests that found the model
+        idle)."""
         loop = asyncio.get_running_loop()
         try:
             while self._queue:

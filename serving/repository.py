@@ -28,7 +28,7 @@ from serving.codec import shown
 from serving.errors import ModelLoadError, ServingError, Status
 from serving.model_files import Manifest, read_config, read_version
 from serving.protocol import model_config_pb2
-from serving.runtime import OnnxModel, RuntimeOptions, requests_cuda
+from serving.runtime import OnnxModel, RuntimeOptions, requests_cuda, shared_threads
 from serving.statistics import ModelStats
 from serving.version_policy import VersionPolicy
 
@@ -364,8 +364,7 @@ class ModelRepository:
         if threads is None:  # the command line did not set it for every model
             threads = configured_threads
         if threads == 0 and instances > 1:
-            # "One per core" for each of several instances would put two threads on every core; they share them.
-            threads = max(1, len(os.sched_getaffinity(0)) // instances)
+            threads = shared_threads(instances)
         options = dataclasses.replace(self.runtime_options, intra_op_threads=threads)
         model = OnnxModel(version_dir / manifest.onnx_file, manifest.signature, options, instances)
         model.smoke_test()

@@ -8,6 +8,7 @@ There is no silent fallback.
 """
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,13 @@ def check_device_available(device: str) -> None:
             f"{', '.join(ort.get_available_providers())}; "
             "install onnxruntime-gpu on a machine with CUDA, or use --device cpu"
         )
+
+
+def shared_threads(instances: int) -> int:
+    """Intra-op threads for each of ``instances`` sessions that share this process's cores (at least one each):
+    "one per core" for every instance would put several threads on each core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // instances)
 
 
 def requests_cuda(device: str) -> bool:

@@ -7,20 +7,15 @@ credentials, so the backend under test is opened exactly as ``--remote-cache gs:
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 
 import gcsfs
 import pytest
 from gcp_storage_emulator.server import Server, create_server
 
+from tests.mariadb import _free_port
+
 BUCKET = "team-cache"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture

@@ -57,9 +57,16 @@ def test_s3_backend_roundtrip_uses_the_bazel_layout_under_the_prefix(s3, tmp_pat
     assert keys[0] == f"buildsys/ac/{KEY}" and len(keys) == 2 and keys[1].startswith("buildsys/cas/"), keys
 
 
-def test_gcs_backend_roundtrip_uses_the_bazel_layout_under_the_prefix(gcs_server, tmp_path: Path) -> None:
-    # Objects are written in place (each upload is whole or absent): no temporary name is copied and deleted.
-    _roundtrip(open_backend(f"gs://{gcs.BUCKET}/buildsys"), tmp_path)
+def test_gcs_backend_roundtrip_uses_the_bazel_layout_under_the_prefix(
+    gcs_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    backend = open_backend(f"gs://{gcs.BUCKET}/buildsys")
+
+    def no_rename(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an object store was written under a temporary name and renamed (a copy and a delete)")
+
+    monkeypatch.setattr(backend.fs, "mv", no_rename)  # objects are written in place: each upload is whole or absent
+    _roundtrip(backend, tmp_path)
     keys = sorted(gcsfs.GCSFileSystem().find(gcs.BUCKET))
     assert keys[0] == f"{gcs.BUCKET}/buildsys/ac/{KEY}" and len(keys) == 2, keys
     assert keys[1].startswith(f"{gcs.BUCKET}/buildsys/cas/"), keys

@@ -124,13 +124,7 @@ def write_config(
     if instances is not None:
         config += f"instance_group [ {{ count: {instances} kind: KIND_CPU }} ]\n"
     model_dir.mkdir(parents=True, exist_ok=True)
-    for file_name, text in (
-        (
-            "config.pbtxt",
-            config,
-        ),
-        ("labels.txt", "\n".join(CLASS_NAMES) + "\n"),
-    ):
+    for file_name, text in (("config.pbtxt", config), ("labels.txt", "\n".join(CLASS_NAMES) + "\n")):
         temporary = model_dir / f".{file_name}.tmp"
         temporary.write_text(text)
         os.replace(temporary, model_dir / file_name)
@@ -327,8 +321,8 @@ def shared_server(digits_repo, import_guard, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def slow_repo(tmp_path_factory) -> Path:
-    """A repository whose model takes a few hundred milliseconds per call and has one execution instance, so that
-    one long call holds the requests behind it in the queue."""
+    """A repository whose model is slow (SLOW_STEPS) and has one execution instance, so that one long call holds
+    the requests behind it in the queue."""
     repo = tmp_path_factory.mktemp("slow-repository")
     publish_version(repo, "digits", 1, seed=1, slow=True, instances=1)
     return repo

@@ -1,7 +1,5 @@
 """End-to-end: the Open Inference Protocol RPCs of a real server subprocess, called with tritonclient."""
 
-import os
-
 import grpc
 import numpy as np
 import pytest
@@ -11,6 +9,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
+from serving.runtime import shared_threads
 from tests.serving.conftest import CLASS_NAMES, images, reference_probabilities
 
 
@@ -41,7 +40,7 @@ def test_model_config_reports_effective_batching_and_device(client):
     assert config.parameters["execution_providers"].string_value == "CPUExecutionProvider"
     assert [(g.kind, g.count) for g in config.instance_group] == [(2, 2)]  # KIND_CPU, Triton's default count
     # Two instances share the cores instead of each taking one thread per core.
-    assert config.parameters["intra_op_thread_count"].string_value == str(max(1, len(os.sched_getaffinity(0)) // 2))
+    assert config.parameters["intra_op_thread_count"].string_value == str(shared_threads(2))
 
 
 def test_raw_inference_equals_in_process_onnx_runtime(client, digits_repo):

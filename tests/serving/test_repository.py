@@ -8,7 +8,7 @@ import pytest
 
 from serving.errors import ServingError, Status
 from serving.repository import BatchingOverrides, ModelRepository
-from serving.runtime import RuntimeOptions
+from serving.runtime import RuntimeOptions, shared_threads
 from serving.version_policy import VersionPolicy
 from tests.serving.conftest import publish_version
 
@@ -48,7 +48,7 @@ def test_threads_per_call_come_from_config_pbtxt_as_for_triton_unless_the_comman
         return {s.name: s.model.session.get_session_options().intra_op_num_threads for s in repository.loaded()}
 
     # Without a thread count, each of large's two instances (Triton's default) takes its share of the cores.
-    shared_cores = max(1, len(os.sched_getaffinity(0)) // 2)
+    shared_cores = shared_threads(2)
     assert threads(RuntimeOptions(device="cpu")) == {"small": 1, "large": shared_cores}
     assert threads(RuntimeOptions(device="cpu", intra_op_threads=2)) == {"small": 2, "large": 2}
 
@@ -71,7 +71,7 @@ def test_instance_group_says_how_many_sessions_run_batches_at_once(tmp_path, ins
     served = repository.get("digits")
     assert served.batcher.instance_count == len(served.model.sessions) == instances
     if threads == "shared":
-        threads = max(1, len(os.sched_getaffinity(0)) // instances)
+        threads = shared_threads(instances)
     assert {s.get_session_options().intra_op_num_threads for s in served.model.sessions} == {threads}
 
 

@@ -2,14 +2,14 @@
 
 Requests are queued and awaited on the loop (no thread hop to enqueue or to wake a waiter); only the model call
 itself, with the merge of the inputs, runs in a small thread pool so that the loop never blocks on a model.
-A request that finds the model idle runs at once, merged with the requests that arrived in the same turn of the
-event loop (those the transport read together): a lone client never waits out the queue delay, and a burst
-still makes one call. Requests that arrive while the model is busy wait at most ``max_queue_delay_us`` (counted
-from the oldest) for others to join, and a merged batch holds at most ``max_batch_size`` samples. The queue is bounded
-by ``max_queue_size`` requests: beyond it ``infer`` refuses at once with UNAVAILABLE instead of letting
-latency grow without limit. A request whose deadline passed or whose caller went away (its task cancelled)
-leaves the queue and never runs; a caller told that its request is going to wait (``on_wait``) can watch for
-its client going away from then on.
+A request that finds the model idle runs at once: a lone client never waits out the queue delay. The requests
+that come after it in the same turn of the event loop (those the transport read with it) make one call together,
+also without waiting for the delay. Requests that arrive while the model is busy wait at most
+``max_queue_delay_us`` (counted from the oldest) for others to join, and a merged batch holds at most
+``max_batch_size`` samples. The queue is bounded by ``max_queue_size`` requests: beyond it ``infer`` refuses at
+once with UNAVAILABLE instead of letting latency grow without limit. A request whose deadline passed or whose
+caller went away (its task cancelled) leaves the queue and never runs; a caller told that its request is going to
+wait (``on_wait``) can watch for its client going away from then on.
 
 A version has one or more execution instances (Triton's ``instance_group``), each with its own session, and runs
 up to that many batches at once in a pool of as many threads. "Idle" above means that no instance is running;
@@ -25,7 +25,11 @@ Fashion-MNIST requests from 4 clients went from 58-72k to 93k images/s over REST
 gRPC when their 0.3 ms calls ran inline). So a batch whose size recently took under ``INLINE_BELOW_NS`` of the
 calling thread's CPU is executed inline, and the loop, with health probes and other models' requests, pauses that
 long at most; longer calls go to the pool. Sizes are grouped by powers of two; a size not yet seen goes to the
-thread pool, which measures it. This module knows nothing about any protocol.
+thread pool, which measures it. A short call for a request that finds the model idle runs in that request's own
+task, with no worker task and no turn of the loop before its answer: 20-25 µs less CPU per batch-1 Fashion-MNIST
+request in process; from one client, -1 to +8 % requests/s in four paired runs per front end on the 2-core
+machine, at the cost of one more call per burst (batch-1 requests from 32 REST clients, 3-8 % fewer).
+This module knows nothing about any protocol.
 """
 
 import asyncio
@@ -126,6 +130,9 @@ class DynamicBatcher:
         self._failure_log = RateLimitedLog(log)
         # Running estimate of the model call's time in ns, by batch size's bit length (1, 2-3, 4-7, ...).
         self._call_ns: dict[int, float] = {}
+        # A request ran on the loop in this turn of it: those arriving after it in the same turn came with it, and
+        # queue for one call together instead of running one by one.
+        self._ran_this_turn = False
 
     @property
     def instance_count(self) -> int:
@@ -171,6 +178,8 @@ class DynamicBatcher:
             if on_wait is not None:
                 on_wait()
             return await self._run_alone(loop, inputs, batch_size, deadline)
+        if idle and not self._ran_this_turn:
+            return self._run_now(loop, inputs, batch_size, deadline)
         pending = _Pending(inputs, batch_size, deadline, loop.create_future(), on_wait)
         self._queue.append(pending)
         self._queued_samples += batch_size
@@ -263,6 +272,30 @@ class DynamicBatcher:
         self._stats.record_execution(batch_size, 1, 0, input_ns, infer_ns, 0)  # nothing to split
         self._on_batch(batch_size)
         return outputs
+
+    def _run_now(
+        self, loop: asyncio.AbstractEventLoop, inputs: Tensors, batch_size: int, deadline: float | None
+    ) -> Tensors:
+        """The model is idle and the call a short one: it runs on the loop in the caller's task, with no worker
+        task and no turn of the loop between the request and its answer; the requests read with it, which come
+        after it in this turn, queue for one call together."""
+        if deadline is not None and time.monotonic() > deadline:
+            raise ServingError(Status.DEADLINE_EXCEEDED, f"model '{self.name}': request timed out before it ran")
+        self._ran_this_turn = True
+        loop.call_soon(self._next_turn)
+        instance = self._free.pop()
+        try:
+            outputs, input_ns, infer_ns = self._merge_and_run(instance, [inputs])
+        except Exception as error:  # the model failing must fail this request, never the server
+            raise self._failure(error, batch_size) from None
+        finally:
+            self._free.append(instance)
+        self._stats.record_execution(batch_size, 1, 0, input_ns, infer_ns, 0)
+        self._on_batch(batch_size)
+        return outputs
+
+    def _next_turn(self) -> None:
+        self._ran_this_turn = False
 
     def _execution_ended(self, loop: asyncio.AbstractEventLoop, instance: int) -> None:
         self._free.append(instance)

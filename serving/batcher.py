@@ -174,12 +174,12 @@ class DynamicBatcher:
             )
         loop = asyncio.get_running_loop()
         idle = self._running == 0 and self._worker is None
-        if idle and not self._runs_inline(batch_size):
-            if on_wait is not None:
-                on_wait()
-            return await self._run_alone(loop, inputs, batch_size, deadline)
-        if idle and not self._ran_this_turn:
-            return self._run_now(loop, inputs, batch_size, deadline)
+        if idle:
+            inline = self._runs_inline(batch_size)
+            if not inline or not self._ran_this_turn:
+                if not inline and on_wait is not None:
+                    on_wait()
+                return await self._run_alone(loop, inputs, batch_size, deadline, inline)
         pending = _Pending(inputs, batch_size, deadline, loop.create_future(), on_wait)
         self._queue.append(pending)
         self._queued_samples += batch_size
@@ -251,46 +251,36 @@ class DynamicBatcher:
         )
 
     async def _run_alone(
-        self, loop: asyncio.AbstractEventLoop, inputs: Tensors, batch_size: int, deadline: float | None
+        self, loop: asyncio.AbstractEventLoop, inputs: Tensors, batch_size: int, deadline: float | None, inline: bool
     ) -> Tensors:
-        """The model is idle and the call is a long one: this request's own task hands it to an instance at once
-        (no worker hop); requests arriving meanwhile queue, and wait for the delay."""
+        """The model is idle: this request's own task runs it at once, with no worker task. A short call runs on
+        the loop before it turns, and the requests read after it in this turn queue for one call together; a long
+        one goes to an instance's thread, and requests arriving meanwhile queue and wait for the delay."""
         if deadline is not None and time.monotonic() > deadline:
             raise ServingError(Status.DEADLINE_EXCEEDED, f"model '{self.name}': request timed out before it ran")
         instance = self._free.pop()
-        work = self._submit(instance, [inputs])
-        try:
-            outputs, input_ns, infer_ns = await asyncio.wrap_future(work, loop=loop)
-        except asyncio.CancelledError:
-            # The caller went away during the thread's call; the instance is free only when that call is done.
-            work.add_done_callback(lambda _: _call_on(loop, self._execution_ended, loop, instance))
-            raise
-        except Exception as error:  # the model failing must fail this request, never the server
+        if inline:
+            self._ran_this_turn = True
+            loop.call_soon(self._next_turn)
+            try:
+                outputs, input_ns, infer_ns = self._merge_and_run(instance, [inputs])
+            except Exception as error:  # the model failing must fail this request, never the server
+                raise self._failure(error, batch_size) from None
+            finally:
+                self._free.append(instance)
+        else:
+            work = self._submit(instance, [inputs])
+            try:
+                outputs, input_ns, infer_ns = await asyncio.wrap_future(work, loop=loop)
+            except asyncio.CancelledError:
+                # The caller went away during the thread's call; the instance is free only when that call is done.
+                work.add_done_callback(lambda _: _call_on(loop, self._execution_ended, loop, instance))
+                raise
+            except Exception as error:  # the model failing must fail this request, never the server
+                self._execution_ended(loop, instance)
+                raise self._failure(error, batch_size) from None
             self._execution_ended(loop, instance)
-            raise self._failure(error, batch_size) from None
-        self._execution_ended(loop, instance)
         self._stats.record_execution(batch_size, 1, 0, input_ns, infer_ns, 0)  # nothing to split
-        self._on_batch(batch_size)
-        return outputs
-
-    def _run_now(
-        self, loop: asyncio.AbstractEventLoop, inputs: Tensors, batch_size: int, deadline: float | None
-    ) -> Tensors:
-        """The model is idle and the call a short one: it runs on the loop in the caller's task, with no worker
-        task and no turn of the loop between the request and its answer; the requests read with it, which come
-        after it in this turn, queue for one call together."""
-        if deadline is not None and time.monotonic() > deadline:
-            raise ServingError(Status.DEADLINE_EXCEEDED, f"model '{self.name}': request timed out before it ran")
-        self._ran_this_turn = True
-        loop.call_soon(self._next_turn)
-        instance = self._free.pop()
-        try:
-            outputs, input_ns, infer_ns = self._merge_and_run(instance, [inputs])
-        except Exception as error:  # the model failing must fail this request, never the server
-            raise self._failure(error, batch_size) from None
-        finally:
-            self._free.append(instance)
-        self._stats.record_execution(batch_size, 1, 0, input_ns, infer_ns, 0)
         self._on_batch(batch_size)
         return outputs
 

@@ -224,8 +224,8 @@ class DynamicBatcher:
         return len(self._instances) - len(self._free)
 
     def _wake(self) -> None:
-        if self._wakeup is not None and not self._wakeup.done():
-            self._wakeup.set_result(None)
+        if self._wakeup is not None:
+            _resolve(self._wakeup)
 
     def _notify(self) -> None:
         if self._closing or self._queued_samples >= self.max_batch_size:
@@ -395,11 +395,7 @@ class DynamicBatcher:
         started = time.monotonic_ns()
         if self._runs_inline(sum(p.batch_size for p in batch)):
             try:
-                result = self._merge_and_run(instance, [p.inputs for p in batch])
-            except Exception as error:  # the model failing must fail these requests, never the server
-                self._fail(batch, error)
-            else:
-                self._deliver(batch, started, *result)
+                self._settle(batch, started, lambda: self._merge_and_run(instance, [p.inputs for p in batch]))
             finally:
                 self._free.append(instance)
             return
@@ -419,13 +415,18 @@ class DynamicBatcher:
         work: concurrent.futures.Future,
     ) -> None:
         try:
-            result = work.result()
+            self._settle(batch, started, work.result)
+        finally:
+            self._execution_ended(loop, instance)
+
+    def _settle(self, batch: list[_Pending], started: int, result_of: Callable[[], tuple[Tensors, int, int]]) -> None:
+        """Delivers the execution's result to the batch's requests, or fails them with what it raised."""
+        try:
+            result = result_of()
         except Exception as error:  # the model failing must fail these requests, never the server
             self._fail(batch, error)
         else:
             self._deliver(batch, started, *result)
-        finally:
-            self._execution_ended(loop, instance)
 
     def _fail(self, batch: list[_Pending], error: Exception) -> None:
         failure = self._failure(error, sum(p.batch_size for p in batch))

@@ -17,6 +17,14 @@ a request that arrives while one runs waits for the delay like any other, and th
 one-thread instances on two cores run the CIFAR-10 CNN 7-20 % faster than one two-thread session in process, and
 in a server whose cores the network shares they do not wait for each other's threads at every operator.
 
+Instances that share the cores leave a lone request on one of them, so a version may also have a wide session, with
+a thread per core. A request that finds the model idle runs on it, holding every instance until it ends, when its
+size took an instance more than ``WIDE_ABOVE_NS`` of CPU and no request has had to wait for the model in the last
+``WIDE_AFTER_QUIET_NS``: a lone client of the CIFAR-10 CNN gets both cores (its one-image call takes 1.16 ms on
+two threads against 1.72 ms on one, in process with 0.5 ms between calls), while under load, where a request
+waits every few milliseconds, every call keeps to one instance. A shorter call loses more to waking a second
+thread than it gains (the Fashion-MNIST MLP's one-image call: 20 % slower on two threads).
+
 A short call runs on the loop itself. Handing a batch to a thread and waking the loop with its result costs about
 0.12 ms of CPU on a 2-core machine (more than the whole Fashion-MNIST MLP at batch 1) and two thread wake-ups of
 0.1-0.3 ms each on the request's path; what it buys is the loop decoding other requests while the model runs,
@@ -50,6 +58,10 @@ Tensors = dict[str, np.ndarray]
 
 # Executions measured below this much of the caller's CPU run on the event loop (see the module docstring).
 INLINE_BELOW_NS = 1_000_000
+# A request that finds the model idle runs on the wide session when one instance's call of its size took more CPU
+# than this, and no request has waited for the model for WIDE_AFTER_QUIET_NS (see the module docstring).
+WIDE_ABOVE_NS = 500_000
+WIDE_AFTER_QUIET_NS = 1_000_000_000
 # Weight of the newest measurement in a size's running estimate of its execution time.
 _ESTIMATE_WEIGHT = 0.5
 
@@ -95,6 +107,9 @@ class DynamicBatcher:
         stats: ModelStats,
         on_batch: Callable[[int], None] = lambda size: None,
         inline_below_ns: int = INLINE_BELOW_NS,
+        wide: Callable[[Tensors], Tensors] | None = None,
+        wide_above_ns: int = WIDE_ABOVE_NS,
+        wide_after_quiet_ns: int = WIDE_AFTER_QUIET_NS,
     ) -> None:
         """Creates the batcher; no event-loop object is made until the first request, on the running loop.
 
@@ -102,6 +117,10 @@ class DynamicBatcher:
             instances: one function per execution instance, each running one merged batch at a time: in a thread
                 of the batcher's own pool (one thread per instance), or on the loop when that size's calls take
                 less than ``inline_below_ns`` (0: never on the loop).
+            wide: a function running a batch on every core (a session with a thread per core), for a request that
+                finds every instance idle and whose size took an instance more than ``wide_above_ns`` of CPU, when
+                no request has waited for the model in the last ``wide_after_quiet_ns``; it holds all the instances
+                while it runs.
         """
         if not instances:
             raise ValueError(f"model '{name}': a batcher needs at least one execution instance")
@@ -110,6 +129,13 @@ class DynamicBatcher:
         self.max_queue_delay_us = max_queue_delay_us
         self.max_queue_size = max_queue_size
         self._instances = tuple(instances)
+        self._wide = wide
+        self._wide_above_ns = wide_above_ns
+        self._wide_after_quiet_ns = wide_after_quiet_ns
+        # When a request last had to wait for the model (queued behind an execution, or with others read in the
+        # same turn): until ``wide_after_quiet_ns`` after it, the model is under load and every call takes one
+        # instance.
+        self._waited_ns: int | None = None
         # Indices of the instances not executing; an execution pops one and pushes it back when it ends.
         self._free = list(range(len(self._instances)))[::-1]
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
@@ -128,8 +154,10 @@ class DynamicBatcher:
         # arrives now joins that batch in the next turn of the loop instead of waiting.
         self._starting = False
         self._failure_log = RateLimitedLog(log)
-        # Running estimate of the model call's time in ns, by batch size's bit length (1, 2-3, 4-7, ...).
+        # Running estimates of the model call's time in ns, by batch size's bit length (1, 2-3, 4-7, ...): one
+        # for the instances and one for the wide session, whose caller shares the work with its other threads.
         self._call_ns: dict[int, float] = {}
+        self._wide_call_ns: dict[int, float] = {}
         # A request ran on the loop in this turn of it: those arriving after it in the same turn came with it, and
         # queue for one call together instead of running one by one.
         self._ran_this_turn = False
@@ -175,12 +203,14 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         idle = self._running == 0 and self._worker is None
         if idle:
-            inline = self._runs_inline(batch_size)
+            wide = self._runs_wide(batch_size)
+            inline = self._runs_inline(batch_size, wide)
             if not inline or not self._ran_this_turn:
                 if not inline and on_wait is not None:
                     on_wait()
-                return await self._run_alone(loop, inputs, batch_size, deadline, inline)
+                return await self._run_alone(loop, inputs, batch_size, deadline, inline, wide)
         pending = _Pending(inputs, batch_size, deadline, loop.create_future(), on_wait)
+        self._waited_ns = pending.enqueued_ns
         self._queue.append(pending)
         self._queued_samples += batch_size
         if idle:
@@ -251,35 +281,45 @@ class DynamicBatcher:
         )
 
     async def _run_alone(
-        self, loop: asyncio.AbstractEventLoop, inputs: Tensors, batch_size: int, deadline: float | None, inline: bool
+        self,
+        loop: asyncio.AbstractEventLoop,
+        inputs: Tensors,
+        batch_size: int,
+        deadline: float | None,
+        inline: bool,
+        wide: bool,
     ) -> Tensors:
-        """The model is idle: this request's own task runs it at once, with no worker task. A short call runs on
-        the loop before it turns, and the requests read after it in this turn queue for one call together; a long
-        one goes to an instance's thread, and requests arriving meanwhile queue and wait for the delay."""
+        """The model is idle: this request's own task runs it at once, with no worker task, on one instance or, for
+        a long call, on the wide session with every instance held. A short call runs on the loop before it turns,
+        and the requests read after it in this turn queue for one call together; a long one goes to a thread of
+        the pool, and requests arriving meanwhile queue and wait for the delay."""
         if deadline is not None and time.monotonic() > deadline:
             raise ServingError(Status.DEADLINE_EXCEEDED, f"model '{self.name}': request timed out before it ran")
-        instance = self._free.pop()
+        held = tuple(self._free) if wide else (self._free[-1],)
+        del self._free[-len(held) :]
+        runner = self._wide if wide else self._instances[held[0]]
+        estimates = self._wide_call_ns if wide else self._call_ns
         if inline:
             self._ran_this_turn = True
             loop.call_soon(self._next_turn)
             try:
-                outputs, input_ns, infer_ns = self._merge_and_run(instance, [inputs])
+                outputs, input_ns, infer_ns = self._merge_and_run(runner, estimates, [inputs])
             except Exception as error:  # the model failing must fail this request, never the server
                 raise self._failure(error, batch_size) from None
             finally:
-                self._free.append(instance)
+                self._free.extend(held)
         else:
-            work = self._submit(instance, [inputs])
+            work = self._submit(runner, estimates, [inputs])
             try:
                 outputs, input_ns, infer_ns = await asyncio.wrap_future(work, loop=loop)
             except asyncio.CancelledError:
-                # The caller went away during the thread's call; the instance is free only when that call is done.
-                work.add_done_callback(lambda _: _call_on(loop, self._execution_ended, loop, instance))
+                # The caller went away during the thread's call; the instances are free only when that call is done.
+                work.add_done_callback(lambda _: _call_on(loop, self._execution_ended, loop, held))
                 raise
             except Exception as error:  # the model failing must fail this request, never the server
-                self._execution_ended(loop, instance)
+                self._execution_ended(loop, held)
                 raise self._failure(error, batch_size) from None
-            self._execution_ended(loop, instance)
+            self._execution_ended(loop, held)
         self._stats.record_execution(batch_size, 1, 0, input_ns, infer_ns, 0)  # nothing to split
         self._on_batch(batch_size)
         return outputs
@@ -287,23 +327,40 @@ class DynamicBatcher:
     def _next_turn(self) -> None:
         self._ran_this_turn = False
 
-    def _execution_ended(self, loop: asyncio.AbstractEventLoop, instance: int) -> None:
-        self._free.append(instance)
+    def _execution_ended(self, loop: asyncio.AbstractEventLoop, instances: tuple[int, ...]) -> None:
+        self._free.extend(instances)
         if self._worker is not None:
             self._wake()  # a worker waiting for a free instance takes the next batch
         elif self._queue:
             self._worker = loop.create_task(self._run(), name=f"batcher-{self.name}")
 
-    def _runs_inline(self, samples: int) -> bool:
-        estimate = self._call_ns.get(samples.bit_length())
+    def _runs_wide(self, samples: int) -> bool:
+        if self._wide is None:
+            return False
+        size = samples.bit_length()
+        estimate, wide_estimate = self._call_ns.get(size), self._wide_call_ns.get(size)
+        if estimate is None or estimate <= self._wide_above_ns:
+            return False
+        # The instances' estimate is not updated while the wide session runs the size: a cold first call could
+        # keep a short model there. The wide session's caller does at least its share of the work, so a wide
+        # call that cost it under the threshold divided among the instances was short: back to an instance,
+        # which measures the size again.
+        if wide_estimate is not None and wide_estimate * len(self._instances) <= self._wide_above_ns:
+            return False
+        return self._waited_ns is None or time.monotonic_ns() - self._waited_ns > self._wide_after_quiet_ns
+
+    def _runs_inline(self, samples: int, wide: bool = False) -> bool:
+        estimate = (self._wide_call_ns if wide else self._call_ns).get(samples.bit_length())
         return estimate is not None and estimate < self._inline_below_ns
 
-    def _submit(self, instance: int, parts: list[Tensors]) -> concurrent.futures.Future:
+    def _submit(
+        self, runner: Callable[[Tensors], Tensors], estimates: dict[int, float], parts: list[Tensors]
+    ) -> concurrent.futures.Future:
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 len(self._instances), thread_name_prefix=f"batcher-{self.name}"
             )
-        return self._executor.submit(self._merge_and_run, instance, parts)
+        return self._executor.submit(self._merge_and_run, runner, estimates, parts)
 
     def _failure(self, error: Exception, samples: int) -> ServingError:
         self._failure_log.warning(
@@ -392,16 +449,17 @@ class DynamicBatcher:
         """Runs the batch on a free instance: inline, done when this returns; or in the instance's thread, whose
         end delivers the results and frees the instance while the worker goes on with the queue."""
         instance = self._free.pop()
+        runner, parts = self._instances[instance], [p.inputs for p in batch]
         started = time.monotonic_ns()
         if self._runs_inline(sum(p.batch_size for p in batch)):
             try:
-                self._settle(batch, started, lambda: self._merge_and_run(instance, [p.inputs for p in batch]))
+                self._settle(batch, started, lambda: self._merge_and_run(runner, self._call_ns, parts))
             finally:
                 self._free.append(instance)
             return
         for pending in (*batch, *self._queue):
             pending.waits()
-        work = self._submit(instance, [p.inputs for p in batch])
+        work = self._submit(runner, self._call_ns, parts)
         work.add_done_callback(
             lambda _: _call_on(loop, self._pool_execution_ended, loop, instance, batch, started, work)
         )
@@ -417,7 +475,7 @@ class DynamicBatcher:
         try:
             self._settle(batch, started, work.result)
         finally:
-            self._execution_ended(loop, instance)
+            self._execution_ended(loop, (instance,))
 
     def _settle(self, batch: list[_Pending], started: int, result_of: Callable[[], tuple[Tensors, int, int]]) -> None:
         """Delivers the execution's result to the batch's requests, or fails them with what it raised."""
@@ -451,13 +509,15 @@ class DynamicBatcher:
         self._stats.record_execution(samples, len(batch), queue_ns, input_ns, infer_ns, output_ns)
         self._on_batch(samples)
 
-    def _merge_and_run(self, instance: int, parts: list[Tensors]) -> tuple[Tensors, int, int]:
-        """Runs in the instance's thread, or on the loop for a cheap call: concatenates the inputs, calls the
-        model once, and updates the estimate of that size's call."""
+    def _merge_and_run(
+        self, runner: Callable[[Tensors], Tensors], estimates: dict[int, float], parts: list[Tensors]
+    ) -> tuple[Tensors, int, int]:
+        """Runs in a thread of the pool, or on the loop for a cheap call: concatenates the inputs, calls the model
+        once, and updates the runner's estimate of that size's call."""
         started = time.monotonic_ns()
         merged = parts[0] if len(parts) == 1 else {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         merged_at, thread_started = time.monotonic_ns(), time.thread_time_ns()
-        outputs = self._instances[instance](merged)
+        outputs = runner(merged)
         infer_ns = time.monotonic_ns() - merged_at
         # The estimate is the calling thread's CPU time, not the wall time: on a shared machine a call that was
         # preempted half-way would otherwise look slow and send a fast model back to the pool. (ONNX Runtime's
@@ -465,8 +525,8 @@ class DynamicBatcher:
         call_ns = time.thread_time_ns() - thread_started
         # Written from the pool's thread or the loop, read on the loop: a float per key, no lock needed.
         size = next(iter(merged.values())).shape[0].bit_length()
-        previous = self._call_ns.get(size)
-        self._call_ns[size] = call_ns if previous is None else previous + _ESTIMATE_WEIGHT * (call_ns - previous)
+        previous = estimates.get(size)
+        estimates[size] = call_ns if previous is None else previous + _ESTIMATE_WEIGHT * (call_ns - previous)
         return outputs, merged_at - started, infer_ns
 
 

@@ -93,6 +93,7 @@ class ServedVersion:
         self.batcher = DynamicBatcher(
             name=f"{manifest.name}/{manifest.version}",
             instances=model.runners,
+            wide=model.wide_runner,
             max_batch_size=batching.max_batch_size,
             max_queue_delay_us=batching.max_queue_delay_us,
             max_queue_size=batching.max_queue_size,
@@ -363,21 +364,27 @@ class ModelRepository:
         threads = self.runtime_options.intra_op_threads
         if threads is None:  # the command line did not set it for every model
             threads = configured_threads
+        wide_threads = 0
         if threads == 0 and instances > 1:
             threads = shared_threads(instances)
+            # The instances share the cores; a lone long call gets them all (see serving.batcher). Where threads
+            # were set, or on a GPU, the sessions are as asked.
+            if not requests_cuda(self.runtime_options.device) and shared_threads(1) > threads:
+                wide_threads = shared_threads(1)
         options = dataclasses.replace(self.runtime_options, intra_op_threads=threads)
-        model = OnnxModel(version_dir / manifest.onnx_file, manifest.signature, options, instances)
+        model = OnnxModel(version_dir / manifest.onnx_file, manifest.signature, options, instances, wide_threads)
         model.smoke_test()
         batching = self._batching(config)
         served = ServedVersion(config, manifest, model, batching, self._on_batch)
         log.info(
-            "model '%s' version %d loaded (providers %s, %d instance(s) of %s intra-op threads; max_batch_size %d, "
-            "max_queue_delay_us %d, max_queue_size %d)",
+            "model '%s' version %d loaded (providers %s, %d instance(s) of %s intra-op threads%s; max_batch_size "
+            "%d, max_queue_delay_us %d, max_queue_size %d)",
             name,
             manifest.version,
             ", ".join(model.providers),
             instances,
             threads or "per-core",
+            f" and a wide session of {wide_threads}" if wide_threads else "",
             batching.max_batch_size,
             batching.max_queue_delay_us,
             batching.max_queue_size,

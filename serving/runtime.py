@@ -82,38 +82,51 @@ def _requested_providers(device: str) -> list[str]:
     return [CPU]
 
 
+def _session_options(options: RuntimeOptions, intra_op_threads: int) -> ort.SessionOptions:
+    session_options = ort.SessionOptions()
+    session_options.intra_op_num_threads = intra_op_threads
+    # One inter-op thread: the models are sequential graphs; concurrency comes from the instances.
+    session_options.inter_op_num_threads = 1
+    session_options.graph_optimization_level = GRAPH_OPTIMIZATION_LEVELS[options.graph_optimization_level]
+    session_options.log_severity_level = 3
+    # Spinning intra-op threads burn CPU between calls that the event loop needs for the network; without it the
+    # server used 0.1-0.2 ms less CPU per batch-1 request in 7 of 8 paired runs on the 2-core machine.
+    session_options.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if options.intra_op_spinning else "0"
+    )
+    return session_options
+
+
 class OnnxModel:
     """A model version's ONNX Runtime sessions, one per execution instance, checked against the manifest's
     signature before they may serve."""
 
-    def __init__(self, path: Path, signature: ModelSignature, options: RuntimeOptions, instances: int = 1) -> None:
+    def __init__(
+        self, path: Path, signature: ModelSignature, options: RuntimeOptions, instances: int = 1, wide_threads: int = 0
+    ) -> None:
         """Creates the sessions and validates them.
 
         Args:
             instances: sessions to create, each with ``options.intra_op_threads`` threads; the batcher runs one
                 call at a time on each.
+            wide_threads: when above 0, one more session with this many threads (``wide_runner``), for the long
+                calls of requests that find every instance idle.
 
         Raises:
             ModelLoadError: the file does not load, its tensors differ from the manifest, or CUDA is required
                 and inactive.
         """
-        session_options = ort.SessionOptions()
-        session_options.intra_op_num_threads = options.intra_op_threads or 0
-        # One inter-op thread: the models are sequential graphs; concurrency comes from the instances.
-        session_options.inter_op_num_threads = 1
-        session_options.graph_optimization_level = GRAPH_OPTIMIZATION_LEVELS[options.graph_optimization_level]
-        session_options.log_severity_level = 3
-        # Spinning intra-op threads burn CPU between calls that the event loop needs for the network; without it
-        # the server used 0.1-0.2 ms less CPU per batch-1 request in 7 of 8 paired runs on the 2-core machine.
-        session_options.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if options.intra_op_spinning else "0"
-        )
         requested = _requested_providers(options.device)
+        instance_options = _session_options(options, options.intra_op_threads or 0)
         try:
             self.sessions = tuple(
-                ort.InferenceSession(str(path), sess_options=session_options, providers=requested)
+                ort.InferenceSession(str(path), sess_options=instance_options, providers=requested)
                 for _ in range(instances)
             )
+            self.wide_session = None
+            if wide_threads > 0:
+                wide_options = _session_options(options, wide_threads)
+                self.wide_session = ort.InferenceSession(str(path), sess_options=wide_options, providers=requested)
         except Exception as error:  # ONNX Runtime raises several unrelated types for a bad file
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {first_line}") from error
@@ -133,11 +146,13 @@ class OnnxModel:
         self._check_signature(path, signature)
         self.signature = signature
         names = signature.output_names()
-        # One function per instance for the batcher: the session's run with the outputs named, nothing more.
-        self.runners: tuple[Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], ...] = tuple(
-            lambda inputs, session=session: dict(zip(names, session.run(names, inputs), strict=True))
-            for session in self.sessions
-        )
+
+        def runner(session: ort.InferenceSession) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+            # What the batcher calls: the session's run with the outputs named, nothing more.
+            return lambda inputs: dict(zip(names, session.run(names, inputs), strict=True))
+
+        self.runners = tuple(runner(session) for session in self.sessions)
+        self.wide_runner = None if self.wide_session is None else runner(self.wide_session)
 
     def _check_signature(self, path: Path, signature: ModelSignature) -> None:
         for kind, actual, specs in (
@@ -183,6 +198,8 @@ class OnnxModel:
         }
         try:
             outputs = self.run(sample)
+            if self.wide_runner is not None:
+                self.wide_runner(sample)  # the same file and options: it runs as the instances do, or not at all
         except Exception as error:  # any runtime failure means the version must not serve
             raise ModelLoadError(f"a test run on zeros failed: {str(error).strip().splitlines()[0]}") from error
         for spec in self.signature.outputs:

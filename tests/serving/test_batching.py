@@ -254,6 +254,96 @@ def test_a_request_that_arrives_while_an_instance_runs_waits_for_the_delay_to_me
     assert [r["y"][0, 0] for r in results] == [0.0, 20.0, 40.0]
 
 
+class Computing:
+    """A model that spends ``cpu_s`` of its thread's CPU per call (a model computes, it does not sleep), records
+    ``(name, batch size)`` in ``calls``, and can be held while it runs."""
+
+    def __init__(self, name: str, calls: list, cpu_s: float) -> None:
+        self.name, self.calls, self.cpu_s = name, calls, cpu_s
+        self.release = threading.Event()
+        self.release.set()
+        self.started = threading.Event()
+
+    def __call__(self, inputs):
+        self.started.set()
+        busy_until = time.thread_time() + self.cpu_s
+        while time.thread_time() < busy_until:
+            pass
+        self.release.wait(10)
+        self.calls.append((self.name, len(inputs["x"])))
+        return {"y": inputs["x"] * 2}
+
+
+def wide_batcher(cpu_s: float, **settings) -> tuple[DynamicBatcher, list, dict[str, Computing]]:
+    """Two instances and a wide session, all recording into one list of calls."""
+    calls: list = []
+    models = {name: Computing(name, calls, cpu_s) for name in ("first", "second", "wide")}
+    batcher = DynamicBatcher(
+        name="test", instances=[models["first"], models["second"]], wide=models["wide"], stats=ModelStats(),
+        max_batch_size=8, max_queue_delay_us=0, max_queue_size=16, **settings,
+    )  # fmt: skip
+    return batcher, calls, models
+
+
+def test_a_long_call_that_finds_the_model_quiet_runs_on_the_wide_session_holding_every_instance():
+    async def scenario():
+        batcher, calls, models = wide_batcher(0.002, wide_after_quiet_ns=60_000_000_000)
+        wide = models["wide"]
+        await batcher.infer(rows(0, 1), 1)  # a size not seen yet runs on an instance, which measures it
+        wide.release.clear()
+        busy = asyncio.create_task(batcher.infer(rows(1, 1), 1))
+        await asyncio.wait_for(asyncio.to_thread(wide.started.wait, 10), 10)
+        waiting = [asyncio.create_task(batcher.infer(rows(10 * i, 1), 1)) for i in range(2)]
+        await asyncio.sleep(0.05)
+        assert batcher.queue_depth == 2, "a request ran beside the wide session's call"
+        wide.release.set()
+        results = await asyncio.wait_for(asyncio.gather(busy, *waiting), 10)
+        # Requests waited for the model a moment ago: it is under load, so a request finding it idle takes one
+        # instance, leaving the other for those that come after it.
+        await batcher.infer(rows(5, 1), 1)
+        await batcher.close()
+        return calls, results
+
+    calls, results = asyncio.run(scenario())
+    assert calls[:2] == [("first", 1), ("wide", 1)]
+    assert [name for name, _ in calls[2:-1]] in (["first"], ["second"], ["first", "second"], ["second", "first"])
+    assert sum(size for _, size in calls[2:-1]) == 2 and calls[-1][0] in ("first", "second")
+    assert [r["y"][0, 0] for r in results] == [2.0, 0.0, 20.0]
+
+
+def test_the_wide_session_runs_again_once_the_model_is_quiet_and_never_for_a_short_call():
+    async def lone_calls(cpu_s: float, quiet_ns: int) -> list:
+        batcher, calls, _ = wide_batcher(cpu_s, wide_after_quiet_ns=quiet_ns)
+        await batcher.infer(rows(0, 1), 1)
+        held = asyncio.gather(*(batcher.infer(rows(i, 1), 1) for i in range(3)))  # three at once: they wait
+        await asyncio.wait_for(held, 10)
+        await asyncio.sleep(0.05)
+        await batcher.infer(rows(0, 1), 1)
+        await batcher.close()
+        return [name for name, _ in calls]
+
+    # 50 ms after the last request that waited, a lone long call has both cores again.
+    assert asyncio.run(lone_calls(0.002, 10_000_000))[-1] == "wide"
+    # A call of a few microseconds loses more to waking a second thread than it gains: it keeps one instance.
+    assert "wide" not in asyncio.run(lone_calls(0, 10_000_000))
+
+
+def test_a_short_call_measured_long_once_goes_back_to_an_instance_after_one_wide_call():
+    async def scenario():
+        batcher, calls, models = wide_batcher(0.002)
+        await batcher.infer(rows(0, 1), 1)  # a cold first call: an instance measures it long
+        for model in models.values():
+            model.cpu_s = 0  # every later call is short
+        for _ in range(4):
+            await batcher.infer(rows(0, 1), 1)
+            await asyncio.sleep(0)
+        await batcher.close()
+        return [name for name, _ in calls]
+
+    # The wide call measured short, so the size goes back to an instance, whose estimate is then short too.
+    assert asyncio.run(scenario()) == ["first", "wide", "first", "first", "first"]
+
+
 def test_a_full_batch_does_not_wait_for_the_delay_and_never_exceeds_max_batch_size():
     async def scenario():
         model = RecordingModel()

@@ -41,6 +41,10 @@ def test_model_config_reports_effective_batching_and_device(client):
     assert [(g.kind, g.count) for g in config.instance_group] == [(2, 2)]  # KIND_CPU, Triton's default count
     # Two instances share the cores instead of each taking one thread per core.
     assert config.parameters["intra_op_thread_count"].string_value == str(shared_threads(2))
+    # A wide session on all of them serves a lone long call, where there are cores to widen to.
+    wide = config.parameters.get("wide_session_intra_op_thread_count")
+    expected = str(shared_threads(1)) if shared_threads(1) > shared_threads(2) else None
+    assert (wide.string_value if wide is not None else None) == expected
 
 
 def test_raw_inference_equals_in_process_onnx_runtime(client, digits_repo):

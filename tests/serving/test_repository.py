@@ -73,6 +73,20 @@ def test_instance_group_says_how_many_sessions_run_batches_at_once(tmp_path, ins
     if threads == "shared":
         threads = shared_threads(instances)
     assert {s.get_session_options().intra_op_num_threads for s in served.model.sessions} == {threads}
+    # Instances that share the cores come with one more session on all of them, for a lone long call.
+    wide = served.model.wide_session
+    if instances > 1 and shared_threads(1) > threads:
+        assert wide is not None and wide.get_session_options().intra_op_num_threads == shared_threads(1)
+    else:
+        assert wide is None
+
+
+def test_no_wide_session_where_the_threads_were_set(tmp_path):
+    publish_version(tmp_path, "digits", 1, seed=1)
+    repository = ModelRepository(tmp_path, RuntimeOptions(device="cpu", intra_op_threads=1))
+    assert repository.load_all() == []
+    served = repository.get("digits")
+    assert served.batcher.instance_count == 2 and served.model.wide_session is None
 
 
 @pytest.mark.parametrize("version", ["9" * 5000, "1" + "0" * 18, "0", "-1", "1.0", " 1", "١"])

@@ -320,9 +320,8 @@ class DataPlane:
         del config.instance_group[:]
         config.instance_group.add(name=f"{served.name}_0", kind=kind, count=served.batcher.instance_count)
         config.parameters["intra_op_thread_count"].string_value = str(served.model.intra_op_threads)
-        if served.model.wide_session is not None:
-            threads = served.model.wide_session.get_session_options().intra_op_num_threads
-            config.parameters["wide_session_intra_op_thread_count"].string_value = str(threads)
+        if served.model.wide_threads:
+            config.parameters["wide_session_intra_op_thread_count"].string_value = str(served.model.wide_threads)
         config.parameters["execution_providers"].string_value = ",".join(served.model.providers)
         if served.model.device_warning:
             config.parameters["device_warning"].string_value = served.model.device_warning

@@ -132,6 +132,7 @@ class OnnxModel:
             raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {first_line}") from error
         self.session = self.sessions[0]
         self.intra_op_threads = options.intra_op_threads or 0
+        self.wide_threads = wide_threads if self.wide_session is not None else 0
         self.providers: list[str] = self.session.get_providers()
         self.device_warning: str | None = None
         if CUDA in requested and CUDA not in self.providers:

@@ -22,7 +22,8 @@ def one_line(error: BaseException) -> str:
 
 @dataclass(frozen=True)
 class Location:
-    """A place in a definition file, shown relative to the current directory when possible."""
+    """A place in a definition file, shown relative to the current directory when possible; line 0 is the file as
+    a whole (one that cannot be read, say)."""
 
     path: str
     line: int
@@ -34,7 +35,7 @@ class Location:
             shown = self.path
         if shown.startswith(".."):
             shown = self.path
-        return f"{shown}:{self.line}"
+        return f"{shown}:{self.line}" if self.line else shown
 
 
 def caller_location() -> Location | None:

@@ -6,10 +6,10 @@ language in scope; each `model(...)` call it makes declares one target, labelled
 definition never imports TensorFlow, so it is cheap enough for every command, including no-op builds.
 
 Definitions are code that runs as the user, so a workspace found by searching upward (as Bazel does) must be safe:
-one whose `model_defs/` another user owns or everyone may write to is refused, the way git refuses a repository
-owned by someone else, unless the user names it (`--workspace`, `$BUILDSYS_WORKSPACE`). The workspace lends its
-definitions the source probe (`buildsys.sources.probe`) through which a declaration reads what it needs from its
-files or database, so the definition language never imports the code that reads data.
+one where another user owns, or everyone may write to, `model_defs/` or a folder or file in it is refused, the
+way git refuses a repository owned by someone else, unless the user names it (`--workspace`, `$BUILDSYS_WORKSPACE`).
+The workspace lends its definitions the source probe (`buildsys.sources.probe`) through which a declaration reads
+what it needs from its files or database, so the definition language never imports the code that reads data.
 """
 
 from __future__ import annotations
@@ -73,25 +73,41 @@ def open_workspace(named: str | Path | None = None, *, defer: bool = False) -> W
 
 
 def check_safe(root: Path) -> None:
-    """Refuses a workspace whose definitions someone else could have written: a `model_defs/` owned by another
-    user, or writable by every user (a shared `/tmp/model_defs/`, say). Group-writable folders are accepted, since
-    with a private group per user (umask 002) every folder is.
+    """Refuses a workspace whose definitions someone else could have written: a `model_defs/`, a folder under it or
+    a `*.py` file in it (any of which a definition may run or import) that is owned by another user or writable by
+    every user (a shared `/tmp/model_defs/`, say, or one world-writable file in a safe tree). Group-writable ones
+    are accepted, since with a private group per user (umask 002) every file is. A symbolic link is judged by what
+    it points to, which is what runs.
 
     Raises:
-        LabelError: in one line saying why and how to trust the workspace anyway.
+        LabelError: in one line naming the first unsafe path, saying why and how to trust the workspace anyway.
     """
     definitions = root / DEFINITIONS_DIR
-    status = definitions.stat()
-    if status.st_uid != os.geteuid():
-        why = f"is owned by another user (uid {status.st_uid})"
-    elif status.st_mode & stat.S_IWOTH:
-        why = "is writable by every user"
-    else:
-        return
-    raise LabelError(
-        f"unsafe workspace: {definitions} {why}, and its definitions would run as you; if you trust it, name it: "
-        f"--workspace {root} (or ${WORKSPACE_VARIABLE}={root})"
-    )
+    for path in (definitions, *sorted(_tree(definitions))):
+        try:
+            status = path.stat()
+        except OSError:  # a dangling link: nothing to run, and loading it says so
+            continue
+        if status.st_uid != os.geteuid():
+            why = f"is owned by another user (uid {status.st_uid})"
+        elif status.st_mode & stat.S_IWOTH:
+            why = "is writable by every user"
+        else:
+            continue
+        raise LabelError(
+            f"unsafe workspace: {path} {why}, and its definitions would run as you; if you trust it, name it: "
+            f"--workspace {root} (or ${WORKSPACE_VARIABLE}={root})"
+        )
+
+
+def _tree(definitions: Path) -> list[Path]:
+    """The folders and Python files under `definitions`: what loading the workspace may execute."""
+    found: list[Path] = []
+    for folder, subfolders, files in os.walk(definitions):
+        here = Path(folder)
+        found.extend(here / name for name in subfolders)
+        found.extend(here / name for name in files if name.endswith(".py"))
+    return found
 
 
 def _definition_error(error: BaseException, path: Path) -> DefinitionError:
@@ -124,7 +140,14 @@ def load_file(path: Path, root: Path | None = None) -> list[ModelSpec]:
 
     if root is None:
         root = next((f.parent for f in path.resolve().parents if f.name == DEFINITIONS_DIR), path.resolve().parent)
-    source = path.read_text(encoding="utf-8")
+    try:
+        source = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise DefinitionError(f"cannot read the definition: {error.strerror}.", Location(str(path), 0)) from None
+    except UnicodeDecodeError as error:
+        raise DefinitionError(
+            f"the definition is not UTF-8 text (byte {error.start}).", Location(str(path), 0)
+        ) from None
     namespace = {"__name__": f"model_defs.{path.stem}", "__file__": str(path)}
     namespace.update({name: getattr(dsl, name) for name in dsl.__all__})
     targets, token = collect_targets()

@@ -64,6 +64,47 @@ def test_a_workspace_owned_by_another_user_is_refused(shared: Path, capsys) -> N
     assert main(["list", "--workspace", str(shared)]) == 0
 
 
+@pytest.mark.parametrize("unsafe", ["d.py", "_helpers.py", "vision", "vision/cnn.py"])
+def test_one_world_writable_folder_or_file_under_a_safe_model_defs_is_refused(
+    shared: Path, unsafe: str, capsys
+) -> None:
+    write_definition(shared, "vision/cnn.py", "")
+    write_definition(shared, "_helpers.py", "")
+    (shared / "model_defs").chmod(0o755)
+    assert main(["list", "--json"]) == 0
+    capsys.readouterr()
+    path = shared / "model_defs" / unsafe
+    path.chmod(0o777 if path.is_dir() else 0o666)
+    assert main(["list"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: unsafe workspace: {path} is writable by every user, and its definitions would run as you; if you "
+        f"trust it, name it: --workspace {shared} (or $BUILDSYS_WORKSPACE={shared})\n"
+    )
+    assert main(["list", "--workspace", str(shared)]) == 0
+
+
+def test_a_symbolic_link_is_judged_by_what_it_points_to(shared: Path, tmp_path: Path, capsys) -> None:
+    (shared / "model_defs").chmod(0o755)
+    outside = tmp_path / "elsewhere.py"
+    outside.write_text("")
+    outside.chmod(0o666)
+    (shared / "model_defs" / "linked.py").symlink_to(outside)
+    assert main(["list"]) == 2
+    assert f"unsafe workspace: {shared / 'model_defs' / 'linked.py'} is writable" in capsys.readouterr().err
+    outside.chmod(0o644)
+    assert main(["list"]) == 0
+
+
+def test_a_definition_file_owned_by_another_user_is_refused(shared: Path, capsys) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    (shared / "model_defs").chmod(0o755)
+    nobody = pwd.getpwnam("nobody").pw_uid
+    os.chown(shared / "model_defs" / "d.py", nobody, -1)
+    assert main(["list"]) == 2
+    assert f"model_defs/d.py is owned by another user (uid {nobody})" in capsys.readouterr().err
+
+
 def test_a_named_folder_must_hold_definitions(tmp_path: Path, capsys) -> None:
     assert main(["list", "--workspace", str(tmp_path)]) == 2
     assert capsys.readouterr().err == (
@@ -92,3 +133,16 @@ def test_data_commands_in_an_unsafe_workspace_read_paths_but_not_labels(shared: 
     capsys.readouterr()
     assert main(["data", "inspect", "d"]) == 2
     assert "unsafe workspace" in capsys.readouterr().err
+
+
+def test_a_definition_that_cannot_be_read_fails_in_one_line_naming_it(workspace: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(workspace)
+    (workspace / "model_defs" / "latin1.py").write_bytes(b"# caf\xe9\n")
+    assert main(["list"]) == 2
+    assert capsys.readouterr().err == "error: model_defs/latin1.py: the definition is not UTF-8 text (byte 5).\n"
+    (workspace / "model_defs" / "latin1.py").unlink()
+    (workspace / "model_defs" / "gone.py").symlink_to(workspace / "nowhere.py")
+    assert main(["list"]) == 2
+    assert capsys.readouterr().err == (
+        "error: model_defs/gone.py: cannot read the definition: No such file or directory.\n"
+    )

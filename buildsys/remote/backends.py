@@ -24,6 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 from buildsys.errors import BuildsysError, one_line
 
 CHUNK = 1 << 20
+MAX_CONNECTIONS = 8  # blobs moved at once (Bazel's client is concurrent too); each thread holds one connection
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 CONNECT_TIMEOUT_S = 5.0
@@ -104,8 +105,13 @@ class HttpBackend:
 
         self.base = url.rstrip("/")
         self.display = display_url(url)
+        # One session for every transfer thread: its connection pool (urllib3's) is thread-safe and keeps a
+        # connection per thread alive from one target to the next; nothing else of it changes after this.
         self.session = requests.Session()
         self.session.headers.update(headers)
+        adapter = requests.adapters.HTTPAdapter(pool_maxsize=MAX_CONNECTIONS)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
         if ca_file is not None and not ca_file.is_file():
             raise RemoteConfigError(f"--remote-ca {ca_file}: no such file")
         # Given per request: a session-level setting would lose to $REQUESTS_CA_BUNDLE in requests' merging.

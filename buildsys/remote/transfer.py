@@ -4,7 +4,9 @@ Upload sends every file of the version folder as a blob (skipping blobs the cach
 last, so a record never names a blob that was not stored. Fetch reads the record, streams each blob into the
 staging folder while hashing it, and then checks what arrived: every digest and size, the manifest's name and
 `content_hash` against the local cache key, and the ONNX model against the recorded parity probe. Only then does
-the build publish it, through the store's publish like any local build.
+the build publish it, through the store's publish like any local build. Blobs move `MAX_CONNECTIONS` at a time,
+largest first, as Bazel's remote cache client moves them concurrently: over a link with a round trip of tens of
+milliseconds, one request after another would spend most of a hit waiting; the first failure stops the others.
 
 What can go wrong remotely is never worse than a cache miss: a corrupt or partial entry and an unreachable cache
 each print one warning line and let the build train locally — unless the user asked for `required`, where an
@@ -19,15 +21,18 @@ import hashlib
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from buildsys.errors import BuildsysError
-from buildsys.remote.backends import Backend, RemoteUnavailableError, open_backend
+from buildsys.remote.backends import MAX_CONNECTIONS, Backend, RemoteUnavailableError, open_backend
 from buildsys.remote.probe import ProbeError, check_probe
-from buildsys.remote.record import MAX_RECORD_BYTES, ActionRecord, RecordError, describe_folder, parse_record
+from buildsys.remote.record import MAX_RECORD_BYTES, ActionRecord, FileEntry, RecordError, describe_folder, parse_record
 from modelrepo import FormatError, Manifest, read_manifest
 
 
@@ -38,6 +43,13 @@ class CorruptEntryError(BuildsysError):
 
 class RemoteRequiredError(BuildsysError):
     """`--remote-cache-required` was given and the cache could not be used."""
+
+
+class _Abandoned(Exception):
+    """A transfer stopped because another one of the same entry failed (never the error that is reported)."""
+
+
+Result = TypeVar("Result")
 
 
 def _warn(message: str) -> None:
@@ -121,31 +133,36 @@ class RemoteCache:
         return Fetched(manifest, seconds, record.total_size)
 
     def _download(self, record: ActionRecord, staging: Path) -> None:
-        for path, entry in sorted(record.files.items()):
-            destination = staging.joinpath(*path.split("/"))
-            if staging.resolve() not in destination.resolve().parents:  # parse_record already guarantees this
-                raise CorruptEntryError(f"{path!r} would leave the staging folder")
-            destination.parent.mkdir(parents=True, exist_ok=True)
-            digest, size = hashlib.sha256(), 0
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-            with os.fdopen(os.open(destination, flags, 0o600), "wb") as stream:
-                try:
-                    for chunk in self.backend.get_blob(entry.digest, entry.size):
-                        digest.update(chunk)
-                        size += len(chunk)
-                        if size > entry.size:
-                            break
-                        stream.write(chunk)
-                except FileNotFoundError:
-                    raise CorruptEntryError(f"blob of {path} ({entry.digest[:16]}) is missing") from None
-                stream.flush()
-                os.fsync(stream.fileno())
-            if size != entry.size or digest.hexdigest() != entry.digest:
-                self.damaged.add(entry.digest)
-                raise CorruptEntryError(f"{path}: the blob's size or sha256 is not the record's")
-            os.chmod(destination, entry.mode)
+        stop = threading.Event()
+        _each_file(record.files, lambda path, entry: self._download_one(path, entry, staging, stop), stop)
         for directory, _, _ in os.walk(staging):
             os.chmod(directory, 0o755)
+
+    def _download_one(self, path: str, entry: FileEntry, staging: Path, stop: threading.Event) -> None:
+        destination = staging.joinpath(*path.split("/"))
+        if staging.resolve() not in destination.resolve().parents:  # parse_record already guarantees this
+            raise CorruptEntryError(f"{path!r} would leave the staging folder")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        digest, size = hashlib.sha256(), 0
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+        with os.fdopen(os.open(destination, flags, 0o600), "wb") as stream:
+            try:
+                for chunk in self.backend.get_blob(entry.digest, entry.size):
+                    if stop.is_set():
+                        raise _Abandoned
+                    digest.update(chunk)
+                    size += len(chunk)
+                    if size > entry.size:
+                        break
+                    stream.write(chunk)
+            except FileNotFoundError:
+                raise CorruptEntryError(f"blob of {path} ({entry.digest[:16]}) is missing") from None
+            stream.flush()
+            os.fsync(stream.fileno())
+        if size != entry.size or digest.hexdigest() != entry.digest:
+            self.damaged.add(entry.digest)
+            raise CorruptEntryError(f"{path}: the blob's size or sha256 is not the record's")
+        os.chmod(destination, entry.mode)
 
     def _verify(self, record: ActionRecord, staging: Path, key: str, name: str) -> Manifest:
         try:
@@ -169,11 +186,11 @@ class RemoteCache:
         """
         try:
             record = describe_folder(version_dir, key, name)
-            sent = 0
+            by_blob: dict[str, tuple[str, FileEntry]] = {}
             for path, entry in sorted(record.files.items()):
-                if entry.digest in self.damaged or not self.backend.has_blob(entry.digest):
-                    self.backend.put_blob(entry.digest, version_dir.joinpath(*path.split("/")))
-                    sent += entry.size
+                by_blob.setdefault(entry.digest, (path, entry))  # identical files are one blob, sent once
+            files = dict(by_blob.values())
+            sent = sum(_each_file(files, lambda path, entry: self._upload_one(version_dir, path, entry)))
             self.backend.put_record(key, record.to_bytes())
         except RemoteUnavailableError as error:
             self._unavailable(error, "upload", "the version is published locally only")
@@ -182,6 +199,46 @@ class RemoteCache:
             self.warn(f"remote cache upload skipped: {error}")
             return None
         return sent
+
+    def _upload_one(self, version_dir: Path, path: str, entry: FileEntry) -> int:
+        """Sends one file's blob unless the cache has it (and it was not found corrupt); the bytes sent."""
+        if entry.digest not in self.damaged and self.backend.has_blob(entry.digest):
+            return 0
+        self.backend.put_blob(entry.digest, version_dir.joinpath(*path.split("/")))
+        return entry.size
+
+
+def _each_file(
+    files: dict[str, FileEntry],
+    transfer: Callable[[str, FileEntry], Result],
+    stop: threading.Event | None = None,
+) -> list[Result]:
+    """`transfer(path, entry)` for every file, `MAX_CONNECTIONS` at a time, largest first (the longest transfer
+    starts at once instead of last); results in the order of `files`.
+
+    On the first failure the transfers not yet started are cancelled and `stop` is set for those under way to
+    notice; once every thread is done, the failure of the first failing file (in path order) is raised, so the
+    caller never cleans up while a thread still writes.
+    """
+    order = sorted(files, key=lambda path: (-files[path].size, path))
+    with ThreadPoolExecutor(min(MAX_CONNECTIONS, len(order)) or 1, thread_name_prefix="remote-cache") as pool:
+        futures = {path: pool.submit(transfer, path, files[path]) for path in order}
+        stopping = True
+        try:
+            done, _ = wait(futures.values(), return_when=FIRST_EXCEPTION)
+            stopping = any(future.exception() for future in done)
+        finally:  # a transfer failed, or this thread was interrupted (Ctrl-C): the others stop soon
+            if stopping:
+                if stop is not None:
+                    stop.set()
+                for future in futures.values():
+                    future.cancel()
+    # Leaving the pool waited for every thread: each future is now finished or cancelled.
+    finished = (futures[path] for path in sorted(files) if not futures[path].cancelled())
+    failures = [error for future in finished if (error := future.exception()) and not isinstance(error, _Abandoned)]
+    if failures:
+        raise failures[0] from None
+    return [futures[path].result() for path in files]
 
 
 def _empty(folder: Path) -> None:

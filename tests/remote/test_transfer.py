@@ -10,12 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from buildsys.remote import RemoteCache, RemoteRequiredError, RemoteSettings
+from buildsys.remote.backends import RemoteUnavailableError
 from buildsys.remote.probe import PROBE_FILE, write_probe
 
 KEY = "5e" * 32
@@ -185,3 +188,108 @@ def test_unreachable_is_a_warning_or_with_required_an_error(nginx, tmp_path: Pat
     with pytest.raises(RemoteRequiredError, match="remote cache required but unavailable"):
         RemoteCache(RemoteSettings(nginx.url, required=True)).fetch(KEY, "digits", staging)
     shutil.rmtree(staging)
+
+
+class Watched:
+    """A real backend whose blob transfers first meet at a barrier (so they must overlap: serial transfers would
+    break it) and which can make one blob fail or trickle."""
+
+    def __init__(self, backend, meeting: int = 0) -> None:
+        self.backend = backend
+        self.barrier = threading.Barrier(meeting, timeout=10) if meeting else None
+        self.failing: str | None = None
+        self.trickling: str | None = None
+        self.chunks_sent = 0
+        self.lock = threading.Lock()
+        self.arrived = 0
+
+    def __getattr__(self, name: str):
+        return getattr(self.backend, name)
+
+    def _meet(self) -> None:
+        """The first `meeting` transfers wait for each other; later ones go straight on."""
+        with self.lock:
+            self.arrived += 1
+            meets = self.barrier is not None and self.arrived <= self.barrier.parties
+        if meets:
+            self.barrier.wait()
+
+    def get_blob(self, digest: str, size: int):
+        self._meet()
+        if digest == self.failing:
+            raise FileNotFoundError(digest)
+        if digest == self.trickling:
+            for _ in range(200):  # 10 s unless the download is abandoned
+                time.sleep(0.05)
+                self.chunks_sent += 1
+                yield b"x"
+            return
+        yield from self.backend.get_blob(digest, size)
+
+    def put_blob(self, digest: str, source: Path) -> None:
+        self._meet()
+        if digest == self.failing:
+            raise RemoteUnavailableError("cache: HTTP 507 on PUT cas/")
+        self.backend.put_blob(digest, source)
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_blobs_move_concurrently_both_ways(tmp_path: Path) -> None:
+    version = make_version(tmp_path / "built" / "3")
+    blobs = len([p for p in version.rglob("*") if p.is_file()])
+    cache = RemoteCache(RemoteSettings((tmp_path / "store").as_uri()), warn=Warnings())
+    cache.backend = Watched(cache.backend, meeting=min(blobs, 4))
+    assert cache.upload(version, KEY, "digits") > 0
+    cache.backend = Watched(cache.backend.backend, meeting=min(blobs, 4))
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    assert cache.fetch(KEY, "digits", staging) is not None
+    assert _files(staging) == _files(version)
+
+
+def test_a_failed_blob_stops_the_other_downloads_and_leaves_nothing(tmp_path: Path) -> None:
+    version = make_version(tmp_path / "built" / "3")
+    warnings = Warnings()
+    cache = RemoteCache(RemoteSettings((tmp_path / "store").as_uri()), warn=warnings)
+    cache.upload(version, KEY, "digits")
+    watched = cache.backend = Watched(cache.backend)
+    watched.trickling = _digest(version / "model.onnx")
+    watched.failing = _digest(version / "model.weights.h5")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    assert cache.fetch(KEY, "digits", staging) is None
+    assert warnings == [
+        f"remote cache {cache.display}: entry {KEY[:16]} is unusable (blob of model.weights.h5 "
+        f"({watched.failing[:16]}) is missing); building locally"
+    ]
+    assert watched.chunks_sent < 200  # the trickling download stopped when the other failed
+    assert list(staging.iterdir()) == []
+
+
+def test_a_failed_blob_upload_stores_no_record(tmp_path: Path) -> None:
+    version = make_version(tmp_path / "built" / "3")
+    warnings = Warnings()
+    cache = RemoteCache(RemoteSettings((tmp_path / "store").as_uri()), warn=warnings)
+    watched = cache.backend = Watched(cache.backend)
+    watched.failing = _digest(version / "model.onnx")
+    assert cache.upload(version, KEY, "digits") is None
+    assert warnings == ["remote cache upload: cache: HTTP 507 on PUT cas/; the version is published locally only"]
+    assert watched.get_record(KEY, 1 << 20) is None  # a record never names a blob that was not stored
+    watched.failing = None
+    assert cache.upload(version, KEY, "digits") >= (version / "model.onnx").stat().st_size
+    assert watched.get_record(KEY, 1 << 20) is not None
+
+
+def test_identical_files_are_one_blob_sent_once_and_fetched_into_each_place(tmp_path: Path) -> None:
+    version = make_version(tmp_path / "built" / "3")
+    shutil.copy(version / "model.weights.h5", version / "model.savedmodel" / "copy.h5")
+    cache = RemoteCache(RemoteSettings((tmp_path / "store").as_uri()), warn=Warnings())
+    total = sum(p.stat().st_size for p in version.rglob("*") if p.is_file() and p.name != "copy.h5")
+    assert cache.upload(version, KEY, "digits") == total
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    assert cache.fetch(KEY, "digits", staging) is not None
+    assert _files(staging) == _files(version)

@@ -12,12 +12,19 @@ The nginx is the tests' own (tests/remote/nginx.py: Debian's nginx with WebDAV, 
 loopback port. Prints the wall times, the hit's own fetch time from the build's log line, and their ratio (goal: a
 hit in under 2 s).
 
-Usage: .venv/bin/python bench/remote_cache_bench.py [--images 512] [--epochs 1] [--repeats 3]
+Then the transfer alone, in this process, over a round trip of each `--rtt-ms`: a proxy in front of nginx holds
+every chunk for half the round trip in each direction (a propagation delay; it buffers without limit, so it does not
+model TCP's window, which would slow one connection further). The same entry is fetched (every blob verified, the
+probe run) and uploaded to an empty prefix, one blob at a time and `MAX_CONNECTIONS` at a time, alternating, and
+the medians and their ratio are printed.
+
+Usage: .venv/bin/python bench/remote_cache_bench.py [--images 512] [--epochs 1] [--repeats 3] [--rtt-ms 0 10 40]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform
 import re
@@ -25,15 +32,20 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.remote.nginx import Nginx  # noqa: E402 - the repository root is on the path only from here on
+from buildsys.remote import RemoteCache, RemoteSettings, transfer  # noqa: E402 - the root is on the path from here
+from buildsys.remote.backends import MAX_CONNECTIONS  # noqa: E402
+from tests.mariadb import _free_port  # noqa: E402
+from tests.remote.nginx import Nginx  # noqa: E402
 
 
 def workspace(root: Path, images: int, epochs: int) -> None:
@@ -66,11 +78,108 @@ def timed_build(root: Path, url: str) -> tuple[float, str]:
     return seconds, result.stdout
 
 
+class DelayProxy:
+    """A loopback TCP proxy that holds each chunk for `delay` seconds in each direction, on its own thread."""
+
+    def __init__(self, target_port: int, delay: float) -> None:
+        self.target_port, self.delay, self.port = target_port, delay, _free_port()
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+        threading.Thread(target=self._run, args=(started,), daemon=True).start()
+        started.wait()
+
+    def _run(self, started: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(asyncio.start_server(self._connection, "127.0.0.1", self.port))
+        started.set()
+        self.loop.run_forever()
+        self.loop.close()
+
+    async def _connection(self, client_reader, client_writer) -> None:
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        try:
+            await asyncio.gather(
+                self._pump(client_reader, server_writer), self._pump(server_reader, client_writer),
+                return_exceptions=True,  # a side that hangs up ends its direction only
+            )  # fmt: skip
+        except asyncio.CancelledError:
+            pass  # stop() closes the connections still open
+        finally:
+            client_writer.close()
+            server_writer.close()
+
+    async def _pump(self, reader, writer) -> None:
+        """Chunks go out in order, each `delay` after it arrived (a pipe of that length, without a window)."""
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def deliver() -> None:
+            while (item := await queue.get()) is not None:
+                due, data = item
+                await asyncio.sleep(max(0.0, due - self.loop.time()))
+                writer.write(data)
+                await writer.drain()
+            writer.write_eof()
+
+        delivering = asyncio.ensure_future(deliver())
+        try:
+            while data := await reader.read(1 << 16):
+                queue.put_nowait((self.loop.time() + self.delay, data))
+            queue.put_nowait(None)
+            await delivering
+        finally:
+            delivering.cancel()
+
+    def stop(self) -> None:
+        """Closes the listener and every connection still open (the caches' kept-alive ones), then the loop."""
+
+        async def shut_down() -> None:
+            self.server.close()
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shut_down(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def transfers(root: Path, server: Nginx, rtts: list[float], repeats: int) -> list[tuple[float, str, float, float]]:
+    """(rtt, direction, median seconds one blob at a time, median with MAX_CONNECTIONS) for the built entry."""
+    version = next((root / "build-out" / "models" / "cifar10_cnn").glob("*/manifest.json")).parent
+    key = next((server.storage / "ac").iterdir()).name
+    results = []
+    for rtt in rtts:
+        proxy = DelayProxy(server.port, rtt / 2000)
+        url = server.url.replace(f":{server.port}/", f":{proxy.port}/")
+        times: dict[tuple[str, int], list[float]] = {}
+        for run in range(repeats):
+            for connections in (1, MAX_CONNECTIONS):
+                with mock.patch.object(transfer, "MAX_CONNECTIONS", connections):
+                    staging = root / f"staging-{rtt}-{run}-{connections}"
+                    staging.mkdir()
+                    cache = RemoteCache(RemoteSettings(url, required=True))
+                    started = time.perf_counter()
+                    if cache.fetch(key, "cifar10_cnn", staging) is None:
+                        raise SystemExit("the entry did not fetch through the proxy")
+                    times.setdefault(("fetch", connections), []).append(time.perf_counter() - started)
+                    fresh = RemoteCache(RemoteSettings(f"{url}/upload-{rtt}-{run}-{connections}", required=True))
+                    started = time.perf_counter()
+                    fresh.upload(version, key, "cifar10_cnn")
+                    times.setdefault(("upload", connections), []).append(time.perf_counter() - started)
+        proxy.stop()
+        for direction in ("fetch", "upload"):
+            serial = statistics.median(times[(direction, 1)])
+            parallel = statistics.median(times[(direction, MAX_CONNECTIONS)])
+            results.append((rtt, direction, serial, parallel))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=512, help="generated training images")
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--repeats", type=int, default=3, help="remote hits to time")
+    parser.add_argument("--repeats", type=int, default=3, help="remote hits to time, and transfers per setting")
+    parser.add_argument("--rtt-ms", type=float, nargs="*", default=[0, 10, 40], help="simulated round trips")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
@@ -95,6 +204,7 @@ def main() -> None:
                 hits.append(seconds)
                 fetches.append(float(found.group(2)))
                 megabytes = float(found.group(1))
+            moved = transfers(root, server, args.rtt_ms, args.repeats)
         finally:
             server.stop()
     hit = statistics.median(hits)
@@ -105,6 +215,9 @@ def main() -> None:
     print(f"remote hit, whole process: median {hit:.2f} s, max {max(hits):.2f} s ({args.repeats} runs)")
     print(f"remote hit, download + verify only: median {statistics.median(fetches):.2f} s")
     print(f"local build / remote hit: {local / hit:.1f}x")
+    print(f"transfer of the entry, median of {args.repeats}: one blob at a time vs {MAX_CONNECTIONS} at a time")
+    for rtt, direction, serial, parallel in moved:
+        print(f"  rtt {rtt:g} ms, {direction}: {serial:.2f} s vs {parallel:.2f} s ({serial / parallel:.2f}x)")
 
 
 if __name__ == "__main__":

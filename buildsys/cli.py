@@ -256,7 +256,15 @@ def command_tune(args: argparse.Namespace) -> int:
             objective=args.objective,
             seed=target.spec.train.seed if args.seed is None else args.seed,
         )
-        tune(target, tree, settings, role=args.role, overwrite=args.overwrite, data_dir=args.data_dir)
+        tune(
+            target,
+            tree,
+            settings,
+            role=args.role,
+            overwrite=args.overwrite,
+            data_dir=args.data_dir,
+            strategy=args.strategy,
+        )
     return 0
 
 
@@ -636,6 +644,12 @@ def make_parser() -> argparse.ArgumentParser:
         "--role",
         choices=("chief", "worker"),
         help="distributed tuning (KerasTuner chief/worker, see BUILD.md); default: inferred from KERASTUNER_*",
+    )
+    tune.add_argument(
+        "--strategy",
+        default="auto",
+        choices=("auto", "default", "one-device", "mirrored"),
+        help="tf.distribute strategy each trial trains under, as in build (the batch size is per replica)",
     )
     tune.set_defaults(func=command_tune)
 

@@ -26,6 +26,9 @@ SEARCH_FILE = "search.json"
 BEST_FILE = "best.json"
 PROJECT = "search"
 TUNERS = ("hyperband", "bayesian", "random")
+# What a search's settings mean when they do not say: searches recorded before `tune --strategy` trained each trial
+# on one replica, and so does the chief's record, whose trials run on the workers.
+UNRECORDED_SETTINGS = {"replicas": 1}
 
 
 class TuningError(BuildsysError):
@@ -75,7 +78,8 @@ def check_settings(tree: OutputTree, name: str, settings: dict[str, Any], overwr
     folder = tuning_dir(tree, name)
     path = folder / SEARCH_FILE
     if path.exists() and not overwrite:
-        previous = json.loads(path.read_text(encoding="utf-8"))
+        previous = {**UNRECORDED_SETTINGS, **json.loads(path.read_text(encoding="utf-8"))}
+        settings = {**UNRECORDED_SETTINGS, **settings}
         changed = sorted(key for key in settings.keys() | previous.keys() if settings.get(key) != previous.get(key))
         if changed:
             shown = ", ".join(

@@ -3,7 +3,9 @@
 The search space is the definition's own declarations, declared on KerasTuner's `hp` object by `declare`, and
 each trial's model comes from `compile.build_model`/`compile.compile_model` with the values KerasTuner chose — the
 model code exists once. Trials fit on the training split and are scored on the validation split carved from it
-(`data.check_and_split`); the test split is never seen while tuning.
+(`data.check_and_split`); the test split is never seen while tuning. Each trial trains under a `tf.distribute`
+strategy chosen as a build chooses it (`train.choose_strategy`), on the same global batch, so a search on several
+GPUs finds values for the build that will train on them.
 
 Progress is one line per trial start and end (trial number, values, score, best so far). State lives in
 `build-out/tuning/<name>/` (`buildsys.tuning`): KerasTuner reloads its project there, so an interrupted search
@@ -29,6 +31,8 @@ from typing import Any
 from buildsys.actions import data as data_action
 from buildsys.actions import tensorflow
 from buildsys.actions.compile import build_model, compile_model
+from buildsys.actions.distributed import describe_strategy
+from buildsys.actions.train import choose_strategy
 from buildsys.dsl.specs import ModelSpec, validate
 from buildsys.errors import DefinitionError
 from buildsys.store import OutputTree
@@ -169,8 +173,11 @@ class _Hyperband(_Reporting, keras_tuner.Hyperband):
     pass
 
 
-def make_tuner(spec: ModelSpec, settings: SearchSettings, directory: str, overwrite: bool) -> Any:
-    """The KerasTuner tuner for `settings`, reloading the project in `directory` unless `overwrite`."""
+def make_tuner(
+    spec: ModelSpec, settings: SearchSettings, directory: str, overwrite: bool, strategy: Any | None = None
+) -> Any:
+    """The KerasTuner tuner for `settings`, reloading the project in `directory` unless `overwrite`; each trial's
+    model is built and trained under `strategy` (None: TensorFlow's default)."""
     objective = keras_tuner.Objective(settings.objective, direction=settings.direction())
     common = {
         "hypermodel": SpecHyperModel(spec),
@@ -179,6 +186,7 @@ def make_tuner(spec: ModelSpec, settings: SearchSettings, directory: str, overwr
         "directory": directory,
         "project_name": PROJECT,
         "overwrite": overwrite,
+        "distribution_strategy": strategy,
     }
     if settings.tuner == "hyperband":
         return _Hyperband(max_epochs=settings.epochs, factor=3, **common)
@@ -238,8 +246,12 @@ def search(
     role: str,
     overwrite: bool,
     say: Callable[[str], None],
+    strategy: Any | None = None,
 ) -> list[dict[str, Any]]:
     """Runs (or resumes) the search in `build-out/tuning/<name>/`; returns the best trial first (empty for workers).
+
+    Under a `strategy` of several replicas each trial trains on batches of the definition's batch size per
+    replica, as a build under that strategy does, so that the values found are the ones a build would train with.
 
     Raises:
         TuningError: when the definition has no validation split or declares no hyperparameter.
@@ -249,14 +261,15 @@ def search(
     spec = target.spec
     if not spec.hyperparameters():
         raise TuningError(f"{target.label} declares no hyperparameters (hp.Int, hp.Float, ...); nothing to tune")
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
     train_data, validation = data_action.training_data(
-        splits, spec.train.batch_size, spec.train.shuffle_buffer, settings.seed
+        splits, spec.train.batch_size * replicas, spec.train.shuffle_buffer, settings.seed
     )
     if validation is None:
         raise TuningError(f"{target.label} sets train(validation_split=0); tuning scores trials on a validation split")
     keras.utils.set_random_seed(settings.seed)
     reporter = TrialReporter(tree, target, settings, say)
-    tuner = make_tuner(spec, settings, str(tuning_dir(tree, spec.name)), overwrite and role != "worker")
+    tuner = make_tuner(spec, settings, str(tuning_dir(tree, spec.name)), overwrite and role != "worker", strategy)
     tuner.reporter = reporter
     if role == "chief":
         _serve_as_chief(tuner, reporter)
@@ -304,10 +317,13 @@ def tune(
     overwrite: bool,
     data_dir: Path | None,
     say: Callable[[str], None] | None = None,
+    strategy: str = "auto",
 ) -> list[dict[str, Any]]:
     """Loads the data, checks or records the search settings, searches, and reports the best values.
 
-    Returns the best trial first (empty for a worker, which has no view of the whole search).
+    `strategy` is a `build --strategy` name other than `multi-worker` (distributed tuning is KerasTuner's
+    chief/worker mode); the chief runs no trials and creates none. Returns the best trial first (empty for a
+    worker, which has no view of the whole search).
     """
     from buildsys import sources
     from buildsys.actions.data import check_and_split
@@ -318,15 +334,20 @@ def tune(
     role = resolve_role(role)
     dataset = sources.load(spec.data, data_dir)
     splits = check_and_split(dataset, spec, settings.seed)
+    distribution = None if role == "chief" else choose_strategy(strategy)
     if role != "worker":
         fingerprint = sources.fingerprint(spec.data, data_dir, tree.root / DIGESTS_DIR)
         recorded = {
             **dataclasses.asdict(settings),
             "definition": sha256_text(canonical_json({"spec": spec.to_json(), "data_fingerprint": fingerprint})),
         }
+        if distribution is not None:  # the global batch, and so the scores, follow it
+            recorded["replicas"] = distribution.num_replicas_in_sync
         if check_settings(tree, spec.name, recorded, overwrite):
             say(f"resuming the search in {tuning_dir(tree, spec.name)}")
-    best = search(target, tree, splits, settings, role=role, overwrite=overwrite, say=say)
+    if distribution is not None:
+        say(f"each trial trains under {describe_strategy(distribution)}")
+    best = search(target, tree, splits, settings, role=role, overwrite=overwrite, say=say, strategy=distribution)
     if best:
         trial = best[0]
         values = ", ".join(f"{name}={value}" for name, value in trial["hparams"].items())

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -137,3 +138,27 @@ def test_chief_and_two_workers_share_the_trials(workspace: Path) -> None:
     best = json.loads((workspace / "build-out" / "tuning" / "tiny" / "best.json").read_text())
     assert best["score"] == max(trial["score"] for trial in trials)
     assert "best val_accuracy" in chief_out
+
+
+def test_trials_train_under_the_strategy_a_build_would_use(workspace: Path) -> None:
+    """MirroredStrategy over two logical CPUs: the trials train on two replicas, the search records it, and a
+    resume on one replica is refused with the difference named."""
+    write_definition(workspace, "tiny.py", TINY)
+    script = textwrap.dedent("""
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        from buildsys.cli import main
+        tune = ["tune", "tiny", "--tuner", "random", "--max-trials", "1", "--epochs", "1"]
+        assert main([*tune, "--strategy", "mirrored"]) == 0
+        assert main([*tune, "--strategy", "default"]) == 1
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=workspace, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tiny: each trial trains under mirrored (2 CPUs)" in result.stdout
+    assert "trial 1/1 completed on tuner0" in result.stdout
+    assert json.loads((workspace / "build-out" / "tuning" / "tiny" / "search.json").read_text())["replicas"] == 2
+    assert "holds a search started with other settings (replicas 2 → 1)" in result.stderr

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
+import json
 import shutil
 import sys
 import time
@@ -32,12 +33,13 @@ from buildsys.cache import DIGESTS_DIR, CacheKey, cache_key, file_sha256
 from buildsys.console import Reporter
 from buildsys.dsl.specs import ModelSpec, validate
 from buildsys.errors import BuildsysError, DefinitionError
+from buildsys.gate import QualityGateError, judge, reject, rejected_dir
 from buildsys.graph import Dependency
 from buildsys.model_index import write_index
 from buildsys.store import WEIGHTS_FILE, OutputTree
 from buildsys.transfer import dependency_digests, features_path
 from buildsys.workspace import Target
-from modelrepo import MANIFEST_FORMAT, PLATFORM, Manifest
+from modelrepo import MANIFEST_FILE, MANIFEST_FORMAT, PLATFORM, Manifest
 
 
 @dataclass(frozen=True)
@@ -279,6 +281,8 @@ class BuildJob:
             return self.up_to_date(plan, found)
         if plan.key is not None and (fetched := self._fetch(plan)) is not None:
             return fetched
+        if plan.key is not None:
+            self._refuse_rejected_again(plan)
         splits = self.load_data(plan)
         if plan.key is None:  # the data was fetched just now: key the build on what arrived
             fingerprint = sources.fingerprint(plan.spec.data, plan.options.data_dir, self.tree.root / DIGESTS_DIR)
@@ -289,6 +293,7 @@ class BuildJob:
                 return self.up_to_date(plan, found)
             if (fetched := self._fetch(plan)) is not None:
                 return fetched
+            self._refuse_rejected_again(plan)
         staging = self.tree.staging_dir(plan.spec.name)
         try:
             manifest = self.train(plan, splits, staging)
@@ -328,6 +333,32 @@ class BuildJob:
             raise
         return BuildResult(plan.label, "fetched", version, plan.key.digest, manifest.metrics.get("test", {}))
 
+    def _refuse_rejected_again(self, plan: Plan) -> None:
+        """Fails at once, without training, when an earlier build of this same key was rejected and the candidate
+        it kept still fails the gate against what is published now: the same content would train to the same
+        verdict (`--force` trains it again, for training that is not deterministic). A candidate that would pass
+        now is trained again, since its report says it was rejected.
+
+        Raises:
+            QualityGateError: naming the kept candidate and the gate's reasons, as the first rejection did.
+        """
+        if plan.options.force or plan.spec.evaluate is None or plan.options.strategy == "multi-worker":
+            return  # a multi-worker build's tasks must all train together, as for the remote cache
+        kept = rejected_dir(self.tree, plan.spec.name, plan.key.digest)
+        try:
+            candidate = json.loads((kept / MANIFEST_FILE).read_text(encoding="utf-8"))
+            verdict = judge(plan.spec.evaluate, candidate, self.tree.latest_manifest(plan.spec.name))
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # none kept, or one from an older buildsys: train
+        if verdict.passed:
+            self.reporter.say("the candidate rejected earlier would pass the gate now; training it again")
+            return
+        raise QualityGateError(
+            f"{plan.label}: rejected by the quality gate: {'; '.join(verdict.failures)}; nothing was published; "
+            f"this content was trained and rejected before (the candidate and its report are in {kept}); "
+            "build --force trains it again"
+        )
+
     def load_data(self, plan: Plan) -> Any:
         from buildsys.actions.data import check_and_split
 
@@ -343,7 +374,6 @@ class BuildJob:
             QualityGateError: the candidate failed the definition's gate (moved to `build-out/rejected/`).
         """
         from buildsys.actions.report import write_report
-        from buildsys.gate import judge, reject
 
         outcome = _run_actions(plan, splits, staging, self.tree, self.reporter)
         if outcome is None:

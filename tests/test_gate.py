@@ -143,6 +143,18 @@ def test_weakened_model_is_rejected_and_a_good_one_published(
     assert "Rejected by the quality gate" in page and f"published version 1&#x27;s {found[2]}" in page
     assert not list((tmp_path / "build-out" / "staging" / "digits").iterdir())
 
+    # The same content again: the kept candidate is gated again against what is published, without training.
+    kept = (rejected / "model.onnx").stat().st_mtime_ns
+    assert main(["build", "digits", "--workspace", str(tmp_path), "--quiet"]) == 1
+    again = capsys.readouterr().err.strip()
+    assert again.startswith(f"error: //model_defs:digits: rejected by the quality gate: {found[0]}")
+    assert f"this content was trained and rejected before (the candidate and its report are in {rejected})" in again
+    assert again.endswith("build --force trains it again") and len(again.splitlines()) == 1
+    assert (rejected / "model.onnx").stat().st_mtime_ns == kept
+    assert main(["build", "digits", "--workspace", str(tmp_path), "--quiet", "--force"]) == 1
+    assert "trained and rejected before" not in capsys.readouterr().err
+    assert (rejected / "model.onnx").stat().st_mtime_ns != kept  # trained again, and rejected again
+
     good = (
         (REPO / "model_defs" / "digits.py")
         .read_text()

@@ -178,12 +178,15 @@ def image_folder(
     split: float | str = 0.2,
     split_seed: int = 0,
     class_names: list[str] | None = None,
+    stream: bool = False,
 ) -> DataSource:
     """Images in one sub-folder per class (the folder's name is the class name): PNG, JPEG or BMP.
 
     Every image is converted to `color_mode` ("grayscale" or "rgb") and resized to `image_size` (height, width).
     `split` is the test fraction, drawn per class with `split_seed`, or "folders" for separate `train/` and `test/`
     trees. A relative `path` is relative to the workspace root. Class names default to the sub-folders, sorted.
+    `stream=True` decodes the training images again on every epoch instead of holding them, for a folder larger
+    than memory (the test split is held either way).
 
     Example:
         `datasets.image_folder("data/flowers", image_size=(64, 64), color_mode="rgb", split=0.2)`
@@ -202,9 +205,15 @@ def image_folder(
             f'image_folder(split=...) expects a test fraction in (0, 1) or "folders". Received: {describe(split)}.',
             location,
         )
+    if not isinstance(stream, bool):
+        raise DefinitionError(
+            f"image_folder(stream=...) expects True or False. Received: {describe(stream)}.", location
+        )
     context = _context("image_folder", location)
     params = (("path", path), ("image_size", list(size)), ("color_mode", color_mode), ("split", split),
               ("split_seed", split_seed))  # fmt: skip
+    if stream:  # only when asked: a folder held in memory is declared as it was before the option existed
+        params += (("stream", True),)
     if class_names is None:
         class_names = _probe(context, "image_folder", dict(params), f"image_folder({path!r})", location).class_names
     names = _class_names(class_names, [], location)

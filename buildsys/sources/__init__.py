@@ -1,9 +1,9 @@
 """Data sources: where a declared dataset's images come from, and what fingerprints their content.
 
 `fingerprint` must stay cheap and TensorFlow-free: the no-op build path calls it. `load` may import heavy
-libraries; it returns plain NumPy arrays (`Dataset`), or for SQL sources a `StreamingDataset` whose training rows
-are read chunk by chunk on every pass (both defined in `records`, which every source module shares);
-`buildsys.actions.data` checks either and turns it into `tf.data`.
+libraries; it returns plain NumPy arrays (`Dataset`), or for SQL sources and streamed image folders a
+`StreamingDataset` whose training rows are read chunk by chunk on every pass (both defined in `records`, which
+every source module shares); `buildsys.actions.data` checks either and turns it into `tf.data`.
 `reader` opens any declared source batch by batch (`records.Reader`) for import, inspection and prediction.
 `probe` answers what a declaration needs from its files or database (the workspace lends it to the definitions
 it runs, `buildsys.dsl.datasets.declaring`). Each file or database kind is one module here (`KINDS`), imported
@@ -78,11 +78,12 @@ def reader(source: DataSource, data_dir: Path | None) -> Reader:
 def load(source: DataSource, data_dir: Path | None) -> Dataset | StreamingDataset:
     """Loads the source; raises `DataError` with one line saying what is missing or wrong.
 
-    SQL sources stream their training rows (`StreamingDataset`); files are read into memory.
+    SQL sources, and image folders declared with `stream=True`, stream their training rows (`StreamingDataset`);
+    other files are read into memory.
     """
-    if source.kind == "sql":
-        return _module("sql").load(source)
-    if source.kind in ("image_folder", "npz"):
+    if source.kind in ("sql", "image_folder"):
+        return _module(source.kind).load(source)
+    if source.kind == "npz":
         from buildsys.sources.records import read_all
 
         opened = _module(source.kind).source_reader(source)

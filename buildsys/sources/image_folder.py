@@ -1,12 +1,14 @@
 """Image folders: one sub-folder per class (its name is the class name), or loose image files without labels.
 
-Owns listing, the seeded per-class train/test split, decoding with resizing, and the folder's fingerprint (every
-image file's path relative to the folder and the sha256 of its bytes). Never TensorFlow.
+Owns listing, the seeded per-class train/test split, decoding with resizing, loading (into memory, or with
+`stream=True` the training images decoded again on every pass), and the folder's fingerprint (every image file's
+path relative to the folder and the sha256 of its bytes). Never TensorFlow.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,10 @@ from buildsys.cache import DigestMemo
 from buildsys.dsl.datasets import DataSource, Probed, image_shape
 from buildsys.errors import DataError
 from buildsys.sources.images import IMAGE_SUFFIXES, read_image_file
-from buildsys.sources.records import Batch
+from buildsys.sources.records import Batch, Dataset, StreamingDataset, read_all
+
+STREAM_CHUNK = 256  # training images decoded at a time when streaming
+MEMORY_SHARE = 0.5  # a folder held in memory may take at most this share of the machine's memory
 
 
 def resolve(source: DataSource, path: str) -> Path:
@@ -103,6 +108,11 @@ class FolderReader:
         self.color_mode = color_mode
         self.image_shape = image_shape(size, color_mode)
 
+    def settings(self) -> tuple[tuple[str, ...] | None, tuple[int, int], str]:
+        """What decodes the files (class names, size, colour mode): for a reader of the same folder in another
+        order."""
+        return self.class_names, self.size, self.color_mode
+
     def splits(self) -> tuple[str, ...]:
         return tuple(self.files)
 
@@ -133,6 +143,51 @@ def source_reader(source: DataSource) -> FolderReader:
     folder = resolve(source, params["path"])
     files = split_files(folder, source.class_names, params["split"], params["split_seed"])
     return FolderReader(folder, files, source.class_names, tuple(params["image_size"]), params["color_mode"])
+
+
+def load(source: DataSource) -> Dataset | StreamingDataset:
+    """The folder's images in memory, or with `stream=True` its test split in memory and its training images
+    decoded `STREAM_CHUNK` at a time on every pass, in one fixed order that interleaves the classes (a seeded
+    permutation: the shuffle buffer then mixes classes, and positions, which pick the validation images, stay put).
+
+    Raises:
+        DataError: for an unreadable image, or a folder too large to hold that does not stream.
+    """
+    reader = source_reader(source)
+    if not dict(source.params).get("stream"):
+        _check_fits_in_memory(reader)
+        x_train, y_train = read_all(reader, "train")
+        x_test, y_test = read_all(reader, "test")
+        return Dataset(x_train, y_train, x_test, y_test, source.class_names, reader.description)
+    x_test, y_test = read_all(reader, "test")
+    files = reader.files["train"]
+    order = np.random.default_rng(dict(source.params)["split_seed"]).permutation(len(files))
+    shuffled = FolderReader(reader.root, {"train": [files[i] for i in order]}, *reader.settings())
+
+    def train_chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for batch in shuffled.batches("train", STREAM_CHUNK):
+            yield batch.images, batch.labels
+
+    return StreamingDataset(
+        train_chunks, len(files), reader.image_shape, x_test, y_test, source.class_names, reader.description
+    )
+
+
+def _check_fits_in_memory(reader: FolderReader) -> None:
+    """Refuses, before decoding anything, a folder whose decoded images would take more than `MEMORY_SHARE` of
+    the machine's memory: one line that says how to stream it, instead of a process killed for memory."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): nothing to compare with
+        return
+    images = sum(reader.count(split) for split in reader.splits())
+    size = images * int(np.prod(reader.image_shape))
+    if size > memory * MEMORY_SHARE:
+        raise DataError(
+            f"{reader.description}: its {images:,} images decode to {size / 1e9:.1f} GB, more than "
+            f"{MEMORY_SHARE:.0%} of this machine's {memory / 1e9:.1f} GB of memory; declare "
+            "image_folder(..., stream=True) to decode the training images on every epoch instead of holding them"
+        )
 
 
 def fingerprint(source: DataSource, memo_dir: Path | None = None) -> str | None:

@@ -9,7 +9,10 @@ import numpy as np
 import pytest
 
 from buildsys import sources
-from buildsys.errors import DefinitionError
+from buildsys.cli import main
+from buildsys.errors import DataError, DefinitionError
+from buildsys.sources import image_folder
+from buildsys.sources.records import StreamingDataset
 from buildsys.workspace import Workspace
 from tests.conftest import write_definition
 from tests.data_helpers import CLASS_NAMES, digits, write_folder
@@ -19,7 +22,7 @@ DEFINITION = """
 
     model(
         name="folders",
-        data=datasets.image_folder("data/digits", image_size=(16, 12), color_mode="{mode}", split={split}),
+        data=datasets.image_folder("data/digits", image_size=(16, 12), color_mode="{mode}", split={split}{extra}),
         inputs=image_input("image", shape={shape}),
         layers=[Flatten(), Dense(10, activation="softmax")],
         train=train(epochs=1),
@@ -27,8 +30,8 @@ DEFINITION = """
 """
 
 
-def declare(root: Path, mode: str = "grayscale", split: str = "0.25", shape: str = "(16, 12)"):
-    write_definition(root, "folders.py", DEFINITION.format(mode=mode, split=split, shape=shape))
+def declare(root: Path, mode: str = "grayscale", split: str = "0.25", shape: str = "(16, 12)", extra: str = ""):
+    write_definition(root, "folders.py", DEFINITION.format(mode=mode, split=split, shape=shape, extra=extra))
     return Workspace(root).targets["//model_defs:folders"].spec.data
 
 
@@ -77,3 +80,60 @@ def test_fingerprint_covers_names_and_content_but_not_mtimes(workspace: Path) ->
 def test_a_missing_folder_names_the_definition_line(workspace: Path) -> None:
     with pytest.raises(DefinitionError, match=r"folders.py:\d+: image_folder\('data/digits'\): .* is not a folder"):
         declare(workspace)
+
+
+def _rows(images: np.ndarray, labels: np.ndarray) -> list[tuple[bytes, int]]:
+    return sorted(zip((image.tobytes() for image in images), labels.tolist(), strict=True))
+
+
+def test_a_streamed_folder_decodes_its_training_images_on_every_pass_in_one_mixed_order(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images, labels = digits(200)
+    write_folder(workspace / "data" / "digits", images, labels)
+    held = sources.load(declare(workspace), None)
+    source = declare(workspace, extra=", stream=True")
+    assert source.params[-1] == ("stream", True)
+    assert sources.fingerprint(source, None) != sources.fingerprint(declare(workspace), None)
+    monkeypatch.setattr(image_folder, "STREAM_CHUNK", 32)
+    streamed = sources.load(source, None)
+    assert isinstance(streamed, StreamingDataset) and streamed.train_size == len(held.x_train)
+    np.testing.assert_array_equal(streamed.x_test, held.x_test)  # the same split, held in memory
+    passes = [list(streamed.train_chunks()) for _ in range(2)]
+    assert [len(chunk[0]) for chunk in passes[0]] == [32] * 4 + [len(held.x_train) - 128]
+    for first, second in zip(*passes, strict=True):  # every pass decodes the same images in the same order
+        np.testing.assert_array_equal(first[0], second[0])
+    train = np.concatenate([chunk[0] for chunk in passes[0]]), np.concatenate([chunk[1] for chunk in passes[0]])
+    assert _rows(*train) == _rows(held.x_train, held.y_train)
+    assert len(set(passes[0][0][1].tolist())) > 5  # the classes interleave: a shuffle buffer can mix them
+
+
+def test_a_folder_too_large_to_hold_says_how_to_stream_it(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    images, labels = digits(40)
+    write_folder(workspace / "data" / "digits", images, labels)
+    monkeypatch.setattr(image_folder, "MEMORY_SHARE", 1e-12)
+    with pytest.raises(DataError) as caught:
+        sources.load(declare(workspace), None)
+    message = str(caught.value)
+    assert message.startswith(f"image folder {workspace / 'data' / 'digits'}: its 40 images decode to 0.0 GB")
+    assert message.endswith("declare image_folder(..., stream=True) to decode the training images on every epoch "
+                            "instead of holding them") and "\n" not in message  # fmt: skip
+    assert isinstance(sources.load(declare(workspace, extra=", stream=True"), None), StreamingDataset)
+
+
+def test_stream_must_be_a_boolean(workspace: Path) -> None:
+    write_folder(workspace / "data" / "digits", *digits(20))
+    with pytest.raises(DefinitionError, match=r"folders.py:\d+: image_folder\(stream=...\) expects True or False"):
+        declare(workspace, extra=", stream='yes'")
+
+
+@pytest.mark.slow
+def test_a_streamed_folder_builds(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images, labels = digits(300)
+    write_folder(workspace / "data" / "digits", images, labels)
+    declare(workspace, extra=", stream=True")
+    assert main(["build", "folders", "--workspace", str(workspace), "--quiet"]) == 0
+    manifest = (workspace / "build-out" / "models" / "folders" / "1" / "manifest.json").read_text()
+    assert '"stream": true' in manifest
+    assert main(["build", "folders", "--workspace", str(workspace)]) == 0
+    assert "up to date (version 1)" in capsys.readouterr().out

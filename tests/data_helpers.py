@@ -11,6 +11,32 @@ from buildsys.sources.images import encode_png
 
 CLASS_NAMES = [f"digit {d}" for d in range(10)]
 
+# Run as `python -c ONE_EPOCH_MEMORY WORKSPACE`: trains one epoch of the target `warm` (so that TensorFlow's own
+# start-up memory is not counted), then one of `big`, and prints how much the peak memory grew during the second.
+ONE_EPOCH_MEMORY = """
+import json, resource, sys
+from pathlib import Path
+from buildsys import sources
+from buildsys.actions.data import check_and_split, training_data
+from buildsys.actions.train import build_in_scope
+from buildsys.workspace import Workspace
+
+def one_epoch(target):
+    spec = target.spec
+    splits = check_and_split(sources.load(spec.data, None), spec, spec.train.seed)
+    model, _ = build_in_scope(spec, spec.default_hparams(), spec.train.seed, "default")
+    train, validation = training_data(splits, spec.train.batch_size, spec.train.shuffle_buffer, spec.train.seed)
+    model.fit(train, validation_data=validation, epochs=1, verbose=0, shuffle=False)
+    return splits.train_size + splits.val_size
+
+workspace = Workspace(Path(sys.argv[1]))
+one_epoch(workspace.targets["//model_defs:warm"])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+rows = one_epoch(workspace.targets["//model_defs:big"])
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"growth_bytes": (after - before) * 1024, "rows": rows}))
+"""
+
 
 def digits(count: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's digits as uint8 0..255 images and int64 labels (the first `count`)."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +18,7 @@ from buildsys.sources import image_folder
 from buildsys.sources.records import StreamingDataset
 from buildsys.workspace import Workspace
 from tests.conftest import write_definition
-from tests.data_helpers import CLASS_NAMES, digits, write_folder
+from tests.data_helpers import CLASS_NAMES, ONE_EPOCH_MEMORY, digits, write_folder
 
 DEFINITION = """
     from buildsys.dsl import *
@@ -137,3 +140,37 @@ def test_a_streamed_folder_builds(workspace: Path, capsys: pytest.CaptureFixture
     assert '"stream": true' in manifest
     assert main(["build", "folders", "--workspace", str(workspace)]) == 0
     assert "up to date (version 1)" in capsys.readouterr().out
+
+
+BIG_FOLDERS = """
+    from buildsys.dsl import *
+
+    for name in ("warm", "big"):
+        model(
+            name=name,
+            data=datasets.image_folder(f"data/{name}", image_size=(32, 32), split=0.05, stream=True),
+            inputs=image_input("image", shape=(32, 32, 3)),
+            layers=[Flatten(), Dense(10, activation="softmax")],
+            train=train(epochs=1, batch_size=256, validation_split=0.05, shuffle_buffer=1024),
+        )
+"""
+
+
+@pytest.mark.slow
+def test_a_streamed_folder_of_40k_images_trains_an_epoch_in_bounded_memory(workspace: Path) -> None:
+    rng = np.random.default_rng(0)
+    for name, count in (("warm", 300), ("big", 40_000)):
+        labels = np.arange(count) % 10
+        shades = rng.integers(0, 256, (count, 1, 1, 3), dtype=np.uint8)  # flat colours: small files, same decoding
+        write_folder(workspace / "data" / name, np.broadcast_to(shades, (count, 32, 32, 3)), labels)
+    write_definition(workspace, "big.py", BIG_FOLDERS)
+    result = subprocess.run(
+        [sys.executable, "-c", ONE_EPOCH_MEMORY, str(workspace)], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    decoded = 40_000 * 32 * 32 * 3  # the folder's images as uint8 pixels: 123 MB
+    assert measured["rows"] == 40_000 - 10 * round(4_000 * 0.05)
+    # Holding the training images would take all of `decoded` (and tf.data's cache a second copy); what grows is
+    # the test split (6 MB), the list of 40,000 file paths, the shuffle buffer and TensorFlow's prefetching.
+    assert measured["growth_bytes"] < decoded / 2, measured

@@ -7,7 +7,6 @@ import logging
 import pickle
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from buildsys.errors import DataError, DefinitionError
 from buildsys.sources.images import decode_cell, encode_npy, encode_png
 from buildsys.workspace import Workspace
 from tests.conftest import run_buildsys, write_definition
-from tests.data_helpers import CLASS_NAMES, digits, sql_definition, write_table
+from tests.data_helpers import CLASS_NAMES, ONE_EPOCH_MEMORY, digits, sql_definition, write_table
 
 
 def target(root: Path, name: str = "sqldigits"):
@@ -177,30 +176,6 @@ def test_training_from_mariadb(workspace: Path, mariadb: str) -> None:
     assert manifest["spec"]["data"]["url"] == mariadb
 
 
-MEASURE = """
-import json, resource, sys
-from pathlib import Path
-from buildsys import sources
-from buildsys.actions.data import check_and_split, training_data
-from buildsys.actions.train import build_in_scope
-from buildsys.workspace import Workspace
-
-def one_epoch(target):
-    spec = target.spec
-    splits = check_and_split(sources.load(spec.data, None), spec, spec.train.seed)
-    model, _ = build_in_scope(spec, spec.default_hparams(), spec.train.seed, "default")
-    train, validation = training_data(splits, spec.train.batch_size, spec.train.shuffle_buffer, spec.train.seed)
-    model.fit(train, validation_data=validation, epochs=1, verbose=0, shuffle=False)
-    return splits.train_size + splits.val_size
-
-workspace = Workspace(Path(sys.argv[1]))
-one_epoch(workspace.targets["//model_defs:warm"])  # TensorFlow's own start-up memory is not the stream's
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-rows = one_epoch(workspace.targets["//model_defs:big"])
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"growth_bytes": (after - before) * 1024, "rows": rows}))
-"""
-
 BIG_DEFINITION = """
     from buildsys.dsl import *
 
@@ -238,7 +213,7 @@ def test_a_table_of_200k_images_trains_an_epoch_in_bounded_memory(workspace: Pat
     connection.close()
     write_definition(workspace, "big.py", BIG_DEFINITION)
     result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(MEASURE), str(workspace)],
+        [sys.executable, "-c", ONE_EPOCH_MEMORY, str(workspace)],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

@@ -14,6 +14,7 @@ import pytest
 
 from buildsys.actions.distributed import ClusterError, tf_config_from_flags
 from tests.conftest import write_definition
+from tests.data_helpers import digits, write_folder
 
 pytestmark = pytest.mark.slow
 
@@ -73,8 +74,18 @@ def test_mirrored_on_two_logical_cpus_matches_the_default_shape(workspace: Path)
     assert mirrored["metrics"]["test"]["accuracy"] > 0.8
 
 
-def test_two_process_multi_worker_build_publishes_one_version(workspace: Path) -> None:
-    write_definition(workspace, "small.py", SMALL)
+STREAMED = SMALL.replace(
+    "datasets.sklearn_digits(test_fraction=0.2, split_seed=0)",
+    'datasets.image_folder("digits", image_size=(8, 8), color_mode="grayscale", split=0.2, stream=True)',
+)
+
+
+@pytest.mark.parametrize("data", ["in memory", "streamed"])
+def test_two_process_multi_worker_build_publishes_one_version(workspace: Path, data: str) -> None:
+    """Every worker reads the same rows and keeps its share of each global batch, from arrays or from a stream."""
+    if data == "streamed":
+        write_folder(workspace / "digits", *digits())
+    write_definition(workspace, "small.py", SMALL if data == "in memory" else STREAMED)
     ports = []
     for _ in range(2):
         with socket.socket() as probe:
@@ -118,6 +129,7 @@ def test_two_process_multi_worker_build_publishes_one_version(workspace: Path) -
     assert all(len(values) == 3 for values in manifest["history"].values())
     assert manifest["parity"]["onnx_max_abs_diff"] <= manifest["parity"]["tolerance"]
     assert not list((workspace / "build-out" / "work" / "small").glob("*/checkpoint"))
+    assert ('"stream": true' in json.dumps(manifest["spec"])) == (data == "streamed")
 
 
 def test_cluster_flags_become_tf_config() -> None:

@@ -421,10 +421,14 @@ def _run_actions(
     spec, options, key = plan.spec, plan.options, plan.key
     multi_worker = options.strategy == "multi-worker"
     verbose = 1 if sys.stdout.isatty() and not options.quiet else 0  # otherwise the epoch lines are the progress
+    work = plan.paths.work_dir
     if spec.transfer is not None:
         from buildsys.actions.transfer import train_transfer
 
-        model, strategy, history = train_transfer(plan, splits, tree, reporter.action, reporter.say, verbose)
+        checkpoint = TrainingCheckpoint(work / "checkpoint")
+        model, strategy, history = train_transfer(
+            plan, splits, tree, reporter.action, reporter.say, verbose, checkpoint
+        )
     else:
         with reporter.action("compile"):
             model, strategy = build_in_scope(
@@ -437,7 +441,6 @@ def _run_actions(
                 deterministic=options.deterministic,
             )
         reporter.note(f"{describe_strategy(strategy)}, {parameter_count(model):,} parameters")
-        work = plan.paths.work_dir
         checkpoint = TrainingCheckpoint(work / "checkpoint", writable=not multi_worker or is_chief())
         logs = work / TENSORBOARD_DIR if options.tensorboard else None
         with reporter.action("train"), stream_failures(splits):

@@ -95,16 +95,19 @@ def interrupted_message(checkpoint: TrainingCheckpoint, epochs: int) -> str:
 
 
 class EpochCheckpoint(keras.callbacks.Callback):
-    """Saves a `TrainingCheckpoint` at the end of every epoch, extending the history restored at the start."""
+    """Saves a `TrainingCheckpoint` at the end of every epoch, extending the history restored at the start; each
+    epoch's logs go in under `prefix` + their name (a transfer target's fine-tuning keeps `fine_tune_loss` beside
+    its head's `loss`)."""
 
-    def __init__(self, checkpoint: TrainingCheckpoint, history: dict[str, list[float]]) -> None:
+    def __init__(self, checkpoint: TrainingCheckpoint, history: dict[str, list[float]], prefix: str = "") -> None:
         super().__init__()
         self.checkpoint = checkpoint
         self.history = {key: list(values) for key, values in history.items()}
+        self.prefix = prefix
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         for key, value in (logs or {}).items():
-            self.history.setdefault(key, []).append(float(value))
+            self.history.setdefault(f"{self.prefix}{key}", []).append(float(value))
         self.checkpoint.save(self.model, epoch + 1, self.history)
 
 

@@ -31,6 +31,7 @@ from buildsys.store import WEIGHTS_FILE, OutputTree, write_file_atomic
 from buildsys.workspace import Target, Workspace
 
 if TYPE_CHECKING:
+    from buildsys.actions.checkpoints import TrainingCheckpoint
     from buildsys.build import Plan
 
 SPLITS = ("train", "validation", "test")
@@ -288,16 +289,25 @@ def train_transfer(
     action: Callable[[str], AbstractContextManager[None]],
     say: Callable[[str], None],
     verbose: int,
+    checkpoint: TrainingCheckpoint,
 ) -> tuple[Any, Any, dict[str, list[float]]]:
     """Builds the base (a dependency read from `tree` at the version the plan names), fits the head on the
     features cached at the plan's features path, fine-tunes if asked, and composes the model.
 
+    Fine-tuning, which runs the base on every image, saves `checkpoint` after each epoch (the composed model, its
+    optimizer, and the head's and fine-tuning's history so far); a build run again resumes after the last saved
+    epoch without fitting the head again, since the checkpoint holds the head's weights. The head's own fit, on
+    cached features, is short and is not checkpointed.
+
     Returns the composed model compiled for `evaluate`, the (default) strategy it ran under, and the training
     history (fine-tuning epochs under `fine_tune_*` names).
+
+    Raises:
+        BuildInterrupted: on Ctrl-C while fine-tuning, saying which epochs are kept and how to resume.
     """
     import keras
 
-    from buildsys.actions.checkpoints import EpochProgress
+    from buildsys.actions.checkpoints import BuildInterrupted, EpochCheckpoint, EpochProgress, interrupted_message
 
     tf = tensorflow()
     spec, seed, hparams = plan.spec, plan.seed, plan.hparams
@@ -317,20 +327,24 @@ def train_transfer(
             tensor = layer(tensor)
         head = compile_model(keras.Model(feature_input, tensor, name="head"), spec, hparams)
         standardize(layers[0], features.train)
-        validation = (features.validation, splits.y_val) if len(splits.y_val) else None
-        fitted = head.fit(
-            features.train,
-            splits.y_train,
-            validation_data=validation,
-            epochs=spec.train.epochs,
-            batch_size=spec.train.batch_size,
-            shuffle=True,
-            verbose=0,  # EpochProgress: one line per epoch, Keras' bar on a terminal
-            callbacks=[EpochProgress(say, spec.train.epochs, bar=verbose == 1)],
-        )
-    history = {name: [float(v) for v in values] for name, values in fitted.history.items()}
+        fine = spec.transfer.fine_tune
+        history: dict[str, list[float]] = {}
+        if fine is not None and checkpoint.state() is not None:
+            say(f"the head was fitted before fine-tuning began; its weights are in {checkpoint.folder}")
+        else:
+            validation = (features.validation, splits.y_val) if len(splits.y_val) else None
+            fitted = head.fit(
+                features.train,
+                splits.y_train,
+                validation_data=validation,
+                epochs=spec.train.epochs,
+                batch_size=spec.train.batch_size,
+                shuffle=True,
+                verbose=0,  # EpochProgress: one line per epoch, Keras' bar on a terminal
+                callbacks=[EpochProgress(say, spec.train.epochs, bar=verbose == 1)],
+            )
+            history = {name: [float(v) for v in values] for name, values in fitted.history.items()}
     model = compose(spec, base, layers)
-    fine = spec.transfer.fine_tune
     if fine is not None:
         with action("fine-tune"):
             unfrozen = unfreeze_top(base, fine.layers)
@@ -338,6 +352,10 @@ def train_transfer(
             optimizer = keras.optimizers.get(spec.train.optimizer)
             optimizer.learning_rate = fine.learning_rate
             model.compile(optimizer=optimizer, loss=spec.train.loss, metrics=list(spec.train.metrics))
+            initial_epoch, restored = checkpoint.restore(model)
+            if initial_epoch:
+                history = restored
+                say(f"resuming fine-tuning after epoch {initial_epoch}/{fine.epochs} from {checkpoint.folder}")
             train_data = make_dataset(
                 splits.x_train,
                 splits.y_train,
@@ -348,14 +366,20 @@ def train_transfer(
             validation_data = (
                 make_dataset(splits.x_val, splits.y_val, spec.train.batch_size) if len(splits.x_val) else None
             )
-            tuned = model.fit(
-                train_data,
-                validation_data=validation_data,
-                epochs=fine.epochs,
-                verbose=0,
-                shuffle=False,  # make_dataset shuffles; Keras warns when asked to shuffle a tf.data.Dataset
-                callbacks=[EpochProgress(say, fine.epochs, bar=verbose == 1)],
-            )
-        history.update({f"fine_tune_{name}": [float(v) for v in values] for name, values in tuned.history.items()})
+            callbacks = [EpochCheckpoint(checkpoint, history, prefix="fine_tune_"),
+                         EpochProgress(say, fine.epochs, bar=verbose == 1)]  # fmt: skip
+            try:
+                model.fit(
+                    train_data,
+                    validation_data=validation_data,
+                    epochs=fine.epochs,
+                    initial_epoch=initial_epoch,
+                    verbose=0,
+                    shuffle=False,  # make_dataset shuffles; Keras warns when asked to shuffle a tf.data.Dataset
+                    callbacks=callbacks,
+                )
+            except KeyboardInterrupt:
+                raise BuildInterrupted(interrupted_message(checkpoint, fine.epochs)) from None
+        history = callbacks[0].history
     model.compile(loss=spec.train.loss, metrics=list(spec.train.metrics))
     return model, tf.distribute.get_strategy(), history

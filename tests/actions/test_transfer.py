@@ -6,8 +6,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -170,6 +172,53 @@ def test_fine_tuning_reuses_cached_features_then_trains_end_to_end(
     assert len(tuned["history"]["fine_tune_loss"]) == 2 and "fine-tune" in tuned["timings"]
     assert tuned["metrics"]["test"]["accuracy"] >= 0.90
     assert tuned["parity"]["onnx_max_abs_diff"] <= 1e-4
+
+
+def test_fine_tuning_killed_mid_epoch_resumes_after_its_last_saved_epoch(
+    transfer_workspace: tuple[Path, subprocess.CompletedProcess],
+) -> None:
+    root, _ = transfer_workspace
+    write_definition(
+        root,
+        "digits_slow_tune.py",
+        """
+        from buildsys.dsl import *
+
+        model(
+            name="digits_slow_tune",
+            data=datasets.sklearn_digits(test_fraction=0.5, split_seed=1),
+            inputs=image_input("image", shape=(8, 8, 1), dtype="uint8", scale=1 / 255),
+            base=target("digits_cnn", layer="features"),
+            head=logistic_regression(),
+            fine_tune=fine_tune(layers=1, learning_rate=1e-4, epochs=4),
+            train=train(epochs=3, batch_size=4),
+        )
+        """,
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "buildsys", "build", "digits_slow_tune"], cwd=root, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )  # fmt: skip
+    for line in process.stdout:
+        if line.startswith("  epoch 1/4 "):  # fine-tuning's first epoch is saved; its second is running
+            time.sleep(0.3)
+            process.kill()
+            break
+    process.communicate(timeout=120)
+    assert process.returncode == -signal.SIGKILL
+    (state,) = (root / "build-out" / "work" / "digits_slow_tune").glob("*/checkpoint/state.json")
+    saved = json.loads(state.read_text())["epoch"]
+    assert 1 <= saved < 4
+
+    resumed = run_buildsys("build", "digits_slow_tune", cwd=root)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "  the head was fitted before fine-tuning began; its weights are in " in resumed.stdout
+    assert f"  resuming fine-tuning after epoch {saved}/4 from " in resumed.stdout
+    epochs = [line.split()[1] for line in resumed.stdout.splitlines() if line.startswith("  epoch ")]
+    assert epochs == [f"{n}/4" for n in range(saved + 1, 5)]  # neither the head's epochs nor the saved ones again
+    history = manifest(root, "digits_slow_tune", 1)["history"]
+    assert len(history["loss"]) == 3 and len(history["fine_tune_loss"]) == 4
+    assert not list((root / "build-out" / "work" / "digits_slow_tune").glob("*/checkpoint"))
 
 
 def test_missing_imagenet_weights_fail_with_one_line(workspace: Path) -> None:

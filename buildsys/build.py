@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from buildsys import sources
 from buildsys.cache import DIGESTS_DIR, CacheKey, cache_key, file_sha256
-from buildsys.console import Reporter
+from buildsys.console import Reporter, warn_once
 from buildsys.dsl.specs import ModelSpec, validate
 from buildsys.errors import BuildsysError, DefinitionError
 from buildsys.gate import QualityGateError, judge, reject, rejected_dir
@@ -180,6 +180,8 @@ def plan(target: Target, tree: OutputTree, options: BuildOptions, dependencies: 
     """
     spec = target.spec
     upstream = dependency_digests(target, dependencies)
+    if spec.transfer is not None:
+        options = _transfer_options(target.label, options)
     unkeyed = Plan(
         target=target,
         options=options,
@@ -194,6 +196,28 @@ def plan(target: Target, tree: OutputTree, options: BuildOptions, dependencies: 
     )
     fingerprint = sources.fingerprint(spec.data, options.data_dir, tree.root / DIGESTS_DIR)
     return unkeyed.keyed(fingerprint, tree) if fingerprint else unkeyed
+
+
+def _transfer_options(label: str, options: BuildOptions) -> BuildOptions:
+    """The options a transfer target's training honours: it fits its head on cached features and fine-tunes under
+    the default strategy, in float32, without XLA or TensorBoard logs (`--deterministic` it honours). The others
+    are dropped with one warning, so that neither its key nor its manifest claims them, and the rest of a pattern
+    build keeps them."""
+    dropped = [f"--strategy {options.strategy}"] if options.strategy in ("mirrored", "multi-worker") else []
+    flags = (
+        ("--mixed-precision", options.mixed_precision),
+        ("--jit", options.jit),
+        ("--tensorboard", options.tensorboard),
+    )
+    dropped += [flag for flag, given in flags if given]
+    if not dropped:
+        return options
+    warn_once(
+        f"{label}: {', '.join(dropped)} do{'es' if len(dropped) == 1 else ''} not apply to a transfer target "
+        "(its head is fitted on cached features, and fine-tuning runs under the default strategy); it builds without"
+    )
+    strategy = "auto" if options.strategy in ("mirrored", "multi-worker") else options.strategy
+    return dataclasses.replace(options, strategy=strategy, mixed_precision=False, jit=False, tensorboard=False)
 
 
 class RemoteCache(Protocol):

@@ -124,6 +124,27 @@ def test_dependency_hash_is_part_of_the_key(workspace: Path) -> None:
         plan(middle, tree, BuildOptions())
 
 
+def test_options_a_transfer_target_cannot_honour_are_dropped_with_one_warning(workspace: Path, capsys) -> None:
+    write_definition(workspace, "chain.py", CHAIN)
+    loaded = Workspace(workspace)
+    tree = OutputTree(workspace / "build-out")
+    base, middle = loaded.targets["//model_defs:base_cnn"], loaded.targets["//model_defs:middle"]
+    dependency = [Dependency(base, "a" * 64)]
+    plain = plan(middle, tree, BuildOptions(), dependency)
+    everything = BuildOptions(strategy="mirrored", mixed_precision=True, jit=True, tensorboard=True)
+    asked = plan(middle, tree, everything, dependency)
+    assert asked.key.digest == plain.key.digest  # neither the key nor the manifest claims what did not happen
+    assert asked.options == BuildOptions()  # what was dropped is back at its default
+    assert capsys.readouterr().err == (
+        "warning: //model_defs:middle: --strategy mirrored, --mixed-precision, --jit, --tensorboard do not apply to "
+        "a transfer target (its head is fitted on cached features, and fine-tuning runs under the default "
+        "strategy); it builds without\n"
+    )
+    deterministic = plan(middle, tree, BuildOptions(deterministic=True), dependency)
+    assert deterministic.options.deterministic and deterministic.key.digest != plain.key.digest
+    assert plan(base, tree, everything).options == everything  # a target of its own keeps them
+
+
 def test_query_prints_the_graph(workspace: Path) -> None:
     write_definition(workspace, "chain.py", CHAIN)
     deps = run_buildsys("query", "deps", "top", cwd=workspace)

@@ -23,6 +23,7 @@ import numpy as np
 from buildsys.actions import tensorflow
 from buildsys.actions.compile import build_model, compile_model
 from buildsys.actions.data import Splits, make_dataset
+from buildsys.actions.numerics import configure
 from buildsys.dsl.bases import PretrainedBase, TransferSpec
 from buildsys.dsl.specs import ModelSpec
 from buildsys.errors import BuildsysError, DataError, WeightsUnavailableError
@@ -314,6 +315,7 @@ def train_transfer(
     if not isinstance(splits, Splits):
         raise DataError(f"{plan.label}: transfer targets featurise in-memory data; this source streams")
     keras.utils.set_random_seed(seed)
+    configure(mixed_precision=False, deterministic=plan.options.deterministic)
     with action("compile"):
         base = build_base(plan.target, plan.dependencies, tree)
         base.trainable = False

@@ -108,11 +108,6 @@ class FolderReader:
         self.color_mode = color_mode
         self.image_shape = image_shape(size, color_mode)
 
-    def settings(self) -> tuple[tuple[str, ...] | None, tuple[int, int], str]:
-        """What decodes the files (class names, size, colour mode): for a reader of the same folder in another
-        order."""
-        return self.class_names, self.size, self.color_mode
-
     def splits(self) -> tuple[str, ...]:
         return tuple(self.files)
 
@@ -162,10 +157,10 @@ def load(source: DataSource) -> Dataset | StreamingDataset:
     x_test, y_test = read_all(reader, "test")
     files = reader.files["train"]
     order = np.random.default_rng(dict(source.params)["split_seed"]).permutation(len(files))
-    shuffled = FolderReader(reader.root, {"train": [files[i] for i in order]}, *reader.settings())
+    reader.files["train"] = [files[i] for i in order]
 
     def train_chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for batch in shuffled.batches("train", STREAM_CHUNK):
+        for batch in reader.batches("train", STREAM_CHUNK):
             yield batch.images, batch.labels
 
     return StreamingDataset(

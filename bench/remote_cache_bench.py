@@ -164,7 +164,7 @@ def transfers(root: Path, server: Nginx, rtts: list[float], repeats: int) -> lis
                     times.setdefault(("fetch", connections), []).append(time.perf_counter() - started)
                     fresh = RemoteCache(RemoteSettings(f"{url}/upload-{rtt}-{run}-{connections}", required=True))
                     started = time.perf_counter()
-                    fresh.upload(version, key, "cifar10_cnn")
+                    fresh.upload(version, key)
                     times.setdefault(("upload", connections), []).append(time.perf_counter() - started)
         proxy.stop()
         for direction in ("fetch", "upload"):

@@ -186,8 +186,12 @@ class HttpBackend:
                     return
 
     def put_blob(self, digest: str, source: Path) -> None:
-        with open(source, "rb") as stream, self._request("PUT", f"cas/{digest}", data=stream):
-            pass
+        with open(source, "rb") as stream:
+            # requests sends an empty file chunked, without a Content-Length, and bazel-remote refuses a PUT
+            # without one: an empty blob goes as empty bytes, which carry `Content-Length: 0`.
+            body = stream if os.fstat(stream.fileno()).st_size else b""
+            with self._request("PUT", f"cas/{digest}", data=body):
+                pass
 
 
 class FsspecBackend:

@@ -66,6 +66,6 @@ class BuildCache:
         """Stores a version this build published under the plan's key, unless uploads are off."""
         if not self.cache.settings.upload:
             return
-        sent = self.cache.upload(version_dir, plan.key.digest, plan.spec.name)
+        sent = self.cache.upload(version_dir, plan.key.digest)
         if sent is not None:
             say(f"uploaded to remote cache {self.cache.display} ({sent / 1e6:.1f} MB new)")

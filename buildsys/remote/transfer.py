@@ -10,8 +10,8 @@ milliseconds, one request after another would spend most of a hit waiting; the f
 
 What can go wrong remotely is never worse than a cache miss: a corrupt or partial entry and an unreachable cache
 each print one warning line and let the build train locally — unless the user asked for `required`, where an
-unreachable cache fails the build. Nothing fetched is ever executed: the record and manifest are JSON, the probe is
-loaded with `allow_pickle=False`, and weights are read as data by whoever builds on them.
+unreachable cache fails the build. Nothing fetched is ever executed: the record is a protobuf and the manifest JSON,
+the probe is loaded with `allow_pickle=False`, and weights are read as data by whoever builds on them.
 """
 
 from __future__ import annotations
@@ -108,9 +108,7 @@ class RemoteCache:
             data = self.backend.get_record(key, MAX_RECORD_BYTES)
             if data is None:
                 return None
-            record = parse_record(data, key)
-            if record.name != name:
-                raise CorruptEntryError(f"the record is of model {record.name!r}, not {name!r}")
+            record = parse_record(data)
             self._download(record, staging)
             manifest = self._verify(record, staging, key, name)
         except RemoteUnavailableError as error:
@@ -177,7 +175,7 @@ class RemoteCache:
         check_probe(staging, manifest)
         return manifest
 
-    def upload(self, version_dir: Path, key: str, name: str) -> int | None:
+    def upload(self, version_dir: Path, key: str) -> int | None:
         """Stores a published version under `key`; returns the bytes sent, or None when the upload failed.
 
         Raises:
@@ -185,7 +183,7 @@ class RemoteCache:
                 locally).
         """
         try:
-            record = describe_folder(version_dir, key, name)
+            record = describe_folder(version_dir)
             by_blob: dict[str, tuple[str, FileEntry]] = {}
             for path, entry in sorted(record.files.items()):
                 by_blob.setdefault(entry.digest, (path, entry))  # identical files are one blob, sent once

@@ -5,6 +5,8 @@ file:// folder."""
 from __future__ import annotations
 
 import hashlib
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import boto3
@@ -43,6 +45,41 @@ def test_http_backend_speaks_bazels_protocol_to_nginx(nginx, tmp_path: Path) -> 
     _roundtrip(backend, tmp_path)
     assert (nginx.storage / "ac" / KEY).read_bytes() == b'{"record": 2}'  # the layout Bazel's HTTP cache uses
     assert len(list((nginx.storage / "cas").iterdir())) == 1
+
+
+def test_every_put_carries_a_content_length(tmp_path: Path) -> None:
+    """bazel-remote refuses a PUT without a Content-Length ("PUT without Content-Length"), which requests leaves
+    out for an empty file (it sends it chunked): every record and blob, an empty one included, says its size."""
+    seen: list[tuple[str, str | None, str | None]] = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:  # noqa: N802 - the name http.server dispatches to
+            length = self.headers["Content-Length"]
+            self.rfile.read(int(length or 0))
+            seen.append((self.path, length, self.headers["Transfer-Encoding"]))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        backend = open_backend(f"http://127.0.0.1:{server.server_port}/cache")
+        (tmp_path / "empty").write_bytes(b"")
+        (tmp_path / "full").write_bytes(b"weights")
+        backend.put_blob(hashlib.sha256(b"").hexdigest(), tmp_path / "empty")
+        backend.put_blob(hashlib.sha256(b"weights").hexdigest(), tmp_path / "full")
+        backend.put_record(KEY, b"\x12\x00")
+    finally:
+        server.shutdown()
+        thread.join()
+    assert [(path.split("/")[2], length, chunked) for path, length, chunked in seen] == [
+        ("cas", "0", None), ("cas", "7", None), ("ac", "2", None),
+    ]  # fmt: skip
 
 
 def test_file_backend_roundtrip_writes_whole_objects(tmp_path: Path) -> None:

@@ -90,8 +90,8 @@ def test_upload_then_fetch_gives_the_same_files_verified(cache_url: str, tmp_pat
     version = make_version(tmp_path / "built" / "3")
     warnings = Warnings()
     cache = RemoteCache(RemoteSettings(cache_url), warn=warnings)
-    assert cache.upload(version, KEY, "digits") > 0
-    assert cache.upload(version, KEY, "digits") == 0  # every blob is there already: only the record is sent
+    assert cache.upload(version, KEY) > 0
+    assert cache.upload(version, KEY) == 0  # every blob is there already: only the record is sent
     staging = tmp_path / "staging"
     staging.mkdir()
     fetched = cache.fetch(KEY, "digits", staging)
@@ -108,7 +108,7 @@ def test_upload_then_fetch_gives_the_same_files_verified(cache_url: str, tmp_pat
 def _uploaded(nginx, tmp_path: Path) -> tuple[RemoteCache, Warnings, Path]:
     warnings = Warnings()
     cache = RemoteCache(RemoteSettings(nginx.url), warn=warnings)
-    cache.upload(make_version(tmp_path / "built" / "1"), KEY, "digits")
+    cache.upload(make_version(tmp_path / "built" / "1"), KEY)
     staging = tmp_path / "staging"
     staging.mkdir()
     return cache, warnings, staging
@@ -147,7 +147,7 @@ def test_a_model_that_does_not_reproduce_its_probe_is_a_miss(nginx, tmp_path: Pa
     _onnx_model(version / "model.onnx", seed=7)  # other weights, same graph: the probe no longer matches
     warnings = Warnings()
     cache = RemoteCache(RemoteSettings(nginx.url), warn=warnings)
-    cache.upload(version, KEY, "digits")
+    cache.upload(version, KEY)
     staging = tmp_path / "staging"
     staging.mkdir()
     assert cache.fetch(KEY, "digits", staging) is None
@@ -158,7 +158,7 @@ def test_a_manifest_of_another_key_is_a_miss(nginx, tmp_path: Path) -> None:
     version = make_version(tmp_path / "built" / "1", key="7a" * 32)
     warnings = Warnings()
     cache = RemoteCache(RemoteSettings(nginx.url), warn=warnings)
-    cache.upload(version, KEY, "digits")  # stored under KEY although its manifest says otherwise
+    cache.upload(version, KEY)  # stored under KEY although its manifest says otherwise
     staging = tmp_path / "staging"
     staging.mkdir()
     assert cache.fetch(KEY, "digits", staging) is None
@@ -170,7 +170,7 @@ def test_no_probe_no_hit(nginx, tmp_path: Path) -> None:
     (version / PROBE_FILE).unlink()
     warnings = Warnings()
     cache = RemoteCache(RemoteSettings(nginx.url), warn=warnings)
-    cache.upload(version, KEY, "digits")
+    cache.upload(version, KEY)
     staging = tmp_path / "staging"
     staging.mkdir()
     assert cache.fetch(KEY, "digits", staging) is None
@@ -184,7 +184,7 @@ def test_unreachable_is_a_warning_or_with_required_an_error(nginx, tmp_path: Pat
     warnings = Warnings()
     assert RemoteCache(RemoteSettings(nginx.url), warn=warnings).fetch(KEY, "digits", staging) is None
     assert warnings == [f"remote cache lookup: {nginx.url}: connection refused or host unreachable; building locally"]
-    assert RemoteCache(RemoteSettings(nginx.url), warn=warnings).upload(make_version(tmp_path / "v"), KEY, "x") is None
+    assert RemoteCache(RemoteSettings(nginx.url), warn=warnings).upload(make_version(tmp_path / "v"), KEY) is None
     with pytest.raises(RemoteRequiredError, match="remote cache required but unavailable"):
         RemoteCache(RemoteSettings(nginx.url, required=True)).fetch(KEY, "digits", staging)
     shutil.rmtree(staging)
@@ -242,7 +242,7 @@ def test_blobs_move_concurrently_both_ways(tmp_path: Path) -> None:
     blobs = len([p for p in version.rglob("*") if p.is_file()])
     cache = RemoteCache(RemoteSettings((tmp_path / "store").as_uri()), warn=Warnings())
     cache.backend = Watched(cache.backend, meeting=min(blobs, 4))
-    assert cache.upload(version, KEY, "digits") > 0
+    assert cache.upload(version, KEY) > 0
     cache.backend = Watched(cache.backend.backend, meeting=min(blobs, 4))
     staging = tmp_path / "staging"
     staging.mkdir()
@@ -254,7 +254,7 @@ def test_a_failed_blob_stops_the_other_downloads_and_leaves_nothing(tmp_path: Pa
     version = make_version(tmp_path / "built" / "3")
     warnings = Warnings()
     cache = RemoteCache(RemoteSettings((tmp_path / "store").as_uri()), warn=warnings)
-    cache.upload(version, KEY, "digits")
+    cache.upload(version, KEY)
     watched = cache.backend = Watched(cache.backend)
     watched.trickling = _digest(version / "model.onnx")
     watched.failing = _digest(version / "model.weights.h5")
@@ -275,11 +275,11 @@ def test_a_failed_blob_upload_stores_no_record(tmp_path: Path) -> None:
     cache = RemoteCache(RemoteSettings((tmp_path / "store").as_uri()), warn=warnings)
     watched = cache.backend = Watched(cache.backend)
     watched.failing = _digest(version / "model.onnx")
-    assert cache.upload(version, KEY, "digits") is None
+    assert cache.upload(version, KEY) is None
     assert warnings == ["remote cache upload: cache: HTTP 507 on PUT cas/; the version is published locally only"]
     assert watched.get_record(KEY, 1 << 20) is None  # a record never names a blob that was not stored
     watched.failing = None
-    assert cache.upload(version, KEY, "digits") >= (version / "model.onnx").stat().st_size
+    assert cache.upload(version, KEY) >= (version / "model.onnx").stat().st_size
     assert watched.get_record(KEY, 1 << 20) is not None
 
 
@@ -288,7 +288,7 @@ def test_identical_files_are_one_blob_sent_once_and_fetched_into_each_place(tmp_
     shutil.copy(version / "model.weights.h5", version / "model.savedmodel" / "copy.h5")
     cache = RemoteCache(RemoteSettings((tmp_path / "store").as_uri()), warn=Warnings())
     total = sum(p.stat().st_size for p in version.rglob("*") if p.is_file() and p.name != "copy.h5")
-    assert cache.upload(version, KEY, "digits") == total
+    assert cache.upload(version, KEY) == total
     staging = tmp_path / "staging"
     staging.mkdir()
     assert cache.fetch(KEY, "digits", staging) is not None

@@ -708,7 +708,14 @@ def make_parser() -> argparse.ArgumentParser:
     )
     predict = commands.add_parser("predict", help="run a published model (ONNX Runtime) over images")
     predict.add_argument("label", metavar="LABEL")
-    predict.add_argument("--input", nargs="+", required=True, metavar="SOURCE", help=source_help)
+    predict.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        metavar="SOURCE",
+        help=f"{source_help}; with --engine spark also a Parquet table, as a path or a filesystem URL "
+        "(hdfs://, s3a://, gs://, file:///...)",
+    )
     predict.add_argument(
         "--output",
         dest="destination",

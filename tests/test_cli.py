@@ -38,6 +38,7 @@ def digits_definition(workspace: Path) -> Path:
         (["build", "digits", "--data-dir", "/nope"], "argument --data-dir: '/nope' does not exist"),
         (["tune", "digits", "--tuner", "hyperband", "--max-trials", "3"], "--max-trials does not apply to hyperband"),
         (["data", "inspect", "/nope"], "'/nope' matches no file, folder, database URL or label"),
+        (["data", "inspect", "hdfs://nn/t.parquet"], "no database driver has the scheme 'hdfs'; a filesystem URL"),
         (["data", "inspect", "digits", "--image-size", "8by8"], "--image-size expects HEIGHTxWIDTH"),
         (["show", "digitz"], "did you mean //model_defs:digits?"),
     ],

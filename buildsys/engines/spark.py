@@ -30,6 +30,7 @@ from buildsys.dsl.datasets import image_shape
 from buildsys.errors import BuildsysError, DataError
 from buildsys.sources.images import IMAGE_SUFFIXES, decode_cell, read_image_file
 from buildsys.sources.resolve import Opened, open_sources
+from buildsys.sources.sql import is_database_url, is_filesystem_url
 
 if TYPE_CHECKING:
     from buildsys.batch.scoring import Model, Scored, ScoredBatch
@@ -314,7 +315,7 @@ class ParquetScored:
         from pyspark.sql.types import BinaryType, IntegralType
 
         self.spark, self.class_names = spark, spark.model.class_names
-        table = spark.session.read.parquet(os.path.abspath(path))
+        table = _read_parquet(spark.session, path)
         missing = [name for name in columns if name is not None and name not in table.columns]
         if columns[0] is None and PARQUET_COLUMNS[0] not in table.columns:
             missing.insert(0, PARQUET_COLUMNS[0])
@@ -375,9 +376,14 @@ def spark_input(
     database URLs), which the driver reads and Spark only scores.
 
     A Parquet file, or a folder of Parquet files, is a table of encoded images (`columns`: the image, label and
-    id column names, None for the defaults); image folders, image files and glob patterns are read as binary
-    files.
+    id column names, None for the defaults), as a local path or at a filesystem URL that Spark's Hadoop connectors
+    read (`hdfs://`, `s3a://`, `gs://`, `file:///`...; the driver never opens it); image folders, image files and
+    glob patterns are local paths, read as binary files.
     """
+    if any(is_filesystem_url(text) for text in inputs):
+        if len(inputs) > 1 or "#" in inputs[0]:
+            raise BuildsysError("a filesystem URL input is one Parquet table: give it alone, without #train or #test")
+        return ParquetScored(_SparkModel(model, master), inputs[0], columns)
     first = Path(inputs[0].partition("#")[0])
     if len(inputs) == 1 and "#" not in inputs[0] and _is_parquet(first):
         return ParquetScored(_SparkModel(model, master), str(first), columns)
@@ -391,6 +397,26 @@ def spark_input(
     opened = open_sources(inputs, model.image_format, workspace)  # lists the files; decodes none
     labels = label_map(opened.reader.class_names, model.class_names)
     return FilesScored(_SparkModel(model, master), opened, labels, [os.path.abspath(text) for text in locations])
+
+
+def _read_parquet(session: Any, location: str) -> Any:
+    """The table at a local path or a filesystem URL, as Spark reads it; a path Spark cannot read (missing, not
+    Parquet, a scheme without a connector) is one line naming it."""
+    from py4j.protocol import Py4JJavaError
+    from pyspark.errors import PySparkException
+
+    try:
+        return session.read.parquet(location if is_database_url(location) else os.path.abspath(location))
+    except (PySparkException, Py4JJavaError) as error:
+        # A Hadoop exception that Spark did not wrap reads best as its Java class and message.
+        reason = str(error.java_exception.toString()) if isinstance(error, Py4JJavaError) else str(error)
+        lines = [line.strip() for line in reason.splitlines() if line.strip()]
+        message = f"{location}: Spark cannot read it as a Parquet table: {lines[0] if lines else reason}"
+        if re.search(r"No FileSystem for scheme|ClassNotFoundException: Class \S+FileSystem", message):
+            message += (
+                " (put the filesystem's connector on Spark's classpath: spark.jars.packages in spark-defaults.conf)"
+            )
+        raise DataError(message) from None
 
 
 def _is_parquet(path: Path) -> bool:

@@ -7,7 +7,9 @@ A SOURCE is, optionally followed by `#train` or `#test` to take one split:
   * an `.npz` file with x_train, y_train, x_test, y_test;
   * a folder: `train/` and `test/` trees of class folders, class folders (split 80/20 with seed 0, as
     `datasets.image_folder` does by default), or loose images without labels;
-  * image files (PNG/JPEG/BMP) or glob patterns, without labels.
+  * image files (PNG/JPEG/BMP) or glob patterns, without labels;
+  * with `--engine spark` only (buildsys.engines.spark), a Parquet table at a filesystem URL (`hdfs://`, `s3a://`,
+    `gs://`, `file:///`...), which Spark reads itself.
 Paths here are relative to the current folder (paths inside definitions are relative to the workspace root).
 Never TensorFlow.
 """
@@ -65,8 +67,13 @@ def open_sources(texts: list[str], image_format: ImageFormat, workspace: Workspa
 
 
 def _open_one(text: str, image_format: ImageFormat, workspace: Workspace | None) -> Reader:
-    from buildsys.sources.sql import is_database_url
+    from buildsys.sources.sql import is_database_url, is_filesystem_url
 
+    if is_filesystem_url(text):
+        raise SourceError(
+            f"{text!r}: no database driver has the scheme {text.partition(':')[0]!r}; a filesystem URL (hdfs://, "
+            "s3a://, gs://, file://...) is read by --engine spark, as a Parquet table"
+        )
     if is_database_url(text):
         from buildsys.sources.tutorial_schema import open_database
 

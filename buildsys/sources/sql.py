@@ -90,6 +90,23 @@ def is_database_url(text: str) -> bool:
     return re.match(r"^[a-z][a-z0-9]*(\+[a-z0-9_]+)?://", text) is not None
 
 
+def is_filesystem_url(text: str) -> bool:
+    """True for a URL whose scheme is no installed SQLAlchemy dialect's (`hdfs://`, `s3a://`, `gs://`, `abfss://`,
+    `file:///`...): a path on one of the filesystems Spark reads through Hadoop's connectors, not a database."""
+    if not is_database_url(text):
+        return False
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(text).get_dialect()
+    except NoSuchModuleError:
+        return True
+    except ArgumentError:  # not a well-formed URL: the database path says what is wrong with it
+        return False
+    return False
+
+
 @cache
 def _engine(url: Any) -> Any:
     from sqlalchemy import create_engine

@@ -77,7 +77,12 @@ def test_spark_reads_an_image_folder_on_the_executors(
     assert_same_rows(expected, read_rows(spark))
 
 
-def test_spark_reads_a_parquet_table_of_png_bytes(digits_workspace: Path, digit_folder: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("as_url", [False, True], ids=["path", "file-url"])
+def test_spark_reads_a_parquet_table_of_png_bytes(
+    digits_workspace: Path, digit_folder: Path, tmp_path: Path, as_url: bool
+) -> None:
+    """As a local path, and as a filesystem URL (file:///...), which goes to Spark's Hadoop filesystem as hdfs://,
+    s3a:// or gs:// do: the driver never opens it."""
     import pandas
     import pyarrow
     import pyarrow.parquet as parquet
@@ -96,11 +101,28 @@ def test_spark_reads_a_parquet_table_of_png_bytes(digits_workspace: Path, digit_
     parquet.write_table(pyarrow.Table.from_pandas(table[60:]), folder / "part-1.parquet")
     spark = tmp_path / "spark.csv"
     columns = ("--image-column", "picture", "--id-column", "name")
+    table_input = folder.as_uri() if as_url else str(folder)
     assert (
-        predict_here(digits_workspace, "--input", str(folder), "--engine", "spark", *columns, "--output", str(spark))
+        predict_here(digits_workspace, "--input", table_input, "--engine", "spark", *columns, "--output", str(spark))
         == 0
     )
     assert_same_rows(expected, read_rows(spark))
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("file:///nonexistent/table.parquet", "PATH_NOT_FOUND"),
+        ("s3a://bucket/table.parquet", "S3AFileSystem not found (put the filesystem's connector on Spark's classpath"),
+    ],
+)
+def test_spark_names_a_table_url_it_cannot_read_in_one_line(
+    digits_workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str, reason: str
+) -> None:
+    assert predict_here(digits_workspace, "--input", url, "--engine", "spark", "--output", str(tmp_path / "o.csv")) != 0
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"error: {url}: Spark cannot read it as a Parquet table: ") and reason in line, line
+    assert not (tmp_path / "o.csv").exists()
 
 
 def test_spark_names_an_undecodable_image_in_one_line(

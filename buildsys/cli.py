@@ -713,8 +713,8 @@ def make_parser() -> argparse.ArgumentParser:
         nargs="+",
         required=True,
         metavar="SOURCE",
-        help=f"{source_help}; with --engine spark also a Parquet table, as a path or a filesystem URL "
-        "(hdfs://, s3a://, gs://, file:///...)",
+        help=f"{source_help}; with --engine spark also a Parquet table, and a Parquet table or an image folder at a "
+        "filesystem URL (hdfs://, s3a://, gs://, file:///...)",
     )
     predict.add_argument(
         "--output",

@@ -6,6 +6,9 @@ Image folders and files (Spark's binaryFile source) and Parquet tables of encode
 resized on the executors with the local engine's own decoders, so the driver never reads an image and only the
 scored rows (a key and the probabilities) come back; other sources are decoded on the driver and travel as raw
 pixels. Results are put back in the local engine's order, so both engines give the same rows in the same order.
+Folders and tables may also be at filesystem URLs (`hdfs://`, `s3a://`, `gs://`...) that only Spark reads: a
+folder there is listed by Spark and laid out (classes, split, ids) exactly as the local engine lays out a folder
+on disk.
 `featurize --engine spark` runs a transfer base over an image folder's files with the same machinery
 (`OnnxOnSpark.score_files`).
 PySpark is an optional extra (`pip install 'buildsys[spark]'`); nothing here imports TensorFlow, and only this
@@ -21,15 +24,17 @@ import sys
 import warnings
 from collections.abc import Callable, Iterator
 from functools import partial
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from buildsys.dsl.datasets import image_shape
-from buildsys.errors import BuildsysError, DataError
+from buildsys.errors import BuildsysError, DataError, SourceError
+from buildsys.sources.image_folder import draw_test_split
 from buildsys.sources.images import IMAGE_SUFFIXES, decode_cell, read_image_file
-from buildsys.sources.resolve import Opened, open_sources
+from buildsys.sources.resolve import open_sources
 from buildsys.sources.sql import is_database_url, is_filesystem_url
 
 if TYPE_CHECKING:
@@ -37,6 +42,7 @@ if TYPE_CHECKING:
     from buildsys.workspace import Workspace
 
 Decode = Callable[[Any], tuple[Any, np.ndarray]]
+Result = TypeVar("Result")
 
 DEFAULT_MASTER = "local[2]"
 
@@ -157,7 +163,9 @@ class SparkScorer:
         return run_onnx(self.session, self.model, self.input_name, self.output_name, images)
 
 
-IMAGE_GLOB = "*.{" + ",".join(s[1:] for s in (*IMAGE_SUFFIXES, *(s.upper() for s in IMAGE_SUFFIXES))) + "}"
+# The suffixes Spark's binaryFile source is told to read (a glob has no case-insensitive match).
+SPARK_IMAGE_SUFFIXES = (*IMAGE_SUFFIXES, *(suffix.upper() for suffix in IMAGE_SUFFIXES))
+IMAGE_GLOB = "*.{" + ",".join(suffix[1:] for suffix in SPARK_IMAGE_SUFFIXES) + "}"
 PARQUET_COLUMNS = ("image", "label", "id")  # defaults of --image-column, --label-column, --id-column
 
 
@@ -268,22 +276,29 @@ class _SparkModel(OnnxOnSpark):
 
 
 class FilesScored:
-    """Image folders and files read by Spark's binaryFile source and decoded and scored on the executors.
+    """Image files read by Spark's binaryFile source under `locations` and decoded and scored on the executors.
 
-    The driver lists the file names (never their content) with the local engine's own reader, so the ids, the
-    class labels, the train/test split and the order are the local engine's; executors map each file they read
-    back to its row in that listing.
+    The driver lists the file names (never their content): local folders and files with the local engine's own
+    reader, a folder at a filesystem URL through Spark's listing (`_folder_splits`), with the same class folders,
+    split and order; executors map each file they read back to its row in that listing.
     """
 
-    def __init__(self, spark: _SparkModel, opened: Opened, labels: np.ndarray | None, locations: list[str]) -> None:
-        reader = opened.reader
-        listed = [pair for split in opened.splits for pair in reader.files[split]]
+    def __init__(
+        self,
+        spark: _SparkModel,
+        listed: list[tuple[str, str, int | None]],
+        labels: np.ndarray | None,
+        locations: list[str],
+    ) -> None:
+        """`listed`: (path as `_decode_files` looks it up, image id, label in the source's classes) per file;
+        `labels` maps those labels to the model's classes (None: unlabelled)."""
         self.spark, self.locations = spark, locations
-        self.paths = [os.path.abspath(path) for path, _ in listed]
-        self.ids = [reader.image_id(path) for path, _ in listed]
-        self.truth = None if labels is None else labels[np.array([label for _, label in listed], np.int64)]
+        self.paths = [path for path, _, _ in listed]
+        self.ids = [image_id for _, image_id, _ in listed]
+        self.truth = None if labels is None else labels[np.array([label for _, _, label in listed], np.int64)]
         self.labelled, self.total = labels is not None, len(listed)
-        self.size, self.color_mode = reader.size, reader.color_mode
+        image_format = spark.model.image_format
+        self.size, self.color_mode = image_format.size, image_format.color_mode
 
     def batches(self, batch_size: int) -> Iterator[ScoredBatch]:
         probabilities = self.spark.score_files(self.paths, self.locations, self.size, self.color_mode)
@@ -315,7 +330,8 @@ class ParquetScored:
         from pyspark.sql.types import BinaryType, IntegralType
 
         self.spark, self.class_names = spark, spark.model.class_names
-        table = _read_parquet(spark.session, path)
+        location = path if is_database_url(path) else os.path.abspath(path)
+        table = _spark_read(path, "a Parquet table", lambda: spark.session.read.parquet(location))
         missing = [name for name in columns if name is not None and name not in table.columns]
         if columns[0] is None and PARQUET_COLUMNS[0] not in table.columns:
             missing.insert(0, PARQUET_COLUMNS[0])
@@ -381,9 +397,9 @@ def spark_input(
     glob patterns are local paths, read as binary files.
     """
     if any(is_filesystem_url(text) for text in inputs):
-        if len(inputs) > 1 or "#" in inputs[0]:
-            raise BuildsysError("a filesystem URL input is one Parquet table: give it alone, without #train or #test")
-        return ParquetScored(_SparkModel(model, master), inputs[0], columns)
+        if len(inputs) > 1:
+            raise BuildsysError("a filesystem URL input is one Parquet table or image folder: give it alone")
+        return _url_input(_SparkModel(model, master), inputs[0], columns)
     first = Path(inputs[0].partition("#")[0])
     if len(inputs) == 1 and "#" not in inputs[0] and _is_parquet(first):
         return ParquetScored(_SparkModel(model, master), str(first), columns)
@@ -395,23 +411,121 @@ def spark_input(
     from buildsys.batch.scoring import label_map
 
     opened = open_sources(inputs, model.image_format, workspace)  # lists the files; decodes none
-    labels = label_map(opened.reader.class_names, model.class_names)
-    return FilesScored(_SparkModel(model, master), opened, labels, [os.path.abspath(text) for text in locations])
+    reader = opened.reader
+    listed = [
+        (os.path.abspath(path), reader.image_id(path), label)
+        for split in opened.splits
+        for path, label in reader.files[split]
+    ]
+    labels = label_map(reader.class_names, model.class_names)
+    return FilesScored(_SparkModel(model, master), listed, labels, [os.path.abspath(text) for text in locations])
 
 
-def _read_parquet(session: Any, location: str) -> Any:
-    """The table at a local path or a filesystem URL, as Spark reads it; a path Spark cannot read (missing, not
-    Parquet, a scheme without a connector) is one line naming it."""
+def _url_input(spark: _SparkModel, text: str, columns: tuple[str | None, str | None, str | None]) -> Scored:
+    """A Parquet table or an image folder at a filesystem URL, told apart as for local paths: a `.parquet` name,
+    or a folder holding `*.parquet` files, is a table; any other folder is an image folder."""
+    url, _, split = text.partition("#")
+    if url.lower().endswith(".parquet"):
+        if split:
+            raise BuildsysError(f"{text}: a Parquet table has no #train or #test split")
+        return ParquetScored(spark, url, columns)
+    files = _spark_read(url, "a folder", lambda: _listing(spark.session, url))
+    if any(len(relative.parts) == 1 and relative.suffix.lower() == ".parquet" for relative in files.values()):
+        if split:
+            raise BuildsysError(f"{text}: a Parquet table has no #train or #test split")
+        return ParquetScored(spark, url, columns)
+    if any(columns):
+        raise BuildsysError("--image-column, --label-column and --id-column apply to Parquet inputs only")
+    class_names, splits = _folder_splits(url, files)
+    if split and split not in splits:
+        raise SourceError(f"{url} has no {split} split (it has: {', '.join(splits)})")
+    listed = [
+        (local_path(uri), files[uri].as_posix(), label)
+        for name in ((split,) if split else tuple(splits))
+        for uri, label in splits[name]
+    ]
+    from buildsys.batch.scoring import label_map
+
+    labels = label_map(class_names, spark.model.class_names)
+    return FilesScored(spark, listed, labels, [url])
+
+
+def _listing(session: Any, url: str) -> dict[str, PurePosixPath]:
+    """Every file Spark lists under `url` (recursively; it skips names beginning with _ or .), by the name its
+    binaryFile source gives it, with its path relative to `url`. Selecting only the path reads no file's content."""
+    rows = session.read.format("binaryFile").option("recursiveFileLookup", "true").load(url).select("path").collect()
+    root = PurePosixPath(urlsplit(url).path)
+    files = {}
+    for row in rows:
+        path = PurePosixPath(urlsplit(row.path).path)
+        if path == root:  # the URL names one file: it is a loose image, named by its file name
+            files[row.path] = PurePosixPath(path.name)
+            continue
+        try:
+            files[row.path] = path.relative_to(root)
+        except ValueError:
+            raise DataError(f"{url}: Spark listed {row.path}, which is not under it") from None
+    return files
+
+
+def _folder_splits(
+    url: str, files: dict[str, PurePosixPath]
+) -> tuple[tuple[str, ...] | None, dict[str, list[tuple[str, int | None]]]]:
+    """The class names (None: loose images) and the (file, label) pairs per split of an image folder known only
+    by its listing, exactly as the local engine reads a folder on disk (`resolve.open_sources`): `train/` and
+    `test/` trees of class folders, class folders split 80/20 with seed 0, or loose images. A class folder is
+    one that holds images (a listing has no empty folders)."""
+    images = sorted(
+        ((relative, uri) for uri, relative in files.items() if relative.suffix in SPARK_IMAGE_SUFFIXES),
+        key=lambda pair: pair[0],
+    )
+    if not images:
+        raise DataError(f"{url} holds no PNG/JPEG/BMP images and no Parquet files (as Spark lists it)")
+    folders = sorted({relative.parts[0] for relative, _ in images if len(relative.parts) > 1})
+    if not folders:
+        return None, {"all": [(uri, None) for _, uri in images]}
+
+    def under(*parts: str) -> list[str]:
+        return [
+            uri
+            for relative, uri in images
+            if relative.parts[: len(parts)] == parts and len(relative.parts) > len(parts)
+        ]
+
+    if {"train", "test"} <= set(folders):
+        names = sorted(
+            {relative.parts[1] for relative, _ in images if relative.parts[0] == "train" and len(relative.parts) > 2}
+        )
+        if not names:
+            raise DataError(
+                f"{url}/train has no class sub-folders with images (expected one folder of images per class)"
+            )
+        unknown = sorted(
+            {relative.parts[1] for relative, _ in images if relative.parts[0] == "test" and len(relative.parts) > 2}
+            - set(names)
+        )
+        if unknown:
+            raise DataError(f"{url}/test has folders that are not classes: {', '.join(unknown)}")
+        return tuple(names), {
+            part: [(uri, label) for label, name in enumerate(names) for uri in under(part, name)]
+            for part in ("train", "test")
+        }
+    return tuple(folders), draw_test_split([under(name) for name in folders], 0.2, 0)
+
+
+def _spark_read(location: str, what: str, read: Callable[[], Result]) -> Result:
+    """`read()`, with what Spark or Hadoop raise when it cannot read `location` (missing, not `what`, a scheme
+    without a connector) turned into one line naming it."""
     from py4j.protocol import Py4JJavaError
     from pyspark.errors import PySparkException
 
     try:
-        return session.read.parquet(location if is_database_url(location) else os.path.abspath(location))
+        return read()
     except (PySparkException, Py4JJavaError) as error:
         # A Hadoop exception that Spark did not wrap reads best as its Java class and message.
         reason = str(error.java_exception.toString()) if isinstance(error, Py4JJavaError) else str(error)
         lines = [line.strip() for line in reason.splitlines() if line.strip()]
-        message = f"{location}: Spark cannot read it as a Parquet table: {lines[0] if lines else reason}"
+        message = f"{location}: Spark cannot read it as {what}: {lines[0] if lines else reason}"
         if re.search(r"No FileSystem for scheme|ClassNotFoundException: Class \S+FileSystem", message):
             message += (
                 " (put the filesystem's connector on Spark's classpath: spark.jars.packages in spark-defaults.conf)"

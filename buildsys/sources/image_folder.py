@@ -11,7 +11,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -20,6 +20,8 @@ from buildsys.dsl.datasets import DataSource, Probed, image_shape
 from buildsys.errors import DataError
 from buildsys.sources.images import IMAGE_SUFFIXES, read_image_file
 from buildsys.sources.records import Batch, Dataset, StreamingDataset, read_all
+
+File = TypeVar("File")
 
 STREAM_CHUNK = 256  # training images decoded at a time when streaming
 MEMORY_SHARE = 0.5  # a folder held in memory may take at most this share of the machine's memory
@@ -78,14 +80,23 @@ def split_files(
         return found
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder (expected one sub-folder of images per class)")
+    return draw_test_split([_images_under(folder / name) for name in class_names], split, split_seed)
+
+
+def draw_test_split(
+    files_by_class: list[list[File]], split: float, split_seed: int
+) -> dict[str, list[tuple[File, int]]]:
+    """(file, label) pairs per split from each class's sorted files (label = the class's position): each class's
+    test files drawn with `split_seed`, so both splits keep the class balance and adding a class does not reshuffle
+    the others. Files may be local paths or another filesystem's names (`predict --engine spark` on a URL)."""
     rng = np.random.default_rng(split_seed)
-    train, test = [], []
-    for name in class_names:
-        files = _images_under(folder / name)
+    train: list[tuple[File, int]] = []
+    test: list[tuple[File, int]] = []
+    for label, files in enumerate(files_by_class):
         held = max(1, round(len(files) * split)) if len(files) > 1 else 0
         chosen = set(rng.permutation(len(files))[:held].tolist())
         for position, path in enumerate(files):
-            (test if position in chosen else train).append((path, index[name]))
+            (test if position in chosen else train).append((path, label))
     return {"train": train, "test": test}
 
 

@@ -8,8 +8,8 @@ A SOURCE is, optionally followed by `#train` or `#test` to take one split:
   * a folder: `train/` and `test/` trees of class folders, class folders (split 80/20 with seed 0, as
     `datasets.image_folder` does by default), or loose images without labels;
   * image files (PNG/JPEG/BMP) or glob patterns, without labels;
-  * with `--engine spark` only (buildsys.engines.spark), a Parquet table at a filesystem URL (`hdfs://`, `s3a://`,
-    `gs://`, `file:///`...), which Spark reads itself.
+  * with `--engine spark` only (buildsys.engines.spark), a Parquet table or an image folder at a filesystem URL
+    (`hdfs://`, `s3a://`, `gs://`, `file:///`...), which Spark lists and reads itself.
 Paths here are relative to the current folder (paths inside definitions are relative to the workspace root).
 Never TensorFlow.
 """
@@ -72,7 +72,7 @@ def _open_one(text: str, image_format: ImageFormat, workspace: Workspace | None)
     if is_filesystem_url(text):
         raise SourceError(
             f"{text!r}: no database driver has the scheme {text.partition(':')[0]!r}; a filesystem URL (hdfs://, "
-            "s3a://, gs://, file://...) is read by --engine spark, as a Parquet table"
+            "s3a://, gs://, file://...) is read by --engine spark, as a Parquet table or an image folder"
         )
     if is_database_url(text):
         from buildsys.sources.tutorial_schema import open_database

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from buildsys.cli import main
+from buildsys.sources.images import encode_png
 from tests.conftest import run_buildsys, write_definition
 from tests.data_helpers import digits, write_folder
 
@@ -77,6 +78,33 @@ def test_spark_reads_an_image_folder_on_the_executors(
     assert_same_rows(expected, read_rows(spark))
 
 
+@pytest.mark.parametrize("layout", ["class folders, #test", "train and test trees", "loose images"])
+def test_spark_reads_an_image_folder_at_a_url_as_the_local_engine_reads_the_folder(
+    digits_workspace: Path, tmp_path: Path, layout: str
+) -> None:
+    """At a filesystem URL (file:///..., the same Hadoop filesystem API as hdfs:// or s3a://) Spark lists the
+    folder itself: the same ids, class labels, split and order as the local engine's reading of it on disk."""
+    images, labels = digits(60)
+    folder = tmp_path / "images"
+    if layout == "train and test trees":
+        write_folder(folder / "train", images[:40], labels[:40], class_names=DIGIT_NAMES)
+        write_folder(folder / "test", images[40:], labels[40:], class_names=DIGIT_NAMES)
+    elif layout == "loose images":
+        for index, image in enumerate(images[:12]):
+            (folder / f"{index:03d}.png").parent.mkdir(parents=True, exist_ok=True)
+            (folder / f"{index:03d}.png").write_bytes(encode_png(image))
+    else:
+        write_folder(folder, images, labels, suffixes=(".png", ".jpg"), class_names=DIGIT_NAMES)
+    split = "#test" if layout.endswith("#test") else ""
+    local, spark = tmp_path / "local.csv", tmp_path / "spark.csv"
+    assert predict_here(digits_workspace, "--input", f"{folder}{split}", "--output", str(local)) == 0
+    url = f"{folder.as_uri()}{split}"
+    assert predict_here(digits_workspace, "--input", url, "--engine", "spark", "--output", str(spark)) == 0
+    expected = read_rows(local)
+    assert len(expected) == {"class folders, #test": 11, "train and test trees": 60, "loose images": 12}[layout]
+    assert_same_rows(expected, read_rows(spark))
+
+
 @pytest.mark.parametrize("as_url", [False, True], ids=["path", "file-url"])
 def test_spark_reads_a_parquet_table_of_png_bytes(
     digits_workspace: Path, digit_folder: Path, tmp_path: Path, as_url: bool
@@ -95,8 +123,10 @@ def test_spark_reads_a_parquet_table_of_png_bytes(
         {"picture": [path.read_bytes() for path in paths], "label": [path.parent.name for path in paths],
          "name": [row["image_id"] for row in expected]}
     )  # fmt: skip
-    folder = tmp_path / "table.parquet"
-    folder.mkdir()  # two files, so the rows come back ordered by file, then by row
+    # Two files, so the rows come back ordered by file, then by row. The URL names a folder without the suffix: a
+    # folder holding *.parquet files is a table, as on disk.
+    folder = tmp_path / ("table" if as_url else "table.parquet")
+    folder.mkdir()
     parquet.write_table(pyarrow.Table.from_pandas(table[:60]), folder / "part-0.parquet")
     parquet.write_table(pyarrow.Table.from_pandas(table[60:]), folder / "part-1.parquet")
     spark = tmp_path / "spark.csv"
@@ -112,16 +142,17 @@ def test_spark_reads_a_parquet_table_of_png_bytes(
 @pytest.mark.parametrize(
     ("url", "reason"),
     [
-        ("file:///nonexistent/table.parquet", "PATH_NOT_FOUND"),
-        ("s3a://bucket/table.parquet", "S3AFileSystem not found (put the filesystem's connector on Spark's classpath"),
+        ("file:///nonexistent/table.parquet", "Spark cannot read it as a Parquet table: [PATH_NOT_FOUND]"),
+        ("file:///nonexistent/images", "Spark cannot read it as a folder: [PATH_NOT_FOUND]"),
+        ("s3a://bucket/t.parquet", "S3AFileSystem not found (put the filesystem's connector on Spark's classpath"),
     ],
 )
-def test_spark_names_a_table_url_it_cannot_read_in_one_line(
+def test_spark_names_a_url_it_cannot_read_in_one_line(
     digits_workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], url: str, reason: str
 ) -> None:
     assert predict_here(digits_workspace, "--input", url, "--engine", "spark", "--output", str(tmp_path / "o.csv")) != 0
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"error: {url}: Spark cannot read it as a Parquet table: ") and reason in line, line
+    assert line.startswith(f"error: {url}: ") and reason in line, line
     assert not (tmp_path / "o.csv").exists()
 
 

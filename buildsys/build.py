@@ -33,7 +33,7 @@ from buildsys.cache import DIGESTS_DIR, CacheKey, cache_key, file_sha256
 from buildsys.console import Reporter, warn_once
 from buildsys.dsl.specs import ModelSpec, validate
 from buildsys.errors import BuildsysError, DefinitionError
-from buildsys.gate import QualityGateError, judge, reject, rejected_dir
+from buildsys.gate import TEST_PROBABILITIES_FILE, QualityGateError, Verdict, judge, reject, rejected_dir
 from buildsys.graph import Dependency
 from buildsys.model_index import write_index
 from buildsys.store import WEIGHTS_FILE, OutputTree
@@ -78,6 +78,15 @@ class BuildOptions:
             if getattr(self, name):
                 keyed[name] = True
         return keyed
+
+
+@dataclass(frozen=True)
+class KeptCandidate:
+    """A candidate an earlier build kept when the gate rejected it, and this build's verdict on it."""
+
+    folder: Path
+    manifest: dict[str, Any]
+    verdict: Verdict
 
 
 @dataclass
@@ -305,8 +314,7 @@ class BuildJob:
             return self.up_to_date(plan, found)
         if plan.key is not None and (fetched := self._fetch(plan)) is not None:
             return fetched
-        if plan.key is not None:
-            self._refuse_rejected_again(plan)
+        kept = self._kept_candidate(plan) if plan.key is not None else None
         splits = self.load_data(plan)
         if plan.key is None:  # the data was fetched just now: key the build on what arrived
             fingerprint = sources.fingerprint(plan.spec.data, plan.options.data_dir, self.tree.root / DIGESTS_DIR)
@@ -317,24 +325,31 @@ class BuildJob:
                 return self.up_to_date(plan, found)
             if (fetched := self._fetch(plan)) is not None:
                 return fetched
-            self._refuse_rejected_again(plan)
+            kept = self._kept_candidate(plan)
         staging = self.tree.staging_dir(plan.spec.name)
         try:
-            manifest = self.train(plan, splits, staging)
+            if kept is not None:
+                manifest = self._pass_kept_candidate(plan, kept, splits, staging)
+            else:
+                manifest = self.train(plan, splits, staging)
             if manifest is None:
                 shutil.rmtree(staging, ignore_errors=True)
                 self.reporter.result("trained as a multi-worker task; the chief evaluates and publishes")
                 return BuildResult(plan.label, "trained (worker)", 0, plan.key.digest, {}, self.reporter.timings)
-            manifest = manifest.replace(timings={**manifest.timings, "total": round(time.perf_counter() - started, 3)})
+            if kept is None:  # a kept candidate keeps the timings of the build that trained it
+                total = round(time.perf_counter() - started, 3)
+                manifest = manifest.replace(timings={**manifest.timings, "total": total})
             version = self.publish(plan, staging, manifest)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+        if kept is not None:
+            shutil.rmtree(kept.folder, ignore_errors=True)  # published now: no longer a rejected candidate
         work = plan.paths.work_dir
         shutil.rmtree(work / "checkpoint" if plan.options.tensorboard else work, ignore_errors=True)  # done with them
         if self.remote is not None:
             self.remote.upload(plan, plan.paths.model_dir / str(version), self.reporter.say)
-        if plan.options.tensorboard:
+        if plan.options.tensorboard and kept is None:
             from buildsys.actions.train import TENSORBOARD_DIR  # loaded already: this build trained
 
             self.reporter.result(f"TensorBoard logs: tensorboard --logdir {work / TENSORBOARD_DIR}")
@@ -357,31 +372,63 @@ class BuildJob:
             raise
         return BuildResult(plan.label, "fetched", version, plan.key.digest, manifest.metrics.get("test", {}))
 
-    def _refuse_rejected_again(self, plan: Plan) -> None:
-        """Fails at once, without training, when an earlier build of this same key was rejected and the candidate
-        it kept still fails the gate against what is published now: the same content would train to the same
-        verdict (`--force` trains it again, for training that is not deterministic). A candidate that would pass
-        now is trained again, since its report says it was rejected.
+    def _kept_candidate(self, plan: Plan) -> KeptCandidate | None:
+        """The candidate an earlier build of the same training kept when the gate rejected it, judged by this
+        build's gate against what is published now: when it passes, the build publishes it instead of training the
+        same model again (a relaxed gate, or a published version that changed); None when none is kept, or when
+        it passes but was kept without its test probabilities (fetched from a remote cache, or by an older
+        buildsys), which this build then trains again. `--force` always trains.
 
         Raises:
-            QualityGateError: naming the kept candidate and the gate's reasons, as the first rejection did.
+            QualityGateError: the kept candidate still fails: the same training would reach the same verdict.
         """
         if plan.options.force or plan.spec.evaluate is None or plan.options.strategy == "multi-worker":
-            return  # a multi-worker build's tasks must all train together, as for the remote cache
-        kept = rejected_dir(self.tree, plan.spec.name, plan.key.digest)
+            return None  # a multi-worker build's tasks must all train together, as for the remote cache
+        kept = rejected_dir(self.tree, plan.spec.name, plan.key.training_digest)
         try:
             candidate = json.loads((kept / MANIFEST_FILE).read_text(encoding="utf-8"))
             verdict = judge(plan.spec.evaluate, candidate, self.tree.latest_manifest(plan.spec.name))
         except (OSError, ValueError, KeyError, TypeError):
-            return  # none kept, or one from an older buildsys: train
-        if verdict.passed:
+            return None  # none kept, or one from an older buildsys: train
+        if not verdict.passed:
+            raise QualityGateError(
+                f"{plan.label}: rejected by the quality gate: {'; '.join(verdict.failures)}; nothing was published; "
+                f"this content was trained and rejected before (the candidate and its report are in {kept}); "
+                "build --force trains it again"
+            )
+        if not (kept / TEST_PROBABILITIES_FILE).is_file():
             self.reporter.say("the candidate rejected earlier would pass the gate now; training it again")
-            return
-        raise QualityGateError(
-            f"{plan.label}: rejected by the quality gate: {'; '.join(verdict.failures)}; nothing was published; "
-            f"this content was trained and rejected before (the candidate and its report are in {kept}); "
-            "build --force trains it again"
+            return None
+        return KeptCandidate(kept, candidate, verdict)
+
+    def _pass_kept_candidate(self, plan: Plan, kept: KeptCandidate, splits: Any, staging: Path) -> Manifest:
+        """Copies a kept candidate that passes the gate now into `staging` as this build's candidate: keyed with
+        this build's key and spec (only the gate differs), judged by its gate, its report drawn again from the
+        test split and the probabilities it was judged on; the kept folder goes once the version is published."""
+        import numpy as np
+
+        from buildsys.actions.report import write_report
+
+        self.reporter.say(
+            f"the candidate rejected earlier ({kept.folder}) passes the gate now; publishing it untrained"
         )
+        with self.reporter.action("report"):
+            probabilities = np.load(kept.folder / TEST_PROBABILITIES_FILE, allow_pickle=False)
+            if probabilities.shape != (len(splits.y_test), len(plan.spec.class_names)):
+                raise BuildsysError(f"{kept.folder / TEST_PROBABILITIES_FILE}: not this test split's probabilities")
+            shutil.rmtree(staging)
+            shutil.copytree(kept.folder, staging, ignore=shutil.ignore_patterns(TEST_PROBABILITIES_FILE))
+            manifest = {
+                **kept.manifest,
+                "content_hash": plan.key.digest,
+                "label": plan.label,
+                "spec": plan.spec.to_json(),
+                "quality_gate": kept.verdict.to_json(),
+            }
+            write_report(staging, manifest, splits.x_test, splits.y_test, probabilities)
+        for note in kept.verdict.notes:
+            self.reporter.say(f"quality gate: {note}")
+        return Manifest.from_json(manifest, f"{plan.label} (kept candidate)")
 
     def load_data(self, plan: Plan) -> Any:
         from buildsys.actions.data import check_and_split
@@ -411,7 +458,10 @@ class BuildJob:
         for note in verdict.notes:
             self.reporter.say(f"quality gate: {note}")
         if not verdict.passed:
-            raise reject(self.tree, staging, manifest, verdict)
+            import numpy as np
+
+            np.save(staging / TEST_PROBABILITIES_FILE, np.asarray(probabilities, np.float32), allow_pickle=False)
+            raise reject(self.tree, staging, manifest, verdict, plan.key.training_digest)
         return Manifest.from_json(manifest, f"{plan.label} (being built)")
 
     def publish(self, plan: Plan, staging: Path, manifest: Manifest) -> int:

@@ -161,13 +161,19 @@ class DigestMemo:
 
 @dataclass(frozen=True)
 class CacheKey:
-    """The inputs of a build and their digest."""
+    """The inputs of a build and their digest.
+
+    `training_digest` is the digest of the same inputs without the quality gate: what the trained model depends
+    on. A rejected candidate is kept under it, so that a build with another gate judges that candidate again
+    instead of training the same model again.
+    """
 
     digest: str
     data_fingerprint: str
     seed: int
     hparams: dict[str, Any]
     versions: dict[str, str]
+    training_digest: str
 
 
 def cache_key(
@@ -204,4 +210,12 @@ def cache_key(
         material["training"] = training
     if dependencies:
         material["dependencies"] = dependencies
-    return CacheKey(sha256_text(canonical_json(material)), data_fingerprint, seed, dict(hparams), versions)
+    ungated = {**material, "spec": {section: value for section, value in keyed_spec.items() if section != "evaluate"}}
+    return CacheKey(
+        sha256_text(canonical_json(material)),
+        data_fingerprint,
+        seed,
+        dict(hparams),
+        versions,
+        training_digest=sha256_text(canonical_json(ungated)),
+    )

@@ -109,18 +109,27 @@ def judge(gate: EvaluateSpec | None, candidate: dict[str, Any], published: Manif
     return Verdict(True, accuracy, baseline_version, baseline_accuracy, same_data, notes, failures)
 
 
-def rejected_dir(tree: OutputTree, name: str, content_hash: str) -> Path:
-    return tree.root / "rejected" / name / content_hash
+# In a rejected candidate's folder: its probabilities on the test split, so that a later build whose gate it passes
+# can publish it, report included, without training it again (NumPy's format, read with allow_pickle=False).
+TEST_PROBABILITIES_FILE = "test_probabilities.npy"
 
 
-def reject(tree: OutputTree, staging: Path, manifest: dict[str, Any], verdict: Verdict) -> QualityGateError:
-    """Moves the complete staging folder to `rejected/<name>/<hash>/` (replacing an earlier rejection of the same
-    content) and returns the one-line error for the build to raise.
+def rejected_dir(tree: OutputTree, name: str, training_digest: str) -> Path:
+    """Where a rejected candidate is kept: by the digest of what it was trained from, the gate left out
+    (`CacheKey.training_digest`), so that any gate can judge it again."""
+    return tree.root / "rejected" / name / training_digest
+
+
+def reject(
+    tree: OutputTree, staging: Path, manifest: dict[str, Any], verdict: Verdict, training_digest: str
+) -> QualityGateError:
+    """Moves the complete staging folder to `rejected/<name>/<training digest>/` (replacing an earlier rejection
+    of the same training) and returns the one-line error for the build to raise.
 
     The manifest is written into the folder first and the folder appears by one rename, as a version does, so a
     rejected folder that exists is complete.
     """
-    destination = rejected_dir(tree, manifest["name"], manifest["content_hash"])
+    destination = rejected_dir(tree, manifest["name"], training_digest)
     write_json_atomic(staging / MANIFEST_FILE, manifest)
     destination.parent.mkdir(parents=True, exist_ok=True)
     if destination.exists():

@@ -136,7 +136,10 @@ def test_weakened_model_is_rejected_and_a_good_one_published(
     (rejected,) = (tmp_path / "build-out" / "rejected" / "digits").iterdir()
     assert str(rejected) in error
     verdict = json.loads((rejected / "manifest.json").read_text())
-    assert rejected.name == verdict["content_hash"] and "version" not in verdict
+    # Kept by what it was trained from, the gate left out (so another gate can judge it again), with the test
+    # split's probabilities it was judged on.
+    assert re.fullmatch("[0-9a-f]{64}", rejected.name) and rejected.name != verdict["content_hash"]
+    assert "version" not in verdict and (rejected / "test_probabilities.npy").is_file()
     assert verdict["quality_gate"]["passed"] is False and verdict["quality_gate"]["baseline_version"] == 1
     assert (rejected / "model.onnx").is_file()
     page = (rejected / "report.html").read_text()
@@ -168,3 +171,31 @@ def test_weakened_model_is_rejected_and_a_good_one_published(
     gate = json.loads((models / "2" / "manifest.json").read_text())["quality_gate"]
     assert gate["passed"] and gate["baseline_version"] == 1 and gate["same_data"] is True
     assert "Quality gate passed" in (models / "2" / "report.html").read_text()
+
+
+@pytest.mark.slow
+def test_a_kept_candidate_that_a_relaxed_gate_passes_is_published_without_training(
+    digits_workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shutil.copytree(digits_workspace / "build-out", tmp_path / "build-out")
+    write_definition(tmp_path, "digits.py", WEAK)
+    assert main(["build", "digits", "--workspace", str(tmp_path), "--quiet"]) == 1
+    (rejected,) = (tmp_path / "build-out" / "rejected" / "digits").iterdir()
+    kept = json.loads((rejected / "manifest.json").read_text())
+    capsys.readouterr()
+
+    write_definition(tmp_path, "digits.py", WEAK.replace("max_regression=0.01", "max_regression=0.9"))
+    assert main(["build", "digits", "--workspace", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"the candidate rejected earlier ({rejected}) passes the gate now; publishing it untrained" in out
+    assert "published version 2" in out
+    version = tmp_path / "build-out" / "models" / "digits" / "2"
+    published = json.loads((version / "manifest.json").read_text())
+    assert published["weights_sha256"] == kept["weights_sha256"]  # the kept model itself, not trained again
+    assert published["metrics"] == kept["metrics"] and published["timings"] == kept["timings"]
+    assert published["quality_gate"]["passed"] and published["spec"]["evaluate"]["max_regression"] == 0.9
+    assert published["content_hash"] != kept["content_hash"]  # keyed by this build's definition, gate included
+    assert "Quality gate passed" in (version / "report.html").read_text()
+    assert not (version / "test_probabilities.npy").exists() and not rejected.exists()
+    assert main(["build", "digits", "--workspace", str(tmp_path), "--quiet"]) == 0
+    assert "up to date (version 2)" in capsys.readouterr().out

@@ -55,7 +55,7 @@ class BuildCache:
             self.cache.warn(f"remote cache {self.cache.display}: entry {key[:16]} records no test metrics; building")
             return None
         if not verdict.passed:
-            raise reject(self.tree, staging, manifest, verdict)
+            raise reject(self.tree, staging, manifest, verdict, plan.key.training_digest)
         say(
             f"fetched from remote cache {self.cache.display} ({fetched.size / 1e6:.1f} MB in {fetched.seconds:.2f}s, "
             "verified; no training)",

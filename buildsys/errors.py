@@ -20,6 +20,15 @@ def one_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+def describe_failure(error: BaseException) -> str:
+    """A storage library's exception as one line: an OSError's reason, else the type's name and first line (they
+    do not all raise OSError: s3fs lets botocore's EndpointConnectionError through when the endpoint is down)."""
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    kind, reason = type(error).__name__, one_line(error)[:300]
+    return kind if reason == kind else f"{kind}: {reason}"
+
+
 @dataclass(frozen=True)
 class Location:
     """A place in a definition file, shown relative to the current directory when possible; line 0 is the file as

@@ -99,6 +99,11 @@ def write_parquet_files(onnx: OnnxOnSpark, reader: FolderReader, files: FolderSp
     the executors with the source's own decoder, and writes its features."""
     import pandas
 
+    if not isinstance(reader.root, Path):
+        raise BuildsysError(
+            f"{reader.root}: featurize --engine spark reads image folders on local paths (its executors read "
+            "through Hadoop's connectors, not fsspec's); featurize this target with the local engine"
+        )
     listed = [(split, index, path, label) for split in SPLITS for index, (path, label) in enumerate(files[split])]
     outputs = onnx.score_files(
         [os.path.abspath(path) for _, _, path, _ in listed],

@@ -184,7 +184,8 @@ def image_folder(
 
     Every image is converted to `color_mode` ("grayscale" or "rgb") and resized to `image_size` (height, width).
     `split` is the test fraction, drawn per class with `split_seed`, or "folders" for separate `train/` and `test/`
-    trees. A relative `path` is relative to the workspace root. Class names default to the sub-folders, sorted.
+    trees. A relative `path` is relative to the workspace root; a URL (`s3://bucket/images`, `gs://...`) is read
+    from object storage through fsspec (s3fs or gcsfs installed). Class names default to the sub-folders, sorted.
     `stream=True` decodes the training images again on every epoch instead of holding them, for a folder larger
     than memory (the test split is held either way).
 

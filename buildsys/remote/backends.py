@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from buildsys.errors import BuildsysError, one_line
+from buildsys.errors import BuildsysError, describe_failure, one_line
 
 CHUNK = 1 << 20
 MAX_CONNECTIONS = 8  # blobs moved at once (Bazel's client is concurrent too); each thread holds one connection
@@ -220,18 +220,13 @@ class FsspecBackend:
 
     @contextmanager
     def _failures(self, action: str) -> Iterator[None]:
-        """Any failure of the storage library but a missing object becomes one line: they do not all raise
-        OSError (s3fs lets botocore's EndpointConnectionError through when the endpoint is down)."""
+        """Any failure of the storage library but a missing object becomes one line (`describe_failure`)."""
         try:
             yield
         except FileNotFoundError:
             raise
-        except OSError as error:
-            raise RemoteUnavailableError(f"{self.display}: {action} failed: {error.strerror or error}") from None
-        except Exception as error:  # a storage library's own exception types; the message names the type
-            kind, reason = type(error).__name__, one_line(error)[:300]
-            detail = kind if reason == kind else f"{kind}: {reason}"
-            raise RemoteUnavailableError(f"{self.display}: {action} failed: {detail}") from None
+        except Exception as error:  # a storage library's own exception types as well as OSError
+            raise RemoteUnavailableError(f"{self.display}: {action} failed: {describe_failure(error)}") from None
 
     def get_record(self, key: str, limit: int) -> bytes | None:
         with self._failures("reading a record"):

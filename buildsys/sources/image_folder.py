@@ -2,22 +2,26 @@
 
 Owns listing, the seeded per-class train/test split, decoding with resizing, loading (into memory, or with
 `stream=True` the training images decoded again on every pass), and the folder's fingerprint (every image file's
-path relative to the folder and the sha256 of its bytes). Never TensorFlow.
+path relative to the folder and a digest of its bytes). A folder is a local path (`LocalFolder`) or a URL of
+object storage that fsspec opens (`ObjectFolder`: `s3://`, `gs://`, ...; s3fs or gcsfs installed): both answer
+the same few questions (its sub-folders, the images under one), so the layout, the split and the order are
+computed once, the same way, for both. Never TensorFlow.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
-from pathlib import Path
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
 import numpy as np
 
 from buildsys.cache import DigestMemo
 from buildsys.dsl.datasets import DataSource, Probed, image_shape
-from buildsys.errors import DataError
+from buildsys.errors import DataError, describe_failure
 from buildsys.sources.images import IMAGE_SUFFIXES, read_image_file
 from buildsys.sources.records import Batch, Dataset, StreamingDataset, read_all
 
@@ -25,6 +29,14 @@ File = TypeVar("File")
 
 STREAM_CHUNK = 256  # training images decoded at a time when streaming
 MEMORY_SHARE = 0.5  # a folder held in memory may take at most this share of the machine's memory
+# The fields of an object's listing that change with its content, by storage (S3's ETag, GCS's MD5 and CRC32C,
+# Azure's content MD5): the fingerprint takes them from the listing instead of reading every object.
+CONTENT_FIELDS = ("ETag", "etag", "md5Hash", "crc32c", "content_md5", "checksum")
+
+
+def is_url(path: str) -> bool:
+    """A folder named by a URL (`s3://bucket/images`), which fsspec opens, rather than a path on this machine."""
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", path) is not None
 
 
 def resolve(source: DataSource, path: str) -> Path:
@@ -37,50 +49,151 @@ def is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def _images_under(folder: Path) -> list[Path]:
-    return sorted(path for path in folder.rglob("*") if is_image(path))
+class LocalFolder:
+    """A folder on this machine; its files are `Path`s."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def where(self, *parts: str) -> str:
+        return str(self.root.joinpath(*parts))
+
+    def is_folder(self, *parts: str) -> bool:
+        return self.root.joinpath(*parts).is_dir()
+
+    def subfolders(self, *parts: str) -> list[str]:
+        folder = self.root.joinpath(*parts)
+        return sorted(child.name for child in folder.iterdir() if child.is_dir() and not child.name.startswith("."))
+
+    def images_under(self, *parts: str) -> list[Path]:
+        return sorted(path for path in self.root.joinpath(*parts).rglob("*") if is_image(path))
+
+    def digests(self, memo_dir: Path | None) -> Iterator[tuple[str, str]]:
+        """(relative path, sha256) of every image; unchanged files are not read again (`DigestMemo`)."""
+        memo = DigestMemo(self.root, memo_dir)
+        for path in self.images_under():
+            yield path.relative_to(self.root).as_posix(), memo.digest(path)
+        memo.save()
 
 
-def class_folders(folder: Path, split: float | str) -> list[str]:
+class ObjectFolder:
+    """A folder in object storage, known by one listing taken when it is opened; its files are URLs.
+
+    Object stores have no folders, only names with slashes, so a sub-folder is a name prefix that some image has
+    (an empty folder does not exist there). Errors of the storage library (no such bucket, no credentials, an
+    endpoint that does not answer) are one `DataError` line naming the URL.
+    """
+
+    def __init__(self, url: str) -> None:
+        import fsspec
+
+        self.url = url.rstrip("/")
+        try:
+            self.fs, root = fsspec.core.url_to_fs(self.url)
+            self.root = root.rstrip("/")
+            listing = self.fs.find(self.root, detail=True)
+        except Exception as error:  # the storage libraries raise their own types, not only OSError
+            raise DataError(f"{self.url}: cannot list it: {describe_failure(error)}") from None
+        self.info: dict[PurePosixPath, dict[str, Any]] = {}
+        for name, info in listing.items():
+            relative = name[len(self.root) + 1 :] if name.startswith(f"{self.root}/") else ""
+            path = PurePosixPath(relative)
+            if relative and path.suffix.lower() in IMAGE_SUFFIXES and info.get("type", "file") == "file":
+                self.info[path] = info
+        self.listed = sorted(self.info)
+
+    def where(self, *parts: str) -> str:
+        return "/".join((self.url, *parts))
+
+    def is_folder(self, *parts: str) -> bool:
+        return any(path.parts[: len(parts)] == parts and len(path.parts) > len(parts) for path in self.listed)
+
+    def subfolders(self, *parts: str) -> list[str]:
+        depth = len(parts)
+        names = {
+            path.parts[depth] for path in self.listed if path.parts[:depth] == parts and len(path.parts) > depth + 1
+        }
+        return sorted(name for name in names if not name.startswith("."))
+
+    def images_under(self, *parts: str) -> list[str]:
+        return [
+            self.where(*path.parts)
+            for path in self.listed
+            if path.parts[: len(parts)] == parts and len(path.parts) > len(parts)
+        ]
+
+    def read(self, urls: list[str]) -> list[bytes]:
+        """The objects' bytes, fetched together (concurrently where the storage library can)."""
+        names = [f"{self.root}/{url[len(self.url) + 1 :]}" for url in urls]  # as the filesystem names them
+        try:
+            found = self.fs.cat(names)
+        except Exception as error:
+            raise DataError(f"{self.url}: reading {len(urls)} images failed: {describe_failure(error)}") from None
+        return [found[name] for name in names]
+
+    def digests(self, memo_dir: Path | None) -> Iterator[tuple[str, str]]:
+        """(relative path, content digest) of every image, from the listing's content fields (an object without
+        any, as on a `file://` folder, is read and hashed)."""
+        for path in self.listed:
+            info = self.info[path]
+            fields = [f"{field}={info[field]}" for field in CONTENT_FIELDS if info.get(field)]
+            if fields:
+                yield path.as_posix(), f"{info.get('size')}:{','.join(fields)}"
+            else:
+                (data,) = self.read([self.where(*path.parts)])
+                yield path.as_posix(), hashlib.sha256(data).hexdigest()
+
+
+Folder = LocalFolder | ObjectFolder
+
+
+def open_folder(path: str, base_dir: Path | None) -> Folder:
+    """The folder a definition names: a URL opened through fsspec, else a path (relative to `base_dir`)."""
+    if is_url(path):
+        return ObjectFolder(path)
+    given = Path(path)
+    return LocalFolder(given if given.is_absolute() else (base_dir or Path.cwd()) / given)
+
+
+def class_folders(folder: Folder, split: float | str) -> list[str]:
     """The class names of an image folder: its sub-folders (of `train/` when split="folders"), sorted.
 
     Raises:
         DataError: when the folder is missing or has no class sub-folders.
     """
-    root = folder / "train" if split == "folders" else folder
-    if not root.is_dir():
-        raise DataError(f"{root} is not a folder")
-    names = sorted(child.name for child in root.iterdir() if child.is_dir() and not child.name.startswith("."))
+    parts = ("train",) if split == "folders" else ()
+    if not folder.is_folder(*parts):
+        raise DataError(f"{folder.where(*parts)} is not a folder")
+    names = folder.subfolders(*parts)
     if not names:
-        raise DataError(f"{root} has no class sub-folders (expected one folder of images per class)")
+        raise DataError(f"{folder.where(*parts)} has no class sub-folders (expected one folder of images per class)")
     return names
 
 
 def probe(params: dict[str, Any], base_dir: Path) -> Probed:
     """The class names a declared image folder implies: its class sub-folders."""
-    return Probed(class_names=class_folders(base_dir / params["path"], params["split"]))
+    return Probed(class_names=class_folders(open_folder(params["path"], base_dir), params["split"]))
 
 
 def split_files(
-    folder: Path, class_names: tuple[str, ...], split: float | str, split_seed: int
-) -> dict[str, list[tuple[Path, int]]]:
-    """(file, label) pairs per split. A ratio split draws each class's test files with `split_seed`, so both
-    splits keep the class balance and adding a class does not reshuffle the others."""
+    folder: Folder, class_names: tuple[str, ...], split: float | str, split_seed: int
+) -> dict[str, list[tuple[Any, int]]]:
+    """(file, label) pairs per split: the `train/` and `test/` trees, or each class's files with its test files
+    drawn by `draw_test_split`."""
     index = {name: position for position, name in enumerate(class_names)}
     if split == "folders":
-        found: dict[str, list[tuple[Path, int]]] = {}
+        found: dict[str, list[tuple[Any, int]]] = {}
         for part in ("train", "test"):
-            root = folder / part
-            if not root.is_dir():
-                raise DataError(f"{root} is missing; split='folders' expects train/ and test/ trees")
-            unknown = sorted(c.name for c in root.iterdir() if c.is_dir() and c.name not in index)
+            if not folder.is_folder(part):
+                raise DataError(f"{folder.where(part)} is missing; split='folders' expects train/ and test/ trees")
+            unknown = [name for name in folder.subfolders(part) if name not in index]
             if unknown:
-                raise DataError(f"{root} has folders that are not classes: {', '.join(unknown)}")
-            found[part] = [(path, index[name]) for name in class_names for path in _images_under(root / name)]
+                raise DataError(f"{folder.where(part)} has folders that are not classes: {', '.join(unknown)}")
+            found[part] = [(path, index[name]) for name in class_names for path in folder.images_under(part, name)]
         return found
-    if not folder.is_dir():
-        raise DataError(f"{folder} is not a folder (expected one sub-folder of images per class)")
-    return draw_test_split([_images_under(folder / name) for name in class_names], split, split_seed)
+    if not folder.is_folder():
+        raise DataError(f"{folder.where()} is not a folder (expected one sub-folder of images per class)")
+    return draw_test_split([folder.images_under(name) for name in class_names], split, split_seed)
 
 
 def draw_test_split(
@@ -88,7 +201,7 @@ def draw_test_split(
 ) -> dict[str, list[tuple[File, int]]]:
     """(file, label) pairs per split from each class's sorted files (label = the class's position): each class's
     test files drawn with `split_seed`, so both splits keep the class balance and adding a class does not reshuffle
-    the others. Files may be local paths or another filesystem's names (`predict --engine spark` on a URL)."""
+    the others. Files may be paths, URLs or another filesystem's names (`predict --engine spark` on a URL)."""
     rng = np.random.default_rng(split_seed)
     train: list[tuple[File, int]] = []
     test: list[tuple[File, int]] = []
@@ -101,15 +214,19 @@ def draw_test_split(
 
 
 class FolderReader:
-    """Reads labelled image files, decoding each batch on demand (at most one batch of pixels in memory)."""
+    """Reads labelled image files, decoding each batch on demand (at most one batch of pixels in memory).
+
+    Files are paths, or URLs with `fetch` giving their bytes (an `ObjectFolder`'s, one request per batch).
+    """
 
     def __init__(
         self,
-        root: Path | None,
-        files: dict[str, list[tuple[Path, int | None]]],
+        root: Path | str | None,
+        files: dict[str, list[tuple[Any, int | None]]],
         class_names: tuple[str, ...] | None,
         size: tuple[int, int],
         color_mode: str,
+        fetch: Callable[[list[str]], list[bytes]] | None = None,
     ) -> None:
         self.root = root
         self.description = f"image folder {root}" if root else f"{sum(map(len, files.values()))} image files"
@@ -118,6 +235,7 @@ class FolderReader:
         self.size = size
         self.color_mode = color_mode
         self.image_shape = image_shape(size, color_mode)
+        self.fetch = fetch
 
     def splits(self) -> tuple[str, ...]:
         return tuple(self.files)
@@ -129,12 +247,21 @@ class FolderReader:
         files = self.files[split]
         for start in range(0, len(files), batch_size):
             chunk = files[start : start + batch_size]
-            images = np.stack([read_image_file(path, self.size, self.color_mode) for path, _ in chunk])
+            paths = [path for path, _ in chunk]
+            contents = self.fetch(paths) if self.fetch is not None else [None] * len(paths)
+            images = np.stack(
+                [
+                    read_image_file(path, self.size, self.color_mode, data)
+                    for path, data in zip(paths, contents, strict=True)
+                ]
+            )
             labels = None if self.class_names is None else np.array([label for _, label in chunk], np.int64)
-            yield Batch([self.image_id(path) for path, _ in chunk], images, labels)
+            yield Batch([self.image_id(path) for path in paths], images, labels)
 
-    def image_id(self, path: Path) -> str:
+    def image_id(self, path: Path | str) -> str:
         """Image ids are paths relative to the folder, or as given for loose files."""
+        if isinstance(self.root, str):
+            return str(path)[len(self.root) + 1 :]
         return path.relative_to(self.root).as_posix() if self.root else str(path)
 
 
@@ -146,9 +273,12 @@ def native_size(path: Path) -> tuple[tuple[int, int], str]:
 
 def source_reader(source: DataSource) -> FolderReader:
     params = dict(source.params)
-    folder = resolve(source, params["path"])
+    folder = open_folder(params["path"], source.base_dir)
     files = split_files(folder, source.class_names, params["split"], params["split_seed"])
-    return FolderReader(folder, files, source.class_names, tuple(params["image_size"]), params["color_mode"])
+    size, color_mode = tuple(params["image_size"]), params["color_mode"]
+    if isinstance(folder, ObjectFolder):
+        return FolderReader(folder.url, files, source.class_names, size, color_mode, fetch=folder.read)
+    return FolderReader(folder.root, files, source.class_names, size, color_mode)
 
 
 def load(source: DataSource) -> Dataset | StreamingDataset:
@@ -197,14 +327,17 @@ def _check_fits_in_memory(reader: FolderReader) -> None:
 
 
 def fingerprint(source: DataSource, memo_dir: Path | None = None) -> str | None:
-    """Covers every image file's path relative to the folder and the sha256 of its bytes (files unchanged since
-    the last build are not read again: `DigestMemo`); None when the folder is not on this machine."""
-    folder = resolve(source, dict(source.params)["path"])
-    if not folder.is_dir():
+    """Covers every image file's path relative to the folder and a digest of its bytes: the sha256 on disk (files
+    unchanged since the last build are not read again: `DigestMemo`), the content fields of the listing in
+    object storage (`CONTENT_FIELDS`); None when a local folder is not on this machine.
+
+    Raises:
+        DataError: when a folder in object storage cannot be listed.
+    """
+    folder = open_folder(dict(source.params)["path"], source.base_dir)
+    if isinstance(folder, LocalFolder) and not folder.is_folder():
         return None
-    memo = DigestMemo(folder, memo_dir)
     digest = hashlib.sha256(repr(sorted(source.params)).encode())
-    for path in _images_under(folder):
-        digest.update(f"{path.relative_to(folder).as_posix()}\0{memo.digest(path)}\n".encode())
-    memo.save()
+    for relative, content in folder.digests(memo_dir):
+        digest.update(f"{relative}\0{content}\n".encode())
     return digest.hexdigest()

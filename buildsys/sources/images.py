@@ -41,12 +41,13 @@ def _from_pil(image: object, size: tuple[int, int] | None, color_mode: str | Non
 
 
 def read_image_file(
-    path: Path, size: tuple[int, int] | None, color_mode: str | None, data: bytes | None = None
+    path: Path | str, size: tuple[int, int] | None, color_mode: str | None, data: bytes | None = None
 ) -> np.ndarray:
     """Decodes a PNG/JPEG/BMP file into uint8 pixels, converted and resized as asked.
 
-    `data` is the file's content when it was already read elsewhere (Spark's binaryFile reader on an executor),
-    so both engines decode a file with this one function and get the same pixels.
+    `data` is the file's content when it was already read elsewhere (Spark's binaryFile reader on an executor,
+    an object store), so every reader decodes a file with this one function and gets the same pixels; `path`
+    then only names it in errors.
 
     Raises:
         DataError: naming the file when it cannot be decoded.

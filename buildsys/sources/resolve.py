@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from buildsys.errors import SourceError
-from buildsys.sources.image_folder import FolderReader, class_folders, is_image, native_size, split_files
+from buildsys.sources.image_folder import (
+    FolderReader,
+    LocalFolder,
+    class_folders,
+    is_image,
+    native_size,
+    split_files,
+)
 from buildsys.sources.records import Reader
 
 if TYPE_CHECKING:
@@ -108,8 +115,8 @@ def _folder(folder: Path, image_format: ImageFormat) -> Reader:
     if not children:
         return _files(loose, image_format, root=folder)
     split: float | str = "folders" if {"train", "test"} <= {c.name for c in children} else 0.2
-    names = tuple(class_folders(folder, split))
-    files = split_files(folder, names, split, 0)
+    names = tuple(class_folders(LocalFolder(folder), split))
+    files = split_files(LocalFolder(folder), names, split, 0)
     first = next((path for pairs in files.values() for path, _ in pairs), None)
     if first is None:
         raise SourceError(f"{folder} has class folders but no PNG/JPEG/BMP images in them")

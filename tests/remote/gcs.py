@@ -30,5 +30,6 @@ def gcs_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     try:
         yield server
     finally:
+        server.wipe()  # the emulator's in-memory store outlives the server: the next test starts empty
         server.stop()
         gcsfs.GCSFileSystem.clear_instance_cache()

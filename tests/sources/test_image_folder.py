@@ -15,17 +15,20 @@ from buildsys import sources
 from buildsys.cli import main
 from buildsys.errors import DataError, DefinitionError
 from buildsys.sources import image_folder
+from buildsys.sources.images import encode_png
 from buildsys.sources.records import StreamingDataset
 from buildsys.workspace import Workspace
 from tests.conftest import write_definition
 from tests.data_helpers import CLASS_NAMES, ONE_EPOCH_MEMORY, digits, write_folder
+from tests.remote.gcs import gcs_server  # noqa: F401 - fixture
+from tests.remote.s3 import BUCKET, s3  # noqa: F401 - fixture
 
 DEFINITION = """
     from buildsys.dsl import *
 
     model(
         name="folders",
-        data=datasets.image_folder("data/digits", image_size=(16, 12), color_mode="{mode}", split={split}{extra}),
+        data=datasets.image_folder("{path}", image_size=(16, 12), color_mode="{mode}", split={split}{extra}),
         inputs=image_input("image", shape={shape}),
         layers=[Flatten(), Dense(10, activation="softmax")],
         train=train(epochs=1),
@@ -33,8 +36,16 @@ DEFINITION = """
 """
 
 
-def declare(root: Path, mode: str = "grayscale", split: str = "0.25", shape: str = "(16, 12)", extra: str = ""):
-    write_definition(root, "folders.py", DEFINITION.format(mode=mode, split=split, shape=shape, extra=extra))
+def declare(
+    root: Path,
+    mode: str = "grayscale",
+    split: str = "0.25",
+    shape: str = "(16, 12)",
+    extra: str = "",
+    path: str = "data/digits",
+):
+    definition = DEFINITION.format(mode=mode, split=split, shape=shape, extra=extra, path=path)
+    write_definition(root, "folders.py", definition)
     return Workspace(root).targets["//model_defs:folders"].spec.data
 
 
@@ -174,3 +185,83 @@ def test_a_streamed_folder_of_40k_images_trains_an_epoch_in_bounded_memory(works
     # Holding the training images would take all of `decoded` (and tf.data's cache a second copy); what grows is
     # the test split (6 MB), the list of 40,000 file paths, the shuffle buffer and TensorFlow's prefetching.
     assert measured["growth_bytes"] < decoded / 2, measured
+
+
+def upload(folder: Path, prefix: str, scheme: str = "s3") -> str:
+    """Every file under `folder` as an object under `prefix` of the test bucket; the folder's URL."""
+    import fsspec
+
+    store = fsspec.filesystem(scheme)
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            store.pipe_file(f"{BUCKET}/{prefix}/{path.relative_to(folder).as_posix()}", path.read_bytes())
+    return f"{scheme}://{BUCKET}/{prefix}"
+
+
+@pytest.mark.parametrize("scheme", ["s3", "gs"])
+def test_a_folder_in_object_storage_reads_as_the_same_folder_on_disk(
+    workspace: Path, scheme: str, request: pytest.FixtureRequest
+) -> None:
+    """Through s3fs against an S3-compatible server and gcsfs against a GCS emulator: the same classes, split,
+    order and pixels as on disk, held or streamed; the fingerprint comes from the listing (S3's ETag, GCS's MD5
+    and CRC32C) and follows each object's content."""
+    import fsspec
+
+    request.getfixturevalue("s3" if scheme == "s3" else "gcs_server")
+    images, labels = digits(120)
+    folder = write_folder(workspace / "data" / "digits", images, labels, suffixes=(".png", ".jpg"))
+    url = upload(folder, "datasets/digits", scheme)
+    on_disk = sources.load(declare(workspace), None)
+    source = declare(workspace, path=url)
+    assert source.class_names == tuple(CLASS_NAMES)
+    remote = sources.load(source, None)
+    for split in ("x_train", "y_train", "x_test", "y_test"):
+        np.testing.assert_array_equal(getattr(remote, split), getattr(on_disk, split))
+    assert remote.origin == f"image folder {url}"
+
+    streamed = sources.load(declare(workspace, path=url, extra=", stream=True"), None)
+    assert isinstance(streamed, StreamingDataset)
+    np.testing.assert_array_equal(streamed.x_test, on_disk.x_test)
+    chunks = list(streamed.train_chunks())
+    train = np.concatenate([chunk[0] for chunk in chunks]), np.concatenate([chunk[1] for chunk in chunks])
+    assert _rows(*train) == _rows(on_disk.x_train, on_disk.y_train)
+
+    first = sources.fingerprint(source, None)
+    assert first == sources.fingerprint(source, None) and first != sources.fingerprint(declare(workspace), None)
+    some_object = f"{BUCKET}/datasets/digits/{CLASS_NAMES[3]}/00003.png"
+    fsspec.filesystem(scheme).pipe_file(some_object, (folder / CLASS_NAMES[0] / "00000.png").read_bytes())
+    assert sources.fingerprint(source, None) != first
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("s3")
+def test_a_folder_in_object_storage_builds_and_a_changed_object_rebuilds(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import s3fs
+
+    images, labels = digits(100)
+    folder = write_folder(workspace / "data" / "digits", images, labels)
+    declare(workspace, path=upload(folder, "digits"))
+    assert main(["build", "folders", "--workspace", str(workspace), "--quiet"]) == 0
+    assert main(["build", "folders", "--workspace", str(workspace)]) == 0
+    assert "up to date (version 1)" in capsys.readouterr().out
+    s3fs.S3FileSystem().pipe_file(f"{BUCKET}/digits/{CLASS_NAMES[1]}/00001.png", encode_png(images[0]))
+    assert main(["build", "folders", "--workspace", str(workspace), "--quiet"]) == 0
+    assert (workspace / "build-out" / "models" / "folders" / "2" / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (f"s3://{BUCKET}/nothing/here", rf"s3://{BUCKET}/nothing/here is not a folder"),
+        ("s3://no-such-bucket/images", r"s3://no-such-bucket/images: cannot list it: .*"),
+    ],
+)
+@pytest.mark.usefixtures("s3")
+def test_a_folder_in_object_storage_that_cannot_be_read_names_the_definition_line(
+    workspace: Path, url: str, message: str
+) -> None:
+    with pytest.raises(DefinitionError, match=rf"folders.py:\d+: image_folder\('{url}'\): {message}") as caught:
+        declare(workspace, path=url)
+    assert "\n" not in str(caught.value)

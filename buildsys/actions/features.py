@@ -24,6 +24,7 @@ from buildsys.actions.transfer import SPLITS, build_base, featurise
 from buildsys.build import BuildOptions, plan
 from buildsys.cache import DIGESTS_DIR
 from buildsys.errors import BuildsysError, DataError
+from buildsys.sources.image_folder import is_url
 from buildsys.store import OutputTree
 from buildsys.workspace import Target, Workspace
 
@@ -99,11 +100,6 @@ def write_parquet_files(onnx: OnnxOnSpark, reader: FolderReader, files: FolderSp
     the executors with the source's own decoder, and writes its features."""
     import pandas
 
-    if not isinstance(reader.root, Path):
-        raise BuildsysError(
-            f"{reader.root}: featurize --engine spark reads image folders on local paths (its executors read "
-            "through Hadoop's connectors, not fsspec's); featurize this target with the local engine"
-        )
     listed = [(split, index, path, label) for split in SPLITS for index, (path, label) in enumerate(files[split])]
     outputs = onnx.score_files(
         [os.path.abspath(path) for _, _, path, _ in listed],
@@ -154,7 +150,9 @@ def featurize(
         raise BuildsysError(f"{target.label} has no base to featurize; featurize takes a target with base=...")
     dependencies = build_dependencies(workspace, tree, target, options)
     current = plan(target, tree, options, dependencies)
-    on_executors = engine == "spark" and spec.data.kind == "image_folder"
+    # A folder in object storage is read here through fsspec and shipped as pixels: the executors would read it
+    # through Hadoop's connectors, under other URL schemes (s3a:// for s3://).
+    on_executors = engine == "spark" and spec.data.kind == "image_folder" and not is_url(dict(spec.data.params)["path"])
     if on_executors:
         reader = sources.reader(spec.data, options.data_dir)
         files = folder_splits(reader, spec.train.validation_split, current.seed)

@@ -130,3 +130,17 @@ def write_folder(
         else:
             Image.fromarray(image).save(path)
     return root
+
+
+def upload(folder: Path, prefix: str, scheme: str = "s3") -> str:
+    """Every file under `folder` as an object under `prefix` of the tests' bucket (tests/remote: moto's S3 server or
+    the GCS emulator, whichever fixture runs); the folder's URL."""
+    import fsspec
+
+    from tests.remote.s3 import BUCKET  # the GCS emulator's bucket has the same name
+
+    store = fsspec.filesystem(scheme)
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            store.pipe_file(f"{BUCKET}/{prefix}/{path.relative_to(folder).as_posix()}", path.read_bytes())
+    return f"{scheme}://{BUCKET}/{prefix}"

@@ -12,7 +12,8 @@ import pytest
 from buildsys.cli import main
 from buildsys.sources.images import encode_png
 from tests.conftest import run_buildsys, write_definition
-from tests.data_helpers import digits, write_folder
+from tests.data_helpers import digits, upload, write_folder
+from tests.remote.s3 import s3  # noqa: F401 - fixture
 
 pytest.importorskip("pyspark", reason="PySpark is not installed (pip install 'buildsys[spark]')")
 pytestmark = pytest.mark.slow
@@ -238,9 +239,17 @@ model(
 """
 
 
+@pytest.mark.parametrize("where", ["local", "object storage"])
 def test_spark_featurizes_an_image_folder_on_the_executors(
-    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    workspace: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
+    where: str,
 ) -> None:
+    """On a local path the executors read the files (the driver opens none); in object storage (s3:// through
+    fsspec, which the executors' Hadoop connectors do not read) the driver reads them and ships pixels."""
     import pyarrow.parquet as parquet
     from PIL import Image
 
@@ -249,7 +258,11 @@ def test_spark_featurizes_an_image_folder_on_the_executors(
     for index, (image, label) in enumerate(zip(images, labels, strict=True)):  # RGB at 16x16: converted and resized
         (folder / DIGIT_NAMES[label]).mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).resize((16, 16)).convert("RGB").save(folder / DIGIT_NAMES[label] / f"{index:03d}.png")
-    write_definition(workspace, "folder.py", FOLDER_HEAD.format(folder=str(folder)))
+    location = str(folder)
+    if where == "object storage":
+        request.getfixturevalue("s3")
+        location = upload(folder, "colour-digits")
+    write_definition(workspace, "folder.py", FOLDER_HEAD.format(folder=location))
     featurize = ["featurize", "folder_head", "--workspace", str(workspace)]
     assert main(featurize) == 0
     (npz,) = (workspace / "build-out" / "features").glob("small_cnn/*.npz")
@@ -258,7 +271,8 @@ def test_spark_featurizes_an_image_folder_on_the_executors(
         raise AssertionError("the driver opened an image")
 
     with monkeypatch.context() as patched:  # executors are other processes: only the driver's Pillow is patched
-        patched.setattr("PIL.Image.open", driver_opens)
+        if where == "local":
+            patched.setattr("PIL.Image.open", driver_opens)
         assert main([*featurize, "--engine", "spark", "--master", "local[2]"]) == 0
     folder_out = npz.with_suffix(".parquet")
     assert f"60 feature rows written to {folder_out}" in capsys.readouterr().out

@@ -19,7 +19,7 @@ from buildsys.sources.images import encode_png
 from buildsys.sources.records import StreamingDataset
 from buildsys.workspace import Workspace
 from tests.conftest import write_definition
-from tests.data_helpers import CLASS_NAMES, ONE_EPOCH_MEMORY, digits, write_folder
+from tests.data_helpers import CLASS_NAMES, ONE_EPOCH_MEMORY, digits, upload, write_folder
 from tests.remote.gcs import gcs_server  # noqa: F401 - fixture
 from tests.remote.s3 import BUCKET, s3  # noqa: F401 - fixture
 
@@ -185,17 +185,6 @@ def test_a_streamed_folder_of_40k_images_trains_an_epoch_in_bounded_memory(works
     # Holding the training images would take all of `decoded` (and tf.data's cache a second copy); what grows is
     # the test split (6 MB), the list of 40,000 file paths, the shuffle buffer and TensorFlow's prefetching.
     assert measured["growth_bytes"] < decoded / 2, measured
-
-
-def upload(folder: Path, prefix: str, scheme: str = "s3") -> str:
-    """Every file under `folder` as an object under `prefix` of the test bucket; the folder's URL."""
-    import fsspec
-
-    store = fsspec.filesystem(scheme)
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            store.pipe_file(f"{BUCKET}/{prefix}/{path.relative_to(folder).as_posix()}", path.read_bytes())
-    return f"{scheme}://{BUCKET}/{prefix}"
 
 
 @pytest.mark.parametrize("scheme", ["s3", "gs"])

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import boto3
 import pytest
+import requests
 import s3fs
 from moto.server import ThreadedMotoServer
 
@@ -23,6 +24,8 @@ def s3(monkeypatch: pytest.MonkeyPatch) -> Iterator[ThreadedMotoServer]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
+    # moto keeps its buckets in the process, not in the server: every test starts from an empty store.
+    requests.post(f"http://{host}:{port}/moto-api/reset", timeout=10).raise_for_status()
     for name, value in {
         "AWS_ENDPOINT_URL": f"http://{host}:{port}",
         "AWS_ACCESS_KEY_ID": "test-access-key",

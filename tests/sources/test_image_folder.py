@@ -222,6 +222,18 @@ def test_a_folder_in_object_storage_reads_as_the_same_folder_on_disk(
     assert sources.fingerprint(source, None) != first
 
 
+@pytest.mark.usefixtures("s3")
+def test_train_and_test_trees_in_object_storage(workspace: Path) -> None:
+    images, labels = digits(60)
+    write_folder(workspace / "data" / "digits" / "train", images[:40], labels[:40])
+    write_folder(workspace / "data" / "digits" / "test", images[40:], labels[40:])
+    url = upload(workspace / "data" / "digits", "trees")
+    on_disk = sources.load(declare(workspace, split='"folders"'), None)
+    remote = sources.load(declare(workspace, split='"folders"', path=url), None)
+    for split in ("x_train", "y_train", "x_test", "y_test"):
+        np.testing.assert_array_equal(getattr(remote, split), getattr(on_disk, split))
+
+
 @pytest.mark.slow
 @pytest.mark.usefixtures("s3")
 def test_a_folder_in_object_storage_builds_and_a_changed_object_rebuilds(

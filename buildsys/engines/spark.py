@@ -32,7 +32,7 @@ import numpy as np
 
 from buildsys.dsl.datasets import image_shape
 from buildsys.errors import BuildsysError, DataError, SourceError
-from buildsys.sources.image_folder import draw_test_split
+from buildsys.sources.image_folder import ListedFolder, folder_layout
 from buildsys.sources.images import IMAGE_SUFFIXES, decode_cell, read_image_file
 from buildsys.sources.resolve import open_sources
 from buildsys.sources.sql import is_database_url, is_filesystem_url
@@ -279,8 +279,8 @@ class FilesScored:
     """Image files read by Spark's binaryFile source under `locations` and decoded and scored on the executors.
 
     The driver lists the file names (never their content): local folders and files with the local engine's own
-    reader, a folder at a filesystem URL through Spark's listing (`_folder_splits`), with the same class folders,
-    split and order; executors map each file they read back to its row in that listing.
+    reader, a folder at a filesystem URL by laying out Spark's listing the same way (`image_folder.folder_layout`):
+    the same class folders, split and order; executors map each file they read back to its row in that listing.
     """
 
     def __init__(
@@ -436,7 +436,10 @@ def _url_input(spark: _SparkModel, text: str, columns: tuple[str | None, str | N
         return ParquetScored(spark, url, columns)
     if any(columns):
         raise BuildsysError("--image-column, --label-column and --id-column apply to Parquet inputs only")
-    class_names, splits = _folder_splits(url, files)
+    images = {relative: uri for uri, relative in files.items() if relative.suffix in SPARK_IMAGE_SUFFIXES}
+    if not images:
+        raise DataError(f"{url} holds no PNG/JPEG/BMP images and no Parquet files (as Spark lists it)")
+    class_names, splits = folder_layout(ListedFolder(url, images))
     if split and split not in splits:
         raise SourceError(f"{url} has no {split} split (it has: {', '.join(splits)})")
     listed = [
@@ -466,51 +469,6 @@ def _listing(session: Any, url: str) -> dict[str, PurePosixPath]:
         except ValueError:
             raise DataError(f"{url}: Spark listed {row.path}, which is not under it") from None
     return files
-
-
-def _folder_splits(
-    url: str, files: dict[str, PurePosixPath]
-) -> tuple[tuple[str, ...] | None, dict[str, list[tuple[str, int | None]]]]:
-    """The class names (None: loose images) and the (file, label) pairs per split of an image folder known only
-    by its listing, exactly as the local engine reads a folder on disk (`resolve.open_sources`): `train/` and
-    `test/` trees of class folders, class folders split 80/20 with seed 0, or loose images. A class folder is
-    one that holds images (a listing has no empty folders)."""
-    images = sorted(
-        ((relative, uri) for uri, relative in files.items() if relative.suffix in SPARK_IMAGE_SUFFIXES),
-        key=lambda pair: pair[0],
-    )
-    if not images:
-        raise DataError(f"{url} holds no PNG/JPEG/BMP images and no Parquet files (as Spark lists it)")
-    folders = sorted({relative.parts[0] for relative, _ in images if len(relative.parts) > 1})
-    if not folders:
-        return None, {"all": [(uri, None) for _, uri in images]}
-
-    def under(*parts: str) -> list[str]:
-        return [
-            uri
-            for relative, uri in images
-            if relative.parts[: len(parts)] == parts and len(relative.parts) > len(parts)
-        ]
-
-    if {"train", "test"} <= set(folders):
-        names = sorted(
-            {relative.parts[1] for relative, _ in images if relative.parts[0] == "train" and len(relative.parts) > 2}
-        )
-        if not names:
-            raise DataError(
-                f"{url}/train has no class sub-folders with images (expected one folder of images per class)"
-            )
-        unknown = sorted(
-            {relative.parts[1] for relative, _ in images if relative.parts[0] == "test" and len(relative.parts) > 2}
-            - set(names)
-        )
-        if unknown:
-            raise DataError(f"{url}/test has folders that are not classes: {', '.join(unknown)}")
-        return tuple(names), {
-            part: [(uri, label) for label, name in enumerate(names) for uri in under(part, name)]
-            for part in ("train", "test")
-        }
-    return tuple(folders), draw_test_split([under(name) for name in folders], 0.2, 0)
 
 
 def _spark_read(location: str, what: str, read: Callable[[], Result]) -> Result:

@@ -15,7 +15,7 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -24,8 +24,6 @@ from buildsys.dsl.datasets import DataSource, Probed, image_shape
 from buildsys.errors import DataError, describe_failure
 from buildsys.sources.images import IMAGE_SUFFIXES, read_image_file
 from buildsys.sources.records import Batch, Dataset, StreamingDataset, read_all
-
-File = TypeVar("File")
 
 STREAM_CHUNK = 256  # training images decoded at a time when streaming
 MEMORY_SHARE = 0.5  # a folder held in memory may take at most this share of the machine's memory
@@ -68,6 +66,10 @@ class LocalFolder:
     def images_under(self, *parts: str) -> list[Path]:
         return sorted(path for path in self.root.joinpath(*parts).rglob("*") if is_image(path))
 
+    def loose_images(self) -> list[Path]:
+        """The images directly in the folder, not in a sub-folder."""
+        return sorted(path for path in self.root.iterdir() if is_image(path))
+
     def digests(self, memo_dir: Path | None) -> Iterator[tuple[str, str]]:
         """(relative path, sha256) of every image; unchanged files are not read again (`DigestMemo`)."""
         memo = DigestMemo(self.root, memo_dir)
@@ -76,31 +78,15 @@ class LocalFolder:
         memo.save()
 
 
-class ObjectFolder:
-    """A folder in object storage, known by one listing taken when it is opened; its files are URLs.
+class ListedFolder:
+    """A folder known only by a listing of its image files: their paths relative to it, and the name each is read
+    by (its URL). There are no folders in a listing, only names with slashes, so a sub-folder is a prefix that some
+    image has (an empty folder does not exist). What Spark lists (`predict --engine spark` on a URL) is one."""
 
-    Object stores have no folders, only names with slashes, so a sub-folder is a name prefix that some image has
-    (an empty folder does not exist there). Errors of the storage library (no such bucket, no credentials, an
-    endpoint that does not answer) are one `DataError` line naming the URL.
-    """
-
-    def __init__(self, url: str) -> None:
-        import fsspec
-
+    def __init__(self, url: str, names: dict[PurePosixPath, str]) -> None:
         self.url = url.rstrip("/")
-        try:
-            self.fs, root = fsspec.core.url_to_fs(self.url)
-            self.root = root.rstrip("/")
-            listing = self.fs.find(self.root, detail=True)
-        except Exception as error:  # the storage libraries raise their own types, not only OSError
-            raise DataError(f"{self.url}: cannot list it: {describe_failure(error)}") from None
-        self.info: dict[PurePosixPath, dict[str, Any]] = {}
-        for name, info in listing.items():
-            relative = name[len(self.root) + 1 :] if name.startswith(f"{self.root}/") else ""
-            path = PurePosixPath(relative)
-            if relative and path.suffix.lower() in IMAGE_SUFFIXES and info.get("type", "file") == "file":
-                self.info[path] = info
-        self.listed = sorted(self.info)
+        self.names = names
+        self.listed = sorted(names)
 
     def where(self, *parts: str) -> str:
         return "/".join((self.url, *parts))
@@ -117,10 +103,37 @@ class ObjectFolder:
 
     def images_under(self, *parts: str) -> list[str]:
         return [
-            self.where(*path.parts)
+            self.names[path]
             for path in self.listed
             if path.parts[: len(parts)] == parts and len(path.parts) > len(parts)
         ]
+
+    def loose_images(self) -> list[str]:
+        return [self.names[path] for path in self.listed if len(path.parts) == 1]
+
+
+class ObjectFolder(ListedFolder):
+    """A folder in object storage through fsspec, listed once when it is opened; its files are URLs. Errors of the
+    storage library (no such bucket, no credentials, an endpoint that does not answer) are one `DataError` line
+    naming the URL."""
+
+    def __init__(self, url: str) -> None:
+        import fsspec
+
+        url = url.rstrip("/")
+        try:
+            self.fs, root = fsspec.core.url_to_fs(url)
+            self.root = root.rstrip("/")
+            listing = self.fs.find(self.root, detail=True)
+        except Exception as error:  # the storage libraries raise their own types, not only OSError
+            raise DataError(f"{url}: cannot list it: {describe_failure(error)}") from None
+        self.info: dict[PurePosixPath, dict[str, Any]] = {}
+        for name, info in listing.items():
+            relative = name[len(self.root) + 1 :] if name.startswith(f"{self.root}/") else ""
+            path = PurePosixPath(relative)
+            if relative and path.suffix.lower() in IMAGE_SUFFIXES and info.get("type", "file") == "file":
+                self.info[path] = info
+        super().__init__(url, {path: "/".join((url, *path.parts)) for path in self.info})
 
     def read(self, urls: list[str]) -> list[bytes]:
         """The objects' bytes, fetched together (concurrently where the storage library can)."""
@@ -144,7 +157,7 @@ class ObjectFolder:
                 yield path.as_posix(), hashlib.sha256(data).hexdigest()
 
 
-Folder = LocalFolder | ObjectFolder
+Folder = LocalFolder | ListedFolder
 
 
 def open_folder(path: str, base_dir: Path | None) -> Folder:
@@ -178,8 +191,9 @@ def probe(params: dict[str, Any], base_dir: Path) -> Probed:
 def split_files(
     folder: Folder, class_names: tuple[str, ...], split: float | str, split_seed: int
 ) -> dict[str, list[tuple[Any, int]]]:
-    """(file, label) pairs per split: the `train/` and `test/` trees, or each class's files with its test files
-    drawn by `draw_test_split`."""
+    """(file, label) pairs per split: the `train/` and `test/` trees, or each class's sorted files with its test
+    files drawn with `split_seed`, so both splits keep the class balance and adding a class does not reshuffle the
+    others."""
     index = {name: position for position, name in enumerate(class_names)}
     if split == "folders":
         found: dict[str, list[tuple[Any, int]]] = {}
@@ -193,24 +207,29 @@ def split_files(
         return found
     if not folder.is_folder():
         raise DataError(f"{folder.where()} is not a folder (expected one sub-folder of images per class)")
-    return draw_test_split([folder.images_under(name) for name in class_names], split, split_seed)
-
-
-def draw_test_split(
-    files_by_class: list[list[File]], split: float, split_seed: int
-) -> dict[str, list[tuple[File, int]]]:
-    """(file, label) pairs per split from each class's sorted files (label = the class's position): each class's
-    test files drawn with `split_seed`, so both splits keep the class balance and adding a class does not reshuffle
-    the others. Files may be paths, URLs or another filesystem's names (`predict --engine spark` on a URL)."""
     rng = np.random.default_rng(split_seed)
-    train: list[tuple[File, int]] = []
-    test: list[tuple[File, int]] = []
-    for label, files in enumerate(files_by_class):
+    train: list[tuple[Any, int]] = []
+    test: list[tuple[Any, int]] = []
+    for label, name in enumerate(class_names):
+        files = folder.images_under(name)
         held = max(1, round(len(files) * split)) if len(files) > 1 else 0
         chosen = set(rng.permutation(len(files))[:held].tolist())
         for position, path in enumerate(files):
             (test if position in chosen else train).append((path, label))
     return {"train": train, "test": test}
+
+
+def folder_layout(folder: Folder) -> tuple[tuple[str, ...] | None, dict[str, list[tuple[Any, int | None]]]]:
+    """How a folder named on the command line reads (no definition says its layout): `train/` and `test/` trees of
+    class folders, class folders split 80/20 with seed 0 (as `datasets.image_folder` does by default), or, without
+    sub-folders, its loose images unlabelled. Returns the class names (None for loose images) and the (file,
+    label) pairs per split (`all` for loose images)."""
+    children = folder.subfolders()
+    if not children:
+        return None, {"all": [(path, None) for path in folder.loose_images()]}
+    split: float | str = "folders" if {"train", "test"} <= set(children) else 0.2
+    names = tuple(class_folders(folder, split))
+    return names, split_files(folder, names, split, 0)
 
 
 class FolderReader:

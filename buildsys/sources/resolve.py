@@ -22,14 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from buildsys.errors import SourceError
-from buildsys.sources.image_folder import (
-    FolderReader,
-    LocalFolder,
-    class_folders,
-    is_image,
-    native_size,
-    split_files,
-)
+from buildsys.sources.image_folder import FolderReader, LocalFolder, folder_layout, is_image, native_size
 from buildsys.sources.records import Reader
 
 if TYPE_CHECKING:
@@ -110,13 +103,9 @@ def _declared(label: str, workspace: Workspace | None) -> Reader:
 
 
 def _folder(folder: Path, image_format: ImageFormat) -> Reader:
-    children = [child for child in folder.iterdir() if child.is_dir() and not child.name.startswith(".")]
-    loose = sorted(path for path in folder.iterdir() if is_image(path))
-    if not children:
-        return _files(loose, image_format, root=folder)
-    split: float | str = "folders" if {"train", "test"} <= {c.name for c in children} else 0.2
-    names = tuple(class_folders(LocalFolder(folder), split))
-    files = split_files(LocalFolder(folder), names, split, 0)
+    names, files = folder_layout(LocalFolder(folder))
+    if names is None:
+        return _files([path for path, _ in files["all"]], image_format, root=folder)
     first = next((path for pairs in files.values() for path, _ in pairs), None)
     if first is None:
         raise SourceError(f"{folder} has class folders but no PNG/JPEG/BMP images in them")

@@ -425,12 +425,10 @@ def _url_input(spark: _SparkModel, text: str, columns: tuple[str | None, str | N
     """A Parquet table or an image folder at a filesystem URL, told apart as for local paths: a `.parquet` name,
     or a folder holding `*.parquet` files, is a table; any other folder is an image folder."""
     url, _, split = text.partition("#")
-    if url.lower().endswith(".parquet"):
-        if split:
-            raise BuildsysError(f"{text}: a Parquet table has no #train or #test split")
-        return ParquetScored(spark, url, columns)
-    files = _spark_read(url, "a folder", lambda: _listing(spark.session, url))
-    if any(len(relative.parts) == 1 and relative.suffix.lower() == ".parquet" for relative in files.values()):
+    files = (
+        None if url.lower().endswith(".parquet") else _spark_read(url, "a folder", lambda: _listing(spark.session, url))
+    )
+    if files is None or any(len(path.parts) == 1 and path.suffix.lower() == ".parquet" for path in files.values()):
         if split:
             raise BuildsysError(f"{text}: a Parquet table has no #train or #test split")
         return ParquetScored(spark, url, columns)

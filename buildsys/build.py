@@ -415,7 +415,10 @@ class BuildJob:
         with self.reporter.action("report"):
             probabilities = np.load(kept.folder / TEST_PROBABILITIES_FILE, allow_pickle=False)
             if probabilities.shape != (len(splits.y_test), len(plan.spec.class_names)):
-                raise BuildsysError(f"{kept.folder / TEST_PROBABILITIES_FILE}: not this test split's probabilities")
+                raise BuildsysError(
+                    f"{kept.folder / TEST_PROBABILITIES_FILE}: not this test split's probabilities "
+                    f"({probabilities.shape}); build --force trains the candidate again"
+                )
             shutil.rmtree(staging)
             shutil.copytree(kept.folder, staging, ignore=shutil.ignore_patterns(TEST_PROBABILITIES_FILE))
             manifest = {

@@ -7,6 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from buildsys.cache import cache_key
@@ -185,6 +186,17 @@ def test_a_kept_candidate_that_a_relaxed_gate_passes_is_published_without_traini
     capsys.readouterr()
 
     write_definition(tmp_path, "digits.py", WEAK.replace("max_regression=0.01", "max_regression=0.9"))
+    probabilities = rejected / "test_probabilities.npy"
+    kept_probabilities = probabilities.read_bytes()
+    np.save(probabilities, np.zeros((3, 10), np.float32))  # damaged: it must not be drawn into a report
+    assert main(["build", "digits", "--workspace", str(tmp_path), "--quiet"]) == 1
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert error == (
+        f"error: {probabilities}: not this test split's probabilities ((3, 10)); build --force trains the candidate "
+        "again"
+    )
+    assert not (tmp_path / "build-out" / "models" / "digits" / "2").exists()
+    probabilities.write_bytes(kept_probabilities)
     assert main(["build", "digits", "--workspace", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert f"the candidate rejected earlier ({rejected}) passes the gate now; publishing it untrained" in out

@@ -19,6 +19,7 @@ from typing import Any
 
 from buildsys import __version__
 from buildsys.errors import BuildsysError, UsageError
+from buildsys.sources.image_folder import listed_once
 from buildsys.store import OutputTree
 from buildsys.tuning import TUNERS
 from buildsys.workspace import Workspace, open_workspace, output_root
@@ -774,7 +775,8 @@ def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         _check_data_dir_environment(args)
-        return args.func(args)
+        with listed_once():  # one listing of a folder in object storage per command
+            return args.func(args)
     except BuildsysError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code

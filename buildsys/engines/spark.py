@@ -482,7 +482,12 @@ def _spark_read(location: str, what: str, read: Callable[[], Result]) -> Result:
         reason = str(error.java_exception.toString()) if isinstance(error, Py4JJavaError) else str(error)
         lines = [line.strip() for line in reason.splitlines() if line.strip()]
         message = f"{location}: Spark cannot read it as {what}: {lines[0] if lines else reason}"
-        if re.search(r"No FileSystem for scheme|ClassNotFoundException: Class \S+FileSystem", message):
+        if re.search(r'No FileSystem for scheme "s3"', message):
+            # Stock Hadoop has no s3:// (EMR's EMRFS does); its S3 connector is S3A, and s3fs takes s3a:// too,
+            # so one spelling names the folder for the build and for Spark.
+            message += f" (Hadoop's S3 connector reads s3a://{location.split('://', 1)[1]}, with hadoop-aws on "
+            message += "Spark's classpath; datasets.image_folder takes s3a:// too)"
+        elif re.search(r"No FileSystem for scheme|ClassNotFoundException: Class \S+FileSystem", message):
             message += (
                 " (put the filesystem's connector on Spark's classpath: spark.jars.packages in spark-defaults.conf)"
             )

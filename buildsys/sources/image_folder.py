@@ -5,7 +5,9 @@ Owns listing, the seeded per-class train/test split, decoding with resizing, loa
 path relative to the folder and a digest of its bytes). A folder is a local path (`LocalFolder`) or a URL of
 object storage that fsspec opens (`ObjectFolder`: `s3://`, `gs://`, ...; s3fs or gcsfs installed): both answer
 the same few questions (its sub-folders, the images under one), so the layout, the split and the order are
-computed once, the same way, for both. Never TensorFlow.
+computed once, the same way, for both. Within `listed_once()` (one command of the command line) a URL is listed
+once: the class names a definition takes, the build's fingerprint and the images it reads come from one listing, so
+a bucket that changes during a build cannot key one set of objects and train on another. Never TensorFlow.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import hashlib
 import os
 import re
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -159,11 +163,34 @@ class ObjectFolder(ListedFolder):
 
 Folder = LocalFolder | ListedFolder
 
+# The folders in object storage listed in the current `listed_once()` scope, by URL; None outside one.
+_listings: ContextVar[dict[str, ObjectFolder] | None] = ContextVar("listings", default=None)
+
+
+@contextmanager
+def listed_once() -> Iterator[None]:
+    """A scope in which each folder in object storage is listed once, however often it is opened: declaring the
+    definition, fingerprinting and loading a folder of a million objects would otherwise list it three times, and
+    could see three different listings. Local folders are read as they are each time (their fingerprint digests
+    the files themselves)."""
+    token = _listings.set({})
+    try:
+        yield
+    finally:
+        _listings.reset(token)
+
 
 def open_folder(path: str, base_dir: Path | None) -> Folder:
-    """The folder a definition names: a URL opened through fsspec, else a path (relative to `base_dir`)."""
+    """The folder a definition names: a URL opened through fsspec (its listing shared within `listed_once()`),
+    else a path (relative to `base_dir`)."""
     if is_url(path):
-        return ObjectFolder(path)
+        listings = _listings.get()
+        if listings is None:
+            return ObjectFolder(path)
+        url = path.rstrip("/")
+        if url not in listings:
+            listings[url] = ObjectFolder(url)
+        return listings[url]
     given = Path(path)
     return LocalFolder(given if given.is_absolute() else (base_dir or Path.cwd()) / given)
 

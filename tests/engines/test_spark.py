@@ -146,6 +146,7 @@ def test_spark_reads_a_parquet_table_of_png_bytes(
         ("file:///nonexistent/table.parquet", "Spark cannot read it as a Parquet table: [PATH_NOT_FOUND]"),
         ("file:///nonexistent/images", "Spark cannot read it as a folder: [PATH_NOT_FOUND]"),
         ("s3a://bucket/t.parquet", "S3AFileSystem not found (put the filesystem's connector on Spark's classpath"),
+        ("s3://bucket/images", 'No FileSystem for scheme "s3" (Hadoop\'s S3 connector reads s3a://bucket/images,'),
     ],
 )
 def test_spark_names_a_url_it_cannot_read_in_one_line(

@@ -10,12 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from buildsys import sources
+from buildsys.actions.data import check_and_split
+from buildsys.build import onnx_outputs
 from buildsys.cache import cache_key
 from buildsys.cli import main
 from buildsys.dsl import Dense, Flatten, datasets, evaluate, image_input, model, train
 from buildsys.dsl.specs import EvaluateSpec
 from buildsys.errors import DefinitionError
 from buildsys.gate import judge
+from buildsys.workspace import Workspace
 from modelrepo import Manifest
 from tests.conftest import REPO, write_definition
 
@@ -197,6 +201,12 @@ def test_a_kept_candidate_that_a_relaxed_gate_passes_is_published_without_traini
     )
     assert not (tmp_path / "build-out" / "models" / "digits" / "2").exists()
     probabilities.write_bytes(kept_probabilities)
+    # A candidate kept without them (fetched from a remote cache and rejected here) has its ONNX model run over
+    # the test split instead, which gives the probabilities its Keras model was judged on.
+    spec = Workspace(tmp_path).targets["//model_defs:digits"].spec
+    x_test = check_and_split(sources.load(spec.data, None), spec, spec.train.seed).x_test
+    np.testing.assert_allclose(onnx_outputs(rejected, kept, x_test), np.load(probabilities), atol=1e-5)
+    probabilities.unlink()
     assert main(["build", "digits", "--workspace", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert f"the candidate rejected earlier ({rejected}) passes the gate now; publishing it untrained" in out

@@ -33,7 +33,15 @@ from buildsys.cache import DIGESTS_DIR, CacheKey, cache_key, file_sha256
 from buildsys.console import Reporter, warn_once
 from buildsys.dsl.specs import ModelSpec, validate
 from buildsys.errors import BuildsysError, DefinitionError
-from buildsys.gate import TEST_PROBABILITIES_FILE, QualityGateError, Verdict, judge, reject, rejected_dir
+from buildsys.gate import (
+    TEST_PROBABILITIES_FILE,
+    QualityGateError,
+    Verdict,
+    accuracy_of,
+    judge,
+    reject,
+    rejected_dir,
+)
 from buildsys.graph import Dependency
 from buildsys.model_index import write_index
 from buildsys.store import WEIGHTS_FILE, OutputTree
@@ -161,8 +169,34 @@ class Plan:
             features_path(tree, self.target, self.dependencies, data_fingerprint, self.seed) if spec.transfer else None
         )
         paths = dataclasses.replace(self.paths, work_dir=tree.work_dir(spec.name, key.digest), features=features)
-        published = tree.find_version(spec.name, key.digest, self.newer_than)
+        published = find_published(tree, spec, key, self.newer_than)
         return dataclasses.replace(self, key=key, paths=paths, published_version=published)
+
+
+def find_published(tree: OutputTree, spec: ModelSpec, key: CacheKey, newer_than: int = 0) -> int | None:
+    """The published version built from `key`; else the newest one trained from the same inputs under another
+    quality gate (or none) when it passes this build's gate: a gate judges a trained model and changes nothing in
+    it, so a changed gate judges the published model again instead of training the same model again. Reads
+    manifests only (no TensorFlow)."""
+    found = tree.find_version(spec.name, key.digest, newer_than)
+    if found is not None:
+        return found
+    trained = tree.find_trained(spec.name, key.training_digest, newer_than)
+    return trained if trained is not None and regate(tree, spec, trained).passed else None
+
+
+def regate(tree: OutputTree, spec: ModelSpec, version: int) -> Verdict:
+    """The definition's gate on a published version, as if it were being published now: against the latest
+    version, or, when it is the latest, against the version it replaced."""
+    versions = tree.versions(spec.name)
+    earlier = [other for other in versions if other < version]
+    baseline = versions[-1] if versions[-1] != version else (earlier[-1] if earlier else None)
+    manifest = tree.manifest(spec.name, version)
+    accuracy = accuracy_of(manifest.metrics)
+    if accuracy is None:  # a version that recorded no test accuracy cannot be judged
+        return Verdict(spec.evaluate is not None, 0.0, failures=[f"version {version} records no test accuracy"])
+    candidate = {"metrics": {"accuracy": accuracy}, "data_fingerprint": manifest.data_fingerprint}
+    return judge(spec.evaluate, candidate, tree.manifest(spec.name, baseline) if baseline else None)
 
 
 def resolve_hparams(spec: ModelSpec, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -322,18 +356,42 @@ class BuildJob:
     def lookup(self, plan: Plan) -> int | None:
         """The published version built from the plan's key, looked up again under the lock: another build of the
         same target may have published it while this one waited."""
-        return self.tree.find_version(plan.spec.name, plan.key.digest, plan.newer_than)
+        return find_published(self.tree, plan.spec, plan.key, plan.newer_than)
 
     def up_to_date(self, plan: Plan, version: int) -> BuildResult:
         """Reports `version` and repairs the model-level files (and the version's copies) when that version is the
         latest and they are missing, stale (a build killed after its rename) or written with other serving
-        settings (`max_batch_size`)."""
+        settings (`max_batch_size`). The result carries the version's own key, which dependents are keyed on: a
+        version trained under another gate keeps the key it was built with."""
         name = plan.spec.name
         if self.tree.versions(name)[-1] == version:
             for path in self.tree.refresh_model_files(name, plan.spec.export.max_batch_size):
                 self.reporter.say(f"rewrote {path}")
+        content_hash = self.tree.manifest(name, version).content_hash
+        if content_hash != plan.key.digest:
+            self.reporter.say(
+                f"version {version} was trained from these inputs under another quality gate; it passes this one"
+            )
         self.reporter.result(f"up to date (version {version})")
-        return BuildResult(plan.label, "up to date", version, plan.key.digest)
+        return BuildResult(plan.label, "up to date", version, content_hash)
+
+    def _check_gate_of_published(self, plan: Plan) -> None:
+        """Fails the build at once when a published version was trained from these inputs under another gate and
+        fails this one (`find_published` takes one that passes): the same training would be rejected the same
+        way. `--force` trains.
+
+        Raises:
+            QualityGateError: naming the version and why this gate rejects it.
+        """
+        trained = self.tree.find_trained(plan.spec.name, plan.key.training_digest, plan.newer_than)
+        if trained is None or plan.spec.evaluate is None or plan.options.strategy == "multi-worker":
+            return
+        verdict = regate(self.tree, plan.spec, trained)
+        raise QualityGateError(
+            f"{plan.label}: rejected by the quality gate: {'; '.join(verdict.failures)}; published version "
+            f"{trained} was trained from these inputs under another gate and stays published; nothing was trained; "
+            "build --force trains it again"
+        )
 
     def _run_locked(self, plan: Plan) -> BuildResult:
         started = time.perf_counter()
@@ -341,6 +399,8 @@ class BuildJob:
             return self.up_to_date(plan, found)
         if plan.key is not None and (fetched := self._fetch(plan)) is not None:
             return fetched
+        if plan.key is not None:
+            self._check_gate_of_published(plan)
         kept = self._kept_candidate(plan) if plan.key is not None else None
         splits = self.load_data(plan)
         if plan.key is None:  # the data was fetched just now: key the build on what arrived
@@ -352,6 +412,7 @@ class BuildJob:
                 return self.up_to_date(plan, found)
             if (fetched := self._fetch(plan)) is not None:
                 return fetched
+            self._check_gate_of_published(plan)
             kept = self._kept_candidate(plan)
         staging = self.tree.staging_dir(plan.spec.name)
         try:
@@ -578,6 +639,7 @@ def _run_actions(
         "name": spec.name,
         "label": plan.label,
         "content_hash": key.digest,
+        "training_digest": key.training_digest,  # what a build under another gate finds it by (`find_trained`)
         "created": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "platform": PLATFORM,
         "origin": {"kind": "built"},  # a remote cache hit records the cache and key instead (buildsys.remote)

@@ -146,6 +146,8 @@ def plan_all(
     def step(target: Target, dependencies: tuple[Dependency, ...]) -> Dependency:
         current = plans[target.label] = plan(target, tree, options, dependencies)
         digest = current.key.digest if current.key else UNPLANNED
+        if current.published_version is not None:  # its own key: it may have been built under another gate
+            digest = tree.manifest(target.name, current.published_version).content_hash
         return resolved(target, tree, digest, current.published_version, dependencies)
 
     walk(workspace, targets, step)

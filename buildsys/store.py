@@ -177,6 +177,18 @@ class OutputTree:
                 return version
         return None
 
+    def find_trained(self, name: str, training_digest: str, newer_than: int = 0) -> int | None:
+        """The newest published version (above `newer_than`) trained from the inputs with `training_digest`, the
+        digest of a key without its quality gate (`CacheKey.training_digest`): one whose manifest records it, or
+        one built without a gate, whose key is that digest."""
+        for version in reversed(self.versions(name)):
+            if version <= newer_than:
+                break
+            manifest = self.manifest(name, version)
+            if training_digest in (manifest.extra.get("training_digest"), manifest.content_hash):
+                return version
+        return None
+
     def weights_digest(self, name: str, version: int) -> str | None:
         """The sha256 of a version's trained Keras weights, as its manifest recorded it (or hashed now, for
         versions built before it was recorded); None when the version has no weights file."""

@@ -120,7 +120,7 @@ WEAK = """
 
 
 @pytest.mark.slow
-def test_weakened_model_is_rejected_and_a_good_one_published(
+def test_weakened_model_is_rejected_and_a_gate_judges_the_published_model_again(
     digits_workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     shutil.copytree(digits_workspace / "build-out", tmp_path / "build-out")
@@ -170,8 +170,27 @@ def test_weakened_model_is_rejected_and_a_good_one_published(
             "    train=train(", "    evaluate=evaluate(min_accuracy=0.9, max_regression=0.02),\n    train=train(", 1
         )
     )
+    # The published model's own definition with a gate added: the gate judges version 1, trained from the same
+    # inputs, instead of training the same model again; a gate that version 1 fails fails at once.
     (tmp_path / "model_defs" / "digits.py").write_text(good)
+    assert main(["build", "digits", "--workspace", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "version 1 was trained from these inputs under another quality gate; it passes this one" in out
+    assert "up to date (version 1)" in out
     assert main(["build", "digits", "--workspace", str(tmp_path), "--quiet"]) == 0
+    assert "up to date (version 1)" in capsys.readouterr().out
+    (tmp_path / "model_defs" / "digits.py").write_text(good.replace("min_accuracy=0.9,", "min_accuracy=0.9999,"))
+    assert main(["build", "digits", "--workspace", str(tmp_path), "--quiet"]) == 1
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    assert re.fullmatch(
+        r"error: //model_defs:digits: rejected by the quality gate: test accuracy 0\.\d{4} is below min_accuracy "
+        r"0\.9999; published version 1 was trained from these inputs under another gate and stays published; "
+        r"nothing was trained; build --force trains it again",
+        error,
+    ), error
+    assert sorted(p.name for p in models.iterdir() if p.name.isdigit()) == ["1"]
+    (tmp_path / "model_defs" / "digits.py").write_text(good)
+    assert main(["build", "digits", "--workspace", str(tmp_path), "--quiet", "--force"]) == 0
     assert sorted(p.name for p in models.iterdir() if p.name.isdigit()) == ["1", "2"]
     gate = json.loads((models / "2" / "manifest.json").read_text())["quality_gate"]
     assert gate["passed"] and gate["baseline_version"] == 1 and gate["same_data"] is True

@@ -99,6 +99,35 @@ def test_changing_the_base_makes_the_head_stale(transfer_workspace: tuple[Path, 
     assert states["//model_defs:digits_cnn"] == states["//model_defs:digits_transfer"] == "stale"
 
 
+def test_a_gate_added_to_the_base_judges_it_again_and_the_chain_stays_up_to_date(
+    transfer_workspace: tuple[Path, subprocess.CompletedProcess],
+) -> None:
+    """A quality gate changes nothing in a trained model: the published base is judged by it instead of trained
+    again, and its dependent, keyed on the base version's own key, stays up to date (no TensorFlow imported)."""
+    root, _ = transfer_workspace
+    gated = root / "gated"
+    shutil.copytree(root / "model_defs", gated / "model_defs")
+    os.symlink(root / "build-out", gated / "build-out")
+    cnn = gated / "model_defs" / "digits_cnn.py"
+    cnn.write_text(
+        cnn.read_text().replace("    train=train(", "    evaluate=evaluate(min_accuracy=0.5),\n    train=train(", 1)
+    )
+    assert "evaluate=evaluate(min_accuracy=0.5)" in cnn.read_text()
+    probe = (
+        "import sys\nfrom buildsys.cli import main\ncode = main(['build', '//model_defs:digits_transfer'])\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow was imported'\n"
+        "sys.exit(code)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=gated, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "version 1 was trained from these inputs under another quality gate; it passes this one" in result.stdout
+    assert re.search(r"//model_defs:digits_cnn +\S+ +up to date \(v1\)\n", result.stdout), result.stdout
+    assert re.search(r"//model_defs:digits_transfer +\S+ +up to date \(v1\)\n", result.stdout), result.stdout
+    listed = run_buildsys("list", "--json", cwd=gated)
+    states = {row["label"]: row["state"] for row in json.loads(listed.stdout)}
+    assert states["//model_defs:digits_cnn"] == states["//model_defs:digits_transfer"] == "up to date"
+
+
 def test_a_retrained_base_invalidates_its_dependents_cached_features(
     transfer_workspace: tuple[Path, subprocess.CompletedProcess], tmp_path: Path
 ) -> None:

@@ -26,6 +26,18 @@ def manifest(root: Path, name: str, version: int) -> dict:
     return json.loads((root / "build-out" / "models" / name / str(version) / "manifest.json").read_text())
 
 
+def build_the_head_without_tensorflow(root: Path) -> subprocess.CompletedProcess:
+    """`build //model_defs:digits_transfer` in a fresh process that must succeed without importing TensorFlow."""
+    probe = (
+        "import sys\nfrom buildsys.cli import main\ncode = main(['build', '//model_defs:digits_transfer'])\n"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow was imported'\n"
+        "sys.exit(code)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
 @pytest.fixture(scope="module")
 def transfer_workspace(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
     """A clean workspace with digits_cnn and digits_transfer, after `build //model_defs:digits_transfer`."""
@@ -75,13 +87,7 @@ def test_noop_build_of_the_chain_stays_tensorflow_free(
     transfer_workspace: tuple[Path, subprocess.CompletedProcess],
 ) -> None:
     root, _ = transfer_workspace
-    probe = (
-        "import sys\nfrom buildsys.cli import main\ncode = main(['build', '//model_defs:digits_transfer'])\n"
-        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow was imported'\n"
-        "sys.exit(code)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    result = build_the_head_without_tensorflow(root)
     assert "digits_cnn: up to date (version 1)" in result.stdout
     assert "digits_transfer: up to date (version 1)" in result.stdout
 
@@ -113,13 +119,7 @@ def test_a_gate_added_to_the_base_judges_it_again_and_the_chain_stays_up_to_date
         cnn.read_text().replace("    train=train(", "    evaluate=evaluate(min_accuracy=0.5),\n    train=train(", 1)
     )
     assert "evaluate=evaluate(min_accuracy=0.5)" in cnn.read_text()
-    probe = (
-        "import sys\nfrom buildsys.cli import main\ncode = main(['build', '//model_defs:digits_transfer'])\n"
-        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow was imported'\n"
-        "sys.exit(code)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", probe], cwd=gated, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+    result = build_the_head_without_tensorflow(gated)
     assert "version 1 was trained from these inputs under another quality gate; it passes this one" in result.stdout
     assert re.search(r"//model_defs:digits_cnn +\S+ +up to date \(v1\)\n", result.stdout), result.stdout
     assert re.search(r"//model_defs:digits_transfer +\S+ +up to date \(v1\)\n", result.stdout), result.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -144,3 +145,18 @@ def upload(folder: Path, prefix: str, scheme: str = "s3") -> str:
         if path.is_file():
             store.pipe_file(f"{BUCKET}/{prefix}/{path.relative_to(folder).as_posix()}", path.read_bytes())
     return f"{scheme}://{BUCKET}/{prefix}"
+
+
+def url_texts() -> Any:
+    """Hypothesis text built from the pieces URLs are made of (schemes, brackets, credentials, ports, `${VAR}`,
+    percent escapes, control characters) and a little noise: what a user may type after --remote-cache or in a
+    definition's URL."""
+    from hypothesis import strategies as st
+
+    pieces = st.sampled_from(
+        ["http://", "https://", "file://", "s3://", "gs://", "gcs://", "sqlite:///", "mysql+pymysql://",
+         "postgresql://", "hdfs://", "[", "]", "@", ":", "/", "?", "#", "%", "%zz", "${X}", "${DB_PORT}", "..",
+         "host", ":99999", ":-1", ":abc", "\x00", " ", "\n", "é", "user:pa@ss", "[::1]", "[::1", "bucket", "a=b&c",
+         "\\"]
+    )  # fmt: skip
+    return st.lists(pieces | st.text(max_size=5), max_size=8).map("".join)

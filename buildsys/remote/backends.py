@@ -61,11 +61,19 @@ class Backend(Protocol):
 
 def display_url(url: str) -> str:
     """`url` without user name and password: what messages and manifests may show."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # not a URL urllib can split (an unclosed IPv6 bracket, a port that is no number)
+        scheme, separator, rest = url.partition("://")
+        authority, slash, path = rest.partition("/")
+        if "@" in authority:  # whatever comes before the host may be a user name and password
+            authority = "…@" + authority.rsplit("@", 1)[1]
+        return f"{scheme}{separator}{authority}{slash}{path}".rstrip("/")
     if parts.username is None and parts.password is None:
         return url.rstrip("/")
     host = parts.hostname or ""
-    netloc = f"{host}:{parts.port}" if parts.port else host
+    netloc = f"{host}:{port}" if port else host
     return urlunsplit((parts.scheme, netloc, parts.path, "", "")).rstrip("/")
 
 
@@ -277,7 +285,10 @@ def open_backend(url: str, headers: dict[str, str] | None = None, ca_file: Path 
     Raises:
         RemoteConfigError: for another scheme, or headers / a CA file given to a backend that cannot use them.
     """
-    scheme = urlsplit(url).scheme.lower()
+    try:
+        scheme = urlsplit(url).scheme.lower()
+    except ValueError as error:  # an unclosed IPv6 bracket, for one
+        raise RemoteConfigError(f"--remote-cache {display_url(url)}: not a URL ({error})") from None
     if scheme in ("http", "https"):
         return HttpBackend(url, headers or {}, ca_file)
     if scheme in ("file", "s3", "gs", "gcs"):

@@ -52,15 +52,35 @@ def read_image_file(
     Raises:
         DataError: naming the file when it cannot be decoded.
     """
+    from PIL import UnidentifiedImageError
+
+    try:
+        return _decode_image(path if data is None else io.BytesIO(data), size, color_mode)
+    except UnidentifiedImageError:  # Pillow's own message names the file again, or an anonymous buffer
+        raise DataError(f"{path}: cannot decode the image (not a PNG, JPEG or BMP image)") from None
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except DataError as error:
+        raise DataError(f"{path}: {error}") from None
+
+
+def _decode_image(source: Path | str | io.BytesIO, size: tuple[int, int] | None, color_mode: str | None) -> np.ndarray:
+    """Pillow's decoding of one image, its failures on bad bytes as one `DataError` (the caller says where).
+
+    Pillow raises many types for corrupt input besides OSError (SyntaxError from a plugin's parser, struct.error,
+    zlib.error, EOFError, DecompressionBombError for a header that claims billions of pixels): any of them
+    means these bytes are not an image it can decode.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path if data is None else io.BytesIO(data)) as image:
+        with Image.open(source) as image:
             return _from_pil(image, size, color_mode)
-    except UnidentifiedImageError:  # Pillow's own message names the file again, or an anonymous buffer
-        raise DataError(f"{path}: cannot decode the image (not a PNG, JPEG or BMP image)") from None
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path}: cannot decode the image ({error})") from None
+    except (UnidentifiedImageError, FileNotFoundError):
+        raise
+    except Exception as error:  # see the docstring: every type here is a corrupt image
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"cannot decode the image ({detail})") from None
 
 
 def sniff(data: bytes) -> str | None:
@@ -111,19 +131,17 @@ def decode_cell(
 
 def _decode(data: bytes, kind: str | None, shape: tuple[int, ...], unsafe_pickle: bool, where: str) -> np.ndarray:
     if kind in ("png", "jpeg", "bmp"):
-        from PIL import Image, UnidentifiedImageError
+        from PIL import UnidentifiedImageError
 
         color_mode = "rgb" if len(shape) == 3 and shape[2] == 3 else "grayscale"
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                return _from_pil(image, shape[:2], color_mode)
-        except (OSError, UnidentifiedImageError, ValueError) as error:
-            raise DataError(f"{where}: cannot decode the {kind.upper()} image ({error})") from None
+            return _decode_image(io.BytesIO(data), shape[:2], color_mode)
+        except UnidentifiedImageError:
+            raise DataError(f"{where}: cannot decode the {kind.upper()} image (not a {kind.upper()} image)") from None
+        except DataError as error:
+            raise DataError(f"{where}: {str(error).replace('the image', f'the {kind.upper()} image', 1)}") from None
     if kind == "npy":
-        try:
-            return np.load(io.BytesIO(data), allow_pickle=False)
-        except ValueError as error:
-            raise DataError(f"{where}: cannot read the .npy array ({error}); object arrays are refused") from None
+        return read_npy(data, where)
     if kind == "raw":
         if len(data) != int(np.prod(shape)):
             raise DataError(f"{where}: holds {len(data)} bytes; raw pixels shaped {shape} need {int(np.prod(shape))}")
@@ -136,6 +154,25 @@ def _decode(data: bytes, kind: str | None, shape: tuple[int, ...], unsafe_pickle
         f"{where}: {len(data)} bytes in no known image format; expected PNG, JPEG, BMP, .npy, or "
         f"{int(np.prod(shape))} raw pixel bytes for shape {shape}"
     )
+
+
+def read_npy(data: bytes, where: str) -> np.ndarray:
+    """A `.npy` array from stored bytes, with `allow_pickle=False`.
+
+    Raises:
+        DataError: `where` and why: object arrays are refused; a damaged header or body (NumPy raises ValueError,
+            SyntaxError or tokenize errors from parsing the header, EOFError or OSError for a short body).
+    """
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as error:
+        if "allow_pickle" in str(error):
+            refused = "holds an object array; object arrays are refused (reading one unpickles it)"
+            raise DataError(f"{where}: {refused}") from None
+        raise DataError(f"{where}: cannot read the .npy array ({str(error).splitlines()[0]})") from None
+    except Exception as error:  # the header is parsed as a Python literal: any failure is damage
+        damage = type(error).__name__
+        raise DataError(f"{where}: cannot read the .npy array (a damaged header or body: {damage})") from None
 
 
 def conform(pixels: np.ndarray, shape: tuple[int, ...], where: str) -> np.ndarray:

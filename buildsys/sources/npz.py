@@ -22,13 +22,23 @@ from buildsys.sources.records import ArrayReader
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
 
 
+def _damaged(path: Path, error: BaseException) -> DataError:
+    """One line for a file that zipfile or NumPy cannot read. A damaged archive or array raises many types
+    (BadZipFile, zlib.error, EOFError, OSError, ValueError; SyntaxError and tokenize errors from an `.npy` header,
+    which NumPy parses as a Python literal; NotImplementedError for an unknown compression): all mean the same."""
+    detail = str(error).splitlines()[0] if str(error) else ""
+    if isinstance(error, ValueError) and "allow_pickle" in detail:
+        return DataError(f"{path}: holds an object array; object arrays are refused (reading one unpickles it)")
+    return DataError(f"{path} is not a readable .npz file ({type(error).__name__}{': ' + detail if detail else ''})")
+
+
 def _check_members(path: Path) -> zipfile.ZipFile:
     if not path.is_file():
         raise DataError(f"{path} does not exist")
     try:
         archive = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as error:
-        raise DataError(f"{path} is not an .npz file ({error})") from None
+    except Exception as error:  # see _damaged
+        raise _damaged(path, error) from None
     missing = [name for name in ARRAYS if f"{name}.npy" not in archive.namelist()]
     if missing:
         archive.close()
@@ -44,22 +54,33 @@ def describe(path: Path) -> tuple[tuple[int, ...], list[str]]:
         DataError: for a missing or malformed file.
     """
     with _check_members(path) as archive:
-        with archive.open("x_train.npy") as stream:
-            try:
+        try:
+            with archive.open("x_train.npy") as stream:
                 version = np.lib.format.read_magic(stream)
                 read_header = (
                     np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
                 )
                 shape, _, _ = read_header(stream)
-            except ValueError as error:
-                raise DataError(f"{path}: x_train is not a .npy array ({error})") from None
-        if len(shape) not in (3, 4):
-            raise DataError(f"{path}: x_train is shaped {shape}; expected (N, H, W) or (N, H, W, C)")
-        if "class_names.npy" in archive.namelist():
-            with archive.open("class_names.npy") as stream:
-                return tuple(shape[1:]), [str(name) for name in np.load(stream, allow_pickle=False)]
-    labels = np.concatenate([_load(path)[name] for name in ("y_train", "y_test")])
+            names = None
+            if "class_names.npy" in archive.namelist():
+                with archive.open("class_names.npy") as stream:
+                    names = np.load(stream, allow_pickle=False)
+        except Exception as error:  # see _damaged
+            raise _damaged(path, error) from None
+    if len(shape) not in (3, 4):
+        raise DataError(f"{path}: x_train is shaped {shape}; expected (N, H, W) or (N, H, W, C)")
+    if names is not None:
+        if names.ndim != 1 or names.dtype.kind not in "USiu" or not names.size:
+            raise DataError(
+                f"{path}: class_names must be a non-empty 1-D array of strings; it is {names.dtype} shaped "
+                f"{names.shape}"
+            )
+        return tuple(shape[1:]), [str(name) for name in names]
+    arrays = _load(path)
+    labels = np.concatenate([_labels(path, arrays, split) for split in ("train", "test")])
     top = int(labels.max()) if labels.size else 0
+    if labels.size and labels.min() < 0:
+        raise DataError(f"{path}: labels must be class indices from 0; y holds {int(labels.min())}")
     return tuple(shape[1:]), [str(index) for index in range(top + 1)]
 
 
@@ -73,21 +94,35 @@ def _load(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as arrays:
             return {name: arrays[name] for name in arrays.files}
-    except ValueError as error:
-        raise DataError(f"{path}: cannot read ({error}); object arrays are refused") from None
+    except Exception as error:  # members are read here, lazily: see _damaged
+        raise _damaged(path, error) from None
+
+
+def _labels(path: Path, arrays: dict[str, np.ndarray], split: str) -> np.ndarray:
+    labels = arrays[f"y_{split}"].reshape(-1)
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path}: y_{split} must hold integer class indices; received dtype {labels.dtype}")
+    return labels.astype(np.int64)
 
 
 def open_npz(path: Path, class_names: tuple[str, ...] | None = None) -> ArrayReader:
-    """A reader over the file's two splits; labels must be integers."""
+    """A reader over the file's two splits: images of one numeric type and shape, one integer label each."""
     _check_members(path).close()
     arrays = _load(path)
     names = class_names or tuple(describe(path)[1])
     splits = {}
     for split in ("train", "test"):
-        images, labels = arrays[f"x_{split}"], arrays[f"y_{split}"].reshape(-1)
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise DataError(f"{path}: y_{split} must hold integer class indices; received dtype {labels.dtype}")
-        splits[split] = (images, labels.astype(np.int64))
+        images, labels = arrays[f"x_{split}"], _labels(path, arrays, split)
+        if images.ndim not in (3, 4) or images.shape[1:] != arrays["x_train"].shape[1:]:
+            raise DataError(
+                f"{path}: x_{split} is shaped {images.shape}; expected (N, H, W) or (N, H, W, C) with the images of "
+                f"x_train ({arrays['x_train'].shape[1:]})"
+            )
+        if not (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)):
+            raise DataError(f"{path}: x_{split} must hold pixel numbers; received dtype {images.dtype}")
+        if len(images) != len(labels):
+            raise DataError(f"{path}: x_{split} has {len(images)} images but y_{split} {len(labels)} labels")
+        splits[split] = (images, labels)
     return ArrayReader(f"npz file {path}", splits, names)
 
 

@@ -102,8 +102,8 @@ def is_filesystem_url(text: str) -> bool:
         make_url(text).get_dialect()
     except NoSuchModuleError:
         return True
-    except ArgumentError:  # not a well-formed URL: the database path says what is wrong with it
-        return False
+    except (ArgumentError, ValueError):  # not a well-formed URL (a port that is no number): the database path says
+        return False  # what is wrong with it
     return False
 
 

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from buildsys.remote.backends import RemoteConfigError, RemoteUnavailableError, display_url, open_backend, parse_headers
+from tests.data_helpers import url_texts
 from tests.remote import gcs
 from tests.remote.nginx import TOKEN
 from tests.remote.s3 import BUCKET
@@ -160,6 +161,20 @@ def test_bad_settings_are_one_line(tmp_path: Path) -> None:
     assert "secret-value" not in str(caught.value)
     assert parse_headers(["X-Team: ml", "Authorization: Basic YTpi"]) == {"X-Team": "ml", "Authorization": "Basic YTpi"}
     assert display_url("https://u:p@cache.example:8443/x/") == "https://cache.example:8443/x"
+    # Text urllib cannot split still hides what may be a password.
+    with pytest.raises(RemoteConfigError, match=r"^--remote-cache https://…@\[cache:8443/x: not a URL") as caught:
+        open_backend("https://user:secret@[cache:8443/x")
+    assert "secret" not in str(caught.value)
+    assert display_url("https://user:secret@cache:port/x") == "https://…@cache:port/x"
+
+
+@settings(max_examples=300, deadline=None)
+@given(url=url_texts())
+def test_any_remote_cache_url_opens_or_is_one_line_without_its_password(url: str) -> None:
+    try:
+        open_backend(url)
+    except RemoteConfigError as error:
+        assert "\n" not in str(error) or "\n" in url, error
 
 
 @settings(max_examples=100, deadline=None)

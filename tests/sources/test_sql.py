@@ -11,14 +11,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
 
 from buildsys import sources
 from buildsys.actions.data import StreamSplits, check_and_split
 from buildsys.errors import DataError, DefinitionError
 from buildsys.sources.images import decode_cell, encode_npy, encode_png
+from buildsys.sources.sql import expand_url, is_database_url, is_filesystem_url
 from buildsys.workspace import Workspace
 from tests.conftest import run_buildsys, write_definition
-from tests.data_helpers import CLASS_NAMES, ONE_EPOCH_MEMORY, digits, sql_definition, write_table
+from tests.data_helpers import CLASS_NAMES, ONE_EPOCH_MEMORY, digits, sql_definition, url_texts, write_table
 
 
 def target(root: Path, name: str = "sqldigits"):
@@ -283,3 +285,14 @@ def test_a_password_with_url_characters_reaches_mariadb(workspace: Path, mariadb
     message = str(refused.value)
     assert "Access denied for user 'reader'" in message and shown(expand_url(url)) in message
     assert all(fragment not in message for fragment in ("p@ss", "w%rd", "evil", "y=z")), message
+
+
+@settings(max_examples=300, deadline=None)
+@given(url=url_texts())
+def test_any_url_text_is_told_apart_and_parsed_or_refused_in_one_line(url: str) -> None:
+    """Whether text names a database or a filesystem never fails; parsing it gives a URL or one DataError."""
+    assert not (is_filesystem_url(url) and not is_database_url(url))
+    try:
+        expand_url(url)
+    except DataError as error:
+        assert "\n" not in str(error) or "\n" in url, error

@@ -458,7 +458,9 @@ class BuildJob:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        return BuildResult(plan.label, "fetched", version, plan.key.digest, manifest.metrics.get("test", {}))
+        # Its own key, which dependents are keyed on: one fetched by its training digest was built under another gate.
+        test = manifest.metrics.get("test", {})
+        return BuildResult(plan.label, "fetched", version, manifest.content_hash, test)
 
     def _kept_candidate(self, plan: Plan) -> KeptCandidate | None:
         """The candidate an earlier build of the same training kept when the gate rejected it, judged by this

@@ -44,6 +44,11 @@ class BuildCache:
             return None
         key, name = plan.key.digest, plan.spec.name
         fetched = self.cache.fetch(key, name, staging)
+        if fetched is None and plan.key.training_digest != key:
+            # The same training under another gate (or none): this build's gate judges it below, as it judges a
+            # local version trained from the same inputs (`buildsys.build.find_published`).
+            key = plan.key.training_digest
+            fetched = self.cache.fetch(key, name, staging)
         if fetched is None:
             return None
         manifest = fetched.manifest.to_json()
@@ -63,9 +68,10 @@ class BuildCache:
         return typed
 
     def upload(self, plan: Plan, version_dir: Path, say: Callable[[str], None]) -> None:
-        """Stores a version this build published under the plan's key, unless uploads are off."""
+        """Stores a version this build published under the plan's key and its training digest, unless uploads are
+        off."""
         if not self.cache.settings.upload:
             return
-        sent = self.cache.upload(version_dir, plan.key.digest)
+        sent = self.cache.upload(version_dir, plan.key.digest, also=(plan.key.training_digest,))
         if sent is not None:
             say(f"uploaded to remote cache {self.cache.display} ({sent / 1e6:.1f} MB new)")

@@ -3,7 +3,8 @@
 Upload sends every file of the version folder as a blob (skipping blobs the cache already has), then the record —
 last, so a record never names a blob that was not stored. Fetch reads the record, streams each blob into the
 staging folder while hashing it, and then checks what arrived: every digest and size, the manifest's name and
-`content_hash` against the local cache key, and the ONNX model against the recorded parity probe. Only then does
+`content_hash` (or `training_digest`, for a lookup by the training digest) against the key looked up, and the ONNX
+model against the recorded parity probe. Only then does
 the build publish it, through the store's publish like any local build. Blobs move `MAX_CONNECTIONS` at a time,
 largest first, as Bazel's remote cache client moves them concurrently: over a link with a round trip of tens of
 milliseconds, one request after another would spend most of a hit waiting; the first failure stops the others.
@@ -23,7 +24,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,7 +168,8 @@ class RemoteCache:
             manifest = read_manifest(staging)
         except FormatError as error:
             raise CorruptEntryError(str(error).replace(str(staging), "staging")) from None
-        if manifest.content_hash != key or manifest.name != name:
+        # An entry is looked up by its key, or by its training digest (the same training under another gate).
+        if key not in (manifest.content_hash, manifest.extra.get("training_digest")) or manifest.name != name:
             raise CorruptEntryError("manifest.json is of another build (its name or content_hash differs)")
         for role, path in manifest.files.items():
             if path not in record.files and not any(listed.startswith(f"{path}/") for listed in record.files):
@@ -175,8 +177,10 @@ class RemoteCache:
         check_probe(staging, manifest)
         return manifest
 
-    def upload(self, version_dir: Path, key: str) -> int | None:
-        """Stores a published version under `key`; returns the bytes sent, or None when the upload failed.
+    def upload(self, version_dir: Path, key: str, also: Sequence[str] = ()) -> int | None:
+        """Stores a published version under `key`, and its record under the keys in `also` too (its training
+        digest, by which a build under another gate finds it); returns the bytes sent, or None when the upload
+        failed.
 
         Raises:
             RemoteRequiredError: the cache is unavailable and `required` is set (the version stays published
@@ -189,7 +193,8 @@ class RemoteCache:
                 by_blob.setdefault(entry.digest, (path, entry))  # identical files are one blob, sent once
             files = dict(by_blob.values())
             sent = sum(_each_file(files, lambda path, entry: self._upload_one(version_dir, path, entry)))
-            self.backend.put_record(key, record.to_bytes())
+            for each in dict.fromkeys((key, *also)):
+                self.backend.put_record(each, record.to_bytes())
         except RemoteUnavailableError as error:
             self._unavailable(error, "upload", "the version is published locally only")
             return None

@@ -130,6 +130,36 @@ def test_a_second_workspace_fetches_instead_of_training(uploaded: dict, cache: N
     np.testing.assert_array_equal(outputs[0], outputs[1])
 
 
+def test_a_workspace_with_another_gate_fetches_the_same_training_and_judges_it(
+    uploaded: dict, cache: Nginx, second: Path
+) -> None:
+    """A gate added to the definition changes the key but not the training: the entry found by the training
+    digest is fetched and judged by this gate, published as the version it is (its own key), and up to date
+    afterwards; a gate it fails keeps it out."""
+    definition = second / "model_defs" / "digits.py"
+    gate = "    evaluate=evaluate(min_accuracy=0.5),\n"
+    definition.write_text(definition.read_text().replace("    train=train(", f"{gate}    train=train(", 1))
+    assert gate in definition.read_text()
+    result = run_buildsys("build", "digits", "--remote-cache", cache.url, "--no-remote-upload", cwd=second)
+    assert result.returncode == 0, result.stderr
+    assert "fetched from remote cache" in result.stdout and "verified; no training" in result.stdout
+    assert not _ours(result.stderr), result.stderr
+    manifest = _manifest(second)
+    assert manifest["content_hash"] == uploaded["key"] and manifest["quality_gate"]["passed"]
+    again = run_buildsys("build", "digits", "--remote-cache", cache.url, cwd=second)
+    assert "up to date (version 1)" in again.stdout, again.stdout
+
+    strict = second.parent / "strict"
+    shutil.copytree(second / "model_defs", strict / "model_defs")
+    strict_definition = strict / "model_defs" / "digits.py"
+    strict_definition.write_text(strict_definition.read_text().replace("min_accuracy=0.5", "min_accuracy=0.9999"))
+    result = run_buildsys("build", "digits", "--remote-cache", cache.url, "--no-remote-upload", cwd=strict)
+    assert result.returncode == 1
+    (error,) = _ours(result.stderr)
+    assert error.startswith("error: //model_defs:digits: rejected by the quality gate: test accuracy"), error
+    assert not (strict / "build-out" / "models" / "digits" / "1").exists()
+
+
 def test_a_corrupt_blob_is_a_warning_and_a_local_build(cache: Nginx, second: Path) -> None:
     blob = max(cache.blobs(), key=lambda path: path.stat().st_size)
     data = bytearray(blob.read_bytes())

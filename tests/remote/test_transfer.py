@@ -105,6 +105,30 @@ def test_upload_then_fetch_gives_the_same_files_verified(cache_url: str, tmp_pat
     assert cache.fetch("6f" * 32, "digits", staging) is None and not warnings  # a plain miss says nothing
 
 
+def test_a_version_is_also_found_by_its_training_digest_and_by_no_other_key(cache_url: str, tmp_path: Path) -> None:
+    """Uploaded under its key and its training digest (what a build under another gate looks up): the record
+    under the training digest fetches it when its manifest records that digest, and is unusable otherwise."""
+    training = "7a" * 32
+    version = make_version(tmp_path / "built" / "3")
+    manifest = json.loads((version / "manifest.json").read_text())
+    (version / "manifest.json").write_text(json.dumps({**manifest, "training_digest": training}))
+    warnings = Warnings()
+    cache = RemoteCache(RemoteSettings(cache_url), warn=warnings)
+    cache.upload(version, KEY, also=(training,))
+    for key in (KEY, training):
+        staging = tmp_path / f"staging-{key[:2]}"
+        staging.mkdir()
+        fetched = cache.fetch(key, "digits", staging)
+        assert fetched is not None and fetched.manifest.content_hash == KEY and not warnings
+        assert fetched.manifest.extra["origin"]["key"] == key
+    other = make_version(tmp_path / "other" / "3")  # records no training digest: found by its key only
+    cache.upload(other, KEY, also=("8b" * 32,))
+    staging = tmp_path / "staging-other"
+    staging.mkdir()
+    assert cache.fetch("8b" * 32, "digits", staging) is None
+    assert len(warnings) == 1 and "is of another build" in warnings[0]
+
+
 def _uploaded(nginx, tmp_path: Path) -> tuple[RemoteCache, Warnings, Path]:
     warnings = Warnings()
     cache = RemoteCache(RemoteSettings(nginx.url), warn=warnings)

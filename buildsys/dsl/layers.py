@@ -150,8 +150,9 @@ def _target_shape(value: Any) -> str | None:
     return None if ok else "a tuple of positive ints (at most one -1)"
 
 
-def _float(value: Any) -> str | None:
-    return None if isinstance(value, int | float) and not isinstance(value, bool) else "a number"
+def _non_negative_float(value: Any) -> str | None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+    return None if ok else "a number >= 0"
 
 
 # --- shape inference: (input shape without batch, arguments) -> output shape, or ValueError --------------------
@@ -276,7 +277,7 @@ LAYER_TYPES: dict[str, LayerType] = {
     "Dropout": LayerType({"rate": _rate, "seed": _positive_int, **_COMMON}, ("rate",), _same_shape),
     "BatchNormalization": LayerType({"momentum": _rate, "epsilon": _positive_float, **_COMMON}, (), _same_shape),
     "Activation": LayerType({"activation": _activation, **_COMMON}, ("activation",), _same_shape),
-    "LeakyReLU": LayerType({"negative_slope": _float, **_COMMON}, (), _same_shape),
+    "LeakyReLU": LayerType({"negative_slope": _non_negative_float, **_COMMON}, (), _same_shape),
 }
 
 

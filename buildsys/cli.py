@@ -50,6 +50,15 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see: {self.prog} --help)\n")
 
 
+def _seed(text: str) -> int:
+    """`--seed` checked up front, as `train(seed=...)` is: NumPy's and scikit-learn's generators take 32-bit seeds."""
+    from buildsys.dsl.datasets import MAX_SEED
+
+    if not text.strip().isdigit() or int(text) > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expects an int in [0, 2**32 - 1], not {text!r}")
+    return int(text)
+
+
 def _existing_folder(text: str) -> Path:
     """`--data-dir` checked up front: a missing folder or a file is bad input, not a later missing-dataset hint."""
     path = Path(text).expanduser()
@@ -578,7 +587,7 @@ def make_parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--cluster", help="multi-worker: HOST:PORT of the chief, then of each worker (sets TF_CONFIG)")
     build.add_argument("--task", help="multi-worker: this process in --cluster, chief:0 or worker:N")
-    build.add_argument("--seed", type=int, help="override the definition's seed")
+    build.add_argument("--seed", type=_seed, help="override the definition's seed")
     build.add_argument(
         "--hparams", help="hyperparameter values, NAME=VALUE[,NAME=VALUE...]; 'best' for the last tune's values"
     )
@@ -639,7 +648,7 @@ def make_parser() -> argparse.ArgumentParser:
     tune.add_argument("--max-trials", type=int, help="trials to run (bayesian, random; default 10)")
     tune.add_argument("--epochs", type=int, help="epochs per trial (hyperband: the most; default: the definition's)")
     tune.add_argument("--objective", default="val_accuracy", help="metric to optimise, on the validation split")
-    tune.add_argument("--seed", type=int, help="override the definition's seed")
+    tune.add_argument("--seed", type=_seed, help="override the definition's seed")
     tune.add_argument("--overwrite", action="store_true", help="start over instead of resuming an earlier search")
     tune.add_argument(
         "--role",

@@ -62,6 +62,17 @@ class DataSource:
         return {"kind": self.kind, **dict(self.params), "class_names": list(self.class_names)}
 
 
+# Seeds go to NumPy's and scikit-learn's generators, which take 32-bit seeds.
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: Any, argument: str, location: Location | None) -> int:
+    """`seed` as an int in [0, 2**32 - 1], else one DefinitionError naming `argument` (`train(seed=...)`)."""
+    if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED):
+        raise DefinitionError(f"{argument} expects an int in [0, 2**32 - 1]. Received: {describe(seed)}.", location)
+    return seed
+
+
 def _class_names(given: Any, default: list[str], location: Location | None) -> tuple[str, ...]:
     names = default if given is None else given
     if not isinstance(names, list | tuple) or not names or not all(isinstance(n, str) and n for n in names):
@@ -97,6 +108,7 @@ def sklearn_digits(test_fraction: float = 0.2, split_seed: int = 0) -> DataSourc
         raise DefinitionError(
             f"test_fraction must be a float in (0, 1). Received: {describe(test_fraction)}.", location
         )
+    check_seed(split_seed, "sklearn_digits(split_seed=...)", location)
     params = (("test_fraction", test_fraction), ("split_seed", split_seed))
     names = tuple(str(digit) for digit in range(10))
     return DataSource("sklearn_digits", params, names, (8, 8), location)
@@ -210,6 +222,7 @@ def image_folder(
         raise DefinitionError(
             f"image_folder(stream=...) expects True or False. Received: {describe(stream)}.", location
         )
+    check_seed(split_seed, "image_folder(split_seed=...)", location)
     context = _context("image_folder", location)
     params = (("path", path), ("image_size", list(size)), ("color_mode", color_mode), ("split", split),
               ("split_seed", split_seed))  # fmt: skip

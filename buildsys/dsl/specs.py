@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from buildsys.dsl.bases import Base, FineTuneSpec, HeadSpec, TransferSpec, check_transfer
-from buildsys.dsl.datasets import DataSource
+from buildsys.dsl.datasets import DataSource, check_seed
 from buildsys.dsl.hp import HyperParameter
 from buildsys.dsl.layers import LayerSpec, infer_output_shape
 from buildsys.errors import DefinitionError, Location, caller_location, describe
@@ -255,11 +255,7 @@ def train(
             f"train({label}=...) expects a positive int. Received: {describe(value)}.",
             location,
         )
-    _require(
-        _is_int(seed) and seed >= 0,
-        f"train(seed=...) expects an int >= 0. Received: {describe(seed)}.",
-        location,
-    )
+    check_seed(seed, "train(seed=...)", location)
     _require(
         isinstance(validation_split, float | int) and 0 <= validation_split < 1,
         f"train(validation_split=...) expects a number in [0, 1). Received: {describe(validation_split)}.",

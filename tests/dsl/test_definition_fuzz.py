@@ -90,3 +90,57 @@ def test_a_definition_loads_and_compiles_or_fails_at_its_line(
     hparams = spec.default_hparams()
     model = compile_model(build_model(spec, hparams), spec, hparams)
     assert tuple(model.output_shape) == (None, 10)
+
+
+SEEDS = st.sampled_from(["0", "7", "-1", "2**70", "'x'", "1.5", "None", "True", "hp.Int('s', 0, 3)"])
+DATA = st.one_of(
+    st.builds(lambda fraction, seed: f"datasets.sklearn_digits(test_fraction={fraction}, split_seed={seed})",
+              st.sampled_from(["0.2", "0.5", "0.999", "0", "1.0", "1", "-0.2", "'0.2'", "None"]), SEEDS),
+    st.builds(lambda size, mode, split, seed, names, stream: f"datasets.image_folder('data/digits', "
+              f"image_size={size}, color_mode={mode}, split={split}, split_seed={seed}, class_names={names}, "
+              f"stream={stream})",
+              st.sampled_from(["(8, 8)", "(4, 16)", "(0, 8)", "(8,)", "8", "(8.0, 8)", "(100000, 100000)"]),
+              st.sampled_from(["'grayscale'", "'rgb'", "'cmyk'", "None"]),
+              st.sampled_from(["0.25", "0.5", "0.01", "'folders'", "0", "1.5", "None"]), SEEDS,
+              st.sampled_from(["None", "['a', 'b', 'c']", "[]", "['a', 'a', 'b']", "[1, 2, 3]", "'abc'"]),
+              st.sampled_from(["False", "True", "1"])),
+)  # fmt: skip
+
+DATA_DEFINITION = """
+    from buildsys.dsl import *
+
+    model(
+        name="fuzzed",
+        data={data},
+        inputs=image_input("image", shape=(8, 8)),
+        layers=[Flatten(), Dense(3, activation="softmax")],
+        train=train(epochs=1),
+    )
+"""
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=DATA)
+def test_a_data_declaration_loads_or_fails_at_its_line_or_in_one_data_error(workspace: Path, data: str) -> None:
+    """Whatever a declaration's arguments, the build meets one DefinitionError at its line, or one DataError when
+    the data does not fit the model (three classes, 8 × 8 grayscale), or splits it can train on."""
+    from buildsys import sources
+    from buildsys.actions.data import check_and_split
+    from buildsys.errors import DataError
+    from tests.data_helpers import digits, write_folder
+
+    folder = workspace / "data" / "digits"
+    if not folder.exists():
+        images, labels = digits(30)
+        write_folder(folder, images, labels % 3, class_names=["a", "b", "c"])
+    write_definition(workspace, "fuzzed.py", DATA_DEFINITION.format(data=data))
+    try:
+        spec = Workspace(workspace).targets["//model_defs:fuzzed"].spec
+        splits = check_and_split(sources.load(spec.data, None), spec, spec.train.seed)
+    except DefinitionError as error:
+        assert "\n" not in str(error) and "fuzzed.py:" in str(error), error
+        return
+    except DataError as error:
+        assert "\n" not in str(error), error
+        return
+    assert splits.x_test.shape[1:] == (8, 8) and len(splits.x_test) == len(splits.y_test) > 0

@@ -151,3 +151,28 @@ def test_cli_reports_one_line_exit_2_and_writes_nothing(
     assert code == 2
     assert captured.err.startswith("error: ") and captured.err.count("\n") == 1
     assert not (workspace / "build-out").exists()
+
+
+@pytest.mark.parametrize(
+    ("data", "train_args", "message"),
+    [
+        ("datasets.sklearn_digits(split_seed=-1)", "epochs=1", "sklearn_digits(split_seed=...) expects an int in"),
+        ("datasets.sklearn_digits()", "epochs=1, seed=2**32", "train(seed=...) expects an int in [0, 2**32 - 1]"),
+    ],
+)
+def test_seeds_outside_what_the_generators_take_fail_at_their_line(
+    workspace: Path, data: str, train_args: str, message: str
+) -> None:
+    text = GOOD_LAYERS.format(name="tiny", hidden="").replace("datasets.sklearn_digits()", data)
+    write_definition(workspace, "tiny.py", text.replace("train=train(epochs=1)", f"train=train({train_args})"))
+    assert message in load_error(workspace)
+
+
+def test_a_seed_option_outside_the_generators_range_is_refused_up_front(
+    workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    definition(workspace)
+    with pytest.raises(SystemExit) as exited:
+        main(["build", "tiny", "--workspace", str(workspace), "--seed", str(2**32)])
+    assert exited.value.code == 2
+    assert "--seed: expects an int in [0, 2**32 - 1]" in capsys.readouterr().err

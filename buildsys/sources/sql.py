@@ -151,8 +151,24 @@ def run_query(url: str, base_dir: Path | None, query: str) -> list[tuple[Any, ..
 
 
 def query_class_names(url: str, query: str, base_dir: Path | None) -> list[str]:
-    """Runs a class-names query: one row per class, in class-index order, name in the first column."""
-    return [str(row[0]) for row in run_query(url, base_dir, query)]
+    """Runs a class-names query: one row per class, in class-index order, name in the first column (text, a
+    number, or UTF-8 bytes).
+
+    Raises:
+        DataError: for a NULL name or bytes that are not UTF-8, naming the row (a NULL would become "None").
+    """
+    names = []
+    for row, (value, *_) in enumerate(run_query(url, base_dir, query)):
+        where = f"database {shown(engine_for(url, base_dir).url)}, class_names_query row {row}"
+        if value is None:
+            raise DataError(f"{where}: the class name is NULL")
+        if isinstance(value, bytes | bytearray | memoryview):
+            try:
+                value = bytes(value).decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError(f"{where}: the class name is bytes that are not UTF-8") from None
+        names.append(str(value))
+    return names
 
 
 def probe(params: dict[str, Any], base_dir: Path) -> Probed:

@@ -1,5 +1,6 @@
-"""Data files and cells from outside, fuzzed: image files and database cells (PNG, JPEG, BMP, .npy, raw pixels) and
-`.npz` sources, valid ones mutated byte by byte and structurally. Every input decodes to what its declaration says
+"""Data files and cells from outside, fuzzed: image files and database cells (PNG, JPEG, BMP, .npy, raw pixels),
+`.npz` sources, and whole SQLite tables (cells, labels, class names), valid ones mutated byte by byte and
+structurally. Every input decodes to what its declaration says
 or is refused with one `DataError` line naming it; nothing else escapes. Bounded here; `bench/fuzz_data.py` runs
 the same checks for 10,000+ examples each."""
 
@@ -208,3 +209,78 @@ def test_a_zip_member_cut_short_is_one_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError) as caught:
         npz.open_npz(path)
     _refused_in_one_line(caught.value, str(path))
+
+
+CELL_VALUES = st.one_of(
+    image_bytes().map(lambda cell: cell[0]),
+    st.sampled_from([None, 0, -3, 2.5, "text", b"", "\x89PNG"]),
+)
+LABEL_VALUES = st.sampled_from([0, 1, 2, 9, -1, 10, 2**63 - 1, None, 1.5, "2", "two", b"\x01"])
+NAME_VALUES = st.sampled_from(["a", "b", "c", "", None, 7, "a", b"x", "é" * 40])
+SQL_DEFINITION = """
+    from buildsys.dsl import *
+
+    model(
+        name="fuzzed",
+        data=datasets.sql(
+            "sqlite:///data/{database}",
+            "SELECT id, pixels, label FROM images WHERE part = 'train' ORDER BY id",
+            "SELECT id, pixels, label FROM images WHERE part = 'test' ORDER BY id",
+            "pixels",
+            "label",
+            class_names_query="SELECT name FROM cats ORDER BY idx",
+            image_shape=(8, 8),
+            id_column="id",
+            chunk_size=4,
+        ),
+        inputs=image_input("image", shape=(8, 8)),
+        layers=[Flatten(), Dense(3, activation="softmax")],
+        train=train(epochs=1, validation_split=0.25),
+    )
+"""
+
+
+@FUZZ
+@given(
+    cells=st.lists(st.tuples(CELL_VALUES, LABEL_VALUES), min_size=0, max_size=12),
+    names=st.lists(NAME_VALUES, min_size=0, max_size=4) | st.just(["a", "b", "c"]),
+)
+def test_any_sql_table_trains_as_declared_or_is_one_error(
+    workspace: Path, cells: list[tuple[Any, Any]], names: list[Any]
+) -> None:
+    """A SQLite table of fuzzed cells and labels, and fuzzed class names: the definition loads and every
+    streamed training chunk and the test split check out, or one line says what is wrong and where (the
+    definition's line, or the database and rows)."""
+    import sqlite3
+
+    from buildsys import sources
+    from buildsys.actions.data import check_and_split
+    from buildsys.errors import DefinitionError
+    from buildsys.workspace import Workspace
+    from tests.conftest import write_definition
+
+    valid = encode_png(np.zeros((8, 8), np.uint8))
+    rows = [(valid, 0), (valid, 1)] + cells  # at least one test row (every third) and training rows
+    # A new file each example: the process keeps one pooled engine per URL, which would go on reading a replaced file.
+    (workspace / "data").mkdir(exist_ok=True)
+    database = workspace / "data" / f"images-{len(list((workspace / 'data').iterdir()))}.db"
+    with sqlite3.connect(database) as connection:
+        connection.execute("CREATE TABLE images (id INTEGER, pixels BLOB, label, part TEXT)")
+        connection.execute("CREATE TABLE cats (idx INTEGER, name)")
+        connection.executemany(
+            "INSERT INTO images VALUES (?, ?, ?, ?)",
+            [(row, cell, label, "test" if row % 3 == 0 else "train") for row, (cell, label) in enumerate(rows)],
+        )
+        connection.executemany("INSERT INTO cats VALUES (?, ?)", list(enumerate(names or ["a", "b", "c"])))
+    connection.close()
+    write_definition(workspace, "fuzzed.py", SQL_DEFINITION.format(database=database.name))
+    try:
+        spec = Workspace(workspace).targets["//model_defs:fuzzed"].spec
+        splits = check_and_split(sources.load(spec.data, None), spec, spec.train.seed)
+        for validation in (False, True):
+            for images, labels in splits.rows(validation):
+                assert images.shape[1:] == (8, 8) and images.dtype == np.uint8 and labels.dtype == np.int64
+    except (DefinitionError, DataError) as error:
+        assert "\n" not in str(error), error
+        return
+    assert len(splits.x_test) == len(splits.y_test) > 0

@@ -296,3 +296,20 @@ def test_any_url_text_is_told_apart_and_parsed_or_refused_in_one_line(url: str) 
         expand_url(url)
     except DataError as error:
         assert "\n" not in str(error) or "\n" in url, error
+
+
+def test_a_null_class_name_is_one_line_at_the_definition(workspace: Path) -> None:
+    """A NULL in the class-names query is refused (it would become the class "None"); UTF-8 bytes are text."""
+    import sqlite3
+
+    url = f"sqlite:///{workspace / 'names.db'}"
+    images, labels = digits(20)
+    write_table(url, images, labels)
+    with sqlite3.connect(workspace / "names.db") as connection:
+        connection.execute("UPDATE cats SET name = CAST(name AS BLOB) WHERE idx = 0")
+        connection.execute("UPDATE cats SET name = NULL WHERE idx = 3")
+    connection.close()
+    write_definition(workspace, "sqldigits.py", sql_definition(url))
+    with pytest.raises(DefinitionError, match=r"class_names_query row 3: the class name is NULL\.$") as caught:
+        Workspace(workspace)
+    assert "\n" not in str(caught.value)

@@ -281,14 +281,20 @@ def train(
     )
 
 
+# The ONNX opsets an export may ask for: 17 and up (Keras' own default, 15, lacks what the graphs need), and no
+# higher than tf2onnx converts to (1.17: 18; it refuses 19 at export time, after training). A test holds MAX_OPSET
+# to the installed tf2onnx's highest, so that an upgrade widens it here.
+MIN_OPSET, MAX_OPSET = 17, 18
+
+
 def export(
     opset: int = 17, max_batch_size: int = 1024, parity_tolerance: float = 1e-4, parity_samples: int = 256
 ) -> ExportSpec:
     """Export settings. The ONNX opset is set explicitly (>= 17); the parity check compares >= 256 inputs."""
     location = caller_location()
     _require(
-        _is_int(opset) and 17 <= opset <= 21,
-        f"export(opset=...) expects an int in 17..21. Received: {describe(opset)}.",
+        _is_int(opset) and MIN_OPSET <= opset <= MAX_OPSET,
+        f"export(opset=...) expects an int in {MIN_OPSET}..{MAX_OPSET}. Received: {describe(opset)}.",
         location,
     )
     _require(

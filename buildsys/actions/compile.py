@@ -7,12 +7,11 @@ which is the name the SavedModel signature and the ONNX graph carry.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from buildsys.actions import tensorflow
 from buildsys.dsl.hp import resolve
-from buildsys.dsl.layers import WeightRule
+from buildsys.dsl.layers import PREPROCESS_LAYER, WeightRule, graph_layer_names
 from buildsys.dsl.specs import ModelSpec
 from buildsys.errors import BuildsysError
 
@@ -24,22 +23,6 @@ def _weight_rule(rule: WeightRule) -> Any:
     if rule.kind == "max_norm":
         return keras.constraints.MaxNorm(max_value=arguments["max_value"], axis=arguments["axis"])
     return keras.regularizers.L1L2(l1=arguments["l1"], l2=arguments["l2"])
-
-
-def layer_names(kinds: list[str]) -> list[str]:
-    """Keras' own default names (`conv2d`, `conv2d_1`, `dense`), counted per model instead of per process.
-
-    Keras numbers auto-named layers across every model a process builds, so the build's second model (the
-    inference copy that the report describes) would show `conv2d_2` where `compile` shows `conv2d`. Naming each
-    layer from its position in the definition gives every build of a model the same names.
-    """
-    seen: dict[str, int] = {}
-    names = []
-    for kind in kinds:
-        base = re.sub("([a-z])([A-Z])", r"\1_\2", re.sub("(.)([A-Z][a-z]+)", r"\1_\2", kind)).lower()
-        names.append(base if base not in seen else f"{base}_{seen[base]}")
-        seen[base] = seen.get(base, 0) + 1
-    return names
 
 
 def build_model(spec: ModelSpec, hparams: dict[str, Any]) -> Any:
@@ -54,18 +37,17 @@ def build_model(spec: ModelSpec, hparams: dict[str, Any]) -> Any:
     import keras
 
     image = keras.Input(shape=spec.inputs.shape, dtype=spec.inputs.dtype, name=spec.inputs.name)
-    tensor = keras.layers.Rescaling(spec.inputs.scale, spec.inputs.offset, name="preprocess")(image)
-    names = layer_names([layer.kind for layer in spec.layers])
+    tensor = keras.layers.Rescaling(spec.inputs.scale, spec.inputs.offset, name=PREPROCESS_LAYER)(image)
+    names = graph_layer_names(spec.layers, spec.output_name)
     for index, layer in enumerate(spec.layers):
         arguments = {name: resolve(value, hparams) for name, value in layer.args}
-        arguments.setdefault("name", names[index])
+        arguments["name"] = names[index]
         arguments = {
             name: _weight_rule(value) if isinstance(value, WeightRule) else value for name, value in arguments.items()
         }
-        if index == len(spec.layers) - 1 and "name" not in dict(layer.args):
-            arguments["name"] = spec.output_name
-            if keras.mixed_precision.global_policy().compute_dtype != "float32":
-                arguments["dtype"] = "float32"  # mixed precision: a stable softmax, float32 outputs
+        last = index == len(spec.layers) - 1
+        if last and keras.mixed_precision.global_policy().compute_dtype != "float32":
+            arguments["dtype"] = "float32"  # mixed precision: a stable softmax, float32 outputs
         tensor = getattr(keras.layers, layer.kind)(**arguments)(tensor)
     return keras.Model(inputs=image, outputs=tensor, name=spec.name)
 

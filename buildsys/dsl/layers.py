@@ -3,13 +3,15 @@
 Each layer is declared once in `LAYER_TYPES` (arguments with their checks, and how it changes a shape). The
 constructors (`Dense(...)`, `Conv2D(...)`) only record a `LayerSpec` with the caller's file and line; checking
 happens here, so a wrong argument or a shape that does not fit is reported against the definition's line before
-TensorFlow is ever imported. The compiler maps a `LayerSpec` to the Keras layer of the same name.
+TensorFlow is ever imported. The compiler maps a `LayerSpec` to the Keras layer of the same name, named as
+`graph_layer_names` says (so the definition language can refuse two layers of one name before Keras would).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -357,3 +359,26 @@ Dropout = _make_constructor("Dropout", LAYER_TYPES["Dropout"])
 BatchNormalization = _make_constructor("BatchNormalization", LAYER_TYPES["BatchNormalization"])
 Activation = _make_constructor("Activation", LAYER_TYPES["Activation"])
 LeakyReLU = _make_constructor("LeakyReLU", LAYER_TYPES["LeakyReLU"])
+
+
+PREPROCESS_LAYER = "preprocess"  # the Rescaling layer that starts every compiled model, after its input
+
+
+def graph_layer_names(layers: Sequence[LayerSpec], output_name: str) -> list[str]:
+    """The name of each layer in the compiled Keras graph: its `name=` when given; else Keras' own default name
+    (`conv2d`, `conv2d_1`, `dense`), counted per model instead of per process; the last layer, when not named,
+    `output_name`, which the SavedModel signature and the ONNX graph carry.
+
+    Keras numbers auto-named layers across every model a process builds, so the build's second model (the
+    inference copy that the report describes) would show `conv2d_2` where `compile` shows `conv2d`. Naming each
+    layer from its position in the definition gives every build of a model the same names.
+    """
+    seen: dict[str, int] = {}
+    names = []
+    for position, layer in enumerate(layers):
+        base = re.sub("([a-z])([A-Z])", r"\1_\2", re.sub("(.)([A-Z][a-z]+)", r"\1_\2", layer.kind)).lower()
+        default = base if base not in seen else f"{base}_{seen[base]}"
+        seen[base] = seen.get(base, 0) + 1
+        given = dict(layer.args).get("name")
+        names.append(given or (output_name if position == len(layers) - 1 else default))
+    return names

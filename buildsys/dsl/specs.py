@@ -9,6 +9,7 @@ what the definition says. Nothing here imports TensorFlow.
 from __future__ import annotations
 
 import contextvars
+import keyword
 import math
 import re
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Any
 from buildsys.dsl.bases import Base, FineTuneSpec, HeadSpec, TransferSpec, check_transfer
 from buildsys.dsl.datasets import DataSource, check_seed
 from buildsys.dsl.hp import HyperParameter
-from buildsys.dsl.layers import LayerSpec, infer_output_shape
+from buildsys.dsl.layers import PREPROCESS_LAYER, LayerSpec, graph_layer_names, infer_output_shape
 from buildsys.errors import DefinitionError, Location, caller_location, describe
 
 TARGET_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -193,8 +194,9 @@ def image_input(
     """Declares the image input: `(height, width)` for grayscale or `(height, width, channels)`."""
     location = caller_location()
     _require(
-        isinstance(name, str) and name.isidentifier(),
-        f"image_input(name=...) expects an identifier. Received: {describe(name)}.",
+        isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name),
+        f"image_input(name=...) expects an identifier that is not a Python keyword (it names the serving "
+        f"signature's argument). Received: {describe(name)}.",
         location,
     )
     _require(
@@ -438,6 +440,31 @@ def model(
     return spec
 
 
+def _check_layer_names(spec: ModelSpec) -> None:
+    """Every layer of the compiled graph has its own name (Keras refuses a model that repeats one): the input,
+    its preprocessing layer, and each layer as `graph_layer_names` names it.
+
+    Raises:
+        DefinitionError: at the line of the layer whose name is taken, saying by what.
+    """
+    taken = {PREPROCESS_LAYER: "the input's preprocessing layer"}
+    _require(
+        spec.inputs.name not in taken,
+        f"image_input(name={spec.inputs.name!r}) is the name of the input's preprocessing layer; choose another.",
+        spec.inputs.location,
+    )
+    taken[spec.inputs.name] = "the input"
+    for position, (layer, name) in enumerate(zip(spec.layers, graph_layer_names(spec.layers, spec.output_name),
+                                                 strict=True), start=1):  # fmt: skip
+        _require(
+            name not in taken,
+            f"layer {position} ({layer.kind}) would be named {name!r}, which {taken.get(name)} already is; names in "
+            "a model must be unique (give one of them another name=...).",
+            layer.location,
+        )
+        taken[name] = f"layer {position} ({layer.kind})"
+
+
 def validate(spec: ModelSpec, hparams: dict[str, Any] | None = None) -> tuple[int, ...]:
     """Checks shapes through every layer and the output against the class names; returns the output shape.
 
@@ -453,6 +480,7 @@ def validate(spec: ModelSpec, hparams: dict[str, Any] | None = None) -> tuple[in
     )
     if spec.transfer is not None:  # the head is built to output one probability per class
         return (len(spec.class_names),)
+    _check_layer_names(spec)
     shape = input_shape
     for layer in spec.layers:
         shape = infer_output_shape(layer, shape, values)

@@ -23,8 +23,10 @@ ACTIVATIONS = st.sampled_from(["'relu'", "'softmax'", "'nope'", "None", "3", "hp
 PADDINGS = st.sampled_from(["'same'", "'valid'", "'full'", "1"])
 RATES = st.sampled_from(["0.5", "1.0", "0", "-0.1", "'x'", "2", "hp.Float('r', 0.0, 0.9)", "hp.Float('r', 0.5, 2.0)"])
 NAMES = st.sampled_from(
-    ["", ", name='a'", ", name='b'", ", name='dense'", ", name='image'", ", name=''", ", name='a b'"]
-)
+    ["", ", name='a'", ", name='b'", ", name='dense'", ", name='dense_1'", ", name='flatten'", ", name='image'",
+     ", name='preprocess'", ", name='probabilities'", ", name=''", ", name='a b'", ", name=None"]
+)  # fmt: skip
+INPUT_NAMES = st.sampled_from(["'image'", "'pixels'", "'probabilities'", "'preprocess'", "'dense'", "'class'", "'x y'"])
 RULES = st.sampled_from(["None", "max_norm(2.0)", "max_norm(-1)", "max_norm(2.0, axis=5)", "l1_l2(0.01)", "l1_l2(-1)"])
 
 
@@ -65,21 +67,27 @@ DEFINITION = """
     model(
         name="fuzzed",
         data=datasets.sklearn_digits(),
-        inputs=image_input("image", shape={shape}),
-        layers=[{layers}Flatten(), Dense(10, activation="softmax")],
+        inputs=image_input({input_name}, shape={shape}),
+        layers=[{layers}Flatten(), Dense(10, activation="softmax"{last_name})],
         train=train({training}),
     )
 """
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(layers=st.lists(_layer(), max_size=5), shape=SHAPES, training=TRAINING)
-@example(layers=["LeakyReLU(-1)"], shape="(8, 8)", training="epochs=1")  # was accepted, and refused by Keras
+@given(layers=st.lists(_layer(), max_size=5), shape=SHAPES, training=TRAINING, input_name=INPUT_NAMES, last_name=NAMES)
+# Each was accepted, and refused by Keras at build time: a negative slope, two layers of one name, an input named
+# as a layer.
+@example(layers=["LeakyReLU(-1)"], shape="(8, 8)", training="epochs=1", input_name="'image'", last_name="")
+@example(layers=["Dense(4)", "Dense(4, name='dense')"], shape="(8, 8)", training="epochs=1", input_name="'image'",
+         last_name="")  # fmt: skip
+@example(layers=[], shape="(8, 8)", training="epochs=1", input_name="'probabilities'", last_name="")
 def test_a_definition_loads_and_compiles_or_fails_at_its_line(
-    workspace: Path, layers: list[str], shape: str, training: str
+    workspace: Path, layers: list[str], shape: str, training: str, input_name: str, last_name: str
 ) -> None:
     stack = "".join(f"{layer}, " for layer in layers)
-    write_definition(workspace, "fuzzed.py", DEFINITION.format(shape=shape, layers=stack, training=training))
+    text = DEFINITION.format(shape=shape, layers=stack, training=training, input_name=input_name, last_name=last_name)
+    write_definition(workspace, "fuzzed.py", text)
     try:
         loaded = Workspace(workspace)
     except DefinitionError as error:

@@ -176,3 +176,24 @@ def test_a_seed_option_outside_the_generators_range_is_refused_up_front(
         main(["build", "tiny", "--workspace", str(workspace), "--seed", str(2**32)])
     assert exited.value.code == 2
     assert "--seed: expects an int in [0, 2**32 - 1]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("hidden", "input_name", "message"),
+    [
+        ("Dense(4), Dense(4, name='dense'),", "image",
+         "layer 3 (Dense) would be named 'dense', which layer 2 (Dense) already is; names in a model must be unique"),
+        ("Dense(4, name='image'),", "image", "layer 2 (Dense) would be named 'image', which the input already is"),
+        ("", "probabilities", "layer 2 (Dense) would be named 'probabilities', which the input already is"),
+        ("", "preprocess", "image_input(name='preprocess') is the name of the input's preprocessing layer"),
+        ("", "class", "image_input(name=...) expects an identifier that is not a Python keyword"),
+    ],
+)  # fmt: skip
+def test_names_keras_would_refuse_fail_at_their_line(
+    workspace: Path, hidden: str, input_name: str, message: str
+) -> None:
+    """Two layers of one name (given, or Keras' default), or an input named like a layer, or a Python keyword as
+    the input's name (the serving signature's argument): Keras or the export would refuse them mid-build."""
+    text = GOOD_LAYERS.format(name="tiny", hidden=hidden).replace('image_input("image"', f'image_input("{input_name}"')
+    write_definition(workspace, "tiny.py", text)
+    assert message in load_error(workspace)

@@ -1,8 +1,9 @@
-"""Fuzzes the data decoders far beyond the test suite's bounded run: image files and database cells (PNG, JPEG,
-BMP, .npy, raw pixels) and `.npz` sources, with the strategies of tests/sources/test_data_fuzz.py.
+"""Fuzzes the build's readers of outside input far beyond the test suite's bounded run: image files and database
+cells (PNG, JPEG, BMP, .npy, raw pixels), `.npz` sources and SQL tables (tests/sources/test_data_fuzz.py), and
+definitions (tests/dsl/test_definition_fuzz.py: layer stacks, arguments, data declarations).
 
-Runs those tests with ``--examples`` examples each (the suite runs 250); any input that is neither decoded as
-declared nor refused with one DataError line fails, with Hypothesis's smallest failing example.
+Runs those tests with ``--examples`` examples each (the suite runs 100-250); any input that is neither read as
+declared nor refused with one line fails, with Hypothesis's smallest failing example.
 
 Example:
     python bench/fuzz_data.py --examples 10000
@@ -22,7 +23,8 @@ def main() -> int:
     parser.add_argument("--examples", type=int, default=10_000, help="examples of each test (default 10,000)")
     args = parser.parse_args()
     environment = {**os.environ, "BUILDSYS_FUZZ_EXAMPLES": str(args.examples)}
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/sources/test_data_fuzz.py"]
+    tests = ["tests/sources/test_data_fuzz.py", "tests/dsl/test_definition_fuzz.py"]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
     return subprocess.run(command, cwd=PROJECT_ROOT, env=environment, check=False).returncode
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,12 @@ import pytest
 from tests.mariadb import mariadb, mariadb_url  # noqa: F401 - fixtures: a real MariaDB server
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def fuzz_examples(default: int) -> int:
+    """Examples per Hypothesis fuzz test: `default` (bounded, for CI), or `$BUILDSYS_FUZZ_EXAMPLES`, which
+    `bench/fuzz_data.py` sets for long runs."""
+    return int(os.environ.get("BUILDSYS_FUZZ_EXAMPLES", default))
 
 
 def write_definition(root: Path, filename: str, source: str) -> Path:

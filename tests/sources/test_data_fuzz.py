@@ -7,7 +7,6 @@ the same checks for 10,000+ examples each."""
 from __future__ import annotations
 
 import io
-import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -21,12 +20,11 @@ from buildsys.errors import DataError
 from buildsys.sources import npz
 from buildsys.sources.images import decode_cell, encode_npy, encode_png, read_image_file
 from buildsys.sources.records import read_all
+from tests.conftest import fuzz_examples
 
 SHAPES = ((8, 8), (8, 8, 1), (6, 5, 3))
-# Examples of each test: bounded for CI; bench/fuzz_data.py raises it.
-EXAMPLES = int(os.environ.get("BUILDSYS_FUZZ_EXAMPLES", "250"))
 FUZZ = settings(
-    max_examples=EXAMPLES,
+    max_examples=fuzz_examples(250),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )

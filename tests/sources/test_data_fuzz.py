@@ -21,6 +21,7 @@ from buildsys.sources import npz
 from buildsys.sources.images import decode_cell, encode_npy, encode_png, read_image_file
 from buildsys.sources.records import read_all
 from tests.conftest import fuzz_examples
+from tests.data_helpers import CLASS_NAMES, sql_definition
 
 SHAPES = ((8, 8), (8, 8, 1), (6, 5, 3))
 FUZZ = settings(
@@ -215,33 +216,12 @@ CELL_VALUES = st.one_of(
 )
 LABEL_VALUES = st.sampled_from([0, 1, 2, 9, -1, 10, 2**63 - 1, None, 1.5, "2", "two", b"\x01"])
 NAME_VALUES = st.sampled_from(["a", "b", "c", "", None, 7, "a", b"x", "é" * 40])
-SQL_DEFINITION = """
-    from buildsys.dsl import *
-
-    model(
-        name="fuzzed",
-        data=datasets.sql(
-            "sqlite:///data/{database}",
-            "SELECT id, pixels, label FROM images WHERE part = 'train' ORDER BY id",
-            "SELECT id, pixels, label FROM images WHERE part = 'test' ORDER BY id",
-            "pixels",
-            "label",
-            class_names_query="SELECT name FROM cats ORDER BY idx",
-            image_shape=(8, 8),
-            id_column="id",
-            chunk_size=4,
-        ),
-        inputs=image_input("image", shape=(8, 8)),
-        layers=[Flatten(), Dense(3, activation="softmax")],
-        train=train(epochs=1, validation_split=0.25),
-    )
-"""
 
 
 @FUZZ
 @given(
     cells=st.lists(st.tuples(CELL_VALUES, LABEL_VALUES), min_size=0, max_size=12),
-    names=st.lists(NAME_VALUES, min_size=0, max_size=4) | st.just(["a", "b", "c"]),
+    names=st.lists(NAME_VALUES, min_size=0, max_size=4) | st.just(CLASS_NAMES),
 )
 def test_any_sql_table_trains_as_declared_or_is_one_error(
     workspace: Path, cells: list[tuple[Any, Any]], names: list[Any]
@@ -269,9 +249,10 @@ def test_any_sql_table_trains_as_declared_or_is_one_error(
             "INSERT INTO images VALUES (?, ?, ?, ?)",
             [(row, cell, label, "test" if row % 3 == 0 else "train") for row, (cell, label) in enumerate(rows)],
         )
-        connection.executemany("INSERT INTO cats VALUES (?, ?)", list(enumerate(names or ["a", "b", "c"])))
+        connection.executemany("INSERT INTO cats VALUES (?, ?)", list(enumerate(names or CLASS_NAMES)))
     connection.close()
-    write_definition(workspace, "fuzzed.py", SQL_DEFINITION.format(database=database.name))
+    url = f"sqlite:///data/{database.name}"
+    write_definition(workspace, "fuzzed.py", sql_definition(url, name="fuzzed", epochs=1, extra="chunk_size=4,"))
     try:
         spec = Workspace(workspace).targets["//model_defs:fuzzed"].spec
         splits = check_and_split(sources.load(spec.data, None), spec, spec.train.seed)

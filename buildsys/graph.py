@@ -11,11 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from buildsys.dsl.bases import TargetBase
+from buildsys.dsl.bases import FEATURES_LAYER, TargetBase
 from buildsys.errors import DefinitionError, DependencyCycleError, LabelError
 from buildsys.workspace import Target, Workspace
-
-FEATURES_LAYER = "features"  # the name of a transfer target's base output, where a dependent may cut it
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,16 @@ from buildsys.actions import tensorflow
 from buildsys.actions.compile import build_model, compile_model
 from buildsys.actions.data import Splits, make_dataset
 from buildsys.actions.numerics import configure
-from buildsys.dsl.bases import PretrainedBase, TransferSpec
+from buildsys.dsl.bases import (
+    BASE_MODEL,
+    FEATURES_LAYER,
+    PRETRAINED_PREPROCESSING,
+    STANDARDIZE_LAYER,
+    PretrainedBase,
+)
 from buildsys.dsl.specs import ModelSpec
 from buildsys.errors import BuildsysError, DataError, WeightsUnavailableError
-from buildsys.graph import FEATURES_LAYER, Dependency
+from buildsys.graph import Dependency
 from buildsys.store import WEIGHTS_FILE, OutputTree, write_file_atomic
 from buildsys.workspace import Target, Workspace
 
@@ -102,15 +108,17 @@ def _pretrained_base(spec: ModelSpec, base: PretrainedBase, load_weights: bool) 
     height, width = shape[:2]
     size = base.input_size or (height, width)
     image = keras.Input(shape=shape, dtype=spec.inputs.dtype, name=spec.inputs.name)
-    pixels = keras.layers.Rescaling(spec.inputs.scale, spec.inputs.offset, name="pixels")(image)
+    pixels = keras.layers.Rescaling(spec.inputs.scale, spec.inputs.offset, name=PRETRAINED_PREPROCESSING["scale"])(
+        image
+    )
     if len(shape) == 2:
-        pixels = keras.layers.Reshape((height, width, 1), name="channel_axis")(pixels)
+        pixels = keras.layers.Reshape((height, width, 1), name=PRETRAINED_PREPROCESSING["channels"])(pixels)
     if len(shape) == 2 or shape[2] == 1:  # the networks were trained on colour: grey in all three channels
-        pixels = keras.layers.Concatenate(name="grey_to_rgb")([pixels, pixels, pixels])
+        pixels = keras.layers.Concatenate(name=PRETRAINED_PREPROCESSING["rgb"])([pixels, pixels, pixels])
     if size != (height, width):
-        pixels = keras.layers.Resizing(*size, name="resize")(pixels)
+        pixels = keras.layers.Resizing(*size, name=PRETRAINED_PREPROCESSING["resize"])(pixels)
     network = _application(base, size, load_weights)
-    return keras.Model(image, network(_preprocessing(base.info.module)(pixels)), name="base")
+    return keras.Model(image, network(_preprocessing(base.info.module)(pixels)), name=BASE_MODEL)
 
 
 def _architecture(target: Target, dependencies: Sequence[Dependency], hparams: dict[str, Any], tree: OutputTree) -> Any:
@@ -118,7 +126,7 @@ def _architecture(target: Target, dependencies: Sequence[Dependency], hparams: d
     if target.spec.transfer is None:
         return build_model(target.spec, hparams)
     base = build_base(target, dependencies, tree, load_weights=False)
-    return compose(target.spec, base, head_layers(target.spec.transfer, len(target.spec.class_names)))
+    return compose(target.spec, base, head_layers(target.spec))
 
 
 def architecture(workspace: Workspace, tree: OutputTree, target: Target, hparams: dict[str, Any]) -> Any:
@@ -171,10 +179,10 @@ def build_base(target: Target, dependencies: Sequence[Dependency], tree: OutputT
     features = source.get_layer(base.layer).output
     if len(features.shape) > 2:
         features = keras.layers.Flatten(name="flatten_features")(features)
-    return keras.Model(source.inputs, features, name="base")
+    return keras.Model(source.inputs, features, name=BASE_MODEL)
 
 
-def head_layers(transfer: TransferSpec, classes: int) -> list[Any]:
+def head_layers(spec: ModelSpec) -> list[Any]:
     """Standardisation, the hidden layers of an MLP head, and the elastic-net regularised softmax.
 
     Standardisation is a frozen BatchNormalization without centre or scale: its moving mean and variance are set
@@ -184,16 +192,17 @@ def head_layers(transfer: TransferSpec, classes: int) -> list[Any]:
     """
     import keras
 
-    head = transfer.head
+    head = spec.transfer.head
     penalty = keras.regularizers.L1L2(l1=head.l1, l2=head.l2) if head.reg_param > 0 else None
-    standardize = keras.layers.BatchNormalization(center=False, scale=False, name="standardize")
+    standardize = keras.layers.BatchNormalization(center=False, scale=False, name=STANDARDIZE_LAYER)
     standardize.trainable = False
     layers: list[Any] = [standardize]
     for index, (units, name) in enumerate(zip(head.units, head.hidden_layer_names(), strict=True), start=1):
         layers.append(keras.layers.Dense(units, activation=head.activation, kernel_regularizer=penalty, name=name))
         if head.dropout:
-            layers.append(keras.layers.Dropout(head.dropout, name=f"dropout_{index}"))
-    layers.append(keras.layers.Dense(classes, activation="softmax", kernel_regularizer=penalty, name="probabilities"))
+            layers.append(keras.layers.Dropout(head.dropout, name=head.dropout_layer_name(index)))
+    classes = len(spec.class_names)
+    layers.append(keras.layers.Dense(classes, activation="softmax", kernel_regularizer=penalty, name=spec.output_name))
     return layers
 
 
@@ -319,7 +328,7 @@ def train_transfer(
     with action("compile"):
         base = build_base(plan.target, plan.dependencies, tree)
         base.trainable = False
-        layers = head_layers(spec.transfer, len(spec.class_names))
+        layers = head_layers(spec)
     with action("featurise"):
         features = featurise(base, splits, plan.paths.features, say)
     with action("train"):

@@ -18,6 +18,11 @@ from typing import Any
 from buildsys.errors import DefinitionError, Location, caller_location, describe
 
 POOLINGS = ("avg", "max")
+# The names the compiler gives the layers of a transfer target's graph around the user's input: the base, cut into
+# a nested model, and the pretrained base's own preprocessing inside it; then the base's output, where a dependent
+# may cut it, and the head's standardisation (its hidden layers and dropouts: `HeadSpec.layer_names`).
+BASE_MODEL, FEATURES_LAYER, STANDARDIZE_LAYER = "base", "features", "standardize"
+PRETRAINED_PREPROCESSING = {"scale": "pixels", "channels": "channel_axis", "rgb": "grey_to_rgb", "resize": "resize"}
 HEAD_ACTIVATIONS = ("relu", "gelu", "tanh", "elu", "selu", "swish")
 
 
@@ -119,6 +124,17 @@ class HeadSpec:
 
     def hidden_layer_names(self) -> tuple[str, ...]:
         return tuple(f"hidden_{index}" for index in range(1, len(self.units) + 1))
+
+    def dropout_layer_name(self, index: int) -> str:
+        return f"dropout_{index}"
+
+    def layer_names(self, output_name: str) -> tuple[str, ...]:
+        """Every layer of the head in the compiled graph: standardisation, each hidden layer (and its dropout),
+        and the softmax named `output_name`."""
+        names = [STANDARDIZE_LAYER]
+        for index, hidden in enumerate(self.hidden_layer_names(), start=1):
+            names += [hidden, self.dropout_layer_name(index)] if self.dropout else [hidden]
+        return (*names, output_name)
 
     def to_json(self) -> dict[str, Any]:
         return {

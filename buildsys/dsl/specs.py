@@ -15,7 +15,17 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from buildsys.dsl.bases import Base, FineTuneSpec, HeadSpec, TransferSpec, check_transfer
+from buildsys.dsl.bases import (
+    BASE_MODEL,
+    FEATURES_LAYER,
+    PRETRAINED_PREPROCESSING,
+    Base,
+    FineTuneSpec,
+    HeadSpec,
+    PretrainedBase,
+    TransferSpec,
+    check_transfer,
+)
 from buildsys.dsl.datasets import DataSource, check_seed
 from buildsys.dsl.hp import HyperParameter
 from buildsys.dsl.layers import PREPROCESS_LAYER, LayerSpec, graph_layer_names, infer_output_shape
@@ -479,6 +489,15 @@ def validate(spec: ModelSpec, hparams: dict[str, Any] | None = None) -> tuple[in
         spec.inputs.location,
     )
     if spec.transfer is not None:  # the head is built to output one probability per class
+        taken = (BASE_MODEL, FEATURES_LAYER, *spec.transfer.head.layer_names(spec.output_name))
+        if isinstance(spec.transfer.base, PretrainedBase):
+            taken += tuple(PRETRAINED_PREPROCESSING.values())
+        _require(
+            spec.inputs.name not in taken,
+            f"image_input(name={spec.inputs.name!r}) is the name of a layer of the transfer target's graph "
+            f"({', '.join(taken)}); choose another.",
+            spec.inputs.location,
+        )
         return (len(spec.class_names),)
     _check_layer_names(spec)
     shape = input_shape

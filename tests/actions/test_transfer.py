@@ -316,7 +316,7 @@ def test_pretrained_base_loads_a_local_weights_file_and_exports_one_graph(worksp
     expected = network.predict(keras.applications.vgg16.preprocess_input(rgb), verbose=0)
     np.testing.assert_allclose(base.predict(images, verbose=0), expected, rtol=1e-4, atol=1e-4)
 
-    model = compose(target.spec, base, head_layers(target.spec.transfer, 10))
+    model = compose(target.spec, base, head_layers(target.spec))
     staging = workspace / "staging"
     staging.mkdir()
     export(model, target.spec, staging)

@@ -81,6 +81,18 @@ def test_relative_weights_path_starts_at_the_definition(workspace: Path) -> None
         ('base=target("x", layer="f"), head=mlp(), layers=[Flatten()],', None, r"instead of layers="),
         ('head=mlp(), layers=[Flatten(), Dense(10, activation="softmax")],', None, r"need a base"),
         ('base=target("x", layer="f"), head=mlp(), fine_tune=fine_tune(layers=0),', None, r"fine_tune\(layers"),
+        # names the compiled graph gives its own layers (Keras would refuse the model after featurising)
+        (
+            'base=target("x", layer="f"), head=mlp(units=(8,), dropout=0.2),',
+            'image_input("dropout_1", shape=(8, 8, 1), scale=1)',
+            r"image_input\(name='dropout_1'\) is the name of a layer of the transfer target's graph \(base, features, "
+            r"standardize, hidden_1, dropout_1, probabilities\)",
+        ),
+        (
+            'base=pretrained("VGG16", input_size=(32, 32)), head=mlp(),',
+            'image_input("pixels", shape=(8, 8, 1), scale=1)',
+            r"image_input\(name='pixels'\) is the name of a layer",
+        ),
     ],
 )
 def test_bad_transfer_declarations_name_the_line(workspace: Path, body: str, inputs: str | None, message: str) -> None:

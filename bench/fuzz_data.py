@@ -1,6 +1,7 @@
 """Fuzzes the build's readers of outside input far beyond the test suite's bounded run: image files and database
-cells (PNG, JPEG, BMP, .npy, raw pixels), `.npz` sources and SQL tables (tests/sources/test_data_fuzz.py), and
-definitions (tests/dsl/test_definition_fuzz.py: layer stacks, arguments, data declarations).
+cells (PNG, JPEG, BMP, .npy, raw pixels), `.npz` sources and SQL tables (tests/sources/test_data_fuzz.py), SOURCE
+texts of the command line (tests/sources/test_resolve.py), and definitions (tests/dsl/test_definition_fuzz.py:
+layer stacks, arguments, data declarations).
 
 Runs those tests with ``--examples`` examples each (the suite runs 100-250); any input that is neither read as
 declared nor refused with one line fails, with Hypothesis's smallest failing example.
@@ -23,7 +24,7 @@ def main() -> int:
     parser.add_argument("--examples", type=int, default=10_000, help="examples of each test (default 10,000)")
     args = parser.parse_args()
     environment = {**os.environ, "BUILDSYS_FUZZ_EXAMPLES": str(args.examples)}
-    tests = ["tests/sources/test_data_fuzz.py", "tests/dsl/test_definition_fuzz.py"]
+    tests = ["tests/sources/test_data_fuzz.py", "tests/sources/test_resolve.py", "tests/dsl/test_definition_fuzz.py"]
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
     return subprocess.run(command, cwd=PROJECT_ROOT, env=environment, check=False).returncode
 

@@ -51,6 +51,15 @@ def is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def _listed(folder: Path, listing: Callable[[], list[Any]]) -> list[Any]:
+    """`listing()` sorted, with a folder or file that cannot be read (no permission, gone meanwhile) as one
+    `DataError` line naming it instead of an OSError."""
+    try:
+        return sorted(listing())
+    except OSError as error:
+        raise DataError(f"{error.filename or folder}: cannot read it ({error.strerror or error})") from None
+
+
 class LocalFolder:
     """A folder on this machine; its files are `Path`s."""
 
@@ -65,14 +74,16 @@ class LocalFolder:
 
     def subfolders(self, *parts: str) -> list[str]:
         folder = self.root.joinpath(*parts)
-        return sorted(child.name for child in folder.iterdir() if child.is_dir() and not child.name.startswith("."))
+        return _listed(folder, lambda: [child.name for child in folder.iterdir() if child.is_dir()
+                                        and not child.name.startswith(".")])  # fmt: skip
 
     def images_under(self, *parts: str) -> list[Path]:
-        return sorted(path for path in self.root.joinpath(*parts).rglob("*") if is_image(path))
+        folder = self.root.joinpath(*parts)
+        return _listed(folder, lambda: [path for path in folder.rglob("*") if is_image(path)])
 
     def loose_images(self) -> list[Path]:
         """The images directly in the folder, not in a sub-folder."""
-        return sorted(path for path in self.root.iterdir() if is_image(path))
+        return _listed(self.root, lambda: [path for path in self.root.iterdir() if is_image(path)])
 
     def digests(self, memo_dir: Path | None) -> Iterator[tuple[str, str]]:
         """(relative path, sha256) of every image; unchanged files are not read again (`DigestMemo`)."""

@@ -53,6 +53,9 @@ def open_sources(texts: list[str], image_format: ImageFormat, workspace: Workspa
     Raises:
         SourceError: saying what the text did not match.
     """
+    for text in texts:
+        if "\x00" in text:  # no path, label or URL holds one; the operating system refuses it in a path
+            raise SourceError(f"{text!r}: a source cannot contain a NUL character")
     if len(texts) > 1:
         files = _files([path for text in texts for path in _expand(text)], image_format)
         return Opened(files, files.splits())

@@ -115,8 +115,20 @@ def _engine(url: Any) -> Any:
 
 
 def engine_for(url: str, base_dir: Path | None = None) -> Any:
-    """One pooled engine per URL for the whole process."""
-    return _engine(expand_url(url, base_dir))
+    """One pooled engine per URL for the whole process.
+
+    Raises:
+        DataError: for a URL whose driver is not installed (`mysql://` names mysqlclient's MySQLdb; the tested
+            driver is PyMySQL, `mysql+pymysql://`).
+    """
+    expanded = expand_url(url, base_dir)
+    try:
+        return _engine(expanded)
+    except ModuleNotFoundError as error:
+        raise DataError(
+            f"{shown(expanded)}: its driver {error.name} is not installed (for MariaDB/MySQL, the installed driver "
+            "is PyMySQL: mysql+pymysql://...)"
+        ) from None
 
 
 def database_error(url: Any, error: Exception) -> DataError:

@@ -387,6 +387,8 @@ class BuildJob:
         if trained is None or plan.spec.evaluate is None or plan.options.strategy == "multi-worker":
             return
         verdict = regate(self.tree, plan.spec, trained)
+        if verdict.passed:  # the lookup just before takes a version that passes; nothing to refuse
+            return
         raise QualityGateError(
             f"{plan.label}: rejected by the quality gate: {'; '.join(verdict.failures)}; published version "
             f"{trained} was trained from these inputs under another gate and stays published; nothing was trained; "

@@ -138,6 +138,12 @@ def database_error(url: Any, error: Exception) -> DataError:
     return DataError(f"{shown(getattr(error, 'url', None) or url)}: {reason}")
 
 
+def _is_int64(value: Any) -> bool:
+    """A label cell that is an integer NumPy's int64 holds (not a bool, a float, NULL, or an unsigned BIGINT
+    beyond 2**63 - 1)."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool) and -(2**63) <= value < 2**63
+
+
 def _sql_error_types() -> tuple[type[Exception], ...]:
     """SQLAlchemy's error base, imported on first use: loading definitions without SQL sources never loads it."""
     from sqlalchemy.exc import SQLAlchemyError
@@ -270,14 +276,14 @@ class SqlReader:
         if label_at is not None:
             values = [row[label_at] for row in rows]
             # Each cell must be an integer: np.array(values, np.int64) would truncate 1.5 to 1 without a word.
-            bad = next((v for v in values if isinstance(v, bool) or not isinstance(v, int | np.integer)), None)
-            if bad is None:
-                labels = np.array(values, dtype=np.int64)
-            else:
+            bad = [value for value in values if not _is_int64(value)]
+            if bad:  # (a NULL label is None, so None cannot mean "none found")
+                received = "NULL" if bad[0] is None else repr(bad[0])
                 raise DataError(
                     f"{self.description}, {split} rows {start}..{start + len(rows) - 1}: {self.label_column} must "
-                    f"hold integer class indices; received {bad!r}"
+                    f"hold integer class indices; received {received}"
                 )
+            labels = np.array(values, dtype=np.int64)
         ids = (
             [str(row[id_at]) for row in rows]
             if id_at is not None

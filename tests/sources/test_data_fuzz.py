@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from buildsys.errors import DataError
@@ -215,6 +215,7 @@ CELL_VALUES = st.one_of(
     st.sampled_from([None, 0, -3, 2.5, "text", b"", "\x89PNG"]),
 )
 LABEL_VALUES = st.sampled_from([0, 1, 2, 9, -1, 10, 2**63 - 1, None, 1.5, "2", "two", b"\x01"])
+VALID_PNG = encode_png(np.zeros((8, 8), np.uint8))
 NAME_VALUES = st.sampled_from(["a", "b", "c", "", None, 7, "a", b"x", "é" * 40])
 
 
@@ -223,6 +224,7 @@ NAME_VALUES = st.sampled_from(["a", "b", "c", "", None, 7, "a", b"x", "é" * 40]
     cells=st.lists(st.tuples(CELL_VALUES, LABEL_VALUES), min_size=0, max_size=12),
     names=st.lists(NAME_VALUES, min_size=0, max_size=4) | st.just(CLASS_NAMES),
 )
+@example(cells=[(VALID_PNG, 0), (VALID_PNG, None)], names=CLASS_NAMES)  # a NULL label was a TypeError
 def test_any_sql_table_trains_as_declared_or_is_one_error(
     workspace: Path, cells: list[tuple[Any, Any]], names: list[Any]
 ) -> None:
@@ -237,8 +239,7 @@ def test_any_sql_table_trains_as_declared_or_is_one_error(
     from buildsys.workspace import Workspace
     from tests.conftest import write_definition
 
-    valid = encode_png(np.zeros((8, 8), np.uint8))
-    rows = [(valid, 0), (valid, 1)] + cells  # at least one test row (every third) and training rows
+    rows = [(VALID_PNG, 0), (VALID_PNG, 1)] + cells  # at least one test row (every third) and training rows
     # A new file each example: the process keeps one pooled engine per URL, which would go on reading a replaced file.
     (workspace / "data").mkdir(exist_ok=True)
     database = workspace / "data" / f"images-{len(list((workspace / 'data').iterdir()))}.db"

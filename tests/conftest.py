@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,10 +17,19 @@ from tests.mariadb import mariadb, mariadb_url  # noqa: F401 - fixtures: a real 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def fuzz_examples(default: int) -> int:
-    """Examples per Hypothesis fuzz test: `default` (bounded, for CI), or `$BUILDSYS_FUZZ_EXAMPLES`, which
-    `bench/fuzz_data.py` sets for long runs."""
-    return int(os.environ.get("BUILDSYS_FUZZ_EXAMPLES", default))
+def fuzz_settings(default_examples: int) -> Any:
+    """Hypothesis settings of a fuzz test: `default_examples` examples drawn the same way on every run, so CI
+    reruns exactly what passed here (as the serving fuzz tests do); or `$BUILDSYS_FUZZ_EXAMPLES` examples drawn
+    afresh, which `bench/fuzz_data.py` sets for long runs."""
+    from hypothesis import HealthCheck, settings
+
+    long_run = "BUILDSYS_FUZZ_EXAMPLES" in os.environ
+    return settings(
+        max_examples=int(os.environ["BUILDSYS_FUZZ_EXAMPLES"]) if long_run else default_examples,
+        derandomize=not long_run,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
 
 
 def write_definition(root: Path, filename: str, source: str) -> Path:

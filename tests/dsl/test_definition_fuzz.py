@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from buildsys.actions.compile import build_model, compile_model
 from buildsys.errors import DefinitionError
 from buildsys.workspace import Workspace
-from tests.conftest import fuzz_examples, write_definition
+from tests.conftest import fuzz_settings, write_definition
 
 COUNTS = st.sampled_from(
     ["0", "1", "2", "3", "5", "8", "-1", "True", "2.5", "'3'", "(2, 2)", "(3, 1)", "(0, 2)", "[2, 2]", "None", "10**9",
@@ -74,7 +74,7 @@ DEFINITION = """
 """
 
 
-@settings(max_examples=fuzz_examples(100), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@fuzz_settings(100)
 @given(layers=st.lists(_layer(), max_size=5), shape=SHAPES, training=TRAINING, input_name=INPUT_NAMES, last_name=NAMES)
 # Each was accepted, and refused by Keras at build time: a negative slope, two layers of one name, an input named
 # as a layer.
@@ -127,7 +127,7 @@ DATA_DEFINITION = """
 """
 
 
-@settings(max_examples=fuzz_examples(100), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@fuzz_settings(100)
 @given(data=DATA)
 def test_a_data_declaration_loads_or_fails_at_its_line_or_in_one_data_error(workspace: Path, data: str) -> None:
     """Whatever a declaration's arguments, the build meets one DefinitionError at its line, or one DataError when

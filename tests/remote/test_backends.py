@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from buildsys.remote.backends import RemoteConfigError, RemoteUnavailableError, display_url, open_backend, parse_headers
+from tests.conftest import fuzz_settings
 from tests.data_helpers import url_texts
 from tests.remote import gcs
 from tests.remote.nginx import TOKEN
@@ -168,7 +169,7 @@ def test_bad_settings_are_one_line(tmp_path: Path) -> None:
     assert display_url("https://user:secret@cache:port/x") == "https://…@cache:port/x"
 
 
-@settings(max_examples=300, deadline=None)
+@fuzz_settings(300)
 @given(url=url_texts())
 def test_any_remote_cache_url_opens_or_is_one_line_without_its_password(url: str) -> None:
     try:

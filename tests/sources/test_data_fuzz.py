@@ -13,22 +13,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from buildsys.errors import DataError
 from buildsys.sources import npz
 from buildsys.sources.images import decode_cell, encode_npy, encode_png, read_image_file
 from buildsys.sources.records import read_all
-from tests.conftest import fuzz_examples
+from tests.conftest import fuzz_settings
 from tests.data_helpers import CLASS_NAMES, sql_definition
 
 SHAPES = ((8, 8), (8, 8, 1), (6, 5, 3))
-FUZZ = settings(
-    max_examples=fuzz_examples(250),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
+FUZZ = fuzz_settings(250)
 
 
 def _encoded(pixels: np.ndarray, kind: str) -> bytes:

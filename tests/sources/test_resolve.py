@@ -8,13 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from buildsys.errors import BuildsysError
 from buildsys.sources.resolve import ImageFormat, open_sources
 from buildsys.workspace import Workspace
-from tests.conftest import fuzz_examples, write_definition
+from tests.conftest import fuzz_settings, write_definition
 from tests.data_helpers import digits, write_folder
 
 DIGITS = """
@@ -49,7 +49,7 @@ def sources_folder(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> Workspac
     return Workspace(workspace)
 
 
-@settings(max_examples=fuzz_examples(200), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@fuzz_settings(200)
 @given(texts=st.lists(st.lists(PIECES | st.text(max_size=3), max_size=5).map("".join), min_size=1, max_size=2),
        image_format=FORMATS)  # fmt: skip
 def test_any_source_text_opens_or_is_refused_in_one_line(

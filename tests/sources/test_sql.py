@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 
 from buildsys import sources
 from buildsys.actions.data import StreamSplits, check_and_split
@@ -19,7 +19,7 @@ from buildsys.errors import DataError, DefinitionError
 from buildsys.sources.images import decode_cell, encode_npy, encode_png
 from buildsys.sources.sql import expand_url, is_database_url, is_filesystem_url
 from buildsys.workspace import Workspace
-from tests.conftest import run_buildsys, write_definition
+from tests.conftest import fuzz_settings, run_buildsys, write_definition
 from tests.data_helpers import CLASS_NAMES, ONE_EPOCH_MEMORY, digits, sql_definition, url_texts, write_table
 
 
@@ -287,7 +287,7 @@ def test_a_password_with_url_characters_reaches_mariadb(workspace: Path, mariadb
     assert all(fragment not in message for fragment in ("p@ss", "w%rd", "evil", "y=z")), message
 
 
-@settings(max_examples=300, deadline=None)
+@fuzz_settings(300)
 @given(url=url_texts())
 def test_any_url_text_is_told_apart_and_parsed_or_refused_in_one_line(url: str) -> None:
     """Whether text names a database or a filesystem never fails; parsing it gives a URL or one DataError."""

@@ -25,6 +25,8 @@ _PICKLE_REFUSED = (
     "trust, declare datasets.sql(..., unsafe_pickle=True)"
 )
 
+OBJECT_ARRAYS_REFUSED = "holds an object array; object arrays are refused (reading one unpickles it)"
+
 log = logging.getLogger("buildsys")
 
 
@@ -167,8 +169,7 @@ def read_npy(data: bytes, where: str) -> np.ndarray:
         return np.load(io.BytesIO(data), allow_pickle=False)
     except ValueError as error:
         if "allow_pickle" in str(error):
-            refused = "holds an object array; object arrays are refused (reading one unpickles it)"
-            raise DataError(f"{where}: {refused}") from None
+            raise DataError(f"{where}: {OBJECT_ARRAYS_REFUSED}") from None
         raise DataError(f"{where}: cannot read the .npy array ({str(error).splitlines()[0]})") from None
     except Exception as error:  # the header is parsed as a Python literal: any failure is damage
         damage = type(error).__name__

@@ -17,9 +17,11 @@ from buildsys.cache import DigestMemo
 from buildsys.dsl.datasets import DataSource, Probed
 from buildsys.errors import DataError
 from buildsys.sources.image_folder import resolve
+from buildsys.sources.images import OBJECT_ARRAYS_REFUSED
 from buildsys.sources.records import ArrayReader
 
 ARRAYS = ("x_train", "y_train", "x_test", "y_test")
+MAX_IMPLIED_CLASSES = 100_000  # class names "0".."N-1" implied by the labels, without a class_names array
 
 
 def _damaged(path: Path, error: BaseException) -> DataError:
@@ -28,7 +30,7 @@ def _damaged(path: Path, error: BaseException) -> DataError:
     which NumPy parses as a Python literal; NotImplementedError for an unknown compression): all mean the same."""
     detail = str(error).splitlines()[0] if str(error) else ""
     if isinstance(error, ValueError) and "allow_pickle" in detail:
-        return DataError(f"{path}: holds an object array; object arrays are refused (reading one unpickles it)")
+        return DataError(f"{path}: {OBJECT_ARRAYS_REFUSED}")
     return DataError(f"{path} is not a readable .npz file ({type(error).__name__}{': ' + detail if detail else ''})")
 
 
@@ -81,6 +83,11 @@ def describe(path: Path) -> tuple[tuple[int, ...], list[str]]:
     top = int(labels.max()) if labels.size else 0
     if labels.size and labels.min() < 0:
         raise DataError(f"{path}: labels must be class indices from 0; y holds {int(labels.min())}")
+    if top >= MAX_IMPLIED_CLASSES:  # "0".."N" for a damaged label would be millions of class names
+        raise DataError(
+            f"{path}: the labels run up to {top}, which would imply {top + 1:,} classes; give the class names "
+            "(a class_names array in the file, or npz(..., class_names=[...]))"
+        )
     return tuple(shape[1:]), [str(index) for index in range(top + 1)]
 
 

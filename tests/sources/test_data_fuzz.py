@@ -133,10 +133,12 @@ def test_an_image_that_claims_billions_of_pixels_is_refused_without_decoding_it(
         read_image_file("huge.png", (8, 8), "grayscale", data)
 
 
-ARRAY_KINDS = ("uint8", "float32", "float64", "int64", "bool", "str", "object", "complex")
+ARRAY_KINDS = ("uint8", "float32", "float64", "int64", "bool", "str", "object", "complex", "huge")
 
 
 def _array(kind: str, shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    if kind == "huge":  # labels of a damaged file: class names "0".."N" must not be made for them
+        return np.full(shape, 2**62, np.int64)
     if kind == "object":
         return np.empty(shape, dtype=object)
     if kind == "str":
@@ -260,3 +262,12 @@ def test_any_sql_table_trains_as_declared_or_is_one_error(
         assert "\n" not in str(error), error
         return
     assert len(splits.x_test) == len(splits.y_test) > 0
+
+
+def test_labels_that_imply_millions_of_classes_are_refused_before_naming_them(tmp_path: Path) -> None:
+    """Without a class_names array the labels imply "0".."N": a damaged label of 2**62 must not make that list."""
+    path = tmp_path / "damaged.npz"
+    images = np.zeros((2, 8, 8), np.uint8)
+    np.savez(path, x_train=images, y_train=np.array([0, 2**62]), x_test=images, y_test=np.array([0, 1]))
+    with pytest.raises(DataError, match=r"the labels run up to 4611686018427387904, which would imply .* classes"):
+        npz.describe(path)

@@ -107,16 +107,15 @@ def _pretrained_base(spec: ModelSpec, base: PretrainedBase, load_weights: bool) 
     shape = tuple(spec.inputs.shape)
     height, width = shape[:2]
     size = base.input_size or (height, width)
+    names = PRETRAINED_PREPROCESSING
     image = keras.Input(shape=shape, dtype=spec.inputs.dtype, name=spec.inputs.name)
-    pixels = keras.layers.Rescaling(spec.inputs.scale, spec.inputs.offset, name=PRETRAINED_PREPROCESSING["scale"])(
-        image
-    )
+    pixels = keras.layers.Rescaling(spec.inputs.scale, spec.inputs.offset, name=names["scale"])(image)
     if len(shape) == 2:
-        pixels = keras.layers.Reshape((height, width, 1), name=PRETRAINED_PREPROCESSING["channels"])(pixels)
+        pixels = keras.layers.Reshape((height, width, 1), name=names["channels"])(pixels)
     if len(shape) == 2 or shape[2] == 1:  # the networks were trained on colour: grey in all three channels
-        pixels = keras.layers.Concatenate(name=PRETRAINED_PREPROCESSING["rgb"])([pixels, pixels, pixels])
+        pixels = keras.layers.Concatenate(name=names["rgb"])([pixels, pixels, pixels])
     if size != (height, width):
-        pixels = keras.layers.Resizing(*size, name=PRETRAINED_PREPROCESSING["resize"])(pixels)
+        pixels = keras.layers.Resizing(*size, name=names["resize"])(pixels)
     network = _application(base, size, load_weights)
     return keras.Model(image, network(_preprocessing(base.info.module)(pixels)), name=BASE_MODEL)
 

@@ -66,11 +66,10 @@ class DataSource:
 MAX_SEED = 2**32 - 1
 
 
-def check_seed(seed: Any, argument: str, location: Location | None) -> int:
-    """`seed` as an int in [0, 2**32 - 1], else one DefinitionError naming `argument` (`train(seed=...)`)."""
+def check_seed(seed: Any, argument: str, location: Location | None) -> None:
+    """Refuses a seed that is not an int in [0, 2**32 - 1] with one DefinitionError naming `argument`."""
     if not (isinstance(seed, int) and not isinstance(seed, bool) and 0 <= seed <= MAX_SEED):
         raise DefinitionError(f"{argument} expects an int in [0, 2**32 - 1]. Received: {describe(seed)}.", location)
-    return seed
 
 
 def _class_names(given: Any, default: list[str], location: Location | None) -> tuple[str, ...]:

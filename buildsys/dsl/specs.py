@@ -300,7 +300,7 @@ MIN_OPSET, MAX_OPSET = 17, 18
 
 
 def export(
-    opset: int = 17, max_batch_size: int = 1024, parity_tolerance: float = 1e-4, parity_samples: int = 256
+    opset: int = MIN_OPSET, max_batch_size: int = 1024, parity_tolerance: float = 1e-4, parity_samples: int = 256
 ) -> ExportSpec:
     """Export settings. The ONNX opset is set explicitly (>= 17); the parity check compares >= 256 inputs."""
     location = caller_location()
@@ -437,7 +437,7 @@ def model(
         inputs,
         tuple(layers),
         train,
-        export or ExportSpec(17, 1024, 1e-4, 256, location),
+        export or ExportSpec(MIN_OPSET, 1024, 1e-4, 256, location),
         description,
         evaluate=evaluate,
         location=location,
@@ -464,8 +464,8 @@ def _check_layer_names(spec: ModelSpec) -> None:
         spec.inputs.location,
     )
     taken[spec.inputs.name] = "the input"
-    for position, (layer, name) in enumerate(zip(spec.layers, graph_layer_names(spec.layers, spec.output_name),
-                                                 strict=True), start=1):  # fmt: skip
+    names = graph_layer_names(spec.layers, spec.output_name)
+    for position, (layer, name) in enumerate(zip(spec.layers, names, strict=True), start=1):
         _require(
             name not in taken,
             f"layer {position} ({layer.kind}) would be named {name!r}, which {taken.get(name)} already is; names in "

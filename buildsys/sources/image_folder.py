@@ -74,8 +74,8 @@ class LocalFolder:
 
     def subfolders(self, *parts: str) -> list[str]:
         folder = self.root.joinpath(*parts)
-        return _listed(folder, lambda: [child.name for child in folder.iterdir() if child.is_dir()
-                                        and not child.name.startswith(".")])  # fmt: skip
+        children = _listed(folder, lambda: [child for child in folder.iterdir() if child.is_dir()])
+        return [child.name for child in children if not child.name.startswith(".")]
 
     def images_under(self, *parts: str) -> list[Path]:
         folder = self.root.joinpath(*parts)

@@ -102,8 +102,8 @@ def is_filesystem_url(text: str) -> bool:
         make_url(text).get_dialect()
     except NoSuchModuleError:
         return True
-    except (ArgumentError, ValueError):  # not a well-formed URL (a port that is no number): the database path says
-        return False  # what is wrong with it
+    except (ArgumentError, ValueError):  # not a well-formed URL (a port that is no number, say): the database
+        return False  # path that parses it says what is wrong
     return False
 
 
@@ -175,16 +175,18 @@ def query_class_names(url: str, query: str, base_dir: Path | None) -> list[str]:
     Raises:
         DataError: for a NULL name or bytes that are not UTF-8, naming the row (a NULL would become "None").
     """
+    rows = run_query(url, base_dir, query)
+    database = f"database {shown(engine_for(url, base_dir).url)}"
     names = []
-    for row, (value, *_) in enumerate(run_query(url, base_dir, query)):
-        where = f"database {shown(engine_for(url, base_dir).url)}, class_names_query row {row}"
+    for row, (value, *_) in enumerate(rows):
         if value is None:
-            raise DataError(f"{where}: the class name is NULL")
+            raise DataError(f"{database}, class_names_query row {row}: the class name is NULL")
         if isinstance(value, bytes | bytearray | memoryview):
             try:
                 value = bytes(value).decode("utf-8")
             except UnicodeDecodeError:
-                raise DataError(f"{where}: the class name is bytes that are not UTF-8") from None
+                reason = "the class name is bytes that are not UTF-8"
+                raise DataError(f"{database}, class_names_query row {row}: {reason}") from None
         names.append(str(value))
     return names
 

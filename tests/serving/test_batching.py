@@ -263,6 +263,7 @@ class Computing:
         self.release = threading.Event()
         self.release.set()
         self.started = threading.Event()
+        self.threads: list[threading.Thread] = []
 
     def __call__(self, inputs):
         self.started.set()
@@ -271,6 +272,7 @@ class Computing:
             pass
         self.release.wait(10)
         self.calls.append((self.name, len(inputs["x"])))
+        self.threads.append(threading.current_thread())
         return {"y": inputs["x"] * 2}
 
 
@@ -342,6 +344,22 @@ def test_a_short_call_measured_long_once_goes_back_to_an_instance_after_one_wide
 
     # The wide call measured short, so the size goes back to an instance, whose estimate is then short too.
     assert asyncio.run(scenario()) == ["first", "wide", "first", "first", "first"]
+
+
+def test_a_wide_call_measured_short_enough_runs_on_the_loop_and_a_longer_one_in_the_pool():
+    async def lone_wide_threads(**settings) -> list[threading.Thread]:
+        batcher, _, models = wide_batcher(0.002, wide_after_quiet_ns=0, **settings)
+        for _ in range(4):  # an instance measures the size, then the wide session: in the pool, then measured
+            await batcher.infer(rows(0, 1), 1)
+            await asyncio.sleep(0)
+        await batcher.close()
+        return models["wide"].threads
+
+    loop_thread = threading.current_thread()
+    first, *measured = asyncio.run(lone_wide_threads(wide_inline_below_ns=1_000_000_000))
+    assert first is not loop_thread and measured == [loop_thread] * 2
+    # A wide call of 2 ms above a 1 ms threshold keeps to the pool: the loop never pauses that long for it.
+    assert loop_thread not in asyncio.run(lone_wide_threads(wide_inline_below_ns=1_000_000))
 
 
 def test_a_full_batch_does_not_wait_for_the_delay_and_never_exceeds_max_batch_size():

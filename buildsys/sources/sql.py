@@ -110,12 +110,19 @@ def is_filesystem_url(text: str) -> bool:
 @cache
 def _engine(url: Any) -> Any:
     from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
 
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        # A pooled connection keeps the file it opened: a database replaced since (written elsewhere and renamed
+        # over the path, as tools that write safely do) would still be read from the old file. Opening a SQLite
+        # file costs microseconds, so every use opens the path anew.
+        return create_engine(url, poolclass=NullPool)
     return create_engine(url, pool_pre_ping=True)
 
 
 def engine_for(url: str, base_dir: Path | None = None) -> Any:
-    """One pooled engine per URL for the whole process.
+    """One engine per URL for the whole process: pooled connections for a database server, a fresh connection
+    per use for a SQLite file.
 
     Raises:
         DataError: for a URL whose driver is not installed (`mysql://` names mysqlclient's MySQLdb; the tested

@@ -17,7 +17,7 @@ from buildsys import sources
 from buildsys.actions.data import StreamSplits, check_and_split
 from buildsys.errors import DataError, DefinitionError
 from buildsys.sources.images import decode_cell, encode_npy, encode_png
-from buildsys.sources.sql import expand_url, is_database_url, is_filesystem_url
+from buildsys.sources.sql import expand_url, is_database_url, is_filesystem_url, run_query
 from buildsys.workspace import Workspace
 from tests.conftest import fuzz_settings, run_buildsys, write_definition
 from tests.data_helpers import CLASS_NAMES, ONE_EPOCH_MEMORY, digits, sql_definition, url_texts, write_table
@@ -125,6 +125,21 @@ def test_fingerprint_follows_rows_and_labels(sqlite_workspace: Path) -> None:
     with engine.begin() as connection:
         connection.exec_driver_sql("DELETE FROM images WHERE id = 1002")
     assert sources.fingerprint(source, None) not in (first, second)
+
+
+def test_a_database_file_replaced_at_its_path_is_read_anew(sqlite_workspace: Path) -> None:
+    """A tool that writes safely writes a new file and renames it over the old one; a pooled connection would
+    go on reading the old file in this process (it did, before SQLite files got a connection per use)."""
+    source = target(sqlite_workspace).spec.data
+    first = sources.fingerprint(source, None)
+    images, labels = digits()
+    replacement = sqlite_workspace / "data" / "digits.db.new"
+    write_table(f"sqlite:///{replacement}", images[:-1], labels[:-1])
+    replacement.replace(sqlite_workspace / "data" / "digits.db")
+    assert sources.fingerprint(source, None) != first
+    assert run_query("sqlite:///data/digits.db", sqlite_workspace, "SELECT COUNT(*) FROM images") == [
+        (len(labels) - 1,)
+    ]
 
 
 def test_url_variables_come_from_the_environment(workspace: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,6 +29,7 @@ from buildsys.dsl.bases import (
     FEATURES_LAYER,
     PRETRAINED_PREPROCESSING,
     STANDARDIZE_LAYER,
+    Application,
     PretrainedBase,
 )
 from buildsys.dsl.specs import ModelSpec
@@ -85,7 +86,7 @@ def _application(base: PretrainedBase, size: tuple[int, int], load_weights: bool
         raise BuildsysError(f"cannot load {base.application} weights from {weights}: {reason}") from None
 
 
-def _preprocessing(module: str) -> Any:
+def _preprocessing(application: Application) -> Any:
     """A layer that runs `keras.applications.<module>.preprocess_input` when the graph is traced.
 
     Called on a symbolic tensor, preprocess_input captures its channel means as eager constants, which tf2onnx
@@ -95,9 +96,9 @@ def _preprocessing(module: str) -> Any:
 
     class ApplicationPreprocessing(keras.layers.Layer):
         def call(self, pixels: Any) -> Any:
-            return getattr(keras.applications, module).preprocess_input(pixels)
+            return getattr(keras.applications, application.module).preprocess_input(pixels)
 
-    return ApplicationPreprocessing(name=f"{module}_preprocess_input")
+    return ApplicationPreprocessing(name=application.layer_names[0])
 
 
 def _pretrained_base(spec: ModelSpec, base: PretrainedBase, load_weights: bool) -> Any:
@@ -117,7 +118,7 @@ def _pretrained_base(spec: ModelSpec, base: PretrainedBase, load_weights: bool) 
     if size != (height, width):
         pixels = keras.layers.Resizing(*size, name=names["resize"])(pixels)
     network = _application(base, size, load_weights)
-    return keras.Model(image, network(_preprocessing(base.info.module)(pixels)), name=BASE_MODEL)
+    return keras.Model(image, network(_preprocessing(base.info)(pixels)), name=BASE_MODEL)
 
 
 def _architecture(target: Target, dependencies: Sequence[Dependency], hparams: dict[str, Any], tree: OutputTree) -> Any:

@@ -35,6 +35,12 @@ class Application:
     min_size: int  # the smallest height/width the network accepts without its top
     weights_file: str  # the notop ImageNet weights file Keras caches under $KERAS_HOME/models/
 
+    @property
+    def layer_names(self) -> tuple[str, str]:
+        """What the network adds to the base's graph beside PRETRAINED_PREPROCESSING: the layer running its
+        preprocess_input, and the network itself, which Keras names after its module for all of these."""
+        return f"{self.module}_preprocess_input", self.module
+
 
 APPLICATIONS: dict[str, Application] = {
     "InceptionV3": Application("inception_v3", 2048, 75, "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),

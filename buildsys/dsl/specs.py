@@ -491,7 +491,7 @@ def validate(spec: ModelSpec, hparams: dict[str, Any] | None = None) -> tuple[in
     if spec.transfer is not None:  # the head is built to output one probability per class
         taken = (BASE_MODEL, FEATURES_LAYER, *spec.transfer.head.layer_names(spec.output_name))
         if isinstance(spec.transfer.base, PretrainedBase):
-            taken += tuple(PRETRAINED_PREPROCESSING.values())
+            taken += (*PRETRAINED_PREPROCESSING.values(), *spec.transfer.base.info.layer_names)
         _require(
             spec.inputs.name not in taken,
             f"image_input(name={spec.inputs.name!r}) is the name of a layer of the transfer target's graph "

@@ -349,3 +349,19 @@ def test_parquet_features_with_an_empty_validation_split(tmp_path: Path) -> None
     parquet.write_table(pyarrow.table(rows), folder / "part-0.parquet")
     features = read_parquet_features(folder, {"train": 3, "validation": 0, "test": 2})
     assert features.train.shape == (3, 2) and features.test.shape == (2, 2) and len(features.validation) == 0
+
+
+def test_each_network_brings_the_layer_names_the_definition_is_checked_against() -> None:
+    """The definition refuses an input named like a layer the pretrained base will hold; those names must be the
+    ones Keras gives (checked here for every supported network, built without weights)."""
+    import keras
+
+    from buildsys.actions.transfer import _preprocessing
+    from buildsys.dsl.bases import APPLICATIONS
+
+    for application, info in APPLICATIONS.items():
+        size = max(info.min_size, 32)
+        network = getattr(keras.applications, application)(
+            include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg"
+        )
+        assert (_preprocessing(info).name, network.name) == info.layer_names, application

@@ -93,6 +93,17 @@ def test_relative_weights_path_starts_at_the_definition(workspace: Path) -> None
             'image_input("pixels", shape=(8, 8, 1), scale=1)',
             r"image_input\(name='pixels'\) is the name of a layer",
         ),
+        # and the names the network brings (Keras refused these only once the base was built)
+        (
+            'base=pretrained("VGG16", input_size=(32, 32)), head=mlp(),',
+            'image_input("vgg16", shape=(8, 8, 1), scale=1)',
+            r"image_input\(name='vgg16'\) is the name of a layer .*vgg16_preprocess_input, vgg16\)",
+        ),
+        (
+            'base=pretrained("ResNet50", input_size=(32, 32)), head=mlp(),',
+            'image_input("resnet50_preprocess_input", shape=(8, 8, 1), scale=1)',
+            r"image_input\(name='resnet50_preprocess_input'\) is the name of a layer",
+        ),
     ],
 )
 def test_bad_transfer_declarations_name_the_line(workspace: Path, body: str, inputs: str | None, message: str) -> None:

@@ -72,7 +72,7 @@ def read_config(path: Path) -> model_config_pb2.ModelConfig:
     config = model_config_pb2.ModelConfig()
     try:
         text_format.Parse(text, config)
-    except (text_format.ParseError, RecursionError) as error:
+    except (text_format.ParseError, ValueError, RecursionError) as error:  # ValueError: a number out of range
         reason = " ".join(str(error).split())
         raise FormatError(f"{path}: not a valid Triton model config: {reason}") from error
     return config

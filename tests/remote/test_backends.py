@@ -12,7 +12,7 @@ from pathlib import Path
 import boto3
 import gcsfs
 import pytest
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from buildsys.remote.backends import RemoteConfigError, RemoteUnavailableError, display_url, open_backend, parse_headers
@@ -178,7 +178,7 @@ def test_any_remote_cache_url_opens_or_is_one_line_without_its_password(url: str
         assert "\n" not in str(error) or "\n" in url, error
 
 
-@settings(max_examples=100, deadline=None)
+@fuzz_settings(100)
 @given(lines=st.lists(st.text(max_size=30), max_size=5))
 def test_fuzzed_header_files_parse_or_fail_without_echoing_them(tmp_path_factory, lines: list[str]) -> None:
     path = tmp_path_factory.mktemp("headers") / "headers"

@@ -7,7 +7,7 @@ import os
 from pathlib import Path, PurePosixPath
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from buildsys.remote.record import (
@@ -21,6 +21,7 @@ from buildsys.remote.record import (
     describe_folder,
     parse_record,
 )
+from tests.conftest import fuzz_settings
 
 DIGEST = "a1" * 32
 
@@ -132,7 +133,7 @@ def _must_be_safe_or_refused(data: bytes) -> None:
         assert entry.mode in (0o644, 0o755) and entry.size >= 0
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzz_settings(100)
 @given(files=st.dictionaries(_paths, _entries, max_size=5), with_manifest=st.booleans())
 def test_fuzzed_records_parse_to_safe_paths_or_fail_cleanly(files: dict, with_manifest: bool) -> None:
     if with_manifest:
@@ -140,7 +141,7 @@ def test_fuzzed_records_parse_to_safe_paths_or_fail_cleanly(files: dict, with_ma
     _must_be_safe_or_refused(_record(files))
 
 
-@settings(max_examples=200, deadline=None)
+@fuzz_settings(200)
 @given(data=st.data())
 def test_mutated_records_are_safe_or_refused(data: st.DataObject) -> None:
     """A valid record with bytes flipped, cut, repeated or inserted: the parser's only answers are a checked
@@ -160,7 +161,7 @@ def test_mutated_records_are_safe_or_refused(data: st.DataObject) -> None:
     _must_be_safe_or_refused(bytes(record))
 
 
-@settings(max_examples=200, deadline=None)
+@fuzz_settings(200)
 @given(data=st.binary(max_size=200))
 def test_fuzzed_bytes_never_escape_as_another_error(data: bytes) -> None:
     _must_be_safe_or_refused(data)

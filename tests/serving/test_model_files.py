@@ -6,7 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from serving.codec import classify, serialize_bytes
@@ -15,6 +15,7 @@ from serving.model_files import list_versions, read_config, read_version
 from serving.runtime import OnnxModel, RuntimeOptions
 from serving.signature import ModelSignature, TensorSpec
 from serving.version_policy import VersionPolicy
+from tests.conftest import fuzz_settings
 from tests.serving.conftest import publish_version, write_config
 
 
@@ -183,7 +184,7 @@ def test_a_missing_config_with_a_fixed_first_dimension_is_refused(tmp_path):
         read_config(model_dir)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@fuzz_settings(60)
 @given(data=st.data())
 def test_any_manifest_bytes_read_or_raise_model_load_error(tmp_path_factory, data):
     repo = tmp_path_factory.mktemp("fuzz")
@@ -197,7 +198,7 @@ def test_any_manifest_bytes_read_or_raise_model_load_error(tmp_path_factory, dat
         assert "\n" not in str(error)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@fuzz_settings(60)
 @given(data=st.data())
 def test_any_config_bytes_read_or_raise_model_load_error(tmp_path_factory, data):
     repo = tmp_path_factory.mktemp("fuzz")

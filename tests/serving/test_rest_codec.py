@@ -6,13 +6,14 @@ import zlib
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from serving.dataplane import OutputTensor
 from serving.errors import ServingError, Status
 from serving.rest import codec
 from serving.rest.app import HTTP_STATUS
+from tests.conftest import fuzz_settings
 
 
 def binary_body(header: dict, *blobs: bytes) -> tuple[bytes, str]:
@@ -143,7 +144,7 @@ def test_answer_with_binary_and_json_outputs():
     assert json.loads(plain.body)["outputs"][0]["data"] == [0.25, 0.75]
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzz_settings(200)
 @given(body=st.binary(max_size=300), header_length=st.one_of(st.none(), st.text(max_size=6)))
 def test_any_bytes_decode_or_are_invalid_argument(body, header_length):
     try:
@@ -159,7 +160,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@fuzz_settings(200)
 @given(
     key=st.sampled_from(["name", "shape", "datatype", "data", "parameters", "id", "outputs", "inputs"]),
     value=json_values,

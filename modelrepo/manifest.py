@@ -139,9 +139,7 @@ class _Checker:
         self.data = data
 
     def _fail(self, key: str, expected: str) -> FormatError:
-        found = self.data.get(key)
-        shown = repr(found) if len(repr(found)) <= 60 else f"a {type(found).__name__}"
-        return FormatError(f"{self.source}: '{key}' must be {expected}, found {shown}")
+        return FormatError(f"{self.source}: '{key}' must be {expected}, found {_shown(self.data.get(key))}")
 
     def text(self, key: str, default: str | None = None) -> str:
         value = self.data.get(key, default)
@@ -193,9 +191,10 @@ class _Checker:
             name, datatype, shape = entry.get("name"), entry.get("datatype"), entry.get("shape")
             if not isinstance(name, str) or not name:
                 raise FormatError(f"{self.source}: a '{key}' entry has no name")
-            if datatype not in DATATYPES:
+            if not isinstance(datatype, str) or datatype not in DATATYPES:
                 raise FormatError(
-                    f"{self.source}: {key} '{name}' has datatype {datatype!r}; known: {', '.join(sorted(DATATYPES))}"
+                    f"{self.source}: {key} {_shown(name)} has datatype {_shown(datatype)}; known: "
+                    f"{', '.join(sorted(DATATYPES))}"
                 )
             if (
                 not isinstance(shape, list)
@@ -203,10 +202,18 @@ class _Checker:
                 or not all(isinstance(d, int) and not isinstance(d, bool) and d >= -1 for d in shape)
             ):
                 raise FormatError(
-                    f"{self.source}: {key} '{name}' shape must be a non-empty list of integers >= -1, found {shape!r}"
+                    f"{self.source}: {key} {_shown(name)} shape must be a non-empty list of integers >= -1, found "
+                    f"{_shown(shape)}"
                 )
             tensors.append(Tensor(name=name, datatype=datatype, shape=tuple(shape)))
         return tuple(tensors)
+
+
+def _shown(value: Any) -> str:
+    """A value read from the file as a message shows it: its repr when short (a repr has no line breaks), else
+    its type."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"a {type(value).__name__}"
 
 
 def _type_name(value_type: type | tuple[type, ...]) -> str:

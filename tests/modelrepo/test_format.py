@@ -59,6 +59,9 @@ def test_manifest_must_name_its_folder(tmp_path: Path) -> None:
         ({"class_names": [1, 2]}, r"'class_names' must be a list of strings"),
         ({"format": 2}, r"format 2 is not supported"),
         ({"outputs": [{"name": "p", "datatype": "FLOAT", "shape": [-1, 3]}]}, r"outputs 'p' has datatype 'FLOAT'"),
+        # found by bench/fuzz_data.py: a list is not hashable, and the set lookup raised TypeError
+        ({"outputs": [{"name": "p", "datatype": [-1, 10], "shape": [-1, 3]}]}, r"outputs 'p' has datatype \[-1, 10\]"),
+        ({"outputs": [{"name": "a\nb", "datatype": "FP32", "shape": None}]}, r"outputs 'a\\nb' shape must be"),
         ({"timings": {"train": "fast"}}, r"'timings' must be an object of integers or numbers"),
     ],
 )

@@ -2,9 +2,10 @@
 database cells (PNG, JPEG, BMP, .npy, raw pixels), `.npz` sources and SQL tables (tests/sources/test_data_fuzz.py),
 SOURCE texts of the command line (tests/sources/test_resolve.py), definitions (tests/dsl/test_definition_fuzz.py:
 layer stacks, arguments, data declarations), remote-cache records, URLs and header files (tests/remote/), the
-output tree's manifest.json and config.pbtxt (tests/modelrepo/test_format.py), and the files of a served model
-repository and the REST codec's bodies (tests/serving/test_model_files.py, tests/serving/test_rest_codec.py). The
-running server's front ends are bench/fuzz_serve.py's.
+output tree's manifest.json and config.pbtxt (tests/modelrepo/test_format.py), the files of a served model
+repository, model.onnx and labels.txt included (tests/serving/test_model_files.py, tests/serving/test_repository.py),
+and the REST codec's bodies (tests/serving/test_rest_codec.py). The running server's front ends are
+bench/fuzz_serve.py's.
 
 Runs those tests with ``--examples`` examples each (the suite runs 60-300, drawn the same way on every run); any
 input that is neither read as declared nor refused with one line fails, with Hypothesis's smallest failing example.
@@ -35,6 +36,7 @@ def main() -> int:
         "tests/remote/test_backends.py",
         "tests/modelrepo/test_format.py",
         "tests/serving/test_model_files.py",
+        "tests/serving/test_repository.py",
         "tests/serving/test_rest_codec.py",
     ]
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]

@@ -4,13 +4,18 @@ import json
 import logging
 import os
 
+import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from serving.errors import ServingError, Status
 from serving.repository import BatchingOverrides, ModelRepository
 from serving.runtime import RuntimeOptions, shared_threads
 from serving.version_policy import VersionPolicy
+from tests.conftest import fuzz_settings
 from tests.serving.conftest import publish_version
+from tests.serving.test_model_files import mutations
 
 CPU = RuntimeOptions(device="cpu", intra_op_threads=1)
 
@@ -190,3 +195,57 @@ def test_a_bad_file_during_polling_refuses_only_itself_and_a_fixed_version_is_re
     retired = repository.load_all()
     assert [s.version for s in repository.versions("digits")] == [2]
     assert [(s.name, s.version) for s in retired] == [("digits", 1)]
+
+
+class _Records(logging.Handler):
+    """The repository's log records of one example (caplog is function-scoped, and examples share a function)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def damaged(valid: bytes) -> st.SearchStrategy[bytes]:
+    """The file with a few bytes flipped (a protobuf keeps its structure and gets wrong lengths, tags and values),
+    or the edits and random bytes of the other file fuzz tests."""
+
+    @st.composite
+    def flipped(draw) -> bytes:
+        data = bytearray(valid)
+        for _ in range(draw(st.integers(1, 4))):
+            data[draw(st.integers(0, len(data) - 1))] ^= draw(st.integers(1, 255))
+        return bytes(data)
+
+    return flipped() | mutations(valid)
+
+
+@fuzz_settings(100)
+@given(data=st.data())
+def test_a_damaged_onnx_or_labels_file_refuses_only_its_model_in_one_line(tmp_path_factory, data) -> None:
+    repo = tmp_path_factory.mktemp("fuzz")
+    version_dir = publish_version(repo, "alpha", 1, seed=1)
+    publish_version(repo, "zulu", 1, seed=2)
+    if data.draw(st.booleans(), label="a Triton folder, labels from label_filename"):
+        (version_dir / "manifest.json").unlink()  # the class names now come from config.pbtxt's labels.txt
+        damaged_file = repo / "alpha" / "labels.txt"
+    else:
+        damaged_file = version_dir / "model.onnx"
+    damaged_file.write_bytes(data.draw(damaged(damaged_file.read_bytes()), label=damaged_file.name))
+    records, logger = _Records(), logging.getLogger("serving.repository")
+    logger.addHandler(records)
+    try:
+        ModelRepository(repo, CPU).load_all()  # the server's scan: it must not raise
+        repository = ModelRepository(repo, CPU)
+        repository.load_all()
+    finally:
+        logger.removeHandler(records)
+    assert "zulu" in {served.name for served in repository.loaded()}
+    for record in records.records:
+        if record.levelno >= logging.WARNING:
+            assert "\n" not in record.getMessage() and not record.exc_info, record.getMessage()
+    if "alpha" in {served.name for served in repository.loaded()}:
+        answer = repository.get("alpha").model.run({"image": np.zeros((2, 8, 8), np.uint8)})  # a model it loaded runs
+        assert answer["probabilities"].shape == (2, 10)

@@ -32,7 +32,7 @@ from buildsys import sources
 from buildsys.cache import DIGESTS_DIR, CacheKey, cache_key, file_sha256
 from buildsys.console import Reporter, warn_once
 from buildsys.dsl.specs import ModelSpec, validate
-from buildsys.errors import BuildsysError, DefinitionError
+from buildsys.errors import BuildsysError, DefinitionError, one_line
 from buildsys.gate import (
     TEST_PROBABILITIES_FILE,
     QualityGateError,
@@ -286,7 +286,7 @@ def onnx_outputs(folder: Path, manifest: dict[str, Any], images: Any, batch_size
             for start in range(0, len(images), batch_size)
         ]
     except Exception as error:  # onnxruntime raises its own types for unloadable models and bad feeds
-        raise BuildsysError(f"{path}: cannot run it on the test split: {str(error).splitlines()[0][:200]}") from None
+        raise BuildsysError(f"{path}: cannot run it on the test split: {one_line(error, 200)}") from None
     return np.concatenate(batches).astype(np.float32)
 
 

@@ -14,10 +14,10 @@ from pathlib import Path
 _DSL_PACKAGE_DIR = Path(__file__).resolve().parent / "dsl"
 
 
-def one_line(error: BaseException) -> str:
-    """The first line of an error's message (the type's name when it has none): what a library's exception
-    contributes to a one-line error."""
-    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of an error's message, cut at ``limit`` characters (the type's name when it has none): what
+    a library's exception contributes to a one-line error."""
+    return (str(error).strip().splitlines() or [type(error).__name__])[0][:limit]
 
 
 def describe_failure(error: BaseException) -> str:

@@ -54,7 +54,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from serving.errors import RateLimitedLog, ServingError, Status
+from serving.errors import RateLimitedLog, ServingError, Status, first_line
 from serving.statistics import ModelStats
 
 log = logging.getLogger(__name__)
@@ -377,9 +377,9 @@ class DynamicBatcher:
 
     def _failure(self, error: Exception, samples: int) -> ServingError:
         self._failure_log.warning(
-            "model '%s': execution of a batch of %d failed: %s", self.name, samples, _one_line(error)
+            "model '%s': execution of a batch of %d failed: %s", self.name, samples, first_line(error)
         )
-        return ServingError(Status.INTERNAL, f"model '{self.name}' failed to execute: {_one_line(error)}")
+        return ServingError(Status.INTERNAL, f"model '{self.name}' failed to execute: {first_line(error)}")
 
     async def _run(self, delay_first: bool = True) -> None:
         """Hands the queue to free instances batch after batch until it is empty: what queued while an instance ran
@@ -403,7 +403,7 @@ class DynamicBatcher:
                     self._execute_batch(loop, batch)
         except Exception as error:  # a bug here must fail the waiting requests, not leave them hanging
             log.exception("model '%s': batcher stopped", self.name)
-            failure = ServingError(Status.INTERNAL, f"model '{self.name}': batcher failed: {_one_line(error)}")
+            failure = ServingError(Status.INTERNAL, f"model '{self.name}': batcher failed: {first_line(error)}")
             while self._queue:
                 pending = self._queue.popleft()
                 if not pending.future.done():
@@ -553,8 +553,3 @@ def _call_on(loop: asyncio.AbstractEventLoop, callback: Callable[..., None], *ar
 def _resolve(future: asyncio.Future) -> None:
     if not future.done():
         future.set_result(None)
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__

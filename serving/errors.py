@@ -38,6 +38,13 @@ class ModelLoadError(Exception):
     """A model version on disk cannot be served; the message says which file is wrong and why."""
 
 
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """An exception as one line of at most ``limit`` characters: the first line of its message, or its type's name
+    when the message is empty (ONNX Runtime and NumPy raise some with none), for log lines and answers."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__
+
+
 class RateLimitedLog:
     """Logs a message that a client can trigger on every request at most once per ``interval_s``.
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import modelrepo
 from modelrepo import CONFIG_FILE, MANIFEST_FILE, MODEL_NAME, ONNX_FILE, PLATFORM, VERSION_NAME, FormatError
 from modelrepo import list_versions as list_versions
-from serving.errors import ModelLoadError
+from serving.errors import ModelLoadError, first_line
 from serving.protocol import model_config_pb2
 from serving.signature import NUMPY_DTYPES, ONNX_DATATYPES, ModelSignature, TensorSpec
 
@@ -134,8 +134,7 @@ def onnx_signature(path: Path) -> ModelSignature:
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as error:  # ONNX Runtime raises several unrelated types for a missing or bad file
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {first_line[:300]}") from error
+        raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {first_line(error)}") from error
     specs: dict[str, list[TensorSpec]] = {"input": [], "output": []}
     for kind, nodes in (("input", session.get_inputs()), ("output", session.get_outputs())):
         for node in nodes:

@@ -25,7 +25,7 @@ from pathlib import Path
 from modelrepo import MODEL_NAME, VERSION_NAME, list_versions
 from serving.batcher import DynamicBatcher
 from serving.codec import shown
-from serving.errors import ModelLoadError, ServingError, Status
+from serving.errors import ModelLoadError, ServingError, Status, first_line
 from serving.model_files import Manifest, read_config, read_version
 from serving.protocol import model_config_pb2
 from serving.runtime import OnnxModel, RuntimeOptions, requests_cuda, shared_threads
@@ -454,8 +454,7 @@ def _files_state(model_dir: Path, version: int) -> tuple:
 
 def _naming(path: Path, error: BaseException) -> str:
     """One line for a file error that names the file: the error's own message when it does, else prefixed."""
-    text = str(error).strip()
-    first = text.splitlines()[0][:300] if text else type(error).__name__
+    first = first_line(error)
     if str(path.parent) in first:
         return first
     return (

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from serving.errors import ModelLoadError
+from serving.errors import ModelLoadError, first_line
 from serving.signature import ONNX_DATATYPES, ModelSignature, format_shape
 
 log = logging.getLogger(__name__)
@@ -128,8 +128,7 @@ class OnnxModel:
                 wide_options = _session_options(options, wide_threads)
                 self.wide_session = ort.InferenceSession(str(path), sess_options=wide_options, providers=requested)
         except Exception as error:  # ONNX Runtime raises several unrelated types for a bad file
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {first_line}") from error
+            raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {first_line(error)}") from error
         self.session = self.sessions[0]
         self.intra_op_threads = options.intra_op_threads or 0
         self.wide_threads = wide_threads if self.wide_session is not None else 0
@@ -202,7 +201,7 @@ class OnnxModel:
             if self.wide_runner is not None:
                 self.wide_runner(sample)  # the same file and options: it runs as the instances do, or not at all
         except Exception as error:  # any runtime failure means the version must not serve
-            raise ModelLoadError(f"a test run on zeros failed: {str(error).strip().splitlines()[0]}") from error
+            raise ModelLoadError(f"a test run on zeros failed: {first_line(error)}") from error
         for spec in self.signature.outputs:
             got = outputs[spec.name].shape
             if (

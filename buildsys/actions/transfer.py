@@ -33,7 +33,7 @@ from buildsys.dsl.bases import (
     PretrainedBase,
 )
 from buildsys.dsl.specs import ModelSpec
-from buildsys.errors import BuildsysError, DataError, WeightsUnavailableError
+from buildsys.errors import BuildsysError, DataError, WeightsUnavailableError, one_line
 from buildsys.graph import Dependency
 from buildsys.store import WEIGHTS_FILE, OutputTree, write_file_atomic
 from buildsys.workspace import Target, Workspace
@@ -76,7 +76,7 @@ def _application(base: PretrainedBase, size: tuple[int, int], load_weights: bool
     try:
         return constructor(include_top=False, weights=weights, input_shape=(*size, 3), pooling=base.pooling)
     except Exception as error:  # a failed download or an unreadable file: one line saying what to put where
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        reason = one_line(error)
         if weights == "imagenet" and not (keras_models_dir() / base.info.weights_file).is_file():
             raise WeightsUnavailableError(
                 f"{base.application} ImageNet weights are not on this machine and could not be downloaded "

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from buildsys.errors import BuildsysError
+from buildsys.errors import BuildsysError, one_line
 from modelrepo import FormatError, Manifest, write_atomic
 
 PROBE_FILE = "parity_probe.npz"
@@ -72,7 +72,7 @@ def check_probe(folder: Path, manifest: Manifest) -> float:
         session = onnxruntime.InferenceSession(str(folder / onnx_file), providers=["CPUExecutionProvider"])
         (actual,) = session.run([target.name], {source.name: inputs})
     except Exception as error:  # onnxruntime raises its own exception types for unloadable models and bad feeds
-        raise ProbeError(f"{onnx_file} does not run on its probe: {str(error).splitlines()[0][:160]}") from None
+        raise ProbeError(f"{onnx_file} does not run on its probe: {one_line(error, 160)}") from None
     difference = float(np.abs(np.asarray(actual, np.float32) - expected).max())
     if not difference <= tolerance:
         raise ProbeError(

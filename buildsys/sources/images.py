@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from buildsys.errors import DataError
+from buildsys.errors import DataError, one_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -81,8 +81,7 @@ def _decode_image(source: Path | str | io.BytesIO, size: tuple[int, int] | None,
     except (UnidentifiedImageError, FileNotFoundError):
         raise
     except Exception as error:  # see the docstring: every type here is a corrupt image
-        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError(f"cannot decode the image ({detail})") from None
+        raise DataError(f"cannot decode the image ({one_line(error)})") from None
 
 
 def sniff(data: bytes) -> str | None:
@@ -170,7 +169,7 @@ def read_npy(data: bytes, where: str) -> np.ndarray:
     except ValueError as error:
         if "allow_pickle" in str(error):
             raise DataError(f"{where}: {OBJECT_ARRAYS_REFUSED}") from None
-        raise DataError(f"{where}: cannot read the .npy array ({str(error).splitlines()[0]})") from None
+        raise DataError(f"{where}: cannot read the .npy array ({one_line(error)})") from None
     except Exception as error:  # the header is parsed as a Python literal: any failure is damage
         damage = type(error).__name__
         raise DataError(f"{where}: cannot read the .npy array (a damaged header or body: {damage})") from None

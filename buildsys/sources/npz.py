@@ -15,7 +15,7 @@ import numpy as np
 
 from buildsys.cache import DigestMemo
 from buildsys.dsl.datasets import DataSource, Probed
-from buildsys.errors import DataError
+from buildsys.errors import DataError, one_line
 from buildsys.sources.image_folder import resolve
 from buildsys.sources.images import OBJECT_ARRAYS_REFUSED
 from buildsys.sources.records import ArrayReader
@@ -28,10 +28,11 @@ def _damaged(path: Path, error: BaseException) -> DataError:
     """One line for a file that zipfile or NumPy cannot read. A damaged archive or array raises many types
     (BadZipFile, zlib.error, EOFError, OSError, ValueError; SyntaxError and tokenize errors from an `.npy` header,
     which NumPy parses as a Python literal; NotImplementedError for an unknown compression): all mean the same."""
-    detail = str(error).splitlines()[0] if str(error) else ""
-    if isinstance(error, ValueError) and "allow_pickle" in detail:
+    if isinstance(error, ValueError) and "allow_pickle" in str(error):
         return DataError(f"{path}: {OBJECT_ARRAYS_REFUSED}")
-    return DataError(f"{path} is not a readable .npz file ({type(error).__name__}{': ' + detail if detail else ''})")
+    detail = one_line(error)
+    shown = type(error).__name__ if detail == type(error).__name__ else f"{type(error).__name__}: {detail}"
+    return DataError(f"{path} is not a readable .npz file ({shown})")
 
 
 def _check_members(path: Path) -> zipfile.ZipFile:

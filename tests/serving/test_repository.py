@@ -237,9 +237,8 @@ def test_a_damaged_onnx_or_labels_file_refuses_only_its_model_in_one_line(tmp_pa
     records, logger = _Records(), logging.getLogger("serving.repository")
     logger.addHandler(records)
     try:
-        ModelRepository(repo, CPU).load_all()  # the server's scan: it must not raise
         repository = ModelRepository(repo, CPU)
-        repository.load_all()
+        repository.load_all()  # the server's scan: it must not raise
     finally:
         logger.removeHandler(records)
     assert "zulu" in {served.name for served in repository.loaded()}

@@ -11,6 +11,7 @@ pixels to probabilities, so export and the parity check treat it like any other 
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -178,8 +179,16 @@ def build_base(target: Target, dependencies: Sequence[Dependency], tree: OutputT
         source = _architecture(dependency.target, dependency.dependencies, hparams, tree)
     features = source.get_layer(base.layer).output
     if len(features.shape) > 2:
-        features = keras.layers.Flatten(name="flatten_features")(features)
+        features = keras.layers.Flatten(name=_unused_name("flatten_features", source))(features)
     return keras.Model(source.inputs, features, name=BASE_MODEL)
+
+
+def _unused_name(name: str, model: Any) -> str:
+    """`name`, or it with the first free numeric suffix: a layer added to a dependency's graph must not take the
+    name of one of its layers, which the dependency's definition was free to choose (Keras refuses duplicates)."""
+    taken = {layer.name for layer in model.layers}
+    candidates = itertools.chain([name], (f"{name}_{number}" for number in itertools.count(1)))
+    return next(candidate for candidate in candidates if candidate not in taken)
 
 
 def head_layers(spec: ModelSpec) -> list[Any]:

@@ -365,3 +365,18 @@ def test_each_network_brings_the_layer_names_the_definition_is_checked_against()
             include_top=False, weights=None, input_shape=(size, size, 3), pooling="avg"
         )
         assert (_preprocessing(info).name, network.name) == info.layer_names, application
+
+
+def test_a_base_cut_above_two_dimensions_keeps_its_own_layer_names(tmp_path: Path) -> None:
+    """A cut with more than two dimensions gets a Flatten added to the dependency's graph; the dependency's
+    definition may already use that layer's name, and the dependent must still compile."""
+    source = (REPO / "model_defs" / "digits_cnn.py").read_text()
+    source = source.replace(
+        'padding="same", activation="relu"', 'padding="same", activation="relu", name="flatten_features"'
+    )
+    write_definition(tmp_path, "digits_cnn.py", source.replace("MaxPooling2D(2)", 'MaxPooling2D(2, name="pooled")'))
+    dependent = (REPO / "model_defs" / "digits_transfer.py").read_text()
+    write_definition(tmp_path, "digits_transfer.py", dependent.replace('layer="features"', 'layer="pooled"'))
+    result = run_buildsys("compile", "digits_transfer", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["outputs"][0]["shape"] == [None, 10]

@@ -143,8 +143,10 @@ class InferenceClient:
             raise ValueError(f"images are {array.dtype} but model '{model}' takes {spec.datatype}; convert them first")
         array = np.ascontiguousarray(array, dtype=dtype)
         parts = []
-        for start in range(0, len(array), info.max_batch_size):
-            chunk = array[start : start + info.max_batch_size]
+        # A model that does not batch (max_batch_size 0) takes one sample per request, without a batch dimension.
+        step = info.max_batch_size or 1
+        for start in range(0, len(array), step):
+            chunk = array[start : start + step] if info.max_batch_size else array[start]
             request = pb.ModelInferRequest(model_name=model, model_version=version)
             request.inputs.add(name=spec.name, datatype=spec.datatype, shape=chunk.shape)
             request.raw_input_contents.append(chunk.tobytes())
@@ -162,9 +164,11 @@ class InferenceClient:
             ClientError: the server refused the request (the message says why).
             ValueError: the images cannot be converted to the model's input datatype without loss.
         """
+        batched = self.metadata(model, version).max_batch_size > 0
         arrays = []
         for tensor, raw in self._infer(model, images, version, class_count=0):
-            arrays.append(np.frombuffer(raw, dtype=NUMPY_DTYPES[tensor.datatype]).reshape(tuple(tensor.shape)))
+            shape = tuple(tensor.shape) if batched else (1, *tensor.shape)
+            arrays.append(np.frombuffer(raw, dtype=NUMPY_DTYPES[tensor.datatype]).reshape(shape))
         return np.concatenate(arrays)
 
     def classify(
@@ -241,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
         tls: bool | Path = args.tls_ca or args.tls
         with InferenceClient(args.url, token=token, tls=tls) as client:
             info = client.metadata(args.model, args.model_version)
-            batch = np.stack([load_image(path, info.inputs[0].shape) for path in args.images])
+            shape = info.inputs[0].shape if info.max_batch_size else (-1, *info.inputs[0].shape)
+            batch = np.stack([load_image(path, shape) for path in args.images])
             results = client.classify(args.model, batch, top_k=args.top_k, version=args.model_version)
     except (ClientError, ValueError, OSError) as error:
         print(f"client: error: {error}", file=sys.stderr)

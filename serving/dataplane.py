@@ -312,7 +312,7 @@ class DataPlane:
         config.CopyFrom(served.config)
         config.name = served.name
         config.platform = served.manifest.platform
-        config.max_batch_size = served.batcher.max_batch_size
+        config.max_batch_size = served.max_batch_size
         config.dynamic_batching.max_queue_delay_microseconds = served.batcher.max_queue_delay_us
         config.dynamic_batching.default_queue_policy.max_queue_size = served.batcher.max_queue_size
         on_gpu = CUDA in served.model.providers
@@ -394,13 +394,16 @@ class DataPlane:
             wanted = _checked_outputs(request.outputs, served)
             deadline = _deadline(request)
             results = await served.batcher.infer(inputs, batch_size, deadline, on_wait)
+            batched = served.manifest.signature.batched
             outputs = []
             for output, class_count in wanted:
-                array = results[output.name]
+                rows = results[output.name]
                 if class_count:
-                    labels = codec.classify(array, class_count, served.manifest.class_names)
+                    labels = codec.classify(rows, class_count, served.manifest.class_names)
+                    labels = labels if batched else labels[0]
                     outputs.append(OutputTensor(output.name, "BYTES", labels.shape, labels))
                 else:
+                    array = output.rows_for_client(rows, batched)
                     outputs.append(OutputTensor(output.name, output.datatype, array.shape, array))
             response = InferenceResponse(served.name, str(served.version), request.id, outputs)
         except ServingError as error:
@@ -421,9 +424,10 @@ def _bad(message: str) -> ServingError:
 
 
 def _checked_inputs(tensors: list[InputTensor], served: ServedVersion) -> tuple[dict[str, np.ndarray], int]:
-    """The request's arrays by input name and their common batch size, checked against the signature."""
+    """The request's arrays by input name, as rows in the model's shapes, and their common batch size (1 for a
+    model that does not batch), checked against the signature."""
     signature = served.manifest.signature
-    max_batch_size = served.batcher.max_batch_size
+    max_batch_size = served.max_batch_size
     arrays: dict[str, np.ndarray] = {}
     specs = signature.inputs
     for tensor in tensors:
@@ -436,7 +440,7 @@ def _checked_inputs(tensors: list[InputTensor], served: ServedVersion) -> tuple[
         if spec.name in arrays:
             raise _bad(f"input '{spec.name}' is given more than once")
         spec.check_request(tensor.datatype, tuple(tensor.shape), max_batch_size)
-        arrays[spec.name] = tensor.data
+        arrays[spec.name] = spec.rows_for_model(tensor.data, signature.batched)
     if len(arrays) != len(specs):
         spec = next(s for s in specs if s.name not in arrays)
         raise _bad(f"missing input '{spec.name}' ({spec.datatype} {format_shape(spec.shape)})")

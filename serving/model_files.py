@@ -2,8 +2,10 @@
 
 A buildsys version folder has ``manifest.json``; any other Triton ONNX repository is served as Triton serves it:
 the signature comes from ``config.pbtxt`` (class labels from an output's ``label_filename``, the model file from
-``default_model_filename``), and a model without ``config.pbtxt`` is completed from its ONNX file's inputs and
-outputs when their first dimension is dynamic. Every malformed file (not UTF-8, wrong JSON types, unknown datatype,
+``default_model_filename``, ``max_batch_size: 0`` for a model that does not batch, and a tensor's ``reshape``
+where the ONNX file's shape differs from the one clients use), and a model without ``config.pbtxt`` is completed
+from its ONNX file's inputs and outputs: with a batch dimension when every first dimension is dynamic, without
+one otherwise. Every malformed file (not UTF-8, wrong JSON types, unknown datatype,
 inconsistent config, an ONNX file that does not load) raises ``ModelLoadError`` with one line naming the file and
 the reason, never another exception, so the repository refuses that model or version and goes on with the others.
 This module reads files only; it never runs a model (that is serving/runtime.py) and never imports buildsys.
@@ -68,7 +70,8 @@ def read_config(model_dir: Path) -> model_config_pb2.ModelConfig:
 
     Raises:
         ModelLoadError: unreadable, not UTF-8, not a valid Triton config, another model's name, another platform,
-            no batch dimension, or (without config.pbtxt) an ONNX file that cannot complete one.
+            a negative max_batch_size or dimension, a reshape that cannot apply, or (without config.pbtxt) an ONNX
+            file that cannot complete one.
     """
     path = model_dir / CONFIG_FILE
     if not path.exists():
@@ -82,9 +85,9 @@ def read_config(model_dir: Path) -> model_config_pb2.ModelConfig:
     if config.platform not in ("", PLATFORM) or config.backend not in ("", ONNX_BACKEND):
         given = config.platform if config.platform not in ("", PLATFORM) else config.backend
         raise ModelLoadError(f"{path}: platform/backend '{given[:80]}' is not supported; expected '{PLATFORM}'")
-    if config.max_batch_size <= 0:
+    if config.max_batch_size < 0:
         raise ModelLoadError(
-            f"{path}: max_batch_size is {config.max_batch_size}; serving needs a batch dimension (> 0)"
+            f"{path}: max_batch_size is {config.max_batch_size}; it must be 0 (the model does not batch) or more"
         )
     if config.default_model_filename:
         _file_name(config.default_model_filename, path, "default_model_filename")
@@ -93,38 +96,80 @@ def read_config(model_dir: Path) -> model_config_pb2.ModelConfig:
             _datatype(tensor, path, kind)
             if any(d < -1 for d in tensor.dims):
                 raise ModelLoadError(f"{path}: {kind} '{tensor.name}' dims {list(tensor.dims)} must be >= -1")
+            if tensor.HasField("reshape"):
+                _check_reshape(tensor, path, kind, config.max_batch_size > 0)
             if getattr(tensor, "label_filename", ""):
                 _file_name(tensor.label_filename, path, f"{kind} '{tensor.name}' label_filename")
     return config
 
 
+def _check_reshape(
+    tensor: model_config_pb2.ModelInput | model_config_pb2.ModelOutput, path: Path, kind: str, batched: bool
+) -> None:
+    """Triton's rules for ``reshape``: dimensions >= 1 or -1, not empty for a model that does not batch, and, run
+    by run between variable dimensions, as many elements as ``dims``."""
+    dims, reshape = list(tensor.dims), list(tensor.reshape.shape)
+    problem = ""
+    if any(d < 1 and d != -1 for d in reshape):
+        problem = "must have dimensions >= 1, or -1 for a variable one"
+    elif not reshape and not batched:
+        problem = "cannot be empty in a model that does not batch (a scalar tensor)"
+    elif _element_runs(dims) != _element_runs(reshape):
+        problem = f"does not hold the elements of dims {dims} (run by run between variable dimensions)"
+    if problem:
+        raise ModelLoadError(f"{path}: {kind} '{tensor.name}' reshape {reshape} {problem}")
+
+
+def _element_runs(shape: list[int]) -> list[int]:
+    """The element counts of the runs of fixed dimensions between variable (-1) ones: [2, 4, -1, 6] is [8, 6]."""
+    runs = [1]
+    for dimension in shape:
+        if dimension == -1:
+            runs.append(1)
+        else:
+            runs[-1] *= dimension
+    return runs
+
+
 def _complete_config(model_dir: Path) -> model_config_pb2.ModelConfig:
     """A config for a model folder without config.pbtxt, from the newest version's ONNX file (Triton's
-    auto-complete): its inputs and outputs, with dynamic batching, when every tensor's first dimension is dynamic."""
+    auto-complete): its inputs and outputs, with dynamic batching when every tensor's first dimension is dynamic,
+    else as a model that does not batch (``max_batch_size: 0``, each tensor whole)."""
     versions = list_versions(model_dir)
     if not versions:
         raise ModelLoadError(f"{model_dir / CONFIG_FILE}: missing, and no version folder to complete it from")
     onnx_path = model_dir / str(versions[-1]) / ONNX_FILE
     signature = onnx_signature(onnx_path)
+    batched = signature.batched
     config = model_config_pb2.ModelConfig(
-        name=model_dir.name, platform=PLATFORM, max_batch_size=AUTOCOMPLETE_MAX_BATCH_SIZE
+        name=model_dir.name, platform=PLATFORM, max_batch_size=AUTOCOMPLETE_MAX_BATCH_SIZE if batched else 0
     )
     for target, specs in ((config.input, signature.inputs), (config.output, signature.outputs)):
         for spec in specs:
             target.add(
-                name=spec.name, data_type=model_config_pb2.DataType.Value(f"TYPE_{spec.datatype}"), dims=spec.shape[1:]
+                name=spec.name,
+                data_type=model_config_pb2.DataType.Value(f"TYPE_{spec.datatype}"),
+                dims=spec.shape[batched:],
             )
-    config.dynamic_batching.SetInParent()
+    if batched:
+        config.dynamic_batching.SetInParent()
     config.version_policy.latest.num_versions = 1
     return config
 
 
-def onnx_signature(path: Path) -> ModelSignature:
-    """The inputs and outputs an ONNX file declares, read with ONNX Runtime (no TensorFlow, no onnx package).
+def _batchable(specs: list[TensorSpec]) -> bool:
+    """Whether every tensor's first dimension is dynamic, so that the model can be batched on it."""
+    return all(spec.shape and spec.shape[0] == -1 for spec in specs)
+
+
+def onnx_signature(path: Path, batched: bool | None = None) -> ModelSignature:
+    """The inputs and outputs an ONNX file declares, read with ONNX Runtime (no TensorFlow, no onnx package), for
+    a model that batches (``batched``: every first dimension must be dynamic), one that does not, or (None) as
+    the file allows.
 
     Raises:
         ModelLoadError: the file does not load, a tensor has a datatype serving cannot carry, or a first
-            dimension is not dynamic (no batch dimension to batch on).
+            dimension is not dynamic in a model that batches.
     """
     import onnxruntime as ort
 
@@ -142,13 +187,15 @@ def onnx_signature(path: Path) -> ModelSignature:
             if datatype is None:
                 raise ModelLoadError(f"{path}: {kind} '{node.name}' is {node.type}, which serving cannot carry")
             shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape)
-            if not shape or shape[0] != -1:
+            if batched and (not shape or shape[0] != -1):
                 raise ModelLoadError(
-                    f"{path}: {kind} '{node.name}' has shape {list(shape)}; without config.pbtxt the first "
-                    "dimension must be dynamic (the batch)"
+                    f"{path}: {kind} '{node.name}' has shape {list(shape)}; config.pbtxt's max_batch_size needs "
+                    "a dynamic first dimension (the batch), or max_batch_size: 0 for a model that does not batch"
                 )
             specs[kind].append(TensorSpec(node.name, datatype, shape))
-    return ModelSignature(inputs=tuple(specs["input"]), outputs=tuple(specs["output"]))
+    if batched is None:
+        batched = _batchable([*specs["input"], *specs["output"]])
+    return ModelSignature(inputs=tuple(specs["input"]), outputs=tuple(specs["output"]), batched=batched)
 
 
 def read_version(version_dir: Path, config: model_config_pb2.ModelConfig) -> Manifest:
@@ -165,6 +212,10 @@ def read_version(version_dir: Path, config: model_config_pb2.ModelConfig) -> Man
 
 def _from_manifest(version_dir: Path, config: model_config_pb2.ModelConfig) -> Manifest:
     path = version_dir / MANIFEST_FILE
+    if config.max_batch_size == 0:
+        raise ModelLoadError(
+            f"{version_dir.parent / CONFIG_FILE}: max_batch_size is 0, but {path}'s tensors have a batch dimension"
+        )
     try:
         manifest = modelrepo.read_manifest(version_dir)
     except FormatError as error:
@@ -208,15 +259,15 @@ def _from_config(version_dir: Path, config: model_config_pb2.ModelConfig) -> Man
     model_dir = version_dir.parent
     config_path = model_dir / CONFIG_FILE
     onnx_file = config.default_model_filename or ONNX_FILE
+    batched = config.max_batch_size > 0
     if config.input and config.output:
         signature = ModelSignature(
-            inputs=tuple(TensorSpec(t.name, _datatype(t, config_path, "input"), (-1, *t.dims)) for t in config.input),
-            outputs=tuple(
-                TensorSpec(t.name, _datatype(t, config_path, "output"), (-1, *t.dims)) for t in config.output
-            ),
+            inputs=tuple(_config_spec(t, config_path, "input", batched) for t in config.input),
+            outputs=tuple(_config_spec(t, config_path, "output", batched) for t in config.output),
+            batched=batched,
         )
     else:
-        signature = onnx_signature(version_dir / onnx_file)
+        signature = onnx_signature(version_dir / onnx_file, batched)
     class_names: tuple[str, ...] = ()
     label_files = [t.label_filename for t in config.output if t.label_filename]
     if label_files:
@@ -232,6 +283,16 @@ def _from_config(version_dir: Path, config: model_config_pb2.ModelConfig) -> Man
         signature=signature,
         class_names=class_names,
     )
+
+
+def _config_spec(
+    tensor: model_config_pb2.ModelInput | model_config_pb2.ModelOutput, path: Path, kind: str, batched: bool
+) -> TensorSpec:
+    """A config tensor as serving sees it: ``dims`` after the batch dimension of a model that batches, and the
+    ONNX file's shape from ``reshape`` where the config gives one."""
+    batch = (-1,) if batched else ()
+    model_shape = (*batch, *tensor.reshape.shape) if tensor.HasField("reshape") else None
+    return TensorSpec(tensor.name, _datatype(tensor, path, kind), (*batch, *tensor.dims), model_shape)
 
 
 def _check_config_matches(config: model_config_pb2.ModelConfig, manifest: Manifest, config_path: Path) -> None:
@@ -254,6 +315,10 @@ def _check_config_matches(config: model_config_pb2.ModelConfig, manifest: Manife
             if tensor is None:
                 continue
             datatype = _datatype(tensor, config_path, kind)
+            if tensor.HasField("reshape") and tuple(tensor.reshape.shape) != spec.shape[1:]:
+                raise ModelLoadError(
+                    f"{config_path}: {kind} '{spec.name}' has a reshape, which the manifest's model does not need"
+                )
             if datatype != spec.datatype or tuple(tensor.dims) != spec.shape[1:]:
                 raise ModelLoadError(
                     f"{config_path}: {kind} '{spec.name}' is {datatype} {list(tensor.dims)} but the manifest "

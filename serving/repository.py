@@ -62,7 +62,7 @@ class IndexEntry:
 
 @dataclass(frozen=True)
 class Batching:
-    max_batch_size: int
+    max_batch_size: int  # 0 for a model that does not batch: each request runs alone
     max_queue_delay_us: int
     max_queue_size: int
 
@@ -89,12 +89,14 @@ class ServedVersion:
         self.config = config
         self.manifest = manifest
         self.model = model
+        self.max_batch_size = batching.max_batch_size
         self.stats = ModelStats()
         self.batcher = DynamicBatcher(
             name=f"{manifest.name}/{manifest.version}",
             instances=model.runners,
             wide=model.wide_runner,
-            max_batch_size=batching.max_batch_size,
+            # A model that does not batch is queued as one row per request, so no two requests are merged.
+            max_batch_size=max(1, batching.max_batch_size),
             max_queue_delay_us=batching.max_queue_delay_us,
             max_queue_size=batching.max_queue_size,
             stats=self.stats,
@@ -396,7 +398,8 @@ class ModelRepository:
         config_queue = dynamic.default_queue_policy.max_queue_size
         overrides = self.batching
         return Batching(
-            max_batch_size=overrides.max_batch_size or config.max_batch_size,
+            # --max-batch-size cannot give a batch dimension to a model without one.
+            max_batch_size=(overrides.max_batch_size or config.max_batch_size) if config.max_batch_size else 0,
             max_queue_delay_us=(
                 overrides.max_queue_delay_us
                 if overrides.max_queue_delay_us is not None

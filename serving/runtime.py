@@ -148,8 +148,16 @@ class OnnxModel:
         names = signature.output_names()
 
         def runner(session: ort.InferenceSession) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
-            # What the batcher calls: the session's run with the outputs named, nothing more.
-            return lambda inputs: dict(zip(names, session.run(names, inputs), strict=True))
+            # What the batcher calls: the session's run with the outputs named, nothing more. A model that does
+            # not batch is queued as a single row, which its tensors do not have.
+            if signature.batched:
+                return lambda inputs: dict(zip(names, session.run(names, inputs), strict=True))
+            return lambda inputs: {
+                name: output[np.newaxis]
+                for name, output in zip(
+                    names, session.run(names, {key: rows[0] for key, rows in inputs.items()}), strict=True
+                )
+            }
 
         self.runners = tuple(runner(session) for session in self.sessions)
         self.wide_runner = None if self.wide_session is None else runner(self.wide_session)
@@ -165,49 +173,56 @@ class OnnxModel:
                     f"{path}: ONNX {kind}s {actual_names} differ from the manifest's {[s.name for s in specs]}"
                 )
             by_name = {a.name: a for a in actual}
+            batched = signature.batched
             for spec in specs:
                 node = by_name[spec.name]
                 datatype = ONNX_DATATYPES.get(node.type, node.type)
                 # ONNX writes a symbolic or unknown dimension as a string or None; the manifest as -1.
                 dims = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape)
-                if datatype != spec.datatype or len(dims) != len(spec.shape) or dims[0] != -1:
+                expected = spec.onnx_shape
+                if datatype != spec.datatype or len(dims) != len(expected) or (batched and dims[0] != -1):
                     raise ModelLoadError(
                         f"{path}: ONNX {kind} '{spec.name}' is {datatype} {format_shape(dims)} but the "
-                        f"manifest says {spec.datatype} {format_shape(spec.shape)} "
-                        "(the batch dimension must be dynamic)"
+                        f"manifest says {spec.datatype} {format_shape(expected)}"
+                        + (" (the batch dimension must be dynamic)" if batched else "")
                     )
-                if any(want not in (-1, got) for want, got in zip(spec.shape[1:], dims[1:], strict=True)):
+                if any(want not in (-1, got) for want, got in zip(expected[batched:], dims[batched:], strict=True)):
                     raise ModelLoadError(
                         f"{path}: ONNX {kind} '{spec.name}' has shape {format_shape(dims)}, manifest "
-                        f"{format_shape(spec.shape)}"
+                        f"{format_shape(expected)}"
                     )
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Runs one (merged) batch on the first instance and returns every output by name."""
+        """Runs one (merged) batch of rows on the first instance and returns every output's rows by name."""
         return self.runners[0](inputs)
 
     def smoke_test(self) -> None:
-        """Runs a one-sample batch of zeros so a model that loads but cannot execute never serves.
+        """Runs one sample of zeros, as a request's would run, so a model that loads but cannot execute, or whose
+        outputs do not fit the signature, never serves.
 
         Raises:
             ModelLoadError: the run fails or an output's shape differs from the manifest.
         """
-        sample = {
-            spec.name: np.zeros((1, *(d if d > 0 else 1 for d in spec.shape[1:])), dtype=spec.dtype)
-            for spec in self.signature.inputs
-        }
+        batched = self.signature.batched
         try:
+            sample = {}
+            for spec in self.signature.inputs:
+                shape = [d if d > 0 else 1 for d in spec.shape]  # one sample; a variable dimension of one
+                sample[spec.name] = spec.rows_for_model(np.zeros(shape, dtype=spec.dtype), batched)
             outputs = self.run(sample)
             if self.wide_runner is not None:
                 self.wide_runner(sample)  # the same file and options: it runs as the instances do, or not at all
+            shapes = {
+                spec.name: spec.rows_for_client(outputs[spec.name], batched).shape for spec in self.signature.outputs
+            }
         except Exception as error:  # any runtime failure means the version must not serve
             raise ModelLoadError(f"a test run on zeros failed: {first_line(error)}") from error
         for spec in self.signature.outputs:
-            got = outputs[spec.name].shape
+            got = shapes[spec.name]
             if (
                 len(got) != len(spec.shape)
-                or got[0] != 1
-                or any(want not in (-1, g) for want, g in zip(spec.shape[1:], got[1:], strict=True))
+                or (batched and got[0] != 1)
+                or any(want not in (-1, g) for want, g in zip(spec.shape[batched:], got[batched:], strict=True))
             ):
                 raise ModelLoadError(
                     f"output '{spec.name}' of a one-sample test run has shape {format_shape(got)}, manifest "

@@ -1,7 +1,10 @@
 """Tensor signatures of a model (names, Open Inference Protocol datatypes, shapes) and their validation.
 
-Shapes use -1 for a variable dimension; the first dimension is the batch. This module is pure data and numpy:
-it decides whether a request's declared tensor fits the model, and says what was expected when it does not.
+Shapes use -1 for a variable dimension. A model that batches (Triton's ``max_batch_size`` > 0) has the batch as
+every tensor's first dimension; one that does not (``max_batch_size: 0``) takes each tensor whole, in the shape its
+config gives. A tensor's ``model_shape`` is the one the ONNX file has when config.pbtxt's ``reshape`` differs from
+what clients send and receive. This module is pure data and numpy: it decides whether a request's declared tensor
+fits the model, and says what was expected when it does not.
 """
 
 from dataclasses import dataclass
@@ -50,18 +53,26 @@ def format_shape(shape: tuple[int, ...] | list[int]) -> str:
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """One input or output: its name, datatype and shape including the batch dimension (-1 = variable)."""
+    """One input or output: its name, datatype and shape as clients see it (-1 = variable), the batch dimension
+    first in a model that batches; ``model_shape`` is the ONNX tensor's, where config.pbtxt reshapes it."""
 
     name: str
     datatype: str
     shape: tuple[int, ...]
+    model_shape: tuple[int, ...] | None = None
 
     @property
     def dtype(self) -> np.dtype:
         return NUMPY_DTYPES[self.datatype]
 
+    @property
+    def onnx_shape(self) -> tuple[int, ...]:
+        """The shape the ONNX file declares for this tensor."""
+        return self.shape if self.model_shape is None else self.model_shape
+
     def check_request(self, datatype: str, shape: tuple[int, ...], max_batch_size: int) -> None:
-        """Checks a request's declared datatype and shape for this input.
+        """Checks a request's declared datatype and shape for this input; ``max_batch_size`` 0 is a model that
+        does not batch, whose input is given whole.
 
         Raises:
             ServingError: INVALID_ARGUMENT naming the input, what was received and what is expected.
@@ -71,20 +82,23 @@ class TensorSpec:
                 Status.INVALID_ARGUMENT,
                 f"input '{self.name}': datatype {datatype or '(empty)'} does not match the model's {self.datatype}",
             )
+        batched = max_batch_size > 0
         if len(shape) != len(self.shape) or any(
-            want not in (-1, got) for want, got in zip(self.shape[1:], shape[1:], strict=True)
+            want not in (-1, got) for want, got in zip(self.shape[batched:], shape[batched:], strict=True)
         ):
+            batch_note = "the first dimension is the batch" if batched else "the model does not batch"
             raise ServingError(
                 Status.INVALID_ARGUMENT,
                 f"input '{self.name}': shape {format_shape(shape)} does not match the model's "
-                f"{format_shape(self.shape)} "
-                "(-1 is any size, the first dimension is the batch)",
+                f"{format_shape(self.shape)} (-1 is any size, {batch_note})",
             )
         if any(d < 0 for d in shape):
             raise ServingError(
                 Status.INVALID_ARGUMENT,
                 f"input '{self.name}': shape {format_shape(shape)} has a negative dimension",
             )
+        if not batched:
+            return
         if shape[0] < 1:
             raise ServingError(Status.INVALID_ARGUMENT, f"input '{self.name}': batch size must be at least 1, got 0")
         if shape[0] > max_batch_size:
@@ -95,13 +109,52 @@ class TensorSpec:
                 "split the request",
             )
 
+    def rows_for_model(self, array: np.ndarray, batched: bool) -> np.ndarray:
+        """A request's checked input as the batcher queues it: rows in the ONNX tensor's shape, and a single row
+        for a model that does not batch (the runner takes it off again)."""
+        if self.model_shape is None:
+            return array if batched else array[np.newaxis]
+        rows = array.shape[0] if batched else 1
+        return array.reshape(
+            (rows, *_resolved(self.model_shape[batched:], self.shape[batched:], array.shape[batched:]))
+        )
+
+    def rows_for_client(self, rows: np.ndarray, batched: bool) -> np.ndarray:
+        """An output's rows from the batcher in the shape clients get: config.pbtxt's dims where it reshapes the
+        ONNX tensor, and without the single row of a model that does not batch.
+
+        Raises:
+            ServingError: INTERNAL when the model's output does not fit the config's dims.
+        """
+        if self.model_shape is not None:
+            target = _resolved(self.shape[batched:], self.model_shape[batched:], rows.shape[1:])
+            try:
+                rows = rows.reshape((rows.shape[0], *target))
+            except ValueError:
+                raise ServingError(
+                    Status.INTERNAL,
+                    f"output '{self.name}': the model returned {format_shape(rows.shape[batched:])}, which does not "
+                    f"fit config.pbtxt's dims {format_shape(self.shape[batched:])}",
+                ) from None
+        return rows if batched else rows[0]
+
+
+def _resolved(target: tuple[int, ...], source: tuple[int, ...], actual: tuple[int, ...]) -> tuple[int, ...]:
+    """``target`` with each variable dimension (-1) taking the size of the same-numbered variable dimension of
+    ``source`` in ``actual``: Triton's reshape keeps variable dimensions in order, between runs of fixed ones that
+    hold the same number of elements (checked when the config is read)."""
+    sizes = iter([size for size, declared in zip(actual, source, strict=False) if declared == -1])
+    return tuple(next(sizes, -1) if d == -1 else d for d in target)
+
 
 @dataclass(frozen=True)
 class ModelSignature:
-    """The inputs and outputs of one model version, in the model's order."""
+    """The inputs and outputs of one model version, in the model's order; ``batched`` False for a model whose
+    config has ``max_batch_size: 0`` (its tensors have no batch dimension)."""
 
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    batched: bool = True
 
     def output_names(self) -> list[str]:
         return [spec.name for spec in self.outputs]

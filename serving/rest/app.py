@@ -100,8 +100,12 @@ def _numbers(value: object, key: str = "") -> object:
 
 
 def config_json(config: model_config_pb2.ModelConfig) -> dict:
-    """A ModelConfig as Triton's HTTP endpoint writes it: proto field names, 64-bit integers as numbers."""
-    return _numbers(json_format.MessageToDict(config, preserving_proto_field_name=True))
+    """A ModelConfig as Triton's HTTP endpoint writes it: proto field names, every field even at its default (so
+    that ``max_batch_size`` 0 is there for clients to read), 64-bit integers as numbers."""
+    as_dict = json_format.MessageToDict(
+        config, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    return _numbers(as_dict)
 
 
 def statistics_json(entry: VersionStatistics) -> dict:

@@ -170,6 +170,53 @@ def publish_version(
     return final
 
 
+# A model laid out like the Triton quickstart's densenet_onnx: no batching (max_batch_size 0), and config.pbtxt
+# reshapes its input [3, 4, 4] to the ONNX file's [1, 3, 4, 4] and its output [1, 5, 1, 1] to [5].
+UNBATCHED_CONFIG = """\
+name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: 0
+input [
+  { name: "data_0" data_type: TYPE_FP32 format: FORMAT_NCHW dims: [ 3, 4, 4 ] reshape { shape: [ 1, 3, 4, 4 ] } }
+]
+output [
+  { name: "fc6_1" data_type: TYPE_FP32 dims: [ 5 ] reshape { shape: [ 1, 5, 1, 1 ] } label_filename: "labels.txt" }
+]
+"""
+UNBATCHED_CLASSES = ["tench", "goldfish", "shark", "tiger shark", "hammerhead"]
+
+
+def publish_unbatched(repo: Path, name: str = "dense_onnx", seed: int = 0) -> Path:
+    """Writes a Triton model folder (no manifest.json) whose model does not batch; returns its version folder."""
+    weights = np.random.default_rng(seed).normal(0, 0.3, size=(48, 5)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["data_0"], ["flat"]),
+            helper.make_node("MatMul", ["flat", "weights"], ["logits"]),
+            helper.make_node("Reshape", ["logits", "out_shape"], ["fc6_1"]),
+        ],
+        "unbatched",
+        [helper.make_tensor_value_info("data_0", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("fc6_1", TensorProto.FLOAT, [1, 5, 1, 1])],
+        initializer=[
+            numpy_helper.from_array(weights, "weights"),
+            numpy_helper.from_array(np.array([1, 5, 1, 1], dtype=np.int64), "out_shape"),
+        ],
+    )
+    version_dir = repo / name / "1"
+    version_dir.mkdir(parents=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), version_dir / "model.onnx")
+    (repo / name / "config.pbtxt").write_text(UNBATCHED_CONFIG.replace("{name}", name))
+    (repo / name / "labels.txt").write_text("\n".join(UNBATCHED_CLASSES) + "\n")
+    return version_dir
+
+
+def unbatched_reference(version_dir: Path, sample: np.ndarray) -> np.ndarray:
+    """What the server must answer for one [3, 4, 4] sample: the ONNX file run in process, shaped as [5]."""
+    session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(["fc6_1"], {"data_0": sample.reshape(1, 3, 4, 4)})[0].reshape(5)
+
+
 def reference_probabilities(version_dir: Path, images: np.ndarray) -> np.ndarray:
     """The same model run in-process with ONNX Runtime: what the server must answer."""
     session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])

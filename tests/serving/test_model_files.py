@@ -10,13 +10,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from serving.codec import classify, serialize_bytes
-from serving.errors import ModelLoadError
+from serving.errors import ModelLoadError, ServingError
 from serving.model_files import list_versions, read_config, read_version
 from serving.runtime import OnnxModel, RuntimeOptions
 from serving.signature import ModelSignature, TensorSpec
 from serving.version_policy import VersionPolicy
 from tests.conftest import fuzz_settings
-from tests.serving.conftest import publish_version, write_config
+from tests.serving.conftest import (
+    UNBATCHED_CLASSES,
+    publish_unbatched,
+    publish_version,
+    unbatched_reference,
+    write_config,
+)
 
 
 @pytest.mark.parametrize(
@@ -83,8 +89,8 @@ def test_manifest_errors_name_the_file_and_the_problem(tmp_path, changes, messag
 
 
 def test_config_errors(tmp_path):
-    write_config(tmp_path / "digits", "digits", max_batch_size=0)
-    with pytest.raises(ModelLoadError, match="max_batch_size is 0"):
+    write_config(tmp_path / "digits", "digits", max_batch_size=-1)
+    with pytest.raises(ModelLoadError, match="max_batch_size is -1; it must be 0"):
         read_config(tmp_path / "digits")
     (tmp_path / "digits" / "config.pbtxt").write_text('name: "digits"\nmax_batch_size: [')
     with pytest.raises(ModelLoadError, match="not a valid Triton model config"):
@@ -164,7 +170,7 @@ def test_a_missing_config_is_completed_from_the_onnx_file(tmp_path):
     assert served.signature.outputs == (TensorSpec("probabilities", "FP32", (-1, 10)),)
 
 
-def test_a_missing_config_with_a_fixed_first_dimension_is_refused(tmp_path):
+def test_a_missing_config_with_a_fixed_first_dimension_is_completed_as_a_model_that_does_not_batch(tmp_path):
     import onnx
     from onnx import TensorProto, helper
 
@@ -177,11 +183,76 @@ def test_a_missing_config_with_a_fixed_first_dimension_is_refused(tmp_path):
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3, 2])],
     )
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), model_dir / "1" / "model.onnx")
-    with pytest.raises(ModelLoadError, match="input 'x' has shape \\[3, 2\\]; without config.pbtxt"):
-        read_config(model_dir)
+    config = read_config(model_dir)
+    assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
+    assert [(t.name, list(t.dims)) for t in config.input] == [("x", [3, 2])]
+    served = read_version(model_dir / "1", config)
+    assert served.signature == ModelSignature(
+        (TensorSpec("x", "FP32", (3, 2)),), (TensorSpec("y", "FP32", (3, 2)),), batched=False
+    )
+    model = OnnxModel(model_dir / "1" / "model.onnx", served.signature, RuntimeOptions(device="cpu"))
+    model.smoke_test()
+    sample = np.arange(6, dtype=np.float32).reshape(3, 2)
+    assert np.array_equal(model.run({"x": sample[np.newaxis]})["y"], sample[np.newaxis])  # queued as one row
     (model_dir / "1" / "model.onnx").write_bytes(b"not onnx")
     with pytest.raises(ModelLoadError, match="model.onnx: ONNX Runtime cannot load it"):
         read_config(model_dir)
+
+
+def test_a_model_that_does_not_batch_is_served_whole_with_its_reshapes(tmp_path):
+    """The Triton quickstart's layout: max_batch_size 0, and reshape between the client's shapes and the file's."""
+    version_dir = publish_unbatched(tmp_path)
+    served = read_version(version_dir, read_config(tmp_path / "dense_onnx"))
+    (image,), (scores,) = served.signature.inputs, served.signature.outputs
+    assert not served.signature.batched
+    assert (image.shape, image.model_shape, scores.shape, scores.model_shape) == (
+        (3, 4, 4),
+        (1, 3, 4, 4),
+        (5,),
+        (1, 5, 1, 1),
+    )
+    assert served.class_names == tuple(UNBATCHED_CLASSES)
+    model = OnnxModel(version_dir / served.onnx_file, served.signature, RuntimeOptions(device="cpu"))
+    model.smoke_test()
+    sample = np.random.default_rng(1).normal(size=(3, 4, 4)).astype(np.float32)
+    image.check_request("FP32", (3, 4, 4), max_batch_size=0)
+    rows = model.run({"data_0": image.rows_for_model(sample, batched=False)})["fc6_1"]
+    np.testing.assert_allclose(scores.rows_for_client(rows, batched=False), unbatched_reference(version_dir, sample))
+    with pytest.raises(
+        ServingError, match=r"shape \[1, 3, 4, 4\] does not match the model's \[3, 4, 4\].*does not batch"
+    ):
+        image.check_request("FP32", (1, 3, 4, 4), max_batch_size=0)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (("shape: [ 1, 3, 4, 4 ]", "shape: [ 1, 3, 4, 5 ]"), "does not hold the elements of dims \\[3, 4, 4\\]"),
+        (("shape: [ 1, 3, 4, 4 ]", "shape: [ 3, -1, 4 ]"), "does not hold the elements"),
+        (("shape: [ 1, 3, 4, 4 ]", "shape: [ 1, -2, 4, 4 ]"), "must have dimensions >= 1"),
+        (("shape: [ 1, 3, 4, 4 ]", "shape: [ ]"), "cannot be empty in a model that does not batch"),
+    ],
+)
+def test_a_reshape_that_cannot_apply_is_refused_at_the_config(tmp_path, edit, message):
+    publish_unbatched(tmp_path)
+    path = tmp_path / "dense_onnx" / "config.pbtxt"
+    path.write_text(path.read_text().replace(*edit))
+    with pytest.raises(ModelLoadError, match=f"config.pbtxt: .* reshape .*{message}"):
+        read_config(tmp_path / "dense_onnx")
+
+
+def test_a_reshape_keeps_variable_dimensions_in_order():
+    """Triton's example: dims [2, 4, -1, 6] as the file's [8, -1, 1, 6], and the way back for an output."""
+    spec = TensorSpec("x", "FP32", (-1, 2, 4, -1, 6), model_shape=(-1, 8, -1, 1, 6))
+    rows = spec.rows_for_model(np.zeros((5, 2, 4, 7, 6), dtype=np.float32), batched=True)
+    assert rows.shape == (5, 8, 7, 1, 6)
+    assert spec.rows_for_client(rows, batched=True).shape == (5, 2, 4, 7, 6)
+
+
+def test_a_buildsys_version_under_a_config_without_batching_is_refused(tmp_path):
+    version_dir = publish_version(tmp_path, "digits", 1, seed=1, max_batch_size=0)
+    with pytest.raises(ModelLoadError, match="max_batch_size is 0, but .*manifest.json's tensors have a batch"):
+        read_version(version_dir, read_config(tmp_path / "digits"))
 
 
 @fuzz_settings(60)

@@ -5,7 +5,10 @@ model folder (config.pbtxt, labels.txt, index.html, dot-files) is not a version.
 import re
 from pathlib import Path
 
-MODEL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+# A model folder's name: buildsys writes identifiers (its targets' names); a Triton repository may hold names such
+# as "ResNet-50" or "yolov8n.seg". Nothing that could leave the repository in a path or start like a flag: no
+# slash, no leading dot or dash.
+MODEL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 # At most 18 digits: every version then fits a signed 64-bit integer (Triton's int64 version numbers), and a
 # 5,000-digit name in a request or on disk is simply not a version rather than a number to convert.
 VERSION_NAME = re.compile(r"^[1-9][0-9]{0,17}$")

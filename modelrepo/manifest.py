@@ -102,7 +102,7 @@ class Manifest:
         check = _Checker(source, data)
         name = check.text("name")
         if not MODEL_NAME.match(name):
-            raise FormatError(f"{source}: name {name!r} is not a model name (lowercase, digits, '_', up to 64)")
+            raise FormatError(f"{source}: name {name[:80]!r} is not a model name (it must match {MODEL_NAME.pattern})")
         version = check.optional_int("version")
         if version is not None and version < 1:
             raise FormatError(f"{source}: version {version} must be a positive integer")

@@ -14,7 +14,7 @@ from serving.repository import BatchingOverrides, ModelRepository
 from serving.runtime import RuntimeOptions, shared_threads
 from serving.version_policy import VersionPolicy
 from tests.conftest import fuzz_settings
-from tests.serving.conftest import publish_version
+from tests.serving.conftest import publish_unbatched, publish_version
 from tests.serving.test_model_files import mutations
 
 CPU = RuntimeOptions(device="cpu", intra_op_threads=1)
@@ -103,6 +103,23 @@ def test_any_version_string_is_not_found_never_an_error_of_the_server(tmp_path, 
         repository.get("digits", version)
     assert raised.value.status is Status.NOT_FOUND and len(raised.value.message) < 200
     assert not repository.is_ready("digits", version)
+
+
+def test_a_triton_repository_s_folder_names_are_served_but_none_that_could_leave_it(tmp_path):
+    """Names as Triton users give them (capitals, dashes, dots) are models; a dot-folder is not, and a name with
+    a slash or a leading dash is refused, in a request as on disk."""
+    publish_unbatched(tmp_path, "ResNet-50.v1")
+    publish_unbatched(tmp_path, "-rf")
+    (tmp_path / ".git").mkdir()
+    repository = ModelRepository(tmp_path, CPU)
+    repository.load_all()
+    assert [served.name for served in repository.loaded()] == ["ResNet-50.v1"]
+    states = {entry.name: (entry.state, entry.reason) for entry in repository.index()}
+    assert set(states) == {"ResNet-50.v1", "-rf"} and "folder name does not match" in states["-rf"][1]
+    for name in ("../ResNet-50.v1", "ResNet-50.v1/..", "-rf", ".git", ""):
+        with pytest.raises(ServingError) as raised:
+            repository.get(name)
+        assert raised.value.status is Status.NOT_FOUND, name
 
 
 def break_files(repo, name: str, how: str) -> None:

@@ -405,7 +405,7 @@ def test_a_triton_model_that_does_not_batch_serves_whole_tensors_over_http_and_g
     """The Triton quickstart's shape of model (max_batch_size 0, reshaped input and output, labels) beside a
     batching one, through both of Triton's clients."""
     repo = tmp_path / "triton"
-    version_dir = publish_unbatched(repo)
+    version_dir = publish_unbatched(repo, "Dense-ONNX.v1")  # a name as Triton users give them
     publish_version(repo, "digits", 1, seed=3)
     server = start_server(repo)
     sample = np.random.default_rng(2).normal(size=(3, 4, 4)).astype(np.float32)
@@ -413,40 +413,40 @@ def test_a_triton_model_that_does_not_batch_serves_whole_tensors_over_http_and_g
     best = [UNBATCHED_CLASSES[i] for i in np.argsort(-expected)[:2]]
     http = httpclient.InferenceServerClient(server.http_url)
     try:
-        metadata = http.get_model_metadata("dense_onnx")
+        metadata = http.get_model_metadata("Dense-ONNX.v1")
         assert [(t["name"], t["shape"]) for t in metadata["inputs"] + metadata["outputs"]] == [
             ("data_0", [3, 4, 4]),
             ("fc6_1", [5]),
         ]
-        assert http.get_model_config("dense_onnx")["max_batch_size"] == 0
+        assert http.get_model_config("Dense-ONNX.v1")["max_batch_size"] == 0
         request = httpclient.InferInput("data_0", [3, 4, 4], "FP32")
         request.set_data_from_numpy(sample, binary_data=True)
-        result = http.infer("dense_onnx", [request])
+        result = http.infer("Dense-ONNX.v1", [request])
         np.testing.assert_allclose(result.as_numpy("fc6_1"), expected, rtol=1e-5)
         wanted = [httpclient.InferRequestedOutput("fc6_1", class_count=2)]
-        labels = http.infer("dense_onnx", [request], outputs=wanted).as_numpy("fc6_1")
+        labels = http.infer("Dense-ONNX.v1", [request], outputs=wanted).as_numpy("fc6_1")
         assert labels.shape == (2,) and [label.decode().split(":")[2] for label in labels] == best
         batched = httpclient.InferInput("data_0", [1, 3, 4, 4], "FP32")
         batched.set_data_from_numpy(sample[np.newaxis], binary_data=True)
         with pytest.raises(InferenceServerException, match="does not batch") as refused:
-            http.infer("dense_onnx", [batched])
+            http.infer("Dense-ONNX.v1", [batched])
         assert refused.value.status() == "400"
     finally:
         http.close()
     with grpcclient.InferenceServerClient(server.url) as grpc_client:
         request = grpcclient.InferInput("data_0", [3, 4, 4], "FP32")
         request.set_data_from_numpy(sample)
-        np.testing.assert_allclose(grpc_client.infer("dense_onnx", [request]).as_numpy("fc6_1"), expected, rtol=1e-5)
-        assert grpc_client.get_model_config("dense_onnx").config.max_batch_size == 0
+        np.testing.assert_allclose(grpc_client.infer("Dense-ONNX.v1", [request]).as_numpy("fc6_1"), expected, rtol=1e-5)
+        assert grpc_client.get_model_config("Dense-ONNX.v1").config.max_batch_size == 0
         batch = images(3, seed=1)
         digits = grpcclient.InferInput("image", list(batch.shape), "UINT8")
         digits.set_data_from_numpy(batch)
         probabilities = grpc_client.infer("digits", [digits]).as_numpy("probabilities")
         np.testing.assert_allclose(probabilities, reference_probabilities(repo / "digits" / "1", batch), rtol=1e-5)
     with InferenceClient(server.url) as own_client:  # this project's client sends such a model one sample at a time
-        scores = own_client.predict("dense_onnx", np.stack([sample, -sample]))
+        scores = own_client.predict("Dense-ONNX.v1", np.stack([sample, -sample]))
         np.testing.assert_allclose(scores, [expected, unbatched_reference(version_dir, -sample)], rtol=1e-5)
-        assert [label for label, _ in own_client.classify("dense_onnx", sample[np.newaxis], top_k=2)[0]] == best
+        assert [label for label, _ in own_client.classify("Dense-ONNX.v1", sample[np.newaxis], top_k=2)[0]] == best
 
 
 def stats(url: str) -> dict:

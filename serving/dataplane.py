@@ -399,7 +399,7 @@ class DataPlane:
             for output, class_count in wanted:
                 rows = results[output.name]
                 if class_count:
-                    labels = codec.classify(rows, class_count, served.manifest.class_names)
+                    labels = codec.classify(rows, class_count, served.manifest.class_names.get(output.name, ()))
                     labels = labels if batched else labels[0]
                     outputs.append(OutputTensor(output.name, "BYTES", labels.shape, labels))
                 else:

@@ -33,14 +33,15 @@ AUTOCOMPLETE_MAX_BATCH_SIZE = 4
 @dataclass(frozen=True)
 class Manifest:
     """What serving needs of one version, read from its manifest.json or, without one, from config.pbtxt and the
-    ONNX file as Triton would."""
+    ONNX file as Triton would. ``class_names`` are by output: the classification extension names an output's
+    classes from its own label file, as Triton does; an output without one gets class indices."""
 
     name: str
     version: int
     platform: str
     onnx_file: str
     signature: ModelSignature
-    class_names: tuple[str, ...]
+    class_names: dict[str, tuple[str, ...]]
 
 
 def _load_error(error: FormatError) -> ModelLoadError:
@@ -236,7 +237,8 @@ def _from_manifest(version_dir: Path, config: model_config_pb2.ModelConfig) -> M
         platform=manifest.platform,
         onnx_file=onnx_file,
         signature=signature,
-        class_names=manifest.class_names,
+        # A buildsys model has one output, the classifier's.
+        class_names={signature.outputs[0].name: manifest.class_names},
     )
     _check_config_matches(config, served, version_dir.parent / CONFIG_FILE)
     return served
@@ -268,13 +270,13 @@ def _from_config(version_dir: Path, config: model_config_pb2.ModelConfig) -> Man
         )
     else:
         signature = onnx_signature(version_dir / onnx_file, batched)
-    class_names: tuple[str, ...] = ()
-    label_files = [t.label_filename for t in config.output if t.label_filename]
-    if label_files:
-        try:
-            class_names = modelrepo.read_labels(model_dir / label_files[0])
-        except FormatError as error:
-            raise _load_error(error) from error
+    class_names = {}
+    for output in config.output:
+        if output.label_filename:
+            try:
+                class_names[output.name] = modelrepo.read_labels(model_dir / output.label_filename)
+            except FormatError as error:
+                raise _load_error(error) from error
     return Manifest(
         name=model_dir.name,
         version=int(version_dir.name),

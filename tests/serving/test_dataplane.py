@@ -121,3 +121,43 @@ def test_metadata_config_and_repository_are_plain_values(digits_repo):
     assert metadata.execution_providers == ("CPUExecutionProvider",)
     assert config.max_batch_size == 1024 and config.parameters["execution_providers"].string_value
     assert not ready_after_unload and index[0].reason == "unloaded through the repository API"
+
+
+def test_each_output_is_classified_with_its_own_label_file(tmp_path):
+    """Triton's classification names an output's classes from that output's label_filename (or gives indices)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    version_dir = tmp_path / "two_heads" / "1"
+    version_dir.mkdir(parents=True)
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["same"]), helper.make_node("Neg", ["x"], ["negated"])],
+        "two_heads",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 3])
+            for name in (
+                "same",
+                "negated",
+            )
+        ],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), version_dir / "model.onnx")
+    (tmp_path / "two_heads" / "config.pbtxt").write_text(
+        'platform: "onnxruntime_onnx" max_batch_size: 4\n'
+        'input [ { name: "x" data_type: TYPE_FP32 dims: [ 3 ] } ]\n'
+        'output [ { name: "same" data_type: TYPE_FP32 dims: [ 3 ] label_filename: "colours.txt" },\n'
+        '         { name: "negated" data_type: TYPE_FP32 dims: [ 3 ] label_filename: "sizes.txt" } ]\n'
+    )
+    (tmp_path / "two_heads" / "colours.txt").write_text("red\ngreen\nblue\n")
+    (tmp_path / "two_heads" / "sizes.txt").write_text("small\nmedium\nlarge\n")
+    values = np.array([[0.1, 0.7, 0.2]], dtype=np.float32)
+
+    async def scenario(dataplane):
+        top = {name: RequestedOutput.from_parameters(name, {"classification": 1}) for name in ("same", "negated")}
+        response = await dataplane.infer(
+            InferenceRequest("two_heads", [InputTensor("x", "FP32", values.shape, values)], outputs=list(top.values()))
+        )
+        return {output.name: output.data[0, 0].decode() for output in response.outputs}
+
+    assert run(scenario, tmp_path) == {"same": "0.700000:1:green", "negated": "-0.100000:0:small"}

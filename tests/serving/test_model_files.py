@@ -54,7 +54,7 @@ def test_config_and_manifest_of_a_published_version(tmp_path):
     config = read_config(tmp_path / "digits")
     assert VersionPolicy.from_config(config) == VersionPolicy("latest", count=1)
     manifest = read_version(version_dir, config)
-    assert manifest.version == 3 and manifest.class_names[0] == "zero"
+    assert manifest.version == 3 and manifest.class_names["probabilities"][0] == "zero"
     assert manifest.signature.inputs == (TensorSpec("image", "UINT8", (-1, 8, 8)),)
 
 
@@ -148,7 +148,7 @@ def test_a_triton_version_without_manifest_is_served_from_config_and_labels(tmp_
     served = read_version(version_dir, read_config(model_dir))
     assert served.signature.inputs == (TensorSpec("image", "UINT8", (-1, 8, 8)),)
     assert served.signature.outputs == (TensorSpec("probabilities", "FP32", (-1, 10)),)
-    assert served.class_names[:2] == ("zero", "one") and served.onnx_file == "model.onnx"
+    assert served.class_names["probabilities"][:2] == ("zero", "one") and served.onnx_file == "model.onnx"
     OnnxModel(version_dir / served.onnx_file, served.signature, RuntimeOptions(device="cpu")).smoke_test()
 
 
@@ -158,7 +158,7 @@ def test_default_model_filename_names_the_onnx_file(tmp_path):
     with (model_dir / "config.pbtxt").open("a") as config:
         config.write('default_model_filename: "classifier.onnx"\n')
     served = read_version(version_dir, read_config(model_dir))
-    assert (served.onnx_file, served.class_names) == ("classifier.onnx", ())
+    assert (served.onnx_file, served.class_names) == ("classifier.onnx", {})
 
 
 def test_a_missing_config_is_completed_from_the_onnx_file(tmp_path):
@@ -211,7 +211,7 @@ def test_a_model_that_does_not_batch_is_served_whole_with_its_reshapes(tmp_path)
         (5,),
         (1, 5, 1, 1),
     )
-    assert served.class_names == tuple(UNBATCHED_CLASSES)
+    assert served.class_names == {"fc6_1": tuple(UNBATCHED_CLASSES)}
     model = OnnxModel(version_dir / served.onnx_file, served.signature, RuntimeOptions(device="cpu"))
     model.smoke_test()
     sample = np.random.default_rng(1).normal(size=(3, 4, 4)).astype(np.float32)

@@ -186,7 +186,9 @@ class OnnxModel:
                         f"manifest says {spec.datatype} {format_shape(expected)}"
                         + (" (the batch dimension must be dynamic)" if batched else "")
                     )
-                if any(want not in (-1, got) for want, got in zip(expected[batched:], dims[batched:], strict=True)):
+                # As in Triton, the config may fix a dimension the file leaves variable, not free one it fixes
+                # (a request of another size would then fail inside ONNX Runtime).
+                if any(got != -1 and want != got for want, got in zip(expected[batched:], dims[batched:], strict=True)):
                     raise ModelLoadError(
                         f"{path}: ONNX {kind} '{spec.name}' has shape {format_shape(dims)}, manifest "
                         f"{format_shape(expected)}"

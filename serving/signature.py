@@ -133,7 +133,7 @@ class TensorSpec:
             except ValueError:
                 raise ServingError(
                     Status.INTERNAL,
-                    f"output '{self.name}': the model returned {format_shape(rows.shape[batched:])}, which does not "
+                    f"output '{self.name}': the model returned {format_shape(rows.shape[1:])}, which does not "
                     f"fit config.pbtxt's dims {format_shape(self.shape[batched:])}",
                 ) from None
         return rows if batched else rows[0]

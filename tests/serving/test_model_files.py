@@ -6,11 +6,11 @@ import shutil
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from serving.codec import classify, serialize_bytes
-from serving.errors import ModelLoadError, ServingError
+from serving.errors import ModelLoadError, ServingError, Status
 from serving.model_files import list_versions, read_config, read_version
 from serving.runtime import OnnxModel, RuntimeOptions
 from serving.signature import ModelSignature, TensorSpec
@@ -282,6 +282,125 @@ def test_any_config_bytes_read_or_raise_model_load_error(tmp_path_factory, data)
         read_version(version_dir, read_config(repo / "digits"))
     except ModelLoadError as error:
         assert "\n" not in str(error)
+
+
+@fuzz_settings(60)
+@given(data=st.data())
+def test_any_config_of_a_model_that_does_not_batch_loads_and_runs_or_raises_model_load_error(tmp_path_factory, data):
+    """A mutated max_batch_size, dims or reshape must be refused in one line when read or at the test run on
+    zeros, never by another exception from the shapes it leads to."""
+    repo = tmp_path_factory.mktemp("fuzz")
+    version_dir = publish_unbatched(repo)
+    config_path = repo / "dense_onnx" / "config.pbtxt"
+    config_path.write_bytes(data.draw(mutations(config_path.read_bytes()), label="config.pbtxt"))
+    try:
+        served = read_version(version_dir, read_config(repo / "dense_onnx"))
+        OnnxModel(version_dir / served.onnx_file, served.signature, RuntimeOptions(device="cpu")).smoke_test()
+    except ModelLoadError as error:
+        assert "\n" not in str(error)
+
+
+def identity_of_rank_three(path, shape: tuple = ("a", "b", "c")) -> None:
+    """y = x for FP32 tensors of rank 3, by default of any sizes, so that any dims and reshape the config gives
+    can be tried on it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "identity",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(shape))],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+
+
+def test_a_config_may_fix_a_dimension_the_onnx_file_leaves_variable_but_not_free_a_fixed_one(tmp_path):
+    """Triton's rule: dims [2, 3] serve a file exported with variable sizes; dims [-1, 3] against a file of fixed
+    [2, 3] would pass requests that ONNX Runtime then fails, so it is refused."""
+    (tmp_path / "identity" / "1").mkdir(parents=True)
+    identity_of_rank_three(tmp_path / "identity" / "1" / "model.onnx")
+    config = tmp_path / "identity" / "config.pbtxt"
+    config.write_text(
+        'max_batch_size: 4 input [ { name: "x" data_type: TYPE_FP32 dims: [ 2, 3 ] } ]\n'
+        'output [ { name: "y" data_type: TYPE_FP32 dims: [ 2, 3 ] } ]\n'
+    )
+    served = read_version(tmp_path / "identity" / "1", read_config(tmp_path / "identity"))
+    OnnxModel(tmp_path / "identity" / "1" / "model.onnx", served.signature, RuntimeOptions(device="cpu")).smoke_test()
+    identity_of_rank_three(tmp_path / "fixed.onnx", shape=("batch", 2, 3))
+    freed = ModelSignature((TensorSpec("x", "FP32", (-1, -1, 3)),), (TensorSpec("y", "FP32", (-1, 2, 3)),))
+    with pytest.raises(ModelLoadError, match=r"ONNX input 'x' has shape \[-1, 2, 3\], manifest \[-1, -1, 3\]"):
+        OnnxModel(tmp_path / "fixed.onnx", freed, RuntimeOptions(device="cpu"))
+
+
+@st.composite
+def regrouped(draw, shape: list[int]) -> list[int]:
+    """``shape`` with a few of Triton's valid regroupings applied (two fixed neighbours merged, a 4 or 6 split, a
+    1 added), or now and then any shape at all (which the config check must refuse or accept on its own)."""
+    if draw(st.integers(0, 4)) == 0:
+        return draw(st.lists(st.sampled_from([-1, 1, 2, 3, 4, 6]), max_size=4))
+    shape = list(shape)
+    for _ in range(draw(st.integers(0, 2))):
+        at = draw(st.integers(0, max(0, len(shape) - 1)))
+        move = draw(st.sampled_from(["merge", "split", "one"]))
+        if move == "merge" and at + 1 < len(shape) and -1 not in shape[at : at + 2]:
+            shape[at : at + 2] = [shape[at] * shape[at + 1]]
+        elif move == "split" and shape and shape[at] in (4, 6):
+            shape[at : at + 1] = [2, shape[at] // 2]
+        elif move == "one":
+            shape.insert(at, 1)
+    return shape
+
+
+@fuzz_settings(100)
+@given(data=st.data())
+def test_any_dims_and_reshape_either_refuse_the_config_or_carry_a_request_through_unchanged(tmp_path_factory, data):
+    """Whatever max_batch_size, dims and reshape a config gives: refused in one line when it is loaded, or a
+    request of its declared shape runs and comes back with the same elements, in the output's declared shape where
+    the config reshapes it (or, where those dims cannot hold what the model returned, INTERNAL in one line)."""
+    repo = tmp_path_factory.mktemp("fuzz")
+    (repo / "identity" / "1").mkdir(parents=True)
+    identity_of_rank_three(repo / "identity" / "1" / "model.onnx")
+    max_batch_size = data.draw(st.sampled_from([0, 4]), label="max_batch_size")
+    sizes = st.lists(
+        st.sampled_from([-1, 1, 2, 3, 4, 6]), min_size=3 - bool(max_batch_size), max_size=3 - bool(max_batch_size)
+    )
+    model_side = data.draw(sizes, label="the ONNX tensor's shape without the batch")
+    tensors = []
+    for kind, name in (("input", "x"), ("output", "y")):
+        file_shape = model_side if data.draw(st.integers(0, 3), label=f"{kind} as the file") else data.draw(sizes)
+        if data.draw(st.booleans(), label=f"{kind} reshaped"):
+            dims = data.draw(regrouped(file_shape), label=f"{kind} dims")
+            text = f"dims: {dims} reshape {{ shape: {file_shape} }}"
+        else:
+            text = f"dims: {file_shape}"
+        tensors.append(f'{kind} [ {{ name: "{name}" data_type: TYPE_FP32 {text} }} ]')
+    (repo / "identity" / "config.pbtxt").write_text(f"max_batch_size: {max_batch_size}\n" + "\n".join(tensors))
+    try:
+        served = read_version(repo / "identity" / "1", read_config(repo / "identity"))
+        model = OnnxModel(repo / "identity" / "1" / "model.onnx", served.signature, RuntimeOptions(device="cpu"))
+        model.smoke_test()
+    except ModelLoadError as error:
+        assert "\n" not in str(error)
+        event("refused when loaded")
+        return
+    (x,), (y,) = served.signature.inputs, served.signature.outputs
+    batched = served.signature.batched
+    shape = tuple(data.draw(st.integers(1, 3), label="size") if d == -1 else d for d in x.shape)
+    values = np.arange(int(np.prod(shape)), dtype=np.float32).reshape(shape)
+    x.check_request("FP32", shape, max_batch_size)
+    rows = model.run({"x": x.rows_for_model(values, batched)})["y"]
+    try:
+        answer = y.rows_for_client(rows, batched)
+    except ServingError as error:
+        assert error.status is Status.INTERNAL and "\n" not in error.message
+        event("output does not fit its dims")
+        return
+    event("ran" + (" with a reshape" if x.model_shape or y.model_shape else ""))
+    assert np.array_equal(answer.ravel(), values.ravel())
+    if y.model_shape is not None:  # reshaped to the config's dims (without a reshape it is what the model gave)
+        assert len(answer.shape) == len(y.shape)
+        assert all(d in (-1, got) for d, got in zip(y.shape, answer.shape, strict=True))
 
 
 def mutations(valid: bytes) -> st.SearchStrategy[bytes]:

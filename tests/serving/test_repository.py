@@ -41,6 +41,17 @@ def test_repository_serves_versions_by_policy_and_flags_override_batching(tmp_pa
     assert {s.version for s in repository.take_all()} == {2, 3} and repository.loaded() == []
 
 
+def test_max_batch_size_from_the_command_line_leaves_a_model_that_does_not_batch_unbatched(tmp_path):
+    publish_unbatched(tmp_path)
+    publish_version(tmp_path, "digits", 1, seed=1)
+    repository = ModelRepository(tmp_path, CPU, batching=BatchingOverrides(max_batch_size=16))
+    assert repository.load_all() == []
+    unbatched, digits = repository.get("dense_onnx"), repository.get("digits")
+    assert (unbatched.max_batch_size, unbatched.batcher.max_batch_size) == (0, 1)  # one request per call
+    assert (digits.max_batch_size, digits.batcher.max_batch_size) == (16, 16)
+    repository.take_all()
+
+
 def test_threads_per_call_come_from_config_pbtxt_as_for_triton_unless_the_command_line_sets_them(tmp_path):
     publish_version(tmp_path, "small", 1, seed=1)
     publish_version(tmp_path, "large", 1, seed=2)

@@ -34,14 +34,23 @@ AUTOCOMPLETE_MAX_BATCH_SIZE = 4
 class Manifest:
     """What serving needs of one version, read from its manifest.json or, without one, from config.pbtxt and the
     ONNX file as Triton would. ``class_names`` are by output: the classification extension names an output's
-    classes from its own label file, as Triton does; an output without one gets class indices."""
+    classes from its own label file, as Triton does; an output without one gets class indices. ``declared_in``
+    says where the signature comes from, for the messages that compare it with the ONNX file."""
 
     name: str
     version: int
     platform: str
-    onnx_file: str
+    onnx_path: Path
     signature: ModelSignature
     class_names: dict[str, tuple[str, ...]]
+    declared_in: str
+
+
+def model_file(version_dir: Path, file_name: str) -> Path:
+    """The ONNX file a version serves: ``file_name`` in its folder or, where that is a folder, the ``model.onnx``
+    inside it, as Triton's ONNX Runtime backend takes it (a large model kept beside its external-data files)."""
+    path = version_dir / file_name
+    return path / ONNX_FILE if path.is_dir() else path
 
 
 def _load_error(error: FormatError) -> ModelLoadError:
@@ -139,8 +148,7 @@ def _complete_config(model_dir: Path) -> model_config_pb2.ModelConfig:
     versions = list_versions(model_dir)
     if not versions:
         raise ModelLoadError(f"{model_dir / CONFIG_FILE}: missing, and no version folder to complete it from")
-    onnx_path = model_dir / str(versions[-1]) / ONNX_FILE
-    signature = onnx_signature(onnx_path)
+    signature = onnx_signature(model_file(model_dir / str(versions[-1]), ONNX_FILE))
     batched = signature.batched
     config = model_config_pb2.ModelConfig(
         name=model_dir.name, platform=PLATFORM, max_batch_size=AUTOCOMPLETE_MAX_BATCH_SIZE if batched else 0
@@ -235,10 +243,11 @@ def _from_manifest(version_dir: Path, config: model_config_pb2.ModelConfig) -> M
         name=manifest.name,
         version=int(version_dir.name),
         platform=manifest.platform,
-        onnx_file=onnx_file,
+        onnx_path=model_file(version_dir, onnx_file),
         signature=signature,
         # A buildsys model has one output, the classifier's.
         class_names={signature.outputs[0].name: manifest.class_names},
+        declared_in=MANIFEST_FILE,
     )
     _check_config_matches(config, served, version_dir.parent / CONFIG_FILE)
     return served
@@ -260,7 +269,7 @@ def _from_config(version_dir: Path, config: model_config_pb2.ModelConfig) -> Man
     """A Triton version folder: the config's tensors (or the ONNX file's, when the config lists none) and labels."""
     model_dir = version_dir.parent
     config_path = model_dir / CONFIG_FILE
-    onnx_file = config.default_model_filename or ONNX_FILE
+    onnx_path = model_file(version_dir, config.default_model_filename or ONNX_FILE)
     batched = config.max_batch_size > 0
     if config.input and config.output:
         signature = ModelSignature(
@@ -268,8 +277,10 @@ def _from_config(version_dir: Path, config: model_config_pb2.ModelConfig) -> Man
             outputs=tuple(_config_spec(t, config_path, "output", batched) for t in config.output),
             batched=batched,
         )
+        declared_in = CONFIG_FILE if config_path.exists() else "the config completed from the newest version"
     else:
-        signature = onnx_signature(version_dir / onnx_file, batched)
+        signature = onnx_signature(onnx_path, batched)
+        declared_in = f"{onnx_path.name}'s own declaration"
     class_names = {}
     for output in config.output:
         if output.label_filename:
@@ -281,9 +292,10 @@ def _from_config(version_dir: Path, config: model_config_pb2.ModelConfig) -> Man
         name=model_dir.name,
         version=int(version_dir.name),
         platform=PLATFORM,
-        onnx_file=onnx_file,
+        onnx_path=onnx_path,
         signature=signature,
         class_names=class_names,
+        declared_in=declared_in,
     )
 
 

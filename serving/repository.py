@@ -374,7 +374,9 @@ class ModelRepository:
             if not requests_cuda(self.runtime_options.device) and shared_threads(1) > threads:
                 wide_threads = shared_threads(1)
         options = dataclasses.replace(self.runtime_options, intra_op_threads=threads)
-        model = OnnxModel(version_dir / manifest.onnx_file, manifest.signature, options, instances, wide_threads)
+        model = OnnxModel(
+            manifest.onnx_path, manifest.signature, options, instances, wide_threads, declared_in=manifest.declared_in
+        )
         model.smoke_test()
         batching = self._batching(config)
         served = ServedVersion(config, manifest, model, batching, self._on_batch)
@@ -443,15 +445,21 @@ class ModelRepository:
 
 
 def _files_state(model_dir: Path, version: int) -> tuple:
-    """Name, size and modification time of config.pbtxt and of each entry of a version folder."""
+    """Name, size and modification time of the model folder's files (config.pbtxt, label files) and of each entry
+    of a version folder, one folder deep (an ONNX model kept as a folder with its external data)."""
     state = []
-    for folder in (model_dir, model_dir / str(version)):
+    version_dir = model_dir / str(version)
+    folders = [model_dir, version_dir]
+    for folder in folders:
         with contextlib.suppress(OSError):
             for entry in os.scandir(folder):
-                if folder != model_dir or entry.name == "config.pbtxt":
-                    with contextlib.suppress(OSError):
-                        stat = entry.stat()
-                        state.append((folder.name, entry.name, stat.st_size, stat.st_mtime_ns))
+                with contextlib.suppress(OSError):
+                    if entry.is_dir():
+                        if folder == version_dir:
+                            folders.append(Path(entry.path))
+                        continue
+                    stat = entry.stat()
+                    state.append((str(Path(entry.path).relative_to(model_dir)), stat.st_size, stat.st_mtime_ns))
     return tuple(sorted(state))
 
 

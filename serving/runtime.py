@@ -98,22 +98,29 @@ def _session_options(options: RuntimeOptions, intra_op_threads: int) -> ort.Sess
 
 
 class OnnxModel:
-    """A model version's ONNX Runtime sessions, one per execution instance, checked against the manifest's
+    """A model version's ONNX Runtime sessions, one per execution instance, checked against the version's
     signature before they may serve."""
 
     def __init__(
-        self, path: Path, signature: ModelSignature, options: RuntimeOptions, instances: int = 1, wide_threads: int = 0
+        self,
+        path: Path,
+        signature: ModelSignature,
+        options: RuntimeOptions,
+        instances: int = 1,
+        wide_threads: int = 0,
+        declared_in: str = "the signature",
     ) -> None:
         """Creates the sessions and validates them.
 
         Args:
+            declared_in: where the signature comes from (manifest.json, config.pbtxt), for the messages.
             instances: sessions to create, each with ``options.intra_op_threads`` threads; the batcher runs one
                 call at a time on each.
             wide_threads: when above 0, one more session with this many threads (``wide_runner``), for the long
                 calls of requests that find every instance idle.
 
         Raises:
-            ModelLoadError: the file does not load, its tensors differ from the manifest, or CUDA is required
+            ModelLoadError: the file does not load, its tensors differ from the signature, or CUDA is required
                 and inactive.
         """
         requested = _requested_providers(options.device)
@@ -143,6 +150,7 @@ class OnnxModel:
                 raise ModelLoadError(message)
             log.warning("!!! %s; this model runs on the CPU", message)
             self.device_warning = message + "; running on CPU"
+        self.declared_in = declared_in
         self._check_signature(path, signature)
         self.signature = signature
         names = signature.output_names()
@@ -170,28 +178,29 @@ class OnnxModel:
             actual_names = [a.name for a in actual]
             if sorted(actual_names) != sorted(s.name for s in specs):
                 raise ModelLoadError(
-                    f"{path}: ONNX {kind}s {actual_names} differ from the manifest's {[s.name for s in specs]}"
+                    f"{path}: ONNX {kind}s {actual_names} differ from {self.declared_in}'s {[s.name for s in specs]}"
                 )
             by_name = {a.name: a for a in actual}
             batched = signature.batched
             for spec in specs:
                 node = by_name[spec.name]
                 datatype = ONNX_DATATYPES.get(node.type, node.type)
-                # ONNX writes a symbolic or unknown dimension as a string or None; the manifest as -1.
+                # ONNX writes a symbolic or unknown dimension as a string or None; serving as -1.
                 dims = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape)
                 expected = spec.onnx_shape
-                if datatype != spec.datatype or len(dims) != len(expected) or (batched and dims[0] != -1):
+                fixed_batch = batched and bool(dims) and dims[0] != -1
+                if datatype != spec.datatype or len(dims) != len(expected) or fixed_batch:
                     raise ModelLoadError(
-                        f"{path}: ONNX {kind} '{spec.name}' is {datatype} {format_shape(dims)} but the "
-                        f"manifest says {spec.datatype} {format_shape(expected)}"
-                        + (" (the batch dimension must be dynamic)" if batched else "")
+                        f"{path}: ONNX {kind} '{spec.name}' is {datatype} {format_shape(dims)} but "
+                        f"{self.declared_in} says {spec.datatype} {format_shape(expected)}"
+                        + (" (the batch dimension must be dynamic)" if fixed_batch else "")
                     )
                 # As in Triton, the config may fix a dimension the file leaves variable, not free one it fixes
                 # (a request of another size would then fail inside ONNX Runtime).
                 if any(got != -1 and want != got for want, got in zip(expected[batched:], dims[batched:], strict=True)):
                     raise ModelLoadError(
-                        f"{path}: ONNX {kind} '{spec.name}' has shape {format_shape(dims)}, manifest "
-                        f"{format_shape(expected)}"
+                        f"{path}: ONNX {kind} '{spec.name}' has shape {format_shape(dims)} but "
+                        f"{self.declared_in} says {format_shape(expected)}"
                     )
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -203,7 +212,7 @@ class OnnxModel:
         outputs do not fit the signature, never serves.
 
         Raises:
-            ModelLoadError: the run fails or an output's shape differs from the manifest.
+            ModelLoadError: the run fails or an output's shape differs from the signature.
         """
         batched = self.signature.batched
         try:
@@ -227,6 +236,6 @@ class OnnxModel:
                 or any(want not in (-1, g) for want, g in zip(spec.shape[batched:], got[batched:], strict=True))
             ):
                 raise ModelLoadError(
-                    f"output '{spec.name}' of a one-sample test run has shape {format_shape(got)}, manifest "
-                    f"{format_shape(spec.shape)}"
+                    f"output '{spec.name}' of a one-sample test run has shape {format_shape(got)} but "
+                    f"{self.declared_in} says {format_shape(spec.shape)}"
                 )

@@ -109,17 +109,24 @@ def test_config_errors(tmp_path):
         read_config(tmp_path / "digits")
 
 
-def test_onnx_model_must_match_the_manifest(tmp_path):
+def test_onnx_model_must_match_the_signature_and_the_message_names_where_it_is_declared(tmp_path):
     version_dir = publish_version(tmp_path, "digits", 1, seed=1)
     wrong = ModelSignature(
         inputs=(TensorSpec("image", "FP32", (-1, 8, 8)),),
         outputs=(TensorSpec("probabilities", "FP32", (-1, 10)),),
     )
-    with pytest.raises(ModelLoadError, match="ONNX input 'image' is UINT8 \\[-1, 8, 8\\] but the manifest says FP32"):
-        OnnxModel(version_dir / "model.onnx", wrong, RuntimeOptions(device="cpu"))
+    mismatch = r"ONNX input 'image' is UINT8 \[-1, 8, 8\] but manifest.json says FP32 \[-1, 8, 8\]$"
+    with pytest.raises(ModelLoadError, match=mismatch):
+        OnnxModel(version_dir / "model.onnx", wrong, RuntimeOptions(device="cpu"), declared_in="manifest.json")
     renamed = ModelSignature(inputs=(TensorSpec("pixels", "UINT8", (-1, 8, 8)),), outputs=wrong.outputs)
-    with pytest.raises(ModelLoadError, match="ONNX inputs \\['image'\\] differ"):
-        OnnxModel(version_dir / "model.onnx", renamed, RuntimeOptions(device="cpu"))
+    with pytest.raises(ModelLoadError, match="ONNX inputs \\['image'\\] differ from manifest.json's \\['pixels'\\]"):
+        OnnxModel(version_dir / "model.onnx", renamed, RuntimeOptions(device="cpu"), declared_in="manifest.json")
+    model_dir, version_dir = triton_repository(tmp_path / "triton")
+    config = model_dir / "config.pbtxt"
+    config.write_text(config.read_text().replace("TYPE_UINT8", "TYPE_FP32"))
+    served = read_version(version_dir, read_config(model_dir))
+    with pytest.raises(ModelLoadError, match="is UINT8 \\[-1, 8, 8\\] but config.pbtxt says FP32"):
+        OnnxModel(served.onnx_path, served.signature, RuntimeOptions(device="cpu"), declared_in=served.declared_in)
 
 
 def test_classification_strings_without_class_names_are_score_and_index():
@@ -148,8 +155,8 @@ def test_a_triton_version_without_manifest_is_served_from_config_and_labels(tmp_
     served = read_version(version_dir, read_config(model_dir))
     assert served.signature.inputs == (TensorSpec("image", "UINT8", (-1, 8, 8)),)
     assert served.signature.outputs == (TensorSpec("probabilities", "FP32", (-1, 10)),)
-    assert served.class_names["probabilities"][:2] == ("zero", "one") and served.onnx_file == "model.onnx"
-    OnnxModel(version_dir / served.onnx_file, served.signature, RuntimeOptions(device="cpu")).smoke_test()
+    assert served.class_names["probabilities"][:2] == ("zero", "one") and served.onnx_path == version_dir / "model.onnx"
+    OnnxModel(served.onnx_path, served.signature, RuntimeOptions(device="cpu")).smoke_test()
 
 
 def test_default_model_filename_names_the_onnx_file(tmp_path):
@@ -158,7 +165,7 @@ def test_default_model_filename_names_the_onnx_file(tmp_path):
     with (model_dir / "config.pbtxt").open("a") as config:
         config.write('default_model_filename: "classifier.onnx"\n')
     served = read_version(version_dir, read_config(model_dir))
-    assert (served.onnx_file, served.class_names) == ("classifier.onnx", {})
+    assert (served.onnx_path.name, served.class_names) == ("classifier.onnx", {})
 
 
 def test_a_missing_config_is_completed_from_the_onnx_file(tmp_path):
@@ -212,7 +219,7 @@ def test_a_model_that_does_not_batch_is_served_whole_with_its_reshapes(tmp_path)
         (1, 5, 1, 1),
     )
     assert served.class_names == {"fc6_1": tuple(UNBATCHED_CLASSES)}
-    model = OnnxModel(version_dir / served.onnx_file, served.signature, RuntimeOptions(device="cpu"))
+    model = OnnxModel(served.onnx_path, served.signature, RuntimeOptions(device="cpu"))
     model.smoke_test()
     sample = np.random.default_rng(1).normal(size=(3, 4, 4)).astype(np.float32)
     image.check_request("FP32", (3, 4, 4), max_batch_size=0)
@@ -295,7 +302,7 @@ def test_any_config_of_a_model_that_does_not_batch_loads_and_runs_or_raises_mode
     config_path.write_bytes(data.draw(mutations(config_path.read_bytes()), label="config.pbtxt"))
     try:
         served = read_version(version_dir, read_config(repo / "dense_onnx"))
-        OnnxModel(version_dir / served.onnx_file, served.signature, RuntimeOptions(device="cpu")).smoke_test()
+        OnnxModel(served.onnx_path, served.signature, RuntimeOptions(device="cpu")).smoke_test()
     except ModelLoadError as error:
         assert "\n" not in str(error)
 
@@ -329,7 +336,8 @@ def test_a_config_may_fix_a_dimension_the_onnx_file_leaves_variable_but_not_free
     OnnxModel(tmp_path / "identity" / "1" / "model.onnx", served.signature, RuntimeOptions(device="cpu")).smoke_test()
     identity_of_rank_three(tmp_path / "fixed.onnx", shape=("batch", 2, 3))
     freed = ModelSignature((TensorSpec("x", "FP32", (-1, -1, 3)),), (TensorSpec("y", "FP32", (-1, 2, 3)),))
-    with pytest.raises(ModelLoadError, match=r"ONNX input 'x' has shape \[-1, 2, 3\], manifest \[-1, -1, 3\]"):
+    freed_message = r"ONNX input 'x' has shape \[-1, 2, 3\] but the signature says \[-1, -1, 3\]"
+    with pytest.raises(ModelLoadError, match=freed_message):
         OnnxModel(tmp_path / "fixed.onnx", freed, RuntimeOptions(device="cpu"))
 
 

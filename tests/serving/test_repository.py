@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -14,8 +15,8 @@ from serving.repository import BatchingOverrides, ModelRepository
 from serving.runtime import RuntimeOptions, shared_threads
 from serving.version_policy import VersionPolicy
 from tests.conftest import fuzz_settings
-from tests.serving.conftest import publish_unbatched, publish_version
-from tests.serving.test_model_files import mutations
+from tests.serving.conftest import images, publish_unbatched, publish_version, reference_probabilities
+from tests.serving.test_model_files import mutations, triton_repository
 
 CPU = RuntimeOptions(device="cpu", intra_op_threads=1)
 
@@ -223,6 +224,55 @@ def test_a_bad_file_during_polling_refuses_only_itself_and_a_fixed_version_is_re
     retired = repository.load_all()
     assert [s.version for s in repository.versions("digits")] == [2]
     assert [(s.name, s.version) for s in retired] == [("digits", 1)]
+
+
+def test_an_onnx_model_kept_as_a_folder_with_external_data_serves_and_a_fix_inside_that_folder_is_retried(
+    tmp_path, caplog
+):
+    """Triton's ONNX Runtime backend takes a model file that is a folder as the model.onnx inside it, next to its
+    external-data files: how models too large for one protobuf are kept."""
+    import onnx
+
+    model_dir, version_dir = triton_repository(tmp_path)
+    batch = images(3)
+    expected = reference_probabilities(version_dir, batch)
+    proto = onnx.load(version_dir / "model.onnx")
+    (version_dir / "model.onnx").unlink()
+    (version_dir / "model.onnx").mkdir()
+    onnx.save_model(
+        proto, version_dir / "model.onnx" / "model.onnx", save_as_external_data=True, location="weights.bin"
+    )
+    shutil.copytree(version_dir, model_dir / "2")
+    weights = model_dir / "2" / "model.onnx" / "weights.bin"
+    intact = weights.read_bytes()
+    weights.write_bytes(intact[:100])  # version 2's external data is cut short
+    repository = ModelRepository(tmp_path, CPU, version_policy=VersionPolicy.parse("all"))
+    with caplog.at_level(logging.INFO, logger="serving.repository"):
+        repository.load_all()
+        repository.load_all()
+    assert [s.version for s in repository.versions("digits")] == [1]
+    refusals = [r.getMessage() for r in caplog.records if "version 2 refused" in r.getMessage()]
+    assert len(refusals) == 1 and "model.onnx/model.onnx: ONNX Runtime cannot load it" in refusals[0], refusals
+    served = repository.get("digits", "1")
+    np.testing.assert_allclose(served.model.run({"image": batch})["probabilities"], expected, rtol=1e-5, atol=1e-6)
+    weights.write_bytes(intact)  # fixed inside the model's folder: the next scan tries version 2 again
+    repository.load_all()
+    assert [s.version for s in repository.versions("digits")] == [1, 2]
+    repository.take_all()
+
+
+def test_a_version_refused_for_its_label_file_is_retried_when_the_label_file_is_fixed(tmp_path):
+    model_dir, _ = triton_repository(tmp_path)
+    labels = model_dir / "labels.txt"
+    text = labels.read_text()
+    labels.write_bytes(b"\xff\xfe not text")
+    repository = ModelRepository(tmp_path, CPU)
+    repository.load_all()
+    assert repository.loaded() == [] and "digits" in repository.unready_models()
+    labels.write_text(text)
+    repository.load_all()
+    assert repository.get("digits").manifest.class_names["probabilities"][0] == "zero"
+    repository.take_all()
 
 
 class _Records(logging.Handler):

@@ -441,9 +441,11 @@ def _checked_inputs(tensors: list[InputTensor], served: ServedVersion) -> tuple[
             raise _bad(f"input '{spec.name}' is given more than once")
         spec.check_request(tensor.datatype, tuple(tensor.shape), max_batch_size)
         arrays[spec.name] = spec.rows_for_model(tensor.data, signature.batched)
-    if len(arrays) != len(specs):
-        spec = next(s for s in specs if s.name not in arrays)
-        raise _bad(f"missing input '{spec.name}' ({spec.datatype} {format_shape(spec.shape)})")
+    missing = next((s for s in specs if s.name not in arrays and not s.optional), None)
+    if missing is not None:
+        raise _bad(f"missing input '{missing.name}' ({missing.datatype} {format_shape(missing.shape)})")
+    if not arrays:
+        raise _bad("the request has no inputs; send at least one of: " + ", ".join(s.name for s in specs))
     batch_sizes = {array.shape[0] for array in arrays.values()}
     if len(batch_sizes) > 1:
         sizes = ", ".join(f"'{name}': {array.shape[0]}" for name, array in arrays.items())

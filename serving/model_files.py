@@ -2,12 +2,12 @@
 
 A buildsys version folder has ``manifest.json``; any other Triton ONNX repository is served as Triton serves it:
 the signature comes from ``config.pbtxt`` (class labels from an output's ``label_filename``, the model file from
-``default_model_filename``, ``max_batch_size: 0`` for a model that does not batch, and a tensor's ``reshape``
-where the ONNX file's shape differs from the one clients use), and a model without ``config.pbtxt`` is completed
-from its ONNX file's inputs and outputs: with a batch dimension when every first dimension is dynamic, without
-one otherwise. Every malformed file (not UTF-8, wrong JSON types, unknown datatype,
-inconsistent config, an ONNX file that does not load) raises ``ModelLoadError`` with one line naming the file and
-the reason, never another exception, so the repository refuses that model or version and goes on with the others.
+``default_model_filename``, ``max_batch_size: 0`` for a model that does not batch, a tensor's ``reshape`` where the
+ONNX file's shape differs from the one clients use, and ``optional`` inputs), and a model without ``config.pbtxt``
+is completed from its ONNX file's inputs and outputs: with a batch dimension when every first dimension is
+dynamic, without one otherwise. Every malformed file (not UTF-8, wrong JSON types, unknown datatype, inconsistent
+config, an ONNX file that does not load) raises ``ModelLoadError`` with one line naming the file and the reason,
+never another exception, so the repository refuses that model or version and goes on with the others.
 This module reads files only; it never runs a model (that is serving/runtime.py) and never imports buildsys.
 """
 
@@ -110,6 +110,12 @@ def read_config(model_dir: Path) -> model_config_pb2.ModelConfig:
                 _check_reshape(tensor, path, kind, config.max_batch_size > 0)
             if getattr(tensor, "label_filename", ""):
                 _file_name(tensor.label_filename, path, f"{kind} '{tensor.name}' label_filename")
+    for tensor in config.input:
+        if tensor.optional and config.max_batch_size > 0:
+            raise ModelLoadError(
+                f"{path}: input '{tensor.name}' is optional, which Triton's ONNX Runtime backend allows only in a "
+                "model that does not batch (max_batch_size: 0)"
+            )
     return config
 
 
@@ -306,7 +312,8 @@ def _config_spec(
     ONNX file's shape from ``reshape`` where the config gives one."""
     batch = (-1,) if batched else ()
     model_shape = (*batch, *tensor.reshape.shape) if tensor.HasField("reshape") else None
-    return TensorSpec(tensor.name, _datatype(tensor, path, kind), (*batch, *tensor.dims), model_shape)
+    optional = isinstance(tensor, model_config_pb2.ModelInput) and tensor.optional
+    return TensorSpec(tensor.name, _datatype(tensor, path, kind), (*batch, *tensor.dims), model_shape, optional)
 
 
 def _check_config_matches(config: model_config_pb2.ModelConfig, manifest: Manifest, config_path: Path) -> None:

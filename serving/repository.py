@@ -378,6 +378,7 @@ class ModelRepository:
             manifest.onnx_path, manifest.signature, options, instances, wide_threads, declared_in=manifest.declared_in
         )
         model.smoke_test()
+        manifest = dataclasses.replace(manifest, signature=model.signature)  # as checked against the file
         batching = self._batching(config)
         served = ServedVersion(config, manifest, model, batching, self._on_batch)
         log.info(

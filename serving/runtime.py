@@ -7,6 +7,7 @@ reports in ServerMetadata, ModelMetadata and ModelConfig), or, with ``--device c
 There is no silent fallback.
 """
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -151,7 +152,7 @@ class OnnxModel:
             log.warning("!!! %s; this model runs on the CPU", message)
             self.device_warning = message + "; running on CPU"
         self.declared_in = declared_in
-        self._check_signature(path, signature)
+        signature = self._check_signature(path, signature)
         self.signature = signature
         names = signature.output_names()
 
@@ -170,17 +171,28 @@ class OnnxModel:
         self.runners = tuple(runner(session) for session in self.sessions)
         self.wide_runner = None if self.wide_session is None else runner(self.wide_session)
 
-    def _check_signature(self, path: Path, signature: ModelSignature) -> None:
-        for kind, actual, specs in (
-            ("input", self.session.get_inputs(), signature.inputs),
-            ("output", self.session.get_outputs(), signature.outputs),
+    def _check_signature(self, path: Path, signature: ModelSignature) -> ModelSignature:
+        """Checks the file's tensors against the signature and returns the signature the version serves.
+
+        A request may send an initializer that the graph lets it override (ONNX Runtime lists those apart from the
+        inputs), and may leave it out when the config marks it optional. An input the config marks optional but
+        the file has no default for must still be sent, as it must for Triton's backend to run: that config loads,
+        with a warning, and a request without the input gets "missing input" instead of a failed run.
+        """
+        required = self.session.get_inputs()
+        overridable = self.session.get_overridable_initializers()
+        for kind, needed, allowed, specs in (
+            ("input", required, [*required, *overridable], signature.inputs),
+            ("output", self.session.get_outputs(), self.session.get_outputs(), signature.outputs),
         ):
-            actual_names = [a.name for a in actual]
-            if sorted(actual_names) != sorted(s.name for s in specs):
+            declared = [s.name for s in specs]
+            by_name = {a.name: a for a in allowed}
+            if not {a.name for a in needed} <= set(declared) <= by_name.keys():
+                extra = f" (and initializers a request may override: {[a.name for a in overridable]})"
                 raise ModelLoadError(
-                    f"{path}: ONNX {kind}s {actual_names} differ from {self.declared_in}'s {[s.name for s in specs]}"
+                    f"{path}: ONNX {kind}s {[a.name for a in needed]}{extra if kind == 'input' and overridable else ''}"
+                    f" differ from {self.declared_in}'s {declared}"
                 )
-            by_name = {a.name: a for a in actual}
             batched = signature.batched
             for spec in specs:
                 node = by_name[spec.name]
@@ -202,6 +214,20 @@ class OnnxModel:
                         f"{path}: ONNX {kind} '{spec.name}' has shape {format_shape(dims)} but "
                         f"{self.declared_in} says {format_shape(expected)}"
                     )
+        without_default = {a.name for a in required}
+        unsendable = [spec.name for spec in signature.inputs if spec.optional and spec.name in without_default]
+        if not unsendable:
+            return signature
+        log.warning(
+            "%s: %s marks input(s) %s optional, but the file has no default for them; requests must send them",
+            path,
+            self.declared_in,
+            ", ".join(unsendable),
+        )
+        inputs = tuple(
+            dataclasses.replace(spec, optional=False) if spec.name in unsendable else spec for spec in signature.inputs
+        )
+        return dataclasses.replace(signature, inputs=inputs)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Runs one (merged) batch of rows on the first instance and returns every output's rows by name."""
@@ -218,6 +244,8 @@ class OnnxModel:
         try:
             sample = {}
             for spec in self.signature.inputs:
+                if spec.optional:
+                    continue  # the default, as most requests will leave it
                 shape = [d if d > 0 else 1 for d in spec.shape]  # one sample; a variable dimension of one
                 sample[spec.name] = spec.rows_for_model(np.zeros(shape, dtype=spec.dtype), batched)
             outputs = self.run(sample)

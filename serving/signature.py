@@ -54,12 +54,15 @@ def format_shape(shape: tuple[int, ...] | list[int]) -> str:
 @dataclass(frozen=True)
 class TensorSpec:
     """One input or output: its name, datatype and shape as clients see it (-1 = variable), the batch dimension
-    first in a model that batches; ``model_shape`` is the ONNX tensor's, where config.pbtxt reshapes it."""
+    first in a model that batches; ``model_shape`` is the ONNX tensor's, where config.pbtxt reshapes it. An
+    ``optional`` input (config.pbtxt's ``optional: true``) may be left out of a request, and the model then uses
+    its default: an initializer of the ONNX graph that a request may override."""
 
     name: str
     datatype: str
     shape: tuple[int, ...]
     model_shape: tuple[int, ...] | None = None
+    optional: bool = False
 
     @property
     def dtype(self) -> np.dtype:

@@ -217,6 +217,40 @@ def unbatched_reference(version_dir: Path, sample: np.ndarray) -> np.ndarray:
     return session.run(["fc6_1"], {"data_0": sample.reshape(1, 3, 4, 4)})[0].reshape(5)
 
 
+# A model whose second input is optional (Triton's ``optional: true``): an initializer of the graph that a request
+# may override, and that it leaves at its default, ones, when it does not send it.
+OPTIONAL_CONFIG = """\
+name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: 0
+input [
+  { name: "x" data_type: TYPE_FP32 dims: [ 3 ] },
+  { name: "bias" data_type: TYPE_FP32 dims: [ 3 ] optional: true }
+]
+output [ { name: "y" data_type: TYPE_FP32 dims: [ 3 ] } ]
+"""
+
+
+def publish_optional(repo: Path, name: str = "biased") -> Path:
+    """Writes a Triton model folder computing ``y = x + bias``, ``bias`` optional (default ones); returns its
+    version folder."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "bias"], ["y"])],
+        "biased",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [3]),
+            helper.make_tensor_value_info("bias", TensorProto.FLOAT, [3]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [3])],
+        initializer=[numpy_helper.from_array(np.ones(3, dtype=np.float32), "bias")],
+    )
+    version_dir = repo / name / "1"
+    version_dir.mkdir(parents=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), version_dir / "model.onnx")
+    (repo / name / "config.pbtxt").write_text(OPTIONAL_CONFIG.replace("{name}", name))
+    return version_dir
+
+
 def reference_probabilities(version_dir: Path, images: np.ndarray) -> np.ndarray:
     """The same model run in-process with ONNX Runtime: what the server must answer."""
     session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])

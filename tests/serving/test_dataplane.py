@@ -4,12 +4,13 @@ import asyncio
 import time
 
 import numpy as np
+import onnx
 import pytest
 
 from serving.dataplane import DataPlane, InferenceRequest, InputTensor, RequestedOutput
 from serving.errors import ServingError, Status
 from serving.runtime import RuntimeOptions
-from tests.serving.conftest import CLASS_NAMES, images, reference_probabilities
+from tests.serving.conftest import CLASS_NAMES, images, publish_optional, reference_probabilities
 
 
 def run(scenario, repo):
@@ -73,6 +74,38 @@ def test_infer_refuses_with_a_status_and_one_line(digits_repo, change, status, f
 
     error = run(scenario, digits_repo)
     assert error.status is status and fragment in error.message and "\n" not in error.message
+
+
+def test_an_optional_input_may_be_left_out_but_a_request_needs_some_input(tmp_path):
+    publish_optional(tmp_path)
+    # A model whose only input is optional: a request must still send something to be a request.
+    publish_optional(tmp_path, "constant")
+    config = tmp_path / "constant" / "config.pbtxt"
+    config.write_text(config.read_text().replace('{ name: "x" data_type: TYPE_FP32 dims: [ 3 ] },', ""))
+    graph = onnx.load(tmp_path / "constant" / "1" / "model.onnx")
+    graph.graph.node[0].CopyFrom(onnx.helper.make_node("Identity", ["bias"], ["y"]))
+    graph.graph.input.pop(0)
+    onnx.save(graph, tmp_path / "constant" / "1" / "model.onnx")
+    bias = InputTensor("bias", "FP32", (3,), np.full(3, 10, np.float32))
+    x = InputTensor("x", "FP32", (3,), np.arange(3, dtype=np.float32))
+
+    async def scenario(dataplane):
+        answers = [(await dataplane.infer(InferenceRequest(model="biased", inputs=[x]))).outputs[0].data.tolist()]
+        answers.append((await dataplane.infer(InferenceRequest(model="biased", inputs=[bias, x]))).outputs[0].data)
+        answers.append((await dataplane.infer(InferenceRequest(model="constant", inputs=[bias]))).outputs[0].data)
+        refusals = []
+        for model, inputs in (("biased", [bias]), ("constant", [])):
+            with pytest.raises(ServingError) as raised:
+                await dataplane.infer(InferenceRequest(model=model, inputs=inputs))
+            refusals.append((raised.value.status, raised.value.message))
+        return answers, refusals
+
+    answers, refusals = run(scenario, tmp_path)
+    assert answers[0] == [1, 2, 3] and answers[1].tolist() == [10, 11, 12] and answers[2].tolist() == [10] * 3
+    assert refusals == [
+        (Status.INVALID_ARGUMENT, "missing input 'x' (FP32 [3])"),
+        (Status.INVALID_ARGUMENT, "the request has no inputs; send at least one of: bias"),
+    ]
 
 
 def test_drain_refuses_new_work_and_waits_for_admitted_requests(digits_repo):

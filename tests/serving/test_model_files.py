@@ -2,6 +2,7 @@
 repositories without manifest.json, and the rule that no file raises anything but ModelLoadError."""
 
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -18,6 +19,7 @@ from serving.version_policy import VersionPolicy
 from tests.conftest import fuzz_settings
 from tests.serving.conftest import (
     UNBATCHED_CLASSES,
+    publish_optional,
     publish_unbatched,
     publish_version,
     unbatched_reference,
@@ -294,14 +296,15 @@ def test_any_config_bytes_read_or_raise_model_load_error(tmp_path_factory, data)
 @fuzz_settings(60)
 @given(data=st.data())
 def test_any_config_of_a_model_that_does_not_batch_loads_and_runs_or_raises_model_load_error(tmp_path_factory, data):
-    """A mutated max_batch_size, dims or reshape must be refused in one line when read or at the test run on
-    zeros, never by another exception from the shapes it leads to."""
+    """A mutated max_batch_size, dims, reshape or optional flag must be refused in one line when read or at the
+    test run on zeros, never by another exception from the shapes it leads to."""
     repo = tmp_path_factory.mktemp("fuzz")
-    version_dir = publish_unbatched(repo)
-    config_path = repo / "dense_onnx" / "config.pbtxt"
+    version_dir = data.draw(st.sampled_from([publish_unbatched, publish_optional]), label="model")(repo)
+    model_dir = version_dir.parent
+    config_path = model_dir / "config.pbtxt"
     config_path.write_bytes(data.draw(mutations(config_path.read_bytes()), label="config.pbtxt"))
     try:
-        served = read_version(version_dir, read_config(repo / "dense_onnx"))
+        served = read_version(version_dir, read_config(model_dir))
         OnnxModel(served.onnx_path, served.signature, RuntimeOptions(device="cpu")).smoke_test()
     except ModelLoadError as error:
         assert "\n" not in str(error)
@@ -435,3 +438,39 @@ def test_a_config_without_tensors_and_with_the_backend_spelling_takes_them_from_
     (model_dir / "config.pbtxt").write_text('backend: "pytorch"\nmax_batch_size: 8\n')
     with pytest.raises(ModelLoadError, match="platform/backend 'pytorch' is not supported"):
         read_config(model_dir)
+
+
+def test_an_optional_input_may_be_left_out_and_the_model_uses_its_default(tmp_path):
+    version_dir = publish_optional(tmp_path)
+    served = read_version(version_dir, read_config(tmp_path / "biased"))
+    assert [(spec.name, spec.optional) for spec in served.signature.inputs] == [("x", False), ("bias", True)]
+    model = OnnxModel(served.onnx_path, served.signature, RuntimeOptions(device="cpu"))
+    model.smoke_test()  # on zeros, the optional input left at its default
+    x, bias = np.array([[1, 2, 3]], np.float32), np.array([[10, 20, 30]], np.float32)
+    assert model.run({"x": x})["y"].tolist() == [[2, 3, 4]]
+    assert model.run({"x": x, "bias": bias})["y"].tolist() == [[11, 22, 33]]
+
+
+def test_optional_inputs_follow_triton_and_the_file(tmp_path, caplog):
+    version_dir = publish_optional(tmp_path)
+    config_path = tmp_path / "biased" / "config.pbtxt"
+    text = config_path.read_text()
+    config_path.write_text(text.replace("max_batch_size: 0", "max_batch_size: 4"))
+    with pytest.raises(ModelLoadError, match="input 'bias' is optional, which .* only in a model that does not batch"):
+        read_config(tmp_path / "biased")
+    # An input the file has no default for is still needed: the config loads, and requests must send it.
+    config_path.write_text(text.replace("dims: [ 3 ] }", "dims: [ 3 ] optional: true }", 1))
+    served = read_version(version_dir, read_config(tmp_path / "biased"))
+    with caplog.at_level(logging.WARNING, logger="serving.runtime"):
+        model = OnnxModel(served.onnx_path, served.signature, RuntimeOptions(device="cpu"), declared_in="config.pbtxt")
+    assert [spec.optional for spec in model.signature.inputs] == [False, True]
+    assert "config.pbtxt marks input(s) x optional, but the file has no default" in caplog.text
+    # The config names an input that is neither an input of the file nor an initializer it lets a request override.
+    config_path.write_text(text.replace('name: "bias"', 'name: "scale"'))
+    served = read_version(version_dir, read_config(tmp_path / "biased"))
+    with pytest.raises(
+        ModelLoadError,
+        match=r"ONNX inputs \['x'\] \(and initializers a request may override: \['bias'\]\) differ from "
+        r"config.pbtxt's \['x', 'scale'\]",
+    ):
+        OnnxModel(served.onnx_path, served.signature, RuntimeOptions(device="cpu"), declared_in="config.pbtxt")

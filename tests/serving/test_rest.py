@@ -23,6 +23,7 @@ from tests.serving.conftest import (
     UNBATCHED_CLASSES,
     free_port,
     images,
+    publish_optional,
     publish_unbatched,
     publish_version,
     reference_probabilities,
@@ -403,10 +404,11 @@ def test_a_triton_repository_without_manifests_serves_over_http(start_server, tm
 
 def test_a_triton_model_that_does_not_batch_serves_whole_tensors_over_http_and_grpc(start_server, tmp_path):
     """The Triton quickstart's shape of model (max_batch_size 0, reshaped input and output, labels) beside a
-    batching one, through both of Triton's clients."""
+    batching one and one with an optional input, through both of Triton's clients."""
     repo = tmp_path / "triton"
     version_dir = publish_unbatched(repo, "Dense-ONNX.v1")  # a name as Triton users give them
     publish_version(repo, "digits", 1, seed=3)
+    publish_optional(repo)
     server = start_server(repo)
     sample = np.random.default_rng(2).normal(size=(3, 4, 4)).astype(np.float32)
     expected = unbatched_reference(version_dir, sample)
@@ -431,6 +433,15 @@ def test_a_triton_model_that_does_not_batch_serves_whole_tensors_over_http_and_g
         with pytest.raises(InferenceServerException, match="does not batch") as refused:
             http.infer("Dense-ONNX.v1", [batched])
         assert refused.value.status() == "400"
+        x, bias = (httpclient.InferInput(name, [3], "FP32") for name in ("x", "bias"))
+        x.set_data_from_numpy(np.array([1, 2, 3], np.float32), binary_data=True)
+        bias.set_data_from_numpy(np.array([10, 20, 30], np.float32), binary_data=False)
+        assert http.infer("biased", [x]).as_numpy("y").tolist() == [2, 3, 4]  # the optional input at its default
+        assert http.infer("biased", [x, bias]).as_numpy("y").tolist() == [11, 22, 33]
+        assert http.get_model_config("biased")["input"][1]["optional"] is True
+        with pytest.raises(InferenceServerException, match="missing input 'x'") as refused:
+            http.infer("biased", [bias])
+        assert refused.value.status() == "400"
     finally:
         http.close()
     with grpcclient.InferenceServerClient(server.url) as grpc_client:
@@ -438,6 +449,9 @@ def test_a_triton_model_that_does_not_batch_serves_whole_tensors_over_http_and_g
         request.set_data_from_numpy(sample)
         np.testing.assert_allclose(grpc_client.infer("Dense-ONNX.v1", [request]).as_numpy("fc6_1"), expected, rtol=1e-5)
         assert grpc_client.get_model_config("Dense-ONNX.v1").config.max_batch_size == 0
+        x = grpcclient.InferInput("x", [3], "FP32")
+        x.set_data_from_numpy(np.array([1, 2, 3], np.float32))
+        assert grpc_client.infer("biased", [x]).as_numpy("y").tolist() == [2, 3, 4]
         batch = images(3, seed=1)
         digits = grpcclient.InferInput("image", list(batch.shape), "UINT8")
         digits.set_data_from_numpy(batch)

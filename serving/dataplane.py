@@ -27,7 +27,7 @@ from serving import __version__, codec
 from serving.errors import ServingError, Status
 from serving.metrics import Metrics
 from serving.protocol import model_config_pb2
-from serving.repository import BatchingOverrides, IndexEntry, ModelRepository, ServedVersion
+from serving.repository import BatchingOverrides, IndexEntry, ModelRepository, QueueTimeout, ServedVersion
 from serving.runtime import CUDA, RuntimeOptions
 from serving.signature import format_shape
 from serving.statistics import StatsSnapshot
@@ -392,7 +392,7 @@ class DataPlane:
         try:
             inputs, batch_size = _checked_inputs(request.inputs, served)
             wanted = _checked_outputs(request.outputs, served)
-            deadline = _deadline(request)
+            deadline = _deadline(request, served.queue_timeout)
             results = await served.batcher.infer(inputs, batch_size, deadline, on_wait)
             batched = served.manifest.signature.batched
             outputs = []
@@ -472,16 +472,17 @@ def _checked_outputs(requested: list[RequestedOutput], served: ServedVersion) ->
     return wanted
 
 
-def _deadline(request: InferenceRequest) -> float | None:
-    """The tighter of the transport's deadline and the ``timeout`` parameter (microseconds, 0 = none)."""
+def _deadline(request: InferenceRequest, queue_timeout: QueueTimeout) -> float | None:
+    """The tighter of the transport's deadline and the queue timeout: the model's (config.pbtxt's queue policy)
+    or the request's ``timeout`` parameter (microseconds, 0 = none), as the policy allows."""
     deadline = request.deadline
-    if "timeout" in request.parameters:
-        timeout_us = request.parameters["timeout"]
-        if isinstance(timeout_us, bool) or not isinstance(timeout_us, int) or timeout_us < 0:
-            raise _bad(f"timeout must be an integer >= 0 microseconds, got {timeout_us!r:.40}")
-        if 0 < timeout_us < NO_DEADLINE_S * 1e6:
-            limit = time.monotonic() + timeout_us / 1e6
-            deadline = limit if deadline is None else min(deadline, limit)
+    timeout_us = request.parameters.get("timeout", 0)
+    if isinstance(timeout_us, bool) or not isinstance(timeout_us, int) or timeout_us < 0:
+        raise _bad(f"timeout must be an integer >= 0 microseconds, got {timeout_us!r:.40}")
+    limit_us = queue_timeout.limit_us(timeout_us)
+    if 0 < limit_us < NO_DEADLINE_S * 1e6:
+        limit = time.monotonic() + limit_us / 1e6
+        deadline = limit if deadline is None else min(deadline, limit)
     if deadline is not None and deadline - time.monotonic() > NO_DEADLINE_S:
         return None
     return deadline

@@ -101,6 +101,9 @@ def read_config(model_dir: Path) -> model_config_pb2.ModelConfig:
         )
     if config.default_model_filename:
         _file_name(config.default_model_filename, path, "default_model_filename")
+    action = config.dynamic_batching.default_queue_policy.timeout_action
+    if action not in model_config_pb2.ModelQueuePolicy.TimeoutAction.values():
+        raise ModelLoadError(f"{path}: default_queue_policy's timeout_action {action} is neither REJECT nor DELAY")
     for kind, tensors in (("input", config.input), ("output", config.output)):
         for tensor in tensors:
             _datatype(tensor, path, kind)

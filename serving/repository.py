@@ -61,10 +61,44 @@ class IndexEntry:
 
 
 @dataclass(frozen=True)
+class QueueTimeout:
+    """How long a request may wait in its model's queue: config.pbtxt's ``default_queue_policy``, read as Triton
+    reads it. ``default_us`` applies to every request (0: none); a request's own ``timeout`` may only shorten it,
+    and only where ``overridable`` (``allow_timeout_override``). Without a default, a request's own timeout applies
+    as given (Triton ignores it then; gRPC deadlines apply in either). ``rejects`` False is ``timeout_action:
+    DELAY``, under which no timeout refuses a request: it stays queued, in its turn (Triton moves it behind the
+    requests that have not timed out)."""
+
+    default_us: int = 0
+    overridable: bool = False
+    rejects: bool = True
+
+    @classmethod
+    def from_config(cls, config: model_config_pb2.ModelConfig) -> "QueueTimeout":
+        policy = config.dynamic_batching.default_queue_policy
+        return cls(
+            default_us=policy.default_timeout_microseconds,
+            overridable=policy.allow_timeout_override,
+            rejects=policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT,
+        )
+
+    def limit_us(self, requested_us: int) -> int:
+        """The queue timeout, in microseconds (0: none), of a request that asks for ``requested_us`` (0: none)."""
+        if not self.rejects:
+            return 0
+        if not self.default_us:
+            return requested_us
+        if self.overridable and 0 < requested_us < self.default_us:
+            return requested_us
+        return self.default_us
+
+
+@dataclass(frozen=True)
 class Batching:
     max_batch_size: int  # 0 for a model that does not batch: each request runs alone
     max_queue_delay_us: int
     max_queue_size: int
+    queue_timeout: QueueTimeout = QueueTimeout()
 
 
 @dataclass(frozen=True)
@@ -90,6 +124,7 @@ class ServedVersion:
         self.manifest = manifest
         self.model = model
         self.max_batch_size = batching.max_batch_size
+        self.queue_timeout = batching.queue_timeout
         self.stats = ModelStats()
         self.batcher = DynamicBatcher(
             name=f"{manifest.name}/{manifest.version}",
@@ -409,6 +444,7 @@ class ModelRepository:
                 else dynamic.max_queue_delay_microseconds
             ),
             max_queue_size=overrides.max_queue_size or config_queue or DEFAULT_MAX_QUEUE_SIZE,
+            queue_timeout=QueueTimeout.from_config(config),
         )
 
     # --- reporting ------------------------------------------------------------------------------------------

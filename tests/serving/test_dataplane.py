@@ -10,7 +10,14 @@ import pytest
 from serving.dataplane import DataPlane, InferenceRequest, InputTensor, RequestedOutput
 from serving.errors import ServingError, Status
 from serving.runtime import RuntimeOptions
-from tests.serving.conftest import CLASS_NAMES, images, publish_optional, reference_probabilities
+from tests.serving.conftest import (
+    CLASS_NAMES,
+    HOLDING_BATCH,
+    images,
+    publish_optional,
+    publish_version,
+    reference_probabilities,
+)
 
 
 def run(scenario, repo):
@@ -106,6 +113,27 @@ def test_an_optional_input_may_be_left_out_but_a_request_needs_some_input(tmp_pa
         (Status.INVALID_ARGUMENT, "missing input 'x' (FP32 [3])"),
         (Status.INVALID_ARGUMENT, "the request has no inputs; send at least one of: bias"),
     ]
+
+
+def test_the_config_queue_timeout_drops_a_request_that_waits_longer_whatever_timeout_it_asks_for(tmp_path):
+    publish_version(tmp_path, "digits", 1, seed=1, slow=True, instances=1)  # one instance: the next request queues
+    config = tmp_path / "digits" / "config.pbtxt"
+    config.write_text(
+        config.read_text().replace("max_queue_size: 256", "max_queue_size: 256 default_timeout_microseconds: 50000")
+    )
+
+    async def scenario(dataplane):
+        holding = asyncio.create_task(dataplane.infer(request(images(HOLDING_BATCH))))
+        await asyncio.sleep(0.2)  # the holding request runs; the next one queues behind it
+        with pytest.raises(ServingError) as raised:
+            await dataplane.infer(request(images(1), parameters={"timeout": 60_000_000}))
+        # Dropped while the holding request still runs: the config's 50 ms applied, not the request's 60 s.
+        assert not holding.done(), "the holding request ended before the queued one could time out"
+        await holding
+        return raised.value
+
+    error = run(scenario, tmp_path)
+    assert error.status is Status.DEADLINE_EXCEEDED and "timed out" in error.message
 
 
 def test_drain_refuses_new_work_and_waits_for_admitted_requests(digits_repo):

@@ -53,6 +53,37 @@ def test_max_batch_size_from_the_command_line_leaves_a_model_that_does_not_batch
     repository.take_all()
 
 
+@pytest.mark.parametrize(
+    ("policy", "requested_us", "limit_us"),
+    [
+        ("", 0, 0),
+        ("", 5_000, 5_000),  # no policy: the request's own timeout
+        ("default_timeout_microseconds: 50000", 0, 50_000),
+        ("default_timeout_microseconds: 50000", 5_000, 50_000),  # not overridable: the request cannot change it
+        ("default_timeout_microseconds: 50000 allow_timeout_override: true", 5_000, 5_000),
+        ("default_timeout_microseconds: 50000 allow_timeout_override: true", 90_000, 50_000),  # only shorter
+        ("default_timeout_microseconds: 50000 timeout_action: DELAY", 5_000, 0),  # late requests wait their turn
+    ],
+)
+def test_the_queue_timeout_follows_the_config_queue_policy_as_triton_does(tmp_path, policy, requested_us, limit_us):
+    publish_version(tmp_path, "digits", 1, seed=1)
+    config = tmp_path / "digits" / "config.pbtxt"
+    config.write_text(config.read_text().replace("max_queue_size: 256", f"max_queue_size: 256 {policy}"))
+    repository = ModelRepository(tmp_path, CPU)
+    assert repository.load_all() == []
+    assert repository.get("digits").queue_timeout.limit_us(requested_us) == limit_us
+    repository.take_all()
+
+
+def test_an_unknown_timeout_action_refuses_the_model_in_one_line(tmp_path):
+    publish_version(tmp_path, "digits", 1, seed=1)
+    config = tmp_path / "digits" / "config.pbtxt"
+    config.write_text(config.read_text().replace("max_queue_size: 256", "max_queue_size: 256 timeout_action: 7"))
+    repository = ModelRepository(tmp_path, CPU)
+    repository.load_all()
+    assert "timeout_action 7 is neither REJECT nor DELAY" in repository.unready_models()["digits"]
+
+
 def test_threads_per_call_come_from_config_pbtxt_as_for_triton_unless_the_command_line_sets_them(tmp_path):
     publish_version(tmp_path, "small", 1, seed=1)
     publish_version(tmp_path, "large", 1, seed=2)

@@ -99,6 +99,7 @@ def read_config(model_dir: Path) -> model_config_pb2.ModelConfig:
         raise ModelLoadError(
             f"{path}: max_batch_size is {config.max_batch_size}; it must be 0 (the model does not batch) or more"
         )
+    _refuse_what_changes_a_request(config, path)
     if config.default_model_filename:
         _file_name(config.default_model_filename, path, "default_model_filename")
     action = config.dynamic_batching.default_queue_policy.timeout_action
@@ -120,6 +121,32 @@ def read_config(model_dir: Path) -> model_config_pb2.ModelConfig:
                 "model that does not batch (max_batch_size: 0)"
             )
     return config
+
+
+def _refuse_what_changes_a_request(config: model_config_pb2.ModelConfig, path: Path) -> None:
+    """Refuses the Triton features under which a model means something else than a stateless call per batch.
+
+    Triton's ONNX Runtime backend runs these, but each makes the server supply tensors that no request carries
+    (sequence control inputs and state, batch inputs) or answer in another way (ragged batches, shape tensors,
+    several responses per request). Served as a plain model, such a model would be refused later by a confusing
+    signature mismatch, or would answer wrongly; one line here says which feature it is. Scheduling hints that do
+    not change an answer (priorities, preferred batch sizes, warm-up, the response cache) are accepted and ignored.
+    """
+    problems = []
+    if config.HasField("sequence_batching"):
+        problems.append("sequence_batching (a stateful model, whose requests carry sequence ids and control inputs)")
+    if config.batch_input or config.batch_output:
+        problems.append("batch_input/batch_output (tensors the server builds from the whole batch)")
+    if config.model_transaction_policy.decoupled:
+        problems.append("model_transaction_policy { decoupled: true } (several responses per request)")
+    for kind, tensors in (("input", config.input), ("output", config.output)):
+        for tensor in tensors:
+            if getattr(tensor, "allow_ragged_batch", False):
+                problems.append(f"{kind} {tensor.name[:80]!r} allow_ragged_batch (requests batched without padding)")
+            if tensor.is_shape_tensor:
+                problems.append(f"{kind} {tensor.name[:80]!r} is_shape_tensor (a TensorRT shape tensor)")
+    if problems:
+        raise ModelLoadError(f"{path}: {problems[0]} is not supported; this server serves stateless models")
 
 
 def _check_reshape(

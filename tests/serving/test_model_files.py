@@ -161,6 +161,54 @@ def test_a_triton_version_without_manifest_is_served_from_config_and_labels(tmp_
     OnnxModel(served.onnx_path, served.signature, RuntimeOptions(device="cpu")).smoke_test()
 
 
+def _stateful(text: str) -> str:
+    """The config with sequence_batching in place of dynamic_batching (the two are one protobuf oneof)."""
+    start = text.index("dynamic_batching {")
+    end = text.index("version_policy")
+    return text[:start] + "sequence_batching { max_sequence_idle_microseconds: 5000000 }\n" + text[end:]
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_stateful, "sequence_batching (a stateful model"),
+        (
+            lambda text: text + 'batch_input [ { kind: BATCH_ELEMENT_COUNT target_name: "n" data_type: TYPE_INT32 } ]',
+            "batch_input",
+        ),
+        (lambda text: text + "model_transaction_policy { decoupled: true }", "decoupled: true } (several responses"),
+    ],
+    ids=["sequence_batching", "batch_input", "decoupled"],
+)
+def test_triton_features_that_change_what_a_request_means_refuse_the_model_in_one_line(tmp_path, edit, message):
+    model_dir, _ = triton_repository(tmp_path)
+    config = model_dir / "config.pbtxt"
+    config.write_text(edit(config.read_text()))
+    with pytest.raises(ModelLoadError) as refused:
+        read_config(model_dir)
+    assert message in str(refused.value) and "this server serves stateless models" in str(refused.value)
+    assert str(refused.value).startswith(str(config)) and "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("field", ["allow_ragged_batch: true", "is_shape_tensor: true"])
+def test_a_ragged_or_shape_tensor_input_refuses_the_model_naming_the_input(tmp_path, field):
+    model_dir, _ = triton_repository(tmp_path)
+    config = model_dir / "config.pbtxt"
+    config.write_text(config.read_text().replace('name: "image"', f'name: "image" {field}'))
+    with pytest.raises(ModelLoadError, match=f"input 'image' {field.split(':')[0]} .* is not supported"):
+        read_config(model_dir)
+
+
+def test_scheduling_hints_that_do_not_change_an_answer_are_accepted(tmp_path):
+    model_dir, version_dir = triton_repository(tmp_path)
+    config = model_dir / "config.pbtxt"
+    hints = "dynamic_batching { preferred_batch_size: [ 4, 8 ] priority_levels: 2 default_priority_level: 1"
+    text = config.read_text().replace("dynamic_batching {", hints, 1)
+    config.write_text(text + 'response_cache { enable: true }\nmodel_warmup [ { name: "zeros" batch_size: 1 } ]\n')
+    served = read_version(version_dir, read_config(model_dir))
+    OnnxModel(served.onnx_path, served.signature, RuntimeOptions(device="cpu")).smoke_test()
+
+
 def test_default_model_filename_names_the_onnx_file(tmp_path):
     model_dir, version_dir = triton_repository(tmp_path, labels=False)
     (version_dir / "model.onnx").rename(version_dir / "classifier.onnx")

@@ -465,6 +465,9 @@ def test_any_dims_and_reshape_either_refuse_the_config_or_carry_a_request_throug
 def mutations(valid: bytes) -> st.SearchStrategy[bytes]:
     """Random bytes, or the valid file with a slice replaced, deleted or duplicated, or a token swapped."""
     tokens = [b"-1", b"0", b"99999999999999999999", b'"x"', b"null", b"[]", b"{}", b"TYPE_STRING", b"\xff", b"true"]
+    # config.pbtxt fields that refuse a model or change how it is read, spliced in anywhere
+    tokens += [b" allow_ragged_batch: true", b" is_shape_tensor: true", b" optional: true", b" sequence_batching {}"]
+    tokens += [b" batch_output [ {} ]", b" model_transaction_policy { decoupled: true }", b" timeout_action: 7"]
 
     @st.composite
     def edited(draw) -> bytes:

@@ -13,6 +13,9 @@ Servers (`--servers`, comma-separated):
   kserve-grpc, kserve-rest      KServe 0.21's ModelServer with an onnxruntime kserve.Model (gRPC, FastAPI REST)
   floor-grpc, floor-rest        the same transport stacks answering a fixed answer, no decoding, no model
                                 (bench/peers/floor_server.py): the front end's floor, not a peer
+  floor-grpc-sync, floor-grpclib  the same fixed answer on the other Python gRPC stacks: grpcio's synchronous
+                                server, and grpclib (pure-Python HTTP/2 on asyncio; bench/.venvs/grpclib); not in
+                                the default list, they answer whether another stack would lower the gRPC floor
   inprocess                     ONNX Runtime in this process: the ceiling (for 1x1 also with 0.5 ms between calls;
                                 on a CPU also two one-thread sessions from two threads, as `buildsys serve` runs)
 The peers run from their own virtual environments (`bash bench/peers/setup.sh` creates bench/.venvs/); a server
@@ -68,12 +71,16 @@ from prepare_models import MODELS  # noqa: E402 - the short model names and the 
 
 from modelrepo import MANIFEST_FILE, ONNX_FILE, FormatError, list_versions, read_manifest  # noqa: E402
 
-SERVERS = ("buildsys-grpc", "buildsys-rest", "mlserver", "kserve-grpc", "kserve-rest", "floor-grpc", "floor-rest",
-           "inprocess")  # fmt: skip
+DEFAULT_SERVERS = ("buildsys-grpc", "buildsys-rest", "mlserver", "kserve-grpc", "kserve-rest", "floor-grpc",
+                   "floor-rest", "inprocess")  # fmt: skip
+SERVERS = (*DEFAULT_SERVERS, "floor-grpc-sync", "floor-grpclib")
 PEERS = ("mlserver", "kserve-grpc", "kserve-rest")
-FLOORS = ("floor-grpc", "floor-rest")
+FLOORS = ("floor-grpc", "floor-rest", "floor-grpc-sync", "floor-grpclib")
 TRANSPORT = {"buildsys-grpc": "grpc", "buildsys-rest": "http", "mlserver": "grpc", "kserve-grpc": "grpc",
-             "kserve-rest": "http", "floor-grpc": "grpc", "floor-rest": "http"}  # fmt: skip
+             "kserve-rest": "http", "floor-grpc": "grpc", "floor-rest": "http", "floor-grpc-sync": "grpc",
+             "floor-grpclib": "grpc"}  # fmt: skip
+# The gRPC stack of each gRPC floor (floor_server.py --grpc-stack).
+FLOOR_GRPC_STACKS = {"floor-grpc": "aio", "floor-grpc-sync": "sync", "floor-grpclib": "grpclib"}
 # The in-process ceiling is also taken with this pause between calls, as a server's calls come (caches and idle
 # ONNX Runtime threads cool down between requests; back to back they stay warm).
 PACED_PAUSE_S = 0.0005
@@ -242,9 +249,12 @@ class Server:
                 command += ["--http-port", str(self.http_port), "--metrics-port", str(self.metrics_port)]
             env["PYTHONPATH"] = str(PROJECT_ROOT)
         elif kind in FLOORS:
-            flag = "--grpc-port" if self.transport == "grpc" else "--http-port"
-            port = self.grpc_port if self.transport == "grpc" else self.http_port
-            command = [sys.executable, str(PEERS_DIR / "floor_server.py"), flag, str(port)]
+            python = VENVS / "grpclib" / "bin" / "python" if kind == "floor-grpclib" else Path(sys.executable)
+            command = [str(python), str(PEERS_DIR / "floor_server.py")]
+            if self.transport == "grpc":
+                command += ["--grpc-port", str(self.grpc_port), "--grpc-stack", FLOOR_GRPC_STACKS[kind]]
+            else:
+                command += ["--http-port", str(self.http_port)]
         elif kind == "mlserver":
             command = [str(VENVS / "mlserver" / "bin" / "mlserver"), "start", str(self._mlserver_config(models, work))]
             env["PYTHONPATH"] = str(PEERS_DIR)
@@ -351,6 +361,8 @@ def unavailable(kind: str, help_text: str) -> str | None:
         return "bench/.venvs/mlserver is missing (bash bench/peers/setup.sh)"
     if kind.startswith("kserve") and not (VENVS / "kserve" / "bin" / "python").exists():
         return "bench/.venvs/kserve is missing (bash bench/peers/setup.sh)"
+    if kind == "floor-grpclib" and not (VENVS / "grpclib" / "bin" / "python").exists():
+        return "bench/.venvs/grpclib is missing (bash bench/peers/setup.sh)"
     if kind.startswith("buildsys") and not help_text:
         return "`python -m serving --help` failed in this environment"
     if kind == "buildsys-rest" and "--http-port" not in help_text:
@@ -709,7 +721,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
     )
-    parser.add_argument("--servers", type=parse_choices(SERVERS), default=list(SERVERS))
+    parser.add_argument("--servers", type=parse_choices(SERVERS), default=list(DEFAULT_SERVERS))
     parser.add_argument("--cells", type=parse_cells, default=parse_cells("1x1,1x32,64x4"), help="BATCHxCLIENTS,...")
     parser.add_argument("--models", type=parse_choices(list(MODELS)), default=list(MODELS))
     parser.add_argument("--model-dir", type=Path, help="a repository from bench/prepare_models.py (default: build)")

@@ -7,12 +7,16 @@ for the front end on the machine at hand: `buildsys serve`'s server CPU per requ
 code (decode, validate, batch, run, encode) adds. Its answers are not checked (they are the same ten zeros for
 every request); readiness says yes for any model.
 
-Usage: python floor_server.py --grpc-port 8001 | --http-port 8000
+`--grpc-stack` picks another gRPC stack for bench/grpc_stack_bench.py's comparison: grpcio's synchronous server
+(a thread pool) or grpclib (pure-Python HTTP/2 on asyncio; needs the grpclib package).
+
+Usage: python floor_server.py --grpc-port 8001 [--grpc-stack aio|sync|grpclib] | --http-port 8000
 """
 
 import argparse
 import json
 import sys
+from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -53,6 +57,51 @@ async def serve_grpc(port: int) -> None:
     server.add_insecure_port(f"{LOOPBACK}:{port}")
     await server.start()
     await server.wait_for_termination()
+
+
+def serve_grpc_sync(port: int) -> None:
+    """grpcio's synchronous server: C-core hands each call to a pool thread, with no event loop in between."""
+
+    def answer_with(payload: bytes) -> grpc.RpcMethodHandler:
+        return grpc.unary_unary_rpc_method_handler(lambda request, context: payload)
+
+    handlers = {name: answer_with(payload) for name, payload in fixed_grpc_answers().items()}
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=[("grpc.so_reuseport", 0)])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_insecure_port(f"{LOOPBACK}:{port}")
+    server.start()
+    server.wait_for_termination()
+
+
+async def serve_grpclib(port: int) -> None:
+    """grpclib: gRPC over the h2 package's HTTP/2 on the event loop itself (no C-core, no poller thread)."""
+    from grpclib.const import Cardinality, Handler
+    from grpclib.encoding.base import CodecBase
+    from grpclib.server import Server
+
+    class RawBytes(CodecBase):
+        __content_subtype__ = "proto"
+
+        def encode(self, message: bytes, message_type: type) -> bytes:
+            return message
+
+        def decode(self, data: bytes, message_type: type) -> bytes:
+            return data
+
+    def answer_with(payload: bytes) -> Handler:
+        async def answer(stream) -> None:
+            await stream.recv_message()
+            await stream.send_message(payload)
+
+        return Handler(answer, Cardinality.UNARY_UNARY, bytes, bytes)
+
+    class Floor:
+        def __mapping__(self) -> dict[str, Handler]:
+            return {f"/{SERVICE}/{name}": answer_with(payload) for name, payload in fixed_grpc_answers().items()}
+
+    server = Server([Floor()], codec=RawBytes())
+    await server.start(LOOPBACK, port)
+    await server.wait_closed()
 
 
 def rest_app():
@@ -107,8 +156,14 @@ def main() -> None:
     transport = parser.add_mutually_exclusive_group(required=True)
     transport.add_argument("--grpc-port", type=int)
     transport.add_argument("--http-port", type=int)
+    parser.add_argument("--grpc-stack", choices=("aio", "sync", "grpclib"), default="aio")
     args = parser.parse_args()
-    uvloop.run(serve_grpc(args.grpc_port) if args.grpc_port else serve_rest(args.http_port))
+    if args.http_port:
+        uvloop.run(serve_rest(args.http_port))
+    elif args.grpc_stack == "sync":
+        serve_grpc_sync(args.grpc_port)
+    else:
+        uvloop.run(serve_grpclib(args.grpc_port) if args.grpc_stack == "grpclib" else serve_grpc(args.grpc_port))
 
 
 if __name__ == "__main__":

@@ -380,7 +380,8 @@ class DataPlane:
 
         Raises:
             ServingError: NOT_FOUND (model/version), INVALID_ARGUMENT (inputs, outputs, parameters),
-                UNAVAILABLE (queue full, shutting down), DEADLINE_EXCEEDED, INTERNAL (the model failed).
+                UNAVAILABLE (queue full, shutting down, the queue's timeout passed), DEADLINE_EXCEEDED (the
+                transport's deadline passed), INTERNAL (the model failed).
         """
         started = time.monotonic_ns()
         try:
@@ -392,8 +393,15 @@ class DataPlane:
         try:
             inputs, batch_size = _checked_inputs(request.inputs, served)
             wanted = _checked_outputs(request.outputs, served)
-            deadline = _deadline(request, served.queue_timeout)
-            results = await served.batcher.infer(inputs, batch_size, deadline, on_wait)
+            deadline, queue_timeout_binds = _deadline(request, served.queue_timeout)
+            try:
+                results = await served.batcher.infer(inputs, batch_size, deadline, on_wait)
+            except ServingError as error:
+                if error.status is Status.DEADLINE_EXCEEDED and queue_timeout_binds:
+                    # Triton's answer to a request that its queue's timeout drops: the server shed load, and a
+                    # client may come back (the transport's own deadline stays DEADLINE_EXCEEDED).
+                    raise ServingError(Status.UNAVAILABLE, error.message) from None
+                raise
             batched = served.manifest.signature.batched
             outputs = []
             for output, class_count in wanted:
@@ -472,17 +480,20 @@ def _checked_outputs(requested: list[RequestedOutput], served: ServedVersion) ->
     return wanted
 
 
-def _deadline(request: InferenceRequest, queue_timeout: QueueTimeout) -> float | None:
+def _deadline(request: InferenceRequest, queue_timeout: QueueTimeout) -> tuple[float | None, bool]:
     """The tighter of the transport's deadline and the queue timeout: the model's (config.pbtxt's queue policy)
-    or the request's ``timeout`` parameter (microseconds, 0 = none), as the policy allows."""
+    or the request's ``timeout`` parameter (microseconds, 0 = none), as the policy allows; and whether the queue
+    timeout is the tighter one, which Triton answers with UNAVAILABLE rather than DEADLINE_EXCEEDED."""
     deadline = request.deadline
     timeout_us = request.parameters.get("timeout", 0)
     if isinstance(timeout_us, bool) or not isinstance(timeout_us, int) or timeout_us < 0:
         raise _bad(f"timeout must be an integer >= 0 microseconds, got {timeout_us!r:.40}")
     limit_us = queue_timeout.limit_us(timeout_us)
+    queue_timeout_binds = False
     if 0 < limit_us < NO_DEADLINE_S * 1e6:
         limit = time.monotonic() + limit_us / 1e6
-        deadline = limit if deadline is None else min(deadline, limit)
+        queue_timeout_binds = deadline is None or limit <= deadline
+        deadline = limit if queue_timeout_binds else deadline
     if deadline is not None and deadline - time.monotonic() > NO_DEADLINE_S:
-        return None
-    return deadline
+        return None, False
+    return deadline, queue_timeout_binds

@@ -133,7 +133,32 @@ def test_the_config_queue_timeout_drops_a_request_that_waits_longer_whatever_tim
         return raised.value
 
     error = run(scenario, tmp_path)
-    assert error.status is Status.DEADLINE_EXCEEDED and "timed out" in error.message
+    assert error.status is Status.UNAVAILABLE and "timed out" in error.message  # Triton's status for it
+
+
+@pytest.mark.parametrize(
+    ("timeout_us", "deadline_s", "status"),
+    [
+        (20_000, None, Status.UNAVAILABLE),  # the request's own queue timeout: shed load, as Triton answers it
+        (60_000_000, 0.02, Status.DEADLINE_EXCEEDED),  # the transport's deadline is the tighter one
+        (20_000, 60.0, Status.UNAVAILABLE),
+    ],
+)
+def test_the_tighter_of_queue_timeout_and_deadline_decides_the_status(tmp_path, timeout_us, deadline_s, status):
+    publish_version(tmp_path, "digits", 1, seed=1, slow=True, instances=1)
+
+    async def scenario(dataplane):
+        holding = asyncio.create_task(dataplane.infer(request(images(HOLDING_BATCH))))
+        await asyncio.sleep(0.2)  # the holding request runs; the next one queues behind it
+        deadline = None if deadline_s is None else time.monotonic() + deadline_s
+        with pytest.raises(ServingError) as raised:
+            await dataplane.infer(request(images(1), parameters={"timeout": timeout_us}, deadline=deadline))
+        assert not holding.done(), "the holding request ended before the queued one could time out"
+        await holding
+        return raised.value
+
+    error = run(scenario, tmp_path)
+    assert error.status is status and "timed out after" in error.message
 
 
 def test_drain_refuses_new_work_and_waits_for_admitted_requests(digits_repo):

@@ -223,7 +223,7 @@ def test_any_grpc_timeout_is_answered_without_internal(shared_server, timeout_s)
             assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-def test_a_request_whose_deadline_passes_in_the_queue_is_dropped_before_it_runs(start_server, slow_repo):
+def test_a_request_whose_timeout_or_deadline_passes_in_the_queue_is_dropped_before_it_runs(start_server, slow_repo):
     server = start_server(slow_repo, "--max-queue-delay-us", "0")
     with grpc.insecure_channel(server.url) as channel:
         stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -232,7 +232,8 @@ def test_a_request_whose_deadline_passes_in_the_queue_is_dropped_before_it_runs(
         time.sleep(0.1)
         late = valid_request()
         late.parameters["timeout"].int64_param = 20_000  # 20 ms, far shorter than the running execution
-        assert check_answer(stub.ModelInfer, late) == grpc.StatusCode.DEADLINE_EXCEEDED
+        # The server's queue timeout sheds load, and Triton says so with UNAVAILABLE: the client may come back.
+        assert check_answer(stub.ModelInfer, late) == grpc.StatusCode.UNAVAILABLE
         with pytest.raises(grpc.RpcError) as raised:  # the client's own deadline: it goes away
             stub.ModelInfer(valid_request(), timeout=0.02)
         assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED

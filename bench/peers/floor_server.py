@@ -7,8 +7,8 @@ for the front end on the machine at hand: `buildsys serve`'s server CPU per requ
 code (decode, validate, batch, run, encode) adds. Its answers are not checked (they are the same ten zeros for
 every request); readiness says yes for any model.
 
-`--grpc-stack` picks another gRPC stack for bench/grpc_stack_bench.py's comparison: grpcio's synchronous server
-(a thread pool) or grpclib (pure-Python HTTP/2 on asyncio; needs the grpclib package).
+`--grpc-stack` picks another gRPC stack, which bench/serve_bench.py measures as `floor-grpc-sync` (grpcio's
+synchronous server, a thread pool) and `floor-grpclib` (pure-Python HTTP/2 on asyncio; needs the grpclib package).
 
 Usage: python floor_server.py --grpc-port 8001 [--grpc-stack aio|sync|grpclib] | --http-port 8000
 """

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates one virtual environment per peer server for bench/serve_bench.py (and one for grpclib, a gRPC stack that
-# bench/grpc_stack_bench.py measures as a floor), apart from the project's .venv so that
+# it measures as a floor, `floor-grpclib`), apart from the project's .venv so that
 # neither side's dependencies shape the other's: bench/.venvs/mlserver (Seldon MLServer 1.7.1) and
 # bench/.venvs/kserve (KServe 0.21's Python ModelServer). Both get the same ONNX Runtime as the project's
 # constraints.txt, so every server runs the same kernels. Safe to run again: pip only installs what is missing.
@@ -24,6 +24,6 @@ make_venv() {
 # MLServer's worker dies at start with uvloop 0.22+, so its last working release is pinned.
 make_venv mlserver mlserver==1.7.1 uvloop==0.21.0
 make_venv kserve kserve==0.21.0
-# Not a peer: pure-Python gRPC on asyncio, measured as a floor against grpc.aio (bench/grpc_stack_bench.py).
+# Not a peer: pure-Python gRPC on asyncio, measured as a floor against grpc.aio (serve_bench.py's floor-grpclib).
 make_venv grpclib grpclib==0.4.9 "$(grep -E '^grpcio==' ../constraints.txt)" "$(grep -E '^protobuf==' ../constraints.txt)" \
   "$(grep -E '^uvicorn==' ../constraints.txt)" "$(grep -E '^uvloop==' ../constraints.txt)" numpy

@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -115,6 +116,18 @@ def test_an_optional_input_may_be_left_out_but_a_request_needs_some_input(tmp_pa
     ]
 
 
+async def dropped_behind_a_running_request(dataplane, late: Callable[[], InferenceRequest]) -> ServingError:
+    """HOLDING_BATCH images keep the slow one-instance model busy; the request that ``late`` makes then queues
+    behind them and must be dropped while they still run. Returns its error."""
+    holding = asyncio.create_task(dataplane.infer(request(images(HOLDING_BATCH))))
+    await asyncio.sleep(0.2)  # the holding request runs; the next one queues behind it
+    with pytest.raises(ServingError) as raised:
+        await dataplane.infer(late())
+    assert not holding.done(), "the holding request ended before the queued one could time out"
+    await holding
+    return raised.value
+
+
 def test_the_config_queue_timeout_drops_a_request_that_waits_longer_whatever_timeout_it_asks_for(tmp_path):
     publish_version(tmp_path, "digits", 1, seed=1, slow=True, instances=1)  # one instance: the next request queues
     config = tmp_path / "digits" / "config.pbtxt"
@@ -122,17 +135,11 @@ def test_the_config_queue_timeout_drops_a_request_that_waits_longer_whatever_tim
         config.read_text().replace("max_queue_size: 256", "max_queue_size: 256 default_timeout_microseconds: 50000")
     )
 
-    async def scenario(dataplane):
-        holding = asyncio.create_task(dataplane.infer(request(images(HOLDING_BATCH))))
-        await asyncio.sleep(0.2)  # the holding request runs; the next one queues behind it
-        with pytest.raises(ServingError) as raised:
-            await dataplane.infer(request(images(1), parameters={"timeout": 60_000_000}))
-        # Dropped while the holding request still runs: the config's 50 ms applied, not the request's 60 s.
-        assert not holding.done(), "the holding request ended before the queued one could time out"
-        await holding
-        return raised.value
+    def late() -> InferenceRequest:
+        return request(images(1), parameters={"timeout": 60_000_000})
 
-    error = run(scenario, tmp_path)
+    # Dropped while the holding request still runs: the config's 50 ms applied, not the request's 60 s.
+    error = run(lambda dataplane: dropped_behind_a_running_request(dataplane, late), tmp_path)
     assert error.status is Status.UNAVAILABLE and "timed out" in error.message  # Triton's status for it
 
 
@@ -147,17 +154,11 @@ def test_the_config_queue_timeout_drops_a_request_that_waits_longer_whatever_tim
 def test_the_tighter_of_queue_timeout_and_deadline_decides_the_status(tmp_path, timeout_us, deadline_s, status):
     publish_version(tmp_path, "digits", 1, seed=1, slow=True, instances=1)
 
-    async def scenario(dataplane):
-        holding = asyncio.create_task(dataplane.infer(request(images(HOLDING_BATCH))))
-        await asyncio.sleep(0.2)  # the holding request runs; the next one queues behind it
+    def late() -> InferenceRequest:  # the deadline counts from when the request is sent
         deadline = None if deadline_s is None else time.monotonic() + deadline_s
-        with pytest.raises(ServingError) as raised:
-            await dataplane.infer(request(images(1), parameters={"timeout": timeout_us}, deadline=deadline))
-        assert not holding.done(), "the holding request ended before the queued one could time out"
-        await holding
-        return raised.value
+        return request(images(1), parameters={"timeout": timeout_us}, deadline=deadline)
 
-    error = run(scenario, tmp_path)
+    error = run(lambda dataplane: dropped_behind_a_running_request(dataplane, late), tmp_path)
     assert error.status is status and "timed out after" in error.message
 
 

@@ -11,6 +11,13 @@ once with UNAVAILABLE instead of letting latency grow without limit. A request w
 caller went away (its task cancelled) leaves the queue and never runs; a caller told that its request is going to
 wait (``on_wait``) can watch for its client going away from then on.
 
+The queue follows Triton's scheduler where a config asks for more: with priority levels a batch is formed from
+the highest-priority requests queued (level 1 first), each level bounded by its own queue size; a request whose
+queue timeout passed under ``timeout_action: DELAY`` (``delay_at``) goes behind the requests of its level that
+are still in time, and runs when their turn is over. A model whose config has no ``dynamic_batching`` runs every
+request in a call of its own (``merges=False``): some models answer differently in a batch they were not built
+for, and Triton's default scheduler never merges them.
+
 A version has one or more execution instances (Triton's ``instance_group``), each with its own session, and runs
 up to that many batches at once in a pool of as many threads. "Idle" above means that no instance is running;
 a request that arrives while one runs waits for the delay like any other, and then takes a free instance. Two
@@ -50,7 +57,7 @@ import concurrent.futures
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -74,7 +81,17 @@ _ESTIMATE_WEIGHT = 0.5
 
 
 class _Pending:
-    __slots__ = ("inputs", "batch_size", "shape_key", "enqueued_ns", "deadline", "future", "on_wait")
+    __slots__ = (
+        "inputs",
+        "batch_size",
+        "shape_key",
+        "enqueued_ns",
+        "deadline",
+        "future",
+        "on_wait",
+        "level",
+        "delay_at",
+    )
 
     def __init__(
         self,
@@ -83,6 +100,8 @@ class _Pending:
         deadline: float | None,
         future: asyncio.Future,
         on_wait: Callable[[], None] | None,
+        level: int,
+        delay_at: float | None,
     ) -> None:
         self.inputs = inputs
         self.batch_size = batch_size
@@ -92,6 +111,13 @@ class _Pending:
         self.deadline = deadline
         self.future = future
         self.on_wait = on_wait
+        self.level = level
+        self.delay_at = delay_at
+
+    def turn(self, now: float) -> tuple[int, bool]:
+        """Where the request stands in the queue: by priority level (lower first), then behind the requests of its
+        level whose delay has not passed (``delay_at``), then in order of arrival (the sort is stable)."""
+        return self.level, self.delay_at is not None and now > self.delay_at
 
     def waits(self) -> None:
         """Tells the caller, once, that this request is going to wait (``DynamicBatcher.infer``'s ``on_wait``)."""
@@ -112,6 +138,8 @@ class DynamicBatcher:
         max_queue_delay_us: int,
         max_queue_size: int,
         stats: ModelStats,
+        level_queue_sizes: Mapping[int, int] | None = None,
+        merges: bool = True,
         on_batch: Callable[[int], None] = lambda size: None,
         inline_below_ns: int = INLINE_BELOW_NS,
         wide: Callable[[Tensors], Tensors] | None = None,
@@ -122,6 +150,9 @@ class DynamicBatcher:
         """Creates the batcher; no event-loop object is made until the first request, on the running loop.
 
         Args:
+            max_queue_size: the bound of each priority level's queue, unless ``level_queue_sizes`` has its own.
+            merges: False runs every request in a call of its own (a model without Triton's dynamic batching):
+                requests still queue for a free instance, but never wait for a delay or share a call.
             instances: one function per execution instance, each running one merged batch at a time: in a thread
                 of the batcher's own pool (one thread per instance), or on the loop when that size's calls take
                 less than ``inline_below_ns`` (0: never on the loop).
@@ -136,6 +167,8 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.max_queue_delay_us = max_queue_delay_us
         self.max_queue_size = max_queue_size
+        self._level_queue_sizes = dict(level_queue_sizes or {})
+        self._merges = merges
         self._instances = tuple(instances)
         self._wide = wide
         self._wide_above_ns = wide_above_ns
@@ -186,6 +219,9 @@ class DynamicBatcher:
         batch_size: int,
         deadline: float | None = None,
         on_wait: Callable[[], None] | None = None,
+        *,
+        level: int = 0,
+        delay_at: float | None = None,
     ) -> Tensors:
         """Queues one request whose inputs all have ``batch_size`` rows and returns its own rows of the outputs.
 
@@ -197,6 +233,9 @@ class DynamicBatcher:
                 an execution or for the delay, or run in the pool), and never for one answered in the next turn:
                 a caller that must notice its client going away starts watching only then, because a short answer
                 is cheaper to finish than to watch for.
+            level: the request's priority level; a batch is taken from the lowest level queued first.
+            delay_at: ``time.monotonic()`` after which a queued request goes behind the others of its level that
+                are not delayed (Triton's ``timeout_action: DELAY``); it still runs.
 
         Raises:
             ServingError: UNAVAILABLE when the queue is full or the batcher is closing; DEADLINE_EXCEEDED;
@@ -204,10 +243,13 @@ class DynamicBatcher:
         """
         if self._closing:
             raise ServingError(Status.UNAVAILABLE, f"model '{self.name}' is shutting down; retry")
-        if len(self._queue) >= self.max_queue_size:
+        limit = self._level_queue_sizes.get(level, self.max_queue_size)
+        # Levels share one deque: counting one level's requests is a scan, only where there are levels.
+        queued = sum(p.level == level for p in self._queue) if level else len(self._queue)
+        if queued >= limit:
+            where = f"queue of priority level {level}" if level else "queue"
             raise ServingError(
-                Status.UNAVAILABLE,
-                f"model '{self.name}' queue is full ({self.max_queue_size} requests waiting); retry later",
+                Status.UNAVAILABLE, f"model '{self.name}' {where} is full ({limit} requests waiting); retry later"
             )
         loop = asyncio.get_running_loop()
         idle = self._running == 0 and self._worker is None
@@ -218,7 +260,7 @@ class DynamicBatcher:
                 if not inline and on_wait is not None:
                     on_wait()
                 return await self._run_alone(loop, inputs, batch_size, deadline, inline, wide)
-        pending = _Pending(inputs, batch_size, deadline, loop.create_future(), on_wait)
+        pending = _Pending(inputs, batch_size, deadline, loop.create_future(), on_wait, level, delay_at)
         self._waited_ns = pending.enqueued_ns
         self._queue.append(pending)
         self._queued_samples += batch_size
@@ -424,8 +466,8 @@ class DynamicBatcher:
                 timer.cancel()
 
     async def _fill(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Waits until the oldest request's delay is over or a full batch is queued."""
-        if not self._queue:
+        """Waits until the oldest request's delay is over or a full batch is queued (at once if nothing merges)."""
+        if not self._queue or not self._merges:
             return
         flush_at_ns = self._queue[0].enqueued_ns + self.max_queue_delay_us * 1000
         while not self._closing and self._queued_samples < self.max_batch_size:
@@ -437,9 +479,11 @@ class DynamicBatcher:
             await self._sleep(loop, remaining_s)
 
     def _take(self) -> list[_Pending]:
-        """Takes the requests that fit with the oldest live one (it always fits, so none starves)."""
+        """Takes the requests that fit with the first live one in turn (it always fits, so none starves): the
+        oldest, unless priority levels or delayed requests reorder the queue; only that one when nothing merges."""
         now = time.monotonic()
         live: list[_Pending] = []
+        reordered = False
         for pending in list(self._queue):
             if pending.future.done():
                 continue
@@ -447,9 +491,14 @@ class DynamicBatcher:
                 self._expire(pending)
                 continue
             live.append(pending)
+            reordered = reordered or pending.level != 0 or pending.delay_at is not None
+        if reordered:
+            live.sort(key=lambda pending: pending.turn(now))
         batch, kept, samples = [], deque(), 0
         for pending in live:
-            if pending.shape_key == live[0].shape_key and samples + pending.batch_size <= self.max_batch_size:
+            if batch and not self._merges:
+                kept.append(pending)
+            elif pending.shape_key == live[0].shape_key and samples + pending.batch_size <= self.max_batch_size:
                 batch.append(pending)
                 samples += pending.batch_size
             else:

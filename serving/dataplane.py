@@ -27,7 +27,7 @@ from serving import __version__, codec
 from serving.errors import ServingError, Status
 from serving.metrics import Metrics
 from serving.protocol import model_config_pb2
-from serving.repository import BatchingOverrides, IndexEntry, ModelRepository, QueueTimeout, ServedVersion
+from serving.repository import Batching, BatchingOverrides, IndexEntry, ModelRepository, ServedVersion
 from serving.runtime import CUDA, RuntimeOptions
 from serving.signature import format_shape
 from serving.statistics import StatsSnapshot
@@ -313,8 +313,9 @@ class DataPlane:
         config.name = served.name
         config.platform = served.manifest.platform
         config.max_batch_size = served.max_batch_size
-        config.dynamic_batching.max_queue_delay_microseconds = served.batcher.max_queue_delay_us
-        config.dynamic_batching.default_queue_policy.max_queue_size = served.batcher.max_queue_size
+        if served.batching.merges:  # a model without dynamic batching is not shown one
+            config.dynamic_batching.max_queue_delay_microseconds = served.batcher.max_queue_delay_us
+            config.dynamic_batching.default_queue_policy.max_queue_size = served.batcher.max_queue_size
         on_gpu = CUDA in served.model.providers
         kind = model_config_pb2.ModelInstanceGroup.KIND_GPU if on_gpu else model_config_pb2.ModelInstanceGroup.KIND_CPU
         del config.instance_group[:]
@@ -393,11 +394,13 @@ class DataPlane:
         try:
             inputs, batch_size = _checked_inputs(request.inputs, served)
             wanted = _checked_outputs(request.outputs, served)
-            deadline, queue_timeout_binds = _deadline(request, served.queue_timeout)
+            queue = _queue_place(request, served.batching)
             try:
-                results = await served.batcher.infer(inputs, batch_size, deadline, on_wait)
+                results = await served.batcher.infer(
+                    inputs, batch_size, queue.deadline, on_wait, level=queue.level, delay_at=queue.delay_at
+                )
             except ServingError as error:
-                if error.status is Status.DEADLINE_EXCEEDED and queue_timeout_binds:
+                if error.status is Status.DEADLINE_EXCEEDED and queue.timeout_binds:
                     # Triton's answer to a request that its queue's timeout drops: the server shed load, and a
                     # client may come back (the transport's own deadline stays DEADLINE_EXCEEDED).
                     raise ServingError(Status.UNAVAILABLE, error.message) from None
@@ -480,20 +483,42 @@ def _checked_outputs(requested: list[RequestedOutput], served: ServedVersion) ->
     return wanted
 
 
-def _deadline(request: InferenceRequest, queue_timeout: QueueTimeout) -> tuple[float | None, bool]:
-    """The tighter of the transport's deadline and the queue timeout: the model's (config.pbtxt's queue policy)
-    or the request's ``timeout`` parameter (microseconds, 0 = none), as the policy allows; and whether the queue
-    timeout is the tighter one, which Triton answers with UNAVAILABLE rather than DEADLINE_EXCEEDED."""
-    deadline = request.deadline
-    timeout_us = request.parameters.get("timeout", 0)
-    if isinstance(timeout_us, bool) or not isinstance(timeout_us, int) or timeout_us < 0:
-        raise _bad(f"timeout must be an integer >= 0 microseconds, got {timeout_us!r:.40}")
-    limit_us = queue_timeout.limit_us(timeout_us)
-    queue_timeout_binds = False
-    if 0 < limit_us < NO_DEADLINE_S * 1e6:
-        limit = time.monotonic() + limit_us / 1e6
-        queue_timeout_binds = deadline is None or limit <= deadline
-        deadline = limit if queue_timeout_binds else deadline
-    if deadline is not None and deadline - time.monotonic() > NO_DEADLINE_S:
-        return None, False
-    return deadline, queue_timeout_binds
+@dataclass(slots=True)
+class _QueuePlace:
+    """Where a request queues: its priority level, the time it must run by (``deadline``, a ``time.monotonic()``
+    value or None) and whether that is its queue timeout rather than the transport's deadline, and the time after
+    which it waits behind the others of its level (``delay_at``, Triton's ``timeout_action: DELAY``)."""
+
+    level: int
+    deadline: float | None
+    timeout_binds: bool
+    delay_at: float | None
+
+
+def _queue_place(request: InferenceRequest, batching: Batching) -> _QueuePlace:
+    """The request's level from its ``priority`` parameter (0 = the default level), and its queue timeout: the
+    level's policy (config.pbtxt) or the request's ``timeout`` parameter (microseconds, 0 = none), as the policy
+    allows. A timeout that drops the request is tightened with the transport's deadline; Triton answers it with
+    UNAVAILABLE when it is the tighter of the two, the deadline with DEADLINE_EXCEEDED."""
+    now = time.monotonic()
+    level = batching.level(_unsigned_parameter(request, "priority"))
+    policy = batching.policy(level)
+    timeout_us = policy.timeout_us(_unsigned_parameter(request, "timeout"))
+    deadline, timeout_binds, delay_at = request.deadline, False, None
+    if 0 < timeout_us < NO_DEADLINE_S * 1e6:
+        limit = now + timeout_us / 1e6
+        if not policy.rejects:
+            delay_at = limit
+        elif deadline is None or limit <= deadline:
+            deadline, timeout_binds = limit, True
+    if deadline is not None and deadline - now > NO_DEADLINE_S:
+        deadline, timeout_binds = None, False
+    return _QueuePlace(level, deadline, timeout_binds, delay_at)
+
+
+def _unsigned_parameter(request: InferenceRequest, name: str) -> int:
+    """An unsigned integer parameter (Triton's ``timeout`` and ``priority``); absent is 0."""
+    value = request.parameters.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _bad(f"{name} must be an integer >= 0, got {value!r:.40}")
+    return value

@@ -102,9 +102,7 @@ def read_config(model_dir: Path) -> model_config_pb2.ModelConfig:
     _refuse_what_changes_a_request(config, path)
     if config.default_model_filename:
         _file_name(config.default_model_filename, path, "default_model_filename")
-    action = config.dynamic_batching.default_queue_policy.timeout_action
-    if action not in model_config_pb2.ModelQueuePolicy.TimeoutAction.values():
-        raise ModelLoadError(f"{path}: default_queue_policy's timeout_action {action} is neither REJECT nor DELAY")
+    _check_queue_policies(config.dynamic_batching, path)
     for kind, tensors in (("input", config.input), ("output", config.output)):
         for tensor in tensors:
             _datatype(tensor, path, kind)
@@ -123,6 +121,29 @@ def read_config(model_dir: Path) -> model_config_pb2.ModelConfig:
     return config
 
 
+def _check_queue_policies(dynamic: model_config_pb2.ModelDynamicBatching, path: Path) -> None:
+    """Triton's rules for priority levels and queue policies: levels are numbered from 1 (the highest priority)
+    to ``priority_levels``, and the default level and each level's policy must name one of them."""
+    policies = [("default_queue_policy", dynamic.default_queue_policy)]
+    levels = dynamic.priority_levels
+    if levels:
+        if not 1 <= dynamic.default_priority_level <= levels:
+            raise ModelLoadError(
+                f"{path}: default_priority_level {dynamic.default_priority_level} is outside [1, {levels}], the "
+                "priority_levels"
+            )
+        for level, policy in sorted(dynamic.priority_queue_policy.items()):
+            if not 1 <= level <= levels:
+                raise ModelLoadError(
+                    f"{path}: priority_queue_policy names level {level}, outside [1, {levels}], the priority_levels"
+                )
+            policies.append((f"priority_queue_policy {level}", policy))
+    for where, policy in policies:
+        if policy.timeout_action not in model_config_pb2.ModelQueuePolicy.TimeoutAction.values():
+            action = policy.timeout_action
+            raise ModelLoadError(f"{path}: {where}'s timeout_action {action} is neither REJECT nor DELAY")
+
+
 def _refuse_what_changes_a_request(config: model_config_pb2.ModelConfig, path: Path) -> None:
     """Refuses the Triton features under which a model means something else than a stateless call per batch.
 
@@ -130,7 +151,7 @@ def _refuse_what_changes_a_request(config: model_config_pb2.ModelConfig, path: P
     (sequence control inputs and state, batch inputs) or answer in another way (ragged batches, shape tensors,
     several responses per request). Served as a plain model, such a model would be refused later by a confusing
     signature mismatch, or would answer wrongly; one line here says which feature it is. Scheduling hints that do
-    not change an answer (priorities, preferred batch sizes, warm-up, the response cache) are accepted and ignored.
+    not change an answer (preferred batch sizes, warm-up, the response cache) are accepted and ignored.
     """
     problems = []
     if config.HasField("sequence_batching"):

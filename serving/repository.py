@@ -18,7 +18,7 @@ import dataclasses
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,44 +61,73 @@ class IndexEntry:
 
 
 @dataclass(frozen=True)
-class QueueTimeout:
-    """How long a request may wait in its model's queue: config.pbtxt's ``default_queue_policy``, read as Triton
-    reads it. ``default_us`` applies to every request (0: none); a request's own ``timeout`` may only shorten it,
-    and only where ``overridable`` (``allow_timeout_override``). Without a default, a request's own timeout applies
-    as given (Triton ignores it then; gRPC deadlines apply in either). ``rejects`` False is ``timeout_action:
-    DELAY``, under which no timeout refuses a request: it stays queued, in its turn (Triton moves it behind the
-    requests that have not timed out)."""
+class QueuePolicy:
+    """One priority level's queue: config.pbtxt's ``ModelQueuePolicy``, read as Triton reads it.
 
-    default_us: int = 0
+    ``default_timeout_us`` applies to every request (0: none); a request's own ``timeout`` may only shorten it,
+    and only where ``overridable`` (``allow_timeout_override``). Without a default, a request's own timeout applies
+    as given (Triton ignores it then; gRPC deadlines apply in either). When a request's timeout passes while it is
+    queued, ``rejects`` drops it (``timeout_action: REJECT``); otherwise (``DELAY``) it stays queued behind the
+    requests of its level whose timeout has not passed. ``max_queue_size`` bounds the level's queue.
+    """
+
+    default_timeout_us: int = 0
     overridable: bool = False
     rejects: bool = True
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
 
     @classmethod
-    def from_config(cls, config: model_config_pb2.ModelConfig) -> "QueueTimeout":
-        policy = config.dynamic_batching.default_queue_policy
+    def from_config(cls, policy: model_config_pb2.ModelQueuePolicy, max_queue_size: int) -> "QueuePolicy":
         return cls(
-            default_us=policy.default_timeout_microseconds,
+            default_timeout_us=policy.default_timeout_microseconds,
             overridable=policy.allow_timeout_override,
             rejects=policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT,
+            max_queue_size=max_queue_size,
         )
 
-    def limit_us(self, requested_us: int) -> int:
+    def timeout_us(self, requested_us: int) -> int:
         """The queue timeout, in microseconds (0: none), of a request that asks for ``requested_us`` (0: none)."""
-        if not self.rejects:
-            return 0
-        if not self.default_us:
+        if not self.default_timeout_us:
             return requested_us
-        if self.overridable and 0 < requested_us < self.default_us:
+        if self.overridable and 0 < requested_us < self.default_timeout_us:
             return requested_us
-        return self.default_us
+        return self.default_timeout_us
 
 
 @dataclass(frozen=True)
 class Batching:
+    """How a version's requests are queued and merged: config.pbtxt's scheduling, after the command line's overrides.
+
+    ``merges`` is False for a model whose config has no ``dynamic_batching``: Triton then runs each request alone,
+    and so does this server (a model may answer differently in a batch it was not meant for). With
+    ``priority_levels``, a request's ``priority`` picks its level (1 first; 0 or out of range: the default level),
+    each level with its own queue policy; without them every request is on level 0.
+    """
+
     max_batch_size: int  # 0 for a model that does not batch: each request runs alone
     max_queue_delay_us: int
-    max_queue_size: int
-    queue_timeout: QueueTimeout = QueueTimeout()
+    default_policy: QueuePolicy = QueuePolicy()
+    merges: bool = True
+    priority_levels: int = 0
+    default_priority_level: int = 0
+    level_policies: Mapping[int, QueuePolicy] = dataclasses.field(default_factory=dict)
+
+    def level(self, priority: int) -> int:
+        """The priority level a request's ``priority`` parameter puts it on, as Triton maps it."""
+        return priority if 0 < priority <= self.priority_levels else self.default_priority_level
+
+    def policy(self, level: int) -> QueuePolicy:
+        return self.level_policies.get(level, self.default_policy)
+
+    def describe(self) -> str:
+        """The scheduling in the words of config.pbtxt, for the log line of a loaded version."""
+        if not self.merges:
+            return f"no dynamic batching (each request runs alone), max_queue_size {self.default_policy.max_queue_size}"
+        levels = f", {self.priority_levels} priority levels" if self.priority_levels else ""
+        return (
+            f"max_queue_delay_us {self.max_queue_delay_us}, max_queue_size {self.default_policy.max_queue_size}"
+            + levels
+        )
 
 
 @dataclass(frozen=True)
@@ -124,7 +153,7 @@ class ServedVersion:
         self.manifest = manifest
         self.model = model
         self.max_batch_size = batching.max_batch_size
-        self.queue_timeout = batching.queue_timeout
+        self.batching = batching
         self.stats = ModelStats()
         self.batcher = DynamicBatcher(
             name=f"{manifest.name}/{manifest.version}",
@@ -133,7 +162,9 @@ class ServedVersion:
             # A model that does not batch is queued as one row per request, so no two requests are merged.
             max_batch_size=max(1, batching.max_batch_size),
             max_queue_delay_us=batching.max_queue_delay_us,
-            max_queue_size=batching.max_queue_size,
+            max_queue_size=batching.default_policy.max_queue_size,
+            level_queue_sizes={level: policy.max_queue_size for level, policy in batching.level_policies.items()},
+            merges=batching.merges,
             stats=self.stats,
             on_batch=lambda size: on_batch(manifest.name, size),
         )
@@ -418,7 +449,7 @@ class ModelRepository:
         served = ServedVersion(config, manifest, model, batching, self._on_batch)
         log.info(
             "model '%s' version %d loaded (providers %s, %d instance(s) of %s intra-op threads%s; max_batch_size "
-            "%d, max_queue_delay_us %d, max_queue_size %d)",
+            "%d, %s)",
             name,
             manifest.version,
             ", ".join(model.providers),
@@ -426,15 +457,15 @@ class ModelRepository:
             threads or "per-core",
             f" and a wide session of {wide_threads}" if wide_threads else "",
             batching.max_batch_size,
-            batching.max_queue_delay_us,
-            batching.max_queue_size,
+            batching.describe(),
         )
         return served
 
     def _batching(self, config: model_config_pb2.ModelConfig) -> Batching:
         dynamic = config.dynamic_batching
-        config_queue = dynamic.default_queue_policy.max_queue_size
         overrides = self.batching
+        # --max-queue-size replaces the default policy's bound; a level with a policy of its own keeps its bound.
+        default_size = overrides.max_queue_size or dynamic.default_queue_policy.max_queue_size or DEFAULT_MAX_QUEUE_SIZE
         return Batching(
             # --max-batch-size cannot give a batch dimension to a model without one.
             max_batch_size=(overrides.max_batch_size or config.max_batch_size) if config.max_batch_size else 0,
@@ -443,8 +474,15 @@ class ModelRepository:
                 if overrides.max_queue_delay_us is not None
                 else dynamic.max_queue_delay_microseconds
             ),
-            max_queue_size=overrides.max_queue_size or config_queue or DEFAULT_MAX_QUEUE_SIZE,
-            queue_timeout=QueueTimeout.from_config(config),
+            default_policy=QueuePolicy.from_config(dynamic.default_queue_policy, default_size),
+            merges=config.HasField("dynamic_batching"),
+            priority_levels=dynamic.priority_levels,
+            default_priority_level=dynamic.default_priority_level,
+            level_policies={
+                level: QueuePolicy.from_config(policy, policy.max_queue_size or default_size)
+                for level, policy in dynamic.priority_queue_policy.items()
+                if dynamic.priority_levels  # without levels Triton ignores the per-level policies
+            },
         )
 
     # --- reporting ------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from serving.batcher import DynamicBatcher
@@ -22,6 +23,7 @@ from tests.serving.conftest import (
     images,
     infer_request,
     probabilities,
+    publish_version,
     reference_probabilities,
     wait_for_metric,
 )
@@ -32,6 +34,7 @@ class RecordingModel:
 
     def __init__(self) -> None:
         self.batch_sizes: list[int] = []
+        self.firsts: list[float] = []  # the first row's value of each batch: which request led it
         self.release = threading.Event()
         self.release.set()
         self.started = threading.Event()
@@ -41,6 +44,7 @@ class RecordingModel:
         self.started.set()
         self.release.wait(10)
         self.batch_sizes.append(len(inputs["x"]))
+        self.firsts.append(float(inputs["x"][0, 0]))
         if self.fail:
             raise RuntimeError("boom")
         return {"y": inputs["x"] * 2}
@@ -400,6 +404,68 @@ def test_queue_full_is_refused_at_once_with_unavailable():
     assert [r["y"][0, 0] for r in results] == [0.0, 2.0]
 
 
+def test_without_dynamic_batching_every_queued_request_runs_in_a_call_of_its_own_without_a_delay():
+    async def scenario():
+        model = RecordingModel()
+        batcher = make_batcher(model, max_queue_delay_us=60_000_000, merges=False)
+        busy = await hold(model, batcher)
+        waiting = [asyncio.create_task(batcher.infer(rows(10 * size, size), size)) for size in (1, 2, 3)]
+        await asyncio.sleep(0.01)
+        model.release.set()
+        results = await asyncio.wait_for(asyncio.gather(busy, *waiting), 10)  # 60 s if one waited for the delay
+        await batcher.close()
+        return model, results
+
+    model, results = asyncio.run(scenario())
+    assert model.batch_sizes == [1, 1, 2, 3] and model.firsts == [100.0, 10.0, 20.0, 30.0]
+    np.testing.assert_array_equal(results[3]["y"], rows(30, 3)["x"] * 2)
+
+
+def test_the_highest_priority_level_queued_runs_first_and_each_level_has_its_own_bound():
+    async def scenario():
+        model = RecordingModel()
+        batcher = make_batcher(model, max_batch_size=2, max_queue_size=8, level_queue_sizes={1: 2})
+        busy = await hold(model, batcher)
+        # Arrival order: two of level 2, two of level 1, one more of level 2 (level 1 is the highest priority).
+        waiting = [
+            asyncio.create_task(batcher.infer(rows(value, 1), 1, level=level))
+            for value, level in ((0, 2), (1, 2), (2, 1), (3, 1), (4, 2))
+        ]
+        await asyncio.sleep(0.01)
+        with pytest.raises(ServingError) as refused:  # level 1 holds its bound of 2
+            await batcher.infer(rows(5, 1), 1, level=1)
+        model.release.set()
+        await asyncio.gather(busy, *waiting)
+        await batcher.close()
+        return model, refused.value
+
+    model, refused = asyncio.run(scenario())
+    assert refused.status is Status.UNAVAILABLE
+    assert "queue of priority level 1 is full (2 requests waiting)" in refused.message
+    assert model.batch_sizes == [1, 2, 2, 1] and model.firsts == [100.0, 2.0, 0.0, 4.0]
+
+
+def test_a_request_past_its_delay_goes_behind_the_requests_of_its_level_still_in_time_and_still_runs():
+    async def scenario():
+        model = RecordingModel()
+        batcher = make_batcher(model, max_batch_size=1)
+        busy = await hold(model, batcher)
+        now = time.monotonic()
+        waiting = [
+            asyncio.create_task(batcher.infer(rows(value, 1), 1, delay_at=delay_at))
+            for value, delay_at in ((0, now + 0.01), (1, None), (2, now + 60))
+        ]
+        await asyncio.sleep(0.05)  # the first request's delay passes while it is queued
+        model.release.set()
+        results = await asyncio.gather(busy, *waiting)
+        await batcher.close()
+        return model, results
+
+    model, results = asyncio.run(scenario())
+    assert model.firsts == [100.0, 1.0, 2.0, 0.0]
+    assert [r["y"][0, 0] for r in results[1:]] == [0.0, 2.0, 4.0]
+
+
 def test_a_request_whose_deadline_passes_in_the_queue_fails_and_never_runs():
     async def scenario():
         model = RecordingModel()
@@ -477,6 +543,37 @@ def test_concurrent_clients_are_merged_and_each_gets_its_own_answer(start_server
     assert stats.inference_count == sum(len(b) for b in batches)
     assert stats.execution_count < len(batches), "no request was merged with another"
     assert max(b.batch_size for b in stats.batch_stats) > max(len(b) for b in batches)
+
+
+@pytest.mark.parametrize("client_module", [grpcclient, httpclient], ids=["grpc", "http"])
+def test_a_triton_client_priority_overtakes_requests_queued_before_it(start_server, tmp_path, client_module):
+    repo = tmp_path / "repository"
+    publish_version(repo, "digits", 1, seed=1, slow=True, instances=1, max_batch_size=HOLDING_BATCH)
+    config = repo / "digits" / "config.pbtxt"
+    levels = "dynamic_batching { priority_levels: 2 default_priority_level: 2"
+    config.write_text(config.read_text().replace("dynamic_batching {", levels, 1))
+    server = start_server(repo)
+    url = server.url if client_module is grpcclient else server.http_url
+    finished: list[str] = []
+
+    def call(label: str, size: int, priority: int) -> None:
+        with client_module.InferenceServerClient(url) as client:
+            tensor = client_module.InferInput("image", [size, 8, 8], "UINT8")
+            tensor.set_data_from_numpy(images(size, seed=size))
+            assert client.infer("digits", [tensor], priority=priority).as_numpy("probabilities").shape == (size, 10)
+        finished.append(label)
+
+    # HOLDING_BATCH images keep the one instance busy for most of a second; the others queue behind them in the
+    # order sent, and no two of them fit in one batch.
+    sends = [("holding", HOLDING_BATCH, 0), ("first", 300, 0), ("second", 300, 2), ("urgent", 300, 1)]
+    with ThreadPoolExecutor(len(sends)) as pool:
+        calls = []
+        for send in sends:
+            calls.append(pool.submit(call, *send))
+            time.sleep(0.1)
+        for each in calls:
+            each.result()
+    assert finished == ["holding", "urgent", "first", "second"]
 
 
 def test_full_queue_answers_unavailable_at_once_and_health_still_answers(start_server, slow_repo):

@@ -69,6 +69,8 @@ def test_infer_returns_arrays_and_classification_and_counts_statistics(digits_re
         ({"version": "9" * 5000}, Status.NOT_FOUND, "no loaded version"),
         ({"inputs": []}, Status.INVALID_ARGUMENT, "missing input 'image'"),
         ({"parameters": {"timeout": "soon"}}, Status.INVALID_ARGUMENT, "timeout must be an integer"),
+        ({"parameters": {"priority": -1}}, Status.INVALID_ARGUMENT, "priority must be an integer >= 0"),
+        ({"parameters": {"priority": 1.5}}, Status.INVALID_ARGUMENT, "priority must be an integer >= 0"),
         ({"outputs": [RequestedOutput("logits")]}, Status.INVALID_ARGUMENT, "unknown output 'logits'"),
         ({"deadline": 0.0}, Status.DEADLINE_EXCEEDED, "timed out"),
     ],
@@ -160,6 +162,62 @@ def test_the_tighter_of_queue_timeout_and_deadline_decides_the_status(tmp_path, 
 
     error = run(lambda dataplane: dropped_behind_a_running_request(dataplane, late), tmp_path)
     assert error.status is status and "timed out after" in error.message
+
+
+def finishing_order(sends: list[tuple[str, int, dict]]) -> Callable:
+    """A scenario: the first of ``sends`` (label, images, parameters) starts the slow one-instance model, the others
+    queue behind it in one turn of the loop; returns the labels in the order their answers came."""
+
+    async def scenario(dataplane):
+        finished: list[str] = []
+
+        async def send(label: str, size: int, parameters: dict) -> None:
+            await dataplane.infer(request(images(size), parameters=parameters))
+            finished.append(label)
+
+        (first, *queued) = sends
+        holding = asyncio.create_task(send(*first))
+        await asyncio.sleep(0.01)  # the first request runs; the others arrive while it does
+        await asyncio.gather(holding, *(send(*each) for each in queued))
+        return finished
+
+    return scenario
+
+
+def test_a_request_of_a_higher_priority_level_runs_before_those_queued_ahead_of_it(tmp_path):
+    publish_version(tmp_path, "digits", 1, seed=1, slow=True, instances=1, max_batch_size=8)  # 5 + 5 do not fit
+    config = tmp_path / "digits" / "config.pbtxt"
+    levels = "dynamic_batching { priority_levels: 2 default_priority_level: 2"
+    config.write_text(config.read_text().replace("dynamic_batching {", levels, 1))
+    sends = [("holding", 8, {}), ("first", 5, {}), ("second", 5, {"priority": 2}), ("urgent", 5, {"priority": 1})]
+    assert run(finishing_order(sends), tmp_path) == ["holding", "urgent", "first", "second"]
+
+
+def test_under_timeout_action_delay_a_request_past_its_timeout_runs_after_those_still_in_time(tmp_path):
+    publish_version(tmp_path, "digits", 1, seed=1, slow=True, instances=1, max_batch_size=8)
+    config = tmp_path / "digits" / "config.pbtxt"
+    policy = "default_timeout_microseconds: 60000000 allow_timeout_override: true timeout_action: DELAY"
+    config.write_text(config.read_text().replace("max_queue_size: 256", f"max_queue_size: 256 {policy}"))
+    sends = [("holding", 8, {}), ("late", 5, {"timeout": 1000}), ("in time", 5, {})]
+    assert run(finishing_order(sends), tmp_path) == ["holding", "in time", "late"]  # late, but not dropped
+
+
+def test_without_dynamic_batching_in_config_each_request_runs_in_a_call_of_its_own(tmp_path):
+    publish_version(tmp_path, "digits", 1, seed=1, slow=True, instances=1)
+    config = tmp_path / "digits" / "config.pbtxt"
+    text = config.read_text()
+    config.write_text(text[: text.index("dynamic_batching {")] + text[text.index("version_policy") :])
+    sends = [("holding", 8, {}), ("a", 1, {}), ("b", 2, {}), ("c", 1, {})]
+
+    async def scenario(dataplane):
+        finished = await finishing_order(sends)(dataplane)
+        return finished, dataplane.statistics("digits")[0].stats, dataplane.model_config("digits")
+
+    finished, stats, applied = run(scenario, tmp_path)
+    assert finished == ["holding", "a", "b", "c"]
+    # With dynamic batching the three queued requests would make one call: here each made its own.
+    assert (stats.execution_count, stats.inference_count) == (4, 12)
+    assert not applied.HasField("dynamic_batching")
 
 
 def test_drain_refuses_new_work_and_waits_for_admitted_requests(digits_repo):

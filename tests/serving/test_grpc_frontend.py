@@ -195,7 +195,8 @@ def test_any_version_string_is_not_found_never_internal(client, version):
         ("request", "timeout", pb.InferParameter(int64_param=2**63 - 1), "OK"),
         ("request", "timeout", pb.InferParameter(uint64_param=2**64 - 1), "OK"),
         ("request", "timeout", pb.InferParameter(), "INVALID_ARGUMENT"),
-        ("request", "priority", pb.InferParameter(double_param=float("nan")), "OK"),
+        ("request", "priority", pb.InferParameter(double_param=float("nan")), "INVALID_ARGUMENT"),
+        ("request", "priority", pb.InferParameter(uint64_param=2**64 - 1), "OK"),  # beyond the levels: the default
         ("output", "classification", pb.InferParameter(string_param="3"), "INVALID_ARGUMENT"),
         ("output", "classification", pb.InferParameter(int64_param=2**63 - 1), "OK"),
         ("output", "classification", pb.InferParameter(int64_param=0), "INVALID_ARGUMENT"),

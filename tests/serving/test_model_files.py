@@ -3,6 +3,7 @@ repositories without manifest.json, and the rule that no file raises anything bu
 
 import json
 import logging
+import re
 import shutil
 
 import numpy as np
@@ -199,10 +200,33 @@ def test_a_ragged_or_shape_tensor_input_refuses_the_model_naming_the_input(tmp_p
         read_config(model_dir)
 
 
+@pytest.mark.parametrize(
+    ("levels", "message"),
+    [
+        ("priority_levels: 2", "default_priority_level 0 is outside [1, 2], the priority_levels"),
+        ("priority_levels: 2 default_priority_level: 3", "default_priority_level 3 is outside [1, 2]"),
+        (
+            "priority_levels: 2 default_priority_level: 1 priority_queue_policy { key: 3 value: {} }",
+            "priority_queue_policy names level 3, outside [1, 2]",
+        ),
+        (
+            "priority_levels: 2 default_priority_level: 1 priority_queue_policy { key: 2 value: { timeout_action: 9 }}",
+            "priority_queue_policy 2's timeout_action 9 is neither REJECT nor DELAY",
+        ),
+    ],
+)
+def test_priority_levels_that_triton_would_refuse_refuse_the_model_in_one_line(tmp_path, levels, message):
+    model_dir, _ = triton_repository(tmp_path)
+    config = model_dir / "config.pbtxt"
+    config.write_text(config.read_text().replace("dynamic_batching {", f"dynamic_batching {{ {levels}", 1))
+    with pytest.raises(ModelLoadError, match=re.escape(message)):
+        read_config(model_dir)
+
+
 def test_scheduling_hints_that_do_not_change_an_answer_are_accepted(tmp_path):
     model_dir, version_dir = triton_repository(tmp_path)
     config = model_dir / "config.pbtxt"
-    hints = "dynamic_batching { preferred_batch_size: [ 4, 8 ] priority_levels: 2 default_priority_level: 1"
+    hints = "dynamic_batching { preferred_batch_size: [ 4, 8 ]"
     text = config.read_text().replace("dynamic_batching {", hints, 1)
     config.write_text(text + 'response_cache { enable: true }\nmodel_warmup [ { name: "zeros" batch_size: 1 } ]\n')
     served = read_version(version_dir, read_config(model_dir))
@@ -468,6 +492,7 @@ def mutations(valid: bytes) -> st.SearchStrategy[bytes]:
     # config.pbtxt fields that refuse a model or change how it is read, spliced in anywhere
     tokens += [b" allow_ragged_batch: true", b" is_shape_tensor: true", b" optional: true", b" sequence_batching {}"]
     tokens += [b" batch_output [ {} ]", b" model_transaction_policy { decoupled: true }", b" timeout_action: 7"]
+    tokens += [b" priority_levels: 2", b" default_priority_level: 3", b" priority_queue_policy { key: 1 value: {} }"]
 
     @st.composite
     def edited(draw) -> bytes:

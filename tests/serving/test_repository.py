@@ -54,24 +54,64 @@ def test_max_batch_size_from_the_command_line_leaves_a_model_that_does_not_batch
 
 
 @pytest.mark.parametrize(
-    ("policy", "requested_us", "limit_us"),
+    ("policy", "requested_us", "timeout_us", "rejects"),
     [
-        ("", 0, 0),
-        ("", 5_000, 5_000),  # no policy: the request's own timeout
-        ("default_timeout_microseconds: 50000", 0, 50_000),
-        ("default_timeout_microseconds: 50000", 5_000, 50_000),  # not overridable: the request cannot change it
-        ("default_timeout_microseconds: 50000 allow_timeout_override: true", 5_000, 5_000),
-        ("default_timeout_microseconds: 50000 allow_timeout_override: true", 90_000, 50_000),  # only shorter
-        ("default_timeout_microseconds: 50000 timeout_action: DELAY", 5_000, 0),  # late requests wait their turn
+        ("", 0, 0, True),
+        ("", 5_000, 5_000, True),  # no policy: the request's own timeout
+        ("default_timeout_microseconds: 50000", 0, 50_000, True),
+        ("default_timeout_microseconds: 50000", 5_000, 50_000, True),  # not overridable: the request cannot change it
+        ("default_timeout_microseconds: 50000 allow_timeout_override: true", 5_000, 5_000, True),
+        ("default_timeout_microseconds: 50000 allow_timeout_override: true", 90_000, 50_000, True),  # only shorter
+        ("default_timeout_microseconds: 50000 timeout_action: DELAY", 5_000, 50_000, False),  # then behind the rest
     ],
 )
-def test_the_queue_timeout_follows_the_config_queue_policy_as_triton_does(tmp_path, policy, requested_us, limit_us):
+def test_the_queue_timeout_follows_the_config_queue_policy_as_triton_does(
+    tmp_path, policy, requested_us, timeout_us, rejects
+):
     publish_version(tmp_path, "digits", 1, seed=1)
     config = tmp_path / "digits" / "config.pbtxt"
     config.write_text(config.read_text().replace("max_queue_size: 256", f"max_queue_size: 256 {policy}"))
     repository = ModelRepository(tmp_path, CPU)
     assert repository.load_all() == []
-    assert repository.get("digits").queue_timeout.limit_us(requested_us) == limit_us
+    queue_policy = repository.get("digits").batching.default_policy
+    assert (queue_policy.timeout_us(requested_us), queue_policy.rejects) == (timeout_us, rejects)
+    repository.take_all()
+
+
+def test_priority_levels_map_a_request_priority_to_a_level_with_its_own_queue_policy_as_triton_does(tmp_path):
+    publish_version(tmp_path, "digits", 1, seed=1)
+    config = tmp_path / "digits" / "config.pbtxt"
+    levels = (
+        "priority_levels: 3 default_priority_level: 2 priority_queue_policy { key: 1 value: { max_queue_size: 4 "
+        "default_timeout_microseconds: 1000 } } priority_queue_policy { key: 3 value: { timeout_action: DELAY "
+        "default_timeout_microseconds: 7 } }"
+    )
+    config.write_text(config.read_text().replace("dynamic_batching {", f"dynamic_batching {{ {levels}", 1))
+    repository = ModelRepository(tmp_path, CPU, batching=BatchingOverrides(max_queue_size=32))
+    assert repository.load_all() == []
+    batching = repository.get("digits").batching
+    # 0 and anything beyond the levels is the default level.
+    assert [batching.level(priority) for priority in (0, 1, 2, 3, 4, 2**64 - 1)] == [2, 1, 2, 3, 2, 2]
+    assert (batching.policy(1).max_queue_size, batching.policy(1).timeout_us(0), batching.policy(1).rejects) == (
+        4,
+        1000,
+        True,
+    )
+    assert (batching.policy(2).max_queue_size, batching.policy(2).timeout_us(0)) == (32, 0)  # the default policy
+    assert (batching.policy(3).max_queue_size, batching.policy(3).rejects) == (32, False)  # 0: the default bound
+    repository.take_all()
+
+
+def test_a_config_without_dynamic_batching_runs_each_request_alone_and_says_so(tmp_path):
+    publish_version(tmp_path, "digits", 1, seed=1)
+    config = tmp_path / "digits" / "config.pbtxt"
+    text = config.read_text()
+    config.write_text(text[: text.index("dynamic_batching {")] + text[text.index("version_policy") :])
+    repository = ModelRepository(tmp_path, CPU)
+    assert repository.load_all() == []
+    batching = repository.get("digits").batching
+    assert not batching.merges and batching.max_batch_size == 1024  # it still takes batches from clients
+    assert batching.describe().startswith("no dynamic batching (each request runs alone)")
     repository.take_all()
 
 

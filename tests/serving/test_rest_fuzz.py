@@ -51,7 +51,7 @@ def infer_bodies(draw) -> tuple[bytes, dict[str, str]]:
     targets += [header["outputs"][0], header["outputs"][0]["parameters"]]
     target = draw(st.sampled_from(targets))
     if draw(st.booleans()):
-        key = draw(st.sampled_from([*target, "data", "binary_data_size", "timeout", "classification"]))
+        key = draw(st.sampled_from([*target, "data", "binary_data_size", "timeout", "priority", "classification"]))
         target[key] = draw(json_values)
     text = json.dumps(header).encode()
     body = text + IMAGE.tobytes()

@@ -57,7 +57,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "shared among a model's instances; default: each model's config.pbtxt parameter intra_op_thread_count, as "
         "Triton's onnxruntime backend reads it, else 0)",
     )
-    runtime.add_argument("--graph-optimization-level", choices=GRAPH_OPTIMIZATION_LEVELS, default="all")
+    runtime.add_argument(
+        "--graph-optimization-level",
+        choices=GRAPH_OPTIMIZATION_LEVELS,
+        help="ONNX Runtime's graph optimizations for every model (default: each model's config.pbtxt "
+        "optimization { graph { level } } as Triton's onnxruntime backend reads it, else all)",
+    )
     runtime.add_argument(
         "--intra-op-spinning",
         action="store_true",

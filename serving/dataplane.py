@@ -321,6 +321,7 @@ class DataPlane:
         del config.instance_group[:]
         config.instance_group.add(name=f"{served.name}_0", kind=kind, count=served.batcher.instance_count)
         config.parameters["intra_op_thread_count"].string_value = str(served.model.intra_op_threads)
+        config.parameters["graph_optimization_level"].string_value = served.model.graph_optimization_level
         if served.model.wide_threads:
             config.parameters["wide_session_intra_op_thread_count"].string_value = str(served.model.wide_threads)
         config.parameters["execution_providers"].string_value = ",".join(served.model.providers)

@@ -439,7 +439,11 @@ class ModelRepository:
             # were set, or on a GPU, the sessions are as asked.
             if not requests_cuda(self.runtime_options.device) and shared_threads(1) > threads:
                 wide_threads = shared_threads(1)
-        options = dataclasses.replace(self.runtime_options, intra_op_threads=threads)
+        options = dataclasses.replace(
+            self.runtime_options,
+            intra_op_threads=threads,
+            graph_optimization_level=self.runtime_options.graph_optimization_level or _graph_optimization_level(config),
+        )
         model = OnnxModel(
             manifest.onnx_path, manifest.signature, options, instances, wide_threads, declared_in=manifest.declared_in
         )
@@ -579,6 +583,13 @@ def _instance_count(config: model_config_pb2.ModelConfig, model_dir: Path, on_gp
             f"{MAX_INSTANCES}"
         )
     return total
+
+
+def _graph_optimization_level(config: model_config_pb2.ModelConfig) -> str:
+    """config.pbtxt's ``optimization { graph { level } }`` as Triton's onnxruntime backend maps it to ONNX Runtime's
+    levels: -1 basic, 1 extended, 2 none, anything else all. A model that an optimization breaks is served by
+    turning it down here, as its users do under Triton."""
+    return {-1: "basic", 1: "extended", 2: "disable"}.get(config.optimization.graph.level, "all")
 
 
 def _intra_op_thread_count(config: model_config_pb2.ModelConfig, model_dir: Path) -> int:

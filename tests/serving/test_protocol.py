@@ -38,6 +38,7 @@ def test_model_config_reports_effective_batching_and_device(client):
     assert config.dynamic_batching.max_queue_delay_microseconds == 500
     assert config.dynamic_batching.default_queue_policy.max_queue_size == 256
     assert config.parameters["execution_providers"].string_value == "CPUExecutionProvider"
+    assert config.parameters["graph_optimization_level"].string_value == "all"
     assert [(g.kind, g.count) for g in config.instance_group] == [(2, 2)]  # KIND_CPU, Triton's default count
     # Two instances share the cores instead of each taking one thread per core.
     assert config.parameters["intra_op_thread_count"].string_value == str(shared_threads(2))

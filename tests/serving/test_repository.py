@@ -141,6 +141,31 @@ def test_threads_per_call_come_from_config_pbtxt_as_for_triton_unless_the_comman
     assert threads(RuntimeOptions(device="cpu", intra_op_threads=2)) == {"small": 2, "large": 2}
 
 
+def test_graph_optimizations_come_from_config_pbtxt_as_for_triton_unless_the_command_line_sets_them(tmp_path):
+    for name, level in (("plain", ""), ("basic", "-1"), ("extended", "1"), ("none", "2"), ("unknown", "7")):
+        publish_version(tmp_path, name, 1, seed=1)
+        if level:
+            with open(tmp_path / name / "config.pbtxt", "a") as config:
+                config.write(f"optimization {{ graph {{ level: {level} }} }}\n")
+
+    def levels(options: RuntimeOptions) -> dict[str, str]:
+        repository = ModelRepository(tmp_path, options)
+        assert repository.load_all() == []
+        applied = {s.name: s.model.session.get_session_options().graph_optimization_level for s in repository.loaded()}
+        repository.take_all()
+        return {name: level.name for name, level in applied.items()}
+
+    # Triton's onnxruntime backend: -1 basic, 1 extended, 2 disables them, anything else (or nothing) all.
+    assert levels(CPU) == {
+        "plain": "ORT_ENABLE_ALL",
+        "basic": "ORT_ENABLE_BASIC",
+        "extended": "ORT_ENABLE_EXTENDED",
+        "none": "ORT_DISABLE_ALL",
+        "unknown": "ORT_ENABLE_ALL",
+    }
+    assert set(levels(RuntimeOptions(device="cpu", graph_optimization_level="basic")).values()) == {"ORT_ENABLE_BASIC"}
+
+
 @pytest.mark.parametrize(
     ("instance_group", "instances", "threads"),
     [

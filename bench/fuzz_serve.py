@@ -1,11 +1,11 @@
 """Fuzzes the gRPC and REST front ends of a real server with Hypothesis, far beyond the test suite's bounded run.
 
 Starts ``python -m serving`` on the tests' tiny generated classifier, sends ``--examples`` mutated
-ModelInferRequests and as many mutated byte strings (the strategies of tests/serving/test_grpc_frontend.py), then
-``--examples`` mutated HTTP requests (tests/serving/test_rest_fuzz.py: JSON bodies, binary header lengths, headers,
-paths), and fails if any answer is not OK or a client-error status (HTTP: 2xx, 4xx or 503, never 500), if the
-server stops answering, or if its log grows by more than a few lines (no log flood). Prints the status codes seen
-and the server's log size.
+ModelInferRequests, as many mutated byte strings and as many ModelStreamInfer streams of one to three of either (the
+strategies of tests/serving/test_grpc_frontend.py), then ``--examples`` mutated HTTP requests
+(tests/serving/test_rest_fuzz.py: JSON bodies, binary header lengths, headers, paths), and fails if any answer is
+not OK or a client-error status (HTTP: 2xx, 4xx or 503, never 500), if the server stops answering, or if its log
+grows by more than a few lines (no log flood). Prints the status codes seen and the server's log size.
 
 Example:
     python bench/fuzz_serve.py --examples 10000
@@ -70,7 +70,10 @@ def main() -> int:
                 server.terminate()
                 server.wait(60)
         lines = log_path.read_text().splitlines()
-    print(f"{3 * args.examples} fuzzed requests in {elapsed:.0f} s; gRPC status codes: {dict(sorted(seen.items()))}")
+    print(
+        f"{3 * args.examples} fuzzed requests and {args.examples} streams of 1-3 in {elapsed:.0f} s; "
+        f"gRPC status codes: {dict(sorted(seen.items()))}"
+    )
     print(f"HTTP status codes: {dict(sorted(http_seen.items()))}")
     print(f"server log: {len(lines)} lines; exit code {server.returncode}")
     flood = len(lines) > 10 + 2 * elapsed / 10  # start and stop lines, plus at most one rate-limited line per 10 s

@@ -7,11 +7,18 @@ Requests arrive as bytes and are parsed here, so bytes that do not decode answer
 rate-limited log line instead of a stack trace each; anything unexpected answers INTERNAL with a one-line
 message, and the server never goes down on a request. Every RPC except liveness and readiness is admitted by
 the data plane, which refuses new work while draining and lets the drain wait for what is in flight.
+
+``ModelStreamInfer`` (tritonclient's ``start_stream``/``async_stream_infer``) runs each request of a stream as
+``ModelInfer`` does, concurrently, so the batcher can merge them, and writes the answers in the order of the
+requests, as Triton does for a model that is not decoupled. A request that fails gets an answer with
+``error_message`` and its id, and the stream goes on. A stream owes at most ``STREAM_WINDOW`` answers at once; beyond
+that it reads no further request until the client reads an answer.
 """
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 from google.protobuf import message as protobuf_message
@@ -44,6 +51,8 @@ GRPC_CODES = {
     Status.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
     Status.INTERNAL: grpc.StatusCode.INTERNAL,
 }
+# Answers a stream may owe at once (read, not yet written): a client that sends without reading holds no more.
+STREAM_WINDOW = 256
 # Answered even while draining, so that orchestrators can watch the shutdown.
 ALWAYS_ANSWERED = {"ServerLive", "ServerReady"}
 # Which typed ``InferTensorContents`` field carries each datatype (the protocol's table). FP16 travels raw only.
@@ -250,36 +259,91 @@ class _Translator:
         self.unexpected_log = RateLimitedLog(log)
 
     def handler(self, name: str, request_type, method: Callable[..., Awaitable]) -> grpc.RpcMethodHandler:
-        parse = request_type.FromString
         admitted_call = name not in ALWAYS_ANSWERED
-        dataplane = self.dataplane
 
         async def handle(data: bytes, context: grpc.aio.ServicerContext):
-            try:
-                request = parse(data)
-            except protobuf_message.DecodeError as error:
-                self.undecodable_log.warning("%s: a request that is not a valid message was refused: %s", name, error)
-                code, details = grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {request_type.__name__}"
-            else:
-                admitted = False
-                try:
-                    if admitted_call:
-                        dataplane.admit()
-                        admitted = True
-                    return await method(request, context)
-                except ServingError as error:
-                    code, details = GRPC_CODES[error.status], error.message
-                except Exception as error:  # never let one request take the server down; say what happened
-                    self.unexpected_log.warning("%s failed: %r", name, error, exc_info=True)
-                    code, details = grpc.StatusCode.INTERNAL, f"internal error in {name}: {error!r}"[:500]
-                finally:
-                    if admitted:
-                        dataplane.release()
+            _, response, code, details = await self._call(name, request_type, method, admitted_call, data, context)
+            if code is None:
+                return response
             await context.abort(code, details)
 
         return grpc.unary_unary_rpc_method_handler(
             handle, request_deserializer=None, response_serializer=lambda response: response.SerializeToString()
         )
+
+    def stream_handler(self, infer: Callable[..., Awaitable]) -> grpc.RpcMethodHandler:
+        """``ModelStreamInfer``: each request runs as ``infer`` (``ModelInfer``) does; answers keep their order."""
+
+        async def answer(data: bytes, context: grpc.aio.ServicerContext) -> pb.ModelStreamInferResponse:
+            request, response, code, details = await self._call(
+                "ModelStreamInfer", pb.ModelInferRequest, infer, True, data, context
+            )
+            if code is None:
+                return pb.ModelStreamInferResponse(infer_response=response)
+            # Triton's failed answer in a stream: the message, and the request's id so the client knows which.
+            failed = pb.ModelInferResponse(id=request.id if request is not None else "")
+            return pb.ModelStreamInferResponse(error_message=details, infer_response=failed)
+
+        async def handle(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
+            window = asyncio.Semaphore(STREAM_WINDOW)
+            owed: asyncio.Queue[asyncio.Task | None] = asyncio.Queue()
+
+            async def write_in_order() -> None:
+                while (task := await owed.get()) is not None:
+                    await context.write(await task)
+                    window.release()
+
+            writer = asyncio.create_task(write_in_order())
+            answers: set[asyncio.Task] = set()
+            try:
+                async for data in requests:
+                    if writer.done():  # writing failed: the stream cannot be answered any more
+                        break
+                    await window.acquire()
+                    task = asyncio.create_task(answer(data, context))
+                    answers.add(task)
+                    task.add_done_callback(answers.discard)
+                    owed.put_nowait(task)
+                owed.put_nowait(None)
+                await writer
+            finally:  # the client went away or the server stops: nothing more is answered
+                for task in (writer, *answers):
+                    task.cancel()
+
+        return grpc.stream_stream_rpc_method_handler(
+            handle, request_deserializer=None, response_serializer=lambda response: response.SerializeToString()
+        )
+
+    async def _call(
+        self,
+        name: str,
+        request_type,
+        method: Callable[..., Awaitable],
+        admitted_call: bool,
+        data: bytes,
+        context: grpc.aio.ServicerContext,
+    ) -> tuple[object | None, object | None, grpc.StatusCode | None, str]:
+        """Parses ``data``, admits the call where it counts, and runs ``method``: (request, response, None, "") on
+        success, else (the request if it parsed, None, the gRPC code, its details)."""
+        try:
+            request = request_type.FromString(data)
+        except protobuf_message.DecodeError as error:
+            self.undecodable_log.warning("%s: a request that is not a valid message was refused: %s", name, error)
+            return None, None, grpc.StatusCode.INVALID_ARGUMENT, f"the request is not a valid {request_type.__name__}"
+        admitted = False
+        try:
+            if admitted_call:
+                self.dataplane.admit()
+                admitted = True
+            return request, await method(request, context), None, ""
+        except ServingError as error:
+            return request, None, GRPC_CODES[error.status], error.message
+        except Exception as error:  # never let one request take the server down; say what happened
+            self.unexpected_log.warning("%s failed: %r", name, error, exc_info=True)
+            return request, None, grpc.StatusCode.INTERNAL, f"internal error in {name}: {error!r}"[:500]
+        finally:
+            if admitted:
+                self.dataplane.release()
 
 
 class GrpcFrontend:
@@ -338,7 +402,10 @@ class GrpcFrontend:
             (
                 grpc.method_handlers_generic_handler(
                     SERVICE_NAME,
-                    {name: translator.handler(name, kind, getattr(service, name)) for name, kind in RPCS},
+                    {
+                        **{name: translator.handler(name, kind, getattr(service, name)) for name, kind in RPCS},
+                        "ModelStreamInfer": translator.stream_handler(service.ModelInfer),
+                    },
                 ),
             )
         )

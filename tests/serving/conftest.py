@@ -251,6 +251,22 @@ def publish_optional(repo: Path, name: str = "biased") -> Path:
     return version_dir
 
 
+def stream_answers(
+    url: str, sends: list[tuple[str, np.ndarray, str]], headers: dict | None = None, **client_options
+) -> list[tuple]:
+    """Sends (model, images, request id) on one tritonclient ModelStreamInfer stream; returns the (result, error)
+    pairs its callback got, in order."""
+    answers: list[tuple] = []
+    with grpcclient.InferenceServerClient(url, **client_options) as client:
+        client.start_stream(callback=lambda result, error: answers.append((result, error)), headers=headers)
+        for model, batch, request_id in sends:
+            tensor = grpcclient.InferInput("image", list(batch.shape), "UINT8")
+            tensor.set_data_from_numpy(batch)
+            client.async_stream_infer(model, [tensor], request_id=request_id)
+        client.stop_stream()  # closes the requests and waits for every answer
+    return answers
+
+
 def reference_probabilities(version_dir: Path, images: np.ndarray) -> np.ndarray:
     """The same model run in-process with ONNX Runtime: what the server must answer."""
     session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])

@@ -1,6 +1,8 @@
 """serving.grpc_frontend against a real server: no well-formed request answers INTERNAL, bytes that do not decode
 answer INVALID_ARGUMENT with one rate-limited log line, deadlines drop queued requests, and a Hypothesis fuzz of
-ModelInfer (mutated messages and mutated bytes) gets only OK or client-error statuses while the server stays live.
+ModelInfer (mutated messages and mutated bytes, alone and in ModelStreamInfer streams) gets only OK or client-error
+statuses while the server stays live. ModelStreamInfer with tritonclient's stream API answers in order, and a failed
+request in a stream gets its error and id while the stream goes on.
 
 ``fuzz_model_infer`` is also what ``bench/fuzz_serve.py`` runs, with 10,000+ examples.
 """
@@ -9,6 +11,7 @@ import math
 import time
 
 import grpc
+import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from hypothesis import HealthCheck, given, settings
@@ -17,9 +20,10 @@ from tritonclient.utils import InferenceServerException
 
 from serving.protocol import grpc_service_pb2 as pb
 from serving.protocol import grpc_service_pb2_grpc
-from tests.serving.conftest import HOLDING_BATCH, images, infer_request
+from tests.serving.conftest import HOLDING_BATCH, images, infer_request, reference_probabilities, stream_answers
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+MODEL_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 # What a client may be told; INTERNAL and UNKNOWN are what a well-formed request must never get.
 CLIENT_ERRORS = {
     grpc.StatusCode.INVALID_ARGUMENT,
@@ -121,12 +125,29 @@ def check_answer(call, payload) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+def check_stream(call, payloads: list[bytes]) -> list[str]:
+    """Sends ``payloads`` on one ModelStreamInfer stream: it must end OK with one answer each, in order, each a
+    response or a client error ("OK" or "error" each; an INTERNAL failure is reported as "internal error in")."""
+    answers = list(call(iter(payloads), timeout=60))
+    assert len(answers) == len(payloads), f"{len(answers)} answers to {len(payloads)} requests"
+    kinds = []
+    for answer in answers:
+        assert answer.error_message or answer.infer_response.model_name == "digits", answer
+        assert not answer.error_message.startswith("internal error"), answer.error_message
+        kinds.append("stream error" if answer.error_message else "stream OK")
+    return kinds
+
+
 def fuzz_model_infer(url: str, max_examples: int) -> dict[str, int]:
-    """Sends ``max_examples`` mutated messages and as many mutated byte strings; returns the codes seen."""
+    """Sends ``max_examples`` mutated messages, as many mutated byte strings, and as many streams of one to three
+    of either; returns the codes seen (answers in streams as "stream OK" and "stream error")."""
     seen: dict[str, int] = {}
     with grpc.insecure_channel(url) as channel:
         stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
         raw = channel.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
+        stream = channel.stream_stream(
+            MODEL_STREAM_INFER, request_serializer=None, response_deserializer=pb.ModelStreamInferResponse.FromString
+        )
         options = settings(
             max_examples=max_examples,
             deadline=None,
@@ -147,17 +168,58 @@ def fuzz_model_infer(url: str, max_examples: int) -> dict[str, int]:
             code = check_answer(raw, data).name
             seen[code] = seen.get(code, 0) + 1
 
+        payloads = infer_requests().map(lambda request: request.SerializeToString()) | mutated_bytes()
+
+        @options
+        @given(st.lists(payloads, min_size=1, max_size=3))
+        def streams(payloads):
+            for kind in check_stream(stream, payloads):
+                seen[kind] = seen.get(kind, 0) + 1
+
         messages()
         byte_strings()
+        streams()
         assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
         assert stub.ModelInfer(valid_request(), timeout=10).model_name == "digits"
     return seen
+
+
+def test_model_stream_infer_answers_in_order_and_a_failed_request_with_its_error_while_the_stream_goes_on(
+    shared_server, digits_repo
+):
+    batches = [images(size, seed=size) for size in (1, 3, 2)]
+    sends = [("digits", batches[0], "a"), ("digits", batches[1], "b"), ("nope", batches[1], "c")]
+    answers = stream_answers(shared_server.url, [*sends, ("digits", batches[2], "d")])
+    assert [result.get_response().id if result else None for result, _ in answers] == ["a", "b", None, "d"]
+    version_dir = digits_repo / "digits" / "1"
+    for (result, _), batch in zip([answers[0], answers[1], answers[3]], batches, strict=True):
+        np.testing.assert_allclose(
+            result.as_numpy("probabilities"), reference_probabilities(version_dir, batch), rtol=1e-5, atol=1e-6
+        )
+    assert isinstance(answers[2][1], InferenceServerException) and "unknown model 'nope'" in str(answers[2][1])
+    # The failed answer carries the request's id (tritonclient shows only the message).
+    with grpc.insecure_channel(shared_server.url) as channel:
+        stream = channel.stream_stream(MODEL_STREAM_INFER, response_deserializer=pb.ModelStreamInferResponse.FromString)
+        bad = infer_request(images(1))
+        bad.model_name, bad.id = "nope", "the-bad-one"
+        [answer] = stream(iter([bad.SerializeToString()]), timeout=30)
+    assert answer.infer_response.id == "the-bad-one" and "unknown model" in answer.error_message
+
+
+def test_requests_of_one_stream_run_concurrently_and_are_merged(start_server, slow_repo):
+    server = start_server(slow_repo)
+    answers = stream_answers(server.url, [("digits", images(1, seed=i), str(i)) for i in range(8)])
+    assert [result.get_response().id for result, _ in answers] == [str(i) for i in range(8)]
+    with grpcclient.InferenceServerClient(server.url) as client:
+        stats = client.get_inference_statistics("digits").model_stats[0]
+    assert stats.inference_count == 8 and stats.execution_count < 8, "the stream's requests ran one after another"
 
 
 def test_fuzzed_model_infer_gets_only_ok_or_client_errors_and_the_server_stays_live(start_server, digits_repo):
     server = start_server(digits_repo)
     seen = fuzz_model_infer(server.url, max_examples=100)
     assert seen.get("OK") and seen.get("INVALID_ARGUMENT") and seen.get("NOT_FOUND"), seen
+    assert seen.get("stream OK") and seen.get("stream error"), seen
     log_lines = server.log().splitlines()
     assert len(log_lines) < 20, "a flood of bad requests must not flood the log:\n" + "\n".join(log_lines[-30:])
     assert "Traceback" not in server.log()

@@ -30,6 +30,7 @@ from tests.serving.conftest import (
     probabilities,
     reference_probabilities,
     scrape,
+    stream_answers,
     wait_for_metric,
 )
 from tests.tls import self_signed_certificate
@@ -178,6 +179,12 @@ def test_tls_and_bearer_token(start_server, digits_repo, tmp_path):
                 with pytest.raises(InferenceServerException, match=f"UNAUTHENTICATED.*{message}"):
                     call(headers)
         assert client.is_model_ready("digits", headers=good), "a refused unload must not have unloaded"
+    # A stream needs the token too; with it, it answers.
+    tls = {"ssl": True, "root_certificates": str(cert)}
+    [(result, _)] = stream_answers(server.url, [("digits", images(1), "with")], headers=good, **tls)
+    assert result.as_numpy("probabilities").shape == (1, 10)
+    [(result, error)] = stream_answers(server.url, [("digits", images(1), "without")], **tls)
+    assert result is None and "UNAUTHENTICATED" in str(error) and "missing 'authorization" in str(error)
     with InferenceClient(server.url, token="s3cret-token", tls=cert) as ours:
         assert ours.classify("digits", images(2), top_k=1)[0][0][0] in CLASS_NAMES
     with InferenceClient(server.url, tls=cert) as ours, pytest.raises(ClientError, match="UNAUTHENTICATED"):

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.ports import free_port
 
 DATABASE = "buildsys_test"
 
@@ -28,12 +29,6 @@ def _binary(*names: str) -> str | None:
         if found:
             return found
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +45,7 @@ def mariadb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
          "--skip-test-db", *as_root],
         check=True, capture_output=True, timeout=120,
     )  # fmt: skip
-    port = _free_port()
+    port = free_port()
     process = subprocess.Popen(
         [server, "--no-defaults", f"--datadir={datadir}", f"--socket={folder / 'mysqld.sock'}",
          "--bind-address=127.0.0.1", f"--port={port}", f"--pid-file={folder / 'mysqld.pid'}",

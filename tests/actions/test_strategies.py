@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -15,6 +14,7 @@ import pytest
 from buildsys.actions.distributed import ClusterError, tf_config_from_flags
 from tests.conftest import write_definition
 from tests.data_helpers import digits, write_folder
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -86,11 +86,7 @@ def test_two_process_multi_worker_build_publishes_one_version(workspace: Path, d
     if data == "streamed":
         write_folder(workspace / "digits", *digits())
     write_definition(workspace, "small.py", SMALL if data == "in memory" else STREAMED)
-    ports = []
-    for _ in range(2):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            ports.append(probe.getsockname()[1])
+    ports = [free_port(), free_port()]
     cluster = ",".join(f"127.0.0.1:{port}" for port in ports)
     command = [sys.executable, "-m", "buildsys", "build", "small", "--strategy", "multi-worker", "--cluster", cluster]
     processes = [

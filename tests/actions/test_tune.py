@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -18,6 +17,7 @@ from buildsys.store import OutputTree
 from buildsys.tuning import list_trials
 from buildsys.workspace import Workspace
 from tests.conftest import run_buildsys, write_definition
+from tests.ports import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -86,19 +86,13 @@ def test_best_without_a_search_says_how_to_tune(workspace: Path, capsys: pytest.
     assert "--max-trials does not apply to hyperband" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def test_chief_and_two_workers_share_the_trials(workspace: Path) -> None:
     write_definition(workspace, "tiny.py", TINY)
     environment = {
         **os.environ,
         "PYTHONUNBUFFERED": "1",
         "KERASTUNER_ORACLE_IP": "127.0.0.1",
-        "KERASTUNER_ORACLE_PORT": str(_free_port()),
+        "KERASTUNER_ORACLE_PORT": str(free_port()),
         "OMP_NUM_THREADS": "1",
         "TF_NUM_INTEROP_THREADS": "1",
         "TF_NUM_INTRAOP_THREADS": "1",

@@ -13,7 +13,7 @@ import gcsfs
 import pytest
 from gcp_storage_emulator.server import Server, create_server
 
-from tests.mariadb import _free_port
+from tests.ports import free_port
 
 BUCKET = "team-cache"
 
@@ -22,7 +22,7 @@ BUCKET = "team-cache"
 def gcs_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[Server]:
     """A running emulator (``stop()`` stops it) with an empty bucket ``BUCKET``; the environment points gcsfs at
     it."""
-    port = _free_port()
+    port = free_port()
     server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
     server.start()
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{port}")

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.mariadb import _binary, _free_port
+from tests.mariadb import _binary
+from tests.ports import free_port
 from tests.tls import self_signed_certificate
 
 TOKEN = "test-token-0123456789"
@@ -33,7 +34,7 @@ class Nginx:
         self.folder = folder
         self.token = token
         self.tls = tls
-        self.port = _free_port()
+        self.port = free_port()
         self.process: subprocess.Popen | None = None
         self.storage = folder / "www" / "cache"
         self.storage.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,6 @@ published the way the builder does it: a complete staging folder renamed into pl
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -27,6 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from serving.protocol import grpc_service_pb2 as pb
 from serving.protocol import grpc_service_pb2_grpc
+from tests.ports import free_port
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CLASS_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -271,12 +271,6 @@ def reference_probabilities(version_dir: Path, images: np.ndarray) -> np.ndarray
     """The same model run in-process with ONNX Runtime: what the server must answer."""
     session = ort.InferenceSession(str(version_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     return session.run(["probabilities"], {"image": images})[0]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 IMPORT_GUARD = textwrap.dedent(

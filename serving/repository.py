@@ -428,7 +428,9 @@ class ModelRepository:
         name = version_dir.parent.name
         manifest = read_version(version_dir, config)
         configured_threads = _intra_op_thread_count(config, version_dir.parent)  # checked even when overridden
-        instances = _instance_count(config, version_dir.parent, requests_cuda(self.runtime_options.device))
+        device = "cpu" if _placed_on_cpu(config) else self.runtime_options.device
+        on_gpu = requests_cuda(device)
+        instances = _instance_count(config, version_dir.parent, on_gpu)
         threads = self.runtime_options.intra_op_threads
         if threads is None:  # the command line did not set it for every model
             threads = configured_threads
@@ -437,10 +439,11 @@ class ModelRepository:
             threads = shared_threads(instances)
             # The instances share the cores; a lone long call gets them all (see serving.batcher). Where threads
             # were set, or on a GPU, the sessions are as asked.
-            if not requests_cuda(self.runtime_options.device) and shared_threads(1) > threads:
+            if not on_gpu and shared_threads(1) > threads:
                 wide_threads = shared_threads(1)
         options = dataclasses.replace(
             self.runtime_options,
+            device=device,
             intra_op_threads=threads,
             graph_optimization_level=self.runtime_options.graph_optimization_level or _graph_optimization_level(config),
         )
@@ -583,6 +586,15 @@ def _instance_count(config: model_config_pb2.ModelConfig, model_dir: Path, on_gp
             f"{MAX_INSTANCES}"
         )
     return total
+
+
+def _placed_on_cpu(config: model_config_pb2.ModelConfig) -> bool:
+    """Whether config.pbtxt puts every instance on the CPU (each ``instance_group`` of ``kind: KIND_CPU``): Triton
+    then runs the model on the CPU whatever GPUs the machine has, often to leave GPU memory to other models, and
+    so does this server whatever ``--device`` says. (A KIND_CPU group beside a GPU group runs on the GPU.)"""
+    return bool(config.instance_group) and all(
+        group.kind == model_config_pb2.ModelInstanceGroup.KIND_CPU for group in config.instance_group
+    )
 
 
 def _graph_optimization_level(config: model_config_pb2.ModelConfig) -> str:

@@ -141,6 +141,19 @@ def test_threads_per_call_come_from_config_pbtxt_as_for_triton_unless_the_comman
     assert threads(RuntimeOptions(device="cpu", intra_op_threads=2)) == {"small": 2, "large": 2}
 
 
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")
+def test_a_model_whose_instance_groups_are_all_kind_cpu_runs_on_the_cpu_whatever_the_device(tmp_path, caplog):
+    publish_version(tmp_path, "on_cpu", 1, seed=1, instances=1)  # instance_group [ { count: 1 kind: KIND_CPU } ]
+    publish_version(tmp_path, "anywhere", 1, seed=2)  # no instance_group: the device the server was asked for
+    # This machine's ONNX Runtime has no CUDA: a model that --device cuda puts on a GPU is refused in one line.
+    repository = ModelRepository(tmp_path, RuntimeOptions(device="cuda", intra_op_threads=1))
+    with caplog.at_level(logging.ERROR, logger="serving.repository"):
+        repository.load_all()
+    assert repository.get("on_cpu").model.providers == ["CPUExecutionProvider"]
+    assert "anywhere" in repository.unready_models() and "CUDA was requested (--device cuda)" in caplog.text
+    repository.take_all()
+
+
 def test_graph_optimizations_come_from_config_pbtxt_as_for_triton_unless_the_command_line_sets_them(tmp_path):
     for name, level in (("plain", ""), ("basic", "-1"), ("extended", "1"), ("none", "2"), ("unknown", "7")):
         publish_version(tmp_path, name, 1, seed=1)

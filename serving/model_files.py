@@ -150,8 +150,8 @@ def _refuse_what_changes_a_request(config: model_config_pb2.ModelConfig, path: P
     Triton's ONNX Runtime backend runs these, but each makes the server supply tensors that no request carries
     (sequence control inputs and state, batch inputs) or answer in another way (ragged batches, shape tensors,
     several responses per request). Served as a plain model, such a model would be refused later by a confusing
-    signature mismatch, or would answer wrongly; one line here says which feature it is. Scheduling hints that do
-    not change an answer (preferred batch sizes, warm-up, the response cache) are accepted and ignored.
+    signature mismatch, or would answer wrongly; one line here says which feature it is. Settings that only tune
+    speed (preferred batch sizes, warm-up, the response cache) are accepted and ignored.
     """
     problems = []
     if config.HasField("sequence_batching"):

@@ -152,7 +152,6 @@ class ServedVersion:
         self.config = config
         self.manifest = manifest
         self.model = model
-        self.max_batch_size = batching.max_batch_size
         self.batching = batching
         self.stats = ModelStats()
         self.batcher = DynamicBatcher(
@@ -171,6 +170,11 @@ class ServedVersion:
         # Changed only on the event loop (requests and retirement run there), so no lock is needed.
         self._inflight = 0
         self._idle: asyncio.Event | None = None
+
+    @property
+    def max_batch_size(self) -> int:
+        """0 for a model that does not batch, else the most samples a request or merged batch holds."""
+        return self.batching.max_batch_size
 
     @property
     def name(self) -> str:

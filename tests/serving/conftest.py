@@ -130,6 +130,13 @@ def write_config(
         os.replace(temporary, model_dir / file_name)
 
 
+def replace_dynamic_batching(config_text: str, block: str = "") -> str:
+    """A config written by ``write_config`` with its ``dynamic_batching`` block replaced by ``block`` (by default
+    removed: a model that Triton's default scheduler runs one request at a time)."""
+    start, end = config_text.index("dynamic_batching {"), config_text.index("version_policy")
+    return config_text[:start] + block + config_text[end:]
+
+
 def publish_version(
     repo: Path, name: str, version: int, seed: int, *, broken: bool = False, slow: bool = False, **config
 ) -> Path:

@@ -18,6 +18,7 @@ from tests.serving.conftest import (
     publish_optional,
     publish_version,
     reference_probabilities,
+    replace_dynamic_batching,
 )
 
 
@@ -205,8 +206,7 @@ def test_under_timeout_action_delay_a_request_past_its_timeout_runs_after_those_
 def test_without_dynamic_batching_in_config_each_request_runs_in_a_call_of_its_own(tmp_path):
     publish_version(tmp_path, "digits", 1, seed=1, slow=True, instances=1)
     config = tmp_path / "digits" / "config.pbtxt"
-    text = config.read_text()
-    config.write_text(text[: text.index("dynamic_batching {")] + text[text.index("version_policy") :])
+    config.write_text(replace_dynamic_batching(config.read_text()))
     sends = [("holding", 8, {}), ("a", 1, {}), ("b", 2, {}), ("c", 1, {})]
 
     async def scenario(dataplane):

@@ -23,6 +23,7 @@ from tests.serving.conftest import (
     publish_optional,
     publish_unbatched,
     publish_version,
+    replace_dynamic_batching,
     unbatched_reference,
     write_config,
 )
@@ -164,9 +165,7 @@ def test_a_triton_version_without_manifest_is_served_from_config_and_labels(tmp_
 
 def _stateful(text: str) -> str:
     """The config with sequence_batching in place of dynamic_batching (the two are one protobuf oneof)."""
-    start = text.index("dynamic_batching {")
-    end = text.index("version_policy")
-    return text[:start] + "sequence_batching { max_sequence_idle_microseconds: 5000000 }\n" + text[end:]
+    return replace_dynamic_batching(text, "sequence_batching { max_sequence_idle_microseconds: 5000000 }\n")
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,13 @@ from serving.repository import BatchingOverrides, ModelRepository
 from serving.runtime import RuntimeOptions, shared_threads
 from serving.version_policy import VersionPolicy
 from tests.conftest import fuzz_settings
-from tests.serving.conftest import images, publish_unbatched, publish_version, reference_probabilities
+from tests.serving.conftest import (
+    images,
+    publish_unbatched,
+    publish_version,
+    reference_probabilities,
+    replace_dynamic_batching,
+)
 from tests.serving.test_model_files import mutations, triton_repository
 
 CPU = RuntimeOptions(device="cpu", intra_op_threads=1)
@@ -105,8 +111,7 @@ def test_priority_levels_map_a_request_priority_to_a_level_with_its_own_queue_po
 def test_a_config_without_dynamic_batching_runs_each_request_alone_and_says_so(tmp_path):
     publish_version(tmp_path, "digits", 1, seed=1)
     config = tmp_path / "digits" / "config.pbtxt"
-    text = config.read_text()
-    config.write_text(text[: text.index("dynamic_batching {")] + text[text.index("version_policy") :])
+    config.write_text(replace_dynamic_batching(config.read_text()))
     repository = ModelRepository(tmp_path, CPU)
     assert repository.load_all() == []
     batching = repository.get("digits").batching

@@ -106,6 +106,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="requests in the server at once, all front ends together, before UNAVAILABLE / HTTP 503 "
         "(health and readiness are answered beyond it; default 1024)",
     )
+    security.add_argument(
+        "--allow-client-shm",
+        action="store_true",
+        help="let clients on this host register system shared memory regions (/dev/shm) for inputs and outputs, "
+        "as Triton's --allow-client-shm=true; off by default, since a region lets a client have the server read "
+        "and write any shared memory object this user can open",
+    )
     security.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
 
 
@@ -147,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
             metrics_port=None if args.no_metrics else args.metrics_port,
             grace_period_s=args.grace_period,
             max_concurrent_requests=args.max_concurrent_requests,
+            allow_client_shm=args.allow_client_shm,
         )
         return serve(settings)
     except (ValueError, StartupError) as error:

@@ -29,6 +29,7 @@ from serving.metrics import Metrics
 from serving.protocol import model_config_pb2
 from serving.repository import Batching, BatchingOverrides, IndexEntry, ModelRepository, ServedVersion
 from serving.runtime import CUDA, RuntimeOptions
+from serving.shared_memory import SharedMemorySlice, SystemSharedMemory
 from serving.signature import format_shape
 from serving.statistics import StatsSnapshot
 from serving.version_policy import VersionPolicy
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 SERVER_NAME = "buildsys-serving"
 EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics")
+SHARED_MEMORY_EXTENSION = "system_shared_memory"
 # A timeout or deadline further away than this is no limit at all (and would overflow some timers).
 NO_DEADLINE_S = 86_400.0
 
@@ -99,12 +101,15 @@ class InferenceRequest:
 
 @dataclass(slots=True)
 class OutputTensor:
-    """One output: numbers as a NumPy array of ``datatype``, or BYTES as an object array of ``bytes``."""
+    """One output: numbers as a NumPy array of ``datatype``, or BYTES as an object array of ``bytes``; for an
+    output written into the client's shared memory (``in_shared_memory``), ``data`` is empty and the answer
+    carries only its name, datatype and shape."""
 
     name: str
     datatype: str
     shape: tuple[int, ...]
     data: np.ndarray
+    in_shared_memory: bool = False
 
 
 @dataclass(slots=True)
@@ -174,6 +179,7 @@ class DataPlane:
         poll_interval_s: float = 2.0,
         metrics: Metrics | None = None,
         max_inflight: int | None = None,
+        shared_memory: SystemSharedMemory | None = None,
     ) -> None:
         """Creates the data plane; models load in ``start()``.
 
@@ -181,9 +187,12 @@ class DataPlane:
             max_inflight: admitted requests at once, across every front end, before ``admit()`` refuses (None:
                 no limit). Each model's queue is bounded too, but a request is held (and its bytes kept) while it
                 is decoded and checked, whatever the number of models.
+            shared_memory: the clients' system shared memory regions (default: none allowed). Front ends read
+                inputs from it; the data plane writes outputs into it.
         """
         self.metrics = metrics or Metrics()
         self.max_inflight = max_inflight
+        self.shared_memory = shared_memory or SystemSharedMemory(allowed=False)
         self.repository = ModelRepository(
             repository_root,
             runtime,
@@ -269,6 +278,8 @@ class DataPlane:
             await asyncio.gather(self._poller, return_exceptions=True)
         self._retire(await asyncio.to_thread(self.repository.take_all))
         await asyncio.gather(*self._retiring, return_exceptions=True)
+        if self.shared_memory.allowed:
+            self.shared_memory.unregister()
 
     # --- health and metadata -------------------------------------------------------------------------------
 
@@ -282,7 +293,8 @@ class DataPlane:
     def server_metadata(self) -> ServerMetadata:
         # The protocol has no field for warnings; an extension string is what every client prints.
         warnings = tuple(f"device_warning: {warning}" for warning in self.repository.device_warnings())
-        return ServerMetadata(SERVER_NAME, __version__, EXTENSIONS + warnings)
+        shared_memory = (SHARED_MEMORY_EXTENSION,) if self.shared_memory.allowed else ()
+        return ServerMetadata(SERVER_NAME, __version__, EXTENSIONS + shared_memory + warnings)
 
     def model_ready(self, name: str, version: str = "") -> bool:
         return self.repository.is_ready(name, version)
@@ -394,7 +406,7 @@ class DataPlane:
         served.acquire()
         try:
             inputs, batch_size = _checked_inputs(request.inputs, served)
-            wanted = _checked_outputs(request.outputs, served)
+            wanted = _checked_outputs(request.outputs, served, self.shared_memory)
             queue = _queue_place(request, served.batching)
             try:
                 results = await served.batcher.infer(
@@ -408,7 +420,7 @@ class DataPlane:
                 raise
             batched = served.manifest.signature.batched
             outputs = []
-            for output, class_count in wanted:
+            for output, class_count, _ in wanted:
                 rows = results[output.name]
                 if class_count:
                     labels = codec.classify(rows, class_count, served.manifest.class_names.get(output.name, ()))
@@ -417,6 +429,7 @@ class DataPlane:
                 else:
                     array = output.rows_for_client(rows, batched)
                     outputs.append(OutputTensor(output.name, output.datatype, array.shape, array))
+            _write_shared_memory(outputs, [target for _, _, target in wanted])
             response = InferenceResponse(served.name, str(served.version), request.id, outputs)
         except ServingError as error:
             elapsed = time.monotonic_ns() - started
@@ -465,11 +478,14 @@ def _checked_inputs(tensors: list[InputTensor], served: ServedVersion) -> tuple[
     return arrays, batch_sizes.pop()
 
 
-def _checked_outputs(requested: list[RequestedOutput], served: ServedVersion) -> list[tuple]:
-    """(output spec, class count) for each output to return: all of them when none is named."""
+def _checked_outputs(
+    requested: list[RequestedOutput], served: ServedVersion, shared_memory: SystemSharedMemory
+) -> list[tuple]:
+    """(output spec, class count, shared memory slice or None) for each output to return: all of them when none is
+    named."""
     signature = served.manifest.signature
     if not requested:
-        return [(spec, 0) for spec in signature.outputs]
+        return [(spec, 0, None) for spec in signature.outputs]
     wanted = []
     for output in requested:
         spec = next((s for s in signature.outputs if s.name == output.name), None)
@@ -478,10 +494,26 @@ def _checked_outputs(requested: list[RequestedOutput], served: ServedVersion) ->
                 f"unknown output {codec.shown(output.name)}; the model's outputs are: "
                 + ", ".join(signature.output_names())
             )
-        if any(key.startswith("shared_memory") for key in output.parameters):
-            raise _bad(f"output '{spec.name}': shared memory outputs are not supported")
-        wanted.append((spec, output.class_count))
+        target = shared_memory.slice_for(f"output '{spec.name}'", output.parameters)
+        if target is not None and output.class_count:
+            raise _bad(f"output '{spec.name}': classification cannot go into shared memory; ask for one or the other")
+        wanted.append((spec, output.class_count, target))
     return wanted
+
+
+def _write_shared_memory(outputs: list[OutputTensor], targets: list[SharedMemorySlice | None]) -> None:
+    """Writes the outputs that asked for shared memory into their slices, once every one is known to fit (a
+    request that fails leaves the client's memory as it was), and leaves only their description in the answer."""
+    chosen = [(output, target) for output, target in zip(outputs, targets, strict=True) if target is not None]
+    if not chosen:
+        return
+    raw = [codec.raw_bytes(output.datatype, output.data) for output, _ in chosen]
+    for (output, target), data in zip(chosen, raw, strict=True):
+        target.check_fits(f"output '{output.name}'", len(data))
+    for (output, target), data in zip(chosen, raw, strict=True):
+        target.write(data)
+        output.data = np.empty(0, dtype=output.data.dtype)
+        output.in_shared_memory = True
 
 
 @dataclass(slots=True)

@@ -18,6 +18,8 @@ class Status(enum.Enum):
     UNAVAILABLE = "unavailable"
     DEADLINE_EXCEEDED = "deadline exceeded"
     FAILED_PRECONDITION = "failed precondition"
+    ALREADY_EXISTS = "already exists"
+    UNIMPLEMENTED = "unimplemented"
     INTERNAL = "internal"
 
 

@@ -37,6 +37,7 @@ from serving.dataplane import (
 )
 from serving.errors import RateLimitedLog, ServingError, Status
 from serving.protocol import grpc_service_pb2 as pb
+from serving.shared_memory import SystemSharedMemory, cuda_status, register_cuda
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ GRPC_CODES = {
     Status.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     Status.DEADLINE_EXCEEDED: grpc.StatusCode.DEADLINE_EXCEEDED,
     Status.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
+    Status.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    Status.UNIMPLEMENTED: grpc.StatusCode.UNIMPLEMENTED,
     Status.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 # Answers a stream may owe at once (read, not yet written): a client that sends without reading holds no more.
@@ -84,17 +87,36 @@ def _parameters(parameters) -> dict[str, object]:
     return values
 
 
-def _inputs(request: pb.ModelInferRequest) -> list[InputTensor]:
+def _inputs(request: pb.ModelInferRequest, shared_memory: SystemSharedMemory) -> list[InputTensor]:
+    """The request's inputs as arrays, from shared memory, ``raw_input_contents`` (one entry for each input not in
+    shared memory, in order, as tritonclient sends them) or typed contents."""
+    in_shared_memory = [
+        shared_memory.slice_for(f"input {codec.shown(tensor.name)}", _parameters(tensor.parameters))
+        if tensor.parameters
+        else None
+        for tensor in request.inputs
+    ]
     raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise _bad(f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs; send one per input")
+    carried = len(in_shared_memory) - in_shared_memory.count(None)
+    if raw and len(raw) != len(request.inputs) - carried:
+        raise _bad(
+            f"raw_input_contents has {len(raw)} entries for {len(request.inputs) - carried} inputs not in shared "
+            "memory; send one per input"
+        )
     tensors = []
-    for index, tensor in enumerate(request.inputs):
+    raw_index = 0
+    for tensor, shared in zip(request.inputs, in_shared_memory, strict=True):
         shape = tuple(tensor.shape)
-        if raw:
+        if shared is not None:
+            if tensor.HasField("contents"):
+                raise _bad(f"input {codec.shown(tensor.name)} has both shared memory and typed contents; send one")
+            where = f"input {codec.shown(tensor.name)}"
+            data = codec.array_from_raw(tensor.name, tensor.datatype, shape, shared.read(where))
+        elif raw:
             if tensor.HasField("contents"):
                 raise _bad(f"input {codec.shown(tensor.name)} has both raw contents and typed contents; send one")
-            data = codec.array_from_raw(tensor.name, tensor.datatype, shape, raw[index])
+            data = codec.array_from_raw(tensor.name, tensor.datatype, shape, raw[raw_index])
+            raw_index += 1
         else:
             field = CONTENTS_FIELDS.get(tensor.datatype)
             if field is None:
@@ -198,7 +220,7 @@ class InferenceService:
                 model=request.model_name,
                 version=request.model_version,
                 id=request.id,
-                inputs=_inputs(request),
+                inputs=_inputs(request, self.dataplane.shared_memory),
                 outputs=_outputs(request),
                 parameters=_parameters(request.parameters) if request.parameters else {},
                 deadline=deadline,
@@ -207,7 +229,9 @@ class InferenceService:
         response = pb.ModelInferResponse(model_name=result.model, model_version=result.version, id=result.id)
         for output in result.outputs:
             response.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
-            response.raw_output_contents.append(codec.raw_bytes(output.datatype, output.data))
+            # Triton's answer has a raw entry for every output, empty for one written into shared memory.
+            raw = b"" if output.in_shared_memory else codec.raw_bytes(output.datatype, output.data)
+            response.raw_output_contents.append(raw)
         return response
 
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context) -> pb.ModelStatisticsResponse:
@@ -234,6 +258,46 @@ class InferenceService:
         await self.dataplane.unload(request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
+    async def SystemSharedMemoryStatus(
+        self, request: pb.SystemSharedMemoryStatusRequest, context
+    ) -> pb.SystemSharedMemoryStatusResponse:
+        status = pb.SystemSharedMemoryStatusResponse.RegionStatus
+        return pb.SystemSharedMemoryStatusResponse(
+            regions={
+                region.name: status(name=region.name, key=region.key, offset=region.offset, byte_size=region.byte_size)
+                for region in self.dataplane.shared_memory.status(request.name)
+            }
+        )
+
+    async def SystemSharedMemoryRegister(
+        self, request: pb.SystemSharedMemoryRegisterRequest, context
+    ) -> pb.SystemSharedMemoryRegisterResponse:
+        self.dataplane.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(
+        self, request: pb.SystemSharedMemoryUnregisterRequest, context
+    ) -> pb.SystemSharedMemoryUnregisterResponse:
+        self.dataplane.shared_memory.unregister(request.name)
+        return pb.SystemSharedMemoryUnregisterResponse()
+
+    async def CudaSharedMemoryStatus(
+        self, request: pb.CudaSharedMemoryStatusRequest, context
+    ) -> pb.CudaSharedMemoryStatusResponse:
+        cuda_status(request.name)
+        return pb.CudaSharedMemoryStatusResponse()
+
+    async def CudaSharedMemoryRegister(
+        self, request: pb.CudaSharedMemoryRegisterRequest, context
+    ) -> pb.CudaSharedMemoryRegisterResponse:
+        register_cuda()
+        return pb.CudaSharedMemoryRegisterResponse()
+
+    async def CudaSharedMemoryUnregister(
+        self, request: pb.CudaSharedMemoryUnregisterRequest, context
+    ) -> pb.CudaSharedMemoryUnregisterResponse:
+        return pb.CudaSharedMemoryUnregisterResponse()  # there is never one to unregister
+
 
 RPCS = (
     ("ServerLive", pb.ServerLiveRequest),
@@ -247,6 +311,12 @@ RPCS = (
     ("RepositoryIndex", pb.RepositoryIndexRequest),
     ("RepositoryModelLoad", pb.RepositoryModelLoadRequest),
     ("RepositoryModelUnload", pb.RepositoryModelUnloadRequest),
+    ("SystemSharedMemoryStatus", pb.SystemSharedMemoryStatusRequest),
+    ("SystemSharedMemoryRegister", pb.SystemSharedMemoryRegisterRequest),
+    ("SystemSharedMemoryUnregister", pb.SystemSharedMemoryUnregisterRequest),
+    ("CudaSharedMemoryStatus", pb.CudaSharedMemoryStatusRequest),
+    ("CudaSharedMemoryRegister", pb.CudaSharedMemoryRegisterRequest),
+    ("CudaSharedMemoryUnregister", pb.CudaSharedMemoryUnregisterRequest),
 )
 
 

@@ -23,6 +23,7 @@ from serving.metrics import Metrics
 from serving.repository import BatchingOverrides
 from serving.rest.server import HttpFrontend
 from serving.runtime import RuntimeOptions, check_device_available
+from serving.shared_memory import SystemSharedMemory
 from serving.version_policy import VersionPolicy
 
 log = logging.getLogger("serving")
@@ -70,6 +71,8 @@ class ServerSettings:
     grace_period_s: float = 30.0
     # Requests admitted at once across the front ends (DataPlane.max_inflight); health and readiness are not counted.
     max_concurrent_requests: int = 1024
+    # Whether clients may register system shared memory regions (Triton's --allow-client-shm, off by default).
+    allow_client_shm: bool = False
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,7 @@ async def _serve(settings: ServerSettings, security: Security) -> int:
         poll_interval_s=settings.poll_interval_s,
         metrics=metrics,
         max_inflight=settings.max_concurrent_requests,
+        shared_memory=SystemSharedMemory(allowed=settings.allow_client_shm),
     )
     await dataplane.start()
     loaded = dataplane.repository.loaded()
@@ -214,12 +218,13 @@ async def _serve(settings: ServerSettings, security: Security) -> int:
         loop.add_signal_handler(signum, stop.set)
     unready = dataplane.repository.unready_models()
     log.info(
-        "serving %d model version(s) from %s, %s%s%s (%s)",
+        "serving %d model version(s) from %s, %s%s%s%s (%s)",
         len(loaded),
         settings.repository,
         ", ".join(f"{f.name} on {f.address}" for f in frontends),
         " with TLS" if security.tls else "",
         " and a bearer token" if security.token else "",
+        ", clients' shared memory allowed" if settings.allow_client_shm else "",
         "ready" if not unready else f"not ready: {'; '.join(unready.values())}",
     )
     await stop.wait()

@@ -23,21 +23,27 @@ from serving.dataplane import DataPlane, VersionStatistics
 from serving.errors import RateLimitedLog, ServingError, Status
 from serving.protocol import model_config_pb2
 from serving.rest import codec
+from serving.shared_memory import cuda_status, register_cuda
 
 log = logging.getLogger(__name__)
 
-# Triton's http_server.cc: NOT_FOUND 404, UNAVAILABLE 503, INTERNAL 500, everything else a bad request.
+# Triton's http_server.cc: NOT_FOUND 404, UNAVAILABLE 503, UNSUPPORTED 501, INTERNAL 500, everything else a bad
+# request.
 HTTP_STATUS = {
     Status.INVALID_ARGUMENT: 400,
     Status.NOT_FOUND: 404,
     Status.UNAVAILABLE: 503,
     Status.DEADLINE_EXCEEDED: 503,
     Status.FAILED_PRECONDITION: 400,
+    Status.ALREADY_EXISTS: 400,
+    Status.UNIMPLEMENTED: 501,
     Status.INTERNAL: 500,
 }
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready"})
 JSON = (b"content-type", b"application/json")
 MODEL = r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]*))?"
+SYSTEM_REGION = r"/v2/systemsharedmemory(?:/region/(?P<name>[^/]+))?"
+CUDA_REGION = r"/v2/cudasharedmemory(?:/region/(?P<name>[^/]+))?"
 
 
 @dataclass
@@ -175,6 +181,12 @@ class RestFrontEnd:
             _Route("POST", "/v2/repository/index", RestFrontEnd.repository_index),
             _Route("POST", "/v2/repository/models/(?P<name>[^/]+)/load", RestFrontEnd.repository_model_load),
             _Route("POST", "/v2/repository/models/(?P<name>[^/]+)/unload", RestFrontEnd.repository_model_unload),
+            _Route("GET", f"{SYSTEM_REGION}/status", RestFrontEnd.system_shared_memory_status),
+            _Route("POST", f"{SYSTEM_REGION}/register", RestFrontEnd.system_shared_memory_register),
+            _Route("POST", f"{SYSTEM_REGION}/unregister", RestFrontEnd.system_shared_memory_unregister),
+            _Route("GET", f"{CUDA_REGION}/status", RestFrontEnd.cuda_shared_memory_status),
+            _Route("POST", f"{CUDA_REGION}/register", RestFrontEnd.cuda_shared_memory_register),
+            _Route("POST", f"{CUDA_REGION}/unregister", RestFrontEnd.cuda_shared_memory_unregister),
         ]
 
     # --- the protocol's endpoints ------------------------------------------------------------------------
@@ -221,7 +233,11 @@ class RestFrontEnd:
 
     async def model_infer(self, request: HttpRequest) -> HttpResponse:
         decoded, binary = codec.decode_infer_request(
-            request.body, request.headers.get("inference-header-content-length"), request.name, request.version
+            request.body,
+            request.headers.get("inference-header-content-length"),
+            request.name,
+            request.version,
+            self.dataplane.shared_memory,
         )
         watch = _ClientWatch(request.receive)
         try:
@@ -262,6 +278,39 @@ class RestFrontEnd:
         _optional_json(request.body, "unload request")
         await self.dataplane.unload(request.name)
         return HttpResponse(200)
+
+    async def system_shared_memory_status(self, request: HttpRequest) -> HttpResponse:
+        regions = self.dataplane.shared_memory.status(request.name)
+        return json_response(
+            [{"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size} for r in regions]
+        )
+
+    async def system_shared_memory_register(self, request: HttpRequest) -> HttpResponse:
+        if not request.name:
+            raise ServingError(Status.NOT_FOUND, "register a region at /v2/systemsharedmemory/region/NAME/register")
+        body = _optional_json(request.body, "register request")
+        key, offset, byte_size = body.get("key"), body.get("offset", 0), body.get("byte_size")
+        if not isinstance(key, str):
+            raise ServingError(Status.INVALID_ARGUMENT, f"'key' must be a string, got {key!r:.40}")
+        for field, value in (("offset", offset), ("byte_size", byte_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ServingError(Status.INVALID_ARGUMENT, f"'{field}' must be an integer >= 0, got {value!r:.40}")
+        self.dataplane.shared_memory.register(request.name, key, offset, byte_size)
+        return HttpResponse(200)
+
+    async def system_shared_memory_unregister(self, request: HttpRequest) -> HttpResponse:
+        self.dataplane.shared_memory.unregister(request.name)
+        return HttpResponse(200)
+
+    async def cuda_shared_memory_status(self, request: HttpRequest) -> HttpResponse:
+        return json_response(cuda_status(request.name))
+
+    async def cuda_shared_memory_register(self, request: HttpRequest) -> HttpResponse:
+        register_cuda()
+        return HttpResponse(200)
+
+    async def cuda_shared_memory_unregister(self, request: HttpRequest) -> HttpResponse:
+        return HttpResponse(200)  # there is never one to unregister
 
     # --- ASGI --------------------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ import orjson
 from serving import codec
 from serving.dataplane import InferenceRequest, InputTensor, OutputTensor, RequestedOutput
 from serving.errors import ServingError, Status
+from serving.shared_memory import SystemSharedMemory
 from serving.signature import NUMPY_DTYPES
 
 # The same bound as the gRPC front end's message size: 1,024 CIFAR images (12.6 MB) fit with room to spare.
@@ -106,9 +107,10 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
 
 
 def decode_infer_request(
-    body: bytes, header_length: str | None, model: str, version: str
+    body: bytes, header_length: str | None, model: str, version: str, shared_memory: SystemSharedMemory
 ) -> tuple[InferenceRequest, BinaryOutputs]:
-    """Parses an infer body into the data plane's request, with arrays in the datatypes and shapes it declares.
+    """Parses an infer body into the data plane's request, with arrays in the datatypes and shapes it declares
+    (an input in ``shared_memory`` read from it).
 
     Raises:
         ServingError: INVALID_ARGUMENT naming the field that is malformed.
@@ -126,7 +128,7 @@ def decode_infer_request(
     tensors = []
     offset = 0
     for index, entry in enumerate(inputs):
-        tensor, used = _decode_input(_object(entry, f"inputs[{index}]"), index, binary[offset:])
+        tensor, used = _decode_input(_object(entry, f"inputs[{index}]"), index, binary[offset:], shared_memory)
         tensors.append(tensor)
         offset += used
     if offset != len(binary):
@@ -144,6 +146,8 @@ def decode_infer_request(
         binary_by_name[name] = _bool(
             output_parameters.get("binary_data", binary_default), f"output {codec.shown(name)}: parameters.binary_data"
         )
+        if output_parameters.get("binary_data") is True and "shared_memory_region" in output_parameters:
+            raise _bad(f"output {codec.shown(name)} asks for binary_data and shared_memory_region; ask for one")
         requested.append(RequestedOutput.from_parameters(name, output_parameters))
     decoded = InferenceRequest(
         model=model, version=version, id=request_id, inputs=tensors, outputs=requested, parameters=parameters
@@ -151,7 +155,9 @@ def decode_infer_request(
     return decoded, BinaryOutputs(binary_default, binary_by_name)
 
 
-def _decode_input(entry: dict, index: int, binary: memoryview) -> tuple[InputTensor, int]:
+def _decode_input(
+    entry: dict, index: int, binary: memoryview, shared_memory: SystemSharedMemory
+) -> tuple[InputTensor, int]:
     """One input as the data plane's tensor, and how many bytes of the binary tail it took."""
     name = entry.get("name")
     if not isinstance(name, str) or not name:
@@ -165,8 +171,11 @@ def _decode_input(entry: dict, index: int, binary: memoryview) -> tuple[InputTen
         raise _bad(f"{where}: shape must be a list of integers >= 0, got {_short(shape)}")
     shape = tuple(shape)
     parameters = _object(entry.get("parameters", {}), f"{where}: parameters")
-    if any(key.startswith("shared_memory") for key in parameters):
-        raise _bad(f"{where}: shared memory inputs are not supported; send data or binary data")
+    shared = shared_memory.slice_for(where, parameters)
+    if shared is not None:
+        if "data" in entry or "binary_data_size" in parameters:
+            raise _bad(f"{where} has shared_memory_region and also data or binary_data_size; send one")
+        return InputTensor(name, datatype, shape, codec.array_from_raw(name, datatype, shape, shared.read(where))), 0
     if "binary_data_size" in parameters:
         size = _size(parameters["binary_data_size"], f"{where}: parameters.binary_data_size")
         if "data" in entry:
@@ -221,6 +230,9 @@ def encode_infer_response(
     blobs = []
     for output in outputs:
         entry: dict = {"name": output.name, "datatype": output.datatype, "shape": list(output.shape)}
+        if output.in_shared_memory:  # Triton's answer describes it and carries no data
+            described.append(entry)
+            continue
         if binary(output.name):
             blob = codec.raw_bytes(output.datatype, output.data)
             entry["parameters"] = {"binary_data_size": len(blob)}

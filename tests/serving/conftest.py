@@ -6,6 +6,7 @@ MatMul + Add -> Softmax -> probabilities [batch, 10] FP32, with fixed random wei
 published the way the builder does it: a complete staging folder renamed into place.
 """
 
+import contextlib
 import json
 import os
 import signal
@@ -14,6 +15,8 @@ import sys
 import textwrap
 import time
 import urllib.request
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -22,6 +25,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import tritonclient.grpc as grpcclient
+import tritonclient.utils.shared_memory as shm
 from onnx import TensorProto, helper, numpy_helper
 
 from serving.protocol import grpc_service_pb2 as pb
@@ -272,6 +276,18 @@ def stream_answers(
             client.async_stream_infer(model, [tensor], request_id=request_id)
         client.stop_stream()  # closes the requests and waits for every answer
     return answers
+
+
+@contextlib.contextmanager
+def shared_memory_object(byte_size: int) -> Iterator[tuple[str, shm.SharedMemoryRegion]]:
+    """A system shared memory object of ``byte_size`` bytes made as clients make them, with tritonclient's helper:
+    (its key, its handle); destroyed on exit."""
+    key = f"/buildsys-test-{uuid.uuid4().hex[:12]}"
+    handle = shm.create_shared_memory_region(key.lstrip("/"), key, byte_size)
+    try:
+        yield key, handle
+    finally:
+        shm.destroy_shared_memory_region(handle)
 
 
 def reference_probabilities(version_dir: Path, images: np.ndarray) -> np.ndarray:

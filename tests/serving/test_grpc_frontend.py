@@ -20,9 +20,18 @@ from tritonclient.utils import InferenceServerException
 
 from serving.protocol import grpc_service_pb2 as pb
 from serving.protocol import grpc_service_pb2_grpc
-from tests.serving.conftest import HOLDING_BATCH, images, infer_request, reference_probabilities, stream_answers
+from tests.serving.conftest import (
+    HOLDING_BATCH,
+    images,
+    infer_request,
+    reference_probabilities,
+    shared_memory_object,
+    stream_answers,
+)
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+# The fuzz runs with a system shared memory region registered under this name (and the server allowing it).
+FUZZ_REGION, FUZZ_REGION_BYTES = "fuzz", 4096
 MODEL_STREAM_INFER = "/inference.GRPCInferenceService/ModelStreamInfer"
 # What a client may be told; INTERNAL and UNKNOWN are what a well-formed request must never get.
 CLIENT_ERRORS = {
@@ -33,6 +42,8 @@ CLIENT_ERRORS = {
     grpc.StatusCode.FAILED_PRECONDITION,
     grpc.StatusCode.RESOURCE_EXHAUSTED,
     grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.UNIMPLEMENTED,
 }
 INT64 = st.integers(-(2**63), 2**63 - 1)
 DATATYPES = ["UINT8", "FP32", "INT64", "BOOL", "FP16", "UINT64", "INT8", "BYTES", "", "uint8", "COMPLEX64"]
@@ -56,6 +67,27 @@ def parameters(draw, keys: list[str]) -> dict[str, pb.InferParameter]:
             "uint64_param": st.integers(0, 2**64 - 1),
         }[choice]
         values[key] = pb.InferParameter(**{choice: draw(value)})
+    return values
+
+
+@st.composite
+def shared_memory_parameters(draw, exact_size: int) -> dict[str, pb.InferParameter]:
+    """A tensor's shared memory parameters: often the fuzz region with the tensor's exact size, else anything."""
+    sizes = st.sampled_from([exact_size, FUZZ_REGION_BYTES]) | st.integers(0, FUZZ_REGION_BYTES + 8) | INT64
+    values = {
+        "shared_memory_region": pb.InferParameter(
+            string_param=draw(st.sampled_from([FUZZ_REGION, FUZZ_REGION, "nope", ""]) | st.text(max_size=12))
+        ),
+        "shared_memory_byte_size": pb.InferParameter(int64_param=draw(sizes)),
+    }
+    if draw(st.booleans()):
+        values["shared_memory_offset"] = pb.InferParameter(int64_param=draw(st.integers(0, FUZZ_REGION_BYTES) | INT64))
+    mutated = draw(st.lists(st.sampled_from(list(values)), max_size=2, unique=True)) if draw(st.booleans()) else []
+    for key in mutated:
+        if draw(st.booleans()):
+            del values[key]
+        else:
+            values[key] = draw(parameters([key])).get(key, values[key])
     return values
 
 
@@ -90,6 +122,13 @@ def infer_requests(draw) -> pb.ModelInferRequest:
                 size = count if 0 <= count <= 256 and draw(st.booleans()) else draw(st.integers(0, 70))
                 values = draw(st.lists(st.integers(0, 2**32 - 1), min_size=size, max_size=size))
                 tensor.contents.uint_contents.extend(values)
+    if request.inputs and draw(st.integers(0, 3)) == 0:  # the first input from shared memory
+        tensor = request.inputs[0]
+        if request.raw_input_contents and draw(st.integers(0, 7)):
+            del request.raw_input_contents[0]
+        size = math.prod(tensor.shape) * ITEM_SIZES.get(tensor.datatype, 1) if _small(tensor.shape) else 0
+        for key, value in draw(shared_memory_parameters(size)).items():
+            tensor.parameters[key].CopyFrom(value)
     if draw(st.booleans()):
         for key, value in draw(parameters(["timeout", "priority", "sequence_id", "binary_data_output"])).items():
             request.parameters[key].CopyFrom(value)
@@ -97,7 +136,28 @@ def infer_requests(draw) -> pb.ModelInferRequest:
         output = request.outputs.add(name=draw(st.sampled_from(["probabilities", "logits", ""]) | st.text(max_size=20)))
         for key, value in draw(parameters(["classification", "binary_data", "shared_memory_region"])).items():
             output.parameters[key].CopyFrom(value)
+        if draw(st.integers(0, 3)) == 0:
+            shape = request.inputs[0].shape if request.inputs else []
+            batch = shape[0] if shape and _small(shape) else 1
+            for key, value in draw(shared_memory_parameters(batch * 40)).items():
+                output.parameters[key].CopyFrom(value)
     return request
+
+
+def _small(shape) -> bool:
+    return all(0 <= d < 2**20 for d in shape) and math.prod(shape) < 2**40
+
+
+@st.composite
+def register_requests(draw, key: str) -> pb.SystemSharedMemoryRegisterRequest:
+    """A SystemSharedMemoryRegisterRequest for the fuzz's object ``key`` or a key that must be refused."""
+    bad_keys = ["/../../etc/passwd", "/proc/self/mem", "../" + key.lstrip("/"), key + "/x", "/", "", "/.", "/..", "/\0"]
+    return pb.SystemSharedMemoryRegisterRequest(
+        name=draw(st.sampled_from(["r", "", FUZZ_REGION]) | st.text(max_size=12)),
+        key=draw(st.sampled_from([key, key, *bad_keys]) | st.text(max_size=20)),
+        offset=draw(st.integers(0, FUZZ_REGION_BYTES + 8) | st.integers(0, 2**64 - 1)),
+        byte_size=draw(st.integers(0, FUZZ_REGION_BYTES + 8) | st.integers(0, 2**64 - 1)),
+    )
 
 
 @st.composite
@@ -139,10 +199,11 @@ def check_stream(call, payloads: list[bytes]) -> list[str]:
 
 
 def fuzz_model_infer(url: str, max_examples: int) -> dict[str, int]:
-    """Sends ``max_examples`` mutated messages, as many mutated byte strings, and as many streams of one to three
-    of either; returns the codes seen (answers in streams as "stream OK" and "stream error")."""
+    """Sends ``max_examples`` mutated messages, as many mutated byte strings, as many streams of one to three of
+    either, and as many shared memory registrations; returns the codes seen (answers in streams as "stream OK" and
+    "stream error"). The server must allow client shared memory: some requests use a region registered here."""
     seen: dict[str, int] = {}
-    with grpc.insecure_channel(url) as channel:
+    with grpc.insecure_channel(url) as channel, shared_memory_object(FUZZ_REGION_BYTES) as (key, _):
         stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
         raw = channel.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
         stream = channel.stream_stream(
@@ -176,11 +237,23 @@ def fuzz_model_infer(url: str, max_examples: int) -> dict[str, int]:
             for kind in check_stream(stream, payloads):
                 seen[kind] = seen.get(kind, 0) + 1
 
+        @options
+        @given(register_requests(key))
+        def registrations(request):
+            code = check_answer(stub.SystemSharedMemoryRegister, request).name
+            seen[f"register {code}"] = seen.get(f"register {code}", 0) + 1
+            if request.name != FUZZ_REGION:
+                stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(name=request.name), timeout=10)
+
+        region = pb.SystemSharedMemoryRegisterRequest(name=FUZZ_REGION, key=key, byte_size=FUZZ_REGION_BYTES)
+        stub.SystemSharedMemoryRegister(region, timeout=10)
         messages()
         byte_strings()
         streams()
+        registrations()
         assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
         assert stub.ModelInfer(valid_request(), timeout=10).model_name == "digits"
+        stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(), timeout=10)
     return seen
 
 
@@ -216,9 +289,10 @@ def test_requests_of_one_stream_run_concurrently_and_are_merged(start_server, sl
 
 
 def test_fuzzed_model_infer_gets_only_ok_or_client_errors_and_the_server_stays_live(start_server, digits_repo):
-    server = start_server(digits_repo)
+    server = start_server(digits_repo, "--allow-client-shm")
     seen = fuzz_model_infer(server.url, max_examples=100)
     assert seen.get("OK") and seen.get("INVALID_ARGUMENT") and seen.get("NOT_FOUND"), seen
+    assert seen.get("register OK") and seen.get("register INVALID_ARGUMENT"), seen
     assert seen.get("stream OK") and seen.get("stream error"), seen
     log_lines = server.log().splitlines()
     assert len(log_lines) < 20, "a flood of bad requests must not flood the log:\n" + "\n".join(log_lines[-30:])

@@ -13,7 +13,10 @@ from serving.dataplane import OutputTensor
 from serving.errors import ServingError, Status
 from serving.rest import codec
 from serving.rest.app import HTTP_STATUS
+from serving.shared_memory import SystemSharedMemory
 from tests.conftest import fuzz_settings
+
+NO_SHARED_MEMORY = SystemSharedMemory(allowed=False)
 
 
 def binary_body(header: dict, *blobs: bytes) -> tuple[bytes, str]:
@@ -33,7 +36,7 @@ def test_binary_and_json_inputs_in_one_request():
         "outputs": [{"name": "probabilities", "parameters": {"classification": 3, "binary_data": False}}],
     }
     body, length = binary_body(header, image.tobytes())
-    request, binary = codec.decode_infer_request(body, length, "digits", "2")
+    request, binary = codec.decode_infer_request(body, length, "digits", "2", NO_SHARED_MEMORY)
     assert (request.model, request.version, request.id, request.parameters["timeout"]) == ("digits", "2", "r1", 5000)
     image_in, scale_in = request.inputs
     np.testing.assert_array_equal(image_in.data, image)
@@ -49,7 +52,7 @@ def test_outputs_default_to_the_request_binary_flag():
         "inputs": [{"name": "x", "shape": [1], "datatype": "INT64", "data": [7]}],
         "outputs": [{"name": "a"}, {"name": "b", "parameters": {"binary_data": False}}],
     }
-    _, binary = codec.decode_infer_request(json.dumps(header).encode(), None, "m", "")
+    _, binary = codec.decode_infer_request(json.dumps(header).encode(), None, "m", "", NO_SHARED_MEMORY)
     assert (binary("a"), binary("b")) == (True, False)
 
 
@@ -119,7 +122,7 @@ def test_malformed_requests_are_invalid_argument_naming_the_field(header, tail, 
     text = json.dumps(header).encode()
     header_length = str(len(text)) if length == "auto" else length
     with pytest.raises(ServingError, match=message) as raised:
-        codec.decode_infer_request(text + tail, header_length, "m", "")
+        codec.decode_infer_request(text + tail, header_length, "m", "", NO_SHARED_MEMORY)
     assert raised.value.status is Status.INVALID_ARGUMENT
     assert "\n" not in raised.value.message
 
@@ -148,7 +151,7 @@ def test_answer_with_binary_and_json_outputs():
 @given(body=st.binary(max_size=300), header_length=st.one_of(st.none(), st.text(max_size=6)))
 def test_any_bytes_decode_or_are_invalid_argument(body, header_length):
     try:
-        codec.decode_infer_request(body, header_length, "m", "")
+        codec.decode_infer_request(body, header_length, "m", "", NO_SHARED_MEMORY)
     except ServingError as error:
         assert error.status is Status.INVALID_ARGUMENT
 
@@ -176,7 +179,7 @@ def test_mutated_valid_requests_decode_or_are_invalid_argument(key, value, binar
     except (TypeError, ValueError):
         return
     try:
-        codec.decode_infer_request(body + binary, str(len(body)), "m", "")
+        codec.decode_infer_request(body + binary, str(len(body)), "m", "", NO_SHARED_MEMORY)
     except ServingError as error:
         assert error.status is Status.INVALID_ARGUMENT
 

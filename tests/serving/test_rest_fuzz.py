@@ -1,7 +1,8 @@
-"""Hypothesis fuzz of the REST front end of a real server: mutated JSON bodies, binary header lengths, headers,
-methods and paths, and bytes on the socket that are barely HTTP; every answer must be a success, a client error
-or 503 (never 500), every error a one-line JSON body, and the server must stay live without flooding its log.
-``bench/fuzz_serve.py`` runs the same strategies for 10,000+ examples."""
+"""Hypothesis fuzz of the REST front end of a real server: mutated JSON bodies (inputs and outputs in a registered
+shared memory region too), binary header lengths, headers, methods and paths, shared memory registrations, and
+bytes on the socket that are barely HTTP; every answer must be a success, a client error, 503 or 501 (a feature
+the server refuses: CUDA shared memory), never 500, every error a one-line JSON body, and the server must stay live
+without flooding its log. ``bench/fuzz_serve.py`` runs the same strategies for 10,000+ examples."""
 
 import http.client
 import json
@@ -11,7 +12,8 @@ import urllib.parse
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.serving.conftest import images
+from tests.serving.conftest import images, shared_memory_object
+from tests.serving.test_grpc_frontend import FUZZ_REGION, FUZZ_REGION_BYTES
 
 IMAGE = images(1, seed=4)
 VALID_HEADER = {
@@ -34,7 +36,15 @@ PATHS = [
     "/v2/models/digits/versions/1/infer",
     "/v2/repository/index",
     "/v2/repository/models/digits/load",
+    "/v2/systemsharedmemory/status",
+    f"/v2/systemsharedmemory/region/{FUZZ_REGION}/status",
+    "/v2/systemsharedmemory/region/fuzzed/register",
+    "/v2/systemsharedmemory/region/fuzzed/unregister",
+    "/v2/cudasharedmemory/status",
+    "/v2/cudasharedmemory/region/fuzzed/register",
+    "/v2/cudasharedmemory/unregister",
 ]
+SHARED_MEMORY_KEYS = ["shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"]
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
@@ -47,14 +57,24 @@ header_text = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_si
 def infer_bodies(draw) -> tuple[bytes, dict[str, str]]:
     """A valid binary infer request with one JSON field replaced, or its bytes edited, with its headers."""
     header = json.loads(json.dumps(VALID_HEADER))
+    image = IMAGE.tobytes()
+    if draw(st.integers(0, 3)) == 0:  # the input in the fuzz's shared memory region
+        header["inputs"][0]["parameters"] = {"shared_memory_region": FUZZ_REGION, "shared_memory_byte_size": 64}
+        image = b""
+    if draw(st.integers(0, 3)) == 0:  # the output into it
+        header["outputs"][0]["parameters"] = {
+            "shared_memory_region": FUZZ_REGION,
+            "shared_memory_byte_size": 40,
+            "shared_memory_offset": draw(st.sampled_from([64, 0, FUZZ_REGION_BYTES - 40, FUZZ_REGION_BYTES])),
+        }
     targets = [header, header["parameters"], header["inputs"][0], header["inputs"][0]["parameters"]]
     targets += [header["outputs"][0], header["outputs"][0]["parameters"]]
     target = draw(st.sampled_from(targets))
     if draw(st.booleans()):
-        key = draw(st.sampled_from([*target, "data", "binary_data_size", "timeout", "priority", "classification"]))
-        target[key] = draw(json_values)
+        keys = [*target, "data", "binary_data_size", "timeout", "priority", "classification", *SHARED_MEMORY_KEYS]
+        target[draw(st.sampled_from(keys))] = draw(json_values | st.integers(0, FUZZ_REGION_BYTES + 8))
     text = json.dumps(header).encode()
-    body = text + IMAGE.tobytes()
+    body = text + image
     if draw(st.booleans()):
         start = draw(st.integers(0, len(body)))
         end = draw(st.integers(start, min(len(body), start + 30)))
@@ -133,7 +153,7 @@ def check_answer(url: str, method: str, path: str, body: bytes, headers: dict[st
     finally:
         connection.close()
     status = response.status
-    assert 200 <= status < 300 or 400 <= status < 500 or status == 503, f"{status} {content[:300]!r} for {path}"
+    assert 200 <= status < 300 or 400 <= status < 500 or status in (501, 503), f"{status} {content[:300]!r} for {path}"
     if status >= 400 and content:
         error = json.loads(content)["error"]
         assert isinstance(error, str) and "\n" not in error
@@ -142,7 +162,17 @@ def check_answer(url: str, method: str, path: str, body: bytes, headers: dict[st
 
 def fuzz_rest(url: str, max_examples: int) -> dict[int, int]:
     """Sends ``max_examples`` fuzzed requests and as many fuzzed byte strings; returns how often each status code
-    answered (0: the server closed the connection without an answer, as it does for a cut-off body)."""
+    answered (0: the server closed the connection without an answer, as it does for a cut-off body). The server
+    must allow client shared memory: some requests use a region registered here."""
+    with shared_memory_object(FUZZ_REGION_BYTES) as (key, _):
+        register = json.dumps({"key": key, "offset": 0, "byte_size": FUZZ_REGION_BYTES}).encode()
+        assert check_answer(url, "POST", f"/v2/systemsharedmemory/region/{FUZZ_REGION}/register", register, {}) == 200
+        seen = _fuzz_rest(url, max_examples)
+        assert check_answer(url, "POST", "/v2/systemsharedmemory/unregister", b"", {}) == 200
+    return seen
+
+
+def _fuzz_rest(url: str, max_examples: int) -> dict[int, int]:
     seen: dict[int, int] = {}
     bounded = settings(
         max_examples=max_examples,
@@ -173,7 +203,7 @@ def fuzz_rest(url: str, max_examples: int) -> dict[int, int]:
 
 
 def test_fuzzed_http_requests_get_only_success_or_client_errors_and_the_server_stays_live(start_server, digits_repo):
-    server = start_server(digits_repo)
+    server = start_server(digits_repo, "--allow-client-shm")
     seen = fuzz_rest(server.http_url, max_examples=200)
     assert seen.get(200) and seen.get(400) and seen.get(404), seen
     log_lines = server.log().splitlines()

@@ -9,6 +9,9 @@ a perfect dynamic batcher could merge).
 
 Servers (`--servers`, comma-separated):
   buildsys-grpc, buildsys-rest  `python -m serving` from this checkout, over gRPC and over REST with binary tensors
+  buildsys-grpc-shm, buildsys-rest-shm  the same with `--allow-client-shm`, each client's images and answer in a
+                                system shared memory region of its own (Triton's extension; the client copies its
+                                images into the region before every request); not in the default list
   mlserver                      MLServer 1.7.1, onnxruntime MLModel, adaptive batching on, parallel_workers 0 (gRPC)
   kserve-grpc, kserve-rest      KServe 0.21's ModelServer with an onnxruntime kserve.Model (gRPC, FastAPI REST)
   floor-grpc, floor-rest        the same transport stacks answering a fixed answer, no decoding, no model
@@ -73,12 +76,12 @@ from modelrepo import MANIFEST_FILE, ONNX_FILE, FormatError, list_versions, read
 
 DEFAULT_SERVERS = ("buildsys-grpc", "buildsys-rest", "mlserver", "kserve-grpc", "kserve-rest", "floor-grpc",
                    "floor-rest", "inprocess")  # fmt: skip
-SERVERS = (*DEFAULT_SERVERS, "floor-grpc-sync", "floor-grpclib")
+SERVERS = (*DEFAULT_SERVERS, "floor-grpc-sync", "floor-grpclib", "buildsys-grpc-shm", "buildsys-rest-shm")
 PEERS = ("mlserver", "kserve-grpc", "kserve-rest")
 FLOORS = ("floor-grpc", "floor-rest", "floor-grpc-sync", "floor-grpclib")
 TRANSPORT = {"buildsys-grpc": "grpc", "buildsys-rest": "http", "mlserver": "grpc", "kserve-grpc": "grpc",
              "kserve-rest": "http", "floor-grpc": "grpc", "floor-rest": "http", "floor-grpc-sync": "grpc",
-             "floor-grpclib": "grpc"}  # fmt: skip
+             "floor-grpclib": "grpc", "buildsys-grpc-shm": "grpc", "buildsys-rest-shm": "http"}  # fmt: skip
 # The gRPC stack of each gRPC floor (floor_server.py --grpc-stack).
 FLOOR_GRPC_STACKS = {"floor-grpc": "aio", "floor-grpc-sync": "sync", "floor-grpclib": "grpclib"}
 # The in-process ceiling is also taken with this pause between calls, as a server's calls come (caches and idle
@@ -247,6 +250,8 @@ class Server:
             command += ["--grpc-port" if "--grpc-port" in help_text else "--port", str(self.grpc_port)]
             if "--http-port" in help_text:
                 command += ["--http-port", str(self.http_port), "--metrics-port", str(self.metrics_port)]
+            if kind.endswith("-shm"):
+                command.append("--allow-client-shm")
             env["PYTHONPATH"] = str(PROJECT_ROOT)
         elif kind in FLOORS:
             python = VENVS / "grpclib" / "bin" / "python" if kind == "floor-grpclib" else Path(sys.executable)
@@ -365,8 +370,15 @@ def unavailable(kind: str, help_text: str) -> str | None:
         return "bench/.venvs/grpclib is missing (bash bench/peers/setup.sh)"
     if kind.startswith("buildsys") and not help_text:
         return "`python -m serving --help` failed in this environment"
-    if kind == "buildsys-rest" and "--http-port" not in help_text:
+    if kind.startswith("buildsys-rest") and "--http-port" not in help_text:
         return "this checkout's server has no REST front end (no --http-port flag)"
+    if kind.endswith("-shm") and "--allow-client-shm" not in help_text:
+        return "this checkout's server takes no shared memory (no --allow-client-shm flag)"
+    if kind.endswith("-shm"):
+        try:
+            import tritonclient.utils.shared_memory  # noqa: F401
+        except ImportError as error:
+            return f"the shared memory client needs tritonclient here ({error})"
     if TRANSPORT.get(kind) == "http":
         try:
             import aiohttp  # noqa: F401
@@ -405,10 +417,59 @@ async def closed_loop(send: Callable[[int], Awaitable[None]], clients: int, seco
     return latencies, failures, time.perf_counter() - started
 
 
-class GrpcClients:
-    """One grpc.aio channel per client (separate connections), tritonclient's stubs, the images as raw contents."""
+class SharedMemoryRegions:
+    """One system shared memory object per client, made with tritonclient's helper: the client's images at its
+    start and the answer after them, registered as a region named after the client."""
 
-    def __init__(self, url: str, clients: int) -> None:
+    def __init__(self, clients: int, images: np.ndarray, answer: np.ndarray) -> None:
+        import tritonclient.utils.shared_memory as shm
+
+        self.shm = shm
+        self.images, self.answer = images, answer
+        prefix = f"serve-bench-{os.getpid()}-{time.monotonic_ns()}"
+        self.names = [f"{prefix}-{index}" for index in range(clients)]
+        self.handles = [shm.create_shared_memory_region(name, "/" + name, self.byte_size) for name in self.names]
+
+    @property
+    def byte_size(self) -> int:
+        return self.images.nbytes + self.answer.nbytes
+
+    def input_parameters(self, index: int) -> dict[str, object]:
+        return {"shared_memory_region": self.names[index], "shared_memory_byte_size": self.images.nbytes}
+
+    def output_parameters(self, index: int) -> dict[str, object]:
+        return {
+            "shared_memory_region": self.names[index],
+            "shared_memory_byte_size": self.answer.nbytes,
+            "shared_memory_offset": self.images.nbytes,
+        }
+
+    def write_images(self, index: int) -> None:
+        """What a client does before each request: its images into its region."""
+        self.shm.set_shared_memory_region(self.handles[index], [self.images])
+
+    def read_answer(self, index: int) -> np.ndarray:
+        return self.shm.get_contents_as_numpy(
+            self.handles[index], self.answer.dtype, self.answer.shape, offset=self.images.nbytes
+        ).copy()
+
+    def destroy(self) -> None:
+        for handle in self.handles:
+            self.shm.destroy_shared_memory_region(handle)
+
+
+def _grpc_parameters(pb, values: dict[str, object]) -> dict:
+    return {
+        key: pb.InferParameter(string_param=value) if isinstance(value, str) else pb.InferParameter(int64_param=value)
+        for key, value in values.items()
+    }
+
+
+class GrpcClients:
+    """One grpc.aio channel per client (separate connections), tritonclient's stubs, the images as raw contents, or
+    with ``shared_memory`` in a system shared memory region of each client's own."""
+
+    def __init__(self, url: str, clients: int, shared_memory: bool = False) -> None:
         import grpc
 
         self.pb, stubs = grpc_modules()
@@ -418,18 +479,45 @@ class GrpcClients:
             ("grpc.use_local_subchannel_pool", 1),
         ]
         self.channels = [grpc.aio.insecure_channel(url, options=options) for _ in range(clients)]
-        self.infer = [stubs.GRPCInferenceServiceStub(channel).ModelInfer for channel in self.channels]
+        self.stubs = [stubs.GRPCInferenceServiceStub(channel) for channel in self.channels]
+        self.infer = [stub.ModelInfer for stub in self.stubs]
+        self.shared_memory = shared_memory
+        self.regions: SharedMemoryRegions | None = None
 
-    def sender(self, model: Model, images: np.ndarray) -> tuple[Callable[[int], Awaitable[None]], Callable]:
-        request = self.pb.ModelInferRequest(model_name=model.name)
-        request.inputs.add(name=model.input_name, datatype=model.input_datatype, shape=images.shape)
-        request.raw_input_contents.append(images.tobytes())
+    async def sender(
+        self, model: Model, images: np.ndarray, answer: np.ndarray
+    ) -> tuple[Callable[[int], Awaitable[None]], Callable]:
+        pb = self.pb
+        if not self.shared_memory:
+            request = pb.ModelInferRequest(model_name=model.name)
+            request.inputs.add(name=model.input_name, datatype=model.input_datatype, shape=images.shape)
+            request.raw_input_contents.append(images.tobytes())
+            requests = [request] * len(self.channels)
+        else:
+            self.regions = regions = SharedMemoryRegions(len(self.channels), images, answer)
+            requests = []
+            for index, name in enumerate(regions.names):
+                register = pb.SystemSharedMemoryRegisterRequest(name=name, key="/" + name, byte_size=regions.byte_size)
+                await self.stubs[index].SystemSharedMemoryRegister(register, timeout=REQUEST_TIMEOUT_S)
+                request = pb.ModelInferRequest(model_name=model.name)
+                tensor = request.inputs.add(name=model.input_name, datatype=model.input_datatype, shape=images.shape)
+                for key, value in _grpc_parameters(pb, regions.input_parameters(index)).items():
+                    tensor.parameters[key].CopyFrom(value)
+                output = request.outputs.add(name=model.output_name)
+                for key, value in _grpc_parameters(pb, regions.output_parameters(index)).items():
+                    output.parameters[key].CopyFrom(value)
+                requests.append(request)
 
         async def send(index: int) -> None:
-            await self.infer[index](request, timeout=REQUEST_TIMEOUT_S)
+            if self.regions is not None:
+                self.regions.write_images(index)
+            await self.infer[index](requests[index], timeout=REQUEST_TIMEOUT_S)
 
         async def first_answer() -> np.ndarray:
-            response = await self.infer[0](request, timeout=REQUEST_TIMEOUT_S)
+            if self.regions is not None:
+                await send(0)
+                return self.regions.read_answer(0)
+            response = await self.infer[0](requests[0], timeout=REQUEST_TIMEOUT_S)
             position = [output.name for output in response.outputs].index(model.output_name)
             output = response.outputs[position]
             if response.raw_output_contents:
@@ -441,34 +529,65 @@ class GrpcClients:
         return send, first_answer
 
     async def close(self) -> None:
+        if self.regions is not None:
+            await self.stubs[0].SystemSharedMemoryUnregister(self.pb.SystemSharedMemoryUnregisterRequest())
+            self.regions.destroy()
         for channel in self.channels:
             await channel.close()
 
 
 class HttpClients:
-    """One aiohttp session (a kept-alive connection per client); the body is encoded once by tritonclient.http."""
+    """One aiohttp session (a kept-alive connection per client); the body is encoded once by tritonclient.http (with
+    ``shared_memory``, once per client: its tensors are in a system shared memory region of its own)."""
 
-    def __init__(self, url: str, clients: int) -> None:
+    def __init__(self, url: str, clients: int, shared_memory: bool = False) -> None:
         import aiohttp
 
         self.url = url
+        self.clients = clients
         self.session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=clients), timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
         )
+        self.shared_memory = shared_memory
+        self.regions: SharedMemoryRegions | None = None
 
-    def sender(self, model: Model, images: np.ndarray) -> tuple[Callable[[int], Awaitable[None]], Callable]:
+    async def sender(
+        self, model: Model, images: np.ndarray, answer: np.ndarray
+    ) -> tuple[Callable[[int], Awaitable[None]], Callable]:
         import tritonclient.http as httpclient
 
-        tensor = httpclient.InferInput(model.input_name, list(images.shape), model.input_datatype)
-        tensor.set_data_from_numpy(images, binary_data=True)
-        wanted = httpclient.InferRequestedOutput(model.output_name, binary_data=True)
-        body, json_size = httpclient.InferenceServerClient.generate_request_body([tensor], outputs=[wanted])
-        headers = {"Content-Type": "application/octet-stream"}
-        if json_size is not None:
-            headers["Inference-Header-Content-Length"] = str(json_size)
+        def encoded(index: int | None) -> tuple[bytes, dict[str, str]]:
+            tensor = httpclient.InferInput(model.input_name, list(images.shape), model.input_datatype)
+            wanted = httpclient.InferRequestedOutput(model.output_name, binary_data=index is None)
+            if index is None:
+                tensor.set_data_from_numpy(images, binary_data=True)
+            else:
+                tensor.set_shared_memory(self.regions.names[index], images.nbytes)
+                wanted.set_shared_memory(self.regions.names[index], answer.nbytes, offset=images.nbytes)
+            body, json_size = httpclient.InferenceServerClient.generate_request_body([tensor], outputs=[wanted])
+            headers = {"Content-Type": "application/octet-stream"}
+            if json_size is not None:
+                headers["Inference-Header-Content-Length"] = str(json_size)
+            return body, headers
+
+        if self.shared_memory:
+            self.regions = SharedMemoryRegions(self.clients, images, answer)
+            for name in self.regions.names:
+                register = json.dumps({"key": "/" + name, "offset": 0, "byte_size": self.regions.byte_size})
+                async with self.session.post(
+                    f"{self.url}/v2/systemsharedmemory/region/{name}/register", data=register
+                ) as response:
+                    if response.status != 200:
+                        raise RuntimeError(f"HTTP {response.status}: {(await response.read())[:200]!r}")
+            bodies = [encoded(index) for index in range(self.clients)]
+        else:
+            bodies = [encoded(None)] * self.clients
         url = f"{self.url}/v2/models/{model.name}/infer"
 
-        async def post() -> tuple[bytes, str | None]:
+        async def post(index: int) -> tuple[bytes, str | None]:
+            if self.regions is not None:
+                self.regions.write_images(index)
+            body, headers = bodies[index]
             async with self.session.post(url, data=body, headers=headers) as response:
                 payload = await response.read()
                 if response.status != 200:
@@ -476,10 +595,12 @@ class HttpClients:
                 return payload, response.headers.get("Inference-Header-Content-Length")
 
         async def send(index: int) -> None:
-            await post()
+            await post(index)
 
         async def first_answer() -> np.ndarray:
-            payload, header_length = await post()
+            payload, header_length = await post(0)
+            if self.regions is not None:
+                return self.regions.read_answer(0)
             result = httpclient.InferenceServerClient.parse_response_body(
                 payload, header_length=int(header_length) if header_length else None
             )
@@ -488,6 +609,10 @@ class HttpClients:
         return send, first_answer
 
     async def close(self) -> None:
+        if self.regions is not None:
+            async with self.session.post(f"{self.url}/v2/systemsharedmemory/unregister"):
+                pass
+            self.regions.destroy()
         await self.session.close()
 
 
@@ -498,12 +623,12 @@ async def measure_cells(server: Server, models: list[Model], cells: list[Cell], 
         for cell in cells:
             clients_type = GrpcClients if server.transport == "grpc" else HttpClients
             url = server.grpc_url if server.transport == "grpc" else server.http_url
-            clients = clients_type(url, cell.clients)
+            clients = clients_type(url, cell.clients, shared_memory=server.kind.endswith("-shm"))
             try:
                 images = model.images(cell.batch)
-                send, first_answer = clients.sender(model, images)
-                answer = await first_answer()
                 expected = references[(model.short, cell.batch)]
+                send, first_answer = await clients.sender(model, images, expected)
+                answer = await first_answer()
                 wrong = answer.shape != expected.shape or not np.allclose(answer, expected, atol=1e-4)
                 if wrong and server.kind not in FLOORS:  # a floor answers ten zeros to everything, by design
                     raise RuntimeError(f"{model.short} {cell.label}: the answer differs from in-process ONNX Runtime")

@@ -108,9 +108,9 @@ def _inputs(request: pb.ModelInferRequest, shared_memory: SystemSharedMemory) ->
     for tensor, shared in zip(request.inputs, in_shared_memory, strict=True):
         shape = tuple(tensor.shape)
         if shared is not None:
-            if tensor.HasField("contents"):
-                raise _bad(f"input {codec.shown(tensor.name)} has both shared memory and typed contents; send one")
             where = f"input {codec.shown(tensor.name)}"
+            if tensor.HasField("contents"):
+                raise _bad(f"{where} has both shared memory and typed contents; send one")
             data = codec.array_from_raw(tensor.name, tensor.datatype, shape, shared.read(where))
         elif raw:
             if tensor.HasField("contents"):

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
+from serving.codec import shown
 from serving.errors import ServingError, Status
 
 SHM_DIRECTORY = Path("/dev/shm")
@@ -36,10 +37,6 @@ PARAMETERS = ("shared_memory_region", "shared_memory_offset", "shared_memory_byt
 
 def _bad(message: str) -> ServingError:
     return ServingError(Status.INVALID_ARGUMENT, message)
-
-
-def _shown(text: str) -> str:
-    return repr(text[:80])
 
 
 @dataclass(frozen=True)
@@ -83,7 +80,7 @@ class SharedMemorySlice:
         data = os.pread(self.region.file.fileno(), self.byte_size, position)
         if len(data) != self.byte_size:
             raise _bad(
-                f"{tensor}: shared memory region {_shown(self.name)} ends {self.byte_size - len(data)} bytes short of "
+                f"{tensor}: shared memory region {shown(self.name)} ends {self.byte_size - len(data)} bytes short of "
                 "the input (the object was truncated after it was registered)"
             )
         return data
@@ -93,7 +90,7 @@ class SharedMemorySlice:
         if byte_size > self.byte_size:
             raise _bad(
                 f"{tensor}: the output is {byte_size} bytes, more than the {self.byte_size} bytes of "
-                f"shared_memory_byte_size in region {_shown(self.name)}"
+                f"shared_memory_byte_size in region {shown(self.name)}"
             )
 
     def write(self, data: bytes) -> None:
@@ -130,7 +127,7 @@ class SystemSharedMemory:
             raise _bad("a shared memory region needs a name")
         if name in self._regions:
             raise ServingError(
-                Status.ALREADY_EXISTS, f"shared memory region {_shown(name)} is already registered; unregister it first"
+                Status.ALREADY_EXISTS, f"shared memory region {shown(name)} is already registered; unregister it first"
             )
         if len(self._regions) >= self.max_regions:
             raise ServingError(
@@ -138,14 +135,14 @@ class SystemSharedMemory:
                 f"{len(self._regions)} shared memory regions are registered, the server's limit; unregister some",
             )
         if offset < 0 or byte_size < 0:
-            raise _bad(f"region {_shown(name)}: offset and byte_size must be >= 0, got {offset} and {byte_size}")
+            raise _bad(f"region {shown(name)}: offset and byte_size must be >= 0, got {offset} and {byte_size}")
         file = self._open(name, key)
         size = os.fstat(file.fileno()).st_size
         if offset + byte_size > size:
             file.close()
             raise _bad(
-                f"region {_shown(name)}: offset {offset} + byte_size {byte_size} is past the end of shared memory "
-                f"object {_shown(key)} ({size} bytes)"
+                f"region {shown(name)}: offset {offset} + byte_size {byte_size} is past the end of shared memory "
+                f"object {shown(key)} ({size} bytes)"
             )
         self._regions[name] = _Region(RegionStatus(name, key, offset, byte_size), file)
 
@@ -153,21 +150,21 @@ class SystemSharedMemory:
         object_name = key.lstrip("/")
         if not object_name or "/" in object_name or "\0" in object_name or object_name in (".", ".."):
             raise _bad(
-                f"region {_shown(name)}: shared memory key {_shown(key)} must be a name in /dev/shm such as "
+                f"region {shown(name)}: shared memory key {shown(key)} must be a name in /dev/shm such as "
                 "'/input0' (no other '/')"
             )
         if object_name.startswith(RESERVED_KEY_PREFIX):
-            raise _bad(f"region {_shown(name)}: keys starting with {RESERVED_KEY_PREFIX!r} are reserved")
+            raise _bad(f"region {shown(name)}: keys starting with {RESERVED_KEY_PREFIX!r} are reserved")
         try:
             descriptor = os.open(self.directory / object_name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as error:
             raise _bad(
-                f"region {_shown(name)}: cannot open shared memory object {_shown(key)}: {error.strerror}"
+                f"region {shown(name)}: cannot open shared memory object {shown(key)}: {error.strerror}"
             ) from None
         file = open(descriptor, "r+b", buffering=0, closefd=True)  # noqa: SIM115 - the region owns it
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             file.close()
-            raise _bad(f"region {_shown(name)}: {_shown(key)} is not a shared memory object")
+            raise _bad(f"region {shown(name)}: {shown(key)} is not a shared memory object")
         return file
 
     def unregister(self, name: str = "") -> None:
@@ -195,7 +192,7 @@ class SystemSharedMemory:
             return [region.status for region in self._regions.values()]
         region = self._regions.get(name)
         if region is None:
-            raise ServingError(Status.NOT_FOUND, f"no system shared memory region {_shown(name)} is registered")
+            raise ServingError(Status.NOT_FOUND, f"no system shared memory region {shown(name)} is registered")
         return [region.status]
 
     def slice_for(self, tensor: str, parameters: Mapping[str, object]) -> SharedMemorySlice | None:
@@ -225,14 +222,14 @@ class SystemSharedMemory:
         region = self._regions.get(region_name)
         if region is None:
             raise ServingError(
-                Status.NOT_FOUND, f"{tensor}: no system shared memory region {_shown(region_name)} is registered"
+                Status.NOT_FOUND, f"{tensor}: no system shared memory region {shown(region_name)} is registered"
             )
         if byte_size > MAX_TENSOR_BYTES:
             raise _bad(f"{tensor}: shared_memory_byte_size {byte_size} is over the limit of {MAX_TENSOR_BYTES} bytes")
         registered = region.status.byte_size
         if offset >= registered or offset + byte_size > registered:
             raise _bad(
-                f"{tensor}: offset {offset} + byte size {byte_size} is outside region {_shown(region_name)} "
+                f"{tensor}: offset {offset} + byte size {byte_size} is outside region {shown(region_name)} "
                 f"({registered} bytes)"
             )
         return SharedMemorySlice(region, offset, byte_size)
@@ -256,7 +253,7 @@ def cuda_status(name: str = "") -> list:
         ServingError: NOT_FOUND for any name.
     """
     if name:
-        raise ServingError(Status.NOT_FOUND, f"no CUDA shared memory region {_shown(name)} is registered")
+        raise ServingError(Status.NOT_FOUND, f"no CUDA shared memory region {shown(name)} is registered")
     return []
 
 

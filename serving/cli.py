@@ -155,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
             grace_period_s=args.grace_period,
             max_concurrent_requests=args.max_concurrent_requests,
             allow_client_shm=args.allow_client_shm,
+            log_level=args.log_level,
         )
         return serve(settings)
     except (ValueError, StartupError) as error:

@@ -25,6 +25,7 @@ import numpy as np
 
 from serving import __version__, codec
 from serving.errors import ServingError, Status
+from serving.log_settings import LogControl
 from serving.metrics import Metrics
 from serving.protocol import model_config_pb2
 from serving.repository import Batching, BatchingOverrides, IndexEntry, ModelRepository, ServedVersion
@@ -37,7 +38,7 @@ from serving.version_policy import VersionPolicy
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "buildsys-serving"
-EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics")
+EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics", "logging")
 SHARED_MEMORY_EXTENSION = "system_shared_memory"
 # A timeout or deadline further away than this is no limit at all (and would overflow some timers).
 NO_DEADLINE_S = 86_400.0
@@ -180,6 +181,7 @@ class DataPlane:
         metrics: Metrics | None = None,
         max_inflight: int | None = None,
         shared_memory: SystemSharedMemory | None = None,
+        log_control: LogControl | None = None,
     ) -> None:
         """Creates the data plane; models load in ``start()``.
 
@@ -189,10 +191,12 @@ class DataPlane:
                 is decoded and checked, whatever the number of models.
             shared_memory: the clients' system shared memory regions (default: none allowed). Front ends read
                 inputs from it; the data plane writes outputs into it.
+            log_control: the log settings that clients read and change (default: settings that drive no logger).
         """
         self.metrics = metrics or Metrics()
         self.max_inflight = max_inflight
         self.shared_memory = shared_memory or SystemSharedMemory(allowed=False)
+        self.log_control = log_control or LogControl()
         self.repository = ModelRepository(
             repository_root,
             runtime,

@@ -54,6 +54,8 @@ GRPC_CODES = {
     Status.UNIMPLEMENTED: grpc.StatusCode.UNIMPLEMENTED,
     Status.INTERNAL: grpc.StatusCode.INTERNAL,
 }
+# Which ``LogSettingsResponse.SettingValue`` field carries a log setting of each Python type.
+LOG_SETTING_FIELDS = {bool: "bool_param", int: "uint32_param", str: "string_param"}
 # Answers a stream may owe at once (read, not yet written): a client that sends without reading holds no more.
 STREAM_WINDOW = 256
 # Answered even while draining, so that orchestrators can watch the shutdown.
@@ -78,13 +80,15 @@ def _bad(message: str) -> ServingError:
     return ServingError(Status.INVALID_ARGUMENT, message)
 
 
+def _choice(value) -> object:
+    """The value of a ``parameter_choice`` oneof (InferParameter, a log setting), None when none is set."""
+    choice = value.WhichOneof("parameter_choice")
+    return getattr(value, choice) if choice else None
+
+
 def _parameters(parameters) -> dict[str, object]:
     """``map<string, InferParameter>`` as plain values (None for a parameter with no value set)."""
-    values: dict[str, object] = {}
-    for key, parameter in parameters.items():
-        choice = parameter.WhichOneof("parameter_choice")
-        values[key] = getattr(parameter, choice) if choice else None
-    return values
+    return {key: _choice(parameter) for key, parameter in parameters.items()}
 
 
 def _inputs(request: pb.ModelInferRequest, shared_memory: SystemSharedMemory) -> list[InputTensor]:
@@ -293,6 +297,13 @@ class InferenceService:
         register_cuda()
         return pb.CudaSharedMemoryRegisterResponse()
 
+    async def LogSettings(self, request: pb.LogSettingsRequest, context) -> pb.LogSettingsResponse:
+        settings = self.dataplane.log_control.update({key: _choice(v) for key, v in request.settings.items()})
+        response = pb.LogSettingsResponse()
+        for key, value in settings.as_dict().items():
+            setattr(response.settings[key], LOG_SETTING_FIELDS[type(value)], value)
+        return response
+
     async def CudaSharedMemoryUnregister(
         self, request: pb.CudaSharedMemoryUnregisterRequest, context
     ) -> pb.CudaSharedMemoryUnregisterResponse:
@@ -317,6 +328,7 @@ RPCS = (
     ("CudaSharedMemoryStatus", pb.CudaSharedMemoryStatusRequest),
     ("CudaSharedMemoryRegister", pb.CudaSharedMemoryRegisterRequest),
     ("CudaSharedMemoryUnregister", pb.CudaSharedMemoryUnregisterRequest),
+    ("LogSettings", pb.LogSettingsRequest),
 )
 
 

@@ -19,6 +19,7 @@ import grpc
 from serving.auth import BearerToken
 from serving.dataplane import DataPlane
 from serving.grpc_frontend import GrpcFrontend
+from serving.log_settings import LogControl
 from serving.metrics import Metrics
 from serving.repository import BatchingOverrides
 from serving.rest.server import HttpFrontend
@@ -73,6 +74,8 @@ class ServerSettings:
     max_concurrent_requests: int = 1024
     # Whether clients may register system shared memory regions (Triton's --allow-client-shm, off by default).
     allow_client_shm: bool = False
+    # The --log-level the process's logging was configured with: where the log settings that clients see start.
+    log_level: str = "info"
 
 
 @dataclass(frozen=True)
@@ -178,6 +181,8 @@ def serve(settings: ServerSettings) -> int:
 
 async def _serve(settings: ServerSettings, security: Security) -> int:
     metrics = Metrics()
+    log_control = LogControl(settings.log_level)
+    log_control.install(logging.getLogger())
     dataplane = DataPlane(
         settings.repository,
         settings.runtime,
@@ -187,6 +192,7 @@ async def _serve(settings: ServerSettings, security: Security) -> int:
         metrics=metrics,
         max_inflight=settings.max_concurrent_requests,
         shared_memory=SystemSharedMemory(allowed=settings.allow_client_shm),
+        log_control=log_control,
     )
     await dataplane.start()
     loaded = dataplane.repository.loaded()

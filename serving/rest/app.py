@@ -181,6 +181,8 @@ class RestFrontEnd:
             _Route("POST", "/v2/repository/index", RestFrontEnd.repository_index),
             _Route("POST", "/v2/repository/models/(?P<name>[^/]+)/load", RestFrontEnd.repository_model_load),
             _Route("POST", "/v2/repository/models/(?P<name>[^/]+)/unload", RestFrontEnd.repository_model_unload),
+            _Route("GET", "/v2/logging", RestFrontEnd.log_settings),
+            _Route("POST", "/v2/logging", RestFrontEnd.log_settings),
             _Route("GET", f"{SYSTEM_REGION}/status", RestFrontEnd.system_shared_memory_status),
             _Route("POST", f"{SYSTEM_REGION}/register", RestFrontEnd.system_shared_memory_register),
             _Route("POST", f"{SYSTEM_REGION}/unregister", RestFrontEnd.system_shared_memory_unregister),
@@ -278,6 +280,10 @@ class RestFrontEnd:
         _optional_json(request.body, "unload request")
         await self.dataplane.unload(request.name)
         return HttpResponse(200)
+
+    async def log_settings(self, request: HttpRequest) -> HttpResponse:
+        changes = _optional_json(request.body, "log settings request")  # a GET has no body: no change
+        return json_response(self.dataplane.log_control.update(changes).as_dict())
 
     async def system_shared_memory_status(self, request: HttpRequest) -> HttpResponse:
         regions = self.dataplane.shared_memory.status(request.name)

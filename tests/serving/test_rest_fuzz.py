@@ -36,6 +36,7 @@ PATHS = [
     "/v2/models/digits/versions/1/infer",
     "/v2/repository/index",
     "/v2/repository/models/digits/load",
+    "/v2/logging",
     "/v2/systemsharedmemory/status",
     f"/v2/systemsharedmemory/region/{FUZZ_REGION}/status",
     "/v2/systemsharedmemory/region/fuzzed/register",

@@ -24,9 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from serving import __version__, codec
-from serving.errors import ServingError, Status
+from serving.errors import ModelLoadError, ServingError, Status
 from serving.log_settings import LogControl
 from serving.metrics import Metrics
+from serving.model_files import parse_config_json
 from serving.protocol import model_config_pb2
 from serving.repository import Batching, BatchingOverrides, IndexEntry, ModelRepository, ServedVersion
 from serving.runtime import CUDA, RuntimeOptions
@@ -365,19 +366,36 @@ class DataPlane:
         return [e for e in self.repository.index() if e.state == "READY" or not ready_only]
 
     async def load(self, name: str, parameters: Mapping[str, object] | None = None) -> None:
-        """Loads or reloads a model now (off the loop).
+        """Loads a model now, or reloads every version it serves with its current files and configuration (off the
+        loop), as Triton's load request does. The ``config`` parameter, a model configuration in JSON, stands for
+        the model's config.pbtxt from then on, until a load without one.
 
         Raises:
-            ServingError: INVALID_ARGUMENT for load parameters (a config override), NOT_FOUND for an unknown
-                model, FAILED_PRECONDITION with the reasons when no version loads.
+            ServingError: INVALID_ARGUMENT for a config that serving cannot use or another parameter (model files
+                are not taken over the network), NOT_FOUND for an unknown model, FAILED_PRECONDITION with the
+                reasons when a version could not be (re)loaded (those that did are swapped in).
         """
+        parameters = dict(parameters or {})
+        config_text = parameters.pop("config", None)
         if parameters:
             names = ", ".join(sorted(parameters))[:200]
             raise ServingError(
                 Status.INVALID_ARGUMENT,
-                f"load parameters ({names}) are not supported; publish the model into the repository instead",
+                f"load parameters ({names}) are not supported, only 'config': publish model files into the "
+                "repository instead of sending them",
             )
-        self._retire(await asyncio.to_thread(self.repository.load, name))
+        config = None
+        if config_text is not None:
+            if not isinstance(config_text, str):
+                raise ServingError(Status.INVALID_ARGUMENT, "the load parameter 'config' must be a JSON string")
+            try:
+                config = parse_config_json(config_text, name)
+            except ModelLoadError as error:
+                raise ServingError(Status.INVALID_ARGUMENT, str(error)) from None
+        retired, failure = await asyncio.to_thread(self.repository.load, name, config)
+        self._retire(retired)
+        if failure is not None:
+            raise ServingError(Status.FAILED_PRECONDITION, failure)
 
     async def unload(self, name: str) -> None:
         """Unloads every version of a model; it stays unloaded until ``load``.

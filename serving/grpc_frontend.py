@@ -253,7 +253,7 @@ class InferenceService:
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context
     ) -> pb.RepositoryModelLoadResponse:
-        await self.dataplane.load(request.model_name, dict(request.parameters))
+        await self.dataplane.load(request.model_name, {key: _choice(v) for key, v in request.parameters.items()})
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(

@@ -14,6 +14,8 @@ This module reads files only; it never runs a model (that is serving/runtime.py)
 from dataclasses import dataclass
 from pathlib import Path
 
+from google.protobuf import json_format
+
 import modelrepo
 from modelrepo import CONFIG_FILE, MANIFEST_FILE, MODEL_NAME, ONNX_FILE, PLATFORM, VERSION_NAME, FormatError
 from modelrepo import list_versions as list_versions
@@ -21,7 +23,15 @@ from serving.errors import ModelLoadError, first_line
 from serving.protocol import model_config_pb2
 from serving.signature import NUMPY_DTYPES, ONNX_DATATYPES, ModelSignature, TensorSpec
 
-__all__ = ["MODEL_NAME", "VERSION_NAME", "Manifest", "list_versions", "read_config", "read_version"]
+__all__ = [
+    "MODEL_NAME",
+    "VERSION_NAME",
+    "Manifest",
+    "list_versions",
+    "parse_config_json",
+    "read_config",
+    "read_version",
+]
 
 # Triton's platform name and its backend spelling; a config may give either.
 ONNX_BACKEND = "onnxruntime"
@@ -57,14 +67,14 @@ def _load_error(error: FormatError) -> ModelLoadError:
     return ModelLoadError(" ".join(str(error).split()))
 
 
-def _file_name(value: str, path: Path, field: str) -> str:
+def _file_name(value: str, path: Path | str, field: str) -> str:
     """A file name from a config or manifest, refused when it would leave its folder."""
     if not value or value in (".", "..") or Path(value).name != value or "\\" in value:
         raise ModelLoadError(f"{path}: {field} {value[:80]!r} must be a file name inside the model's folder")
     return value
 
 
-def _datatype(tensor: model_config_pb2.ModelInput | model_config_pb2.ModelOutput, path: Path, kind: str) -> str:
+def _datatype(tensor: model_config_pb2.ModelInput | model_config_pb2.ModelOutput, path: Path | str, kind: str) -> str:
     known = tensor.data_type in model_config_pb2.DataType.values()
     name = model_config_pb2.DataType.Name(tensor.data_type) if known else str(tensor.data_type)
     datatype = name.removeprefix("TYPE_")
@@ -75,21 +85,40 @@ def _datatype(tensor: model_config_pb2.ModelInput | model_config_pb2.ModelOutput
     return datatype
 
 
-def read_config(model_dir: Path) -> model_config_pb2.ModelConfig:
+def parse_config_json(text: str, model: str) -> model_config_pb2.ModelConfig:
+    """A model configuration in JSON, as a load request carries it (Triton's ``config`` load parameter, the JSON
+    form of config.pbtxt that ``ModelConfig`` answers with); check it with ``read_config(..., override=...)``.
+
+    Raises:
+        ModelLoadError: not JSON, or not a model configuration (an unknown field, a value of the wrong type).
+    """
+    try:
+        return json_format.Parse(text, model_config_pb2.ModelConfig())
+    except (json_format.ParseError, ValueError, RecursionError) as error:
+        reason = " ".join(str(error).split())[:300]
+        raise ModelLoadError(f"the load request's config of '{model}' is not a model configuration: {reason}") from None
+
+
+def read_config(model_dir: Path, override: model_config_pb2.ModelConfig | None = None) -> model_config_pb2.ModelConfig:
     """The model's config.pbtxt, checked for what serving needs; completed from the ONNX file when it is missing.
+    ``override``, the configuration that a load request carries (Triton's ``config`` load parameter), is checked the
+    same way and used instead of the file.
 
     Raises:
         ModelLoadError: unreadable, not UTF-8, not a valid Triton config, another model's name, another platform,
             a negative max_batch_size or dimension, a reshape that cannot apply, or (without config.pbtxt) an ONNX
             file that cannot complete one.
     """
-    path = model_dir / CONFIG_FILE
-    if not path.exists():
+    path: Path | str = model_dir / CONFIG_FILE
+    if override is not None:
+        config, path = override, f"the load request's config of '{model_dir.name}'"
+    elif not path.exists():
         return _complete_config(model_dir)
-    try:
-        config = modelrepo.read_config(path)
-    except FormatError as error:
-        raise _load_error(error) from error
+    else:
+        try:
+            config = modelrepo.read_config(path)
+        except FormatError as error:
+            raise _load_error(error) from error
     if config.name and config.name != model_dir.name:
         raise ModelLoadError(f"{path}: name '{config.name[:80]}' does not match its folder '{model_dir.name}'")
     if config.platform not in ("", PLATFORM) or config.backend not in ("", ONNX_BACKEND):
@@ -121,7 +150,7 @@ def read_config(model_dir: Path) -> model_config_pb2.ModelConfig:
     return config
 
 
-def _check_queue_policies(dynamic: model_config_pb2.ModelDynamicBatching, path: Path) -> None:
+def _check_queue_policies(dynamic: model_config_pb2.ModelDynamicBatching, path: Path | str) -> None:
     """Triton's rules for priority levels and queue policies: levels are numbered from 1 (the highest priority)
     to ``priority_levels``, and the default level and each level's policy must name one of them."""
     policies = [("default_queue_policy", dynamic.default_queue_policy)]
@@ -144,7 +173,7 @@ def _check_queue_policies(dynamic: model_config_pb2.ModelDynamicBatching, path: 
             raise ModelLoadError(f"{path}: {where}'s timeout_action {action} is neither REJECT nor DELAY")
 
 
-def _refuse_what_changes_a_request(config: model_config_pb2.ModelConfig, path: Path) -> None:
+def _refuse_what_changes_a_request(config: model_config_pb2.ModelConfig, path: Path | str) -> None:
     """Refuses the Triton features under which a model means something else than a stateless call per batch.
 
     Triton's ONNX Runtime backend runs these, but each makes the server supply tensors that no request carries
@@ -171,7 +200,7 @@ def _refuse_what_changes_a_request(config: model_config_pb2.ModelConfig, path: P
 
 
 def _check_reshape(
-    tensor: model_config_pb2.ModelInput | model_config_pb2.ModelOutput, path: Path, kind: str, batched: bool
+    tensor: model_config_pb2.ModelInput | model_config_pb2.ModelOutput, path: Path | str, kind: str, batched: bool
 ) -> None:
     """Triton's rules for ``reshape``: dimensions >= 1 or -1, not empty for a model that does not batch, and, run
     by run between variable dimensions, as many elements as ``dims``."""

@@ -230,6 +230,8 @@ class ModelRepository:
         self._model_errors: dict[str, str] = {}
         self._unready: dict[str, str] = {}
         self._unloaded: set[str] = set()
+        # Configurations that load requests carried: each stands for its model's config.pbtxt until a load without.
+        self._config_overrides: dict[str, model_config_pb2.ModelConfig] = {}
 
     # --- lookups (request path) ---------------------------------------------------------------------------
 
@@ -308,30 +310,56 @@ class ModelRepository:
                     self._unready[name] = self._model_errors[name]
         return retired
 
-    def load(self, name: str) -> list[ServedVersion]:
-        """Loads (or reloads) a model now, retrying versions that failed before; the repository request.
+    def load(
+        self, name: str, config: model_config_pb2.ModelConfig | None = None
+    ) -> tuple[list[ServedVersion], str | None]:
+        """Loads a model now, or reloads it, as Triton's load request does: every version its policy selects is
+        loaded afresh from its files and its configuration and swapped in, retrying versions refused before. If a
+        version that serves fails to reload, nothing changes: the versions that served keep serving as they were.
+        ``config`` (the request's) stands for config.pbtxt from now on, until a load without one.
 
         Returns:
-            The versions no longer served, to retire.
+            The versions no longer served, to retire, and what failed (None when everything loaded): the caller
+            retires the versions, then reports the failure.
 
         Raises:
-            ServingError: NOT_FOUND when no such model folder exists; FAILED_PRECONDITION with the reasons
-                when no version could be loaded.
+            ServingError: NOT_FOUND when no such model folder exists; INVALID_ARGUMENT for a ``config`` that
+                serving cannot use (nothing changes then).
         """
         self._check_name(name)
+        if config is not None:
+            try:
+                read_config(self.root / name, config)
+            except ModelLoadError as error:
+                raise ServingError(Status.INVALID_ARGUMENT, str(error)) from None
         with self._sync_lock:
+            previous = self._config_overrides.pop(name, None)
+            if config is not None:
+                self._config_overrides[name] = config
             self._unloaded.discard(name)
             self._failures = {key: refusal for key, refusal in self._failures.items() if key[0] != name}
             self._model_errors.pop(name, None)
-            retired = self._sync_model(name)
-            if name in self._models:
-                return retired
+            reload_failures: list[str] = []
+            retired = self._sync_model(name, reload_failures=reload_failures)
+            if reload_failures:
+                if previous is None:  # the configuration that serves stays the one in force
+                    self._config_overrides.pop(name, None)
+                else:
+                    self._config_overrides[name] = previous
+                serving = sorted(self._models.get(name, {}))
+                return retired, f"model '{name}' was not reloaded, versions {serving} serve as they were: " + "; ".join(
+                    reload_failures
+                )
             reasons = [r.reason for (n, _), r in sorted(self._failures.items()) if n == name]
             reasons += [self._model_errors[name]] if name in self._model_errors else []
-            raise ServingError(
-                Status.FAILED_PRECONDITION,
-                f"model '{name}' has no loadable version: " + ("; ".join(reasons) or "no version matches its policy"),
-            )
+            if name not in self._models:
+                return retired, f"model '{name}' has no loadable version: " + (
+                    "; ".join(reasons) or "no version matches its policy"
+                )
+            if reasons:
+                serving = sorted(self._models[name])
+                return retired, f"model '{name}' serves versions {serving}; not loaded: " + "; ".join(reasons)
+            return retired, None
 
     def unload(self, name: str) -> list[ServedVersion]:
         """Unloads every version of a model and keeps it unloaded (polling skips it) until ``load``.
@@ -366,8 +394,13 @@ class ModelRepository:
             log.error("%s", reason)
         self._model_errors[name] = reason
 
-    def _sync_model(self, name: str) -> list[ServedVersion]:
-        """Brings one model's loaded versions in line with its folder and policy (caller holds _sync_lock)."""
+    def _sync_model(self, name: str, reload_failures: list[str] | None = None) -> list[ServedVersion]:
+        """Brings one model's loaded versions in line with its folder and policy (caller holds _sync_lock).
+
+        Args:
+            reload_failures: when given, every selected version is loaded afresh (a load request), and the reason
+                of each version that failed to, and so keeps serving as it was, is appended to it.
+        """
         current = dict(self._models.get(name, {}))
         model_dir = self.root / name
         target: dict[int, ServedVersion] = {}
@@ -376,7 +409,7 @@ class ModelRepository:
         if name not in self._unloaded and model_dir.is_dir():
             config_path = model_dir / "config.pbtxt"
             try:
-                config = read_config(model_dir)
+                config = read_config(model_dir, self._config_overrides.get(name))
             except Exception as error:  # not only ModelLoadError: any unreadable config refuses only this model
                 # Keep serving what already serves: a config being rewritten or broken must not take it down.
                 self._note_model_error(name, f"model '{name}' not (re)loaded: {_naming(config_path, error)}")
@@ -388,18 +421,26 @@ class ModelRepository:
             available = list_versions(model_dir)
             candidates = [v for v in available if self._may_try(name, v, model_dir)]
             loaded_now: dict[int, ServedVersion] = {}
+            kept = {} if reload_failures is not None else current  # versions that stay as they are
             wanted = policy.select(candidates)
-            while missing := sorted(wanted - current.keys() - loaded_now.keys()):
+            while missing := sorted(wanted - kept.keys() - loaded_now.keys()):
                 for version in missing:
                     try:
                         loaded_now[version] = self._load_version(model_dir / str(version), config)
                     except Exception as error:  # whatever a version's files raise refuses only that version
                         detail = _naming(model_dir / str(version), error)
-                        reason = f"model '{name}' version {version} refused: {detail}"
+                        if version in current:  # a reload that failed: see below
+                            reason = f"model '{name}' version {version} failed to reload: {detail}"
+                            kept = {**kept, version: current[version]}
+                            reload_failures.append(reason)
+                        else:
+                            reason = f"model '{name}' version {version} refused: {detail}"
+                            self._failures[(name, version)] = _Refusal(reason, _files_state(model_dir, version))
+                            candidates.remove(version)
                         log.error("%s", reason)
-                        self._failures[(name, version)] = _Refusal(reason, _files_state(model_dir, version))
-                        candidates.remove(version)
                 wanted = policy.select(candidates)
+            if reload_failures:  # a reload that failed changes nothing: what served keeps serving as it was
+                return list(loaded_now.values())
             target = {v: loaded_now.get(v) or current[v] for v in wanted}
             retired += [served for v, served in loaded_now.items() if v not in target]
             if not wanted and not current and policy.select(available):

@@ -1,14 +1,16 @@
 """Hot reload under load, refusal of a broken version, and the repository load/unload RPCs, end to end."""
 
+import json
 import threading
 import time
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.serving.conftest import images, publish_version, reference_probabilities
+from tests.serving.conftest import images, publish_version, reference_probabilities, write_config
 
 
 def wait_until(condition, timeout_s: float = 30.0, what: str = "condition") -> None:
@@ -135,11 +137,67 @@ def test_repository_unload_and_load(start_server, tmp_path):
                 client.load_model(name)
             with pytest.raises(InferenceServerException, match="NOT_FOUND"):
                 client.unload_model(name)
-        with pytest.raises(InferenceServerException, match="INVALID_ARGUMENT.*not supported"):
-            client.load_model("digits", config='{"max_batch_size": 1}')
+        with pytest.raises(InferenceServerException, match="INVALID_ARGUMENT.*publish model files"):
+            client.load_model("digits", config='{"max_batch_size": 1}', files={"file:1/model.onnx": b"onnx"})
 
         publish_version(repo, "letters", 1, seed=4)  # a model folder that appears while serving
         wait_until(lambda: client.is_model_ready("letters"), what="the new model to load")
+
+
+def test_a_load_reloads_every_version_with_its_config_or_the_requests_until_a_load_without_one(start_server, tmp_path):
+    repo = tmp_path / "models"
+    version_dir = publish_version(repo, "digits", 1, seed=1)
+    server = start_server(repo, "--poll-interval", "0.2")
+    batch = images(3)
+    expected = reference_probabilities(version_dir, batch[:2])
+    with grpcclient.InferenceServerClient(server.url) as client:
+        assert client.get_model_config("digits").config.max_batch_size == 1024
+        write_config(repo / "digits", "digits", max_batch_size=8)  # a changed config.pbtxt: applied by a load
+        time.sleep(0.5)
+        assert client.get_model_config("digits").config.max_batch_size == 1024, "polling keeps what serves"
+        client.load_model("digits")
+        assert client.get_model_config("digits").config.max_batch_size == 8
+        override = {"max_batch_size": 2, "dynamic_batching": {"max_queue_delay_microseconds": 100}}
+        client.load_model("digits", config=json.dumps(override))
+        time.sleep(0.5)  # polls keep the request's config
+        config = client.get_model_config("digits").config
+        assert (config.max_batch_size, config.dynamic_batching.max_queue_delay_microseconds) == (2, 100)
+        with pytest.raises(InferenceServerException, match="INVALID_ARGUMENT"):
+            client.infer("digits", [_tensor(batch)])
+        for bad, words in [
+            ("{not json", "is not a model configuration"),
+            ('{"max_batch_size": "many"}', "is not a model configuration"),
+            ('{"max_batch_size": -1}', "max_batch_size is -1"),
+            ('{"name": "letters"}', "does not match its folder"),
+            ('{"sequence_batching": {}}', "sequence_batching"),
+        ]:
+            with pytest.raises(InferenceServerException, match=f"INVALID_ARGUMENT.*{words}"):
+                client.load_model("digits", config=bad)
+        assert client.get_model_config("digits").config.max_batch_size == 2, "a refused config changes nothing"
+        (version_dir / "model.onnx").write_bytes(b"no longer an onnx file")
+        with pytest.raises(InferenceServerException, match="FAILED_PRECONDITION.*version 1 failed to reload"):
+            client.load_model("digits")
+        answer = client.infer("digits", [_tensor(batch[:2])]).as_numpy("probabilities")
+        np.testing.assert_allclose(answer, expected, rtol=1e-5, atol=1e-6)
+        assert client.get_model_config("digits").config.max_batch_size == 2, "the failed reload kept the version"
+    http = httpclient.InferenceServerClient(server.http_url)
+    try:
+        publish_version(repo, "digits", 2, seed=2)
+        http.load_model("digits")  # without a config: config.pbtxt again, and the new version its policy picks
+        assert http.get_model_config("digits")["max_batch_size"] == 8
+        assert http.infer("digits", [_http_tensor(batch)]).as_numpy("probabilities").shape == (3, 10)
+        with pytest.raises(InferenceServerException, match="max_batch_size is -1") as raised:
+            http.load_model("digits", config='{"max_batch_size": -1}')
+        assert raised.value.status() == "400"
+    finally:
+        http.close()
+    assert "Traceback" not in server.log()
+
+
+def _http_tensor(batch: np.ndarray) -> httpclient.InferInput:
+    tensor = httpclient.InferInput("image", list(batch.shape), "UINT8")
+    tensor.set_data_from_numpy(batch)
+    return tensor
 
 
 def test_bad_files_at_startup_and_while_polling_refuse_only_their_model(start_server, tmp_path):

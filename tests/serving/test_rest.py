@@ -196,7 +196,8 @@ GOOD_HEADER = {"inputs": [{"name": "image", "shape": [1, 8, 8], "datatype": "UIN
         ("DELETE", "/v2/models/digits", b"", {}, 405, "DELETE is not allowed"),
         ("POST", "/v2/repository/models/Bad-Name/load", b"", {}, 404, "unknown model"),
         ("POST", "/v2/repository/index", b'{"ready": "yes"}', {}, 400, "'ready' must be true or false"),
-        ("POST", "/v2/repository/models/digits/load", b'{"parameters": {"config": "{}"}}', {}, 400, "not supported"),
+        ("POST", "/v2/repository/models/digits/load", b'{"parameters": {"file:1/x": "AA=="}}', {}, 400, "publish"),
+        ("POST", "/v2/repository/models/digits/load", b'{"parameters": {"config": "{}"}}', {}, 400, "was not reloaded"),
     ],
 )
 def test_errors_are_triton_status_codes_with_a_json_error(shared_server, method, path, body, headers, status, message):

@@ -3,7 +3,8 @@ database cells (PNG, JPEG, BMP, .npy, raw pixels), `.npz` sources and SQL tables
 SOURCE texts of the command line (tests/sources/test_resolve.py), definitions (tests/dsl/test_definition_fuzz.py:
 layer stacks, arguments, data declarations), remote-cache records, URLs and header files (tests/remote/), the
 output tree's manifest.json and config.pbtxt (tests/modelrepo/test_format.py), the files of a served model
-repository, model.onnx and labels.txt included (tests/serving/test_model_files.py, tests/serving/test_repository.py),
+repository, model.onnx and labels.txt included, and a load request's JSON config (tests/serving/test_model_files.py,
+tests/serving/test_repository.py),
 and the REST codec's bodies (tests/serving/test_rest_codec.py). The running server's front ends are
 bench/fuzz_serve.py's.
 

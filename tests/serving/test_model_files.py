@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from serving.codec import classify, serialize_bytes
 from serving.errors import ModelLoadError, ServingError, Status
-from serving.model_files import list_versions, read_config, read_version
+from serving.model_files import list_versions, parse_config_json, read_config, read_version
 from serving.runtime import OnnxModel, RuntimeOptions
 from serving.signature import ModelSignature, TensorSpec
 from serving.version_policy import VersionPolicy
@@ -360,6 +360,21 @@ def test_any_config_bytes_read_or_raise_model_load_error(tmp_path_factory, data)
     config_path.write_bytes(data.draw(mutations(config_path.read_bytes()), label="config.pbtxt"))
     try:
         read_version(version_dir, read_config(repo / "digits"))
+    except ModelLoadError as error:
+        assert "\n" not in str(error)
+
+
+@fuzz_settings(60)
+@given(data=st.data())
+def test_any_config_in_a_load_request_parses_and_reads_or_raises_model_load_error(tmp_path_factory, data):
+    """A load request's JSON config (mutated bytes of a valid one, as text) goes through the same checks as a
+    config.pbtxt, and fails only with one line."""
+    repo = tmp_path_factory.mktemp("fuzz")
+    version_dir = publish_version(repo, "digits", 1, seed=1)
+    valid = b'{"name": "digits", "max_batch_size": 8, "dynamic_batching": {"max_queue_delay_microseconds": 100}}'
+    text = data.draw(mutations(valid), label="config").decode("utf-8", "replace")
+    try:
+        read_version(version_dir, read_config(repo / "digits", parse_config_json(text, "digits")))
     except ModelLoadError as error:
         assert "\n" not in str(error)
 

@@ -122,7 +122,7 @@ def infer_requests(draw) -> pb.ModelInferRequest:
                 size = count if 0 <= count <= 256 and draw(st.booleans()) else draw(st.integers(0, 70))
                 values = draw(st.lists(st.integers(0, 2**32 - 1), min_size=size, max_size=size))
                 tensor.contents.uint_contents.extend(values)
-    if request.inputs and draw(st.integers(0, 3)) == 0:  # the first input from shared memory
+    if request.inputs and draw(st.integers(0, 7)) == 0:  # the first input from shared memory
         tensor = request.inputs[0]
         if request.raw_input_contents and draw(st.integers(0, 7)):
             del request.raw_input_contents[0]
@@ -136,7 +136,7 @@ def infer_requests(draw) -> pb.ModelInferRequest:
         output = request.outputs.add(name=draw(st.sampled_from(["probabilities", "logits", ""]) | st.text(max_size=20)))
         for key, value in draw(parameters(["classification", "binary_data", "shared_memory_region"])).items():
             output.parameters[key].CopyFrom(value)
-        if draw(st.integers(0, 3)) == 0:
+        if draw(st.integers(0, 7)) == 0:
             shape = request.inputs[0].shape if request.inputs else []
             batch = shape[0] if shape and _small(shape) else 1
             for key, value in draw(shared_memory_parameters(batch * 40)).items():

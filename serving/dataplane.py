@@ -516,7 +516,7 @@ def _checked_outputs(
                 f"unknown output {codec.shown(output.name)}; the model's outputs are: "
                 + ", ".join(signature.output_names())
             )
-        target = shared_memory.slice_for(f"output '{spec.name}'", output.parameters)
+        target = shared_memory.slice_for("output", spec.name, output.parameters)
         if target is not None and output.class_count:
             raise _bad(f"output '{spec.name}': classification cannot go into shared memory; ask for one or the other")
         wanted.append((spec, output.class_count, target))

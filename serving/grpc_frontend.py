@@ -95,9 +95,7 @@ def _inputs(request: pb.ModelInferRequest, shared_memory: SystemSharedMemory) ->
     """The request's inputs as arrays, from shared memory, ``raw_input_contents`` (one entry for each input not in
     shared memory, in order, as tritonclient sends them) or typed contents."""
     in_shared_memory = [
-        shared_memory.slice_for(f"input {codec.shown(tensor.name)}", _parameters(tensor.parameters))
-        if tensor.parameters
-        else None
+        shared_memory.slice_for("input", tensor.name, _parameters(tensor.parameters)) if tensor.parameters else None
         for tensor in request.inputs
     ]
     raw = request.raw_input_contents

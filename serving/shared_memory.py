@@ -195,19 +195,20 @@ class SystemSharedMemory:
             raise ServingError(Status.NOT_FOUND, f"no system shared memory region {shown(name)} is registered")
         return [region.status]
 
-    def slice_for(self, tensor: str, parameters: Mapping[str, object]) -> SharedMemorySlice | None:
+    def slice_for(self, kind: str, name: str, parameters: Mapping[str, object]) -> SharedMemorySlice | None:
         """The slice a tensor's parameters name (``shared_memory_region``, ``shared_memory_byte_size`` and the
-        optional ``shared_memory_offset``), or None when they name none.
+        optional ``shared_memory_offset``), or None when they name none (every request asks: kept cheap).
 
         Args:
-            tensor: how messages name the tensor, e.g. "input 'image'".
+            kind: "input" or "output", and ``name`` the tensor's, for messages.
 
         Raises:
             ServingError: INVALID_ARGUMENT for parameters of the wrong types, missing or outside the region;
                 NOT_FOUND for a region that is not registered; UNIMPLEMENTED when client shared memory is off.
         """
-        if not any(key in parameters for key in PARAMETERS):
+        if PARAMETERS[0] not in parameters and PARAMETERS[1] not in parameters and PARAMETERS[2] not in parameters:
             return None
+        tensor = f"{kind} {shown(name)}"
         region_name = parameters.get("shared_memory_region")
         if region_name is None:
             raise _bad(f"{tensor}: shared_memory_offset and shared_memory_byte_size need shared_memory_region")

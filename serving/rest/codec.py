@@ -171,7 +171,7 @@ def _decode_input(
         raise _bad(f"{where}: shape must be a list of integers >= 0, got {_short(shape)}")
     shape = tuple(shape)
     parameters = _object(entry.get("parameters", {}), f"{where}: parameters")
-    shared = shared_memory.slice_for(where, parameters)
+    shared = shared_memory.slice_for("input", name, parameters)
     if shared is not None:
         if "data" in entry or "binary_data_size" in parameters:
             raise _bad(f"{where} has shared_memory_region and also data or binary_data_size; send one")

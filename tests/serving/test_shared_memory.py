@@ -44,13 +44,13 @@ def test_register_reads_the_window_of_the_object_that_the_client_registered(obje
     [status] = registry.status("r")
     assert (status.name, status.key, status.offset, status.byte_size) == ("r", key, 8, 16)
     piece = registry.slice_for(
-        "input 'x'", {"shared_memory_region": "r", "shared_memory_byte_size": 4, "shared_memory_offset": 2}
+        "input", "x", {"shared_memory_region": "r", "shared_memory_byte_size": 4, "shared_memory_offset": 2}
     )
     assert piece.read("input 'x'") == bytes([10, 11, 12, 13])
     piece.check_fits("output 'y'", 4)
     piece.write(b"\xff" * 4)
     assert (folder / "data").read_bytes()[10:14] == b"\xff" * 4
-    assert registry.slice_for("input 'x'", {"binary_data_size": 4}) is None
+    assert registry.slice_for("input", "x", {"binary_data_size": 4}) is None
 
 
 @pytest.mark.parametrize(
@@ -128,7 +128,7 @@ def test_a_tensors_shared_memory_parameters_are_checked(objects, parameters, sta
     folder, make = objects
     registry = SystemSharedMemory(allowed=True, directory=folder)
     registry.register("r", make("data", 16), 0, 16)
-    error = refusal(registry.slice_for, "input 'x'", parameters)
+    error = refusal(registry.slice_for, "input", "x", parameters)
     assert error.status is status and words in error.message and error.message.startswith("input 'x'")
 
 
@@ -136,7 +136,7 @@ def test_an_object_truncated_after_registration_fails_the_request_not_the_server
     folder, make = objects
     registry = SystemSharedMemory(allowed=True, directory=folder)
     registry.register("r", make("data", 64), 0, 64)
-    piece = registry.slice_for("input 'x'", {"shared_memory_region": "r", "shared_memory_byte_size": 64})
+    piece = registry.slice_for("input", "x", {"shared_memory_region": "r", "shared_memory_byte_size": 64})
     os.truncate(folder / "data", 10)
     error = refusal(piece.read, "input 'x'")
     assert error.status is Status.INVALID_ARGUMENT and "truncated" in error.message
@@ -146,12 +146,12 @@ def test_a_region_unregistered_while_a_request_holds_it_stays_usable_until_the_r
     folder, make = objects
     registry = SystemSharedMemory(allowed=True, directory=folder)
     registry.register("r", make("data", 8, b"\x07"), 0, 8)
-    piece = registry.slice_for("output 'y'", {"shared_memory_region": "r", "shared_memory_byte_size": 8})
+    piece = registry.slice_for("output", "y", {"shared_memory_region": "r", "shared_memory_byte_size": 8})
     registry.unregister("r")
     piece.write(b"\x01" * 8)
     assert piece.read("output 'y'") == b"\x01" * 8
     assert (
-        refusal(registry.slice_for, "input 'x'", {"shared_memory_region": "r", "shared_memory_byte_size": 8}).status
+        refusal(registry.slice_for, "input", "x", {"shared_memory_region": "r", "shared_memory_byte_size": 8}).status
         is Status.NOT_FOUND
     )
 
@@ -163,7 +163,7 @@ def test_everything_is_refused_in_one_line_when_client_shared_memory_is_off(obje
         (registry.register, ("r", make("data", 8), 0, 8)),
         (registry.status, ()),
         (registry.unregister, ()),
-        (registry.slice_for, ("input 'x'", {"shared_memory_region": "r", "shared_memory_byte_size": 8})),
+        (registry.slice_for, ("input", "x", {"shared_memory_region": "r", "shared_memory_byte_size": 8})),
     ):
         error = refusal(call, *args)
         assert error.status is Status.UNIMPLEMENTED and "--allow-client-shm" in error.message

@@ -4,9 +4,8 @@ SOURCE texts of the command line (tests/sources/test_resolve.py), definitions (t
 layer stacks, arguments, data declarations), remote-cache records, URLs and header files (tests/remote/), the
 output tree's manifest.json and config.pbtxt (tests/modelrepo/test_format.py), the files of a served model
 repository, model.onnx and labels.txt included, and a load request's JSON config (tests/serving/test_model_files.py,
-tests/serving/test_repository.py),
-and the REST codec's bodies (tests/serving/test_rest_codec.py). The running server's front ends are
-bench/fuzz_serve.py's.
+tests/serving/test_repository.py), the REST codec's bodies (tests/serving/test_rest_codec.py) and BYTES tensors' raw
+layout (tests/serving/test_codec.py). The running server's front ends are bench/fuzz_serve.py's.
 
 Runs those tests with ``--examples`` examples each (the suite runs 60-300, drawn the same way on every run); any
 input that is neither read as declared nor refused with one line fails, with Hypothesis's smallest failing example.
@@ -39,6 +38,7 @@ def main() -> int:
         "tests/serving/test_model_files.py",
         "tests/serving/test_repository.py",
         "tests/serving/test_rest_codec.py",
+        "tests/serving/test_codec.py",
     ]
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests]
     return subprocess.run(command, cwd=PROJECT_ROOT, env=environment, check=False).returncode

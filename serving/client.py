@@ -137,7 +137,9 @@ class InferenceClient:
         if len(info.inputs) != 1:
             raise ValueError(f"model '{model}' has {len(info.inputs)} inputs; predict/classify need exactly one")
         spec, output = info.inputs[0], info.outputs[0]
-        dtype = NUMPY_DTYPES[spec.datatype]
+        dtype = NUMPY_DTYPES.get(spec.datatype)
+        if dtype is None:
+            raise ValueError(f"model '{model}' takes {spec.datatype}, not images; call it with tritonclient")
         array = np.asarray(images)
         if not np.can_cast(array.dtype, dtype, "same_kind"):
             raise ValueError(f"images are {array.dtype} but model '{model}' takes {spec.datatype}; convert them first")
@@ -168,6 +170,8 @@ class InferenceClient:
         arrays = []
         for tensor, raw in self._infer(model, images, version, class_count=0):
             shape = tuple(tensor.shape) if batched else (1, *tensor.shape)
+            if tensor.datatype not in NUMPY_DTYPES:
+                raise ValueError(f"model '{model}' answers {tensor.datatype}, not numbers; call it with tritonclient")
             arrays.append(np.frombuffer(raw, dtype=NUMPY_DTYPES[tensor.datatype]).reshape(shape))
         return np.concatenate(arrays)
 

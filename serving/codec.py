@@ -13,10 +13,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from serving.errors import ServingError, Status
-from serving.signature import NUMPY_DTYPES, format_shape
+from serving.signature import BYTES, DATATYPES, NUMPY_DTYPES, format_shape
 
 # Names in requests are arbitrary client text: messages show at most this much of them.
 SHOWN_NAME_CHARS = 80
+# A BYTES tensor's elements are read one by one on the event loop (about 0.3 us each): a request may hold this many,
+# a few milliseconds of the loop, far more than a text classifier's strings.
+MAX_BYTES_ELEMENTS = 65_536
 
 
 def shown(name: str) -> str:
@@ -29,15 +32,22 @@ def _bad(message: str) -> ServingError:
 
 
 def _dtype_and_count(name: str, datatype: str, shape: tuple[int, ...]) -> tuple[np.dtype, int]:
-    dtype = NUMPY_DTYPES.get(datatype)
+    """The numpy dtype of ``datatype`` (object for BYTES) and the element count of ``shape``."""
+    dtype = np.dtype(object) if datatype == BYTES else NUMPY_DTYPES.get(datatype)
     if dtype is None:
         raise _bad(
             f"input {shown(name)}: datatype {datatype[:20] or '(empty)'!r} is not supported; "
-            f"expected one of {', '.join(NUMPY_DTYPES)}"
+            f"expected one of {', '.join(DATATYPES)}"
         )
     if any(d < 0 for d in shape):
         raise _bad(f"input {shown(name)}: shape {format_shape(shape)} has a negative dimension")
-    return dtype, math.prod(shape)
+    count = math.prod(shape)
+    if datatype == BYTES and count > MAX_BYTES_ELEMENTS:
+        raise _bad(
+            f"input {shown(name)}: shape {format_shape(shape)} is {count} BYTES elements; a request may send at most "
+            f"{MAX_BYTES_ELEMENTS} in one tensor"
+        )
+    return dtype, count
 
 
 def array_from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes) -> np.ndarray:
@@ -47,6 +57,8 @@ def array_from_raw(name: str, datatype: str, shape: tuple[int, ...], raw: bytes)
         ServingError: INVALID_ARGUMENT for an unknown datatype, a negative dimension or a length mismatch.
     """
     dtype, count = _dtype_and_count(name, datatype, shape)
+    if datatype == BYTES:
+        return _bytes_elements(name, shape, count, raw)
     if len(raw) != count * dtype.itemsize:
         raise _bad(
             f"input {shown(name)}: raw contents are {len(raw)} bytes but shape {format_shape(shape)} of "
@@ -68,6 +80,10 @@ def array_from_values(name: str, datatype: str, shape: tuple[int, ...], values: 
         raise _bad(
             f"input {shown(name)}: {source} has {len(values)} values but shape {format_shape(shape)} needs {count}"
         )
+    if datatype == BYTES:
+        if not all(isinstance(value, bytes | str) for value in values):
+            raise _bad(f"input {shown(name)}: {source} of a BYTES tensor must hold strings")
+        return _object_array([v.encode("utf-8") if isinstance(v, str) else v for v in values], shape)
     try:
         if dtype.kind in "iu":
             wide = np.array(values, dtype=np.uint64 if dtype.kind == "u" else np.int64)
@@ -81,6 +97,38 @@ def array_from_values(name: str, datatype: str, shape: tuple[int, ...], values: 
         return np.array(values, dtype=dtype).reshape(shape)
     except (TypeError, ValueError, OverflowError) as error:
         raise _bad(f"input {shown(name)}: {source} cannot be read as {datatype}: {error}") from None
+
+
+def _bytes_elements(name: str, shape: tuple[int, ...], count: int, raw: bytes | memoryview) -> np.ndarray:
+    """The elements of a BYTES tensor's raw contents: each a 4-byte little-endian length, then that many bytes."""
+    view = memoryview(raw)
+    elements = []
+    offset = 0
+    while offset < len(view):
+        if len(elements) == count or offset + 4 > len(view):
+            break
+        (length,) = struct.unpack_from("<I", view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise _bad(
+                f"input {shown(name)}: BYTES element {len(elements)} says {length} bytes but {len(view) - offset} "
+                "are left"
+            )
+        elements.append(bytes(view[offset : offset + length]))
+        offset += length
+    if len(elements) != count or offset != len(view):
+        raise _bad(
+            f"input {shown(name)}: raw contents hold {len(elements)} BYTES elements (each a 4-byte length and its "
+            f"bytes) and {len(view) - offset} bytes more, but shape {format_shape(shape)} needs {count} elements"
+        )
+    return _object_array(elements, shape)
+
+
+def _object_array(items: list, shape: tuple[int, ...]) -> np.ndarray:
+    """A numpy object array of ``items`` in ``shape`` (numpy would make a bytes array, or nest, from the list)."""
+    array = np.empty(len(items), dtype=object)
+    array[:] = items
+    return array.reshape(shape)
 
 
 def classify(scores: np.ndarray, k: int, class_names: tuple[str, ...]) -> np.ndarray:

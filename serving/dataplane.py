@@ -32,7 +32,7 @@ from serving.protocol import model_config_pb2
 from serving.repository import Batching, BatchingOverrides, IndexEntry, ModelRepository, ServedVersion
 from serving.runtime import CUDA, RuntimeOptions
 from serving.shared_memory import SharedMemorySlice, SystemSharedMemory
-from serving.signature import format_shape
+from serving.signature import BYTES, format_shape
 from serving.statistics import StatsSnapshot
 from serving.version_policy import VersionPolicy
 
@@ -516,6 +516,8 @@ def _checked_outputs(
                 f"unknown output {codec.shown(output.name)}; the model's outputs are: "
                 + ", ".join(signature.output_names())
             )
+        if output.class_count and spec.datatype == BYTES:
+            raise _bad(f"output '{spec.name}' is {BYTES}: classification needs scores")
         target = shared_memory.slice_for("output", spec.name, output.parameters)
         if target is not None and output.class_count:
             raise _bad(f"output '{spec.name}': classification cannot go into shared memory; ask for one or the other")

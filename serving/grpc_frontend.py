@@ -73,6 +73,7 @@ CONTENTS_FIELDS = {
     "INT64": "int64_contents",
     "FP32": "fp32_contents",
     "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
 }
 
 

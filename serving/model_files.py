@@ -21,7 +21,7 @@ from modelrepo import CONFIG_FILE, MANIFEST_FILE, MODEL_NAME, ONNX_FILE, PLATFOR
 from modelrepo import list_versions as list_versions
 from serving.errors import ModelLoadError, first_line
 from serving.protocol import model_config_pb2
-from serving.signature import NUMPY_DTYPES, ONNX_DATATYPES, ModelSignature, TensorSpec
+from serving.signature import BYTES, DATATYPES, ONNX_DATATYPES, ModelSignature, TensorSpec
 
 __all__ = [
     "MODEL_NAME",
@@ -78,9 +78,10 @@ def _datatype(tensor: model_config_pb2.ModelInput | model_config_pb2.ModelOutput
     known = tensor.data_type in model_config_pb2.DataType.values()
     name = model_config_pb2.DataType.Name(tensor.data_type) if known else str(tensor.data_type)
     datatype = name.removeprefix("TYPE_")
-    if datatype not in NUMPY_DTYPES:
+    datatype = BYTES if datatype == "STRING" else datatype  # Triton's config name for the protocol's BYTES
+    if datatype not in DATATYPES:
         raise ModelLoadError(
-            f"{path}: {kind} '{tensor.name}' has data_type {name}; serving supports {', '.join(NUMPY_DTYPES)}"
+            f"{path}: {kind} '{tensor.name}' has data_type {name}; serving supports {', '.join(DATATYPES)}"
         )
     return datatype
 
@@ -243,7 +244,9 @@ def _complete_config(model_dir: Path) -> model_config_pb2.ModelConfig:
         for spec in specs:
             target.add(
                 name=spec.name,
-                data_type=model_config_pb2.DataType.Value(f"TYPE_{spec.datatype}"),
+                data_type=model_config_pb2.DataType.Value(
+                    "TYPE_STRING" if spec.datatype == BYTES else f"TYPE_{spec.datatype}"
+                ),
                 dims=spec.shape[batched:],
             )
     if batched:
@@ -340,9 +343,9 @@ def _from_manifest(version_dir: Path, config: model_config_pb2.ModelConfig) -> M
 
 
 def _spec(path: Path, kind: str, tensor: modelrepo.Tensor) -> TensorSpec:
-    if tensor.datatype not in NUMPY_DTYPES:
+    if tensor.datatype not in DATATYPES:
         raise ModelLoadError(
-            f"{path}: {kind} '{tensor.name}' has datatype {tensor.datatype}; serving supports {', '.join(NUMPY_DTYPES)}"
+            f"{path}: {kind} '{tensor.name}' has datatype {tensor.datatype}; serving supports {', '.join(DATATYPES)}"
         )
     if tensor.shape[0] != -1:
         raise ModelLoadError(

@@ -13,8 +13,7 @@ import numpy as np
 
 from serving.errors import ServingError, Status
 
-# Open Inference Protocol datatype names and the numpy dtypes they travel as (little-endian, row-major).
-# BYTES is missing on purpose: the models of this project take and return numeric tensors only.
+# Open Inference Protocol datatype names of numbers and the numpy dtypes they travel as (little-endian, row-major).
 NUMPY_DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype(np.bool_),
     "UINT8": np.dtype("<u1"),
@@ -30,8 +29,14 @@ NUMPY_DTYPES: dict[str, np.dtype] = {
     "FP64": np.dtype("<f8"),
 }
 
+# BYTES, the protocol's strings (ONNX's tensor(string), Triton's TYPE_STRING): a numpy object array of ``bytes`` in
+# requests and answers, of ``str`` for ONNX Runtime (see TensorSpec.rows_for_model and rows_for_client).
+BYTES = "BYTES"
+DATATYPES: tuple[str, ...] = (*NUMPY_DTYPES, BYTES)
+
 # ONNX Runtime's type strings for the same datatypes.
 ONNX_DATATYPES: dict[str, str] = {
+    "tensor(string)": BYTES,
     "tensor(bool)": "BOOL",
     "tensor(uint8)": "UINT8",
     "tensor(uint16)": "UINT16",
@@ -66,7 +71,7 @@ class TensorSpec:
 
     @property
     def dtype(self) -> np.dtype:
-        return NUMPY_DTYPES[self.datatype]
+        return np.dtype(object) if self.datatype == BYTES else NUMPY_DTYPES[self.datatype]
 
     @property
     def onnx_shape(self) -> tuple[int, ...]:
@@ -115,6 +120,8 @@ class TensorSpec:
     def rows_for_model(self, array: np.ndarray, batched: bool) -> np.ndarray:
         """A request's checked input as the batcher queues it: rows in the ONNX tensor's shape, and a single row
         for a model that does not batch (the runner takes it off again)."""
+        if self.datatype == BYTES:
+            array = _text(array, self.name)
         if self.model_shape is None:
             return array if batched else array[np.newaxis]
         rows = array.shape[0] if batched else 1
@@ -139,7 +146,37 @@ class TensorSpec:
                     f"output '{self.name}': the model returned {format_shape(rows.shape[1:])}, which does not "
                     f"fit config.pbtxt's dims {format_shape(self.shape[batched:])}",
                 ) from None
+        if self.datatype == BYTES:
+            rows = _encoded(rows)
         return rows if batched else rows[0]
+
+
+def _text(array: np.ndarray, name: str) -> np.ndarray:
+    """A BYTES input's elements as ``str``, which ONNX Runtime's string tensors take (``bytes`` elements would not
+    match any string in the model, silently).
+
+    Raises:
+        ServingError: INVALID_ARGUMENT for an element that is not UTF-8.
+    """
+    text = np.empty(array.shape, dtype=object)
+    flat = text.reshape(-1)
+    for index, item in enumerate(array.reshape(-1)):
+        try:
+            flat[index] = item.decode("utf-8") if isinstance(item, bytes) else str(item)
+        except UnicodeDecodeError:
+            raise ServingError(
+                Status.INVALID_ARGUMENT, f"input '{name}': element {index} is not UTF-8 text, which the model takes"
+            ) from None
+    return text
+
+
+def _encoded(rows: np.ndarray) -> np.ndarray:
+    """A string output's elements (``str`` from ONNX Runtime) as the protocol's ``bytes``."""
+    encoded = np.empty(rows.shape, dtype=object)
+    flat = encoded.reshape(-1)
+    for index, item in enumerate(rows.reshape(-1)):
+        flat[index] = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+    return encoded
 
 
 def _resolved(target: tuple[int, ...], source: tuple[int, ...], actual: tuple[int, ...]) -> tuple[int, ...]:

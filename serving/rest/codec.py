@@ -20,7 +20,7 @@ from serving import codec
 from serving.dataplane import InferenceRequest, InputTensor, OutputTensor, RequestedOutput
 from serving.errors import ServingError, Status
 from serving.shared_memory import SystemSharedMemory
-from serving.signature import NUMPY_DTYPES
+from serving.signature import BYTES, NUMPY_DTYPES
 
 # The same bound as the gRPC front end's message size: 1,024 CIFAR images (12.6 MB) fit with room to spare.
 MAX_BODY_BYTES = 64 * 1024 * 1024
@@ -201,6 +201,8 @@ def _from_json_data(data: object, name: str, datatype: str, shape: tuple[int, ..
     dtype = NUMPY_DTYPES.get(datatype)
     if values.size and dtype is not None and values.dtype.kind not in ACCEPTED_KINDS[dtype.kind]:
         raise _bad(f"{where}: data holds {values.dtype.kind!r}-kind values, not {datatype} values")
+    if values.size and datatype == BYTES and values.dtype.kind != "U":  # numpy would turn numbers into text
+        raise _bad(f"{where}: data of a BYTES tensor must hold strings only")
     return codec.array_from_values(name, datatype, shape, values.reshape(-1), "data")
 
 

@@ -262,6 +262,71 @@ def publish_optional(repo: Path, name: str = "biased") -> Path:
     return version_dir
 
 
+# A model of strings, as scikit-learn's classifiers with text labels come out of skl2onnx: scores -> ArgMax -> the
+# class's name (TYPE_STRING out), and a lookup of words (TYPE_STRING in) -> their ids, -1 for an unknown word.
+LABELER_CLASSES = ["cat", "dog", "bird"]
+LABELER_WORDS = {"cat": 1, "dog": 2, "naïve": 3}
+LABELER_CONFIG = """\
+name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: 8
+input [
+  { name: "word" data_type: TYPE_STRING dims: [ 1 ] },
+  { name: "scores" data_type: TYPE_FP32 dims: [ 3 ] }
+]
+output [
+  { name: "id" data_type: TYPE_INT64 dims: [ 1 ] },
+  { name: "label" data_type: TYPE_STRING dims: [ 1 ] }
+]
+dynamic_batching { }
+"""
+
+
+def publish_labeler(repo: Path, name: str = "labeler", config: bool = True) -> Path:
+    """Writes a Triton model folder whose model takes and returns strings; without ``config`` the server completes
+    its config from the ONNX file. Returns its version folder."""
+    graph = helper.make_graph(
+        [
+            helper.make_node(
+                "LabelEncoder",
+                ["word"],
+                ["id"],
+                domain="ai.onnx.ml",
+                keys_strings=list(LABELER_WORDS),
+                values_int64s=list(LABELER_WORDS.values()),
+                default_int64=-1,
+            ),
+            helper.make_node("ArgMax", ["scores"], ["best"], axis=1, keepdims=1),
+            helper.make_node(
+                "LabelEncoder",
+                ["best"],
+                ["label"],
+                domain="ai.onnx.ml",
+                keys_int64s=list(range(len(LABELER_CLASSES))),
+                values_strings=LABELER_CLASSES,
+                default_string="?",
+            ),
+        ],
+        "labeler",
+        [
+            helper.make_tensor_value_info("word", TensorProto.STRING, ["batch", 1]),
+            helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 3]),
+        ],
+        [
+            helper.make_tensor_value_info("id", TensorProto.INT64, ["batch", 1]),
+            helper.make_tensor_value_info("label", TensorProto.STRING, ["batch", 1]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 2)])
+    onnx.checker.check_model(model)
+    version_dir = repo / name / "1"
+    version_dir.mkdir(parents=True)
+    onnx.save(model, version_dir / "model.onnx")
+    if config:
+        (repo / name / "config.pbtxt").write_text(LABELER_CONFIG.replace("{name}", name))
+    return version_dir
+
+
 def stream_answers(
     url: str, sends: list[tuple[str, np.ndarray, str]], headers: dict | None = None, **client_options
 ) -> list[tuple]:

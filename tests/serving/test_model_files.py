@@ -76,7 +76,7 @@ def rewrite_manifest(version_dir, **changes):
         ({"version": 2}, "version 2 does not match its folder '1'"),
         ({"format": 2}, "format 2 is not supported"),
         ({"inputs": [{"name": "image", "datatype": "STRING", "shape": [-1]}]}, "datatype 'STRING'"),
-        ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}]}, "datatype BYTES; serving supports"),
+        ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [-1]}]}, "but the manifest says BYTES"),
         ({"inputs": [{"name": "image", "datatype": "UINT8", "shape": [8, 8]}]}, "must start with -1"),
         ({"inputs": [{"name": "image", "datatype": "UINT8", "shape": [-1, 8, 9]}]}, "is UINT8 \\[8, 8\\]"),
         ({"files": {"onnx": "../../elsewhere.onnx"}}, "must be a file name inside the version folder"),

@@ -200,8 +200,9 @@ def check_stream(call, payloads: list[bytes]) -> list[str]:
 
 def fuzz_model_infer(url: str, max_examples: int) -> dict[str, int]:
     """Sends ``max_examples`` mutated messages, as many mutated byte strings, as many streams of one to three of
-    either, and as many shared memory registrations; returns the codes seen (answers in streams as "stream OK" and
-    "stream error"). The server must allow client shared memory: some requests use a region registered here."""
+    either or valid requests, and as many shared memory registrations; returns the codes seen (answers in streams as
+    "stream OK" and "stream error"). The server must allow client shared memory: some requests use a region
+    registered here."""
     seen: dict[str, int] = {}
     with grpc.insecure_channel(url) as channel, shared_memory_object(FUZZ_REGION_BYTES) as (key, _):
         stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -229,7 +230,9 @@ def fuzz_model_infer(url: str, max_examples: int) -> dict[str, int]:
             code = check_answer(raw, data).name
             seen[code] = seen.get(code, 0) + 1
 
-        payloads = infer_requests().map(lambda request: request.SerializeToString()) | mutated_bytes()
+        # Valid requests among the fuzzed ones, so that streams that succeed are sent whatever the strategies draw.
+        valid = st.integers(1, 4).map(lambda batch: valid_request(batch).SerializeToString())
+        payloads = valid | infer_requests().map(lambda request: request.SerializeToString()) | mutated_bytes()
 
         @options
         @given(st.lists(payloads, min_size=1, max_size=3))

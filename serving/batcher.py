@@ -372,9 +372,23 @@ class DynamicBatcher:
                 self._execution_ended(loop, held)
                 raise self._failure(error, batch_size) from None
             self._execution_ended(loop, held)
-        self._stats.record_execution(batch_size, 1, 0, input_ns, infer_ns, 0)  # nothing to split
-        self._on_batch(batch_size)
+        self._record(batch_size, 1, 0, input_ns, infer_ns, 0)  # nothing to split
         return outputs
+
+    def _record(self, samples: int, requests: int, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
+        """Counts one execution in the statistics and the metrics, and describes it in a DEBUG line (the logging
+        extension's verbose level)."""
+        self._stats.record_execution(samples, requests, queue_ns, input_ns, infer_ns, output_ns)
+        self._on_batch(samples)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "model '%s': one call for %d request(s), %d sample(s): %.3f ms in the model, %.3f ms queued in all",
+                self.name,
+                requests,
+                samples,
+                infer_ns / 1e6,
+                queue_ns / 1e6,
+            )
 
     def _next_turn(self) -> None:
         self._ran_this_turn = False
@@ -568,8 +582,7 @@ class DynamicBatcher:
         output_ns = time.monotonic_ns() - split_started
         samples = sum(p.batch_size for p in batch)
         queue_ns = sum(started - p.enqueued_ns for p in batch)
-        self._stats.record_execution(samples, len(batch), queue_ns, input_ns, infer_ns, output_ns)
-        self._on_batch(samples)
+        self._record(samples, len(batch), queue_ns, input_ns, infer_ns, output_ns)
 
     def _merge_and_run(
         self, runner: Callable[[Tensors], Tensors], estimates: dict[int, float], parts: list[Tensors]

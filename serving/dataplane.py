@@ -457,12 +457,24 @@ class DataPlane:
             elapsed = time.monotonic_ns() - started
             served.stats.record_request(False, elapsed)
             self.metrics.observe_request(served.name, error.status.name, elapsed / 1e9)
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("infer '%s' id %r refused: %s: %s", served.name, request.id[:80], error.status.name, error)
             raise
         finally:
             served.release()
         elapsed = time.monotonic_ns() - started
         served.stats.record_request(True, elapsed)
         self.metrics.observe_request(served.name, "OK", elapsed / 1e9)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "infer '%s' version %s id %r: %s -> %s in %.3f ms",
+                served.name,
+                served.version,
+                request.id[:80],
+                ", ".join(f"{t.name} {t.datatype} {format_shape(t.shape)}" for t in request.inputs),
+                ", ".join(f"{o.name} {format_shape(o.shape)}" for o in outputs),
+                elapsed / 1e6,
+            )
         return response
 
 

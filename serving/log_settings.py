@@ -3,7 +3,8 @@ gRPC ``LogSettings``, tritonclient's ``get_log_settings``/``update_log_settings`
 on verbose logging of a live server, or quiet it, without a restart.
 
 The settings are Triton's and map onto Python's logging: ``log_info``, ``log_warning`` and ``log_error`` let
-records of that level through or not, ``log_verbose_level`` > 0 lets DEBUG records through, and ``log_format``
+records of that level through or not, ``log_verbose_level`` > 0 turns on the server's own DEBUG lines (one per
+request and one per model call; the libraries' stay off: grpc's alone writes a line per call), and ``log_format``
 ``ISO8601`` stamps lines with ISO 8601 times (``default`` as ``--log-level`` started them). ``log_file`` is reported
 and never changed over the network, as in Triton: a client must not choose where the server writes. A change is
 checked whole before any of it applies, so a request with one bad setting changes nothing.
@@ -50,13 +51,15 @@ class LogControl(logging.Filter):
 
     Args:
         level: the ``--log-level`` the server started with, the settings' starting point.
+        verbose_logger: the logger whose records ``log_verbose_level`` > 0 lets through at DEBUG (the server's).
     """
 
-    def __init__(self, level: str = "info") -> None:
+    def __init__(self, level: str = "info", verbose_logger: str = "serving") -> None:
         super().__init__()
         info, warning, error, verbose = LEVEL_SWITCHES[level]
         self.settings = LogSettings(log_info=info, log_warning=warning, log_error=error, log_verbose_level=verbose)
         self._logger: logging.Logger | None = None
+        self._verbose_logger = logging.getLogger(verbose_logger)
         self._handlers: list[logging.Handler] = []
         self._date_formats: list[str | None] = []
 
@@ -112,7 +115,8 @@ class LogControl(logging.Filter):
     def _apply(self) -> None:
         if self._logger is None:
             return
-        self._logger.setLevel(logging.DEBUG if self.settings.log_verbose_level > 0 else logging.INFO)
+        self._logger.setLevel(logging.INFO)
+        self._verbose_logger.setLevel(logging.DEBUG if self.settings.log_verbose_level > 0 else logging.NOTSET)
         iso = self.settings.log_format == "ISO8601"
         for handler, date_format in zip(self._handlers, self._date_formats, strict=True):
             if handler.formatter is not None:

@@ -12,6 +12,7 @@ from tritonclient.utils import InferenceServerException
 
 from serving.errors import ServingError, Status
 from serving.log_settings import LogControl
+from tests.serving.conftest import images
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def logger():
     logger = logging.getLogger("tests.log_settings")
     logger.propagate = False
     logger.handlers = [handler]
-    control = LogControl("warning")
+    control = LogControl("warning", verbose_logger="tests.log_settings")
     control.install(logger)
     yield logger, control, stream
     logger.handlers = []
@@ -96,5 +97,16 @@ def test_a_client_turns_a_live_servers_info_lines_off_and_on_over_both_front_end
         with pytest.raises(InferenceServerException) as raised:
             http.update_log_settings({"log_verbose_level": "high"})
         assert raised.value.status() == "400" and "log_verbose_level must be an integer" in str(raised.value)
+        http.update_log_settings({"log_verbose_level": 1})
     finally:
         http.close()
+    with grpcclient.InferenceServerClient(server.url) as client:  # verbose: a line per request and per model call
+        tensor = grpcclient.InferInput("image", [2, 8, 8], "UINT8")
+        tensor.set_data_from_numpy(images(2))
+        client.infer("digits", [tensor], request_id="seen")
+        client.update_log_settings({"log_verbose_level": 0})
+        client.infer("digits", [tensor], request_id="unseen")
+    log = server.log()
+    assert "infer 'digits' version 1 id 'seen': image UINT8 [2, 8, 8] -> probabilities [2, 10]" in log
+    assert "model 'digits/1': one call for 1 request(s), 2 sample(s)" in log
+    assert "'unseen'" not in log and "cygrpc" not in log, "only the server's own lines, only while verbose"

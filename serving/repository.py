@@ -341,11 +341,13 @@ class ModelRepository:
             self._model_errors.pop(name, None)
             reload_failures: list[str] = []
             retired = self._sync_model(name, reload_failures=reload_failures)
-            if reload_failures:
-                if previous is None:  # the configuration that serves stays the one in force
+            if (reload_failures or name in self._model_errors) and name in self._models:
+                # Nothing was reloaded: the configuration in force stays the one the serving versions loaded with.
+                if previous is None:
                     self._config_overrides.pop(name, None)
                 else:
                     self._config_overrides[name] = previous
+            if reload_failures:
                 serving = sorted(self._models.get(name, {}))
                 return retired, f"model '{name}' was not reloaded, versions {serving} serve as they were: " + "; ".join(
                     reload_failures
@@ -439,6 +441,8 @@ class ModelRepository:
                             candidates.remove(version)
                         log.error("%s", reason)
                 wanted = policy.select(candidates)
+            if reload_failures is not None and current and not wanted:
+                reload_failures.append(f"model '{name}': no version in {model_dir} matches policy {policy}")
             if reload_failures:  # a reload that failed changes nothing: what served keeps serving as it was
                 return list(loaded_now.values())
             target = {v: loaded_now.get(v) or current[v] for v in wanted}

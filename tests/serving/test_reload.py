@@ -174,6 +174,10 @@ def test_a_load_reloads_every_version_with_its_config_or_the_requests_until_a_lo
             with pytest.raises(InferenceServerException, match=f"INVALID_ARGUMENT.*{words}"):
                 client.load_model("digits", config=bad)
         assert client.get_model_config("digits").config.max_batch_size == 2, "a refused config changes nothing"
+        nothing = {"max_batch_size": 4, "version_policy": {"specific": {"versions": [7]}}}
+        with pytest.raises(InferenceServerException, match="FAILED_PRECONDITION.*no version .* matches policy"):
+            client.load_model("digits", config=json.dumps(nothing))
+        assert client.is_model_ready("digits") and client.get_model_config("digits").config.max_batch_size == 2
         (version_dir / "model.onnx").write_bytes(b"no longer an onnx file")
         with pytest.raises(InferenceServerException, match="FAILED_PRECONDITION.*version 1 failed to reload"):
             client.load_model("digits")

@@ -293,8 +293,7 @@ class InferenceService:
     async def CudaSharedMemoryRegister(
         self, request: pb.CudaSharedMemoryRegisterRequest, context
     ) -> pb.CudaSharedMemoryRegisterResponse:
-        register_cuda()
-        return pb.CudaSharedMemoryRegisterResponse()
+        register_cuda()  # raises: the server takes no CUDA shared memory
 
     async def LogSettings(self, request: pb.LogSettingsRequest, context) -> pb.LogSettingsResponse:
         settings = self.dataplane.log_control.update({key: _choice(v) for key, v in request.settings.items()})

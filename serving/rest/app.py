@@ -312,8 +312,7 @@ class RestFrontEnd:
         return json_response(cuda_status(request.name))
 
     async def cuda_shared_memory_register(self, request: HttpRequest) -> HttpResponse:
-        register_cuda()
-        return HttpResponse(200)
+        register_cuda()  # raises: the server takes no CUDA shared memory
 
     async def cuda_shared_memory_unregister(self, request: HttpRequest) -> HttpResponse:
         return HttpResponse(200)  # there is never one to unregister

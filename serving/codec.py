@@ -31,6 +31,17 @@ def _bad(message: str) -> ServingError:
     return ServingError(Status.INVALID_ARGUMENT, message)
 
 
+def non_negative_int(value: object, where: str) -> int:
+    """``value`` when it is an integer >= 0 (a JSON or protobuf number; ``true`` is not one).
+
+    Raises:
+        ServingError: INVALID_ARGUMENT saying ``where`` and what it got.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _bad(f"{where} must be an integer >= 0, got {value!r:.40}")
+    return value
+
+
 def _dtype_and_count(name: str, datatype: str, shape: tuple[int, ...]) -> tuple[np.dtype, int]:
     """The numpy dtype of ``datatype`` (object for BYTES) and the element count of ``shape``."""
     dtype = np.dtype(object) if datatype == BYTES else NUMPY_DTYPES.get(datatype)
@@ -104,9 +115,7 @@ def _bytes_elements(name: str, shape: tuple[int, ...], count: int, raw: bytes | 
     view = memoryview(raw)
     elements = []
     offset = 0
-    while offset < len(view):
-        if len(elements) == count or offset + 4 > len(view):
-            break
+    while len(elements) < count and offset + 4 <= len(view):
         (length,) = struct.unpack_from("<I", view, offset)
         offset += 4
         if offset + length > len(view):

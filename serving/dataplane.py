@@ -587,7 +587,4 @@ def _queue_place(request: InferenceRequest, batching: Batching) -> _QueuePlace:
 
 def _unsigned_parameter(request: InferenceRequest, name: str) -> int:
     """An unsigned integer parameter (Triton's ``timeout`` and ``priority``); absent is 0."""
-    value = request.parameters.get(name, 0)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _bad(f"{name} must be an integer >= 0, got {value!r:.40}")
-    return value
+    return codec.non_negative_int(request.parameters.get(name, 0), name)

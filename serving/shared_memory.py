@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-from serving.codec import shown
+from serving.codec import non_negative_int, shown
 from serving.errors import ServingError, Status
 
 SHM_DIRECTORY = Path("/dev/shm")
@@ -216,8 +216,8 @@ class SystemSharedMemory:
             raise _bad(f"{tensor}: shared_memory_region must be a string, got {region_name!r:.40}")
         if "shared_memory_byte_size" not in parameters:
             raise _bad(f"{tensor}: shared_memory_region needs shared_memory_byte_size")
-        byte_size = _size(parameters["shared_memory_byte_size"], f"{tensor}: shared_memory_byte_size")
-        offset = _size(parameters.get("shared_memory_offset", 0), f"{tensor}: shared_memory_offset")
+        byte_size = non_negative_int(parameters["shared_memory_byte_size"], f"{tensor}: shared_memory_byte_size")
+        offset = non_negative_int(parameters.get("shared_memory_offset", 0), f"{tensor}: shared_memory_offset")
         if not self.allowed:
             raise ServingError(Status.UNIMPLEMENTED, DISABLED)
         region = self._regions.get(region_name)
@@ -234,12 +234,6 @@ class SystemSharedMemory:
                 f"({registered} bytes)"
             )
         return SharedMemorySlice(region, offset, byte_size)
-
-
-def _size(value: object, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _bad(f"{where} must be an integer >= 0, got {value!r:.40}")
-    return value
 
 
 # CUDA shared memory (cudaIPC handles of a client's GPU buffers) needs the server's CUDA runtime, which ONNX Runtime

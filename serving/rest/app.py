@@ -19,6 +19,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from serving.auth import BearerToken
+from serving.codec import non_negative_int
 from serving.dataplane import DataPlane, VersionStatistics
 from serving.errors import RateLimitedLog, ServingError, Status
 from serving.protocol import model_config_pb2
@@ -295,12 +296,11 @@ class RestFrontEnd:
         if not request.name:
             raise ServingError(Status.NOT_FOUND, "register a region at /v2/systemsharedmemory/region/NAME/register")
         body = _optional_json(request.body, "register request")
-        key, offset, byte_size = body.get("key"), body.get("offset", 0), body.get("byte_size")
+        key = body.get("key")
         if not isinstance(key, str):
             raise ServingError(Status.INVALID_ARGUMENT, f"'key' must be a string, got {key!r:.40}")
-        for field, value in (("offset", offset), ("byte_size", byte_size)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ServingError(Status.INVALID_ARGUMENT, f"'{field}' must be an integer >= 0, got {value!r:.40}")
+        offset = non_negative_int(body.get("offset", 0), "'offset'")
+        byte_size = non_negative_int(body.get("byte_size"), "'byte_size'")
         self.dataplane.shared_memory.register(request.name, key, offset, byte_size)
         return HttpResponse(200)
 

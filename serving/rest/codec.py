@@ -81,12 +81,6 @@ def _object(value: object, where: str) -> dict:
     return value
 
 
-def _size(value: object, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise _bad(f"{where} must be an integer >= 0, got {_short(value)}")
-    return value
-
-
 def _bool(value: object, where: str) -> bool:
     if not isinstance(value, bool):
         raise _bad(f"{where} must be true or false, got {_short(value)}")
@@ -177,7 +171,7 @@ def _decode_input(
             raise _bad(f"{where} has shared_memory_region and also data or binary_data_size; send one")
         return InputTensor(name, datatype, shape, codec.array_from_raw(name, datatype, shape, shared.read(where))), 0
     if "binary_data_size" in parameters:
-        size = _size(parameters["binary_data_size"], f"{where}: parameters.binary_data_size")
+        size = codec.non_negative_int(parameters["binary_data_size"], f"{where}: parameters.binary_data_size")
         if "data" in entry:
             raise _bad(f"{where} has both 'data' and binary_data_size; send one")
         if size > len(binary):

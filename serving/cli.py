@@ -114,6 +114,15 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "and write any shared memory object this user can open",
     )
     security.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    security.add_argument(
+        "--trace-config",
+        action="append",
+        default=[],
+        metavar="[triton,]SETTING=VALUE",
+        help="Triton's request tracing, repeatable: triton,file=PATH (the trace file, fixed at startup), level=OFF|"
+        "TIMESTAMPS|TENSORS, rate=N (one request in N), count=N (-1: no limit), triton,log-frequency=N (write every "
+        "N traces to PATH.0, PATH.1, ...; 0: to PATH at shutdown); clients change all but the file while it runs",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -126,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     from serving.repository import BatchingOverrides
     from serving.runtime import RuntimeOptions
     from serving.server import ServerSettings, StartupError, serve
+    from serving.tracing import TraceSettings
     from serving.version_policy import VersionPolicy
 
     try:
@@ -156,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
             max_concurrent_requests=args.max_concurrent_requests,
             allow_client_shm=args.allow_client_shm,
             log_level=args.log_level,
+            trace=TraceSettings.from_flags(args.trace_config),
         )
         return serve(settings)
     except (ValueError, StartupError) as error:

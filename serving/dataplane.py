@@ -2,8 +2,9 @@
 
 It resolves a model and version, validates inputs against the signature, queues them into the version's
 dynamic batcher (which runs ONNX Runtime off the event loop), splits the results, applies the classification
-extension, and records statistics and metrics; it also answers health, metadata, configuration, statistics and
-the repository's index, load and unload, and owns the polling of the repository and the drain at shutdown.
+extension, records statistics and metrics, and stamps a traced request's times (the front end samples it and
+finishes it); it also answers health, metadata, configuration, statistics, the trace settings and the repository's
+index, load and unload, and owns the polling of the repository and the drain at shutdown.
 Its requests and answers are the plain values below (NumPy arrays, strings, ints, dicts); no protocol message
 (gRPC, HTTP) enters it, so every front end is a thin translator: protocol message <-> these values, and
 ``ServingError.status`` <-> the protocol's code. All methods are called on the server's one event loop.
@@ -34,12 +35,13 @@ from serving.runtime import CUDA, RuntimeOptions
 from serving.shared_memory import SharedMemorySlice, SystemSharedMemory
 from serving.signature import BYTES, format_shape
 from serving.statistics import StatsSnapshot
+from serving.tracing import Trace, Tracer
 from serving.version_policy import VersionPolicy
 
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "buildsys-serving"
-EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics", "logging")
+EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics", "trace", "logging")
 SHARED_MEMORY_EXTENSION = "system_shared_memory"
 # A timeout or deadline further away than this is no limit at all (and would overflow some timers).
 NO_DEADLINE_S = 86_400.0
@@ -89,7 +91,8 @@ class InferenceRequest:
     """A request for one model; ``version`` "" means the newest loaded one.
 
     ``deadline`` is a ``time.monotonic()`` value (the transport's deadline, e.g. gRPC's); the ``timeout``
-    parameter (microseconds, Triton's) tightens it. ``outputs`` empty means every output of the model.
+    parameter (microseconds, Triton's) tightens it. ``outputs`` empty means every output of the model. ``trace``
+    is the request's trace when the front end sampled it (``Tracer.sample``); the front end finishes it.
     """
 
     model: str
@@ -99,6 +102,7 @@ class InferenceRequest:
     outputs: list[RequestedOutput] = field(default_factory=list)
     parameters: dict[str, object] = field(default_factory=dict)
     deadline: float | None = None
+    trace: Trace | None = None
 
 
 @dataclass(slots=True)
@@ -183,6 +187,7 @@ class DataPlane:
         max_inflight: int | None = None,
         shared_memory: SystemSharedMemory | None = None,
         log_control: LogControl | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         """Creates the data plane; models load in ``start()``.
 
@@ -193,11 +198,14 @@ class DataPlane:
             shared_memory: the clients' system shared memory regions (default: none allowed). Front ends read
                 inputs from it; the data plane writes outputs into it.
             log_control: the log settings that clients read and change (default: settings that drive no logger).
+            tracer: the trace settings that clients read and change, and the sampling (default: tracing off, no
+                trace file).
         """
         self.metrics = metrics or Metrics()
         self.max_inflight = max_inflight
         self.shared_memory = shared_memory or SystemSharedMemory(allowed=False)
         self.log_control = log_control or LogControl()
+        self.tracer = tracer or Tracer()
         self.repository = ModelRepository(
             repository_root,
             runtime,
@@ -285,6 +293,7 @@ class DataPlane:
         await asyncio.gather(*self._retiring, return_exceptions=True)
         if self.shared_memory.allowed:
             self.shared_memory.unregister()
+        self.tracer.close()
 
     # --- health and metadata -------------------------------------------------------------------------------
 
@@ -360,6 +369,20 @@ class DataPlane:
             chosen = sorted(self.repository.loaded(), key=lambda s: (s.name, s.version))
         return [VersionStatistics(s.name, str(s.version), s.stats.snapshot()) for s in chosen]
 
+    def trace_settings(self, model: str = "", changes: Mapping[str, list[str] | None] | None = None) -> dict:
+        """The trace settings in force for a model, or the server's when ``model`` is "", after applying
+        ``changes`` if any (see ``Tracer.update``).
+
+        Raises:
+            ServingError: NOT_FOUND for a model that is not loaded; INVALID_ARGUMENT or UNIMPLEMENTED for a change
+                that cannot apply (then nothing changes).
+        """
+        if model:
+            self.repository.get(model)  # NOT_FOUND unless loaded, saying which models are
+        if changes:
+            return self.tracer.update(model, changes)
+        return self.tracer.settings(model)
+
     # --- repository --------------------------------------------------------------------------------------
 
     def repository_index(self, ready_only: bool = False) -> list[IndexEntry]:
@@ -420,19 +443,30 @@ class DataPlane:
                 transport's deadline passed), INTERNAL (the model failed).
         """
         started = time.monotonic_ns()
+        trace = request.trace
         try:
             served = self.repository.get(request.model, request.version)
         except ServingError as error:
             self.metrics.observe_request("(unknown)", error.status.name, (time.monotonic_ns() - started) / 1e9)
             raise
+        if trace is not None:
+            trace.begin(served.name, served.version, request.id, started)
         served.acquire()
         try:
             inputs, batch_size = _checked_inputs(request.inputs, served)
             wanted = _checked_outputs(request.outputs, served, self.shared_memory)
             queue = _queue_place(request, served.batching)
+            if trace is not None:
+                _trace_queued(trace, request.inputs)
             try:
                 results = await served.batcher.infer(
-                    inputs, batch_size, queue.deadline, on_wait, level=queue.level, delay_at=queue.delay_at
+                    inputs,
+                    batch_size,
+                    queue.deadline,
+                    on_wait,
+                    level=queue.level,
+                    delay_at=queue.delay_at,
+                    trace=trace,
                 )
             except ServingError as error:
                 if error.status is Status.DEADLINE_EXCEEDED and queue.timeout_binds:
@@ -441,6 +475,9 @@ class DataPlane:
                     raise ServingError(Status.UNAVAILABLE, error.message) from None
                 raise
             batched = served.manifest.signature.batched
+            if trace is not None and trace.tensors:
+                for output, _, _ in wanted:
+                    trace.tensor("TENSOR_BACKEND_OUTPUT", output.name, output.datatype, results[output.name])
             outputs = []
             for output, class_count, _ in wanted:
                 rows = results[output.name]
@@ -462,6 +499,8 @@ class DataPlane:
             raise
         finally:
             served.release()
+            if trace is not None:
+                trace.stamp("REQUEST_END", time.monotonic_ns())
         elapsed = time.monotonic_ns() - started
         served.stats.record_request(True, elapsed)
         self.metrics.observe_request(served.name, "OK", elapsed / 1e9)
@@ -480,6 +519,14 @@ class DataPlane:
 
 def _bad(message: str) -> ServingError:
     return ServingError(Status.INVALID_ARGUMENT, message)
+
+
+def _trace_queued(trace: Trace, inputs: list[InputTensor]) -> None:
+    """The request goes into its model's queue: Triton's QUEUE_START, and the inputs at level TENSORS."""
+    if trace.tensors:
+        for tensor in inputs:
+            trace.tensor("TENSOR_QUEUE_INPUT", tensor.name, tensor.datatype, tensor.data)
+    trace.stamp("QUEUE_START", time.monotonic_ns())
 
 
 def _checked_inputs(tensors: list[InputTensor], served: ServedVersion) -> tuple[dict[str, np.ndarray], int]:

@@ -38,6 +38,7 @@ from serving.dataplane import (
 from serving.errors import RateLimitedLog, ServingError, Status
 from serving.protocol import grpc_service_pb2 as pb
 from serving.shared_memory import SystemSharedMemory, cuda_status, register_cuda
+from serving.tracing import Trace
 
 log = logging.getLogger(__name__)
 
@@ -215,27 +216,48 @@ class InferenceService:
         return pb.ModelConfigResponse(config=self.dataplane.model_config(request.name, request.version))
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context) -> pb.ModelInferResponse:
-        # Without a client deadline gRPC reports no time limit (None); a huge one is no limit either.
-        remaining = context.time_remaining()
-        deadline = time.monotonic() + remaining if remaining is not None and remaining < NO_DEADLINE_S else None
-        result = await self.dataplane.infer(
-            InferenceRequest(
-                model=request.model_name,
-                version=request.model_version,
-                id=request.id,
-                inputs=_inputs(request, self.dataplane.shared_memory),
-                outputs=_outputs(request),
-                parameters=_parameters(request.parameters) if request.parameters else {},
-                deadline=deadline,
+        response, trace = await self.infer(request, context)
+        if trace is not None:  # grpc.aio sends the answer after this returns: the trace ends when the call does
+            trace.stamp("GRPC_SEND_START", time.monotonic_ns())
+            context.add_done_callback(lambda _: self.dataplane.tracer.finish(trace, "GRPC_SEND_END"))
+        return response
+
+    async def infer(self, request: pb.ModelInferRequest, context) -> tuple[pb.ModelInferResponse, Trace | None]:
+        """One inference request, of ``ModelInfer`` or of a stream: the answer, and the request's trace when it is
+        sampled (then the caller stamps the sending and finishes it; a failed request's trace is finished here)."""
+        trace = self.dataplane.tracer.sample(request.model_name)
+        if trace is not None:
+            # grpc.aio hands over a message already read: both of Triton's read stamps are the moment it arrived.
+            arrived = time.monotonic_ns()
+            trace.stamp("GRPC_WAITREAD_START", arrived)
+            trace.stamp("GRPC_WAITREAD_END", arrived)
+        try:
+            # Without a client deadline gRPC reports no time limit (None); a huge one is no limit either.
+            remaining = context.time_remaining()
+            deadline = time.monotonic() + remaining if remaining is not None and remaining < NO_DEADLINE_S else None
+            result = await self.dataplane.infer(
+                InferenceRequest(
+                    model=request.model_name,
+                    version=request.model_version,
+                    id=request.id,
+                    inputs=_inputs(request, self.dataplane.shared_memory),
+                    outputs=_outputs(request),
+                    parameters=_parameters(request.parameters) if request.parameters else {},
+                    deadline=deadline,
+                    trace=trace,
+                )
             )
-        )
+        except BaseException:
+            if trace is not None:
+                self.dataplane.tracer.finish(trace)
+            raise
         response = pb.ModelInferResponse(model_name=result.model, model_version=result.version, id=result.id)
         for output in result.outputs:
             response.outputs.add(name=output.name, datatype=output.datatype, shape=output.shape)
             # Triton's answer has a raw entry for every output, empty for one written into shared memory.
             raw = b"" if output.in_shared_memory else codec.raw_bytes(output.datatype, output.data)
             response.raw_output_contents.append(raw)
-        return response
+        return response, trace
 
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context) -> pb.ModelStatisticsResponse:
         entries = self.dataplane.statistics(request.name, request.version)
@@ -302,6 +324,15 @@ class InferenceService:
             setattr(response.settings[key], LOG_SETTING_FIELDS[type(value)], value)
         return response
 
+    async def TraceSetting(self, request: pb.TraceSettingRequest, context) -> pb.TraceSettingResponse:
+        # A setting with no value hands it back to the global (or startup) value, as tritonclient sends None.
+        changes = {key: list(setting.value) or None for key, setting in request.settings.items()}
+        settings = self.dataplane.trace_settings(request.model_name, changes)
+        response = pb.TraceSettingResponse()
+        for key, value in settings.items():
+            response.settings[key].value.extend(value if isinstance(value, list) else [value])
+        return response
+
     async def CudaSharedMemoryUnregister(
         self, request: pb.CudaSharedMemoryUnregisterRequest, context
     ) -> pb.CudaSharedMemoryUnregisterResponse:
@@ -326,6 +357,7 @@ RPCS = (
     ("CudaSharedMemoryStatus", pb.CudaSharedMemoryStatusRequest),
     ("CudaSharedMemoryRegister", pb.CudaSharedMemoryRegisterRequest),
     ("CudaSharedMemoryUnregister", pb.CudaSharedMemoryUnregisterRequest),
+    ("TraceSetting", pb.TraceSettingRequest),
     ("LogSettings", pb.LogSettingsRequest),
 )
 
@@ -352,17 +384,33 @@ class _Translator:
         )
 
     def stream_handler(self, infer: Callable[..., Awaitable]) -> grpc.RpcMethodHandler:
-        """``ModelStreamInfer``: each request runs as ``infer`` (``ModelInfer``) does; answers keep their order."""
+        """``ModelStreamInfer``: each request runs as ``infer`` (``InferenceService.infer``, as ``ModelInfer``) does;
+        answers keep their order, and a traced one's sending is stamped around its write."""
 
-        async def answer(data: bytes, context: grpc.aio.ServicerContext) -> pb.ModelStreamInferResponse:
-            request, response, code, details = await self._call(
+        async def answer(
+            data: bytes, context: grpc.aio.ServicerContext
+        ) -> tuple[pb.ModelStreamInferResponse, Trace | None]:
+            request, result, code, details = await self._call(
                 "ModelStreamInfer", pb.ModelInferRequest, infer, True, data, context
             )
             if code is None:
-                return pb.ModelStreamInferResponse(infer_response=response)
+                response, trace = result
+                return pb.ModelStreamInferResponse(infer_response=response), trace
             # Triton's failed answer in a stream: the message, and the request's id so the client knows which.
             failed = pb.ModelInferResponse(id=request.id if request is not None else "")
-            return pb.ModelStreamInferResponse(error_message=details, infer_response=failed)
+            return pb.ModelStreamInferResponse(error_message=details, infer_response=failed), None
+
+        async def write(
+            context: grpc.aio.ServicerContext, response: pb.ModelStreamInferResponse, trace: Trace | None
+        ) -> None:
+            if trace is None:
+                await context.write(response)
+                return
+            trace.stamp("GRPC_SEND_START", time.monotonic_ns())
+            try:
+                await context.write(response)
+            finally:
+                self.dataplane.tracer.finish(trace, "GRPC_SEND_END")
 
         async def handle(requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> None:
             window = asyncio.Semaphore(STREAM_WINDOW)
@@ -370,7 +418,7 @@ class _Translator:
 
             async def write_in_order() -> None:
                 while (task := await owed.get()) is not None:
-                    await context.write(await task)
+                    await write(context, *await task)
                     window.release()
 
             writer = asyncio.create_task(write_in_order())
@@ -484,7 +532,7 @@ class GrpcFrontend:
                     SERVICE_NAME,
                     {
                         **{name: translator.handler(name, kind, getattr(service, name)) for name, kind in RPCS},
-                        "ModelStreamInfer": translator.stream_handler(service.ModelInfer),
+                        "ModelStreamInfer": translator.stream_handler(service.infer),
                     },
                 ),
             )

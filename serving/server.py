@@ -25,6 +25,7 @@ from serving.repository import BatchingOverrides
 from serving.rest.server import HttpFrontend
 from serving.runtime import RuntimeOptions, check_device_available
 from serving.shared_memory import SystemSharedMemory
+from serving.tracing import Tracer, TraceSettings
 from serving.version_policy import VersionPolicy
 
 log = logging.getLogger("serving")
@@ -76,6 +77,8 @@ class ServerSettings:
     allow_client_shm: bool = False
     # The --log-level the process's logging was configured with: where the log settings that clients see start.
     log_level: str = "info"
+    # The --trace-config settings: the trace file, and where the trace settings that clients see start.
+    trace: TraceSettings = field(default_factory=TraceSettings)
 
 
 @dataclass(frozen=True)
@@ -132,6 +135,9 @@ def _check(settings: ServerSettings) -> Security:
         check_device_available(settings.runtime.device)
     except ValueError as error:
         raise StartupError(str(error)) from error
+    trace_folder = Path(settings.trace.file).parent
+    if settings.trace.file and not trace_folder.is_dir():
+        raise StartupError(f"the trace file's folder {trace_folder} does not exist (--trace-config triton,file=...)")
     return read_security(settings)
 
 
@@ -193,6 +199,7 @@ async def _serve(settings: ServerSettings, security: Security) -> int:
         max_inflight=settings.max_concurrent_requests,
         shared_memory=SystemSharedMemory(allowed=settings.allow_client_shm),
         log_control=log_control,
+        tracer=Tracer(settings.trace),
     )
     await dataplane.start()
     loaded = dataplane.repository.loaded()

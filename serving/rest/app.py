@@ -1,7 +1,8 @@
 """The REST front end: the Open Inference Protocol over HTTP/JSON as a bare ASGI application on the data plane.
 
 Routes are KServe v2's (``/v2``, health, model metadata, ready, config, infer) plus Triton's extensions that
-``tritonclient.http`` uses (binary tensor data, classification, repository index/load/unload, statistics). Like
+``tritonclient.http`` uses (binary tensor data, classification, repository index/load/unload, statistics, logging,
+trace settings, system shared memory); a traced request's trace ends once its answer is sent. Like
 the gRPC servicer it only translates, here HTTP/JSON ↔ the data plane's arrays and values; nothing about models
 lives here. Errors become Triton's HTTP status codes (400 bad request, 404 unknown model or version, 503
 unavailable or overloaded, 401 a missing or wrong bearer token) with a one-line ``{"error": "..."}`` body;
@@ -12,6 +13,7 @@ stay open without a token, as gRPC's health service does, so that probes need no
 import asyncio
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -25,6 +27,7 @@ from serving.errors import RateLimitedLog, ServingError, Status
 from serving.protocol import model_config_pb2
 from serving.rest import codec
 from serving.shared_memory import cuda_status, register_cuda
+from serving.tracing import Trace
 
 log = logging.getLogger(__name__)
 
@@ -45,25 +48,32 @@ JSON = (b"content-type", b"application/json")
 MODEL = r"/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]*))?"
 SYSTEM_REGION = r"/v2/systemsharedmemory(?:/region/(?P<name>[^/]+))?"
 CUDA_REGION = r"/v2/cudasharedmemory(?:/region/(?P<name>[^/]+))?"
+TRACE_MODEL = r"/v2/models/(?P<name>[^/]+)/trace/setting"
 
 
 @dataclass
 class HttpRequest:
-    """What a route handler sees of one request: its path parameters, headers (lower-case names), body, and the
-    ASGI ``receive`` (which reports the client going away)."""
+    """What a route handler sees of one request: its path parameters, headers (lower-case names), body, the ASGI
+    ``receive`` (which reports the client going away), and when (``time.monotonic_ns()``) it arrived and its body
+    was read."""
 
     name: str
     version: str
     headers: dict[str, str]
     body: bytes
     receive: Callable
+    arrived_ns: int
+    read_ns: int
 
 
 @dataclass
 class HttpResponse:
+    """An answer; a traced request's ``trace`` is finished once the answer is sent."""
+
     status: int = 200
     body: bytes = b""
     headers: tuple[tuple[bytes, bytes], ...] = ()
+    trace: Trace | None = None
 
 
 Handler = Callable[["RestFrontEnd", HttpRequest], Awaitable[HttpResponse]]
@@ -182,6 +192,10 @@ class RestFrontEnd:
             _Route("POST", "/v2/repository/index", RestFrontEnd.repository_index),
             _Route("POST", "/v2/repository/models/(?P<name>[^/]+)/load", RestFrontEnd.repository_model_load),
             _Route("POST", "/v2/repository/models/(?P<name>[^/]+)/unload", RestFrontEnd.repository_model_unload),
+            _Route("GET", "/v2/trace/setting", RestFrontEnd.trace_settings),
+            _Route("POST", "/v2/trace/setting", RestFrontEnd.trace_settings),
+            _Route("GET", TRACE_MODEL, RestFrontEnd.trace_settings),
+            _Route("POST", TRACE_MODEL, RestFrontEnd.trace_settings),
             _Route("GET", "/v2/logging", RestFrontEnd.log_settings),
             _Route("POST", "/v2/logging", RestFrontEnd.log_settings),
             _Route("GET", f"{SYSTEM_REGION}/status", RestFrontEnd.system_shared_memory_status),
@@ -235,6 +249,18 @@ class RestFrontEnd:
         return json_response({"model_stats": [statistics_json(entry) for entry in entries]})
 
     async def model_infer(self, request: HttpRequest) -> HttpResponse:
+        trace = self.dataplane.tracer.sample(request.name)
+        if trace is None:
+            return await self._infer(request, None)
+        trace.stamp("HTTP_RECV_START", request.arrived_ns)
+        trace.stamp("HTTP_RECV_END", request.read_ns)
+        try:
+            return await self._infer(request, trace)
+        except BaseException:
+            self.dataplane.tracer.finish(trace)
+            raise
+
+    async def _infer(self, request: HttpRequest, trace: Trace | None) -> HttpResponse:
         decoded, binary = codec.decode_infer_request(
             request.body,
             request.headers.get("inference-header-content-length"),
@@ -242,6 +268,7 @@ class RestFrontEnd:
             request.version,
             self.dataplane.shared_memory,
         )
+        decoded.trace = trace
         watch = _ClientWatch(request.receive)
         try:
             result = await self.dataplane.infer(decoded, on_wait=watch.start)
@@ -253,12 +280,12 @@ class RestFrontEnd:
             watch.stop()
         encoded = codec.encode_infer_response(result.model, result.version, result.id, result.outputs, binary)
         if encoded.header_length is None:
-            return HttpResponse(200, encoded.body, (JSON,))
+            return HttpResponse(200, encoded.body, (JSON,), trace)
         headers = (
             (b"content-type", b"application/octet-stream"),
             (b"inference-header-content-length", str(encoded.header_length).encode()),
         )
-        return HttpResponse(200, encoded.body, headers)
+        return HttpResponse(200, encoded.body, headers, trace)
 
     async def repository_index(self, request: HttpRequest) -> HttpResponse:
         ready = _optional_json(request.body, "repository index request").get("ready", False)
@@ -285,6 +312,10 @@ class RestFrontEnd:
     async def log_settings(self, request: HttpRequest) -> HttpResponse:
         changes = _optional_json(request.body, "log settings request")  # a GET has no body: no change
         return json_response(self.dataplane.log_control.update(changes).as_dict())
+
+    async def trace_settings(self, request: HttpRequest) -> HttpResponse:
+        changes = _optional_json(request.body, "trace settings request")  # a GET has no body: no change
+        return json_response(self.dataplane.trace_settings(request.name, _trace_changes(changes)))
 
     async def system_shared_memory_status(self, request: HttpRequest) -> HttpResponse:
         regions = self.dataplane.shared_memory.status(request.name)
@@ -322,8 +353,9 @@ class RestFrontEnd:
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":  # lifespan and websocket scopes: nothing to do
             return
+        arrived_ns = time.monotonic_ns()
         try:
-            response = await self._respond(scope, receive)
+            response = await self._respond(scope, receive, arrived_ns)
         except ServingError as error:
             response = error_response(HTTP_STATUS[error.status], error.message)
         except Exception as error:  # one request never takes the server down; say what happened, rate-limited
@@ -331,6 +363,18 @@ class RestFrontEnd:
                 "%s %s failed: %r", scope.get("method"), scope.get("path", "")[:200], error, exc_info=True
             )
             response = error_response(500, f"internal error: {error!r}"[:500])
+        trace = response.trace
+        if trace is None:
+            await self._send(send, response)
+            return
+        trace.stamp("HTTP_SEND_START", time.monotonic_ns())
+        try:
+            await self._send(send, response)
+        finally:
+            self.dataplane.tracer.finish(trace, "HTTP_SEND_END")
+
+    @staticmethod
+    async def _send(send: Callable, response: HttpResponse) -> None:
         await send(
             {
                 "type": "http.response.start",
@@ -340,7 +384,7 @@ class RestFrontEnd:
         )
         await send({"type": "http.response.body", "body": response.body})
 
-    async def _respond(self, scope: dict, receive: Callable) -> HttpResponse:
+    async def _respond(self, scope: dict, receive: Callable, arrived_ns: int) -> HttpResponse:
         path = scope["path"]
         method = scope["method"]
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
@@ -358,18 +402,40 @@ class RestFrontEnd:
                 return error_response(404, f"no route {path[:200]!r}; see the Open Inference Protocol's /v2 paths")
             return error_response(405, f"{method} is not allowed on {path[:200]}", ((b"allow", allowed.encode()),))
         if not route.admitted:
-            return await route.handler(self, await self._request(match, headers, method, receive))
+            return await route.handler(self, await self._request(match, headers, method, receive, arrived_ns))
         self.dataplane.admit()  # before the body is read: a refused request's bytes are never held
         try:
-            return await route.handler(self, await self._request(match, headers, method, receive))
+            return await route.handler(self, await self._request(match, headers, method, receive, arrived_ns))
         finally:
             self.dataplane.release()
 
     @staticmethod
-    async def _request(match: re.Match, headers: dict[str, str], method: str, receive: Callable) -> HttpRequest:
+    async def _request(
+        match: re.Match, headers: dict[str, str], method: str, receive: Callable, arrived_ns: int
+    ) -> HttpRequest:
         body = await _read_body(receive, headers) if method == "POST" else b""
         groups = match.groupdict()
-        return HttpRequest(groups.get("name") or "", groups.get("version") or "", headers, body, receive)
+        name, version = groups.get("name") or "", groups.get("version") or ""
+        return HttpRequest(name, version, headers, body, receive, arrived_ns, time.monotonic_ns())
+
+
+def _trace_changes(body: dict) -> dict[str, list[str] | None]:
+    """A trace settings request's JSON as the protocol's values: a string or a list of them (a number is taken
+    as its digits), null to hand a setting back."""
+    changes: dict[str, list[str] | None] = {}
+    for name, value in body.items():
+        if isinstance(value, str):
+            changes[name] = [value]
+        elif isinstance(value, int) and not isinstance(value, bool):
+            changes[name] = [str(value)]
+        elif value is None or (isinstance(value, list) and all(isinstance(item, str) for item in value)):
+            changes[name] = value
+        else:
+            raise ServingError(
+                Status.INVALID_ARGUMENT,
+                f"trace setting {name[:40]!r} must be a string, a list of strings or null, got {value!r:.40}",
+            )
+    return changes
 
 
 class _Route:

@@ -1,10 +1,12 @@
 """Fuzzes the gRPC and REST front ends of a real server with Hypothesis, far beyond the test suite's bounded run.
 
 Starts ``python -m serving`` on the tests' tiny generated classifier, sends ``--examples`` mutated
-ModelInferRequests, as many mutated byte strings, as many ModelStreamInfer streams of one to three of either and as
-many shared memory registrations (the strategies of tests/serving/test_grpc_frontend.py; the server allows client
-shared memory, and some requests use a region that the fuzz registers), then ``--examples`` mutated HTTP requests
-(tests/serving/test_rest_fuzz.py: JSON bodies, binary header lengths, headers, paths), and fails if any answer is
+ModelInferRequests, as many mutated byte strings, as many ModelStreamInfer streams of one to three of either, as
+many shared memory registrations and as many trace settings changes (the strategies of
+tests/serving/test_grpc_frontend.py; the server allows client shared memory, and some requests use a region that
+the fuzz registers; it traces every request with its tensors, until a fuzzed change says otherwise), then
+``--examples`` mutated HTTP requests (tests/serving/test_rest_fuzz.py: JSON bodies, binary header lengths, headers,
+paths, trace settings), and fails if any answer is
 not OK or a client-error status (HTTP: 2xx, 4xx, 501 or 503, never 500), if the server stops answering, or if its log
 grows by more than a few lines (no log flood). Prints the status codes seen and the server's log size.
 
@@ -24,7 +26,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from tests.serving.conftest import free_port, publish_version  # noqa: E402
-from tests.serving.test_grpc_frontend import fuzz_model_infer  # noqa: E402
+from tests.serving.test_grpc_frontend import fuzz_model_infer, fuzz_server_flags  # noqa: E402
 from tests.serving.test_rest_fuzz import fuzz_rest  # noqa: E402
 
 
@@ -50,7 +52,7 @@ def main() -> int:
                     "--http-port",
                     str(http_port),
                     "--no-metrics",
-                    "--allow-client-shm",
+                    *fuzz_server_flags(Path(folder)),
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -73,8 +75,8 @@ def main() -> int:
                 server.wait(60)
         lines = log_path.read_text().splitlines()
     print(
-        f"{3 * args.examples} fuzzed requests, {args.examples} streams of 1-3 and {args.examples} shared memory "
-        f"registrations in {elapsed:.0f} s; "
+        f"{3 * args.examples} fuzzed requests, {args.examples} streams of 1-3, {args.examples} shared memory "
+        f"registrations and {args.examples} trace settings changes in {elapsed:.0f} s; "
         f"gRPC status codes: {dict(sorted(seen.items()))}"
     )
     print(f"HTTP status codes: {dict(sorted(http_seen.items()))}")

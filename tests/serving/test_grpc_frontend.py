@@ -7,8 +7,10 @@ request in a stream gets its error and id while the stream goes on.
 ``fuzz_model_infer`` is also what ``bench/fuzz_serve.py`` runs, with 10,000+ examples.
 """
 
+import json
 import math
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -160,6 +162,29 @@ def register_requests(draw, key: str) -> pb.SystemSharedMemoryRegisterRequest:
     )
 
 
+def fuzz_server_flags(folder: Path) -> list[str]:
+    """A fuzzed server's flags: clients' shared memory allowed (some requests use a region registered by the fuzz),
+    and every request traced with its tensors into ``folder``, so that tracing meets every kind of request."""
+    trace = ["triton,file=" + str(folder / "trace.json"), "triton,log-frequency=100", "rate=1"]
+    return [
+        "--allow-client-shm",
+        *(f for c in [*trace, "level=TIMESTAMPS", "level=TENSORS"] for f in ("--trace-config", c)),
+    ]
+
+
+@st.composite
+def trace_setting_changes(draw) -> tuple[str, dict[str, list[str] | None]]:
+    """A trace settings change: (model name, setting -> values; None hands the setting back), often refused."""
+    names = st.sampled_from(["trace_level", "trace_rate", "trace_count", "log_frequency", "trace_file", "trace_mode"])
+    values = st.sampled_from(["OFF", "TIMESTAMPS", "TENSORS", "0", "1", "-1", "7", "-2", "4294967296", "9" * 5000])
+    changes = draw(
+        st.dictionaries(
+            names | st.text(max_size=12), st.none() | st.lists(values | st.text(max_size=12), max_size=3), max_size=3
+        )
+    )
+    return draw(st.sampled_from(["", "", "digits", "nope"]) | st.text(max_size=12)), changes
+
+
 @st.composite
 def mutated_bytes(draw) -> bytes:
     """A valid request's bytes, truncated, extended or with bytes overwritten: often not a message at all."""
@@ -200,9 +225,8 @@ def check_stream(call, payloads: list[bytes]) -> list[str]:
 
 def fuzz_model_infer(url: str, max_examples: int) -> dict[str, int]:
     """Sends ``max_examples`` mutated messages, as many mutated byte strings, as many streams of one to three of
-    either or valid requests, and as many shared memory registrations; returns the codes seen (answers in streams as
-    "stream OK" and "stream error"). The server must allow client shared memory: some requests use a region
-    registered here."""
+    either or valid requests, as many shared memory registrations and as many trace settings changes; returns the
+    codes seen (answers in streams as "stream OK" and "stream error"). The server runs with ``fuzz_server_flags``."""
     seen: dict[str, int] = {}
     with grpc.insecure_channel(url) as channel, shared_memory_object(FUZZ_REGION_BYTES) as (key, _):
         stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -241,6 +265,16 @@ def fuzz_model_infer(url: str, max_examples: int) -> dict[str, int]:
                 seen[kind] = seen.get(kind, 0) + 1
 
         @options
+        @given(trace_setting_changes())
+        def trace_settings(change):
+            model, changes = change
+            request = pb.TraceSettingRequest(model_name=model)
+            for name, values in changes.items():
+                request.settings[name].value.extend(values or [])
+            code = check_answer(stub.TraceSetting, request).name
+            seen[f"trace {code}"] = seen.get(f"trace {code}", 0) + 1
+
+        @options
         @given(register_requests(key))
         def registrations(request):
             code = check_answer(stub.SystemSharedMemoryRegister, request).name
@@ -254,6 +288,7 @@ def fuzz_model_infer(url: str, max_examples: int) -> dict[str, int]:
         byte_strings()
         streams()
         registrations()
+        trace_settings()
         assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
         assert stub.ModelInfer(valid_request(), timeout=10).model_name == "digits"
         stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(), timeout=10)
@@ -291,12 +326,18 @@ def test_requests_of_one_stream_run_concurrently_and_are_merged(start_server, sl
     assert stats.inference_count == 8 and stats.execution_count < 8, "the stream's requests ran one after another"
 
 
-def test_fuzzed_model_infer_gets_only_ok_or_client_errors_and_the_server_stays_live(start_server, digits_repo):
-    server = start_server(digits_repo, "--allow-client-shm")
+def test_fuzzed_model_infer_gets_only_ok_or_client_errors_and_the_server_stays_live(
+    start_server, digits_repo, tmp_path
+):
+    server = start_server(digits_repo, *fuzz_server_flags(tmp_path))
     seen = fuzz_model_infer(server.url, max_examples=100)
     assert seen.get("OK") and seen.get("INVALID_ARGUMENT") and seen.get("NOT_FOUND"), seen
     assert seen.get("register OK") and seen.get("register INVALID_ARGUMENT"), seen
     assert seen.get("stream OK") and seen.get("stream error"), seen
+    assert seen.get("trace OK") and seen.get("trace INVALID_ARGUMENT"), seen
+    assert server.stop() == 0, server.log()
+    written = [json.loads(path.read_text()) for path in tmp_path.glob("trace.json*")]
+    assert written and all(written), "traced requests' files, each a whole JSON array"
     log_lines = server.log().splitlines()
     assert len(log_lines) < 20, "a flood of bad requests must not flood the log:\n" + "\n".join(log_lines[-30:])
     assert "Traceback" not in server.log()

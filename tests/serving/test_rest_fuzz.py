@@ -13,7 +13,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.serving.conftest import images, shared_memory_object
-from tests.serving.test_grpc_frontend import FUZZ_REGION, FUZZ_REGION_BYTES
+from tests.serving.test_grpc_frontend import (
+    FUZZ_REGION,
+    FUZZ_REGION_BYTES,
+    fuzz_server_flags,
+    trace_setting_changes,
+)
 
 IMAGE = images(1, seed=4)
 VALID_HEADER = {
@@ -44,6 +49,8 @@ PATHS = [
     "/v2/cudasharedmemory/status",
     "/v2/cudasharedmemory/region/fuzzed/register",
     "/v2/cudasharedmemory/unregister",
+    "/v2/trace/setting",
+    "/v2/models/digits/trace/setting",
 ]
 SHARED_MEMORY_KEYS = ["shared_memory_region", "shared_memory_byte_size", "shared_memory_offset"]
 json_values = st.recursive(
@@ -95,10 +102,15 @@ def infer_bodies(draw) -> tuple[bytes, dict[str, str]]:
 
 @st.composite
 def http_requests(draw) -> tuple[str, str, bytes, dict[str, str]]:
-    kind = draw(st.sampled_from(["infer", "infer", "infer", "path", "body"]))
+    kind = draw(st.sampled_from(["infer", "infer", "infer", "path", "body", "trace"]))
     if kind == "infer":
         body, headers = draw(infer_bodies())
         return "POST", draw(st.sampled_from(PATHS[9:11])), body, headers
+    if kind == "trace":
+        model, changes = draw(trace_setting_changes())
+        path = f"/v2/models/{urllib.parse.quote(model, safe='')}/trace/setting" if model else "/v2/trace/setting"
+        values = {name: value[0] if value and draw(st.booleans()) else value for name, value in changes.items()}
+        return draw(st.sampled_from(["GET", "POST"])), path, json.dumps(values).encode(), {}
     if kind == "path":
         segments = draw(
             st.lists(st.text(max_size=12) | st.sampled_from(["v2", "models", "digits", "versions"]), max_size=6)
@@ -164,7 +176,7 @@ def check_answer(url: str, method: str, path: str, body: bytes, headers: dict[st
 def fuzz_rest(url: str, max_examples: int) -> dict[int, int]:
     """Sends ``max_examples`` fuzzed requests and as many fuzzed byte strings; returns how often each status code
     answered (0: the server closed the connection without an answer, as it does for a cut-off body). The server
-    must allow client shared memory: some requests use a region registered here."""
+    runs with ``fuzz_server_flags``: some requests use a region registered here."""
     with shared_memory_object(FUZZ_REGION_BYTES) as (key, _):
         register = json.dumps({"key": key, "offset": 0, "byte_size": FUZZ_REGION_BYTES}).encode()
         assert check_answer(url, "POST", f"/v2/systemsharedmemory/region/{FUZZ_REGION}/register", register, {}) == 200
@@ -203,9 +215,14 @@ def _fuzz_rest(url: str, max_examples: int) -> dict[int, int]:
     return seen
 
 
-def test_fuzzed_http_requests_get_only_success_or_client_errors_and_the_server_stays_live(start_server, digits_repo):
-    server = start_server(digits_repo, "--allow-client-shm")
+def test_fuzzed_http_requests_get_only_success_or_client_errors_and_the_server_stays_live(
+    start_server, digits_repo, tmp_path
+):
+    server = start_server(digits_repo, *fuzz_server_flags(tmp_path))
     seen = fuzz_rest(server.http_url, max_examples=200)
+    assert server.stop() == 0, server.log()
+    written = [json.loads(path.read_text()) for path in tmp_path.glob("trace.json*")]
+    assert written and all(written), "traced requests' files, each a whole JSON array"
     assert seen.get(200) and seen.get(400) and seen.get(404), seen
     log_lines = server.log().splitlines()
     assert len(log_lines) < 20, "a flood of bad requests must not flood the log:\n" + "\n".join(log_lines[-30:])

@@ -47,6 +47,34 @@ def first_line(error: BaseException, limit: int = 300) -> str:
     return text.splitlines()[0][:limit] if text else type(error).__name__
 
 
+class RateLimitFilter(logging.Filter):
+    """Lets through one record per ``interval_s`` of the loggers it is added to, and counts the others in the next
+    one: for libraries' lines that clients or a peer that is down can trigger at every request or retry (uvicorn's
+    "Invalid HTTP request received.", OpenTelemetry's exporter's retries)."""
+
+    def __init__(self, interval_s: float = 10.0) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._next_at = 0.0
+        self._suppressed = 0
+
+    def admit(self) -> int | None:
+        """None while the interval since the last admitted line runs; else how many were held back meanwhile."""
+        now = time.monotonic()
+        if now < self._next_at:
+            self._suppressed += 1
+            return None
+        suppressed, self._suppressed = self._suppressed, 0
+        self._next_at = now + self.interval_s
+        return suppressed
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        suppressed = self.admit()
+        if suppressed:
+            record.msg = f"{record.msg} ({suppressed} more in the last {self.interval_s:.0f} s not logged)"
+        return suppressed is not None
+
+
 class RateLimitedLog:
     """Logs a message that a client can trigger on every request at most once per ``interval_s``.
 
@@ -56,17 +84,12 @@ class RateLimitedLog:
 
     def __init__(self, logger: logging.Logger, interval_s: float = 10.0) -> None:
         self._logger = logger
-        self._interval_s = interval_s
-        self._next_at = 0.0
-        self._suppressed = 0
+        self._gate = RateLimitFilter(interval_s)
 
     def warning(self, message: str, *args: object, exc_info: bool = False) -> None:
-        now = time.monotonic()
-        if now < self._next_at:
-            self._suppressed += 1
+        suppressed = self._gate.admit()
+        if suppressed is None:
             return
-        if self._suppressed:
-            message += f" ({self._suppressed} more like it in the last {self._interval_s:.0f} s not logged)"
-        self._suppressed = 0
-        self._next_at = now + self._interval_s
+        if suppressed:
+            message += f" ({suppressed} more like it in the last {self._gate.interval_s:.0f} s not logged)"
         self._logger.warning(message, *args, exc_info=exc_info)

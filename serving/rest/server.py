@@ -11,42 +11,22 @@ import contextlib
 import logging
 import socket
 import ssl
-import time
 from pathlib import Path
 
 import uvicorn
 
 from serving.auth import BearerToken
 from serving.dataplane import DataPlane
+from serving.errors import RateLimitFilter
 from serving.rest.app import RestFrontEnd
 
 # After the drain: how long uvicorn waits for answers still being written before closing the connections.
 CLOSE_GRACE_S = 1.0
 
 
-class _RateLimit(logging.Filter):
-    """Lets through one uvicorn record per ``interval_s``: its warnings ("Invalid HTTP request received.") are
-    triggered by clients, and bytes that are not HTTP must not become a log line each."""
-
-    def __init__(self, interval_s: float = 10.0) -> None:
-        super().__init__()
-        self._interval_s = interval_s
-        self._next_at = 0.0
-        self._suppressed = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        now = time.monotonic()
-        if now < self._next_at:
-            self._suppressed += 1
-            return False
-        if self._suppressed:
-            record.msg = f"{record.msg} ({self._suppressed} more in the last {self._interval_s:.0f} s not logged)"
-        self._suppressed = 0
-        self._next_at = now + self._interval_s
-        return True
-
-
-UVICORN_LOG_LIMIT = _RateLimit()
+# uvicorn's warnings ("Invalid HTTP request received.") are triggered by clients: bytes that are not HTTP must not
+# become a log line each.
+UVICORN_LOG_LIMIT = RateLimitFilter()
 
 
 class _EmbeddedServer(uvicorn.Server):

@@ -11,5 +11,5 @@ if [ ! -x .venv/bin/python ]; then
   "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -c constraints.txt -e '.[build,test,dev,spark]'
+.venv/bin/python -m pip install --quiet -c constraints.txt -e '.[build,test,dev,spark,otel]'
 echo "buildsys is installed in .venv ($(.venv/bin/python -c 'import buildsys; print(buildsys.__version__)'))"

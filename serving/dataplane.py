@@ -293,7 +293,7 @@ class DataPlane:
         await asyncio.gather(*self._retiring, return_exceptions=True)
         if self.shared_memory.allowed:
             self.shared_memory.unregister()
-        self.tracer.close()
+        await asyncio.to_thread(self.tracer.close)  # writes the trace file, or sends the last spans
 
     # --- health and metadata -------------------------------------------------------------------------------
 

@@ -93,6 +93,11 @@ def _parameters(parameters) -> dict[str, object]:
     return {key: _choice(parameter) for key, parameter in parameters.items()}
 
 
+def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:
+    """One value of the call's metadata (lower-case key), None when it has none."""
+    return next((value for name, value in context.invocation_metadata() or () if name == key), None)
+
+
 def _inputs(request: pb.ModelInferRequest, shared_memory: SystemSharedMemory) -> list[InputTensor]:
     """The request's inputs as arrays, from shared memory, ``raw_input_contents`` (one entry for each input not in
     shared memory, in order, as tritonclient sends them) or typed contents."""
@@ -225,7 +230,9 @@ class InferenceService:
     async def infer(self, request: pb.ModelInferRequest, context) -> tuple[pb.ModelInferResponse, Trace | None]:
         """One inference request, of ``ModelInfer`` or of a stream: the answer, and the request's trace when it is
         sampled (then the caller stamps the sending and finishes it; a failed request's trace is finished here)."""
-        trace = self.dataplane.tracer.sample(request.model_name)
+        tracer = self.dataplane.tracer
+        parent = _metadata(context, "traceparent") if tracer.propagates and tracer.active else None
+        trace = tracer.sample(request.model_name, parent)
         if trace is not None:
             # grpc.aio hands over a message already read: both of Triton's read stamps are the moment it arrived.
             arrived = time.monotonic_ns()

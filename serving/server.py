@@ -8,6 +8,7 @@ the process exits 0. uvloop runs the loop when it is installed (it measured fast
 """
 
 import asyncio
+import importlib.util
 import logging
 import signal
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import Protocol
 import grpc
 
 from serving.auth import BearerToken
-from serving.dataplane import DataPlane
+from serving.dataplane import SERVER_NAME, DataPlane
 from serving.grpc_frontend import GrpcFrontend
 from serving.log_settings import LogControl
 from serving.metrics import Metrics
@@ -25,7 +26,7 @@ from serving.repository import BatchingOverrides
 from serving.rest.server import HttpFrontend
 from serving.runtime import RuntimeOptions, check_device_available
 from serving.shared_memory import SystemSharedMemory
-from serving.tracing import Tracer, TraceSettings
+from serving.tracing import OTEL, Tracer, TraceSettings
 from serving.version_policy import VersionPolicy
 
 log = logging.getLogger("serving")
@@ -135,6 +136,11 @@ def _check(settings: ServerSettings) -> Security:
         check_device_available(settings.runtime.device)
     except ValueError as error:
         raise StartupError(str(error)) from error
+    if settings.trace.mode == OTEL and importlib.util.find_spec("opentelemetry") is None:
+        raise StartupError(
+            "--trace-config mode=opentelemetry needs OpenTelemetry's SDK and OTLP exporter: "
+            "pip install 'buildsys[otel]'"
+        )
     trace_folder = Path(settings.trace.file).parent
     if settings.trace.file and not trace_folder.is_dir():
         raise StartupError(f"the trace file's folder {trace_folder} does not exist (--trace-config triton,file=...)")
@@ -199,7 +205,7 @@ async def _serve(settings: ServerSettings, security: Security) -> int:
         max_inflight=settings.max_concurrent_requests,
         shared_memory=SystemSharedMemory(allowed=settings.allow_client_shm),
         log_control=log_control,
-        tracer=Tracer(settings.trace),
+        tracer=Tracer(settings.trace, SERVER_NAME),
     )
     await dataplane.start()
     loaded = dataplane.repository.loaded()

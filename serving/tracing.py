@@ -1,19 +1,25 @@
-"""Triton's trace extension: sampled requests' timestamps (and tensors) written as JSON to a trace file, with the
-settings read and changed while the server runs (``GET/POST /v2[/models/NAME]/trace/setting``, gRPC
-``TraceSetting``, tritonclient's ``get_trace_settings``/``update_trace_settings``).
+"""Triton's trace extension: sampled requests' timestamps (and tensors) written as JSON to a trace file, or sent as
+OpenTelemetry spans, with the settings read and changed while the server runs (``GET/POST
+/v2[/models/NAME]/trace/setting``, gRPC ``TraceSetting``, tritonclient's ``get_trace_settings``/
+``update_trace_settings``).
 
-The server starts with Triton's ``--trace-config`` flags (``level=TIMESTAMPS``, ``rate=N``, ``count=N``,
-``triton,file=PATH``, ``triton,log-frequency=N``); tracing is off by default. The file is chosen at startup only
-and never over the network, as in Triton: a client must not choose where the server writes. One request in
-``trace_rate`` is traced while ``trace_count`` (-1: no limit) lasts. A trace is Triton's JSON: a record naming
-the model, version and request id, then one record per timestamp (``REQUEST_START``, ``QUEUE_START``,
-``COMPUTE_START``, ``COMPUTE_INPUT_END``, ``COMPUTE_OUTPUT_START``, ``COMPUTE_END``, ``REQUEST_END``, and the front
-end's ``HTTP_RECV_*``/``HTTP_SEND_*`` or ``GRPC_*``; nanoseconds of the monotonic clock, as Triton's steady
-clock), and at level ``TENSORS`` one record per input as queued and per output as the model gave it. So Triton's
-own ``trace_summary.py`` reads our files. With ``log_frequency`` N every N traces go to ``FILE.0``, ``FILE.1``, ...;
-with 0 they are held until shutdown and written to ``FILE`` (more than ``MAX_HELD_TRACES`` held go to the next
-numbered file, so that a long run cannot fill the memory). When ``trace_count`` runs out, what was collected is
-written to the next numbered file, as Triton does. Every file appears whole (written aside, then renamed).
+The server starts with Triton's ``--trace-config`` flags (``level=TIMESTAMPS``, ``rate=N``, ``count=N``, and for the
+``triton`` mode ``triton,file=PATH`` and ``triton,log-frequency=N``, for the ``opentelemetry`` mode
+``opentelemetry,url=...``, ``resource=KEY=VALUE`` and the batch span processor's ``bsp_*``); tracing is off by
+default. Where traces go is chosen at startup only and never over the network, as in Triton: a client must not
+choose where the server writes. One request in ``trace_rate`` is traced while ``trace_count`` (-1: no limit) lasts;
+in the ``opentelemetry`` mode a request that carries a sampled W3C ``traceparent`` is traced whatever the rate and
+count say (as in Triton: ``rate=0`` traces only those), and its spans join the caller's trace.
+
+In the ``triton`` mode a trace is Triton's JSON: a record naming the model, version and request id, then one record
+per timestamp (``REQUEST_START``, ``QUEUE_START``, ``COMPUTE_START``, ``COMPUTE_INPUT_END``, ``COMPUTE_OUTPUT_START``,
+``COMPUTE_END``, ``REQUEST_END``, and the front end's ``HTTP_RECV_*``/``HTTP_SEND_*`` or ``GRPC_*``; nanoseconds of
+the monotonic clock, as Triton's steady clock), and at level ``TENSORS`` one record per input as queued and per
+output as the model gave it. So Triton's own ``trace_summary.py`` reads our files. With ``log_frequency`` N every N
+traces go to ``FILE.0``, ``FILE.1``, ...; with 0 they are held until shutdown and written to ``FILE`` (more than
+``MAX_HELD_TRACES`` held go to the next numbered file, so that a long run cannot fill the memory). When
+``trace_count`` runs out, what was collected is written to the next numbered file, as Triton does. Every file
+appears whole (written aside, then renamed). The ``opentelemetry`` mode is ``serving.otel``.
 
 A model may have settings of its own; a setting it does not give follows the global one, and a null (gRPC: no
 value) hands it back. A change is checked whole before any of it applies, and it starts a new sampling (the
@@ -25,6 +31,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -37,13 +44,37 @@ from serving.errors import RateLimitedLog, ServingError, Status
 log = logging.getLogger(__name__)
 
 LEVELS = ("TIMESTAMPS", "TENSORS")
-MODE = "triton"
+FILES, OTEL = "triton", "opentelemetry"  # the trace modes: Triton's JSON files, OpenTelemetry spans
 # Traces held for the trace file (log_frequency 0) before they are written to the next numbered file instead.
 MAX_HELD_TRACES = 10_000
 UINT32_MAX = 2**32 - 1
 INT32_MAX = 2**31 - 1
 # The settings a client may change, by protocol name, and the field of TraceSettings each one is.
 CHANGEABLE = {"trace_level": "level", "trace_rate": "rate", "trace_count": "count", "log_frequency": "log_frequency"}
+# A sampled W3C trace context (``traceparent``): version 00, trace id, parent span id, flags with the sampled bit.
+SAMPLED_TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f][13579bdf]")
+
+
+@dataclass(frozen=True)
+class OtelOptions:
+    """Where the ``opentelemetry`` mode sends spans and how it batches them, named as Triton's ``--trace-config
+    opentelemetry,...`` names them (its defaults, but ``service.name``: the server's own name)."""
+
+    url: str = "http://localhost:4318/v1/traces"
+    resource: tuple[tuple[str, str], ...] = ()
+    bsp_max_queue_size: int = 2048
+    bsp_schedule_delay: int = 5000
+    bsp_max_export_batch_size: int = 512
+
+    def shown(self) -> dict[str, object]:
+        """As the trace settings show them: every value a string, ``resource`` a list of ``KEY=VALUE``."""
+        return {
+            "url": self.url,
+            "resource": [f"{key}={value}" for key, value in self.resource],
+            "bsp_max_queue_size": str(self.bsp_max_queue_size),
+            "bsp_schedule_delay": str(self.bsp_schedule_delay),
+            "bsp_max_export_batch_size": str(self.bsp_max_export_batch_size),
+        }
 
 
 def _bad(message: str) -> ServingError:
@@ -55,6 +86,7 @@ class TraceSettings:
     """One scope's settings (the server's, or a model's), named as Triton's ``--trace-config`` names them.
 
     ``level`` empty is ``OFF``; ``count`` -1 is no limit; ``log_frequency`` 0 writes the traces at shutdown.
+    ``mode``, ``file`` and ``otel`` are the server's, chosen at startup.
     """
 
     level: tuple[str, ...] = ()
@@ -62,11 +94,17 @@ class TraceSettings:
     count: int = -1
     log_frequency: int = 0
     file: str = ""
+    mode: str = FILES
+    otel: OtelOptions = OtelOptions()
 
     def problem(self) -> str | None:
         """Why these settings cannot trace, or None; settings that trace nothing (level OFF) are always valid."""
         if not self.level:
             return None
+        if self.mode == OTEL:
+            if "TENSORS" in self.level:
+                return "level TENSORS is for trace files (mode triton); OpenTelemetry spans take TIMESTAMPS"
+            return None  # rate 0: only the requests that carry a sampled trace context, as in Triton
         if self.rate == 0:
             return "trace_rate must be at least 1 to trace"
         if not self.file:
@@ -76,37 +114,53 @@ class TraceSettings:
     @classmethod
     def from_flags(cls, flags: Sequence[str]) -> "TraceSettings":
         """Settings from Triton's ``--trace-config`` values: ``level=TIMESTAMPS`` (repeatable: ``TENSORS`` too),
-        ``rate=N``, ``count=N``, ``mode=triton``, ``triton,file=PATH``, ``triton,log-frequency=N``.
+        ``rate=N``, ``count=N``, ``mode=triton|opentelemetry``, ``triton,file=PATH``, ``triton,log-frequency=N``,
+        ``opentelemetry,url=URL``, ``opentelemetry,resource=KEY=VALUE`` (repeatable) and
+        ``opentelemetry,bsp_max_queue_size|bsp_schedule_delay|bsp_max_export_batch_size=N``.
 
         Raises:
             ValueError: a value that is not one of those, with the flag it came from.
         """
-        settings, levels = cls(), []
+        settings, levels, otel = cls(), [], {}
         for flag in flags:
             head, equals, value = flag.partition("=")
             mode, _, key = head.rpartition(",")
             where = f"--trace-config {flag}"
             if not equals:
-                raise ValueError(f"{where}: expected [triton,]SETTING=VALUE")
-            if mode not in ("", MODE):
-                raise ValueError(f"{where}: only the 'triton' trace mode is supported (trace files), not {mode!r}")
-            if mode == MODE and key == "file":
+                raise ValueError(f"{where}: expected [MODE,]SETTING=VALUE")
+            if mode == FILES and key == "file":
                 settings = replace(settings, file=value)
-            elif mode == MODE and key == "log-frequency":
+            elif mode == FILES and key == "log-frequency":
                 settings = replace(settings, log_frequency=_number(value, 0, UINT32_MAX, where))
+            elif mode == OTEL and key == "url":
+                otel["url"] = value
+            elif mode == OTEL and key == "resource":
+                name, equals, attribute = value.partition("=")
+                if not equals or not name:
+                    raise ValueError(f"{where}: expected opentelemetry,resource=KEY=VALUE")
+                otel["resource"] = (*otel.get("resource", ()), (name, attribute))
+            elif mode == OTEL and key in ("bsp_max_queue_size", "bsp_schedule_delay", "bsp_max_export_batch_size"):
+                otel[key] = _number(value, 1, INT32_MAX, where)
             elif not mode and key == "level":
                 levels.append(value)
             elif not mode and key == "rate":
                 settings = replace(settings, rate=_number(value, 0, UINT32_MAX, where))
             elif not mode and key == "count":
                 settings = replace(settings, count=_number(value, -1, INT32_MAX, where))
-            elif not mode and key == "mode":
-                if value != MODE:
-                    raise ValueError(f"{where}: only the 'triton' trace mode is supported (trace files)")
+            elif not mode and key == "mode" and value in (FILES, OTEL):
+                settings = replace(settings, mode=value)
+            elif mode not in ("", FILES, OTEL) or (not mode and key == "mode"):
+                raise ValueError(f"{where}: the trace modes are {FILES} (trace files) and {OTEL}")
             else:
                 raise ValueError(
-                    f"{where}: unknown setting; use level=, rate=, count=, triton,file= or triton,log-frequency="
+                    f"{where}: unknown setting; use level=, rate=, count=, mode=, triton,file=, triton,log-frequency=, "
+                    "opentelemetry,url=, opentelemetry,resource= or opentelemetry,bsp_..."
                 )
+        settings = replace(settings, otel=replace(settings.otel, **otel))
+        if settings.otel.bsp_max_export_batch_size > settings.otel.bsp_max_queue_size:
+            raise ValueError(
+                "--trace-config: opentelemetry,bsp_max_export_batch_size must not exceed bsp_max_queue_size"
+            )
         if levels:
             settings = replace(settings, level=_levels(levels, "--trace-config level"))
         if settings.problem():
@@ -135,31 +189,32 @@ def _levels(values: Sequence[str], where: str) -> tuple[str, ...]:
 
 
 class Trace:
-    """One sampled request: its timestamps and tensors, kept as Triton's JSON records (each one written out as
-    text at once: a dict per record would cost a traced request twice as much), until it is finished."""
+    """One sampled request: its timestamps and tensors, until it is finished; then Triton's JSON records, or spans."""
 
-    __slots__ = ("id", "tensors", "_timestamps", "_records", "_header", "sampler")
+    __slots__ = ("id", "sampler", "parent", "tensors", "stamps", "model", "version", "request_id", "_tensor_records")
 
-    def __init__(self, trace_id: int, sampler: "_Sampler") -> None:
+    def __init__(self, trace_id: int, sampler: "_Sampler", parent: str | None = None) -> None:
         self.id = trace_id
         self.sampler = sampler
-        self._timestamps = "TIMESTAMPS" in sampler.settings.level
+        # The caller's W3C trace context (``traceparent``), whose trace the spans join (mode opentelemetry).
+        self.parent = parent
         # Whether the data plane should describe the request's tensors (level TENSORS).
         self.tensors = "TENSORS" in sampler.settings.level
-        self._header: str | None = None
-        self._records: list[str] = []
+        # (Triton's activity name, time.monotonic_ns()), in the order stamped; none unless level TIMESTAMPS.
+        self.stamps: list[tuple[str, int]] | None = [] if "TIMESTAMPS" in sampler.settings.level else None
+        self.model: str | None = None  # None until the request reaches a model
+        self.version = 0
+        self.request_id = ""
+        self._tensor_records: list[str] = []
 
     def stamp(self, name: str, ns: int) -> None:
         """Records that the request reached ``name`` (Triton's activity names) at ``ns``, a ``time.monotonic_ns()``."""
-        if self._timestamps:
-            self._records.append(f'{{"id":{self.id},"timestamps":[{{"name":"{name}","ns":{ns}}}]}}')
+        if self.stamps is not None:
+            self.stamps.append((name, ns))
 
     def begin(self, model: str, version: int, request_id: str, ns: int) -> None:
-        """The request reached its model: names it (the trace's first record) and stamps ``REQUEST_START``."""
-        header = {"id": self.id, "model_name": model, "model_version": version}
-        if request_id:
-            header["request_id"] = request_id
-        self._header = json.dumps(header, separators=(",", ":"))
+        """The request reached its model: names it and stamps ``REQUEST_START``."""
+        self.model, self.version, self.request_id = model, version, request_id
         self.stamp("REQUEST_START", ns)
 
     def tensor(self, activity: str, name: str, datatype: str, array: np.ndarray) -> None:
@@ -174,11 +229,18 @@ class Trace:
                 "dtype": datatype,
             },
         }
-        self._records.append(json.dumps(record, separators=(",", ":")))
+        self._tensor_records.append(json.dumps(record, separators=(",", ":")))
 
     def records(self) -> list[str] | None:
-        """The trace's JSON records, or None for a request that never reached a model (nothing to say of it)."""
-        return None if self._header is None else [self._header, *self._records]
+        """The trace as Triton's JSON records (text), or None for a request that never reached a model (nothing
+        to say of it)."""
+        if self.model is None:
+            return None
+        header = {"id": self.id, "model_name": self.model, "model_version": self.version}
+        if self.request_id:
+            header["request_id"] = self.request_id
+        stamps = [f'{{"id":{self.id},"timestamps":[{{"name":"{name}","ns":{ns}}}]}}' for name, ns in self.stamps or ()]
+        return [json.dumps(header, separators=(",", ":")), *stamps, *self._tensor_records]
 
 
 def _joined(datatype: str, array: np.ndarray) -> str:
@@ -213,7 +275,9 @@ class _Sampler:
 
     @property
     def traces(self) -> bool:
-        return bool(self.settings.level) and self.settings.problem() is None and self.remaining != 0
+        """Whether a request may still be sampled by rate and count."""
+        settings = self.settings
+        return bool(settings.level) and settings.rate > 0 and self.remaining != 0 and settings.problem() is None
 
     def take(self) -> bool:
         """Counts one request; True when it is the one in ``rate`` to trace and the count allows one more."""
@@ -247,17 +311,21 @@ class _TraceFile:
         """Keeps traces for the file written at shutdown; past ``MAX_HELD_TRACES`` they go to a numbered file."""
         self._held.extend(traces)
         if len(self._held) > MAX_HELD_TRACES:
-            if not self._warned_held:
-                self._warned_held = True
-                log.warning(
-                    "more than %d traces held for %s (log_frequency 0); writing them to numbered files (%s.N) "
-                    "instead; set log_frequency to choose how many go in each",
-                    MAX_HELD_TRACES,
-                    self.path,
-                    self.path,
-                )
             held, self._held = self._held, []
-            self.write_numbered(held)
+            self.overflow(held)
+
+    def overflow(self, traces: list[list[str]]) -> None:
+        """Writes traces held past ``MAX_HELD_TRACES`` to the next numbered file, saying so once."""
+        if not self._warned_held:
+            self._warned_held = True
+            log.warning(
+                "more than %d traces held for %s (log_frequency 0); writing them to numbered files (%s.N) "
+                "instead; set log_frequency to choose how many go in each",
+                MAX_HELD_TRACES,
+                self.path,
+                self.path,
+            )
+        self.write_numbered(traces)
 
     def close(self) -> None:
         if self._held:
@@ -280,11 +348,19 @@ class Tracer:
 
     Args:
         startup: the ``--trace-config`` settings: the global settings' starting point, and what a null hands back.
+        service_name: the ``service.name`` of the spans (mode opentelemetry) unless a ``resource`` sets it.
     """
 
-    def __init__(self, startup: TraceSettings | None = None) -> None:
+    def __init__(self, startup: TraceSettings | None = None, service_name: str = "buildsys-serving") -> None:
         self.startup = startup or TraceSettings()
-        self._file = _TraceFile(self.startup.file) if self.startup.file else None
+        # Whether front ends should pass each request's W3C ``traceparent`` to ``sample`` (mode opentelemetry).
+        self.propagates = self.startup.mode == OTEL
+        self._file = _TraceFile(self.startup.file) if self.startup.file and not self.propagates else None
+        self._spans = None
+        if self.propagates:
+            from serving.otel import SpanExporter  # the optional `otel` extra: only this mode imports it
+
+            self._spans = SpanExporter(self.startup.otel, service_name)
         # The settings each scope was given over the network (setting -> value), on top of the startup settings
         # (global) or of the global settings (a model's).
         self._global_given: dict[str, object] = {}
@@ -292,27 +368,37 @@ class Tracer:
         self._global = _Sampler(self.startup)
         self._models: dict[str, _Sampler] = {}
         self._ids = itertools.count(1)
-        # False while no scope can trace: ``sample`` then costs a request one attribute read.
-        self.active = self._global.traces
+        # False while no request can be traced: ``sample`` then costs a request one attribute read.
+        self.active = self._any_traces()
 
-    def sample(self, model: str) -> Trace | None:
-        """A trace for this request to the model, when it is the one to sample; None otherwise (almost always)."""
+    def sample(self, model: str, parent: str | None = None) -> Trace | None:
+        """A trace for this request to the model, when it is the one to sample or (mode opentelemetry) it carries a
+        sampled W3C trace context ``parent``; None otherwise (almost always)."""
         if not self.active:
             return None
         sampler = self._models.get(model, self._global)
+        if not self.propagates:
+            parent = None  # trace files have no use for it
+        elif parent is not None and sampler.settings.level and SAMPLED_TRACEPARENT.fullmatch(parent):
+            sampler.sampled += 1  # the caller chose: rate and count do not apply, as in Triton
+            return Trace(next(self._ids), sampler, parent)
         if not sampler.take():
             if not sampler.traces:  # the count ran out
                 self.active = self._any_traces()
             return None
-        return Trace(next(self._ids), sampler)
+        return Trace(next(self._ids), sampler, parent)
 
     def finish(self, trace: Trace, last: str = "") -> None:
-        """Hands in a finished trace, after stamping ``last`` (the front end's end of sending) now if given: it is
-        written with the others of its scope when its settings say so."""
+        """Hands in a finished trace, after stamping ``last`` (the front end's end of sending) now if given: its
+        spans go out, or it is written with the others of its scope when its settings say so."""
         if last:
             trace.stamp(last, time.monotonic_ns())
         sampler = trace.sampler
         sampler.collected += 1
+        if self._spans is not None:
+            if trace.model is not None:
+                self._spans.export(trace)
+            return
         records = trace.records()
         if records is not None:
             sampler.held.append(records)
@@ -321,32 +407,40 @@ class Tracer:
             self._flush(sampler)
         elif sampler.remaining == 0 and sampler.collected == sampler.sampled:
             self._flush(sampler, numbered=True)  # the count ran out: what it collected goes out now, as in Triton
+        elif len(sampler.held) > MAX_HELD_TRACES and self._file is not None:
+            held, sampler.held = sampler.held, []
+            self._file.overflow(held)
         if not sampler.traces:
             self.active = self._any_traces()
 
     def settings(self, model: str = "") -> dict[str, object]:
         """The settings in force for a model (its own, or the global ones it follows) or globally, as the protocol
-        shows them: every value a string, ``trace_level`` a list of them, ``trace_count`` what remains."""
+        shows them: every value a string or a list of them, ``trace_count`` what remains; the trace file and
+        ``log_frequency`` in mode triton, the OpenTelemetry options in mode opentelemetry."""
         sampler = self._models.get(model, self._global) if model else self._global
         settings = sampler.settings
-        return {
+        shown: dict[str, object] = {
             "trace_level": list(settings.level) or ["OFF"],
             "trace_rate": str(settings.rate),
             "trace_count": str(sampler.remaining),
-            "log_frequency": str(settings.log_frequency),
-            "trace_file": settings.file,
-            "trace_mode": MODE,
         }
+        if settings.mode == FILES:
+            shown |= {"log_frequency": str(settings.log_frequency), "trace_file": settings.file}
+        shown["trace_mode"] = settings.mode
+        if settings.mode == OTEL:
+            shown |= settings.otel.shown()
+        return shown
 
     def update(self, model: str, changes: Mapping[str, Sequence[str] | None]) -> dict[str, object]:
         """Applies ``changes`` (setting -> its values; None hands the setting back to the global or startup value)
         to a model's settings, or the global ones when ``model`` is "", and returns the settings then in force.
 
         Raises:
-            ServingError: INVALID_ARGUMENT for an unknown setting, a bad value, or settings that would trace with
-                no file or at rate 0; UNIMPLEMENTED for ``trace_file``. Nothing changes then.
+            ServingError: INVALID_ARGUMENT for an unknown setting, a bad value, or settings that could not trace
+                (no file, rate 0 in mode triton; TENSORS in mode opentelemetry); UNIMPLEMENTED for ``trace_file``.
+                Nothing changes then.
         """
-        parsed = {CHANGEABLE[name]: _parse(name, values) for name, values in _known(changes).items()}
+        parsed = {CHANGEABLE[name]: _parse(name, values) for name, values in _known(changes, self.startup).items()}
         given = dict(self._model_given.get(model, {}) if model else self._global_given)
         current = self._models.get(model) if model else self._global
         if current is not None and "count" in given:
@@ -381,11 +475,14 @@ class Tracer:
         return self.settings(model)
 
     def close(self) -> None:
-        """Writes every trace still held: each scope's, then the trace file itself (log_frequency 0)."""
+        """Writes every trace still held: each scope's, then the trace file itself (log_frequency 0); or sends the
+        spans still queued (blocking: call it off the event loop)."""
         for sampler in (self._global, *self._models.values()):
             self._retire(sampler)
         if self._file is not None:
             self._file.close()
+        if self._spans is not None:
+            self._spans.close()
 
     def _replace(self, scope: str, settings: TraceSettings) -> None:
         if scope:
@@ -412,15 +509,19 @@ class Tracer:
             self._file.hold(held)
 
     def _any_traces(self) -> bool:
-        return self._global.traces or any(sampler.traces for sampler in self._models.values())
+        """Whether some request could be traced: by rate and count, or (mode opentelemetry) by its trace context."""
+        samplers = (self._global, *self._models.values())
+        return any(sampler.traces or (self.propagates and bool(sampler.settings.level)) for sampler in samplers)
 
 
-def _known(changes: Mapping[str, Sequence[str] | None]) -> Mapping[str, Sequence[str] | None]:
+def _known(changes: Mapping[str, Sequence[str] | None], startup: TraceSettings) -> Mapping[str, Sequence[str] | None]:
     for name in changes:
         if name == "trace_file":
             raise ServingError(Status.UNIMPLEMENTED, "the trace file cannot be changed over the network")
-        if name == "trace_mode":
-            raise _bad("trace_mode is chosen at startup (only 'triton': trace files)")
+        if name == "trace_mode" or name in OtelOptions.__dataclass_fields__:
+            raise _bad(f"{name} is chosen at startup (--trace-config)")
+        if name == "log_frequency" and startup.mode == OTEL:
+            raise _bad("log_frequency is for trace files (mode triton); spans are sent as their batches fill")
         if name not in CHANGEABLE:
             raise _bad(f"unknown trace setting {str(name)[:40]!r}; the settings are: {', '.join(CHANGEABLE)}")
     return changes

@@ -249,7 +249,7 @@ class RestFrontEnd:
         return json_response({"model_stats": [statistics_json(entry) for entry in entries]})
 
     async def model_infer(self, request: HttpRequest) -> HttpResponse:
-        trace = self.dataplane.tracer.sample(request.name)
+        trace = self.dataplane.tracer.sample(request.name, request.headers.get("traceparent"))
         if trace is None:
             return await self._infer(request, None)
         trace.stamp("HTTP_RECV_START", request.arrived_ns)

@@ -125,3 +125,15 @@ def _ready(client: grpcclient.InferenceServerClient, model: str) -> bool:
         return client.is_model_ready(model)
     except grpcclient.InferenceServerException:
         return False
+
+
+def test_opentelemetry_tracing_says_in_one_line_how_to_install_it(serving_venv, tmp_path):
+    repo = tmp_path / "models"
+    publish_version(repo, "digits", 1, seed=3)
+    result = run_in(
+        serving_venv, "-m", "serving", "--repository", str(repo), "--trace-config", "mode=opentelemetry",
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "pip install 'buildsys[otel]'" in lines[0], result.stderr

@@ -16,6 +16,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+from serving import tracing
 from serving.errors import ServingError, Status
 from serving.tracing import Tracer, TraceSettings
 from tests.serving.conftest import PROJECT_ROOT, images, stream_answers
@@ -65,6 +66,18 @@ def test_startup_flags_are_tritons_trace_config():
     )  # fmt: skip
     assert settings == TraceSettings(("TIMESTAMPS", "TENSORS"), 5, -1, 10, "/tmp/a,b.json")
     assert TraceSettings.from_flags([]) == TraceSettings() and not Tracer().active
+    spans = TraceSettings.from_flags(
+        ["mode=opentelemetry", "level=TIMESTAMPS", "rate=0", "opentelemetry,url=http://collector:4318/v1/traces",
+         "opentelemetry,resource=service.name=digits-server", "opentelemetry,resource=team=vision",
+         "opentelemetry,bsp_schedule_delay=100"]
+    )  # fmt: skip
+    assert (spans.mode, spans.rate, spans.otel.url, spans.otel.bsp_schedule_delay) == (
+        "opentelemetry",
+        0,
+        "http://collector:4318/v1/traces",
+        100,
+    )
+    assert spans.otel.resource == (("service.name", "digits-server"), ("team", "vision"))
 
 
 @pytest.mark.parametrize(
@@ -76,9 +89,13 @@ def test_startup_flags_are_tritons_trace_config():
         (["triton,file=t.json", "level=TIMESTAMPS", "rate=0"], "trace_rate must be at least 1"),
         (["rate=-1"], "--trace-config rate=-1: expected an integer from 0 to 4294967295"),
         (["count=-2"], "expected an integer from -1"),
-        (["opentelemetry,url=http://collector"], "only the 'triton' trace mode"),
-        (["mode=opentelemetry"], "only the 'triton' trace mode"),
-        (["level"], "expected [triton,]SETTING=VALUE"),
+        (["zipkin,url=http://collector"], "the trace modes are triton (trace files) and opentelemetry"),
+        (["mode=jaeger"], "the trace modes are triton"),
+        (["level"], "expected [MODE,]SETTING=VALUE"),
+        (["mode=opentelemetry", "level=TENSORS"], "level TENSORS is for trace files (mode triton)"),
+        (["opentelemetry,bsp_max_export_batch_size=99", "opentelemetry,bsp_max_queue_size=10"], "must not exceed"),
+        (["opentelemetry,resource=team"], "expected opentelemetry,resource=KEY=VALUE"),
+        (["opentelemetry,bsp_schedule_delay=0"], "expected an integer from 1"),
         (["speed=3"], "unknown setting"),
     ],
 )
@@ -124,6 +141,15 @@ def test_log_frequency_writes_numbered_files_and_zero_holds_the_traces_for_the_f
     assert not (tmp_path / "h.json").exists()
     held.close()
     assert sorted(read_traces(tmp_path / "h.json")) == ["r1", "r2", "r3"]
+
+
+def test_past_the_bound_of_held_traces_they_go_to_a_numbered_file_with_one_log_line(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(tracing, "MAX_HELD_TRACES", 3)
+    tracer = Tracer(TraceSettings(("TIMESTAMPS",), rate=1, file=str(tmp_path / "t.json")))
+    finished(tracer, count=9)
+    tracer.close()
+    assert [len(read_traces(tmp_path / name)) for name in ("t.json.0", "t.json.1", "t.json")] == [4, 4, 1]
+    assert len(caplog.records) == 1 and "more than 3 traces held" in caplog.text
 
 
 def test_a_model_follows_the_global_settings_except_where_it_has_its_own(tmp_path):

@@ -1,5 +1,6 @@
 """What request tracing costs: batch-1 requests through the data plane in process (no transport), with tracing
-off, and with every request traced at TIMESTAMPS and at TENSORS level.
+off, and with every request traced at TIMESTAMPS and at TENSORS level into trace files, and as OpenTelemetry spans
+sent to a local OTLP/HTTP receiver in another process (SPANS).
 
 Each level runs in a fresh process, the levels alternating for ``--rounds`` rounds; it prints each level's median
 CPU-bound microseconds per request (the event loop runs the whole request: decode-free values in, the model on the
@@ -19,19 +20,23 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-LEVELS = ("OFF", "TIMESTAMPS", "TENSORS")
+LEVELS = ("OFF", "TIMESTAMPS", "TENSORS", "SPANS")
 
 
-async def _measure(repo: Path, level: str, trace_folder: Path, requests: int) -> float:
+async def _measure(repo: Path, level: str, trace_folder: Path, requests: int, collector: str) -> float:
     import numpy as np
 
     from serving.dataplane import DataPlane, InferenceRequest, InputTensor
     from serving.runtime import RuntimeOptions
-    from serving.tracing import Tracer, TraceSettings
+    from serving.tracing import OtelOptions, Tracer, TraceSettings
 
-    traced = level != "OFF"
-    settings = TraceSettings((level,), rate=1, log_frequency=1000, file=str(trace_folder / "trace.json"))
-    tracer = Tracer(settings if traced else None)
+    if level == "OFF":
+        settings = None
+    elif level == "SPANS":
+        settings = TraceSettings(("TIMESTAMPS",), rate=1, mode="opentelemetry", otel=OtelOptions(url=collector))
+    else:
+        settings = TraceSettings((level,), rate=1, log_frequency=1000, file=str(trace_folder / "trace.json"))
+    tracer = Tracer(settings)
     dataplane = DataPlane(repo, RuntimeOptions(device="cpu", intra_op_threads=1), poll_interval_s=0, tracer=tracer)
     await dataplane.start()
     image = np.random.default_rng(0).integers(0, 16, (1, 8, 8), dtype=np.uint8)
@@ -63,31 +68,35 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=5000, help="requests per timed run (default 5,000)")
     parser.add_argument("--level", choices=LEVELS, help=argparse.SUPPRESS)  # one measurement, in a child process
     parser.add_argument("--repo", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--collector", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--receive", action="store_true", help=argparse.SUPPRESS)  # be the OTLP receiver
     args = parser.parse_args()
+    if args.receive:
+        from tests.serving.test_otel import OtlpReceiver
+
+        print(OtlpReceiver().url, flush=True)
+        time.sleep(86_400)  # until the parent kills it
     if args.level:
         with tempfile.TemporaryDirectory() as folder:
-            print(asyncio.run(_measure(args.repo, args.level, Path(folder), args.requests)))
+            print(asyncio.run(_measure(args.repo, args.level, Path(folder), args.requests, args.collector)))
         return 0
     from tests.serving.conftest import publish_version
 
     with tempfile.TemporaryDirectory() as folder:
         repo = Path(folder) / "models"
         publish_version(repo, "digits", 1, seed=1)
+        receiver = subprocess.Popen([sys.executable, __file__, "--receive"], stdout=subprocess.PIPE, text=True)
+        collector = receiver.stdout.readline().strip()
         results: dict[str, list[float]] = {level: [] for level in LEVELS}
-        for _ in range(args.rounds):
-            for level in LEVELS:
-                child = [
-                    sys.executable,
-                    __file__,
-                    "--level",
-                    level,
-                    "--repo",
-                    str(repo),
-                    "--requests",
-                    str(args.requests),
-                ]
-                output = subprocess.run(child, capture_output=True, text=True, check=True).stdout
-                results[level].append(float(output.strip().splitlines()[-1]))
+        try:
+            for _ in range(args.rounds):
+                for level in LEVELS:
+                    child = [sys.executable, __file__, "--level", level, "--repo", str(repo), "--requests",
+                             str(args.requests), "--collector", collector]  # fmt: skip
+                    output = subprocess.run(child, capture_output=True, text=True, check=True).stdout
+                    results[level].append(float(output.strip().splitlines()[-1]))
+        finally:
+            receiver.kill()
     off = statistics.median(results["OFF"])
     for level, values in results.items():
         median = statistics.median(values)

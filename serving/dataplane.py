@@ -27,7 +27,7 @@ import numpy as np
 from serving import __version__, codec
 from serving.errors import ModelLoadError, ServingError, Status
 from serving.log_settings import LogControl
-from serving.metrics import Metrics
+from serving.metrics import Metrics, VersionState
 from serving.model_files import parse_config_json
 from serving.protocol import model_config_pb2
 from serving.repository import Batching, BatchingOverrides, IndexEntry, ModelRepository, ServedVersion
@@ -45,6 +45,12 @@ EXTENSIONS = ("classification", "model_repository", "model_configuration", "stat
 SHARED_MEMORY_EXTENSION = "system_shared_memory"
 # A timeout or deadline further away than this is no limit at all (and would overflow some timers).
 NO_DEADLINE_S = 86_400.0
+# Triton's metrics' reasons for a failed request, by status (any other status is OTHER: a bad request).
+FAILURE_REASONS = {
+    Status.UNAVAILABLE: "REJECTED",  # a full queue, a queue timeout, shutting down
+    Status.DEADLINE_EXCEEDED: "REJECTED",
+    Status.INTERNAL: "BACKEND",
+}
 
 
 # --- request and response values -----------------------------------------------------------------------------
@@ -214,6 +220,12 @@ class DataPlane:
             on_batch=self.metrics.observe_batch,
         )
         self.metrics.watch_queue_depth(self.repository.queue_depths)
+        self.metrics.watch_versions(
+            lambda: [
+                VersionState(s.name, str(s.version), s.stats.snapshot(), s.batcher.queue_depth)
+                for s in self.repository.loaded()
+            ]
+        )
         self.poll_interval_s = poll_interval_s
         self.draining = False
         self._inflight = 0
@@ -492,10 +504,15 @@ class DataPlane:
             response = InferenceResponse(served.name, str(served.version), request.id, outputs)
         except ServingError as error:
             elapsed = time.monotonic_ns() - started
-            served.stats.record_request(False, elapsed)
+            served.stats.record_request(False, elapsed, FAILURE_REASONS.get(error.status, "OTHER"))
             self.metrics.observe_request(served.name, error.status.name, elapsed / 1e9)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug("infer '%s' id %r refused: %s: %s", served.name, request.id[:80], error.status.name, error)
+            raise
+        except asyncio.CancelledError:  # the client went away (or the server stops without waiting for it)
+            elapsed = time.monotonic_ns() - started
+            served.stats.record_request(False, elapsed, "CANCELED")
+            self.metrics.observe_request(served.name, "CANCELLED", elapsed / 1e9)
             raise
         finally:
             served.release()

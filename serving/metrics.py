@@ -1,14 +1,23 @@
-"""Prometheus metrics: request counts by status, request latency, merged batch sizes and queue depth.
+"""Prometheus metrics: request counts by status, request latency, merged batch sizes and queue depth; Triton's
+per-version metrics under Triton's names; and the process's CPU and memory.
 
 Always recorded (a few counter increments per request) in a private registry, and exposed over HTTP only when
-``--metrics-port`` is given, so there is one code path whether or not anyone scrapes.
+``--metrics-port`` is given, so there is one code path whether or not anyone scrapes. Triton's metrics
+(``nv_inference_request_success``, ``nv_inference_request_failure`` by reason, ``nv_inference_count``,
+``nv_inference_exec_count``, the cumulative ``nv_inference_*_duration_us`` and
+``nv_inference_pending_request_count``, labelled ``model`` and ``version``) are read from each version's statistics
+at scrape time, costing a request nothing, so that dashboards and alerts built on a Triton server read this one.
+They are exposed untyped: the Prometheus library would name every counter ``..._total``, and Triton's are not.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, start_http_server
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from serving.statistics import FAILURE_REASONS, StatsSnapshot
 
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -24,9 +33,64 @@ class _QueueDepth(Collector):
         yield family
 
 
+@dataclass(frozen=True)
+class VersionState:
+    """What Triton's metrics say of one loaded version: its statistics and the requests queued for it."""
+
+    model: str
+    version: str
+    stats: StatsSnapshot
+    pending: int
+
+
+# Triton's cumulative per-version metrics: name, help, and the value from a version's statistics.
+TRITON_COUNTERS: tuple[tuple[str, str, Callable[[StatsSnapshot], int]], ...] = (
+    ("nv_inference_request_success", "Number of successful inference requests, all batch sizes",
+     lambda s: s.success.count),
+    ("nv_inference_count", "Number of inferences performed (a batch of n is n)", lambda s: s.inference_count),
+    ("nv_inference_exec_count", "Number of model executions performed (merged batches)", lambda s: s.execution_count),
+    ("nv_inference_request_duration_us", "Cumulative inference request duration in microseconds",
+     lambda s: (s.success.ns + s.fail.ns) // 1000),
+    ("nv_inference_queue_duration_us", "Cumulative inference queuing duration in microseconds",
+     lambda s: s.queue.ns // 1000),
+    ("nv_inference_compute_input_duration_us", "Cumulative compute input duration in microseconds",
+     lambda s: s.compute_input.ns // 1000),
+    ("nv_inference_compute_infer_duration_us", "Cumulative compute inference duration in microseconds",
+     lambda s: s.compute_infer.ns // 1000),
+    ("nv_inference_compute_output_duration_us", "Cumulative inference compute output duration in microseconds",
+     lambda s: s.compute_output.ns // 1000),
+)  # fmt: skip
+
+
+class _TritonMetrics(Collector):
+    def __init__(self, versions: Callable[[], Iterable[VersionState]]) -> None:
+        self._versions = versions
+
+    def collect(self):
+        versions = sorted(self._versions(), key=lambda v: (v.model, int(v.version)))
+        failure = Metric("nv_inference_request_failure", "Number of failed inference requests, all batch sizes",
+                         "unknown")  # fmt: skip
+        pending = GaugeMetricFamily(
+            "nv_inference_pending_request_count", "Requests waiting for an execution", labels=["model", "version"]
+        )
+        for state in versions:
+            labels = {"model": state.model, "version": state.version}
+            for reason in FAILURE_REASONS:
+                failure.add_sample(failure.name, {**labels, "reason": reason}, state.stats.failures[reason])
+            pending.add_metric([state.model, state.version], state.pending)
+        for name, documentation, value in TRITON_COUNTERS:
+            family = Metric(name, documentation, "unknown")
+            for state in versions:
+                family.add_sample(name, {"model": state.model, "version": state.version}, value(state.stats))
+            yield family
+        yield failure
+        yield pending
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
         self._requests = Counter(
             "serving_requests",
             "ModelInfer requests by model and status code",
@@ -52,6 +116,10 @@ class Metrics:
     def watch_queue_depth(self, depths: Callable[[], dict[str, int]]) -> None:
         """Registers the function read at each scrape for the queue-depth gauge."""
         self.registry.register(_QueueDepth(depths))
+
+    def watch_versions(self, versions: Callable[[], Iterable[VersionState]]) -> None:
+        """Registers the function read at each scrape for Triton's per-version metrics."""
+        self.registry.register(_TritonMetrics(versions))
 
     def observe_request(self, model: str, code: str, seconds: float) -> None:
         children = self._children.get((model, code))

@@ -2,13 +2,17 @@
 
 Triton's conventions: ``inference_count`` counts samples, ``execution_count`` counts model executions (merged
 batches); the compute durations in ``inference_stats`` are counted once per request, in ``batch_stats`` once
-per execution of a given batch size. Durations are nanoseconds.
+per execution of a given batch size. Durations are nanoseconds. Failures are also counted by Triton's metrics'
+reasons (``FAILURE_REASONS``): REJECTED by the scheduler (a full queue, a timeout or deadline that passed),
+CANCELED (the client went away), BACKEND (the model failed) and OTHER (a bad request).
 """
 
 import copy
 import threading
 import time
 from dataclasses import dataclass, field
+
+FAILURE_REASONS = ("REJECTED", "CANCELED", "BACKEND", "OTHER")
 
 
 @dataclass
@@ -40,6 +44,7 @@ class StatsSnapshot:
     compute_infer: Duration = field(default_factory=Duration)
     compute_output: Duration = field(default_factory=Duration)
     batches: dict[int, BatchDurations] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAILURE_REASONS, 0))
 
 
 class ModelStats:
@@ -49,9 +54,14 @@ class ModelStats:
         self._lock = threading.Lock()
         self._data = StatsSnapshot()
 
-    def record_request(self, succeeded: bool, duration_ns: int) -> None:
+    def record_request(self, succeeded: bool, duration_ns: int, failure_reason: str = "OTHER") -> None:
+        """One request answered; a failed one is counted under ``failure_reason`` (one of ``FAILURE_REASONS``)."""
         with self._lock:
-            (self._data.success if succeeded else self._data.fail).add(duration_ns)
+            if succeeded:
+                self._data.success.add(duration_ns)
+            else:
+                self._data.fail.add(duration_ns)
+                self._data.failures[failure_reason] += 1
 
     def record_execution(
         self, batch_size: int, requests: int, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int

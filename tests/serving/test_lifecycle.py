@@ -149,6 +149,35 @@ def test_metrics_count_requests_by_status_and_batch_sizes(start_server, digits_r
     assert 'serving_requests_total{code="INVALID_ARGUMENT",model="digits"} 1.0' in text
     assert 'serving_batch_size_bucket{le="2.0",model="digits"} 1.0' in text
     assert 'serving_request_latency_seconds_count{model="digits"} 2.0' in text
+    labels = '{model="digits",version="1"}'
+    for triton_metric in ("nv_inference_request_success", "nv_inference_exec_count"):
+        assert f"{triton_metric}{labels} 1.0" in text, "Triton's names, so that its dashboards read them"
+    assert f"nv_inference_count{labels} 2.0" in text
+    assert 'nv_inference_request_failure{model="digits",reason="OTHER",version="1"} 1.0' in text
+    assert re.search(r"^nv_inference_compute_infer_duration_us\{[^}]*\} [1-9]", text, re.MULTILINE)
+    assert re.search(r"^process_cpu_seconds_total [0-9]", text, re.MULTILINE)
+
+
+def test_triton_metrics_count_failures_by_reason_and_the_requests_pending(start_server, slow_repo):
+    metrics_port = free_port()
+    server = start_server(
+        slow_repo, "--max-queue-size", "2", "--max-queue-delay-us", "2000000", "--metrics-port", str(metrics_port)
+    )
+    with grpc.insecure_channel(server.url) as channel:
+        stub = connected_stub(channel)
+        running = stub.ModelInfer.future(infer_request(images(HOLDING_BATCH, seed=0)), timeout=60)
+        time.sleep(0.2)
+        kept, cancelled = (stub.ModelInfer.future(infer_request(images(1, seed=i)), timeout=60) for i in (1, 2))
+        wait_for_metric(metrics_port, 'nv_inference_pending_request_count{model="digits",version="1"} 2.0')
+        with pytest.raises(grpc.RpcError):  # the queue is full
+            stub.ModelInfer(infer_request(images(1, seed=3)), timeout=60)
+        cancelled.cancel()
+        wait_for_metric(metrics_port, 'nv_inference_request_failure{model="digits",reason="CANCELED",version="1"} 1.0')
+        assert probabilities(running.result()).shape == (HOLDING_BATCH, 10) and kept.result()
+    text = scrape(metrics_port)
+    assert 'nv_inference_request_failure{model="digits",reason="REJECTED",version="1"} 1.0' in text
+    assert 'nv_inference_request_success{model="digits",version="1"} 2.0' in text
+    assert 'nv_inference_pending_request_count{model="digits",version="1"} 0.0' in text
 
 
 def test_tls_and_bearer_token(start_server, digits_repo, tmp_path):

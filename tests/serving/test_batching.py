@@ -25,6 +25,7 @@ from tests.serving.conftest import (
     probabilities,
     publish_version,
     reference_probabilities,
+    scrape,
     wait_for_metric,
 )
 
@@ -577,22 +578,31 @@ def test_a_triton_client_priority_overtakes_requests_queued_before_it(start_serv
 
 
 def test_full_queue_answers_unavailable_at_once_and_health_still_answers(start_server, slow_repo):
+    """Also what Triton's metrics say of it: the requests pending, and the failures by reason."""
     metrics_port = free_port()
     server = start_server(
         slow_repo, "--max-queue-size", "2", "--max-queue-delay-us", "2000000", "--metrics-port", str(metrics_port)
     )
+    version = 'model="digits",version="1"'
     with grpc.insecure_channel(server.url) as channel:
         stub = connected_stub(channel)
         running = stub.ModelInfer.future(infer_request(images(HOLDING_BATCH, seed=0)), timeout=60)
         time.sleep(0.2)
-        queued = [stub.ModelInfer.future(infer_request(images(1, seed=i)), timeout=60) for i in (1, 2)]
+        kept, cancelled = (stub.ModelInfer.future(infer_request(images(1, seed=i)), timeout=60) for i in (1, 2))
         wait_for_metric(metrics_port, 'serving_queue_depth{model="digits"} 2.0')
+        assert f"nv_inference_pending_request_count{{{version}}} 2.0" in scrape(metrics_port)
         with pytest.raises(grpc.RpcError) as refused:
             stub.ModelInfer(infer_request(images(1, seed=3)), timeout=60)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE and "queue is full" in refused.value.details()
-        assert not any(f.done() for f in queued), "the refusal waited for the queued requests"
+        assert not kept.done() and not cancelled.done(), "the refusal waited for the queued requests"
         assert stub.ServerLive(pb.ServerLiveRequest()).live and stub.ServerReady(pb.ServerReadyRequest()).ready
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=""))
         assert health.status == health_pb2.HealthCheckResponse.SERVING
+        cancelled.cancel()  # the client goes away: Triton's CANCELED
+        wait_for_metric(metrics_port, 'nv_inference_request_failure{model="digits",reason="CANCELED",version="1"} 1.0')
         assert probabilities(running.result()).shape == (HOLDING_BATCH, 10)
-        assert all(probabilities(f.result()).shape == (1, 10) for f in queued)
+        assert probabilities(kept.result()).shape == (1, 10)
+    text = scrape(metrics_port)
+    assert 'nv_inference_request_failure{model="digits",reason="REJECTED",version="1"} 1.0' in text
+    assert f"nv_inference_request_success{{{version}}} 2.0" in text
+    assert f"nv_inference_pending_request_count{{{version}}} 0.0" in text

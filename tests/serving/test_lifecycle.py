@@ -158,28 +158,6 @@ def test_metrics_count_requests_by_status_and_batch_sizes(start_server, digits_r
     assert re.search(r"^process_cpu_seconds_total [0-9]", text, re.MULTILINE)
 
 
-def test_triton_metrics_count_failures_by_reason_and_the_requests_pending(start_server, slow_repo):
-    metrics_port = free_port()
-    server = start_server(
-        slow_repo, "--max-queue-size", "2", "--max-queue-delay-us", "2000000", "--metrics-port", str(metrics_port)
-    )
-    with grpc.insecure_channel(server.url) as channel:
-        stub = connected_stub(channel)
-        running = stub.ModelInfer.future(infer_request(images(HOLDING_BATCH, seed=0)), timeout=60)
-        time.sleep(0.2)
-        kept, cancelled = (stub.ModelInfer.future(infer_request(images(1, seed=i)), timeout=60) for i in (1, 2))
-        wait_for_metric(metrics_port, 'nv_inference_pending_request_count{model="digits",version="1"} 2.0')
-        with pytest.raises(grpc.RpcError):  # the queue is full
-            stub.ModelInfer(infer_request(images(1, seed=3)), timeout=60)
-        cancelled.cancel()
-        wait_for_metric(metrics_port, 'nv_inference_request_failure{model="digits",reason="CANCELED",version="1"} 1.0')
-        assert probabilities(running.result()).shape == (HOLDING_BATCH, 10) and kept.result()
-    text = scrape(metrics_port)
-    assert 'nv_inference_request_failure{model="digits",reason="REJECTED",version="1"} 1.0' in text
-    assert 'nv_inference_request_success{model="digits",version="1"} 2.0' in text
-    assert 'nv_inference_pending_request_count{model="digits",version="1"} 0.0' in text
-
-
 def test_tls_and_bearer_token(start_server, digits_repo, tmp_path):
     cert, key = self_signed_certificate(tmp_path)
     token_file = tmp_path / "token"

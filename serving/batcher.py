@@ -226,6 +226,19 @@ class DynamicBatcher:
     def instance_count(self) -> int:
         return len(self._instances)
 
+    def measuring_runners(self) -> list[Callable[[Tensors], Tensors]]:
+        """Each session's runner (every instance's, and the wide session's) as a call that also measures its size,
+        as a request's call does: a warmup (config.pbtxt's model_warmup) run through these, before the batcher
+        serves, sends the first requests of those sizes where their calls belong (on the loop or to the pool, on
+        an instance or wide) instead of measuring them in the pool first."""
+        sessions = [(runner, self._call_ns) for runner in self._instances]
+        if self._wide is not None:
+            sessions.append((self._wide, self._wide_call_ns))
+        return [
+            lambda inputs, runner=runner, estimates=estimates: self._merge_and_run(runner, estimates, [inputs])[0]
+            for runner, estimates in sessions
+        ]
+
     @property
     def queue_depth(self) -> int:
         """Requests waiting for an execution (not counting the batch being executed)."""

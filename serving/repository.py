@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from serving.protocol import model_config_pb2
 from serving.runtime import OnnxModel, RuntimeOptions, requests_cuda, shared_threads
 from serving.statistics import ModelStats
 from serving.version_policy import VersionPolicy
+from serving.warmup import WARMUP_FOLDER, warm_up, warmup_samples
 
 log = logging.getLogger(__name__)
 
@@ -500,9 +502,22 @@ class ModelRepository:
             manifest.onnx_path, manifest.signature, options, instances, wide_threads, declared_in=manifest.declared_in
         )
         model.smoke_test()
+        samples = warmup_samples(config, model.signature, version_dir.parent)
         manifest = dataclasses.replace(manifest, signature=model.signature)  # as checked against the file
         batching = self._batching(config)
         served = ServedVersion(config, manifest, model, batching, self._on_batch)
+        if samples:
+            started = time.monotonic()
+            runners = served.batcher.measuring_runners()
+            warm_up(runners, samples, version_dir.parent / "config.pbtxt")
+            log.info(
+                "model '%s' version %d warmed up: %s on %d session(s) in %.0f ms",
+                name,
+                manifest.version,
+                ", ".join(f"'{sample.name}' x{sample.calls}" for sample in samples),
+                len(runners),
+                (time.monotonic() - started) * 1000,
+            )
         log.info(
             "model '%s' version %d loaded (providers %s, %d instance(s) of %s intra-op threads%s; max_batch_size "
             "%d, %s)",
@@ -576,11 +591,12 @@ class ModelRepository:
 
 
 def _files_state(model_dir: Path, version: int) -> tuple:
-    """Name, size and modification time of the model folder's files (config.pbtxt, label files) and of each entry
-    of a version folder, one folder deep (an ONNX model kept as a folder with its external data)."""
+    """Name, size and modification time of the model folder's files (config.pbtxt, label files), of its warmup
+    folder's (model_warmup's data files) and of each entry of a version folder, one folder deep (an ONNX model kept
+    as a folder with its external data)."""
     state = []
     version_dir = model_dir / str(version)
-    folders = [model_dir, version_dir]
+    folders = [model_dir, model_dir / WARMUP_FOLDER, version_dir]
     for folder in folders:
         with contextlib.suppress(OSError):
             for entry in os.scandir(folder):

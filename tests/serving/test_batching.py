@@ -118,6 +118,35 @@ def test_a_call_cheaper_than_the_hand_off_runs_on_the_loop_and_a_slow_one_in_the
     assert threads_of(0.005, [1, 1, 1]) == ["pool", "pool", "pool"]
 
 
+def test_a_warmup_through_the_measuring_runners_sends_the_first_requests_where_their_size_belongs():
+    """config.pbtxt's model_warmup runs through ``measuring_runners`` before the batcher serves: the sizes it ran
+    are measured, so their first requests need no measuring call in the pool."""
+    callers: list[str] = []
+
+    def model(inputs):
+        callers.append("loop" if threading.current_thread() is threading.main_thread() else "pool")
+        return {"y": inputs["x"] * 2}
+
+    batcher = DynamicBatcher(
+        name="test", instances=[model, model], stats=ModelStats(), max_batch_size=8, max_queue_delay_us=0,
+        max_queue_size=16,
+    )  # fmt: skip
+    runners = batcher.measuring_runners()
+    for _ in range(4):  # what a sample with count 4 makes each session do
+        for runner in runners:
+            np.testing.assert_array_equal(runner(rows(0, 4))["y"], rows(0, 4)["x"] * 2)
+    assert len(runners) == 2 and len(callers) == 8
+    callers.clear()
+
+    async def scenario():
+        for size in (4, 5, 1):
+            await batcher.infer(rows(0, size), size)
+        await batcher.close()
+
+    asyncio.run(scenario())
+    assert callers == ["loop", "loop", "pool"], "4 and 5 share a measured estimate; 1 was never warmed up"
+
+
 def test_of_requests_that_arrive_together_at_an_idle_model_the_first_runs_at_once_and_the_rest_make_one_call():
     async def scenario():
         model = RecordingModel()

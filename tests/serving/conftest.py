@@ -134,6 +134,12 @@ def write_config(
         os.replace(temporary, model_dir / file_name)
 
 
+def append_to_config(model_dir: Path, text: str) -> None:
+    """Appends ``text`` (fields such as ``model_warmup [...]`` or ``response_cache {...}``) to config.pbtxt."""
+    path = model_dir / "config.pbtxt"
+    path.write_text(path.read_text() + text)
+
+
 def replace_dynamic_batching(config_text: str, block: str = "") -> str:
     """A config written by ``write_config`` with its ``dynamic_batching`` block replaced by ``block`` (by default
     removed: a model that Triton's default scheduler runs one request at a time)."""

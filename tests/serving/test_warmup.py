@@ -16,16 +16,10 @@ from serving.repository import ModelRepository
 from serving.runtime import OnnxModel, RuntimeOptions
 from serving.warmup import warm_up, warmup_samples
 from tests.conftest import fuzz_settings
-from tests.serving.conftest import images, publish_labeler, publish_unbatched, publish_version
+from tests.serving.conftest import append_to_config, images, publish_labeler, publish_unbatched, publish_version
 from tests.serving.test_model_files import identity_of_rank_three
 
 CPU = RuntimeOptions(device="cpu", intra_op_threads=1)
-
-
-def with_warmup(model_dir, block: str) -> None:
-    """Appends ``block`` (one or more ``model_warmup`` entries) to the model's config.pbtxt."""
-    path = model_dir / "config.pbtxt"
-    path.write_text(path.read_text() + block)
 
 
 def samples_of(version_dir):
@@ -39,7 +33,7 @@ def test_samples_are_built_from_zeros_random_bytes_and_data_files_in_tritons_sha
     (tmp_path / "digits" / "warmup").mkdir()
     pixels = images(1, seed=3)
     (tmp_path / "digits" / "warmup" / "seven").write_bytes(pixels.tobytes() + b"ignored: the shape needs 64 bytes")
-    with_warmup(
+    append_to_config(
         tmp_path / "digits",
         'model_warmup [ { name: "zeros" batch_size: 4 count: 3'
         ' inputs { key: "image" value: { data_type: TYPE_UINT8 dims: [ 8, 8 ] zero_data: true } } },\n'
@@ -58,7 +52,7 @@ def test_samples_are_built_from_zeros_random_bytes_and_data_files_in_tritons_sha
 
 def test_a_model_that_does_not_batch_runs_a_sample_once_per_request_and_strings_warm_up_empty(tmp_path):
     unbatched = publish_unbatched(tmp_path)
-    with_warmup(
+    append_to_config(
         unbatched.parent,
         'model_warmup { name: "w" batch_size: 2 count: 2 inputs { key: "data_0" value: { data_type: TYPE_FP32'
         " dims: [ 3, 4, 4 ] random_data: true } } }\n",
@@ -66,7 +60,7 @@ def test_a_model_that_does_not_batch_runs_a_sample_once_per_request_and_strings_
     [sample] = samples_of(unbatched)
     assert sample.calls == 4 and sample.inputs["data_0"].shape == (1, 1, 3, 4, 4)  # a row of the file's shape
     labeler = publish_labeler(tmp_path)
-    with_warmup(
+    append_to_config(
         labeler.parent,
         'model_warmup { name: "text" batch_size: 2 inputs [ { key: "word" value: { data_type: TYPE_STRING dims: [ 1 ]'
         ' random_data: true } }, { key: "scores" value: { data_type: TYPE_FP32 dims: [ 3 ] zero_data: true } } ] }\n',
@@ -105,7 +99,7 @@ def test_a_sample_that_cannot_be_built_is_refused_in_one_line_naming_the_config_
     (tmp_path / "digits" / "warmup").mkdir()
     for name, data in files.items():
         (tmp_path / "digits" / "warmup" / name).write_bytes(data)
-    with_warmup(tmp_path / "digits", f'model_warmup {{ name: "bad" batch_size: 1 {sample} }}\n')
+    append_to_config(tmp_path / "digits", f'model_warmup {{ name: "bad" batch_size: 1 {sample} }}\n')
     with pytest.raises(ModelLoadError) as refused:
         samples_of(version_dir)
     message = str(refused.value)
@@ -127,7 +121,7 @@ def test_a_sample_too_large_to_allocate_is_refused_before_it_is(tmp_path):
 
 def test_a_batch_size_over_max_batch_size_is_refused(tmp_path):
     version_dir = publish_version(tmp_path, "digits", 1, seed=1, max_batch_size=8)
-    with_warmup(
+    append_to_config(
         tmp_path / "digits",
         'model_warmup { batch_size: 9 inputs { key: "image" value: { data_type: TYPE_UINT8 dims: [ 8, 8 ]'
         " zero_data: true } } }\n",
@@ -140,7 +134,7 @@ def test_every_session_runs_every_sample_its_count_and_a_run_that_fails_refuses_
     calls = []
     runners = [lambda inputs, n=n: calls.append((n, inputs["image"].shape)) for n in range(3)]
     version_dir = publish_version(tmp_path, "digits", 1, seed=1)
-    with_warmup(
+    append_to_config(
         tmp_path / "digits",
         'model_warmup { name: "twice" batch_size: 5 count: 2 inputs { key: "image" value: { data_type: TYPE_UINT8'
         " dims: [ 8, 8 ] zero_data: true } } }\n",
@@ -161,7 +155,7 @@ def test_a_version_warms_up_before_it_serves_and_a_bad_data_file_refuses_it_unti
     warmup = tmp_path / "digits" / "warmup"
     warmup.mkdir()
     (warmup / "pixels").write_bytes(b"\x01" * 10)
-    with_warmup(
+    append_to_config(
         tmp_path / "digits",
         'model_warmup { name: "real" batch_size: 16 inputs { key: "image" value: { data_type: TYPE_UINT8'
         ' dims: [ 8, 8 ] input_data_file: "pixels" } } }\n',
@@ -227,7 +221,7 @@ def test_any_warmup_block_and_data_file_load_and_run_or_refuse_the_version_in_on
     model_dir = version_dir.parent
     (model_dir / "warmup").mkdir()
     (model_dir / "warmup" / "data").write_bytes(data.draw(file_data, label="data file"))
-    with_warmup(model_dir, data.draw(warmup_blocks(inputs), label="model_warmup"))
+    append_to_config(model_dir, data.draw(warmup_blocks(inputs), label="model_warmup"))
     try:
         config = read_config(model_dir)
         manifest = read_version(version_dir, config)

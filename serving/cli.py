@@ -74,6 +74,14 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--max-queue-delay-us", type=_non_negative_int, help="how long the oldest request waits for others"
     )
     batching.add_argument("--max-queue-size", type=_positive_int, help="waiting requests per model before UNAVAILABLE")
+    batching.add_argument(
+        "--cache-config",
+        action="append",
+        default=[],
+        metavar="local,size=BYTES",
+        help="keep answers in a response cache of this many bytes, shared by the models whose config.pbtxt has "
+        "response_cache { enable: true } (Triton's flag; off by default)",
+    )
     repository = parser.add_argument_group("repository")
     repository.add_argument(
         "--poll-interval",
@@ -133,6 +141,7 @@ def run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     from serving.repository import BatchingOverrides
+    from serving.response_cache import parse_cache_config
     from serving.runtime import RuntimeOptions
     from serving.server import ServerSettings, StartupError, serve
     from serving.tracing import TraceSettings
@@ -167,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
             allow_client_shm=args.allow_client_shm,
             log_level=args.log_level,
             trace=TraceSettings.from_flags(args.trace_config),
+            response_cache_bytes=parse_cache_config(args.cache_config),
         )
         return serve(settings)
     except (ValueError, StartupError) as error:

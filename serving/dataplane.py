@@ -31,6 +31,7 @@ from serving.metrics import Metrics, VersionState
 from serving.model_files import parse_config_json
 from serving.protocol import model_config_pb2
 from serving.repository import Batching, BatchingOverrides, IndexEntry, ModelRepository, ServedVersion
+from serving.response_cache import ResponseCache
 from serving.runtime import CUDA, RuntimeOptions
 from serving.shared_memory import SharedMemorySlice, SystemSharedMemory
 from serving.signature import BYTES, format_shape
@@ -194,6 +195,7 @@ class DataPlane:
         shared_memory: SystemSharedMemory | None = None,
         log_control: LogControl | None = None,
         tracer: Tracer | None = None,
+        response_cache: ResponseCache | None = None,
     ) -> None:
         """Creates the data plane; models load in ``start()``.
 
@@ -206,18 +208,22 @@ class DataPlane:
             log_control: the log settings that clients read and change (default: settings that drive no logger).
             tracer: the trace settings that clients read and change, and the sampling (default: tracing off, no
                 trace file).
+            response_cache: where the answers of the models whose config enables ``response_cache`` are kept
+                (default: none kept).
         """
         self.metrics = metrics or Metrics()
         self.max_inflight = max_inflight
         self.shared_memory = shared_memory or SystemSharedMemory(allowed=False)
         self.log_control = log_control or LogControl()
         self.tracer = tracer or Tracer()
+        self.response_cache = response_cache
         self.repository = ModelRepository(
             repository_root,
             runtime,
             version_policy=version_policy,
             batching=batching or BatchingOverrides(),
             on_batch=self.metrics.observe_batch,
+            caches_answers=response_cache is not None,
         )
         self.metrics.watch_queue_depth(self.repository.queue_depths)
         self.metrics.watch_versions(
@@ -442,6 +448,38 @@ class DataPlane:
 
     # --- inference -----------------------------------------------------------------------------------------
 
+    def _look_up(
+        self, served: ServedVersion, request: InferenceRequest, wanted: list[tuple]
+    ) -> tuple[bytes | None, list[OutputTensor] | None, int]:
+        """(the request's response cache digest, the outputs kept for it or None, the ns the lookup took); the
+        digest is None where the version's answers are not cached. A hit is counted here."""
+        if self.response_cache is None or not served.caches_answers:
+            return None, None, 0
+        started = time.monotonic_ns()
+        digest = self.response_cache.digest(served.generation, request.inputs, _asked(request, wanted))
+        kept = self.response_cache.get(digest, served.generation, request.inputs, _asked(request, wanted))
+        if kept is None:
+            return digest, None, time.monotonic_ns() - started
+        # New tensors over the kept arrays: writing an output into shared memory changes its tensor, not the copy.
+        outputs = [OutputTensor(o.name, o.datatype, o.shape, o.data) for o in kept]
+        served.stats.record_cache(True, time.monotonic_ns() - started)
+        return digest, outputs, 0
+
+    def _remember(
+        self,
+        served: ServedVersion,
+        digest: bytes,
+        request: InferenceRequest,
+        wanted: list[tuple],
+        outputs: list[OutputTensor],
+        lookup_ns: int,
+    ) -> None:
+        """Keeps a computed answer (its own copies: the rows may be views of a merged batch's outputs)."""
+        started = time.monotonic_ns()
+        kept = [OutputTensor(o.name, o.datatype, o.shape, o.data.copy()) for o in outputs]
+        self.response_cache.put(digest, served.generation, request.inputs, _asked(request, wanted), kept)
+        served.stats.record_cache(False, lookup_ns + time.monotonic_ns() - started)
+
     async def infer(self, request: InferenceRequest, on_wait: Callable[[], None] | None = None) -> InferenceResponse:
         """Validates, batches and runs one request.
 
@@ -468,38 +506,14 @@ class DataPlane:
             inputs, batch_size = _checked_inputs(request.inputs, served)
             wanted = _checked_outputs(request.outputs, served, self.shared_memory)
             queue = _queue_place(request, served.batching)
-            if trace is not None:
-                _trace_queued(trace, request.inputs)
-            try:
-                results = await served.batcher.infer(
-                    inputs,
-                    batch_size,
-                    queue.deadline,
-                    on_wait,
-                    level=queue.level,
-                    delay_at=queue.delay_at,
-                    trace=trace,
-                )
-            except ServingError as error:
-                if error.status is Status.DEADLINE_EXCEEDED and queue.timeout_binds:
-                    # Triton's answer to a request that its queue's timeout drops: the server shed load, and a
-                    # client may come back (the transport's own deadline stays DEADLINE_EXCEEDED).
-                    raise ServingError(Status.UNAVAILABLE, error.message) from None
-                raise
-            batched = served.manifest.signature.batched
-            if trace is not None and trace.tensors:
-                for output, _, _ in wanted:
-                    trace.tensor("TENSOR_BACKEND_OUTPUT", output.name, output.datatype, results[output.name])
-            outputs = []
-            for output, class_count, _ in wanted:
-                rows = results[output.name]
-                if class_count:
-                    labels = codec.classify(rows, class_count, served.manifest.class_names.get(output.name, ()))
-                    labels = labels if batched else labels[0]
-                    outputs.append(OutputTensor(output.name, "BYTES", labels.shape, labels))
-                else:
-                    array = output.rows_for_client(rows, batched)
-                    outputs.append(OutputTensor(output.name, output.datatype, array.shape, array))
+            key, outputs, lookup_ns = self._look_up(served, request, wanted)
+            if outputs is None:
+                if trace is not None:
+                    _trace_queued(trace, request.inputs)
+                results = await _batched(served, inputs, batch_size, queue, on_wait, trace)
+                outputs = _answer(served, wanted, results, trace)
+                if key is not None:
+                    self._remember(served, key, request, wanted, outputs, lookup_ns)
             _write_shared_memory(outputs, [target for _, _, target in wanted])
             response = InferenceResponse(served.name, str(served.version), request.id, outputs)
         except ServingError as error:
@@ -536,6 +550,54 @@ class DataPlane:
 
 def _bad(message: str) -> ServingError:
     return ServingError(Status.INVALID_ARGUMENT, message)
+
+
+def _asked(request: InferenceRequest, wanted: list[tuple]) -> list[tuple[str, int]]:
+    """The outputs a request asks for as the response cache tells requests apart: (name, classification count),
+    none when it asks for every output."""
+    return [(spec.name, class_count) for spec, class_count, _ in wanted] if request.outputs else []
+
+
+async def _batched(
+    served: ServedVersion,
+    inputs: dict[str, np.ndarray],
+    batch_size: int,
+    queue: "_QueuePlace",
+    on_wait: Callable[[], None] | None,
+    trace: Trace | None,
+) -> dict[str, np.ndarray]:
+    """The request's rows of its model's outputs, from the version's batcher."""
+    try:
+        return await served.batcher.infer(
+            inputs, batch_size, queue.deadline, on_wait, level=queue.level, delay_at=queue.delay_at, trace=trace
+        )
+    except ServingError as error:
+        if error.status is Status.DEADLINE_EXCEEDED and queue.timeout_binds:
+            # Triton's answer to a request that its queue's timeout drops: the server shed load, and a client may
+            # come back (the transport's own deadline stays DEADLINE_EXCEEDED).
+            raise ServingError(Status.UNAVAILABLE, error.message) from None
+        raise
+
+
+def _answer(
+    served: ServedVersion, wanted: list[tuple], results: dict[str, np.ndarray], trace: Trace | None
+) -> list[OutputTensor]:
+    """The outputs asked for, from the model's rows: as clients get them, or their top classes."""
+    batched = served.manifest.signature.batched
+    if trace is not None and trace.tensors:
+        for output, _, _ in wanted:
+            trace.tensor("TENSOR_BACKEND_OUTPUT", output.name, output.datatype, results[output.name])
+    outputs = []
+    for output, class_count, _ in wanted:
+        rows = results[output.name]
+        if class_count:
+            labels = codec.classify(rows, class_count, served.manifest.class_names.get(output.name, ()))
+            labels = labels if batched else labels[0]
+            outputs.append(OutputTensor(output.name, "BYTES", labels.shape, labels))
+        else:
+            array = output.rows_for_client(rows, batched)
+            outputs.append(OutputTensor(output.name, output.datatype, array.shape, array))
+    return outputs
 
 
 def _trace_queued(trace: Trace, inputs: list[InputTensor]) -> None:

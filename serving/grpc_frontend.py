@@ -165,6 +165,8 @@ def _statistics(entry: VersionStatistics) -> pb.ModelStatistics:
             compute_input=duration(snap.compute_input),
             compute_infer=duration(snap.compute_infer),
             compute_output=duration(snap.compute_output),
+            cache_hit=duration(snap.cache_hit),
+            cache_miss=duration(snap.cache_miss),
         ),
         batch_stats=[
             pb.InferBatchStatistics(

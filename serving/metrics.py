@@ -59,6 +59,12 @@ TRITON_COUNTERS: tuple[tuple[str, str, Callable[[StatsSnapshot], int]], ...] = (
      lambda s: s.compute_infer.ns // 1000),
     ("nv_inference_compute_output_duration_us", "Cumulative inference compute output duration in microseconds",
      lambda s: s.compute_output.ns // 1000),
+    ("nv_cache_num_hits_per_model", "Number of response cache hits per model", lambda s: s.cache_hit.count),
+    ("nv_cache_num_misses_per_model", "Number of response cache misses per model", lambda s: s.cache_miss.count),
+    ("nv_cache_hit_duration_per_model", "Cumulative time spent finding answers on cache hits, microseconds",
+     lambda s: s.cache_hit.ns // 1000),
+    ("nv_cache_miss_duration_per_model", "Cumulative time spent looking up and keeping answers on cache misses, "
+     "microseconds", lambda s: s.cache_miss.ns // 1000),
 )  # fmt: skip
 
 

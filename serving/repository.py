@@ -15,6 +15,7 @@ matching the output tree's pattern, so no request can reach another path.
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import logging
 import os
 import threading
@@ -140,6 +141,9 @@ class _Refusal:
     files: tuple
 
 
+_GENERATIONS = itertools.count(1)
+
+
 class ServedVersion:
     """One loaded, validated model version with its session, batcher and statistics."""
 
@@ -156,6 +160,9 @@ class ServedVersion:
         self.model = model
         self.batching = batching
         self.stats = ModelStats()
+        # This load of the version, unlike any other: a response cache keyed by it never answers from another.
+        self.generation = next(_GENERATIONS)
+        self.caches_answers = config.response_cache.enable
         self.batcher = DynamicBatcher(
             name=f"{manifest.name}/{manifest.version}",
             instances=model.runners,
@@ -219,8 +226,16 @@ class ModelRepository:
         version_policy: VersionPolicy | None = None,
         batching: BatchingOverrides = BatchingOverrides(),
         on_batch: Callable[[str, int], None] = lambda model, size: None,
+        caches_answers: bool = False,
     ) -> None:
+        """Creates the repository; nothing is loaded before ``load_all()``.
+
+        Args:
+            caches_answers: whether the server keeps a response cache (``--cache-config``); a model whose config
+                enables ``response_cache`` without one is told so when it loads.
+        """
         self.root = root
+        self.caches_answers = caches_answers
         self.runtime_options = runtime_options
         self.version_policy = version_policy
         self.batching = batching
@@ -517,6 +532,12 @@ class ModelRepository:
                 ", ".join(f"'{sample.name}' x{sample.calls}" for sample in samples),
                 len(runners),
                 (time.monotonic() - started) * 1000,
+            )
+        if config.response_cache.enable and not self.caches_answers:
+            log.warning(
+                "model '%s': config.pbtxt enables response_cache, but the server keeps no response cache "
+                "(--cache-config local,size=BYTES); its answers are not cached",
+                name,
             )
         log.info(
             "model '%s' version %d loaded (providers %s, %d instance(s) of %s intra-op threads%s; max_batch_size "

@@ -23,6 +23,7 @@ from serving.grpc_frontend import GrpcFrontend
 from serving.log_settings import LogControl
 from serving.metrics import Metrics
 from serving.repository import BatchingOverrides
+from serving.response_cache import ResponseCache
 from serving.rest.server import HttpFrontend
 from serving.runtime import RuntimeOptions, check_device_available
 from serving.shared_memory import SystemSharedMemory
@@ -80,6 +81,8 @@ class ServerSettings:
     log_level: str = "info"
     # The --trace-config settings: the trace file, and where the trace settings that clients see start.
     trace: TraceSettings = field(default_factory=TraceSettings)
+    # The response cache's size (--cache-config local,size=BYTES), or None for none.
+    response_cache_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,7 @@ async def _serve(settings: ServerSettings, security: Security) -> int:
         shared_memory=SystemSharedMemory(allowed=settings.allow_client_shm),
         log_control=log_control,
         tracer=Tracer(settings.trace, SERVER_NAME),
+        response_cache=ResponseCache(settings.response_cache_bytes) if settings.response_cache_bytes else None,
     )
     await dataplane.start()
     loaded = dataplane.repository.loaded()

@@ -45,6 +45,8 @@ class StatsSnapshot:
     compute_output: Duration = field(default_factory=Duration)
     batches: dict[int, BatchDurations] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(FAILURE_REASONS, 0))
+    cache_hit: Duration = field(default_factory=Duration)
+    cache_miss: Duration = field(default_factory=Duration)
 
 
 class ModelStats:
@@ -62,6 +64,11 @@ class ModelStats:
             else:
                 self._data.fail.add(duration_ns)
                 self._data.failures[failure_reason] += 1
+
+    def record_cache(self, hit: bool, duration_ns: int) -> None:
+        """A response cache lookup: on a hit the time to find the answer, on a miss to look and then keep it."""
+        with self._lock:
+            (self._data.cache_hit if hit else self._data.cache_miss).add(duration_ns)
 
     def record_execution(
         self, batch_size: int, requests: int, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int

@@ -144,6 +144,8 @@ def statistics_json(entry: VersionStatistics) -> dict:
             "compute_input": duration(snap.compute_input),
             "compute_infer": duration(snap.compute_infer),
             "compute_output": duration(snap.compute_output),
+            "cache_hit": duration(snap.cache_hit),
+            "cache_miss": duration(snap.cache_miss),
         },
         "batch_stats": [
             {

@@ -22,11 +22,12 @@ from tests.serving.conftest import (
 )
 
 
-def run(scenario, repo):
-    """Runs ``scenario(dataplane)`` on a fresh data plane over ``repo``, closing it afterwards."""
+def run(scenario, repo, **options):
+    """Runs ``scenario(dataplane)`` on a fresh data plane over ``repo`` (``options`` for it: a response cache...),
+    closing it afterwards."""
 
     async def main():
-        dataplane = DataPlane(repo, RuntimeOptions(device="cpu", intra_op_threads=1), poll_interval_s=0)
+        dataplane = DataPlane(repo, RuntimeOptions(device="cpu", intra_op_threads=1), poll_interval_s=0, **options)
         await dataplane.start()
         try:
             return await scenario(dataplane)

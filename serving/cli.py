@@ -84,6 +84,21 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     repository = parser.add_argument_group("repository")
     repository.add_argument(
+        "--model-control-mode",
+        choices=("poll", "explicit", "none"),
+        default="poll",
+        help="poll (default): load every model, pick up changes every --poll-interval, and take load/unload "
+        "requests; explicit: load only the --load-model models, then only on load requests; none: load every "
+        "model at start and nothing after (Triton's modes)",
+    )
+    repository.add_argument(
+        "--load-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --model-control-mode explicit, a model to load at start (repeatable; * alone: all of them)",
+    )
+    repository.add_argument(
         "--poll-interval",
         type=_non_negative_float,
         default=2.0,
@@ -133,6 +148,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _load_models(mode: str, names: list[str]) -> tuple[str, ...]:
+    """The models to load at start under explicit model control (Triton's rules for --load-model).
+
+    Raises:
+        ValueError: --load-model without explicit model control, or * beside other names.
+    """
+    if names and mode != "explicit":
+        raise ValueError("--load-model is for --model-control-mode explicit; the other modes load every model")
+    if "*" in names and len(names) > 1:
+        raise ValueError("--load-model=* loads every model and must be the only --load-model")
+    return tuple(names)
+
+
 def run(args: argparse.Namespace) -> int:
     """Starts the server with the parsed flags; returns the exit code (2 for a configuration error)."""
     logging.basicConfig(
@@ -176,6 +204,8 @@ def run(args: argparse.Namespace) -> int:
             allow_client_shm=args.allow_client_shm,
             log_level=args.log_level,
             trace=TraceSettings.from_flags(args.trace_config),
+            model_control=args.model_control_mode,
+            load_models=_load_models(args.model_control_mode, args.load_model),
             response_cache_bytes=parse_cache_config(args.cache_config),
         )
         return serve(settings)

@@ -44,6 +44,11 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "buildsys-serving"
 EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics", "trace", "logging")
 SHARED_MEMORY_EXTENSION = "system_shared_memory"
+# Triton's model control modes: how the repository's models are loaded after the first scan. "poll": changes on disk
+# are picked up every poll interval and load/unload requests work too (Triton's POLL refuses the requests);
+# "explicit": only the models named at start, then load/unload requests, no polling; "none": every model at start,
+# nothing after (load/unload requests are refused).
+MODEL_CONTROL_MODES = ("poll", "explicit", "none")
 # A timeout or deadline further away than this is no limit at all (and would overflow some timers).
 NO_DEADLINE_S = 86_400.0
 # Triton's metrics' reasons for a failed request, by status (any other status is OTHER: a bad request).
@@ -196,6 +201,8 @@ class DataPlane:
         log_control: LogControl | None = None,
         tracer: Tracer | None = None,
         response_cache: ResponseCache | None = None,
+        model_control: str = "poll",
+        load_models: tuple[str, ...] = ("*",),
     ) -> None:
         """Creates the data plane; models load in ``start()``.
 
@@ -210,6 +217,8 @@ class DataPlane:
                 trace file).
             response_cache: where the answers of the models whose config enables ``response_cache`` are kept
                 (default: none kept).
+            model_control: one of ``MODEL_CONTROL_MODES``; ``poll_interval_s`` applies only to "poll".
+            load_models: with "explicit", the models loaded at start ("*": all of them).
         """
         self.metrics = metrics or Metrics()
         self.max_inflight = max_inflight
@@ -217,6 +226,8 @@ class DataPlane:
         self.log_control = log_control or LogControl()
         self.tracer = tracer or Tracer()
         self.response_cache = response_cache
+        self.model_control = model_control
+        self.load_models = load_models
         self.repository = ModelRepository(
             repository_root,
             runtime,
@@ -244,9 +255,16 @@ class DataPlane:
     # --- lifecycle ---------------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Loads every model (off the loop) and starts polling the repository for changes."""
+        """Loads every model (off the loop), or with explicit model control those named, and in "poll" mode starts
+        polling the repository for changes."""
+        if self.model_control == "explicit":
+            keep = None if "*" in self.load_models else set(self.load_models)
+            for name in self.repository.hold_back(keep):
+                log.error(
+                    "--load-model %s: there is no such model folder in %s", codec.shown(name), self.repository.root
+                )
         self._retire(await asyncio.to_thread(self.repository.load_all))
-        if self.poll_interval_s > 0:
+        if self.poll_interval_s > 0 and self.model_control == "poll":
             self._poller = asyncio.get_running_loop().create_task(self._poll(), name="repository-poll")
 
     async def _poll(self) -> None:
@@ -414,8 +432,10 @@ class DataPlane:
         Raises:
             ServingError: INVALID_ARGUMENT for a config that serving cannot use or another parameter (model files
                 are not taken over the network), NOT_FOUND for an unknown model, FAILED_PRECONDITION with the
-                reasons when a version could not be (re)loaded (those that did are swapped in).
+                reasons when a version could not be (re)loaded (those that did are swapped in); UNAVAILABLE with
+                model control "none".
         """
+        self._check_model_control()
         parameters = dict(parameters or {})
         config_text = parameters.pop("config", None)
         if parameters:
@@ -442,9 +462,18 @@ class DataPlane:
         """Unloads every version of a model; it stays unloaded until ``load``.
 
         Raises:
-            ServingError: NOT_FOUND for an unknown model.
+            ServingError: NOT_FOUND for an unknown model; UNAVAILABLE with model control "none".
         """
+        self._check_model_control()
         self._retire(await asyncio.to_thread(self.repository.unload, name))
+
+    def _check_model_control(self) -> None:
+        if self.model_control == "none":
+            raise ServingError(
+                Status.UNAVAILABLE,
+                "model load and unload requests are off (--model-control-mode none); use --model-control-mode "
+                "explicit or poll to allow them",
+            )
 
     # --- inference -----------------------------------------------------------------------------------------
 

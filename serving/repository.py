@@ -246,7 +246,8 @@ class ModelRepository:
         self._failures: dict[tuple[str, int], _Refusal] = {}
         self._model_errors: dict[str, str] = {}
         self._unready: dict[str, str] = {}
-        self._unloaded: set[str] = set()
+        # Models kept unloaded until a load request, and why (an unload request, or explicit model control).
+        self._unloaded: dict[str, str] = {}
         # Configurations that load requests carried: each stands for its model's config.pbtxt until a load without.
         self._config_overrides: dict[str, model_config_pb2.ModelConfig] = {}
 
@@ -353,7 +354,7 @@ class ModelRepository:
             previous = self._config_overrides.pop(name, None)
             if config is not None:
                 self._config_overrides[name] = config
-            self._unloaded.discard(name)
+            self._unloaded.pop(name, None)
             self._failures = {key: refusal for key, refusal in self._failures.items() if key[0] != name}
             self._model_errors.pop(name, None)
             reload_failures: list[str] = []
@@ -393,8 +394,23 @@ class ModelRepository:
         with self._sync_lock:
             if name not in self._models and not (self.root / name).is_dir():
                 raise ServingError(Status.NOT_FOUND, f"unknown model '{name}' in repository {self.root}")
-            self._unloaded.add(name)
+            self._unloaded[name] = "unloaded through the repository API"
             return self._sync_model(name)
+
+    def hold_back(self, keep: set[str] | None) -> list[str]:
+        """Explicit model control (before the first scan): every model of the repository but those in ``keep``
+        (None: all of them) stays unloaded until a load request.
+
+        Returns:
+            The names in ``keep`` that are not model folders of the repository.
+        """
+        with contextlib.suppress(OSError):
+            for entry in self.root.iterdir():
+                if entry.is_dir() and MODEL_NAME.match(entry.name) and keep is not None and entry.name not in keep:
+                    self._unloaded[entry.name] = (
+                        "not loaded: with --model-control-mode explicit a load request loads it"
+                    )
+        return sorted(name for name in keep or () if not (self.root / name).is_dir())
 
     def take_all(self) -> list[ServedVersion]:
         """Stops serving everything (at shutdown); returns the versions to retire."""
@@ -583,7 +599,7 @@ class ModelRepository:
         """Every model folder and loaded version with its state, and the reason for what does not serve."""
         models = {name: sorted(versions) for name, versions in self._models.items()}
         failures = dict(self._failures)
-        names = set(models) | self._unloaded | set(self._model_errors)
+        names = set(models) | set(self._unloaded) | set(self._model_errors)
         with contextlib.suppress(OSError):  # a vanished repository folder just lists what is loaded
             names |= {e.name for e in self.root.iterdir() if e.is_dir() and MODEL_NAME.match(e.name)}
         entries = []
@@ -595,7 +611,7 @@ class ModelRepository:
                 if n == name
             ]
             if name in self._unloaded:
-                entries.append(IndexEntry(name, "", "UNAVAILABLE", "unloaded through the repository API"))
+                entries.append(IndexEntry(name, "", "UNAVAILABLE", self._unloaded[name]))
             elif name not in models:
                 reason = self._model_errors.get(name) or self._unready.get(name, "not loaded")
                 entries.append(IndexEntry(name, "", "UNAVAILABLE", reason))

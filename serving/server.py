@@ -83,6 +83,9 @@ class ServerSettings:
     trace: TraceSettings = field(default_factory=TraceSettings)
     # The response cache's size (--cache-config local,size=BYTES), or None for none.
     response_cache_bytes: int | None = None
+    # Triton's model control mode (DataPlane's MODEL_CONTROL_MODES) and, for "explicit", the models loaded at start.
+    model_control: str = "poll"
+    load_models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,9 @@ def _check(settings: ServerSettings) -> Security:
             "--trace-config mode=opentelemetry needs OpenTelemetry's SDK and OTLP exporter: "
             "pip install 'buildsys[otel]'"
         )
+    missing = [name for name in settings.load_models if name != "*" and not (settings.repository / name).is_dir()]
+    if missing:
+        raise StartupError(f"--load-model {missing[0][:80]}: no such model folder in {settings.repository}")
     trace_folder = Path(settings.trace.file).parent
     if settings.trace.file and not trace_folder.is_dir():
         raise StartupError(f"the trace file's folder {trace_folder} does not exist (--trace-config triton,file=...)")
@@ -210,10 +216,14 @@ async def _serve(settings: ServerSettings, security: Security) -> int:
         log_control=log_control,
         tracer=Tracer(settings.trace, SERVER_NAME),
         response_cache=ResponseCache(settings.response_cache_bytes) if settings.response_cache_bytes else None,
+        model_control=settings.model_control,
+        load_models=settings.load_models,
     )
     await dataplane.start()
     loaded = dataplane.repository.loaded()
-    if not loaded:
+    if not loaded and settings.model_control == "explicit" and not settings.load_models:
+        log.info("no model loaded at start (--model-control-mode explicit): load requests load them")
+    elif not loaded:
         log.warning("no model could be loaded from %s; RepositoryIndex says why", settings.repository)
     for warning in dataplane.repository.device_warnings():
         log.warning("!!! %s", warning)

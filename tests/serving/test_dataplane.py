@@ -307,3 +307,44 @@ def test_each_output_is_classified_with_its_own_label_file(tmp_path):
         return {output.name: output.data[0, 0].decode() for output in response.outputs}
 
     assert run(scenario, tmp_path) == {"same": "0.700000:1:green", "negated": "-0.100000:0:small"}
+
+
+def test_explicit_model_control_loads_the_models_named_at_start_then_on_load_requests(tmp_path):
+    publish_version(tmp_path, "digits", 1, seed=1)
+    publish_version(tmp_path, "other", 1, seed=2)
+
+    async def scenario(dataplane):
+        def serving() -> list[str]:
+            return sorted(served.name for served in dataplane.repository.loaded())
+
+        at_start, ready = serving(), dataplane.ready()
+        held = next(entry for entry in dataplane.repository_index() if entry.name == "other")
+        await dataplane.load("other")
+        loaded = serving()
+        await dataplane.unload("digits")
+        return at_start, ready, held, loaded, serving()
+
+    at_start, ready, held, loaded, after_unload = run(
+        scenario, tmp_path, model_control="explicit", load_models=("digits",)
+    )
+    assert at_start == ["digits"] and ready, "a model not asked for does not make the server unready"
+    assert held.state == "UNAVAILABLE" and "--model-control-mode explicit" in held.reason
+    assert loaded == ["digits", "other"] and after_unload == ["other"]
+    nothing = run(lambda dataplane: asyncio.sleep(0, dataplane.repository.loaded()), tmp_path, model_control="explicit",
+                  load_models=())  # fmt: skip
+    assert nothing == []
+
+
+def test_with_model_control_none_every_model_loads_and_load_and_unload_requests_are_refused(tmp_path):
+    publish_version(tmp_path, "digits", 1, seed=1)
+
+    async def scenario(dataplane):
+        refusals = []
+        for action in (dataplane.load, dataplane.unload):
+            with pytest.raises(ServingError) as refused:
+                await action("digits")
+            refusals.append(refused.value)
+        return refusals, dataplane.model_ready("digits")
+
+    refusals, ready = run(scenario, tmp_path, model_control="none")
+    assert ready and all(r.status is Status.UNAVAILABLE and "--model-control-mode none" in r.message for r in refusals)

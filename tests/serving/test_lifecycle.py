@@ -219,8 +219,16 @@ def run_serving(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         (["--tls-cert", "/tmp/only-cert.pem"], "TLS needs both --tls-cert and --tls-key"),
         (["--version-policy", "newest"], "invalid version policy 'newest'"),
         (["--auth-token-file", "/nonexistent/token"], "cannot read token file /nonexistent/token"),
+        (["--trace-config", "level=TIMESTAMPS"], "--trace-config: there is no trace file"),
+        (["--trace-config", "triton,file=/nonexistent/folder/trace.json"],
+         "the trace file's folder /nonexistent/folder does not exist"),
+        (["--cache-config", "redis,host=cache"], "--cache-config redis,host=cache: the one cache is 'local'"),
+        (["--load-model", "digits"], "--load-model is for --model-control-mode explicit"),
+        (["--model-control-mode", "explicit", "--load-model", "*", "--load-model", "digits"],
+         "--load-model=* loads every model and must be the only --load-model"),
+        (["--model-control-mode", "explicit", "--load-model", "digitz"], "--load-model digitz: no such model folder"),
     ],
-)
+)  # fmt: skip
 def test_startup_errors_are_one_clear_line_and_exit_2(digits_repo, args, message):
     if args[0] == "--device" and "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers():
         pytest.skip("this machine has CUDA; --device cuda is valid here")

@@ -5,8 +5,6 @@ tritonclient.http, read back from the trace file."""
 
 import asyncio
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from tritonclient.utils import InferenceServerException
 from serving import tracing
 from serving.errors import ServingError, Status
 from serving.tracing import Tracer, TraceSettings
-from tests.serving.conftest import PROJECT_ROOT, images, stream_answers
+from tests.serving.conftest import images, stream_answers
 from tests.serving.test_batching import RecordingModel, hold, make_batcher, rows
 
 # The order of Triton's timestamps in one request that ran, front end's first and last.
@@ -312,20 +310,3 @@ def test_clients_trace_a_live_servers_requests_over_both_front_ends_into_the_tra
         assert np.allclose(np.array(output["data"].split(","), float).sum(), 2.0, atol=1e-4)
     refused = traces["bad-1"]["timestamps"]
     assert set(refused) == {"HTTP_RECV_START", "HTTP_RECV_END", "REQUEST_START", "REQUEST_END"}, "it ran nothing"
-
-
-@pytest.mark.parametrize(
-    ("flags", "words"),
-    [
-        (["level=TIMESTAMPS"], "serve: error: --trace-config: there is no trace file"),
-        (["triton,file=/nonexistent/folder/trace.json"], "the trace file's folder /nonexistent/folder does not exist"),
-    ],
-)
-def test_a_trace_config_that_cannot_work_stops_serve_at_start_in_one_line(digits_repo, flags, words):
-    arguments = [arg for flag in flags for arg in ("--trace-config", flag)]
-    completed = subprocess.run(
-        [sys.executable, "-m", "serving", "--repository", str(digits_repo), *arguments],
-        capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=60,
-    )  # fmt: skip
-    assert completed.returncode == 2 and words in completed.stderr, completed.stderr
-    assert len(completed.stderr.strip().splitlines()) == 1, completed.stderr

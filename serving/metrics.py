@@ -8,11 +8,15 @@ Always recorded (a few counter increments per request) in a private registry, an
 ``nv_inference_pending_request_count``, labelled ``model`` and ``version``) are read from each version's statistics
 at scrape time, costing a request nothing, so that dashboards and alerts built on a Triton server read this one.
 They are exposed untyped: the Prometheus library would name every counter ``..._total``, and Triton's are not.
+Triton's CPU metrics are there too, as Triton computes them: ``nv_cpu_utilization`` (busy share of every core
+since the previous scrape, 0 to 1), ``nv_cpu_memory_total_bytes`` and ``nv_cpu_memory_used_bytes`` (total less
+available).
 """
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import psutil
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -93,10 +97,33 @@ class _TritonMetrics(Collector):
         yield pending
 
 
+class _SystemMetrics(Collector):
+    """Triton's nv_cpu_* gauges, the utilization over the time since the previous scrape."""
+
+    def __init__(self) -> None:
+        self._last = psutil.cpu_times()
+
+    def collect(self):
+        now = psutil.cpu_times()
+        moved = {field: max(0.0, getattr(now, field) - getattr(self._last, field)) for field in now._fields}
+        self._last = now
+        busy = sum(moved.get(field, 0.0) for field in ("user", "nice", "system", "irq", "softirq", "steal"))
+        idle = moved.get("idle", 0.0) + moved.get("iowait", 0.0)
+        memory = psutil.virtual_memory()
+        yield GaugeMetricFamily(
+            "nv_cpu_utilization", "CPU utilization rate [0.0 - 1.0]", value=busy / (busy + idle) if busy + idle else 0
+        )
+        yield GaugeMetricFamily("nv_cpu_memory_total_bytes", "CPU total memory (RAM), in bytes", value=memory.total)
+        yield GaugeMetricFamily(
+            "nv_cpu_memory_used_bytes", "CPU used memory (RAM), in bytes", value=memory.total - memory.available
+        )
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        self.registry.register(_SystemMetrics())
         self._requests = Counter(
             "serving_requests",
             "ModelInfer requests by model and status code",

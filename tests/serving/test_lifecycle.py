@@ -156,6 +156,10 @@ def test_metrics_count_requests_by_status_and_batch_sizes(start_server, digits_r
     assert 'nv_inference_request_failure{model="digits",reason="OTHER",version="1"} 1.0' in text
     assert re.search(r"^nv_inference_compute_infer_duration_us\{[^}]*\} [1-9]", text, re.MULTILINE)
     assert re.search(r"^process_cpu_seconds_total [0-9]", text, re.MULTILINE)
+    utilization = float(re.search(r"^nv_cpu_utilization ([0-9.e+-]+)$", text, re.MULTILINE).group(1))
+    total = float(re.search(r"^nv_cpu_memory_total_bytes ([0-9.e+]+)$", text, re.MULTILINE).group(1))
+    used = float(re.search(r"^nv_cpu_memory_used_bytes ([0-9.e+]+)$", text, re.MULTILINE).group(1))
+    assert 0 <= utilization <= 1 and 0 < used < total
 
 
 def test_tls_and_bearer_token(start_server, digits_repo, tmp_path):

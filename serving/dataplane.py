@@ -1,7 +1,8 @@
 """The data plane: everything a request needs that does not depend on the protocol it arrived in.
 
-It resolves a model and version, validates inputs against the signature, queues them into the version's
-dynamic batcher (which runs ONNX Runtime off the event loop), splits the results, applies the classification
+It resolves a model and version, validates inputs against the signature, answers from the response cache where
+the model keeps one, queues them into the version's dynamic batcher (which runs ONNX Runtime off the event loop)
+or runs an ensemble's steps as requests to their models, splits the results, applies the classification
 extension, records statistics and metrics, and stamps a traced request's times (the front end samples it and
 finishes it); it also answers health, metadata, configuration, statistics, the trace settings and the repository's
 index, load and unload, and owns the polling of the repository and the drain at shutdown.
@@ -16,6 +17,7 @@ Example:
 """
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -25,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from serving import __version__, codec
+from serving.ensemble import Step, run_steps
 from serving.errors import ModelLoadError, ServingError, Status
 from serving.log_settings import LogControl
 from serving.metrics import Metrics, VersionState
@@ -44,6 +47,9 @@ log = logging.getLogger(__name__)
 SERVER_NAME = "buildsys-serving"
 EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics", "trace", "logging")
 SHARED_MEMORY_EXTENSION = "system_shared_memory"
+# The ensembles a request is inside of, outermost first (in each step's task too): an ensemble that runs itself
+# through others is refused instead of recursing.
+_ENSEMBLE_CHAIN: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("ensemble_chain", default=())
 # Triton's model control modes: how the repository's models are loaded after the first scan. "poll": changes on disk
 # are picked up every poll interval and load/unload requests work too (Triton's POLL refuses the requests);
 # "explicit": only the models named at start, then load/unload requests, no polling; "none": every model at start,
@@ -239,7 +245,7 @@ class DataPlane:
         self.metrics.watch_queue_depth(self.repository.queue_depths)
         self.metrics.watch_versions(
             lambda: [
-                VersionState(s.name, str(s.version), s.stats.snapshot(), s.batcher.queue_depth)
+                VersionState(s.name, str(s.version), s.stats.snapshot(), s.queue_depth)
                 for s in self.repository.loaded()
             ]
         )
@@ -347,7 +353,11 @@ class DataPlane:
         return ServerMetadata(SERVER_NAME, __version__, EXTENSIONS + shared_memory + warnings)
 
     def model_ready(self, name: str, version: str = "") -> bool:
-        return self.repository.is_ready(name, version)
+        """Whether the model (version) serves; an ensemble, when every model its steps run does too."""
+        if not self.repository.is_ready(name, version):
+            return False
+        steps = self.repository.get(name, version).steps
+        return all(self.repository.is_ready(step.model, step.version) for step in steps)
 
     def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
         """Raises ServingError NOT_FOUND for a model or version that is not loaded."""
@@ -359,8 +369,8 @@ class DataPlane:
             platform=served.manifest.platform,
             inputs=tuple(TensorMetadata(s.name, s.datatype, s.shape) for s in signature.inputs),
             outputs=tuple(TensorMetadata(s.name, s.datatype, s.shape) for s in signature.outputs),
-            execution_providers=tuple(served.model.providers),
-            device_warning=served.model.device_warning,
+            execution_providers=tuple(served.model.providers) if served.model else (),
+            device_warning=served.model.device_warning if served.model else None,
         )
 
     def model_config(self, name: str, version: str = "") -> model_config_pb2.ModelConfig:
@@ -375,6 +385,8 @@ class DataPlane:
         config.name = served.name
         config.platform = served.manifest.platform
         config.max_batch_size = served.max_batch_size
+        if served.model is None:  # an ensemble: its steps' models have the sessions and the queues
+            return config
         if served.batching.merges:  # a model without dynamic batching is not shown one
             config.dynamic_batching.max_queue_delay_microseconds = served.batcher.max_queue_delay_us
             config.dynamic_batching.default_queue_policy.max_queue_size = served.batcher.max_queue_size
@@ -494,6 +506,64 @@ class DataPlane:
         served.stats.record_cache(True, time.monotonic_ns() - started)
         return digest, outputs, 0
 
+    async def _ensemble(
+        self, served: ServedVersion, request: InferenceRequest, on_wait: Callable[[], None] | None
+    ) -> dict[str, np.ndarray]:
+        """Runs an ensemble's steps, each as a request to its model (which batches it with its others), and returns
+        its outputs as rows, as a batcher would.
+
+        Raises:
+            ServingError: a step's failure, with its status and the step's model named.
+        """
+        chain = _ENSEMBLE_CHAIN.get()
+        if served.name in chain:  # ensembles load one by one: only a request can see that they run each other
+            raise ServingError(
+                Status.FAILED_PRECONDITION,
+                f"ensemble '{served.name}' runs itself: {' -> '.join(chain)} -> {served.name}",
+            )
+        # A step's request is the caller's own: its deadline, priority and queue timeout go with it.
+        parameters = {key: value for key, value in request.parameters.items() if key in ("priority", "timeout")}
+
+        async def run(step: Step, given: dict[str, InputTensor]) -> dict[str, InputTensor]:
+            asked = [RequestedOutput(name) for name in step.outputs]
+            inputs = [InputTensor(name, t.datatype, t.shape, t.data) for name, t in given.items()]
+            step_request = InferenceRequest(
+                step.model, inputs, step.version, request.id, asked, parameters, request.deadline
+            )
+            try:
+                answer = await self.infer(step_request)
+            except ServingError as error:
+                raise ServingError(
+                    error.status, f"ensemble '{served.name}', step model '{step.model}': {error.message}"
+                ) from None
+            return {o.name: InputTensor(o.name, o.datatype, o.shape, o.data) for o in answer.outputs}
+
+        if on_wait is not None:
+            on_wait()  # the steps are requests of their own: this one waits for them
+        token = _ENSEMBLE_CHAIN.set((*chain, served.name))
+        try:
+            tensors = await run_steps(served.steps, {tensor.name: tensor for tensor in request.inputs}, run)
+        finally:
+            _ENSEMBLE_CHAIN.reset(token)
+        signature = served.manifest.signature
+        outputs = {}
+        for spec in signature.outputs:
+            tensor = tensors[spec.name]
+            declared = spec.shape[signature.batched :]
+            given = tuple(tensor.shape[signature.batched :])
+            if (
+                tensor.datatype != spec.datatype
+                or len(given) != len(declared)
+                or any(want not in (-1, got) for want, got in zip(declared, given, strict=True))
+            ):
+                raise ServingError(
+                    Status.INTERNAL,
+                    f"ensemble '{served.name}': its step made output '{spec.name}' {tensor.datatype} "
+                    f"{format_shape(tensor.shape)}, but config.pbtxt says {spec.datatype} {format_shape(spec.shape)}",
+                )
+            outputs[spec.name] = tensor.data if signature.batched else tensor.data[np.newaxis]
+        return outputs
+
     def _remember(
         self,
         served: ServedVersion,
@@ -539,7 +609,10 @@ class DataPlane:
             if outputs is None:
                 if trace is not None:
                     _trace_queued(trace, request.inputs)
-                results = await _batched(served, inputs, batch_size, queue, on_wait, trace)
+                if served.steps:
+                    results = await self._ensemble(served, request, on_wait)
+                else:
+                    results = await _batched(served, inputs, batch_size, queue, on_wait, trace)
                 outputs = _answer(served, wanted, results, trace)
                 if key is not None:
                     self._remember(served, key, request, wanted, outputs, lookup_ns)

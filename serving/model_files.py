@@ -19,6 +19,7 @@ from google.protobuf import json_format
 import modelrepo
 from modelrepo import CONFIG_FILE, MANIFEST_FILE, MODEL_NAME, ONNX_FILE, PLATFORM, VERSION_NAME, FormatError
 from modelrepo import list_versions as list_versions
+from serving.ensemble import ENSEMBLE_PLATFORM, read_steps
 from serving.errors import ModelLoadError, first_line
 from serving.protocol import model_config_pb2
 from serving.signature import BYTES, DATATYPES, ONNX_DATATYPES, ModelSignature, TensorSpec
@@ -50,7 +51,7 @@ class Manifest:
     name: str
     version: int
     platform: str
-    onnx_path: Path
+    onnx_path: Path | None  # None for an ensemble, which has no file of its own
     signature: ModelSignature
     class_names: dict[str, tuple[str, ...]]
     declared_in: str
@@ -122,9 +123,13 @@ def read_config(model_dir: Path, override: model_config_pb2.ModelConfig | None =
             raise _load_error(error) from error
     if config.name and config.name != model_dir.name:
         raise ModelLoadError(f"{path}: name '{config.name[:80]}' does not match its folder '{model_dir.name}'")
-    if config.platform not in ("", PLATFORM) or config.backend not in ("", ONNX_BACKEND):
+    if config.platform == ENSEMBLE_PLATFORM:
+        _check_ensemble(config, model_dir.name, path)
+    elif config.platform not in ("", PLATFORM) or config.backend not in ("", ONNX_BACKEND):
         given = config.platform if config.platform not in ("", PLATFORM) else config.backend
-        raise ModelLoadError(f"{path}: platform/backend '{given[:80]}' is not supported; expected '{PLATFORM}'")
+        raise ModelLoadError(
+            f"{path}: platform/backend '{given[:80]}' is not supported; expected '{PLATFORM}' or '{ENSEMBLE_PLATFORM}'"
+        )
     if config.max_batch_size < 0:
         raise ModelLoadError(
             f"{path}: max_batch_size is {config.max_batch_size}; it must be 0 (the model does not batch) or more"
@@ -149,6 +154,27 @@ def read_config(model_dir: Path, override: model_config_pb2.ModelConfig | None =
                 "model that does not batch (max_batch_size: 0)"
             )
     return config
+
+
+def _check_ensemble(config: model_config_pb2.ModelConfig, name: str, path: Path | str) -> None:
+    """An ensemble's own rules: its tensors declared, its steps wired (serving.ensemble), and none of what only a
+    model with a file of its own has."""
+    if not config.input or not config.output:
+        raise ModelLoadError(f"{path}: an ensemble declares its inputs and outputs; nothing can complete them")
+    for field, what in (
+        ("model_warmup", "model_warmup (warm up the models of its steps)"),
+        ("instance_group", "instance_group (the models of its steps run it)"),
+    ):
+        if getattr(config, field):
+            raise ModelLoadError(f"{path}: an ensemble has no {what}")
+    if config.response_cache.enable:
+        raise ModelLoadError(
+            f"{path}: response_cache on an ensemble would answer from before a reload of its steps' models; enable "
+            "it on them"
+        )
+    if any(tensor.HasField("reshape") for tensor in [*config.input, *config.output]):
+        raise ModelLoadError(f"{path}: an ensemble's tensors cannot be reshaped; its steps' models can")
+    read_steps(config, name, path)
 
 
 def _check_queue_policies(dynamic: model_config_pb2.ModelDynamicBatching, path: Path | str) -> None:
@@ -303,7 +329,7 @@ def read_version(version_dir: Path, config: model_config_pb2.ModelConfig) -> Man
     Raises:
         ModelLoadError: one line naming the file that is wrong and why.
     """
-    if (version_dir / MANIFEST_FILE).exists():
+    if (version_dir / MANIFEST_FILE).exists() and config.platform != ENSEMBLE_PLATFORM:
         return _from_manifest(version_dir, config)
     return _from_config(version_dir, config)
 
@@ -358,7 +384,8 @@ def _from_config(version_dir: Path, config: model_config_pb2.ModelConfig) -> Man
     """A Triton version folder: the config's tensors (or the ONNX file's, when the config lists none) and labels."""
     model_dir = version_dir.parent
     config_path = model_dir / CONFIG_FILE
-    onnx_path = model_file(version_dir, config.default_model_filename or ONNX_FILE)
+    ensemble = config.platform == ENSEMBLE_PLATFORM
+    onnx_path = None if ensemble else model_file(version_dir, config.default_model_filename or ONNX_FILE)
     batched = config.max_batch_size > 0
     if config.input and config.output:
         signature = ModelSignature(
@@ -380,7 +407,7 @@ def _from_config(version_dir: Path, config: model_config_pb2.ModelConfig) -> Man
     return Manifest(
         name=model_dir.name,
         version=int(version_dir.name),
-        platform=PLATFORM,
+        platform=ENSEMBLE_PLATFORM if ensemble else PLATFORM,
         onnx_path=onnx_path,
         signature=signature,
         class_names=class_names,

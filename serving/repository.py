@@ -27,6 +27,7 @@ from pathlib import Path
 from modelrepo import MODEL_NAME, VERSION_NAME, list_versions
 from serving.batcher import DynamicBatcher
 from serving.codec import shown
+from serving.ensemble import ENSEMBLE_PLATFORM, Step, read_steps
 from serving.errors import ModelLoadError, ServingError, Status, first_line
 from serving.model_files import Manifest, read_config, read_version
 from serving.protocol import model_config_pb2
@@ -151,34 +152,47 @@ class ServedVersion:
         self,
         config: model_config_pb2.ModelConfig,
         manifest: Manifest,
-        model: OnnxModel,
+        model: OnnxModel | None,
         batching: Batching,
         on_batch: Callable[[str, int], None],
+        steps: tuple[Step, ...] = (),
     ) -> None:
+        """``model`` None and ``steps`` given: an ensemble, which has no session and no batcher of its own (its
+        steps' models batch its requests)."""
         self.config = config
         self.manifest = manifest
         self.model = model
+        self.steps = steps
         self.batching = batching
         self.stats = ModelStats()
         # This load of the version, unlike any other: a response cache keyed by it never answers from another.
         self.generation = next(_GENERATIONS)
         self.caches_answers = config.response_cache.enable
-        self.batcher = DynamicBatcher(
-            name=f"{manifest.name}/{manifest.version}",
-            instances=model.runners,
-            wide=model.wide_runner,
-            # A model that does not batch is queued as one row per request, so no two requests are merged.
-            max_batch_size=max(1, batching.max_batch_size),
-            max_queue_delay_us=batching.max_queue_delay_us,
-            max_queue_size=batching.default_policy.max_queue_size,
-            level_queue_sizes={level: policy.max_queue_size for level, policy in batching.level_policies.items()},
-            merges=batching.merges,
-            stats=self.stats,
-            on_batch=lambda size: on_batch(manifest.name, size),
+        self.batcher = (
+            None
+            if model is None
+            else DynamicBatcher(
+                name=f"{manifest.name}/{manifest.version}",
+                instances=model.runners,
+                wide=model.wide_runner,
+                # A model that does not batch is queued as one row per request, so no two requests are merged.
+                max_batch_size=max(1, batching.max_batch_size),
+                max_queue_delay_us=batching.max_queue_delay_us,
+                max_queue_size=batching.default_policy.max_queue_size,
+                level_queue_sizes={level: policy.max_queue_size for level, policy in batching.level_policies.items()},
+                merges=batching.merges,
+                stats=self.stats,
+                on_batch=lambda size: on_batch(manifest.name, size),
+            )
         )
         # Changed only on the event loop (requests and retirement run there), so no lock is needed.
         self._inflight = 0
         self._idle: asyncio.Event | None = None
+
+    @property
+    def queue_depth(self) -> int:
+        """Requests waiting for an execution of this version (none for an ensemble: its steps' models queue)."""
+        return 0 if self.batcher is None else self.batcher.queue_depth
 
     @property
     def max_batch_size(self) -> int:
@@ -206,7 +220,8 @@ class ServedVersion:
         while self._inflight:
             self._idle = asyncio.Event()
             await self._idle.wait()
-        await self.batcher.close()
+        if self.batcher is not None:
+            await self.batcher.close()
         log.info("model '%s' version %d unloaded", self.name, self.version)
 
 
@@ -509,6 +524,16 @@ class ModelRepository:
     def _load_version(self, version_dir: Path, config: model_config_pb2.ModelConfig) -> ServedVersion:
         name = version_dir.parent.name
         manifest = read_version(version_dir, config)
+        if manifest.platform == ENSEMBLE_PLATFORM:
+            steps = read_steps(config, name, version_dir.parent / "config.pbtxt")
+            served = ServedVersion(config, manifest, None, self._batching(config), self._on_batch, steps)
+            log.info(
+                "model '%s' version %d loaded (an ensemble of %s)",
+                name,
+                manifest.version,
+                " -> ".join(f"'{step.model}'" for step in steps),
+            )
+            return served
         configured_threads = _intra_op_thread_count(config, version_dir.parent)  # checked even when overridden
         device = "cpu" if _placed_on_cpu(config) else self.runtime_options.device
         on_gpu = requests_cuda(device)
@@ -618,12 +643,12 @@ class ModelRepository:
         return entries
 
     def device_warnings(self) -> list[str]:
-        return [served.model.device_warning for served in self.loaded() if served.model.device_warning]
+        return [served.model.device_warning for served in self.loaded() if served.model and served.model.device_warning]
 
     def queue_depths(self) -> dict[str, int]:
         depths: dict[str, int] = {}
         for served in self.loaded():
-            depths[served.name] = depths.get(served.name, 0) + served.batcher.queue_depth
+            depths[served.name] = depths.get(served.name, 0) + served.queue_depth
         return depths
 
 

@@ -333,6 +333,54 @@ def publish_labeler(repo: Path, name: str = "labeler", config: bool = True) -> P
     return version_dir
 
 
+ARGMAX_CONFIG = """\
+name: "argmax"
+platform: "onnxruntime_onnx"
+max_batch_size: 64
+input [ { name: "scores" data_type: TYPE_FP32 dims: [ 10 ] } ]
+output [ { name: "best" data_type: TYPE_INT64 dims: [ 1 ] } ]
+dynamic_batching { }
+"""
+# Triton's ensemble of the digits classifier and argmax: an image in, its probabilities and its best class out.
+ENSEMBLE_CONFIG = """\
+name: "pipeline"
+platform: "ensemble"
+max_batch_size: 8
+input [ { name: "IMAGE" data_type: TYPE_UINT8 dims: [ 8, 8 ] } ]
+output [
+  { name: "PROBABILITIES" data_type: TYPE_FP32 dims: [ 10 ] label_filename: "labels.txt" },
+  { name: "CLASS" data_type: TYPE_INT64 dims: [ 1 ] }
+]
+ensemble_scheduling { step [
+  { model_name: "digits" model_version: -1
+    input_map { key: "image" value: "IMAGE" } output_map { key: "probabilities" value: "PROBABILITIES" } },
+  { model_name: "argmax" model_version: -1
+    input_map { key: "scores" value: "PROBABILITIES" } output_map { key: "best" value: "CLASS" } }
+] }
+"""
+
+
+def publish_ensemble(repo: Path, config: str = ENSEMBLE_CONFIG) -> Path:
+    """The digits classifier, an argmax model and the ensemble ``pipeline`` of both (its version folder empty, as
+    Triton's are); returns the ensemble's version folder."""
+    publish_version(repo, "digits", 1, seed=1)
+    (repo / "argmax" / "1").mkdir(parents=True)
+    (repo / "argmax" / "config.pbtxt").write_text(ARGMAX_CONFIG)
+    graph = helper.make_graph(
+        [helper.make_node("ArgMax", ["scores"], ["best"], axis=1, keepdims=1)],
+        "argmax",
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 10])],
+        [helper.make_tensor_value_info("best", TensorProto.INT64, ["batch", 1])],
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), repo / "argmax" / "1" / "model.onnx"
+    )
+    (repo / "pipeline" / "1").mkdir(parents=True)
+    (repo / "pipeline" / "config.pbtxt").write_text(config)
+    (repo / "pipeline" / "labels.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+    return repo / "pipeline" / "1"
+
+
 def stream_answers(
     url: str, sends: list[tuple[str, np.ndarray, str]], headers: dict | None = None, **client_options
 ) -> list[tuple]:

@@ -81,6 +81,8 @@ def main() -> int:
     )
     print(f"HTTP status codes: {dict(sorted(http_seen.items()))}")
     print(f"server log: {len(lines)} lines; exit code {server.returncode}")
+    kinds = {line.split(" ", 3)[-1].split(":", 1)[0][:80] for line in lines}
+    print("its kinds of line: " + "; ".join(sorted(kinds)))
     flood = len(lines) > 10 + 2 * elapsed / 10  # start and stop lines, plus at most one rate-limited line per 10 s
     return 1 if flood or server.returncode != 0 else 0
 

@@ -491,11 +491,9 @@ class DataPlane:
 
     def _look_up(
         self, served: ServedVersion, request: InferenceRequest, wanted: list[tuple]
-    ) -> tuple[bytes | None, list[OutputTensor] | None, int]:
-        """(the request's response cache digest, the outputs kept for it or None, the ns the lookup took); the
-        digest is None where the version's answers are not cached. A hit is counted here."""
-        if self.response_cache is None or not served.caches_answers:
-            return None, None, 0
+    ) -> tuple[bytes, list[OutputTensor] | None, int]:
+        """(the request's response cache digest, the outputs kept for it or None, the ns the lookup took), for a
+        version whose answers are cached. A hit is counted here."""
         started = time.monotonic_ns()
         digest = self.response_cache.digest(served.generation, request.inputs, _asked(request, wanted))
         kept = self.response_cache.get(digest, served.generation, request.inputs, _asked(request, wanted))
@@ -605,14 +603,26 @@ class DataPlane:
             inputs, batch_size = _checked_inputs(request.inputs, served)
             wanted = _checked_outputs(request.outputs, served, self.shared_memory)
             queue = _queue_place(request, served.batching)
-            key, outputs, lookup_ns = self._look_up(served, request, wanted)
+            key, outputs, lookup_ns = None, None, 0
+            if self.response_cache is not None and served.caches_answers:
+                key, outputs, lookup_ns = self._look_up(served, request, wanted)
             if outputs is None:
                 if trace is not None:
                     _trace_queued(trace, request.inputs)
                 if served.steps:
                     results = await self._ensemble(served, request, on_wait)
                 else:
-                    results = await _batched(served, inputs, batch_size, queue, on_wait, trace)
+                    try:
+                        results = await served.batcher.infer(
+                            inputs, batch_size, queue.deadline, on_wait, level=queue.level, delay_at=queue.delay_at,
+                            trace=trace,
+                        )  # fmt: skip
+                    except ServingError as error:
+                        if error.status is Status.DEADLINE_EXCEEDED and queue.timeout_binds:
+                            # Triton's answer to a request that its queue's timeout drops: the server shed load,
+                            # and a client may come back (the transport's own deadline stays DEADLINE_EXCEEDED).
+                            raise ServingError(Status.UNAVAILABLE, error.message) from None
+                        raise
                 outputs = _answer(served, wanted, results, trace)
                 if key is not None:
                     self._remember(served, key, request, wanted, outputs, lookup_ns)
@@ -658,27 +668,6 @@ def _asked(request: InferenceRequest, wanted: list[tuple]) -> list[tuple[str, in
     """The outputs a request asks for as the response cache tells requests apart: (name, classification count),
     none when it asks for every output."""
     return [(spec.name, class_count) for spec, class_count, _ in wanted] if request.outputs else []
-
-
-async def _batched(
-    served: ServedVersion,
-    inputs: dict[str, np.ndarray],
-    batch_size: int,
-    queue: "_QueuePlace",
-    on_wait: Callable[[], None] | None,
-    trace: Trace | None,
-) -> dict[str, np.ndarray]:
-    """The request's rows of its model's outputs, from the version's batcher."""
-    try:
-        return await served.batcher.infer(
-            inputs, batch_size, queue.deadline, on_wait, level=queue.level, delay_at=queue.delay_at, trace=trace
-        )
-    except ServingError as error:
-        if error.status is Status.DEADLINE_EXCEEDED and queue.timeout_binds:
-            # Triton's answer to a request that its queue's timeout drops: the server shed load, and a client may
-            # come back (the transport's own deadline stays DEADLINE_EXCEEDED).
-            raise ServingError(Status.UNAVAILABLE, error.message) from None
-        raise
 
 
 def _answer(

@@ -6,9 +6,10 @@ the signature comes from ``config.pbtxt`` (class labels from an output's ``label
 ONNX file's shape differs from the one clients use, and ``optional`` inputs), and a model without ``config.pbtxt``
 is completed from its ONNX file's inputs and outputs: with a batch dimension when every first dimension is
 dynamic, without one otherwise. An ensemble (``platform: "ensemble"``) has only its config: its tensors and its
-steps, checked by serving.ensemble; its version folders are empty. Every malformed file (not UTF-8, wrong JSON types, unknown datatype, inconsistent
-config, an ONNX file that does not load) raises ``ModelLoadError`` with one line naming the file and the reason,
-never another exception, so the repository refuses that model or version and goes on with the others.
+steps, checked by serving.ensemble; its version folders are empty. Every malformed file (not UTF-8, wrong JSON
+types, unknown datatype, inconsistent config, an ONNX file that does not load) raises ``ModelLoadError`` with one
+line naming the file and the reason, never another exception, so the repository refuses that model or version and
+goes on with the others.
 This module reads files only; it never runs a model (that is serving/runtime.py) and never imports buildsys.
 """
 

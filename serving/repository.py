@@ -335,7 +335,8 @@ class ModelRepository:
                     names.add(entry.name)
                 elif entry.is_dir() and not entry.name.startswith("."):
                     self._note_model_error(entry.name, f"{entry}: folder name does not match {MODEL_NAME.pattern}")
-            for name in sorted(names):
+            # Ensembles after the models their steps run, so that their wiring is checked against them.
+            for name in sorted(names, key=lambda name: (self._is_ensemble(name), name)):
                 try:
                     retired += self._sync_model(name)
                 except Exception as error:  # one model's files must never stop the scan of the others
@@ -526,6 +527,7 @@ class ModelRepository:
         manifest = read_version(version_dir, config)
         if manifest.platform == ENSEMBLE_PLATFORM:
             steps = read_steps(config, name, version_dir.parent / "config.pbtxt")
+            self._check_wiring(manifest, steps, version_dir.parent / "config.pbtxt")
             served = ServedVersion(config, manifest, None, self._batching(config), self._on_batch, steps)
             log.info(
                 "model '%s' version %d loaded (an ensemble of %s)",
@@ -593,6 +595,62 @@ class ModelRepository:
             batching.describe(),
         )
         return served
+
+    def _is_ensemble(self, name: str) -> bool:
+        """Whether the model's config (a load request's, else config.pbtxt) makes it an ensemble; False when it
+        cannot be read (its own load says why)."""
+        override = self._config_overrides.get(name)
+        if override is not None:
+            return override.platform == ENSEMBLE_PLATFORM
+        try:
+            return read_config(self.root / name).platform == ENSEMBLE_PLATFORM
+        except Exception:  # the model's own load reports it, in one line
+            return False
+
+    def _check_wiring(self, manifest: Manifest, steps: tuple[Step, ...], config_path: Path) -> None:
+        """An ensemble's steps against the models they run, for those loaded now (the others are checked by the
+        requests that reach them): each step gives its model every input it needs and takes only outputs it has,
+        and a tensor has one datatype wherever it goes.
+
+        Raises:
+            ModelLoadError: naming the step, the model and the tensor.
+        """
+        datatypes = {spec.name: (spec.datatype, "an input of the ensemble") for spec in manifest.signature.inputs}
+        for index, step in enumerate(steps):
+            versions = self._models.get(step.model)
+            served = None
+            if versions:
+                served = versions.get(int(step.version)) if step.version else versions[max(versions)]
+            if served is None:
+                continue
+            at = f"{config_path}: ensemble_scheduling step {index} (model '{step.model}')"
+            signature = served.manifest.signature
+            model_inputs = {spec.name: spec for spec in signature.inputs}
+            model_outputs = {spec.name: spec for spec in signature.outputs}
+            for name, tensor in step.inputs.items():
+                spec = model_inputs.get(name)
+                if spec is None:
+                    raise ModelLoadError(f"{at}: input_map names {shown(name)}, which is not an input of the model")
+                made = datatypes.get(tensor)
+                if made is not None and made[0] != spec.datatype:
+                    raise ModelLoadError(
+                        f"{at}: input '{name}' is {spec.datatype}, but tensor '{tensor}' is {made[0]} ({made[1]})"
+                    )
+            needed = next((s.name for s in signature.inputs if not s.optional and s.name not in step.inputs), None)
+            if needed is not None:
+                raise ModelLoadError(f"{at}: input_map gives nothing to the model's input '{needed}'")
+            for name, tensor in step.outputs.items():
+                spec = model_outputs.get(name)
+                if spec is None:
+                    raise ModelLoadError(f"{at}: output_map names {shown(name)}, which is not an output of the model")
+                datatypes[tensor] = (spec.datatype, f"output '{name}' of model '{step.model}'")
+        for spec in manifest.signature.outputs:
+            made = datatypes.get(spec.name)
+            if made is not None and made[0] != spec.datatype:
+                raise ModelLoadError(
+                    f"{config_path}: output '{spec.name}' of the ensemble is {spec.datatype}, but it is {made[0]} "
+                    f"({made[1]})"
+                )
 
     def _batching(self, config: model_config_pb2.ModelConfig) -> Batching:
         dynamic = config.dynamic_batching

@@ -68,6 +68,32 @@ def test_wiring_that_cannot_run_refuses_the_ensemble_in_one_line(tmp_path, edit,
     assert words in str(refused.value) and "config.pbtxt" in str(refused.value) and "\n" not in str(refused.value)
 
 
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (('name: "CLASS" data_type: TYPE_INT64', 'name: "CLASS" data_type: TYPE_INT32'),
+         "output 'CLASS' of the ensemble is INT32, but it is INT64 (output 'best' of model 'argmax')"),
+        (('key: "scores" value', 'key: "logits" value'),
+         "step 1 (model 'argmax'): input_map names 'logits', which is not an input of the model"),
+        (('key: "best" value', 'key: "top" value'), "output_map names 'top', which is not an output of the model"),
+        (('input [ { name: "IMAGE" data_type: TYPE_UINT8', 'input [ { name: "IMAGE" data_type: TYPE_FP32'),
+         "input 'image' is UINT8, but tensor 'IMAGE' is FP32 (an input of the ensemble)"),
+    ],
+)  # fmt: skip
+def test_wiring_that_disagrees_with_the_steps_models_refuses_the_ensemble_when_it_loads(tmp_path, edit, words):
+    """The ensemble (\"pipeline\") loads after the models of its steps, whatever the names, and is checked
+    against them."""
+    publish_ensemble(tmp_path, ENSEMBLE_CONFIG.replace(*edit))
+
+    async def scenario(dataplane):
+        index = {(e.name, e.version): e for e in dataplane.repository_index()}
+        return index, sorted(s.name for s in dataplane.repository.loaded())
+
+    index, loaded = run(scenario, tmp_path)
+    refused = index[("pipeline", "1")]
+    assert loaded == ["argmax", "digits"] and words in refused.reason and "\n" not in refused.reason, refused
+
+
 def test_an_input_no_step_takes_is_refused(tmp_path):
     text = ENSEMBLE_CONFIG.replace("input [", 'input [ { name: "UNUSED" data_type: TYPE_FP32 dims: [ 1 ] },')
     publish_ensemble(tmp_path, text)
@@ -127,7 +153,12 @@ def test_a_request_runs_through_the_steps_models_which_count_it_as_their_own(tmp
 
 
 def test_a_step_whose_model_is_gone_or_whose_output_differs_from_the_config_is_named_in_one_line(tmp_path):
-    version_dir = publish_ensemble(tmp_path, ENSEMBLE_CONFIG.replace("TYPE_INT64", "TYPE_INT32"))
+    version_dir = publish_ensemble(
+        tmp_path,
+        ENSEMBLE_CONFIG.replace(
+            'name: "CLASS" data_type: TYPE_INT64 dims: [ 1 ]', 'name: "CLASS" data_type: TYPE_INT64 dims: [ 2 ]'
+        ),
+    )
 
     async def scenario(dataplane):
         failures = []
@@ -141,7 +172,7 @@ def test_a_step_whose_model_is_gone_or_whose_output_differs_from_the_config_is_n
 
     (differs, gone), ready = run(scenario, version_dir.parents[1])
     assert differs.status is Status.INTERNAL
-    assert "its step made output 'CLASS' INT64 [1, 1], but config.pbtxt says INT32 [-1, 1]" in differs.message
+    assert "its step made output 'CLASS' INT64 [1, 1], but config.pbtxt says INT64 [-1, 2]" in differs.message
     assert gone.status is Status.NOT_FOUND and "ensemble 'pipeline', step model 'argmax': unknown model" in gone.message
     assert not ready, "an ensemble is ready only while every model of its steps is"
 
@@ -209,3 +240,21 @@ def test_any_ensemble_config_reads_or_raises_model_load_error(tmp_path_factory, 
             read_steps(config, "pipeline", "config.pbtxt")
     except ModelLoadError as error:
         assert "\n" not in str(error)
+
+
+def test_an_ensemble_named_before_its_steps_models_still_loads_after_them_and_is_checked(tmp_path):
+    publish_ensemble(tmp_path)
+    wrong = ENSEMBLE_CONFIG.replace('name: "pipeline"', 'name: "a_first"').replace(
+        'name: "CLASS" data_type: TYPE_INT64', 'name: "CLASS" data_type: TYPE_INT32'
+    )
+    (tmp_path / "a_first" / "1").mkdir(parents=True)
+    (tmp_path / "a_first" / "config.pbtxt").write_text(wrong)
+    (tmp_path / "a_first" / "labels.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+
+    async def scenario(dataplane):
+        index = {(e.name, e.version): e for e in dataplane.repository_index()}
+        return index, sorted(s.name for s in dataplane.repository.loaded())
+
+    index, loaded = run(scenario, tmp_path)
+    assert loaded == ["argmax", "digits", "pipeline"]
+    assert "output 'CLASS' of the ensemble is INT32, but it is INT64" in index[("a_first", "1")].reason

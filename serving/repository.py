@@ -24,7 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelrepo import MODEL_NAME, VERSION_NAME, list_versions
+import modelrepo
+from modelrepo import CONFIG_FILE, MODEL_NAME, VERSION_NAME, list_versions
 from serving.batcher import DynamicBatcher
 from serving.codec import shown
 from serving.ensemble import ENSEMBLE_PLATFORM, Step, read_steps
@@ -602,8 +603,9 @@ class ModelRepository:
         override = self._config_overrides.get(name)
         if override is not None:
             return override.platform == ENSEMBLE_PLATFORM
-        try:
-            return read_config(self.root / name).platform == ENSEMBLE_PLATFORM
+        path = self.root / name / CONFIG_FILE
+        try:  # the text alone: a model without config.pbtxt is completed from its ONNX file, never an ensemble
+            return path.is_file() and modelrepo.read_config(path).platform == ENSEMBLE_PLATFORM
         except Exception:  # the model's own load reports it, in one line
             return False
 

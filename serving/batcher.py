@@ -11,6 +11,11 @@ once with UNAVAILABLE instead of letting latency grow without limit. A request w
 caller went away (its task cancelled) leaves the queue and never runs; a caller told that its request is going to
 wait (``on_wait``) can watch for its client going away from then on.
 
+With preferred batch sizes (config.pbtxt's ``preferred_batch_size``), a queue whose requests in turn add up to one
+of them does not wait out the delay: that batch runs at once, and of what is queued a batch takes the longest run
+of requests that adds up to a preferred size, leaving the rest for the next; when none does, it takes what fits,
+as without them. Requests are never split, as in Triton.
+
 The queue follows Triton's scheduler where a config asks for more: with priority levels a batch is formed from
 the highest-priority requests queued (level 1 first), each level bounded by its own queue size; a request whose
 queue timeout passed under ``timeout_action: DELAY`` (``delay_at``) goes behind the requests of its level that
@@ -164,11 +169,14 @@ class DynamicBatcher:
         wide_above_ns: int = WIDE_ABOVE_NS,
         wide_after_quiet_ns: int = WIDE_AFTER_QUIET_NS,
         wide_inline_below_ns: int = WIDE_INLINE_BELOW_NS,
+        preferred_batch_sizes: Sequence[int] = (),
     ) -> None:
         """Creates the batcher; no event-loop object is made until the first request, on the running loop.
 
         Args:
             max_queue_size: the bound of each priority level's queue, unless ``level_queue_sizes`` has its own.
+            preferred_batch_sizes: batch sizes that run as soon as the queue's requests in turn add up to one of
+                them (sizes above ``max_batch_size`` are left out).
             merges: False runs every request in a call of its own (a model without Triton's dynamic batching):
                 requests still queue for a free instance, but never wait for a delay or share a call.
             instances: one function per execution instance, each running one merged batch at a time: in a thread
@@ -187,6 +195,7 @@ class DynamicBatcher:
         self.max_queue_size = max_queue_size
         self._level_queue_sizes = dict(level_queue_sizes or {})
         self._merges = merges
+        self._preferred = frozenset(size for size in preferred_batch_sizes if 0 < size <= max_batch_size)
         self._instances = tuple(instances)
         self._wide = wide
         self._wide_above_ns = wide_above_ns
@@ -342,8 +351,19 @@ class DynamicBatcher:
             _resolve(self._wakeup)
 
     def _notify(self) -> None:
-        if self._closing or self._queued_samples >= self.max_batch_size:
+        if self._closing or self._queued_samples >= self.max_batch_size or self._preferred_formed():
             self._wake()
+
+    def _preferred_formed(self) -> bool:
+        """Whether the queue's requests in turn add up to a preferred batch size."""
+        if not self._preferred or self._queued_samples < min(self._preferred):
+            return False
+        total = 0
+        for pending in self._queue:
+            total += pending.batch_size
+            if total in self._preferred:
+                return True
+        return False
 
     def _forget(self, pending: _Pending) -> None:
         try:
@@ -521,7 +541,7 @@ class DynamicBatcher:
         if not self._queue or not self._merges:
             return
         flush_at_ns = self._queue[0].enqueued_ns + self.max_queue_delay_us * 1000
-        while not self._closing and self._queued_samples < self.max_batch_size:
+        while not self._closing and self._queued_samples < self.max_batch_size and not self._preferred_formed():
             remaining_s = (flush_at_ns - time.monotonic_ns()) / 1e9
             if remaining_s <= 0:
                 return
@@ -554,9 +574,23 @@ class DynamicBatcher:
                 samples += pending.batch_size
             else:
                 kept.append(pending)
+        if self._preferred and len(batch) > 1:
+            batch = self._preferred_part(batch)
+            taken = set(map(id, batch))
+            kept = deque(pending for pending in live if id(pending) not in taken)
         self._queue = kept
         self._queued_samples = sum(p.batch_size for p in kept)
         return batch
+
+    def _preferred_part(self, batch: list[_Pending]) -> list[_Pending]:
+        """The longest first part of ``batch`` whose samples add up to a preferred size, or all of it if none
+        does."""
+        total, cut = 0, 0
+        for count, pending in enumerate(batch, start=1):
+            total += pending.batch_size
+            if total in self._preferred:
+                cut = count
+        return batch[:cut] if cut else batch
 
     def _execute_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Pending]) -> None:
         """Runs the batch on a free instance: inline, done when this returns; or in the instance's thread, whose

@@ -140,6 +140,12 @@ def read_config(model_dir: Path, override: model_config_pb2.ModelConfig | None =
     if config.default_model_filename:
         _file_name(config.default_model_filename, path, "default_model_filename")
     _check_queue_policies(config.dynamic_batching, path)
+    for size in config.dynamic_batching.preferred_batch_size:
+        if size < 1 or (config.max_batch_size and size > config.max_batch_size):
+            raise ModelLoadError(
+                f"{path}: dynamic_batching preferred_batch_size {size} must be from 1 to max_batch_size "
+                f"{config.max_batch_size}"
+            )
     for kind, tensors in (("input", config.input), ("output", config.output)):
         for tensor in tensors:
             _datatype(tensor, path, kind)
@@ -208,8 +214,7 @@ def _refuse_what_changes_a_request(config: model_config_pb2.ModelConfig, path: P
     Triton's ONNX Runtime backend runs these, but each makes the server supply tensors that no request carries
     (sequence control inputs and state, batch inputs) or answer in another way (ragged batches, shape tensors,
     several responses per request). Served as a plain model, such a model would be refused later by a confusing
-    signature mismatch, or would answer wrongly; one line here says which feature it is. Settings that only tune
-    speed (preferred batch sizes, warm-up, the response cache) are accepted and ignored.
+    signature mismatch, or would answer wrongly; one line here says which feature it is.
     """
     problems = []
     if config.HasField("sequence_batching"):

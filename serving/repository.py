@@ -116,6 +116,7 @@ class Batching:
     priority_levels: int = 0
     default_priority_level: int = 0
     level_policies: Mapping[int, QueuePolicy] = dataclasses.field(default_factory=dict)
+    preferred_batch_sizes: tuple[int, ...] = ()
 
     def level(self, priority: int) -> int:
         """The priority level a request's ``priority`` parameter puts it on, as Triton maps it."""
@@ -129,9 +130,11 @@ class Batching:
         if not self.merges:
             return f"no dynamic batching (each request runs alone), max_queue_size {self.default_policy.max_queue_size}"
         levels = f", {self.priority_levels} priority levels" if self.priority_levels else ""
+        preferred = f", preferred_batch_size {list(self.preferred_batch_sizes)}" if self.preferred_batch_sizes else ""
         return (
             f"max_queue_delay_us {self.max_queue_delay_us}, max_queue_size {self.default_policy.max_queue_size}"
             + levels
+            + preferred
         )
 
 
@@ -182,6 +185,7 @@ class ServedVersion:
                 max_queue_size=batching.default_policy.max_queue_size,
                 level_queue_sizes={level: policy.max_queue_size for level, policy in batching.level_policies.items()},
                 merges=batching.merges,
+                preferred_batch_sizes=batching.preferred_batch_sizes,
                 stats=self.stats,
                 on_batch=lambda size: on_batch(manifest.name, size),
             )
@@ -676,6 +680,7 @@ class ModelRepository:
                 for level, policy in dynamic.priority_queue_policy.items()
                 if dynamic.priority_levels  # without levels Triton ignores the per-level policies
             },
+            preferred_batch_sizes=tuple(dynamic.preferred_batch_size),
         )
 
     # --- reporting ------------------------------------------------------------------------------------------

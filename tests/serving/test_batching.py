@@ -239,6 +239,48 @@ def test_requests_queued_behind_a_busy_model_merge_and_each_gets_its_own_rows():
         np.testing.assert_array_equal(result["y"], rows(10 * i, i + 1)["x"] * 2)
 
 
+def test_a_batch_takes_the_longest_run_of_requests_that_adds_up_to_a_preferred_size():
+    """Five one-sample requests queued behind a busy model, preferred sizes 2 and 4: a batch of 4, then the last."""
+
+    async def scenario(preferred):
+        model = RecordingModel()
+        batcher = make_batcher(model, max_batch_size=64, max_queue_delay_us=1000, preferred_batch_sizes=preferred)
+        busy = await hold(model, batcher)
+        waiting = [asyncio.create_task(batcher.infer(rows(i, 1), 1)) for i in range(5)]
+        await asyncio.sleep(0.01)
+        model.release.set()
+        results = await asyncio.gather(busy, *waiting)
+        await batcher.close()
+        return model.batch_sizes, results[1:]
+
+    sizes, results = asyncio.run(scenario((2, 4)))
+    assert sizes == [1, 4, 1]
+    for i, result in enumerate(results):
+        np.testing.assert_array_equal(result["y"], rows(i, 1)["x"] * 2)
+    assert asyncio.run(scenario(()))[0] == [1, 5], "without preferred sizes a batch takes what fits"
+    assert asyncio.run(scenario((100,)))[0] == [1, 5], "a preferred size above max_batch_size is left out"
+
+
+def test_a_queue_that_adds_up_to_a_preferred_size_runs_without_waiting_out_the_delay():
+    """One instance busy, one free, a delay of a minute: the fourth sample makes a preferred batch, which runs."""
+
+    async def scenario():
+        model = RecordingModel()
+        other = RecordingModel()
+        batcher = make_batcher(model, max_batch_size=64, max_queue_delay_us=60_000_000, instances=[model, other],
+                               preferred_batch_sizes=(4,))  # fmt: skip
+        busy = await hold(model, batcher)
+        waiting = [asyncio.create_task(batcher.infer(rows(i, 1), 1)) for i in range(4)]
+        results = await asyncio.wait_for(asyncio.gather(*waiting), timeout=20)
+        model.release.set()
+        await busy
+        await batcher.close()
+        return other.batch_sizes, results
+
+    sizes, results = asyncio.run(scenario())
+    assert sizes == [4] and len(results) == 4
+
+
 def test_each_instance_runs_one_batch_at_a_time_and_a_free_one_takes_the_queue():
     async def scenario():
         first, second = RecordingModel(), RecordingModel()

@@ -329,6 +329,16 @@ def test_a_reshape_keeps_variable_dimensions_in_order():
     assert spec.rows_for_client(rows, batched=True).shape == (5, 2, 4, 7, 6)
 
 
+def test_a_preferred_batch_size_beyond_max_batch_size_is_refused(tmp_path):
+    publish_version(tmp_path, "digits", 1, seed=1, max_batch_size=8)
+    path = tmp_path / "digits" / "config.pbtxt"
+    path.write_text(
+        path.read_text().replace("dynamic_batching {", "dynamic_batching { preferred_batch_size: [ 4, 16 ]")
+    )
+    with pytest.raises(ModelLoadError, match="preferred_batch_size 16 must be from 1 to max_batch_size 8"):
+        read_config(tmp_path / "digits")
+
+
 def test_a_buildsys_version_under_a_config_without_batching_is_refused(tmp_path):
     version_dir = publish_version(tmp_path, "digits", 1, seed=1, max_batch_size=0)
     with pytest.raises(ModelLoadError, match="max_batch_size is 0, but .*manifest.json's tensors have a batch"):

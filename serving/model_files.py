@@ -70,10 +70,10 @@ def _load_error(error: FormatError) -> ModelLoadError:
     return ModelLoadError(" ".join(str(error).split()))
 
 
-def _file_name(value: str, path: Path | str, field: str) -> str:
-    """A file name from a config or manifest, refused when it would leave its folder."""
+def file_name(value: str, path: Path | str, field: str, folder: str = "the model's folder") -> str:
+    """A file name from a config or manifest (``path``'s ``field``), refused when it would leave ``folder``."""
     if not value or value in (".", "..") or Path(value).name != value or "\\" in value:
-        raise ModelLoadError(f"{path}: {field} {value[:80]!r} must be a file name inside the model's folder")
+        raise ModelLoadError(f"{path}: {field} {value[:80]!r} must be a file name inside {folder}")
     return value
 
 
@@ -138,7 +138,7 @@ def read_config(model_dir: Path, override: model_config_pb2.ModelConfig | None =
         )
     _refuse_what_changes_a_request(config, path)
     if config.default_model_filename:
-        _file_name(config.default_model_filename, path, "default_model_filename")
+        file_name(config.default_model_filename, path, "default_model_filename")
     _check_queue_policies(config.dynamic_batching, path)
     for size in config.dynamic_batching.preferred_batch_size:
         if size < 1 or (config.max_batch_size and size > config.max_batch_size):
@@ -154,7 +154,7 @@ def read_config(model_dir: Path, override: model_config_pb2.ModelConfig | None =
             if tensor.HasField("reshape"):
                 _check_reshape(tensor, path, kind, config.max_batch_size > 0)
             if getattr(tensor, "label_filename", ""):
-                _file_name(tensor.label_filename, path, f"{kind} '{tensor.name}' label_filename")
+                file_name(tensor.label_filename, path, f"{kind} '{tensor.name}' label_filename")
     for tensor in config.input:
         if tensor.optional and config.max_batch_size > 0:
             raise ModelLoadError(

@@ -30,7 +30,6 @@ setting traces: ``Tracer.sample`` returns None at once.
 import itertools
 import json
 import logging
-import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -39,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from modelrepo.atomic import write_atomic
 from serving.errors import RateLimitedLog, ServingError, Status
 
 log = logging.getLogger(__name__)
@@ -333,14 +333,10 @@ class _TraceFile:
             self._held = []
 
     def _write(self, path: str, traces: list[list[str]]) -> None:
-        text = "[" + ",".join(record for trace in traces for record in trace) + "]"
-        temporary = f"{path}.tmp-{os.getpid()}"
         try:
-            Path(temporary).write_text(text)
-            os.replace(temporary, path)
+            write_atomic(Path(path), "[" + ",".join(record for trace in traces for record in trace) + "]")
         except OSError as error:  # tracing must never fail a request or the server: say so and go on
             self._failure_log.warning("cannot write trace file %s: %s; %d trace(s) lost", path, error, len(traces))
-            Path(temporary).unlink(missing_ok=True)
 
 
 class Tracer:

@@ -19,6 +19,7 @@ import numpy as np
 
 from serving import codec
 from serving.errors import ModelLoadError, ServingError, first_line
+from serving.model_files import file_name as checked_file_name
 from serving.protocol import model_config_pb2
 from serving.signature import BYTES, DATATYPES, ModelSignature, TensorSpec, format_shape
 
@@ -141,9 +142,7 @@ def _from_file(
     where: str, spec: TensorSpec, file_name: str, model_dir: Path, shape: tuple[int, ...], elements: int
 ) -> np.ndarray:
     folder = model_dir / WARMUP_FOLDER
-    if not file_name or file_name in (".", "..") or Path(file_name).name != file_name or "\\" in file_name:
-        raise ModelLoadError(f"{where}: input_data_file {file_name[:80]!r} must be a file name in {folder}")
-    path = folder / file_name
+    path = folder / checked_file_name(file_name, where, "input_data_file", str(folder))
     try:
         if path.stat().st_size > MAX_WARMUP_BYTES:
             raise ModelLoadError(f"{where}: {path} is larger than {MAX_WARMUP_BYTES} bytes")

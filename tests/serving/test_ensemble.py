@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from serving.dataplane import InferenceRequest, InputTensor, RequestedOutput
-from serving.ensemble import read_steps, run_steps
+from serving.ensemble import Step, read_steps, run_steps
 from serving.errors import ModelLoadError, ServingError, Status
 from serving.model_files import read_config, read_version
 from tests.conftest import fuzz_settings
@@ -102,8 +102,6 @@ def test_an_input_no_step_takes_is_refused(tmp_path):
 
 
 def test_independent_steps_run_at_once_and_a_failing_step_cancels_the_others():
-    from serving.ensemble import Step
-
     started: list[str] = []
 
     async def run_step(step, given):

@@ -204,7 +204,9 @@ def test_without_a_trace_file_a_client_cannot_turn_tracing_on():
 
 
 def test_a_trace_file_that_cannot_be_written_costs_its_traces_and_one_log_line(tmp_path, caplog):
-    tracer = Tracer(TraceSettings(("TIMESTAMPS",), rate=1, log_frequency=1, file=str(tmp_path / "gone" / "t.json")))
+    (tmp_path / "not a folder").write_text("a file where the trace file's folder should be")
+    trace_file = tmp_path / "not a folder" / "t.json"
+    tracer = Tracer(TraceSettings(("TIMESTAMPS",), rate=1, log_frequency=1, file=str(trace_file)))
     finished(tracer, count=3)
     assert tracer.active and len(caplog.records) == 1
     assert "cannot write trace file" in caplog.text and "1 trace(s) lost" in caplog.text

@@ -17,7 +17,6 @@ Example:
 """
 
 import asyncio
-import contextvars
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -45,11 +44,16 @@ from serving.version_policy import VersionPolicy
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "buildsys-serving"
-EXTENSIONS = ("classification", "model_repository", "model_configuration", "statistics", "trace", "logging")
+EXTENSIONS = (
+    "classification",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "model_configuration",
+    "statistics",
+    "trace",
+    "logging",
+)
 SHARED_MEMORY_EXTENSION = "system_shared_memory"
-# The ensembles a request is inside of, outermost first (in each step's task too): an ensemble that runs itself
-# through others is refused instead of recursing.
-_ENSEMBLE_CHAIN: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("ensemble_chain", default=())
 # Triton's model control modes: how the repository's models are loaded after the first scan. "poll": changes on disk
 # are picked up every poll interval and load/unload requests work too (Triton's POLL refuses the requests);
 # "explicit": only the models named at start, then load/unload requests, no polling; "none": every model at start,
@@ -470,14 +474,26 @@ class DataPlane:
         if failure is not None:
             raise ServingError(Status.FAILED_PRECONDITION, failure)
 
-    async def unload(self, name: str) -> None:
-        """Unloads every version of a model; it stays unloaded until ``load``.
+    async def unload(self, name: str, parameters: Mapping[str, object] | None = None) -> None:
+        """Unloads every version of a model; it stays unloaded until ``load``, and the ensembles that run it stop
+        serving until then. The ``unload_dependents`` parameter (true) also unloads the models that were loaded
+        only for this ensemble, as in Triton.
 
         Raises:
-            ServingError: NOT_FOUND for an unknown model; UNAVAILABLE with model control "none".
+            ServingError: NOT_FOUND for an unknown model; INVALID_ARGUMENT for another parameter or a value that
+                is not a boolean; UNAVAILABLE with model control "none".
         """
         self._check_model_control()
-        self._retire(await asyncio.to_thread(self.repository.unload, name))
+        parameters = dict(parameters or {})
+        unload_dependents = parameters.pop("unload_dependents", False)
+        if parameters:
+            names = ", ".join(sorted(parameters))[:200]
+            raise ServingError(
+                Status.INVALID_ARGUMENT, f"unload parameters ({names}) are not supported, only 'unload_dependents'"
+            )
+        if not isinstance(unload_dependents, bool):
+            raise ServingError(Status.INVALID_ARGUMENT, "the unload parameter 'unload_dependents' must be a boolean")
+        self._retire(await asyncio.to_thread(self.repository.unload, name, unload_dependents))
 
     def _check_model_control(self) -> None:
         if self.model_control == "none":
@@ -513,12 +529,6 @@ class DataPlane:
         Raises:
             ServingError: a step's failure, with its status and the step's model named.
         """
-        chain = _ENSEMBLE_CHAIN.get()
-        if served.name in chain:  # ensembles load one by one: only a request can see that they run each other
-            raise ServingError(
-                Status.FAILED_PRECONDITION,
-                f"ensemble '{served.name}' runs itself: {' -> '.join(chain)} -> {served.name}",
-            )
         # A step's request is the caller's own: its deadline, priority and queue timeout go with it.
         parameters = {key: value for key, value in request.parameters.items() if key in ("priority", "timeout")}
 
@@ -538,11 +548,7 @@ class DataPlane:
 
         if on_wait is not None:
             on_wait()  # the steps are requests of their own: this one waits for them
-        token = _ENSEMBLE_CHAIN.set((*chain, served.name))
-        try:
-            tensors = await run_steps(served.steps, {tensor.name: tensor for tensor in request.inputs}, run)
-        finally:
-            _ENSEMBLE_CHAIN.reset(token)
+        tensors = await run_steps(served.steps, {tensor.name: tensor for tensor in request.inputs}, run)
         signature = served.manifest.signature
         outputs = {}
         for spec in signature.outputs:

@@ -5,19 +5,28 @@ input to an ensemble tensor, ``output_map`` from its model's output to one).
 An ensemble has no file of its own (its version folders are empty, as in Triton). Its steps are checked when it
 loads: each names another model and a version (-1: the newest), every tensor is produced once, every tensor a step
 takes is an input of the ensemble or another step's output, every output of the ensemble is produced, every input
-is used, and the steps form no cycle. A request runs each step as a request to its model as soon as the tensors
-it takes are there, so independent steps run at once and every step's model batches it with its other requests;
-the answer is the ensemble's outputs. This module knows the wiring and the order; the data plane runs the steps.
+is used, and the steps form no cycle. Then, as in Triton, against the models the steps run, which must be loaded:
+each step gives its model every input it needs and takes only outputs it has, a tensor keeps one datatype and a
+compatible shape wherever it goes, and no step runs the ensemble again through other ensembles. A request runs
+each step as a request to its model as soon as the tensors it takes are there, so independent steps run at once
+and every step's model batches it with its other requests; the answer is the ensemble's outputs. This module
+knows the wiring, the order and the dependencies between models; the repository loads and the data plane runs.
 """
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 from modelrepo import MODEL_NAME
 from serving.codec import shown
 from serving.errors import ModelLoadError
 from serving.protocol import model_config_pb2
+from serving.signature import ModelSignature, TensorSpec, format_shape
+
+if TYPE_CHECKING:  # model_files reads ensembles' steps with this module
+    from serving.model_files import Manifest
 
 ENSEMBLE_PLATFORM = "ensemble"
 
@@ -30,6 +39,42 @@ class Step:
     version: str
     inputs: dict[str, str]  # the model's input -> the ensemble tensor it takes
     outputs: dict[str, str]  # the model's output -> the ensemble tensor it makes
+
+
+class Loaded(Protocol):
+    """What the checks need of a loaded version (the repository's ServedVersion): its tensors, and its steps when
+    it is an ensemble."""
+
+    manifest: "Manifest"
+    steps: tuple[Step, ...]
+
+
+def step_models(config: model_config_pb2.ModelConfig) -> frozenset[str]:
+    """The models an ensemble's steps run (none for any other model): those it depends on."""
+    if config.platform != ENSEMBLE_PLATFORM:
+        return frozenset()
+    return frozenset(step.model_name for step in config.ensemble_scheduling.step)
+
+
+def dependency_order(names: Iterable[str], runs: Callable[[str], frozenset[str]]) -> list[str]:
+    """``names`` sorted so that each comes after the models it ``runs`` (ensembles after their steps' models, a
+    nested ensemble after the ensembles it runs); models in a cycle keep their name order among themselves."""
+    ordered: list[str] = []
+    placed: set[str] = set()
+
+    def place(name: str, path: frozenset[str]) -> None:
+        if name in placed or name in path:
+            return
+        for model in sorted(runs(name)):
+            if model in wanted:
+                place(model, path | {name})
+        placed.add(name)
+        ordered.append(name)
+
+    wanted = set(names)
+    for name in sorted(wanted):
+        place(name, frozenset())
+    return ordered
 
 
 def read_steps(config: model_config_pb2.ModelConfig, name: str, path: object) -> tuple[Step, ...]:
@@ -96,6 +141,112 @@ def _ordered(steps: list[Step], producers: dict[str, int], where: str) -> tuple[
         stuck = next(index for index in range(len(steps)) if index not in order)
         raise ModelLoadError(f"{where}: the steps form a cycle (step {stuck}, model '{steps[stuck].model}', is in it)")
     return tuple(steps[index] for index in order)
+
+
+def check_steps(
+    name: str,
+    signature: ModelSignature,
+    steps: tuple[Step, ...],
+    models: Mapping[str, Mapping[int, Loaded]],
+    config_path: Path,
+) -> None:
+    """An ensemble's steps against the loaded ``models`` they run, as Triton checks them before it loads one.
+
+    Raises:
+        ModelLoadError: naming the step, the model and what does not fit: a model or version that is not loaded, an
+            input given nothing, a tensor the model does not have, a tensor whose datatype or shape differs
+            between the places it goes, or a step that runs this ensemble again.
+    """
+    tensors = {spec.name: _Made(spec, signature.batched, "an input of the ensemble") for spec in signature.inputs}
+    for index, step in enumerate(steps):
+        at = f"{config_path}: ensemble_scheduling step {index} (model '{step.model}')"
+        versions = models.get(step.model) or {}
+        if not versions:
+            raise ModelLoadError(f"{at}: ensemble '{name}' depends on '{step.model}', which has no loaded version")
+        served = versions.get(int(step.version)) if step.version else versions[max(versions)]
+        if served is None:
+            raise ModelLoadError(
+                f"{at}: ensemble '{name}' depends on version {step.version} of '{step.model}', which is not loaded "
+                f"(loaded: {sorted(versions)})"
+            )
+        chain = _runs(step.model, name, models, (name,))
+        if chain:
+            raise ModelLoadError(f"{at}: the ensemble would run itself: {' -> '.join(chain)}")
+        model = served.manifest.signature
+        model_inputs = {spec.name: spec for spec in model.inputs}
+        model_outputs = {spec.name: spec for spec in model.outputs}
+        for model_input, tensor in step.inputs.items():
+            spec = model_inputs.get(model_input)
+            if spec is None:
+                raise ModelLoadError(f"{at}: input_map names {shown(model_input)}, which is not an input of the model")
+            made = tensors.get(tensor)
+            if made is not None and not made.fits(spec, model.batched):
+                raise ModelLoadError(
+                    f"{at}: input '{model_input}' is {spec.datatype} {format_shape(spec.shape)}, but tensor "
+                    f"'{tensor}' is {made}"
+                )
+        needed = next((s.name for s in model.inputs if not s.optional and s.name not in step.inputs), None)
+        if needed is not None:
+            raise ModelLoadError(f"{at}: input_map gives nothing to the model's input '{needed}'")
+        for model_output, tensor in step.outputs.items():
+            spec = model_outputs.get(model_output)
+            if spec is None:
+                raise ModelLoadError(
+                    f"{at}: output_map names {shown(model_output)}, which is not an output of the model"
+                )
+            tensors[tensor] = _Made(spec, model.batched, f"output '{model_output}' of model '{step.model}'")
+    for spec in signature.outputs:
+        made = tensors.get(spec.name)
+        if made is not None and not made.fits(spec, signature.batched):
+            raise ModelLoadError(
+                f"{config_path}: output '{spec.name}' of the ensemble is {spec.datatype} {format_shape(spec.shape)}, "
+                f"but it is {made}"
+            )
+
+
+@dataclass(frozen=True)
+class _Made:
+    """A tensor of an ensemble as the first place it comes from declares it."""
+
+    spec: TensorSpec
+    batched: bool
+    source: str
+
+    def fits(self, other: TensorSpec, other_batched: bool) -> bool:
+        """Triton's rule: the same datatype, and shapes alike where -1 takes any size, compared without the batch
+        dimension or, failing that, with it (a model that does not batch may take [-1, ...] from one that does)."""
+        if self.spec.datatype != other.datatype:
+            return False
+        return _alike(self.spec.shape[self.batched :], other.shape[other_batched:]) or _alike(
+            _full(self.spec.shape, self.batched), _full(other.shape, other_batched)
+        )
+
+    def __str__(self) -> str:
+        return f"{self.spec.datatype} {format_shape(self.spec.shape)} ({self.source})"
+
+
+def _full(shape: tuple[int, ...], batched: bool) -> tuple[int, ...]:
+    return (-1, *shape[1:]) if batched else shape
+
+
+def _alike(one: tuple[int, ...], other: tuple[int, ...]) -> bool:
+    return len(one) == len(other) and all(a == b or -1 in (a, b) for a, b in zip(one, other, strict=True))
+
+
+def _runs(
+    model: str, target: str, models: Mapping[str, Mapping[int, Loaded]], chain: tuple[str, ...]
+) -> tuple[str, ...]:
+    """The chain of ensembles by which loaded versions of ``model`` run ``target`` (empty when none do)."""
+    chain = (*chain, model)
+    if model == target:
+        return chain
+    for served in (models.get(model) or {}).values():
+        for step in served.steps:
+            if step.model not in chain[1:]:
+                found = _runs(step.model, target, models, chain)
+                if found:
+                    return found
+    return ()
 
 
 async def run_steps(

@@ -283,13 +283,13 @@ class InferenceService:
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context
     ) -> pb.RepositoryModelLoadResponse:
-        await self.dataplane.load(request.model_name, {key: _choice(v) for key, v in request.parameters.items()})
+        await self.dataplane.load(request.model_name, _parameters(request.parameters))
         return pb.RepositoryModelLoadResponse()
 
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context
     ) -> pb.RepositoryModelUnloadResponse:
-        await self.dataplane.unload(request.model_name)
+        await self.dataplane.unload(request.model_name, _parameters(request.parameters))
         return pb.RepositoryModelUnloadResponse()
 
     async def SystemSharedMemoryStatus(

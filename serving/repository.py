@@ -28,7 +28,7 @@ import modelrepo
 from modelrepo import CONFIG_FILE, MODEL_NAME, VERSION_NAME, list_versions
 from serving.batcher import DynamicBatcher
 from serving.codec import shown
-from serving.ensemble import ENSEMBLE_PLATFORM, Step, read_steps
+from serving.ensemble import ENSEMBLE_PLATFORM, Step, check_steps, dependency_order, read_steps, step_models
 from serving.errors import ModelLoadError, ServingError, Status, first_line
 from serving.model_files import Manifest, read_config, read_version
 from serving.protocol import model_config_pb2
@@ -270,6 +270,12 @@ class ModelRepository:
         self._unloaded: dict[str, str] = {}
         # Configurations that load requests carried: each stands for its model's config.pbtxt until a load without.
         self._config_overrides: dict[str, model_config_pb2.ModelConfig] = {}
+        # The models each ensemble's steps run, as its configuration last read says: what to check again when one
+        # of them changes.
+        self._dependencies: dict[str, frozenset[str]] = {}
+        # Models loaded only because an ensemble that runs them was (explicit model control), as Triton's composing
+        # models are: an unload with unload_dependents takes them out with it.
+        self._pulled_in: set[str] = set()
 
     # --- lookups (request path) ---------------------------------------------------------------------------
 
@@ -340,10 +346,10 @@ class ModelRepository:
                     names.add(entry.name)
                 elif entry.is_dir() and not entry.name.startswith("."):
                     self._note_model_error(entry.name, f"{entry}: folder name does not match {MODEL_NAME.pattern}")
-            # Ensembles after the models their steps run, so that their wiring is checked against them.
-            for name in sorted(names, key=lambda name: (self._is_ensemble(name), name)):
+            # Ensembles after the models their steps run, which they are checked against and need loaded.
+            for name in dependency_order(names, self._step_models):
                 try:
-                    retired += self._sync_model(name)
+                    retired += self._sync(name)
                 except Exception as error:  # one model's files must never stop the scan of the others
                     self._note_model_error(name, f"model '{name}' not (re)loaded: {_naming(self.root / name, error)}")
                     self._unready[name] = self._model_errors[name]
@@ -355,7 +361,8 @@ class ModelRepository:
         """Loads a model now, or reloads it, as Triton's load request does: every version its policy selects is
         loaded afresh from its files and its configuration and swapped in, retrying versions refused before. If a
         version that serves fails to reload, nothing changes: the versions that served keep serving as they were.
-        ``config`` (the request's) stands for config.pbtxt from now on, until a load without one.
+        ``config`` (the request's) stands for config.pbtxt from now on, until a load without one. An ensemble's
+        steps' models that are kept unloaded are loaded first, as Triton loads an ensemble's composing models.
 
         Returns:
             The versions no longer served, to retire, and what failed (None when everything loaded): the caller
@@ -376,10 +383,12 @@ class ModelRepository:
             if config is not None:
                 self._config_overrides[name] = config
             self._unloaded.pop(name, None)
+            self._pulled_in.discard(name)  # asked for by name: an unload of an ensemble that runs it keeps it
             self._failures = {key: refusal for key, refusal in self._failures.items() if key[0] != name}
             self._model_errors.pop(name, None)
+            retired = self._pull_in(self._step_models(name), {name})
             reload_failures: list[str] = []
-            retired = self._sync_model(name, reload_failures=reload_failures)
+            retired += self._sync(name, reload_failures)
             if (reload_failures or name in self._model_errors) and name in self._models:
                 # Nothing was reloaded: the configuration in force stays the one the serving versions loaded with.
                 if previous is None:
@@ -402,8 +411,11 @@ class ModelRepository:
                 return retired, f"model '{name}' serves versions {serving}; not loaded: " + "; ".join(reasons)
             return retired, None
 
-    def unload(self, name: str) -> list[ServedVersion]:
-        """Unloads every version of a model and keeps it unloaded (polling skips it) until ``load``.
+    def unload(self, name: str, unload_dependents: bool = False) -> list[ServedVersion]:
+        """Unloads every version of a model and keeps it unloaded (polling skips it) until ``load``. Ensembles
+        that run it stop serving until it is loaded again. With ``unload_dependents`` (Triton's parameter), the
+        models that were loaded only because this ensemble runs them are unloaded with it, unless another loaded
+        ensemble runs them too.
 
         Returns:
             The versions no longer served, to retire.
@@ -416,7 +428,11 @@ class ModelRepository:
             if name not in self._models and not (self.root / name).is_dir():
                 raise ServingError(Status.NOT_FOUND, f"unknown model '{name}' in repository {self.root}")
             self._unloaded[name] = "unloaded through the repository API"
-            return self._sync_model(name)
+            self._pulled_in.discard(name)
+            retired = self._sync(name)
+            if unload_dependents:
+                retired += self._unload_pulled_in(self._dependencies.get(name, frozenset()), name)
+            return retired
 
     def hold_back(self, keep: set[str] | None) -> list[str]:
         """Explicit model control (before the first scan): every model of the repository but those in ``keep``
@@ -425,9 +441,16 @@ class ModelRepository:
         Returns:
             The names in ``keep`` that are not model folders of the repository.
         """
+        wanted = set(keep or ())
+        runs = list(wanted)
+        while runs:  # an ensemble's steps' models load with it, and a nested ensemble's in turn
+            for model in self._step_models(runs.pop()) - wanted:
+                wanted.add(model)
+                self._pulled_in.add(model)
+                runs.append(model)
         with contextlib.suppress(OSError):
             for entry in self.root.iterdir():
-                if entry.is_dir() and MODEL_NAME.match(entry.name) and keep is not None and entry.name not in keep:
+                if entry.is_dir() and MODEL_NAME.match(entry.name) and keep is not None and entry.name not in wanted:
                     self._unloaded[entry.name] = (
                         "not loaded: with --model-control-mode explicit a load request loads it"
                     )
@@ -449,6 +472,68 @@ class ModelRepository:
         if self._model_errors.get(name) != reason:
             log.error("%s", reason)
         self._model_errors[name] = reason
+
+    def _sync(self, name: str, reload_failures: list[str] | None = None) -> list[ServedVersion]:
+        """``_sync_model``, then every ensemble that runs a model whose served versions changed is checked again, as
+        Triton does: a version whose steps no longer fit the models stops serving, one refused before is tried
+        again, and an ensemble that changes has its own dependents checked in turn (caller holds _sync_lock)."""
+        before = self._models.get(name)
+        retired = self._sync_model(name, reload_failures)
+        changed = [name] if self._models.get(name) != before else []  # ServedVersions compare by identity
+        while changed:
+            model = changed.pop(0)
+            for ensemble in sorted(e for e, runs in self._dependencies.items() if model in runs):
+                before = self._models.get(ensemble)
+                retired += self._recheck(ensemble)
+                if self._models.get(ensemble) != before:
+                    changed.append(ensemble)
+        return retired
+
+    def _recheck(self, name: str) -> list[ServedVersion]:
+        """An ensemble after a model its steps run changed: its serving versions are checked against the models
+        again (a version that fails stops serving, and is tried again after the next change), and its refused
+        versions are tried again."""
+        self._failures = {key: refusal for key, refusal in self._failures.items() if key[0] != name}
+        current = self._models.get(name, {})
+        failing: dict[int, ServedVersion] = {}
+        for version, served in current.items():
+            try:
+                check_steps(name, served.manifest.signature, served.steps, self._models, self.root / name / CONFIG_FILE)
+            except ModelLoadError as error:
+                reason = f"model '{name}' version {version} stopped serving: {error}"
+                log.error("%s", reason)
+                self._failures[(name, version)] = _Refusal(reason, _files_state(self.root / name, version))
+                failing[version] = served
+        if failing:
+            models = dict(self._models)
+            models[name] = {version: served for version, served in current.items() if version not in failing}
+            if not models[name]:
+                del models[name]
+            self._models = models
+        return [*failing.values(), *self._sync_model(name)]
+
+    def _pull_in(self, models: frozenset[str], loading: set[str]) -> list[ServedVersion]:
+        """Loads the models an ensemble being loaded runs that are kept unloaded (explicit model control, an unload
+        request), and theirs before them; they count as loaded for it (see ``unload``)."""
+        retired: list[ServedVersion] = []
+        for model in sorted(models - loading):
+            if model in self._unloaded:
+                del self._unloaded[model]
+                self._pulled_in.add(model)
+                retired += self._pull_in(self._step_models(model), loading | {model})
+                retired += self._sync(model)
+        return retired
+
+    def _unload_pulled_in(self, models: frozenset[str], unloaded: str) -> list[ServedVersion]:
+        """Unloads those of ``models`` that were pulled in for an ensemble and that no loaded ensemble runs now,
+        and theirs in turn."""
+        still_run = {step.model for served in self.loaded() for step in served.steps}
+        retired: list[ServedVersion] = []
+        for model in sorted(models & self._pulled_in - still_run):
+            self._unloaded[model] = f"unloaded with ensemble '{unloaded}' (unload_dependents)"
+            self._pulled_in.discard(model)
+            retired += self._sync(model) + self._unload_pulled_in(self._dependencies.get(model, frozenset()), model)
+        return retired
 
     def _sync_model(self, name: str, reload_failures: list[str] | None = None) -> list[ServedVersion]:
         """Brings one model's loaded versions in line with its folder and policy (caller holds _sync_lock).
@@ -473,6 +558,7 @@ class ModelRepository:
                     self._unready[name] = self._model_errors[name]
                 return []
             self._model_errors.pop(name, None)
+            self._dependencies[name] = step_models(config)
             policy = self.version_policy or VersionPolicy.from_config(config)
             available = list_versions(model_dir)
             candidates = [v for v in available if self._may_try(name, v, model_dir)]
@@ -531,8 +617,8 @@ class ModelRepository:
         name = version_dir.parent.name
         manifest = read_version(version_dir, config)
         if manifest.platform == ENSEMBLE_PLATFORM:
-            steps = read_steps(config, name, version_dir.parent / "config.pbtxt")
-            self._check_wiring(manifest, steps, version_dir.parent / "config.pbtxt")
+            steps = read_steps(config, name, version_dir.parent / CONFIG_FILE)
+            check_steps(name, manifest.signature, steps, self._models, version_dir.parent / CONFIG_FILE)
             served = ServedVersion(config, manifest, None, self._batching(config), self._on_batch, steps)
             log.info(
                 "model '%s' version %d loaded (an ensemble of %s)",
@@ -601,62 +687,17 @@ class ModelRepository:
         )
         return served
 
-    def _is_ensemble(self, name: str) -> bool:
-        """Whether the model's config (a load request's, else config.pbtxt) makes it an ensemble; False when it
-        cannot be read (its own load says why)."""
+    def _step_models(self, name: str) -> frozenset[str]:
+        """The models an ensemble's config (a load request's, else config.pbtxt) runs; none for another model or
+        one whose config cannot be read (its own load says why)."""
         override = self._config_overrides.get(name)
         if override is not None:
-            return override.platform == ENSEMBLE_PLATFORM
+            return step_models(override)
         path = self.root / name / CONFIG_FILE
         try:  # the text alone: a model without config.pbtxt is completed from its ONNX file, never an ensemble
-            return path.is_file() and modelrepo.read_config(path).platform == ENSEMBLE_PLATFORM
+            return step_models(modelrepo.read_config(path)) if path.is_file() else frozenset()
         except Exception:  # the model's own load reports it, in one line
-            return False
-
-    def _check_wiring(self, manifest: Manifest, steps: tuple[Step, ...], config_path: Path) -> None:
-        """An ensemble's steps against the models they run, for those loaded now (the others are checked by the
-        requests that reach them): each step gives its model every input it needs and takes only outputs it has,
-        and a tensor has one datatype wherever it goes.
-
-        Raises:
-            ModelLoadError: naming the step, the model and the tensor.
-        """
-        datatypes = {spec.name: (spec.datatype, "an input of the ensemble") for spec in manifest.signature.inputs}
-        for index, step in enumerate(steps):
-            versions = self._models.get(step.model)
-            served = None
-            if versions:
-                served = versions.get(int(step.version)) if step.version else versions[max(versions)]
-            if served is None:
-                continue
-            at = f"{config_path}: ensemble_scheduling step {index} (model '{step.model}')"
-            signature = served.manifest.signature
-            model_inputs = {spec.name: spec for spec in signature.inputs}
-            model_outputs = {spec.name: spec for spec in signature.outputs}
-            for name, tensor in step.inputs.items():
-                spec = model_inputs.get(name)
-                if spec is None:
-                    raise ModelLoadError(f"{at}: input_map names {shown(name)}, which is not an input of the model")
-                made = datatypes.get(tensor)
-                if made is not None and made[0] != spec.datatype:
-                    raise ModelLoadError(
-                        f"{at}: input '{name}' is {spec.datatype}, but tensor '{tensor}' is {made[0]} ({made[1]})"
-                    )
-            needed = next((s.name for s in signature.inputs if not s.optional and s.name not in step.inputs), None)
-            if needed is not None:
-                raise ModelLoadError(f"{at}: input_map gives nothing to the model's input '{needed}'")
-            for name, tensor in step.outputs.items():
-                spec = model_outputs.get(name)
-                if spec is None:
-                    raise ModelLoadError(f"{at}: output_map names {shown(name)}, which is not an output of the model")
-                datatypes[tensor] = (spec.datatype, f"output '{name}' of model '{step.model}'")
-        for spec in manifest.signature.outputs:
-            made = datatypes.get(spec.name)
-            if made is not None and made[0] != spec.datatype:
-                raise ModelLoadError(
-                    f"{config_path}: output '{spec.name}' of the ensemble is {spec.datatype}, but it is {made[0]} "
-                    f"({made[1]})"
-                )
+            return frozenset()
 
     def _batching(self, config: model_config_pb2.ModelConfig) -> Batching:
         dynamic = config.dynamic_batching

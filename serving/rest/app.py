@@ -306,9 +306,10 @@ class RestFrontEnd:
         return HttpResponse(200)
 
     async def repository_model_unload(self, request: HttpRequest) -> HttpResponse:
-        # Triton's only unload parameter, unload_dependents, has no meaning without ensembles.
-        _optional_json(request.body, "unload request")
-        await self.dataplane.unload(request.name)
+        parameters = _optional_json(request.body, "unload request").get("parameters", {})
+        if not isinstance(parameters, dict):
+            raise ServingError(Status.INVALID_ARGUMENT, "'parameters' of an unload request must be a JSON object")
+        await self.dataplane.unload(request.name, parameters)
         return HttpResponse(200)
 
     async def log_settings(self, request: HttpRequest) -> HttpResponse:

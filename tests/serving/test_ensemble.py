@@ -1,23 +1,38 @@
 """Triton's ensembles: the wiring of the steps checked when the ensemble loads (every tensor made once, taken from
-somewhere, no cycle, every input used and every output made), a request run through its steps' models (which
-count and batch it as their own requests), a step that fails or is not loaded named in one line, and a live server
-answering tritonclient over gRPC and HTTP; any ensemble config, fuzzed, loads or is refused in one line."""
+somewhere, no cycle, every input used and every output made) and against its steps' models (loaded, their tensors,
+datatypes and shapes, no ensemble running itself), checked again whenever one of those models changes or goes,
+loaded with its steps' models under explicit model control and unloaded with them (unload_dependents); a request
+run through its steps' models (which count and batch it as their own requests), a step that fails named in one
+line, and a live server answering tritonclient over gRPC and HTTP; any ensemble config, fuzzed, loads or is
+refused in one line."""
 
 import asyncio
+import shutil
 
 import numpy as np
+import onnx
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from hypothesis import given
 from hypothesis import strategies as st
+from onnx import TensorProto, helper
 
 from serving.dataplane import InferenceRequest, InputTensor, RequestedOutput
 from serving.ensemble import Step, read_steps, run_steps
 from serving.errors import ModelLoadError, ServingError, Status
 from serving.model_files import read_config, read_version
+from serving.repository import ModelRepository
+from serving.runtime import RuntimeOptions
 from tests.conftest import fuzz_settings
-from tests.serving.conftest import CLASS_NAMES, ENSEMBLE_CONFIG, images, publish_ensemble, reference_probabilities
+from tests.serving.conftest import (
+    ARGMAX_CONFIG,
+    CLASS_NAMES,
+    ENSEMBLE_CONFIG,
+    images,
+    publish_ensemble,
+    reference_probabilities,
+)
 from tests.serving.test_dataplane import run
 from tests.serving.test_model_files import mutations
 
@@ -72,12 +87,21 @@ def test_wiring_that_cannot_run_refuses_the_ensemble_in_one_line(tmp_path, edit,
     ("edit", "words"),
     [
         (('name: "CLASS" data_type: TYPE_INT64', 'name: "CLASS" data_type: TYPE_INT32'),
-         "output 'CLASS' of the ensemble is INT32, but it is INT64 (output 'best' of model 'argmax')"),
+         "output 'CLASS' of the ensemble is INT32 [-1, 1], but it is INT64 [-1, 1] (output 'best' of model 'argmax')"),
+        (('name: "CLASS" data_type: TYPE_INT64 dims: [ 1 ]', 'name: "CLASS" data_type: TYPE_INT64 dims: [ 2 ]'),
+         "output 'CLASS' of the ensemble is INT64 [-1, 2], but it is INT64 [-1, 1] (output 'best' of model 'argmax')"),
+        (("dims: [ 8, 8 ]", "dims: [ 8, 9 ]"),
+         "step 0 (model 'digits'): input 'image' is UINT8 [-1, 8, 8], but tensor 'IMAGE' is UINT8 [-1, 8, 9] (an "
+         "input of the ensemble)"),
+        (('model_name: "argmax"', 'model_name: "nothing"'),
+         "step 1 (model 'nothing'): ensemble 'pipeline' depends on 'nothing', which has no loaded version"),
+        (('model_name: "digits" model_version: -1', 'model_name: "digits" model_version: 7'),
+         "ensemble 'pipeline' depends on version 7 of 'digits', which is not loaded (loaded: [1])"),
         (('key: "scores" value', 'key: "logits" value'),
          "step 1 (model 'argmax'): input_map names 'logits', which is not an input of the model"),
         (('key: "best" value', 'key: "top" value'), "output_map names 'top', which is not an output of the model"),
         (('input [ { name: "IMAGE" data_type: TYPE_UINT8', 'input [ { name: "IMAGE" data_type: TYPE_FP32'),
-         "input 'image' is UINT8, but tensor 'IMAGE' is FP32 (an input of the ensemble)"),
+         "input 'image' is UINT8 [-1, 8, 8], but tensor 'IMAGE' is FP32 [-1, 8, 8] (an input of the ensemble)"),
     ],
 )  # fmt: skip
 def test_wiring_that_disagrees_with_the_steps_models_refuses_the_ensemble_when_it_loads(tmp_path, edit, words):
@@ -92,6 +116,28 @@ def test_wiring_that_disagrees_with_the_steps_models_refuses_the_ensemble_when_i
     index, loaded = run(scenario, tmp_path)
     refused = index[("pipeline", "1")]
     assert loaded == ["argmax", "digits"] and words in refused.reason and "\n" not in refused.reason, refused
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        ("dims: [ 8, 8 ]", "dims: [ -1, 8 ]"),  # a variable size fits any
+        # An ensemble that does not batch may declare the batch itself, as in Triton.
+        ("max_batch_size: 8", "max_batch_size: 0"),
+    ],
+)
+def test_shapes_that_can_agree_at_run_time_load(tmp_path, edit):
+    text = ENSEMBLE_CONFIG.replace(*edit)
+    if edit[1] == "max_batch_size: 0":
+        text = text.replace("dims: [ 8, 8 ]", "dims: [ -1, 8, 8 ]").replace("dims: [ 10 ]", "dims: [ -1, 10 ]")
+        text = text.replace("TYPE_INT64 dims: [ 1 ]", "TYPE_INT64 dims: [ -1, 1 ]")
+    publish_ensemble(tmp_path, text)
+
+    async def scenario(dataplane):
+        answer = await dataplane.infer(request(images(2)))
+        return {output.name: output.data.shape for output in answer.outputs}
+
+    assert run(scenario, tmp_path) == {"PROBABILITIES": (2, 10), "CLASS": (2, 1)}
 
 
 def test_an_input_no_step_takes_is_refused(tmp_path):
@@ -150,32 +196,116 @@ def test_a_request_runs_through_the_steps_models_which_count_it_as_their_own(tmp
     assert stats["digits"].success.count == 2 and stats["argmax"].success.count == 2
 
 
-def test_a_step_whose_model_is_gone_or_whose_output_differs_from_the_config_is_named_in_one_line(tmp_path):
+def nested_ensemble(name: str) -> str:
+    """The config of an ensemble with one step: the ensemble ``pipeline``."""
+    config = ENSEMBLE_CONFIG.replace('name: "pipeline"', f'name: "{name}"')
+    return config[: config.index("ensemble_scheduling")] + (
+        'ensemble_scheduling { step [ { model_name: "pipeline" model_version: -1\n'
+        '  input_map { key: "IMAGE" value: "IMAGE" }\n'
+        '  output_map [ { key: "PROBABILITIES" value: "PROBABILITIES" }, { key: "CLASS" value: "CLASS" } ] } ] }\n'
+    )
+
+
+def publish_config(repo, name: str, config: str) -> None:
+    """An ensemble ``name`` of ``config``, beside ``pipeline``, with the labels of its probabilities."""
+    (repo / name / "1").mkdir(parents=True)
+    (repo / name / "config.pbtxt").write_text(config)
+    (repo / name / "labels.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+
+
+def save_argmax(version_dir, datatype: int = TensorProto.INT64) -> None:
+    """argmax's ONNX file, answering ``datatype``."""
+    nodes = [
+        helper.make_node("ArgMax", ["scores"], ["index"], axis=1),
+        helper.make_node("Cast", ["index"], ["best"], to=datatype),
+    ]
+    save_step_model(version_dir, nodes, ["batch", 10], datatype, ["batch", 1])
+
+
+def save_step_model(version_dir, nodes: list, scores: list, datatype: int, best: list) -> None:
+    graph = helper.make_graph(
+        nodes,
+        "step",
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, scores)],
+        [helper.make_tensor_value_info("best", datatype, best)],
+    )
+    version_dir.mkdir(exist_ok=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), version_dir / "model.onnx")
+
+
+def test_an_output_that_differs_from_the_config_at_run_time_is_named_in_one_line(tmp_path):
+    """The step's model answers its input's width, variable, which the ensemble's [2] fits when it loads; the
+    answer's 10 does not."""
     version_dir = publish_ensemble(
         tmp_path,
         ENSEMBLE_CONFIG.replace(
             'name: "CLASS" data_type: TYPE_INT64 dims: [ 1 ]', 'name: "CLASS" data_type: TYPE_INT64 dims: [ 2 ]'
         ),
     )
+    cast = [helper.make_node("Cast", ["scores"], ["best"], to=TensorProto.INT64)]
+    save_step_model(tmp_path / "argmax" / "1", cast, ["batch", "width"], TensorProto.INT64, ["batch", "width"])
+    (tmp_path / "argmax" / "config.pbtxt").write_text(
+        ARGMAX_CONFIG.replace("dims: [ 10 ]", "dims: [ -1 ]").replace("dims: [ 1 ]", "dims: [ -1 ]")
+    )
 
     async def scenario(dataplane):
-        failures = []
-        for unload in (False, True):
-            if unload:
-                await dataplane.unload("argmax")
-            with pytest.raises(ServingError) as failed:
-                await dataplane.infer(request(images(1)))
-            failures.append(failed.value)
-        return failures, dataplane.model_ready("pipeline")
+        with pytest.raises(ServingError) as failed:
+            await dataplane.infer(request(images(1)))
+        return failed.value
 
-    (differs, gone), ready = run(scenario, version_dir.parents[1])
+    differs = run(scenario, version_dir.parents[1])
     assert differs.status is Status.INTERNAL
-    assert "its step made output 'CLASS' INT64 [1, 1], but config.pbtxt says INT64 [-1, 2]" in differs.message
-    assert gone.status is Status.NOT_FOUND and "ensemble 'pipeline', step model 'argmax': unknown model" in gone.message
-    assert not ready, "an ensemble is ready only while every model of its steps is"
+    assert "its step made output 'CLASS' INT64 [1, 10], but config.pbtxt says INT64 [-1, 2]" in differs.message
 
 
-def test_ensembles_that_run_each_other_are_refused_at_the_request(tmp_path):
+def test_an_ensemble_stops_serving_while_a_model_of_its_steps_is_unloaded_and_serves_again_after(tmp_path):
+    version_dir = publish_ensemble(tmp_path)
+
+    async def scenario(dataplane):
+        await dataplane.unload("argmax")
+        with pytest.raises(ServingError) as gone:
+            await dataplane.infer(request(images(1)))
+        index = {(entry.name, entry.version): entry for entry in dataplane.repository_index()}
+        unready = (dataplane.model_ready("pipeline"), dataplane.ready())
+        await dataplane.load("argmax")
+        answer = await dataplane.infer(request(images(1)))
+        return gone.value, index, unready, answer, dataplane.model_ready("pipeline")
+
+    gone, index, unready, answer, ready = run(scenario, version_dir.parents[1])
+    assert gone.status is Status.NOT_FOUND and "unknown model 'pipeline'" in gone.message
+    refused = index[("pipeline", "1")]
+    assert refused.state == "UNAVAILABLE" and "version 1 stopped serving: " in refused.reason
+    assert "ensemble 'pipeline' depends on 'argmax', which has no loaded version" in refused.reason
+    assert unready == (False, False)
+    assert answer.outputs[1].name == "CLASS" and ready
+
+
+def test_an_ensemble_is_checked_again_when_a_model_of_its_steps_changes_its_tensors(tmp_path):
+    """argmax's new version answers INT32, which the ensemble's CLASS (INT64) cannot take: the ensemble stops
+    serving, in one line, until argmax answers INT64 again."""
+    publish_ensemble(tmp_path)
+    repository = ModelRepository(tmp_path, RuntimeOptions(device="cpu", intra_op_threads=1))
+    repository.load_all()
+    assert repository.is_ready("pipeline")
+    save_argmax(tmp_path / "argmax" / "2", TensorProto.INT32)
+    (tmp_path / "argmax" / "config.pbtxt").write_text(ARGMAX_CONFIG.replace("TYPE_INT64", "TYPE_INT32"))
+    retired = repository.load_all()
+    assert {(s.name, s.version) for s in retired} == {("argmax", 1), ("pipeline", 1)}
+    assert not repository.is_ready("pipeline") and repository.get("argmax").version == 2
+    reason = next(e.reason for e in repository.index() if e.name == "pipeline")
+    assert "output 'CLASS' of the ensemble is INT64 [-1, 1], but it is INT32 [-1, 1]" in reason
+
+    shutil.rmtree(tmp_path / "argmax" / "2")
+    (tmp_path / "argmax" / "config.pbtxt").write_text(ARGMAX_CONFIG)
+    repository.load_all()
+    assert repository.get("argmax").version == 1 and repository.is_ready("pipeline")
+    assert [e.state for e in repository.index() if e.name == "pipeline"] == ["READY"]
+    repository.take_all()
+
+
+def test_ensembles_that_would_run_each_other_never_load(tmp_path):
+    """``loop`` runs ``pipeline``, and ``pipeline`` is changed to run ``loop``: the reload is refused and the
+    version that served goes on serving."""
     publish_ensemble(tmp_path)
     loop = ENSEMBLE_CONFIG.replace('name: "pipeline"', 'name: "loop"').replace(
         'model_name: "argmax"', 'model_name: "pipeline"'
@@ -183,46 +313,93 @@ def test_ensembles_that_run_each_other_are_refused_at_the_request(tmp_path):
     loop = loop.replace('key: "scores" value: "PROBABILITIES"', 'key: "IMAGE" value: "IMAGE"').replace(
         'key: "best" value: "CLASS"', 'key: "CLASS" value: "CLASS"'
     )
-    (tmp_path / "loop" / "1").mkdir(parents=True)
-    (tmp_path / "loop" / "config.pbtxt").write_text(loop)
-    (tmp_path / "loop" / "labels.txt").write_text("\n".join(CLASS_NAMES) + "\n")
-    (tmp_path / "pipeline" / "config.pbtxt").write_text(
-        ENSEMBLE_CONFIG.replace('model_name: "argmax"', 'model_name: "loop"')
-        .replace('key: "scores" value: "PROBABILITIES"', 'key: "IMAGE" value: "IMAGE"')
-        .replace('key: "best" value: "CLASS"', 'key: "CLASS" value: "CLASS"')
-    )
+    publish_config(tmp_path, "loop", loop)
 
     async def scenario(dataplane):
+        loaded = sorted(s.name for s in dataplane.repository.loaded())
+        (tmp_path / "pipeline" / "config.pbtxt").write_text(
+            ENSEMBLE_CONFIG.replace('model_name: "argmax"', 'model_name: "loop"')
+            .replace('key: "scores" value: "PROBABILITIES"', 'key: "IMAGE" value: "IMAGE"')
+            .replace('key: "best" value: "CLASS"', 'key: "CLASS" value: "CLASS"')
+        )
         with pytest.raises(ServingError) as refused:
-            await dataplane.infer(request(images(1)))
-        return refused.value
+            await dataplane.load("pipeline")
+        answer = await dataplane.infer(request(images(1)))
+        return loaded, refused.value, [output.name for output in answer.outputs]
 
-    refused = run(scenario, tmp_path)
-    assert (
-        refused.status is Status.FAILED_PRECONDITION and "runs itself: pipeline -> loop -> pipeline" in refused.message
-    )
+    loaded, refused, outputs = run(scenario, tmp_path)
+    assert loaded == ["argmax", "digits", "loop", "pipeline"]
+    assert refused.status is Status.FAILED_PRECONDITION
+    assert "model 'pipeline' was not reloaded, versions [1] serve as they were" in refused.message
+    assert "the ensemble would run itself: pipeline -> loop -> pipeline" in refused.message
+    assert outputs == ["PROBABILITIES", "CLASS"]
+
+
+def test_explicit_model_control_loads_an_ensemble_with_its_steps_models_and_unloads_them_with_it(tmp_path):
+    publish_ensemble(tmp_path)
+    publish_config(tmp_path, "a_outer", nested_ensemble("a_outer"))
+
+    async def scenario(dataplane):
+        def loaded():
+            return sorted(s.name for s in dataplane.repository.loaded())
+
+        states = [loaded()]
+        answer = await dataplane.infer(
+            InferenceRequest(model="a_outer", inputs=[InputTensor("IMAGE", "UINT8", (1, 8, 8), images(1))])
+        )
+        await dataplane.unload("a_outer")  # without unload_dependents: what it pulled in stays
+        states.append(loaded())
+        await dataplane.load("digits")  # asked for by name: it stays when its ensembles go
+        await dataplane.load("a_outer")
+        states.append(loaded())
+        await dataplane.unload("a_outer", {"unload_dependents": True})
+        states.append(loaded())
+        with pytest.raises(ServingError) as wrong:
+            await dataplane.unload("digits", {"unload_dependents": "yes"})
+        index = {entry.name: entry.reason for entry in dataplane.repository_index()}
+        return states, answer, wrong.value, index
+
+    states, answer, wrong, index = run(scenario, tmp_path, model_control="explicit", load_models=("a_outer",))
+    assert states[0] == states[2] == ["a_outer", "argmax", "digits", "pipeline"]
+    assert states[1] == ["argmax", "digits", "pipeline"]
+    assert states[3] == ["digits"]
+    assert [output.name for output in answer.outputs] == ["PROBABILITIES", "CLASS"]
+    assert wrong.status is Status.INVALID_ARGUMENT and "'unload_dependents' must be a boolean" in wrong.message
+    assert index["argmax"] == "unloaded with ensemble 'pipeline' (unload_dependents)"
+    assert index["pipeline"] == "unloaded with ensemble 'a_outer' (unload_dependents)"
 
 
 def test_a_live_server_answers_an_ensemble_over_both_front_ends(start_server, tmp_path):
+    """Under explicit model control, with only the ensemble named: its steps' models load with it, and
+    tritonclient's unload_dependents takes them out with it (over HTTP, then over gRPC)."""
     version_dir = publish_ensemble(tmp_path)
-    server = start_server(version_dir.parents[1])
+    server = start_server(version_dir.parents[1], "--model-control-mode", "explicit", "--load-model", "pipeline")
     batch = images(2, seed=6)
     expected = reference_probabilities(tmp_path / "digits" / "1", batch)
     with grpcclient.InferenceServerClient(server.url) as client:
         assert client.get_model_metadata("pipeline").platform == "ensemble"
+        assert "model_repository(unload_dependents)" in client.get_server_metadata().extensions
         tensor = grpcclient.InferInput("IMAGE", [2, 8, 8], "UINT8")
         tensor.set_data_from_numpy(batch)
         answer = client.infer("pipeline", [tensor])
+        http = httpclient.InferenceServerClient(server.http_url)
+        try:
+            tensor = httpclient.InferInput("IMAGE", [2, 8, 8], "UINT8")
+            tensor.set_data_from_numpy(batch)
+            outputs = [httpclient.InferRequestedOutput("CLASS")]
+            best = http.infer("pipeline", [tensor], outputs=outputs).as_numpy("CLASS")
+            assert http.get_model_config("pipeline")["platform"] == "ensemble"
+            http.unload_model("pipeline", unload_dependents=True)
+            after_http = {entry["name"] for entry in http.get_model_repository_index() if entry.get("state") == "READY"}
+        finally:
+            http.close()
+        client.load_model("pipeline")
+        ready = client.is_model_ready("digits") and client.is_model_ready("argmax")
+        client.unload_model("pipeline", unload_dependents=True)
+        after_grpc = {entry.name for entry in client.get_model_repository_index().models if entry.state == "READY"}
     np.testing.assert_allclose(answer.as_numpy("PROBABILITIES"), expected, rtol=1e-6)
-    http = httpclient.InferenceServerClient(server.http_url)
-    try:
-        tensor = httpclient.InferInput("IMAGE", [2, 8, 8], "UINT8")
-        tensor.set_data_from_numpy(batch)
-        best = http.infer("pipeline", [tensor], outputs=[httpclient.InferRequestedOutput("CLASS")]).as_numpy("CLASS")
-        assert http.get_model_config("pipeline")["platform"] == "ensemble"
-    finally:
-        http.close()
     np.testing.assert_array_equal(best, expected.argmax(axis=1).reshape(2, 1))
+    assert after_http == after_grpc == set() and ready
 
 
 @fuzz_settings(60)
@@ -240,19 +417,21 @@ def test_any_ensemble_config_reads_or_raises_model_load_error(tmp_path_factory, 
         assert "\n" not in str(error)
 
 
-def test_an_ensemble_named_before_its_steps_models_still_loads_after_them_and_is_checked(tmp_path):
+def test_an_ensemble_named_before_its_steps_models_still_loads_after_them_and_is_checked(tmp_path, caplog):
+    """``a_first`` (checked against argmax, and refused) and ``a_nested`` (which runs the ensemble ``pipeline``)
+    load after the models they run, so the nested one loads at once, with no refusal on the way."""
     publish_ensemble(tmp_path)
     wrong = ENSEMBLE_CONFIG.replace('name: "pipeline"', 'name: "a_first"').replace(
         'name: "CLASS" data_type: TYPE_INT64', 'name: "CLASS" data_type: TYPE_INT32'
     )
-    (tmp_path / "a_first" / "1").mkdir(parents=True)
-    (tmp_path / "a_first" / "config.pbtxt").write_text(wrong)
-    (tmp_path / "a_first" / "labels.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+    publish_config(tmp_path, "a_first", wrong)
+    publish_config(tmp_path, "a_nested", nested_ensemble("a_nested"))
 
     async def scenario(dataplane):
         index = {(e.name, e.version): e for e in dataplane.repository_index()}
         return index, sorted(s.name for s in dataplane.repository.loaded())
 
     index, loaded = run(scenario, tmp_path)
-    assert loaded == ["argmax", "digits", "pipeline"]
-    assert "output 'CLASS' of the ensemble is INT32, but it is INT64" in index[("a_first", "1")].reason
+    assert loaded == ["a_nested", "argmax", "digits", "pipeline"]
+    assert "output 'CLASS' of the ensemble is INT32 [-1, 1], but it is INT64 [-1, 1]" in index[("a_first", "1")].reason
+    assert [r.message for r in caplog.records if r.levelname == "ERROR"] == [index[("a_first", "1")].reason]

@@ -2,11 +2,12 @@
 
 Starts ``python -m serving`` on the tests' tiny generated classifier, sends ``--examples`` mutated
 ModelInferRequests, as many mutated byte strings, as many ModelStreamInfer streams of one to three of either, as
-many shared memory registrations and as many trace settings changes (the strategies of
+many shared memory registrations, as many trace settings changes and as many unloads with any parameters of a
+model that is not there (the strategies of
 tests/serving/test_grpc_frontend.py; the server allows client shared memory, and some requests use a region that
 the fuzz registers; it traces every request with its tensors, until a fuzzed change says otherwise), then
 ``--examples`` mutated HTTP requests (tests/serving/test_rest_fuzz.py: JSON bodies, binary header lengths, headers,
-paths, trace settings), and fails if any answer is
+paths, trace settings, unload parameters), and fails if any answer is
 not OK or a client-error status (HTTP: 2xx, 4xx, 501 or 503, never 500), if the server stops answering, or if its log
 grows by more than a few lines (no log flood). Prints the status codes seen and the server's log size.
 
@@ -76,7 +77,7 @@ def main() -> int:
         lines = log_path.read_text().splitlines()
     print(
         f"{3 * args.examples} fuzzed requests, {args.examples} streams of 1-3, {args.examples} shared memory "
-        f"registrations and {args.examples} trace settings changes in {elapsed:.0f} s; "
+        f"registrations, {args.examples} trace settings changes and {args.examples} unloads in {elapsed:.0f} s; "
         f"gRPC status codes: {dict(sorted(seen.items()))}"
     )
     print(f"HTTP status codes: {dict(sorted(http_seen.items()))}")

@@ -175,11 +175,6 @@ def _check_ensemble(config: model_config_pb2.ModelConfig, name: str, path: Path 
     ):
         if getattr(config, field):
             raise ModelLoadError(f"{path}: an ensemble has no {what}")
-    if config.response_cache.enable:
-        raise ModelLoadError(
-            f"{path}: response_cache on an ensemble would answer from before a reload of its steps' models; enable "
-            "it on them"
-        )
     if any(tensor.HasField("reshape") for tensor in [*config.input, *config.output]):
         raise ModelLoadError(f"{path}: an ensemble's tensors cannot be reshaped; its steps' models can")
     read_steps(config, name, path)

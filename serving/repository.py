@@ -212,6 +212,11 @@ class ServedVersion:
     def version(self) -> int:
         return self.manifest.version
 
+    def renew(self) -> None:
+        """A model an ensemble's steps run changed: its answers cached before are no longer this ensemble's (as a
+        reload would, without reloading)."""
+        self.generation = next(_GENERATIONS)
+
     def acquire(self) -> None:
         self._inflight += 1
 
@@ -476,23 +481,27 @@ class ModelRepository:
     def _sync(self, name: str, reload_failures: list[str] | None = None) -> list[ServedVersion]:
         """``_sync_model``, then every ensemble that runs a model whose served versions changed is checked again, as
         Triton does: a version whose steps no longer fit the models stops serving, one refused before is tried
-        again, and an ensemble that changes has its own dependents checked in turn (caller holds _sync_lock)."""
+        again, and an ensemble that still serves or serves again has its own dependents checked in turn (its
+        answers are no longer those of before either; caller holds _sync_lock)."""
         before = self._models.get(name)
         retired = self._sync_model(name, reload_failures)
         changed = [name] if self._models.get(name) != before else []  # ServedVersions compare by identity
+        renewed: set[str] = set()  # a renewal alone goes on once (configs not yet loaded may name a cycle)
         while changed:
             model = changed.pop(0)
             for ensemble in sorted(e for e, runs in self._dependencies.items() if model in runs):
                 before = self._models.get(ensemble)
                 retired += self._recheck(ensemble)
-                if self._models.get(ensemble) != before:
+                after = self._models.get(ensemble)
+                if after != before or (after and ensemble not in renewed):
+                    renewed.add(ensemble)
                     changed.append(ensemble)
         return retired
 
     def _recheck(self, name: str) -> list[ServedVersion]:
         """An ensemble after a model its steps run changed: its serving versions are checked against the models
-        again (a version that fails stops serving, and is tried again after the next change), and its refused
-        versions are tried again."""
+        again (a version that fails stops serving, and is tried again after the next change; one that passes
+        starts a new generation of cached answers), and its refused versions are tried again."""
         self._failures = {key: refusal for key, refusal in self._failures.items() if key[0] != name}
         current = self._models.get(name, {})
         failing: dict[int, ServedVersion] = {}
@@ -504,6 +513,8 @@ class ModelRepository:
                 log.error("%s", reason)
                 self._failures[(name, version)] = _Refusal(reason, _files_state(self.root / name, version))
                 failing[version] = served
+            else:
+                served.renew()
         if failing:
             models = dict(self._models)
             models[name] = {version: served for version, served in current.items() if version not in failing}
@@ -616,6 +627,12 @@ class ModelRepository:
     def _load_version(self, version_dir: Path, config: model_config_pb2.ModelConfig) -> ServedVersion:
         name = version_dir.parent.name
         manifest = read_version(version_dir, config)
+        if config.response_cache.enable and not self.caches_answers:
+            log.warning(
+                "model '%s': config.pbtxt enables response_cache, but the server keeps no response cache "
+                "(--cache-config local,size=BYTES); its answers are not cached",
+                name,
+            )
         if manifest.platform == ENSEMBLE_PLATFORM:
             steps = read_steps(config, name, version_dir.parent / CONFIG_FILE)
             check_steps(name, manifest.signature, steps, self._models, version_dir.parent / CONFIG_FILE)
@@ -666,12 +683,6 @@ class ModelRepository:
                 ", ".join(f"'{sample.name}' x{sample.calls}" for sample in samples),
                 len(runners),
                 (time.monotonic() - started) * 1000,
-            )
-        if config.response_cache.enable and not self.caches_answers:
-            log.warning(
-                "model '%s': config.pbtxt enables response_cache, but the server keeps no response cache "
-                "(--cache-config local,size=BYTES); its answers are not cached",
-                name,
             )
         log.info(
             "model '%s' version %d loaded (providers %s, %d instance(s) of %s intra-op threads%s; max_batch_size "

@@ -8,6 +8,7 @@ refused in one line."""
 
 import asyncio
 import shutil
+import threading
 
 import numpy as np
 import onnx
@@ -68,7 +69,6 @@ def test_the_steps_are_read_in_an_order_that_runs_each_after_those_it_takes_tens
         (('model_name: "argmax" model_version: -1', 'model_name: "argmax" model_version: 0'),
          "model_version must be -1 (the newest) or a version number, got 0"),
         (("ensemble_scheduling { step [", "ensemble_scheduling { } #"), "has no step"),
-        (("max_batch_size: 8", "max_batch_size: 8 response_cache { enable: true }"), "response_cache on an ensemble"),
         (("max_batch_size: 8", 'max_batch_size: 8 instance_group [ { count: 2 } ]'),
          "an ensemble has no instance_group"),
     ],
@@ -435,3 +435,22 @@ def test_an_ensemble_named_before_its_steps_models_still_loads_after_them_and_is
     assert loaded == ["a_nested", "argmax", "digits", "pipeline"]
     assert "output 'CLASS' of the ensemble is INT32 [-1, 1], but it is INT64 [-1, 1]" in index[("a_first", "1")].reason
     assert [r.message for r in caplog.records if r.levelname == "ERROR"] == [index[("a_first", "1")].reason]
+
+
+def test_configs_that_name_a_cycle_do_not_stop_the_check_of_dependents(tmp_path):
+    """``pipeline`` serves (it runs argmax) and ``loop`` runs it; pipeline's config.pbtxt is then rewritten to run
+    ``loop``, a cycle that only the files name. A reload of argmax checks both again, once, and returns."""
+    publish_ensemble(tmp_path)
+    publish_config(tmp_path, "loop", nested_ensemble("loop"))
+    repository = ModelRepository(tmp_path, RuntimeOptions(device="cpu", intra_op_threads=1))
+    repository.load_all()
+    (tmp_path / "pipeline" / "config.pbtxt").write_text(
+        ENSEMBLE_CONFIG.replace('model_name: "argmax"', 'model_name: "loop"')
+    )
+    generations = {name: repository.get(name).generation for name in ("pipeline", "loop")}
+    reload = threading.Thread(target=repository.load, args=("argmax",), daemon=True)
+    reload.start()
+    reload.join(timeout=60)
+    assert not reload.is_alive(), "the check of dependents did not end"
+    assert all(repository.get(name).generation != generations[name] for name in generations), "answers renewed"
+    repository.take_all()

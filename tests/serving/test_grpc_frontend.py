@@ -223,10 +223,35 @@ def check_stream(call, payloads: list[bytes]) -> list[str]:
     return kinds
 
 
+@st.composite
+def unload_requests(draw) -> pb.RepositoryModelUnloadRequest:
+    """An unload of a model that is not the one served (its parameters are checked first), with any parameters."""
+    request = pb.RepositoryModelUnloadRequest(
+        model_name=draw(
+            st.sampled_from(["nothing_here", "", "../digits"])
+            | st.text(max_size=12).filter(lambda name: name != "digits")
+        )  # fmt: skip
+    )
+    for key in draw(st.lists(st.sampled_from(["unload_dependents"]) | st.text(max_size=12), max_size=2, unique=True)):
+        choice = draw(st.sampled_from(["bool_param", "int64_param", "string_param", "bytes_param", None]))
+        value = {
+            "bool_param": st.booleans(),
+            "int64_param": INT64,
+            "string_param": st.text(max_size=20),
+            "bytes_param": st.binary(max_size=20),
+            None: st.none(),
+        }[choice]
+        parameter = request.parameters[key]
+        if choice is not None:
+            setattr(parameter, choice, draw(value))
+    return request
+
+
 def fuzz_model_infer(url: str, max_examples: int) -> dict[str, int]:
     """Sends ``max_examples`` mutated messages, as many mutated byte strings, as many streams of one to three of
-    either or valid requests, as many shared memory registrations and as many trace settings changes; returns the
-    codes seen (answers in streams as "stream OK" and "stream error"). The server runs with ``fuzz_server_flags``."""
+    either or valid requests, as many shared memory registrations, as many trace settings changes and as many
+    unloads of models that are not there; returns the codes seen (answers in streams as "stream OK" and "stream
+    error"). The server runs with ``fuzz_server_flags``."""
     seen: dict[str, int] = {}
     with grpc.insecure_channel(url) as channel, shared_memory_object(FUZZ_REGION_BYTES) as (key, _):
         stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -275,6 +300,12 @@ def fuzz_model_infer(url: str, max_examples: int) -> dict[str, int]:
             seen[f"trace {code}"] = seen.get(f"trace {code}", 0) + 1
 
         @options
+        @given(unload_requests())
+        def unloads(request):
+            code = check_answer(stub.RepositoryModelUnload, request).name
+            seen[f"unload {code}"] = seen.get(f"unload {code}", 0) + 1
+
+        @options
         @given(register_requests(key))
         def registrations(request):
             code = check_answer(stub.SystemSharedMemoryRegister, request).name
@@ -289,6 +320,7 @@ def fuzz_model_infer(url: str, max_examples: int) -> dict[str, int]:
         streams()
         registrations()
         trace_settings()
+        unloads()
         assert stub.ServerLive(pb.ServerLiveRequest(), timeout=10).live
         assert stub.ModelInfer(valid_request(), timeout=10).model_name == "digits"
         stub.SystemSharedMemoryUnregister(pb.SystemSharedMemoryUnregisterRequest(), timeout=10)

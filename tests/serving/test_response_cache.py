@@ -10,9 +10,17 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from serving.dataplane import InputTensor, OutputTensor, RequestedOutput
+from serving.dataplane import InferenceRequest, InputTensor, OutputTensor, RequestedOutput
 from serving.response_cache import ENTRY_OVERHEAD_BYTES, ResponseCache, parse_cache_config
-from tests.serving.conftest import append_to_config, free_port, images, publish_version, scrape
+from tests.serving.conftest import (
+    ENSEMBLE_CONFIG,
+    append_to_config,
+    free_port,
+    images,
+    publish_ensemble,
+    publish_version,
+    scrape,
+)
 from tests.serving.test_dataplane import request, run
 
 CACHED = "response_cache { enable: true }\n"
@@ -111,6 +119,30 @@ def test_a_repeated_request_is_answered_without_running_the_model_and_never_by_a
     assert (before.cache_hit.count, before.cache_miss.count) == (3, 3), "a repeat of each of three requests"
     assert before.execution_count == 3 and before.success.count == 6 and before.inference_count == 9
     assert (after.cache_hit.count, after.cache_miss.count, after.execution_count) == (0, 1, 1)
+
+
+def test_an_ensemble_answers_from_its_cache_without_its_steps_and_never_from_before_one_of_them_changed(tmp_path):
+    """As in Triton, an ensemble's cache is its own (its steps' models need none); a reload of a step's model
+    starts a new generation of the ensemble's answers, as a reload of the ensemble would."""
+    publish_ensemble(tmp_path, ENSEMBLE_CONFIG + CACHED)
+    batch = images(2, seed=9)
+
+    async def scenario(dataplane):
+        ask = InferenceRequest(model="pipeline", inputs=[InputTensor("IMAGE", "UINT8", batch.shape, batch)])
+        answers = [await dataplane.infer(ask) for _ in range(2)]
+        before = {entry.name: entry.stats for entry in dataplane.statistics()}
+        await dataplane.load("argmax")
+        answers.append(await dataplane.infer(ask))
+        after = {entry.name: entry.stats for entry in dataplane.statistics()}
+        return answers, before, after
+
+    answers, before, after = run(scenario, tmp_path, response_cache=ResponseCache(1 << 20))
+    for answer in answers[1:]:
+        assert [o.data.tolist() for o in answer.outputs] == [o.data.tolist() for o in answers[0].outputs]
+    assert (before["pipeline"].cache_hit.count, before["pipeline"].cache_miss.count) == (1, 1)
+    assert before["digits"].success.count == before["argmax"].success.count == 1, "a hit runs no step"
+    assert (after["pipeline"].cache_hit.count, after["pipeline"].cache_miss.count) == (1, 2), "argmax reloaded"
+    assert after["digits"].success.count == 2
 
 
 def test_only_a_model_whose_config_enables_it_is_cached_and_one_without_a_server_cache_is_told(tmp_path, caplog):

@@ -102,7 +102,7 @@ def infer_bodies(draw) -> tuple[bytes, dict[str, str]]:
 
 @st.composite
 def http_requests(draw) -> tuple[str, str, bytes, dict[str, str]]:
-    kind = draw(st.sampled_from(["infer", "infer", "infer", "path", "body", "trace"]))
+    kind = draw(st.sampled_from(["infer", "infer", "infer", "path", "body", "trace", "unload"]))
     if kind == "infer":
         body, headers = draw(infer_bodies())
         return "POST", draw(st.sampled_from(PATHS[9:11])), body, headers
@@ -111,6 +111,12 @@ def http_requests(draw) -> tuple[str, str, bytes, dict[str, str]]:
         path = f"/v2/models/{urllib.parse.quote(model, safe='')}/trace/setting" if model else "/v2/trace/setting"
         values = {name: value[0] if value and draw(st.booleans()) else value for name, value in changes.items()}
         return draw(st.sampled_from(["GET", "POST"])), path, json.dumps(values).encode(), {}
+    if kind == "unload":  # of a model that is not there: the parameters are checked first
+        parameters = draw(
+            st.dictionaries(st.sampled_from(["unload_dependents"]) | st.text(max_size=8), json_values, max_size=2)
+        )
+        body = json.dumps({"parameters": parameters} if draw(st.booleans()) else parameters).encode()
+        return "POST", "/v2/repository/models/nothing_here/unload", body, {}
     if kind == "path":
         segments = draw(
             st.lists(st.text(max_size=12) | st.sampled_from(["v2", "models", "digits", "versions"]), max_size=6)

@@ -454,13 +454,9 @@ class DataPlane:
         self._check_model_control()
         parameters = dict(parameters or {})
         config_text = parameters.pop("config", None)
-        if parameters:
-            names = ", ".join(sorted(parameters))[:200]
-            raise ServingError(
-                Status.INVALID_ARGUMENT,
-                f"load parameters ({names}) are not supported, only 'config': publish model files into the "
-                "repository instead of sending them",
-            )
+        _refuse_parameters(
+            parameters, "load", "'config': publish model files into the repository instead of sending them"
+        )
         config = None
         if config_text is not None:
             if not isinstance(config_text, str):
@@ -486,11 +482,7 @@ class DataPlane:
         self._check_model_control()
         parameters = dict(parameters or {})
         unload_dependents = parameters.pop("unload_dependents", False)
-        if parameters:
-            names = ", ".join(sorted(parameters))[:200]
-            raise ServingError(
-                Status.INVALID_ARGUMENT, f"unload parameters ({names}) are not supported, only 'unload_dependents'"
-            )
+        _refuse_parameters(parameters, "unload", "'unload_dependents'")
         if not isinstance(unload_dependents, bool):
             raise ServingError(Status.INVALID_ARGUMENT, "the unload parameter 'unload_dependents' must be a boolean")
         self._retire(await asyncio.to_thread(self.repository.unload, name, unload_dependents))
@@ -664,6 +656,19 @@ class DataPlane:
                 elapsed / 1e6,
             )
         return response
+
+
+def _refuse_parameters(parameters: Mapping[str, object], request: str, supported: str) -> None:
+    """Refuses the parameters of a repository request that are left once those it takes are taken out.
+
+    Raises:
+        ServingError: INVALID_ARGUMENT naming a few of them (escaped: names come from the client).
+    """
+    if parameters:
+        names = ", ".join(codec.shown(name) for name in sorted(parameters)[:5])
+        raise ServingError(
+            Status.INVALID_ARGUMENT, f"{request} parameters ({names}) are not supported, only {supported}"
+        )
 
 
 def _bad(message: str) -> ServingError:

@@ -20,11 +20,10 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from serving.dataplane import InferenceRequest, InputTensor, RequestedOutput
-from serving.ensemble import Step, read_steps, run_steps
+from serving.ensemble import Step, check_steps, read_steps, run_steps
 from serving.errors import ModelLoadError, ServingError, Status
 from serving.model_files import read_config, read_version
 from serving.repository import ModelRepository
-from serving.runtime import RuntimeOptions
 from tests.conftest import fuzz_settings
 from tests.serving.conftest import (
     ARGMAX_CONFIG,
@@ -36,6 +35,7 @@ from tests.serving.conftest import (
 )
 from tests.serving.test_dataplane import run
 from tests.serving.test_model_files import mutations
+from tests.serving.test_repository import CPU
 
 
 def test_the_steps_are_read_in_an_order_that_runs_each_after_those_it_takes_tensors_from(tmp_path):
@@ -284,7 +284,7 @@ def test_an_ensemble_is_checked_again_when_a_model_of_its_steps_changes_its_tens
     """argmax's new version answers INT32, which the ensemble's CLASS (INT64) cannot take: the ensemble stops
     serving, in one line, until argmax answers INT64 again."""
     publish_ensemble(tmp_path)
-    repository = ModelRepository(tmp_path, RuntimeOptions(device="cpu", intra_op_threads=1))
+    repository = ModelRepository(tmp_path, CPU)
     repository.load_all()
     assert repository.is_ready("pipeline")
     save_argmax(tmp_path / "argmax" / "2", TensorProto.INT32)
@@ -402,17 +402,31 @@ def test_a_live_server_answers_an_ensemble_over_both_front_ends(start_server, tm
     assert after_http == after_grpc == set() and ready
 
 
+@pytest.fixture(scope="module")
+def loaded_steps(tmp_path_factory):
+    """The steps' models (and the ensemble) loaded once, as a repository holds them, for the fuzz below."""
+    repository = ModelRepository(publish_ensemble(tmp_path_factory.mktemp("steps")).parents[1], CPU)
+    repository.load_all()
+    yield {name: {served.version: served for served in repository.versions(name)} for name in ("digits", "argmax")}
+    repository.take_all()
+
+
 @fuzz_settings(60)
 @given(data=st.data())
-def test_any_ensemble_config_reads_or_raises_model_load_error(tmp_path_factory, data):
+def test_any_ensemble_config_reads_and_checks_against_its_models_or_raises_model_load_error(
+    tmp_path_factory, loaded_steps, data
+):
     repo = tmp_path_factory.mktemp("fuzz")
-    version_dir = publish_ensemble(repo, data.draw(mutations(ENSEMBLE_CONFIG.encode()), label="config").decode(
-        "utf-8", "replace"))  # fmt: skip
+    (repo / "pipeline" / "1").mkdir(parents=True)
+    text = data.draw(mutations(ENSEMBLE_CONFIG.encode()), label="config").decode("utf-8", "replace")
+    (repo / "pipeline" / "config.pbtxt").write_text(text)
+    (repo / "pipeline" / "labels.txt").write_text("\n".join(CLASS_NAMES) + "\n")
     try:
-        config = read_config(version_dir.parent)
-        read_version(version_dir, config)
+        config = read_config(repo / "pipeline")
+        manifest = read_version(repo / "pipeline" / "1", config)
         if config.platform == "ensemble":
-            read_steps(config, "pipeline", "config.pbtxt")
+            steps = read_steps(config, "pipeline", "config.pbtxt")
+            check_steps("pipeline", manifest.signature, steps, loaded_steps, repo / "pipeline" / "config.pbtxt")
     except ModelLoadError as error:
         assert "\n" not in str(error)
 
@@ -442,7 +456,7 @@ def test_configs_that_name_a_cycle_do_not_stop_the_check_of_dependents(tmp_path)
     ``loop``, a cycle that only the files name. A reload of argmax checks both again, once, and returns."""
     publish_ensemble(tmp_path)
     publish_config(tmp_path, "loop", nested_ensemble("loop"))
-    repository = ModelRepository(tmp_path, RuntimeOptions(device="cpu", intra_op_threads=1))
+    repository = ModelRepository(tmp_path, CPU)
     repository.load_all()
     (tmp_path / "pipeline" / "config.pbtxt").write_text(
         ENSEMBLE_CONFIG.replace('model_name: "argmax"', 'model_name: "loop"')

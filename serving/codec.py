@@ -20,6 +20,8 @@ SHOWN_NAME_CHARS = 80
 # A BYTES tensor's elements are read one by one on the event loop (about 0.3 us each): a request may hold this many,
 # a few milliseconds of the loop, far more than a text classifier's strings.
 MAX_BYTES_ELEMENTS = 65_536
+# The most bytes a numpy array's shape may span (numpy's own limit).
+MAX_ARRAY_BYTES = np.iinfo(np.intp).max
 
 
 def shown(name: str) -> str:
@@ -52,6 +54,9 @@ def _dtype_and_count(name: str, datatype: str, shape: tuple[int, ...]) -> tuple[
         )
     if any(d < 0 for d in shape):
         raise _bad(f"input {shown(name)}: shape {format_shape(shape)} has a negative dimension")
+    # numpy refuses such a shape even with a 0 among its dimensions, where no bytes need to be sent for it.
+    if math.prod(d for d in shape if d) * dtype.itemsize > MAX_ARRAY_BYTES:
+        raise _bad(f"input {shown(name)}: shape {format_shape(shape)} is larger than any array can be")
     count = math.prod(shape)
     if datatype == BYTES and count > MAX_BYTES_ELEMENTS:
         raise _bad(

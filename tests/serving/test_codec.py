@@ -1,5 +1,6 @@
 """serving.codec in process: BYTES tensors in the protocol's raw layout and as typed values, their limits, and a
-Hypothesis fuzz of the raw layout (any bytes give the declared elements or one INVALID_ARGUMENT line)."""
+Hypothesis fuzz of the raw layout (any bytes give the declared elements or one INVALID_ARGUMENT line) and of
+declared shapes (any shape gives its array or one INVALID_ARGUMENT line)."""
 
 import struct
 
@@ -34,6 +35,9 @@ def test_bytes_tensors_round_trip_through_the_raw_layout_and_typed_values():
         (lambda: codec.array_from_raw("w", "BYTES", (70_000,), b""), "at most 65536"),
         (lambda: codec.array_from_values("w", "BYTES", (2,), [b"a", 3], "data"), "must hold strings"),
         (lambda: codec.array_from_values("w", "BYTES", (3,), [b"a"], "data"), "has 1 values"),
+        # No bytes are needed with a 0 among the dimensions, but numpy cannot make the array.
+        (lambda: codec.array_from_raw("w", "INT64", (0, 2**62), b""), "is larger than any array can be"),
+        (lambda: codec.array_from_values("w", "FP32", (2**40, 0, 2**40), [], "data"), "larger than any array"),
     ],
 )
 def test_malformed_bytes_tensors_are_invalid_argument_in_one_line(call, words):
@@ -52,3 +56,22 @@ def test_any_raw_bytes_give_the_declared_elements_or_invalid_argument(raw, count
         assert error.status is Status.INVALID_ARGUMENT and "\n" not in error.message
     else:
         assert array.shape == (count,) and codec.serialize_bytes(array) == raw
+
+
+@fuzz_settings(200)
+@given(
+    datatype=st.sampled_from(["UINT8", "INT64", "FP32", "BYTES"]),
+    shape=st.lists(st.integers(0, 2**63 - 1) | st.integers(0, 4), max_size=4).map(tuple),
+)
+def test_any_declared_shape_gives_its_array_or_invalid_argument(datatype, shape):
+    """What a request whose contents are empty (or in a shared memory region of 0 bytes) may declare."""
+    for make in (
+        lambda: codec.array_from_raw("x", datatype, shape, b""),
+        lambda: codec.array_from_values("x", datatype, shape, [], "data"),
+    ):
+        try:
+            array = make()
+        except ServingError as error:
+            assert error.status is Status.INVALID_ARGUMENT and "\n" not in error.message
+        else:
+            assert array.shape == shape and array.size == 0

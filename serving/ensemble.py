@@ -17,16 +17,13 @@ import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from modelrepo import MODEL_NAME
 from serving.codec import shown
 from serving.errors import ModelLoadError
 from serving.protocol import model_config_pb2
 from serving.signature import ModelSignature, TensorSpec, format_shape
-
-if TYPE_CHECKING:  # model_files reads ensembles' steps with this module
-    from serving.model_files import Manifest
 
 ENSEMBLE_PLATFORM = "ensemble"
 
@@ -45,7 +42,9 @@ class Loaded(Protocol):
     """What the checks need of a loaded version (the repository's ServedVersion): its tensors, and its steps when
     it is an ensemble."""
 
-    manifest: "Manifest"
+    @property
+    def signature(self) -> ModelSignature: ...
+
     steps: tuple[Step, ...]
 
 
@@ -172,7 +171,7 @@ def check_steps(
         chain = _runs(step.model, name, models, (name,))
         if chain:
             raise ModelLoadError(f"{at}: the ensemble would run itself: {' -> '.join(chain)}")
-        model = served.manifest.signature
+        model = served.signature
         model_inputs = {spec.name: spec for spec in model.inputs}
         model_outputs = {spec.name: spec for spec in model.outputs}
         for model_input, tensor in step.inputs.items():

@@ -33,6 +33,7 @@ from serving.errors import ModelLoadError, ServingError, Status, first_line
 from serving.model_files import Manifest, read_config, read_version
 from serving.protocol import model_config_pb2
 from serving.runtime import OnnxModel, RuntimeOptions, requests_cuda, shared_threads
+from serving.signature import ModelSignature
 from serving.statistics import ModelStats
 from serving.version_policy import VersionPolicy
 from serving.warmup import WARMUP_FOLDER, warm_up, warmup_samples
@@ -207,6 +208,10 @@ class ServedVersion:
     @property
     def name(self) -> str:
         return self.manifest.name
+
+    @property
+    def signature(self) -> ModelSignature:
+        return self.manifest.signature
 
     @property
     def version(self) -> int:
@@ -505,11 +510,12 @@ class ModelRepository:
         self._failures = {key: refusal for key, refusal in self._failures.items() if key[0] != name}
         current = self._models.get(name, {})
         failing: dict[int, ServedVersion] = {}
+        config_path = self.root / name / CONFIG_FILE
         for version, served in current.items():
             try:
-                check_steps(name, served.manifest.signature, served.steps, self._models, self.root / name / CONFIG_FILE)
-            except ModelLoadError as error:
-                reason = f"model '{name}' version {version} stopped serving: {error}"
+                check_steps(name, served.signature, served.steps, self._models, config_path)
+            except Exception as error:  # as in _sync_model: whatever the check raises takes out only this version
+                reason = f"model '{name}' version {version} stopped serving: {_naming(config_path, error)}"
                 log.error("%s", reason)
                 self._failures[(name, version)] = _Refusal(reason, _files_state(self.root / name, version))
                 failing[version] = served

@@ -263,18 +263,27 @@ async def run_steps(
     tensors = dict(tensors)
     waiting = list(steps)
     running: dict[asyncio.Task, Step] = {}
+
+    def take(step: Step, outputs: dict[str, object]) -> None:
+        for model_output, tensor in step.outputs.items():
+            tensors[tensor] = outputs[model_output]
+
     try:
         while waiting or running:
-            for step in [s for s in waiting if all(t in tensors for t in s.inputs.values())]:
+            ready = [s for s in waiting if all(t in tensors for t in s.inputs.values())]
+            for step in ready:
                 waiting.remove(step)
+            if len(ready) == 1 and not running:  # a chain's next step: the request's own task runs it, no hand-off
+                [step] = ready
+                take(step, await run(step, {model_input: tensors[t] for model_input, t in step.inputs.items()}))
+                continue
+            for step in ready:
                 given = {model_input: tensors[tensor] for model_input, tensor in step.inputs.items()}
                 running[asyncio.ensure_future(run(step, given))] = step
             done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 step = running.pop(task)
-                outputs = task.result()
-                for model_output, tensor in step.outputs.items():
-                    tensors[tensor] = outputs[model_output]
+                take(step, task.result())
     finally:
         for task in running:
             task.cancel()

@@ -72,7 +72,7 @@ def _load_error(error: FormatError) -> ModelLoadError:
 
 def file_name(value: str, path: Path | str, field: str, folder: str = "the model's folder") -> str:
     """A file name from a config or manifest (``path``'s ``field``), refused when it would leave ``folder``."""
-    if not value or value in (".", "..") or Path(value).name != value or "\\" in value:
+    if not value or value in (".", "..") or Path(value).name != value or "\\" in value or "\x00" in value:
         raise ModelLoadError(f"{path}: {field} {value[:80]!r} must be a file name inside {folder}")
     return value
 

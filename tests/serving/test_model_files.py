@@ -111,6 +111,11 @@ def test_config_errors(tmp_path):
     (tmp_path / "digits" / "config.pbtxt").write_text('max_batch_size: 4 default_model_filename: "../x.onnx"')
     with pytest.raises(ModelLoadError, match="default_model_filename '../x.onnx' must be a file name"):
         read_config(tmp_path / "digits")
+    (tmp_path / "digits" / "config.pbtxt").write_text(
+        'max_batch_size: 4 output [ { name: "p" data_type: TYPE_FP32 dims: [ 2 ] label_filename: "\\000l.txt" } ]'
+    )
+    with pytest.raises(ModelLoadError, match="label_filename '\\\\x00l.txt' must be a file name"):
+        read_config(tmp_path / "digits")  # found by a fuzz: a NUL byte cannot be in a path
 
 
 def test_onnx_model_must_match_the_signature_and_the_message_names_where_it_is_declared(tmp_path):

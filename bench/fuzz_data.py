@@ -1,11 +1,13 @@
 """Fuzzes the readers of outside files, texts and URLs far beyond the test suite's bounded run: image files and
-database cells (PNG, JPEG, BMP, .npy, raw pixels), `.npz` sources and SQL tables (tests/sources/test_data_fuzz.py),
-SOURCE texts of the command line (tests/sources/test_resolve.py), definitions (tests/dsl/test_definition_fuzz.py:
-layer stacks, arguments, data declarations), remote-cache records, URLs and header files (tests/remote/), the
-output tree's manifest.json and config.pbtxt (tests/modelrepo/test_format.py), the files of a served model
-repository, model.onnx and labels.txt included, and a load request's JSON config (tests/serving/test_model_files.py,
-tests/serving/test_repository.py), the REST codec's bodies (tests/serving/test_rest_codec.py) and BYTES tensors' raw
-layout (tests/serving/test_codec.py). The running server's front ends are bench/fuzz_serve.py's.
+database cells (PNG, JPEG, BMP, .npy, raw pixels), `.npz` sources and SQL tables (tests/sources/test_data_fuzz.py,
+tests/sources/test_sql.py), SOURCE texts of the command line (tests/sources/test_resolve.py), definitions
+(tests/dsl/test_definition_fuzz.py: layer stacks, arguments, data declarations), remote-cache records, URLs and
+header files (tests/remote/), the output tree's manifest.json and config.pbtxt (tests/modelrepo/test_format.py), the
+files of a served model repository, model.onnx and labels.txt included, and a load request's JSON config
+(tests/serving/test_model_files.py, tests/serving/test_repository.py), ensemble configs checked against their
+steps' models (tests/serving/test_ensemble.py), model_warmup samples and their data files
+(tests/serving/test_warmup.py), the REST codec's bodies (tests/serving/test_rest_codec.py), and BYTES tensors' raw
+layout and declared shapes (tests/serving/test_codec.py). The running server's front ends are bench/fuzz_serve.py's.
 
 Runs those tests with ``--examples`` examples each (the suite runs 60-300, drawn the same way on every run); any
 input that is neither read as declared nor refused with one line fails, with Hypothesis's smallest failing example.
@@ -30,6 +32,7 @@ def main() -> int:
     environment = {**os.environ, "BUILDSYS_FUZZ_EXAMPLES": str(args.examples)}
     tests = [
         "tests/sources/test_data_fuzz.py",
+        "tests/sources/test_sql.py",
         "tests/sources/test_resolve.py",
         "tests/dsl/test_definition_fuzz.py",
         "tests/remote/test_record.py",
@@ -37,6 +40,8 @@ def main() -> int:
         "tests/modelrepo/test_format.py",
         "tests/serving/test_model_files.py",
         "tests/serving/test_repository.py",
+        "tests/serving/test_ensemble.py",
+        "tests/serving/test_warmup.py",
         "tests/serving/test_rest_codec.py",
         "tests/serving/test_codec.py",
     ]

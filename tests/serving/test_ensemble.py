@@ -7,8 +7,10 @@ line, and a live server answering tritonclient over gRPC and HTTP; any ensemble 
 refused in one line."""
 
 import asyncio
+import logging
 import shutil
 import threading
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -35,7 +37,7 @@ from tests.serving.conftest import (
 )
 from tests.serving.test_dataplane import run
 from tests.serving.test_model_files import mutations
-from tests.serving.test_repository import CPU
+from tests.serving.test_repository import CPU, _Records
 
 
 def test_the_steps_are_read_in_an_order_that_runs_each_after_those_it_takes_tensors_from(tmp_path):
@@ -468,3 +470,58 @@ def test_configs_that_name_a_cycle_do_not_stop_the_check_of_dependents(tmp_path)
     assert not reload.is_alive(), "the check of dependents did not end"
     assert all(repository.get(name).generation != generations[name] for name in generations), "answers renewed"
     repository.take_all()
+
+
+def assert_steps_served(repository: ModelRepository) -> None:
+    """What the repository promises of every ensemble it serves: each of its steps' models serves the version the
+    step asks for."""
+    for served in repository.loaded():
+        for step in served.steps:
+            assert repository.is_ready(step.model, step.version), f"{served.name} serves without {step.model}"
+
+
+@pytest.fixture(scope="module")
+def nested_repository(tmp_path_factory) -> Path:
+    """digits, argmax, the ensemble ``pipeline`` and the ensemble ``a_outer`` of it, published once to be copied."""
+    repo = tmp_path_factory.mktemp("nested")
+    publish_ensemble(repo)
+    publish_config(repo, "a_outer", nested_ensemble("a_outer"))
+    return repo
+
+
+@fuzz_settings(40)
+@given(data=st.data())
+def test_mutated_configs_of_ensembles_and_their_models_never_break_the_repository_or_its_promise(
+    tmp_path_factory, nested_repository, data
+):
+    """In a copy of ``nested_repository``, one config is mutated at the scan, another by a load request, then both
+    are put back. The scan and the requests never raise, every refusal is one line, every ensemble served has its
+    steps' models served, and once the files are whole again everything serves."""
+    repo = tmp_path_factory.mktemp("fuzz") / "repository"
+    shutil.copytree(nested_repository, repo)
+    configs = {name: (repo / name / "config.pbtxt").read_text() for name in ("argmax", "pipeline", "a_outer")}
+    first, then, _ = data.draw(st.permutations(sorted(configs)), label="mutated first, then")
+    for name in (first, then):
+        text = data.draw(mutations(configs[name].encode()), label=name).decode("utf-8", "replace")
+        configs[name] = (configs[name], text)
+    records, logger = _Records(), logging.getLogger("serving.repository")
+    logger.addHandler(records)
+    repository = ModelRepository(repo, CPU)
+    try:
+        (repo / first / "config.pbtxt").write_text(configs[first][1])
+        repository.load_all()
+        assert_steps_served(repository)
+        (repo / then / "config.pbtxt").write_text(configs[then][1])
+        repository.load(then)
+        assert_steps_served(repository)
+        for name in (first, then):
+            (repo / name / "config.pbtxt").write_text(configs[name][0])
+            repository.load(name)
+            assert_steps_served(repository)
+        assert sorted(served.name for served in repository.loaded()) == ["a_outer", "argmax", "digits", "pipeline"]
+    finally:
+        logger.removeHandler(records)
+        repository.take_all()
+    for record in records.records:
+        if record.levelno >= logging.WARNING:
+            assert "\n" not in record.getMessage() and not record.exc_info, record.getMessage()

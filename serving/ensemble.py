@@ -168,9 +168,9 @@ def check_steps(
                 f"{at}: ensemble '{name}' depends on version {step.version} of '{step.model}', which is not loaded "
                 f"(loaded: {sorted(versions)})"
             )
-        chain = _runs(step.model, name, models, (name,))
+        chain = _runs(step.model, name, models)
         if chain:
-            raise ModelLoadError(f"{at}: the ensemble would run itself: {' -> '.join(chain)}")
+            raise ModelLoadError(f"{at}: the ensemble would run itself: {' -> '.join((name, *chain))}")
         model = served.signature
         model_inputs = {spec.name: spec for spec in model.inputs}
         model_outputs = {spec.name: spec for spec in model.outputs}
@@ -232,19 +232,24 @@ def _alike(one: tuple[int, ...], other: tuple[int, ...]) -> bool:
     return len(one) == len(other) and all(a == b or -1 in (a, b) for a, b in zip(one, other, strict=True))
 
 
-def _runs(
-    model: str, target: str, models: Mapping[str, Mapping[int, Loaded]], chain: tuple[str, ...]
-) -> tuple[str, ...]:
-    """The chain of ensembles by which loaded versions of ``model`` run ``target`` (empty when none do)."""
-    chain = (*chain, model)
-    if model == target:
-        return chain
-    for served in (models.get(model) or {}).values():
-        for step in served.steps:
-            if step.model not in chain[1:]:
-                found = _runs(step.model, target, models, chain)
-                if found:
-                    return found
+def _runs(start: str, target: str, models: Mapping[str, Mapping[int, Loaded]]) -> tuple[str, ...]:
+    """The models by which loaded versions of ``start`` run ``target``, from ``start`` to ``target`` (empty when
+    none do); each model is looked into once, however many ensembles run it."""
+    came_from: dict[str, str | None] = {start: None}
+    pending = [start]
+    while pending:
+        model = pending.pop()
+        if model == target:
+            chain: list[str] = []
+            while model is not None:
+                chain.append(model)
+                model = came_from[model]
+            return tuple(reversed(chain))
+        for served in (models.get(model) or {}).values():
+            for step in served.steps:
+                if step.model not in came_from:
+                    came_from[step.model] = model
+                    pending.append(step.model)
     return ()
 
 

@@ -11,6 +11,7 @@ import logging
 import shutil
 import threading
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -26,6 +27,7 @@ from serving.ensemble import Step, check_steps, read_steps, run_steps
 from serving.errors import ModelLoadError, ServingError, Status
 from serving.model_files import read_config, read_version
 from serving.repository import ModelRepository
+from serving.signature import ModelSignature
 from tests.conftest import fuzz_settings
 from tests.serving.conftest import (
     ARGMAX_CONFIG,
@@ -525,3 +527,17 @@ def test_mutated_configs_of_ensembles_and_their_models_never_break_the_repositor
     for record in records.records:
         if record.levelno >= logging.WARNING:
             assert "\n" not in record.getMessage() and not record.exc_info, record.getMessage()
+
+
+def test_the_check_for_an_ensemble_running_itself_looks_into_each_model_once():
+    """Forty ensembles, each running the two before it: 2**40 paths, and one look at each model."""
+    signature = ModelSignature((), ())
+    models = {"m0": {1: SimpleNamespace(signature=signature, steps=())}}
+    models["m1"] = {1: SimpleNamespace(signature=signature, steps=(Step("m0", "", {}, {}),))}
+    for index in range(2, 41):
+        steps = (Step(f"m{index - 1}", "", {}, {}), Step(f"m{index - 2}", "", {}, {}))
+        models[f"m{index}"] = {1: SimpleNamespace(signature=signature, steps=steps)}
+    check_steps("outer", signature, (Step("m40", "", {}, {}),), models, Path("config.pbtxt"))
+    models["m0"] = {1: SimpleNamespace(signature=signature, steps=(Step("outer", "", {}, {}),))}
+    with pytest.raises(ModelLoadError, match="would run itself: outer -> m40 -> .* -> m0 -> outer"):
+        check_steps("outer", signature, (Step("m40", "", {}, {}),), models, Path("config.pbtxt"))

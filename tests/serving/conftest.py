@@ -361,21 +361,27 @@ ensemble_scheduling { step [
 """
 
 
+def save_step_model(version_dir: Path, nodes: list, scores: list, datatype: int, best: list) -> None:
+    """A step model's ONNX file: ``nodes`` from the FP32 input ``scores`` to the output ``best`` of ``datatype``,
+    with those shapes (a name for a variable dimension)."""
+    graph = helper.make_graph(
+        nodes,
+        "step",
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, scores)],
+        [helper.make_tensor_value_info("best", datatype, best)],
+    )
+    version_dir.mkdir(exist_ok=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), version_dir / "model.onnx")
+
+
 def publish_ensemble(repo: Path, config: str = ENSEMBLE_CONFIG) -> Path:
     """The digits classifier, an argmax model and the ensemble ``pipeline`` of both (its version folder empty, as
     Triton's are); returns the ensemble's version folder."""
     publish_version(repo, "digits", 1, seed=1)
-    (repo / "argmax" / "1").mkdir(parents=True)
+    (repo / "argmax").mkdir(parents=True)
     (repo / "argmax" / "config.pbtxt").write_text(ARGMAX_CONFIG)
-    graph = helper.make_graph(
-        [helper.make_node("ArgMax", ["scores"], ["best"], axis=1, keepdims=1)],
-        "argmax",
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 10])],
-        [helper.make_tensor_value_info("best", TensorProto.INT64, ["batch", 1])],
-    )
-    onnx.save(
-        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), repo / "argmax" / "1" / "model.onnx"
-    )
+    argmax = [helper.make_node("ArgMax", ["scores"], ["best"], axis=1, keepdims=1)]
+    save_step_model(repo / "argmax" / "1", argmax, ["batch", 10], TensorProto.INT64, ["batch", 1])
     (repo / "pipeline" / "1").mkdir(parents=True)
     (repo / "pipeline" / "config.pbtxt").write_text(config)
     (repo / "pipeline" / "labels.txt").write_text("\n".join(CLASS_NAMES) + "\n")

@@ -14,7 +14,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import onnx
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
@@ -36,6 +35,7 @@ from tests.serving.conftest import (
     images,
     publish_ensemble,
     reference_probabilities,
+    save_step_model,
 )
 from tests.serving.test_dataplane import run
 from tests.serving.test_model_files import mutations
@@ -224,17 +224,6 @@ def save_argmax(version_dir, datatype: int = TensorProto.INT64) -> None:
         helper.make_node("Cast", ["index"], ["best"], to=datatype),
     ]
     save_step_model(version_dir, nodes, ["batch", 10], datatype, ["batch", 1])
-
-
-def save_step_model(version_dir, nodes: list, scores: list, datatype: int, best: list) -> None:
-    graph = helper.make_graph(
-        nodes,
-        "step",
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, scores)],
-        [helper.make_tensor_value_info("best", datatype, best)],
-    )
-    version_dir.mkdir(exist_ok=True)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), version_dir / "model.onnx")
 
 
 def test_an_output_that_differs_from_the_config_at_run_time_is_named_in_one_line(tmp_path):

@@ -6,8 +6,10 @@ run) while the old one serves, then swapped in by replacing one dictionary, so l
 no lock. A replaced version is handed back to the caller to retire on the loop: it keeps its batcher until its
 last in-flight request finishes, so a swap never fails or drops a request. No file can take the server down:
 whatever one model's files raise refuses only that model or version, with one log line naming the file and the
-reason, and the scan goes on with the others. A refused version is remembered with the size and modification
-time of its files and tried again only when they change; the previous version keeps serving meanwhile. Model
+reason, and the scan goes on with the others. Each version is remembered with the state of what its load read
+(its configuration, the contents of its label files, and the name, size and modification time of the files in its
+folder and the warmup folder): a poll reloads a served version whose state changed, as Triton's POLL does, and a
+refused version is tried again only when its state changes; what served keeps serving meanwhile. Model
 names from requests are only ever looked up among loaded models, and the repository API accepts only names
 matching the output tree's pattern, so no request can reach another path.
 """
@@ -15,6 +17,7 @@ matching the output tree's pattern, so no request can reach another path.
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import itertools
 import logging
 import os
@@ -141,10 +144,11 @@ class Batching:
 
 @dataclass(frozen=True)
 class _Refusal:
-    """Why a version was refused, and the state of its files then: it is retried when they change."""
+    """Why a version was refused, and the state of what its load read then (``_version_state``): it is retried
+    when that changes."""
 
     reason: str
-    files: tuple
+    state: tuple
 
 
 _GENERATIONS = itertools.count(1)
@@ -160,11 +164,15 @@ class ServedVersion:
         model: OnnxModel | None,
         batching: Batching,
         on_batch: Callable[[str, int], None],
+        *,
+        loaded_from: tuple,
         steps: tuple[Step, ...] = (),
     ) -> None:
         """``model`` None and ``steps`` given: an ensemble, which has no session and no batcher of its own (its
-        steps' models batch its requests)."""
+        steps' models batch its requests). ``loaded_from``: the state of what the load read (``_version_state``),
+        taken before reading it, so that a change made during the load still reloads it at the next poll."""
         self.config = config
+        self.loaded_from = loaded_from
         self.manifest = manifest
         self.model = model
         self.steps = steps
@@ -286,6 +294,9 @@ class ModelRepository:
         # Models loaded only because an ensemble that runs them was (explicit model control), as Triton's composing
         # models are: an unload with unload_dependents takes them out with it.
         self._pulled_in: set[str] = set()
+        # Served versions whose files changed but failed to reload (they serve as they were), with the state that
+        # failed: a poll tries them again only when it changes once more.
+        self._failed_reloads: dict[tuple[str, int], tuple] = {}
 
     # --- lookups (request path) ---------------------------------------------------------------------------
 
@@ -371,8 +382,9 @@ class ModelRepository:
         """Loads a model now, or reloads it, as Triton's load request does: every version its policy selects is
         loaded afresh from its files and its configuration and swapped in, retrying versions refused before. If a
         version that serves fails to reload, nothing changes: the versions that served keep serving as they were.
-        ``config`` (the request's) stands for config.pbtxt from now on, until a load without one. An ensemble's
-        steps' models that are kept unloaded are loaded first, as Triton loads an ensemble's composing models.
+        ``config`` (the request's) stands for config.pbtxt from now on, until a load without one. The models an
+        ensemble's steps run are brought up to date first, as Triton polls an ensemble's composing models: loaded
+        if kept unloaded, reloaded where their files changed.
 
         Returns:
             The versions no longer served, to retire, and what failed (None when everything loaded): the caller
@@ -395,6 +407,7 @@ class ModelRepository:
             self._unloaded.pop(name, None)
             self._pulled_in.discard(name)  # asked for by name: an unload of an ensemble that runs it keeps it
             self._failures = {key: refusal for key, refusal in self._failures.items() if key[0] != name}
+            self._failed_reloads = {key: state for key, state in self._failed_reloads.items() if key[0] != name}
             self._model_errors.pop(name, None)
             retired = self._pull_in(self._step_models(name), {name})
             reload_failures: list[str] = []
@@ -517,7 +530,7 @@ class ModelRepository:
             except Exception as error:  # as in _sync_model: whatever the check raises takes out only this version
                 reason = f"model '{name}' version {version} stopped serving: {_naming(config_path, error)}"
                 log.error("%s", reason)
-                self._failures[(name, version)] = _Refusal(reason, _files_state(self.root / name, version))
+                self._failures[(name, version)] = _Refusal(reason, served.loaded_from)
                 failing[version] = served
             else:
                 served.renew()
@@ -529,16 +542,19 @@ class ModelRepository:
             self._models = models
         return [*failing.values(), *self._sync_model(name)]
 
-    def _pull_in(self, models: frozenset[str], loading: set[str]) -> list[ServedVersion]:
-        """Loads the models an ensemble being loaded runs that are kept unloaded (explicit model control, an unload
-        request), and theirs before them; they count as loaded for it (see ``unload``)."""
+    def _pull_in(self, models: frozenset[str], seen: set[str]) -> list[ServedVersion]:
+        """Brings the models an ensemble being loaded runs up to date, theirs first, as Triton's polling chain
+        does: one kept unloaded (explicit model control, an unload request) is loaded, and counts as loaded for
+        the ensemble (see ``unload``); a loaded one reloads the versions whose files changed and loads a new
+        version its policy selects. ``seen``: the models already brought up to date (each is, once)."""
         retired: list[ServedVersion] = []
-        for model in sorted(models - loading):
+        for model in sorted(models - seen):
+            seen.add(model)
             if model in self._unloaded:
                 del self._unloaded[model]
                 self._pulled_in.add(model)
-                retired += self._pull_in(self._step_models(model), loading | {model})
-                retired += self._sync(model)
+            retired += self._pull_in(self._step_models(model), seen)
+            retired += self._sync(model)
         return retired
 
     def _unload_pulled_in(self, models: frozenset[str], unloaded: str) -> list[ServedVersion]:
@@ -553,11 +569,14 @@ class ModelRepository:
         return retired
 
     def _sync_model(self, name: str, reload_failures: list[str] | None = None) -> list[ServedVersion]:
-        """Brings one model's loaded versions in line with its folder and policy (caller holds _sync_lock).
+        """Brings one model's loaded versions in line with its folder and policy (caller holds _sync_lock): a
+        version the policy selects is loaded, one it no longer selects is retired, and a served version whose files
+        changed (``_version_state``) is reloaded, or serves as it was if that fails.
 
         Args:
             reload_failures: when given, every selected version is loaded afresh (a load request), and the reason
-                of each version that failed to, and so keeps serving as it was, is appended to it.
+                of each version that failed to, and so keeps serving as it was, is appended to it; the caller then
+                keeps every version as it was.
         """
         current = dict(self._models.get(name, {}))
         model_dir = self.root / name
@@ -578,23 +597,38 @@ class ModelRepository:
             self._dependencies[name] = step_models(config)
             policy = self.version_policy or VersionPolicy.from_config(config)
             available = list_versions(model_dir)
-            candidates = [v for v in available if self._may_try(name, v, model_dir)]
+            model_state = _model_state(model_dir, config)
+            states = {v: _version_state(model_dir, v, model_state) for v in available if v in current}
+            candidates = [v for v in available if self._may_try(name, v, model_dir, model_state)]
             loaded_now: dict[int, ServedVersion] = {}
-            kept = {} if reload_failures is not None else current  # versions that stay as they are
+            if reload_failures is not None:  # a load request: every version afresh
+                kept = {}
+            else:  # a poll: what serves stays, unless its files changed since it loaded or last failed to reload
+                kept = {
+                    v: served
+                    for v, served in current.items()
+                    if states.get(v) in (None, served.loaded_from, self._failed_reloads.get((name, v)))
+                }
             wanted = policy.select(candidates)
             while missing := sorted(wanted - kept.keys() - loaded_now.keys()):
                 for version in missing:
+                    state = states.get(version) or _version_state(model_dir, version, model_state)
                     try:
-                        loaded_now[version] = self._load_version(model_dir / str(version), config)
+                        loaded_now[version] = self._load_version(model_dir / str(version), config, state)
+                        self._failed_reloads.pop((name, version), None)
                     except Exception as error:  # whatever a version's files raise refuses only that version
                         detail = _naming(model_dir / str(version), error)
-                        if version in current:  # a reload that failed: see below
-                            reason = f"model '{name}' version {version} failed to reload: {detail}"
+                        if version in current:  # a reload that failed: the version serves as it was
                             kept = {**kept, version: current[version]}
-                            reload_failures.append(reason)
+                            reason = f"model '{name}' version {version} failed to reload: {detail}"
+                            if reload_failures is None:
+                                reason = reason.replace(": ", ", serves as it was: ", 1)
+                                self._failed_reloads[(name, version)] = state
+                            else:  # see below
+                                reload_failures.append(reason)
                         else:
                             reason = f"model '{name}' version {version} refused: {detail}"
-                            self._failures[(name, version)] = _Refusal(reason, _files_state(model_dir, version))
+                            self._failures[(name, version)] = _Refusal(reason, state)
                             candidates.remove(version)
                         log.error("%s", reason)
                 wanted = policy.select(candidates)
@@ -614,23 +648,26 @@ class ModelRepository:
         else:
             models.pop(name, None)
         self._models = models
+        self._failed_reloads = {
+            key: state for key, state in self._failed_reloads.items() if key[0] != name or key[1] in target
+        }
         retired += [served for version, served in current.items() if target.get(version) is not served]
         if target.keys() != current.keys():
             log.info("model '%s' now serves versions %s", name, sorted(target) or "none")
         return retired
 
-    def _may_try(self, name: str, version: int, model_dir: Path) -> bool:
+    def _may_try(self, name: str, version: int, model_dir: Path, model_state: tuple) -> bool:
         """False for a version refused before whose files have not changed since."""
         refusal = self._failures.get((name, version))
         if refusal is None:
             return True
-        if refusal.files == _files_state(model_dir, version):
+        if refusal.state == _version_state(model_dir, version, model_state):
             return False
         del self._failures[(name, version)]
         log.info("model '%s' version %d: its files changed since it was refused; trying again", name, version)
         return True
 
-    def _load_version(self, version_dir: Path, config: model_config_pb2.ModelConfig) -> ServedVersion:
+    def _load_version(self, version_dir: Path, config: model_config_pb2.ModelConfig, state: tuple) -> ServedVersion:
         name = version_dir.parent.name
         manifest = read_version(version_dir, config)
         if config.response_cache.enable and not self.caches_answers:
@@ -642,7 +679,9 @@ class ModelRepository:
         if manifest.platform == ENSEMBLE_PLATFORM:
             steps = read_steps(config, name, version_dir.parent / CONFIG_FILE)
             check_steps(name, manifest.signature, steps, self._models, version_dir.parent / CONFIG_FILE)
-            served = ServedVersion(config, manifest, None, self._batching(config), self._on_batch, steps)
+            served = ServedVersion(
+                config, manifest, None, self._batching(config), self._on_batch, loaded_from=state, steps=steps
+            )
             log.info(
                 "model '%s' version %d loaded (an ensemble of %s)",
                 name,
@@ -677,7 +716,7 @@ class ModelRepository:
         samples = warmup_samples(config, model.signature, version_dir.parent)
         manifest = dataclasses.replace(manifest, signature=model.signature)  # as checked against the file
         batching = self._batching(config)
-        served = ServedVersion(config, manifest, model, batching, self._on_batch)
+        served = ServedVersion(config, manifest, model, batching, self._on_batch, loaded_from=state)
         if samples:
             started = time.monotonic()
             runners = served.batcher.measuring_runners()
@@ -775,23 +814,43 @@ class ModelRepository:
         return depths
 
 
-def _files_state(model_dir: Path, version: int) -> tuple:
-    """Name, size and modification time of the model folder's files (config.pbtxt, label files), of its warmup
-    folder's (model_warmup's data files) and of each entry of a version folder, one folder deep (an ONNX model kept
-    as a folder with its external data)."""
+def _model_state(model_dir: Path, config: model_config_pb2.ModelConfig) -> tuple:
+    """What the load of any version of a model reads besides its own folder: the configuration it loads with (as
+    parsed: an edit that changes nothing, such as a comment, reloads nothing), the contents of the label files it
+    names (contents, not times: a publish rewrites labels.txt as it was) and the name, size and modification time
+    of the warmup folder's files (model_warmup's data)."""
+    labels = []
+    for output in config.output:
+        if output.label_filename:
+            try:
+                digest = hashlib.blake2b((model_dir / output.label_filename).read_bytes()).hexdigest()
+            except OSError as error:  # a missing label file refuses the version; its arrival changes this
+                digest = type(error).__name__
+            labels.append((output.label_filename, digest))
+    return config.SerializeToString(deterministic=True), tuple(labels), _files_state(model_dir / WARMUP_FOLDER)
+
+
+def _version_state(model_dir: Path, version: int, model_state: tuple) -> tuple:
+    """The state of what one version's load reads: ``_model_state`` and its own folder's files, one folder deep
+    (an ONNX model kept as a folder with its external data). Other files of the model folder (index.html, an
+    editor's swap file) do not count."""
+    return model_state, _files_state(model_dir / str(version), depth=1)
+
+
+def _files_state(folder: Path, depth: int = 0) -> tuple:
+    """Name, size and modification time of each file in ``folder`` and, ``depth`` folders deep, in its folders."""
     state = []
-    version_dir = model_dir / str(version)
-    folders = [model_dir, model_dir / WARMUP_FOLDER, version_dir]
-    for folder in folders:
+    folders = [(folder, 0)]
+    for current, level in folders:
         with contextlib.suppress(OSError):
-            for entry in os.scandir(folder):
+            for entry in os.scandir(current):
                 with contextlib.suppress(OSError):
                     if entry.is_dir():
-                        if folder == version_dir:
-                            folders.append(Path(entry.path))
+                        if level < depth:
+                            folders.append((Path(entry.path), level + 1))
                         continue
                     stat = entry.stat()
-                    state.append((str(Path(entry.path).relative_to(model_dir)), stat.st_size, stat.st_mtime_ns))
+                    state.append((str(Path(entry.path).relative_to(folder)), stat.st_size, stat.st_mtime_ns))
     return tuple(sorted(state))
 
 

@@ -8,12 +8,14 @@ refused in one line."""
 
 import asyncio
 import logging
+import os
 import shutil
 import threading
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import onnx
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
@@ -32,6 +34,7 @@ from tests.serving.conftest import (
     ARGMAX_CONFIG,
     CLASS_NAMES,
     ENSEMBLE_CONFIG,
+    classifier_onnx,
     images,
     publish_ensemble,
     reference_probabilities,
@@ -360,6 +363,28 @@ def test_explicit_model_control_loads_an_ensemble_with_its_steps_models_and_unlo
     assert wrong.status is Status.INVALID_ARGUMENT and "'unload_dependents' must be a boolean" in wrong.message
     assert index["argmax"] == "unloaded with ensemble 'pipeline' (unload_dependents)"
     assert index["pipeline"] == "unloaded with ensemble 'a_outer' (unload_dependents)"
+
+
+def test_loading_an_ensemble_reloads_the_steps_models_whose_files_changed_as_triton_s_polling_chain_does(tmp_path):
+    """Explicit model control, so no poll: the load request of the ensemble is what brings its steps' models up to
+    date. The one whose file changed is reloaded; the one whose files did not is left as it was."""
+    publish_ensemble(tmp_path)
+    digits = tmp_path / "digits" / "1"
+    batch = images(2, seed=3)
+
+    async def scenario(dataplane):
+        before = {s.name: s for s in dataplane.repository.loaded()}
+        onnx.save(classifier_onnx(5), digits / "model.onnx")
+        os.utime(digits / "model.onnx", ns=(1, 1))
+        await dataplane.load("pipeline")
+        after = {s.name: s for s in dataplane.repository.loaded()}
+        return before, after, await dataplane.infer(request(batch))
+
+    before, after, answer = run(scenario, tmp_path, model_control="explicit", load_models=("pipeline",))
+    assert after["digits"] is not before["digits"]
+    assert after["argmax"] is before["argmax"]
+    outputs = {output.name: output.data for output in answer.outputs}
+    np.testing.assert_allclose(outputs["PROBABILITIES"], reference_probabilities(digits, batch), rtol=1e-5, atol=1e-6)
 
 
 def test_a_live_server_answers_an_ensemble_over_both_front_ends(start_server, tmp_path):

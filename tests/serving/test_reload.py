@@ -1,16 +1,24 @@
 """Hot reload under load, refusal of a broken version, and the repository load/unload RPCs, end to end."""
 
 import json
+import os
 import threading
 import time
 
 import numpy as np
+import onnx
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from tests.serving.conftest import images, publish_version, reference_probabilities, write_config
+from tests.serving.conftest import (
+    classifier_onnx,
+    images,
+    publish_version,
+    reference_probabilities,
+    write_config,
+)
 
 
 def wait_until(condition, timeout_s: float = 30.0, what: str = "condition") -> None:
@@ -77,6 +85,35 @@ def test_new_version_hot_swaps_under_load_with_no_failed_request(start_server, t
         wait_until(lambda: not client.is_model_ready("digits", "1"), what="version 1 to unload")
         assert list(client.get_model_metadata("digits").versions) == ["2"]
     server.wait_for_log("model 'digits' version 1 unloaded")
+
+
+def test_a_model_file_replaced_in_place_reloads_under_load_with_no_failed_request(start_server, tmp_path):
+    """As under Triton's POLL: a version whose files change in place reloads at the next poll. A replacement that
+    does not load leaves the version serving as it was, logged once, until its files change again."""
+    repo = tmp_path / "models"
+    v1 = publish_version(repo, "digits", 1, seed=1)
+    server = start_server(repo, "--poll-interval", "0.2")
+    load = ContinuousLoad(server.url)
+    before = reference_probabilities(v1, load.batch)
+    replacement = v1 / ".model.onnx.tmp"
+    try:
+        wait_until(lambda: len(load.answers) > 20, what="answers from version 1")
+        replacement.write_bytes(b"not an onnx file")
+        os.replace(replacement, v1 / "model.onnx")
+        server.wait_for_log("model 'digits' version 1 failed to reload, serves as it was")
+        count = len(load.answers)
+        wait_until(lambda: len(load.answers) > count + 20, what="answers after the failed reload")
+        onnx.save(classifier_onnx(2), replacement)
+        os.replace(replacement, v1 / "model.onnx")
+        after = reference_probabilities(v1, load.batch)
+        wait_until(lambda: np.array_equal(load.answers[-1][1], after), what="answers from the replaced model")
+    finally:
+        load.stop()
+    assert load.failures == [] and load.versions_seen() == {"1"}
+    assert not np.array_equal(before, after)
+    for _, answer in load.answers:
+        assert np.array_equal(answer, before) or np.array_equal(answer, after)
+    assert server.log().count("failed to reload") == 1, "a failed reload must not be retried on every poll"
 
 
 def test_broken_new_version_is_refused_and_the_previous_keeps_serving(start_server, tmp_path):
@@ -152,9 +189,8 @@ def test_a_load_reloads_every_version_with_its_config_or_the_requests_until_a_lo
     expected = reference_probabilities(version_dir, batch[:2])
     with grpcclient.InferenceServerClient(server.url) as client:
         assert client.get_model_config("digits").config.max_batch_size == 1024
-        write_config(repo / "digits", "digits", max_batch_size=8)  # a changed config.pbtxt: applied by a load
-        time.sleep(0.5)
-        assert client.get_model_config("digits").config.max_batch_size == 1024, "polling keeps what serves"
+        write_config(repo / "digits", "digits", max_batch_size=8)  # a changed config.pbtxt: a poll reloads with it
+        wait_until(lambda: client.get_model_config("digits").config.max_batch_size == 8, what="the poll to reload")
         client.load_model("digits")
         assert client.get_model_config("digits").config.max_batch_size == 8
         override = {"max_batch_size": 2, "dynamic_batching": {"max_queue_delay_microseconds": 100}}

@@ -6,6 +6,7 @@ import os
 import shutil
 
 import numpy as np
+import onnx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -16,6 +17,7 @@ from serving.runtime import RuntimeOptions, shared_threads
 from serving.version_policy import VersionPolicy
 from tests.conftest import fuzz_settings
 from tests.serving.conftest import (
+    classifier_onnx,
     images,
     publish_unbatched,
     publish_version,
@@ -386,6 +388,84 @@ def test_a_version_refused_for_its_label_file_is_retried_when_the_label_file_is_
     labels.write_text(text)
     repository.load_all()
     assert repository.get("digits").manifest.class_names["probabilities"][0] == "zero"
+    repository.take_all()
+
+
+def test_a_poll_reloads_a_served_version_whose_files_changed_in_place_and_only_that_one(tmp_path):
+    publish_version(tmp_path, "digits", 1, seed=1)
+    v2 = publish_version(tmp_path, "digits", 2, seed=2)
+    repository = ModelRepository(tmp_path, CPU, version_policy=VersionPolicy.parse("all"))
+    repository.load_all()
+    first, second = repository.versions("digits")
+    assert repository.load_all() == [], "nothing changed: nothing reloads"
+    onnx.save(classifier_onnx(3), v2 / "model.onnx")
+    os.utime(v2 / "model.onnx", ns=(1, 1))  # a distinct time whatever the file system's clock granularity
+    assert repository.load_all() == [second]
+    assert repository.get("digits", "1") is first
+    batch = images(2)
+    answer = repository.get("digits", "2").model.run({"image": batch})["probabilities"]
+    np.testing.assert_allclose(answer, reference_probabilities(v2, batch), rtol=1e-5, atol=1e-6)
+    repository.take_all()
+
+
+def test_a_changed_configuration_reloads_every_version_and_an_edit_that_changes_nothing_reloads_none(tmp_path):
+    """What a load reads is compared, not the model folder's times: a comment in config.pbtxt, labels.txt
+    rewritten as it was (every publish does) or a new index.html reloads nothing; a setting that changes does."""
+    publish_version(tmp_path, "digits", 1, seed=1)
+    publish_version(tmp_path, "digits", 2, seed=2)
+    repository = ModelRepository(tmp_path, CPU, version_policy=VersionPolicy.parse("all"))
+    repository.load_all()
+    served = repository.versions("digits")
+    model_dir = tmp_path / "digits"
+    config = (model_dir / "config.pbtxt").read_text()
+    (model_dir / "config.pbtxt").write_text(config + "# a comment\n")
+    (model_dir / "labels.txt").write_text((model_dir / "labels.txt").read_text())
+    os.utime(model_dir / "labels.txt", ns=(1, 1))
+    (model_dir / "index.html").write_text("<p>versions 1 and 2</p>")
+    assert repository.load_all() == []
+    (model_dir / "config.pbtxt").write_text(
+        replace_dynamic_batching(config, "dynamic_batching { max_queue_delay_microseconds: 700 }\n")
+    )
+    assert repository.load_all() == served
+    assert [s.batching.max_queue_delay_us for s in repository.versions("digits")] == [700, 700]
+    repository.take_all()
+
+
+def test_a_triton_model_whose_label_file_changes_reloads_with_the_new_labels(tmp_path):
+    model_dir, _ = triton_repository(tmp_path)
+    repository = ModelRepository(tmp_path, CPU)
+    repository.load_all()
+    labels = model_dir / "labels.txt"
+    labels.write_text(labels.read_text().replace("zero", "nought"))
+    assert len(repository.load_all()) == 1
+    assert repository.get("digits").manifest.class_names["probabilities"][0] == "nought"
+    repository.take_all()
+
+
+def test_a_changed_version_that_fails_to_reload_serves_as_it_was_until_its_files_change_again(tmp_path, caplog):
+    v1 = publish_version(tmp_path, "digits", 1, seed=1)
+    repository = ModelRepository(tmp_path, CPU)
+    repository.load_all()
+    served = repository.get("digits")
+    batch = images(2)
+    expected = reference_probabilities(v1, batch)
+    intact = (v1 / "model.onnx").read_bytes()
+    (v1 / "model.onnx").write_bytes(b"not an onnx file")
+    with caplog.at_level(logging.INFO, logger="serving.repository"):
+        assert repository.load_all() == []
+        assert repository.load_all() == [], "not tried again while its files stay as they were"
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert errors[0].startswith("model 'digits' version 1 failed to reload, serves as it was: ")
+    assert str(v1 / "model.onnx") in errors[0]
+    assert repository.get("digits") is served and repository.unready_models() == {}
+    assert [(e.version, e.state) for e in repository.index()] == [("1", "READY")]
+    answer = served.model.run({"image": batch})["probabilities"]
+    np.testing.assert_allclose(answer, expected, rtol=1e-5, atol=1e-6)
+    (v1 / "model.onnx").write_bytes(intact)
+    os.utime(v1 / "model.onnx", ns=(1, 1))
+    assert repository.load_all() == [served]
+    assert repository.get("digits") is not served
     repository.take_all()
 
 

@@ -17,6 +17,7 @@ from serving.runtime import RuntimeOptions, shared_threads
 from serving.version_policy import VersionPolicy
 from tests.conftest import fuzz_settings
 from tests.serving.conftest import (
+    CLASS_NAMES,
     classifier_onnx,
     images,
     publish_unbatched,
@@ -497,6 +498,8 @@ def damaged(valid: bytes) -> st.SearchStrategy[bytes]:
 @fuzz_settings(100)
 @given(data=st.data())
 def test_a_damaged_onnx_or_labels_file_refuses_only_its_model_in_one_line(tmp_path_factory, data) -> None:
+    """Damaged before the first scan, or in place while the version serves (a poll then reloads it, or it serves
+    as it was); whole again, the version serves from its files at the next poll."""
     repo = tmp_path_factory.mktemp("fuzz")
     version_dir = publish_version(repo, "alpha", 1, seed=1)
     publish_version(repo, "zulu", 1, seed=2)
@@ -505,18 +508,33 @@ def test_a_damaged_onnx_or_labels_file_refuses_only_its_model_in_one_line(tmp_pa
         damaged_file = repo / "alpha" / "labels.txt"
     else:
         damaged_file = version_dir / "model.onnx"
-    damaged_file.write_bytes(data.draw(damaged(damaged_file.read_bytes()), label=damaged_file.name))
+    intact = damaged_file.read_bytes()
+    serving_first = data.draw(st.booleans(), label="damaged in place while it serves")
     records, logger = _Records(), logging.getLogger("serving.repository")
     logger.addHandler(records)
     try:
         repository = ModelRepository(repo, CPU)
-        repository.load_all()  # the server's scan: it must not raise
+        if serving_first:
+            repository.load_all()
+        damaged_file.write_bytes(data.draw(damaged(intact), label=damaged_file.name))
+        os.utime(damaged_file, ns=(1, 1))  # changed, whatever the file system's clock granularity
+        repository.load_all()  # the server's scan or poll: it must not raise
     finally:
         logger.removeHandler(records)
-    assert "zulu" in {served.name for served in repository.loaded()}
+    loaded = {served.name for served in repository.loaded()}
+    assert "zulu" in loaded and ("alpha" in loaded or not serving_first)
     for record in records.records:
         if record.levelno >= logging.WARNING:
             assert "\n" not in record.getMessage() and not record.exc_info, record.getMessage()
-    if "alpha" in {served.name for served in repository.loaded()}:
-        answer = repository.get("alpha").model.run({"image": np.zeros((2, 8, 8), np.uint8)})  # a model it loaded runs
+    batch = images(2)
+    if "alpha" in loaded:
+        answer = repository.get("alpha").model.run({"image": batch})  # a model it loaded runs
         assert answer["probabilities"].shape == (2, 10)
+    damaged_file.write_bytes(intact)
+    os.utime(damaged_file, ns=(2, 2))
+    repository.load_all()
+    whole = repository.get("alpha")
+    assert list(whole.manifest.class_names["probabilities"]) == CLASS_NAMES
+    answer = whole.model.run({"image": batch})["probabilities"]
+    np.testing.assert_allclose(answer, reference_probabilities(version_dir, batch), rtol=1e-5, atol=1e-6)
+    repository.take_all()

@@ -33,8 +33,8 @@ async def _measure(repo: Path, model: str, batch: int, rounds: int, requests: in
     from serving.runtime import RuntimeOptions
 
     planes = {
-        "off": DataPlane(repo, RuntimeOptions(device="cpu"), poll_interval_s=0),
-        "on": DataPlane(repo, RuntimeOptions(device="cpu"), poll_interval_s=0, response_cache=ResponseCache(1 << 30)),
+        "off": DataPlane([repo], RuntimeOptions(device="cpu"), poll_interval_s=0),
+        "on": DataPlane([repo], RuntimeOptions(device="cpu"), poll_interval_s=0, response_cache=ResponseCache(1 << 30)),
     }
     for dataplane in planes.values():
         await dataplane.start()

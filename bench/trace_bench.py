@@ -37,7 +37,7 @@ async def _measure(repo: Path, level: str, trace_folder: Path, requests: int, co
     else:
         settings = TraceSettings((level,), rate=1, log_frequency=1000, file=str(trace_folder / "trace.json"))
     tracer = Tracer(settings)
-    dataplane = DataPlane(repo, RuntimeOptions(device="cpu", intra_op_threads=1), poll_interval_s=0, tracer=tracer)
+    dataplane = DataPlane([repo], RuntimeOptions(device="cpu", intra_op_threads=1), poll_interval_s=0, tracer=tracer)
     await dataplane.start()
     image = np.random.default_rng(0).integers(0, 16, (1, 8, 8), dtype=np.uint8)
 

@@ -30,7 +30,7 @@ async def _measure(repo: Path, model: str, batches: list[int]) -> dict:
     from serving.dataplane import DataPlane, InferenceRequest, InputTensor
     from serving.runtime import RuntimeOptions
 
-    dataplane = DataPlane(repo, RuntimeOptions(device="cpu"), poll_interval_s=0)
+    dataplane = DataPlane([repo], RuntimeOptions(device="cpu"), poll_interval_s=0)
     started = time.perf_counter()
     await dataplane.start()
     loaded_s = time.perf_counter() - started

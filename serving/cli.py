@@ -38,7 +38,16 @@ def _non_negative_float(text: str) -> float:
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Adds the serve flags to ``parser``."""
-    parser.add_argument("--repository", type=Path, default=Path("build-out/models"), help="model repository")
+    parser.add_argument(
+        "--repository",
+        "--model-repository",
+        dest="repositories",
+        type=Path,
+        action="append",
+        metavar="PATH",
+        help="model repository (default build-out/models); repeatable, as Triton's --model-repository: a model name "
+        "found in more than one is served from none",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: local only)")
     # Triton's ports (HTTP 8000, gRPC 8001, metrics 8002). 0 picks a free port (the front ends' are logged);
     # --no-grpc / --no-http / --no-metrics turn one off.
@@ -100,9 +109,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     )
     repository.add_argument(
         "--poll-interval",
+        "--repository-poll-secs",
+        dest="poll_interval",
         type=_non_negative_float,
         default=2.0,
-        help="seconds between rescans (0: no hot reload)",
+        help="seconds between rescans (0: no hot reload; Triton's --repository-poll-secs)",
     )
     repository.add_argument(
         "--version-policy",
@@ -178,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         policy = VersionPolicy.parse(args.version_policy) if args.version_policy else None
         settings = ServerSettings(
-            repository=args.repository,
+            repositories=tuple(args.repositories or [Path("build-out/models")]),
             host=args.host,
             port=None if args.no_grpc else args.port,
             http_port=None if args.no_http else args.http_port,

@@ -19,7 +19,7 @@ Example:
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -199,7 +199,7 @@ class DataPlane:
 
     def __init__(
         self,
-        repository_root: Path,
+        repositories: Sequence[Path],
         runtime: RuntimeOptions,
         *,
         version_policy: VersionPolicy | None = None,
@@ -217,6 +217,7 @@ class DataPlane:
         """Creates the data plane; models load in ``start()``.
 
         Args:
+            repositories: the repository folders (see ``ModelRepository``).
             max_inflight: admitted requests at once, across every front end, before ``admit()`` refuses (None:
                 no limit). Each model's queue is bounded too, but a request is held (and its bytes kept) while it
                 is decoded and checked, whatever the number of models.
@@ -239,7 +240,7 @@ class DataPlane:
         self.model_control = model_control
         self.load_models = load_models
         self.repository = ModelRepository(
-            repository_root,
+            repositories,
             runtime,
             version_policy=version_policy,
             batching=batching or BatchingOverrides(),
@@ -271,7 +272,9 @@ class DataPlane:
             keep = None if "*" in self.load_models else set(self.load_models)
             for name in self.repository.hold_back(keep):
                 log.error(
-                    "--load-model %s: there is no such model folder in %s", codec.shown(name), self.repository.root
+                    "--load-model %s: there is no such model folder in %s",
+                    codec.shown(name),
+                    ", ".join(map(str, self.repository.roots)),
                 )
         self._retire(await asyncio.to_thread(self.repository.load_all))
         if self.poll_interval_s > 0 and self.model_control == "poll":

@@ -1,17 +1,19 @@
 """The model repository being served: scans the output tree, loads versions, hot-reloads, loads and unloads.
 
-Every model folder under the root is loaded at start, by its version policy, and rescanned by the data plane's
-poll. A new version is loaded and validated off the event loop (manifest, config.pbtxt, ONNX session, a test
-run) while the old one serves, then swapped in by replacing one dictionary, so lookups on the request path take
-no lock. A replaced version is handed back to the caller to retire on the loop: it keeps its batcher until its
-last in-flight request finishes, so a swap never fails or drops a request. No file can take the server down:
-whatever one model's files raise refuses only that model or version, with one log line naming the file and the
-reason, and the scan goes on with the others. Each version is remembered with the state of what its load read
-(its configuration, the contents of its label files, and the name, size and modification time of the files in its
-folder and the warmup folder): a poll reloads a served version whose state changed, as Triton's POLL does, and a
-refused version is tried again only when its state changes; what served keeps serving meanwhile. Model
-names from requests are only ever looked up among loaded models, and the repository API accepts only names
-matching the output tree's pattern, so no request can reach another path.
+Every model folder under the repository folders (one, or several as Triton's repeated --model-repository: a model
+name held by more than one of them serves from none) is loaded at start, by its version policy, and rescanned by
+the data plane's poll. A new version is loaded and validated off the event loop (manifest, config.pbtxt, ONNX
+session, a test run) while the old one serves, then swapped in by replacing one dictionary, so lookups on the
+request path take no lock. A replaced version is handed back to the caller to retire on the loop: it keeps its
+batcher until its last in-flight request finishes, so a swap never fails or drops a request.
+
+No file can take the server down: whatever one model's files raise refuses only that model or version, with one
+log line naming the file and the reason, and the scan goes on with the others. Each version is remembered with
+the state of what its load read (its configuration, the contents of its label files, and the name, size and
+modification time of the files in its folder and the warmup folder): a poll reloads a served version whose state
+changed, as Triton's POLL does, and a refused version is tried again only when its state changes; what served
+keeps serving meanwhile. Model names from requests are only ever looked up among loaded models, and the
+repository API accepts only names matching the output tree's pattern, so no request can reach another path.
 """
 
 import asyncio
@@ -23,7 +25,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,7 +251,7 @@ class ServedVersion:
 
 
 class ModelRepository:
-    """All models served from one repository folder.
+    """All models served from the repository folders.
 
     Scans, loads and unloads are blocking (file reads, ONNX Runtime sessions) and run one at a time on a worker
     thread; each returns the versions it replaced, for the caller to ``retire()`` on the event loop. Lookups
@@ -258,7 +260,7 @@ class ModelRepository:
 
     def __init__(
         self,
-        root: Path,
+        roots: Sequence[Path],
         runtime_options: RuntimeOptions,
         *,
         version_policy: VersionPolicy | None = None,
@@ -269,10 +271,11 @@ class ModelRepository:
         """Creates the repository; nothing is loaded before ``load_all()``.
 
         Args:
+            roots: the repository folders, each holding model folders.
             caches_answers: whether the server keeps a response cache (``--cache-config``); a model whose config
                 enables ``response_cache`` without one is told so when it loads.
         """
-        self.root = root
+        self.roots = tuple(roots)
         self.caches_answers = caches_answers
         self.runtime_options = runtime_options
         self.version_policy = version_policy
@@ -357,22 +360,24 @@ class ModelRepository:
         retired: list[ServedVersion] = []
         with self._sync_lock:
             names = set(self._models)
-            try:
-                entries = sorted(self.root.iterdir())
-            except OSError as error:
-                log.error("cannot list repository %s: %s", self.root, error.strerror)
-                entries = []
-            for entry in entries:
-                if entry.is_dir() and MODEL_NAME.match(entry.name):
-                    names.add(entry.name)
-                elif entry.is_dir() and not entry.name.startswith("."):
-                    self._note_model_error(entry.name, f"{entry}: folder name does not match {MODEL_NAME.pattern}")
+            for root in self.roots:
+                try:
+                    entries = sorted(root.iterdir())
+                except OSError as error:
+                    log.error("cannot list repository %s: %s", root, error.strerror)
+                    entries = []
+                for entry in entries:
+                    if entry.is_dir() and MODEL_NAME.match(entry.name):
+                        names.add(entry.name)
+                    elif entry.is_dir() and not entry.name.startswith("."):
+                        self._note_model_error(entry.name, f"{entry}: folder name does not match {MODEL_NAME.pattern}")
             # Ensembles after the models their steps run, which they are checked against and need loaded.
             for name in dependency_order(names, self._step_models):
                 try:
                     retired += self._sync(name)
                 except Exception as error:  # one model's files must never stop the scan of the others
-                    self._note_model_error(name, f"model '{name}' not (re)loaded: {_naming(self.root / name, error)}")
+                    reason = f"model '{name}' not (re)loaded: {_naming(self._model_dir(name), error)}"
+                    self._note_model_error(name, reason)
                     self._unready[name] = self._model_errors[name]
         return retired
 
@@ -397,7 +402,7 @@ class ModelRepository:
         self._check_name(name)
         if config is not None:
             try:
-                read_config(self.root / name, config)
+                read_config(self._model_dir(name), config)
             except ModelLoadError as error:
                 raise ServingError(Status.INVALID_ARGUMENT, str(error)) from None
         with self._sync_lock:
@@ -448,8 +453,6 @@ class ModelRepository:
         """
         self._check_name(name)
         with self._sync_lock:
-            if name not in self._models and not (self.root / name).is_dir():
-                raise ServingError(Status.NOT_FOUND, f"unknown model '{name}' in repository {self.root}")
             self._unloaded[name] = "unloaded through the repository API"
             self._pulled_in.discard(name)
             retired = self._sync(name)
@@ -471,13 +474,10 @@ class ModelRepository:
                 wanted.add(model)
                 self._pulled_in.add(model)
                 runs.append(model)
-        with contextlib.suppress(OSError):
-            for entry in self.root.iterdir():
-                if entry.is_dir() and MODEL_NAME.match(entry.name) and keep is not None and entry.name not in wanted:
-                    self._unloaded[entry.name] = (
-                        "not loaded: with --model-control-mode explicit a load request loads it"
-                    )
-        return sorted(name for name in keep or () if not (self.root / name).is_dir())
+        for name in self._folder_names():
+            if keep is not None and name not in wanted:
+                self._unloaded[name] = "not loaded: with --model-control-mode explicit a load request loads it"
+        return sorted(name for name in keep or () if not self._folders(name))
 
     def take_all(self) -> list[ServedVersion]:
         """Stops serving everything (at shutdown); returns the versions to retire."""
@@ -488,8 +488,25 @@ class ModelRepository:
     def _check_name(self, name: str) -> None:
         if not MODEL_NAME.match(name):
             raise ServingError(Status.NOT_FOUND, f"unknown model {shown(name)}: model names match {MODEL_NAME.pattern}")
-        if not (self.root / name).is_dir() and name not in self._models:
-            raise ServingError(Status.NOT_FOUND, f"unknown model '{name}' in repository {self.root}")
+        if not self._folders(name) and name not in self._models:
+            raise ServingError(Status.NOT_FOUND, f"unknown model '{name}' in {_listed(self.roots)}")
+
+    def _folders(self, name: str) -> list[Path]:
+        """The folders named ``name`` in the repositories: one for a model that can serve."""
+        return [root / name for root in self.roots if (root / name).is_dir()]
+
+    def _model_dir(self, name: str) -> Path:
+        """The model's folder: the first repository's that has it (for messages and reads; whether only one has it
+        is ``_sync_model``'s check), else where the first repository would have it."""
+        return next(iter(self._folders(name)), self.roots[0] / name)
+
+    def _folder_names(self) -> set[str]:
+        """The model folders' names in every repository (unreadable repositories hold none)."""
+        names = set()
+        for root in self.roots:
+            with contextlib.suppress(OSError):
+                names |= {e.name for e in root.iterdir() if e.is_dir() and MODEL_NAME.match(e.name)}
+        return names
 
     def _note_model_error(self, name: str, reason: str) -> None:
         if self._model_errors.get(name) != reason:
@@ -523,7 +540,7 @@ class ModelRepository:
         self._failures = {key: refusal for key, refusal in self._failures.items() if key[0] != name}
         current = self._models.get(name, {})
         failing: dict[int, ServedVersion] = {}
-        config_path = self.root / name / CONFIG_FILE
+        config_path = self._model_dir(name) / CONFIG_FILE
         for version, served in current.items():
             try:
                 check_steps(name, served.signature, served.steps, self._models, config_path)
@@ -579,11 +596,16 @@ class ModelRepository:
                 keeps every version as it was.
         """
         current = dict(self._models.get(name, {}))
-        model_dir = self.root / name
+        folders = self._folders(name)
+        model_dir = self._model_dir(name)
         target: dict[int, ServedVersion] = {}
         retired: list[ServedVersion] = []
         self._unready.pop(name, None)
-        if name not in self._unloaded and model_dir.is_dir():
+        if len(folders) > 1:  # as Triton: a model must be unique across the repositories, else none serves it
+            reason = f"model '{name}' is in more than one repository ({_listed(folders)}); it serves from none"
+            self._note_model_error(name, reason)
+            self._unready[name] = reason
+        elif name not in self._unloaded and folders:
             config_path = model_dir / "config.pbtxt"
             try:
                 config = read_config(model_dir, self._config_overrides.get(name))
@@ -749,7 +771,7 @@ class ModelRepository:
         override = self._config_overrides.get(name)
         if override is not None:
             return step_models(override)
-        path = self.root / name / CONFIG_FILE
+        path = self._model_dir(name) / CONFIG_FILE
         try:  # the text alone: a model without config.pbtxt is completed from its ONNX file, never an ensemble
             return step_models(modelrepo.read_config(path)) if path.is_file() else frozenset()
         except Exception:  # the model's own load reports it, in one line
@@ -786,9 +808,7 @@ class ModelRepository:
         """Every model folder and loaded version with its state, and the reason for what does not serve."""
         models = {name: sorted(versions) for name, versions in self._models.items()}
         failures = dict(self._failures)
-        names = set(models) | set(self._unloaded) | set(self._model_errors)
-        with contextlib.suppress(OSError):  # a vanished repository folder just lists what is loaded
-            names |= {e.name for e in self.root.iterdir() if e.is_dir() and MODEL_NAME.match(e.name)}
+        names = set(models) | set(self._unloaded) | set(self._model_errors) | self._folder_names()
         entries = []
         for name in sorted(names):
             entries += [IndexEntry(name, str(v), "READY", "") for v in models.get(name, [])]
@@ -852,6 +872,10 @@ def _files_state(folder: Path, depth: int = 0) -> tuple:
                     stat = entry.stat()
                     state.append((str(Path(entry.path).relative_to(folder)), stat.st_size, stat.st_mtime_ns))
     return tuple(sorted(state))
+
+
+def _listed(paths: Sequence[Path]) -> str:
+    return ", ".join(str(path) for path in paths)
 
 
 def _naming(path: Path, error: BaseException) -> str:

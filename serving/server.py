@@ -60,7 +60,8 @@ class FrontEnd(Protocol):
 
 @dataclass
 class ServerSettings:
-    repository: Path = Path("build-out/models")
+    # The repository folders (Triton's --model-repository, repeatable): a model name must be in only one of them.
+    repositories: tuple[Path, ...] = (Path("build-out/models"),)
     host: str = "127.0.0.1"
     port: int | None = 8001  # gRPC; None: off
     http_port: int | None = 8000  # HTTP/REST; None: off
@@ -133,11 +134,16 @@ def read_security(settings: ServerSettings) -> Security:
 def _check(settings: ServerSettings) -> Security:
     if settings.port is None and settings.http_port is None:
         raise StartupError("--no-grpc and --no-http leave nothing to serve; keep at least one front end")
-    if not settings.repository.is_dir():
-        raise StartupError(
-            f"model repository {settings.repository} does not exist; build a model first "
-            "(python -m buildsys build ...) or pass --repository"
-        )
+    for repository in settings.repositories:
+        if not repository.is_dir():
+            raise StartupError(
+                f"model repository {repository} does not exist; build a model first "
+                "(python -m buildsys build ...) or pass --repository"
+            )
+    resolved = [repository.resolve() for repository in settings.repositories]
+    if len(set(resolved)) < len(resolved):
+        twice = next(r for r in settings.repositories if resolved.count(r.resolve()) > 1)
+        raise StartupError(f"model repository {twice} is given twice; each of its models would be in two repositories")
     try:
         check_device_available(settings.runtime.device)
     except ValueError as error:
@@ -147,9 +153,14 @@ def _check(settings: ServerSettings) -> Security:
             "--trace-config mode=opentelemetry needs OpenTelemetry's SDK and OTLP exporter: "
             "pip install 'buildsys[otel]'"
         )
-    missing = [name for name in settings.load_models if name != "*" and not (settings.repository / name).is_dir()]
+    missing = [
+        name
+        for name in settings.load_models
+        if name != "*" and not any((repository / name).is_dir() for repository in settings.repositories)
+    ]
     if missing:
-        raise StartupError(f"--load-model {missing[0][:80]}: no such model folder in {settings.repository}")
+        folders = ", ".join(map(str, settings.repositories))
+        raise StartupError(f"--load-model {missing[0][:80]}: no such model folder in {folders}")
     trace_folder = Path(settings.trace.file).parent
     if settings.trace.file and not trace_folder.is_dir():
         raise StartupError(f"the trace file's folder {trace_folder} does not exist (--trace-config triton,file=...)")
@@ -205,7 +216,7 @@ async def _serve(settings: ServerSettings, security: Security) -> int:
     log_control = LogControl(settings.log_level)
     log_control.install(logging.getLogger())
     dataplane = DataPlane(
-        settings.repository,
+        settings.repositories,
         settings.runtime,
         version_policy=settings.version_policy,
         batching=settings.batching,
@@ -224,7 +235,9 @@ async def _serve(settings: ServerSettings, security: Security) -> int:
     if not loaded and settings.model_control == "explicit" and not settings.load_models:
         log.info("no model loaded at start (--model-control-mode explicit): load requests load them")
     elif not loaded:
-        log.warning("no model could be loaded from %s; RepositoryIndex says why", settings.repository)
+        log.warning(
+            "no model could be loaded from %s; RepositoryIndex says why", ", ".join(map(str, settings.repositories))
+        )
     for warning in dataplane.repository.device_warnings():
         log.warning("!!! %s", warning)
 
@@ -253,7 +266,7 @@ async def _serve(settings: ServerSettings, security: Security) -> int:
     log.info(
         "serving %d model version(s) from %s, %s%s%s%s (%s)",
         len(loaded),
-        settings.repository,
+        ", ".join(map(str, settings.repositories)),
         ", ".join(f"{f.name} on {f.address}" for f in frontends),
         " with TLS" if security.tls else "",
         " and a bearer token" if security.token else "",

@@ -27,7 +27,7 @@ def run(scenario, repo, **options):
     closing it afterwards."""
 
     async def main():
-        dataplane = DataPlane(repo, RuntimeOptions(device="cpu", intra_op_threads=1), poll_interval_s=0, **options)
+        dataplane = DataPlane([repo], RuntimeOptions(device="cpu", intra_op_threads=1), poll_interval_s=0, **options)
         await dataplane.start()
         try:
             return await scenario(dataplane)

@@ -280,7 +280,7 @@ def test_an_ensemble_is_checked_again_when_a_model_of_its_steps_changes_its_tens
     """argmax's new version answers INT32, which the ensemble's CLASS (INT64) cannot take: the ensemble stops
     serving, in one line, until argmax answers INT64 again."""
     publish_ensemble(tmp_path)
-    repository = ModelRepository(tmp_path, CPU)
+    repository = ModelRepository([tmp_path], CPU)
     repository.load_all()
     assert repository.is_ready("pipeline")
     save_argmax(tmp_path / "argmax" / "2", TensorProto.INT32)
@@ -423,7 +423,7 @@ def test_a_live_server_answers_an_ensemble_over_both_front_ends(start_server, tm
 @pytest.fixture(scope="module")
 def loaded_steps(tmp_path_factory):
     """The steps' models (and the ensemble) loaded once, as a repository holds them, for the fuzz below."""
-    repository = ModelRepository(publish_ensemble(tmp_path_factory.mktemp("steps")).parents[1], CPU)
+    repository = ModelRepository([publish_ensemble(tmp_path_factory.mktemp("steps")).parents[1]], CPU)
     repository.load_all()
     yield {name: {served.version: served for served in repository.versions(name)} for name in ("digits", "argmax")}
     repository.take_all()
@@ -474,7 +474,7 @@ def test_configs_that_name_a_cycle_do_not_stop_the_check_of_dependents(tmp_path)
     ``loop``, a cycle that only the files name. A reload of argmax checks both again, once, and returns."""
     publish_ensemble(tmp_path)
     publish_config(tmp_path, "loop", nested_ensemble("loop"))
-    repository = ModelRepository(tmp_path, CPU)
+    repository = ModelRepository([tmp_path], CPU)
     repository.load_all()
     (tmp_path / "pipeline" / "config.pbtxt").write_text(
         ENSEMBLE_CONFIG.replace('model_name: "argmax"', 'model_name: "loop"')
@@ -522,7 +522,7 @@ def test_mutated_configs_of_ensembles_and_their_models_never_break_the_repositor
         configs[name] = (configs[name], text)
     records, logger = _Records(), logging.getLogger("serving.repository")
     logger.addHandler(records)
-    repository = ModelRepository(repo, CPU)
+    repository = ModelRepository([repo], CPU)
     try:
         (repo / first / "config.pbtxt").write_text(configs[first][1])
         repository.load_all()

@@ -231,11 +231,13 @@ def run_serving(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         (["--model-control-mode", "explicit", "--load-model", "*", "--load-model", "digits"],
          "--load-model=* loads every model and must be the only --load-model"),
         (["--model-control-mode", "explicit", "--load-model", "digitz"], "--load-model digitz: no such model folder"),
+        (["--model-repository", "{repo}/."], "is given twice; each of its models would be in two repositories"),
     ],
 )  # fmt: skip
 def test_startup_errors_are_one_clear_line_and_exit_2(digits_repo, args, message):
     if args[0] == "--device" and "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers():
         pytest.skip("this machine has CUDA; --device cuda is valid here")
+    args = [arg.replace("{repo}", str(digits_repo)) for arg in args]
     full = args if args[0] == "--repository" else ["--repository", str(digits_repo), "--port", "0", *args]
     completed = run_serving(*full)
     assert completed.returncode == 2, completed.stderr

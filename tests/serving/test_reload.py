@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import threading
 import time
 
@@ -179,6 +180,30 @@ def test_repository_unload_and_load(start_server, tmp_path):
 
         publish_version(repo, "letters", 1, seed=4)  # a model folder that appears while serving
         wait_until(lambda: client.is_model_ready("letters"), what="the new model to load")
+
+
+def test_several_repositories_under_tritonserver_s_own_flags(start_server, tmp_path):
+    """--model-repository repeated and --repository-poll-secs, as a tritonserver command line has them: a model
+    name that appears in a second repository stops serving (the server is not ready) until only one holds it."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    publish_version(first, "digits", 1, seed=1)
+    publish_version(second, "letters", 1, seed=2)
+    server = start_server(first, "--model-repository", str(second), "--repository-poll-secs", "0.2")
+    batch = images(2)
+    with grpcclient.InferenceServerClient(server.url) as client:
+        assert client.is_model_ready("digits") and client.is_model_ready("letters")
+        publish_version(second, "digits", 1, seed=3)
+        wait_until(lambda: not client.is_model_ready("digits"), what="the model in two repositories to stop")
+        assert not client.is_server_ready() and client.is_model_ready("letters")
+        index = {m.name: m.reason for m in client.get_model_repository_index().models}
+        assert index["digits"].endswith("digits); it serves from none"), index
+        shutil.rmtree(first / "digits")
+        wait_until(lambda: client.is_model_ready("digits"), what="the model to serve from the other repository")
+        assert client.is_server_ready()
+        answer = client.infer("digits", [_tensor(batch)]).as_numpy("probabilities")
+        np.testing.assert_allclose(
+            answer, reference_probabilities(second / "digits" / "1", batch), rtol=1e-5, atol=1e-6
+        )
 
 
 def test_a_load_reloads_every_version_with_its_config_or_the_requests_until_a_load_without_one(start_server, tmp_path):

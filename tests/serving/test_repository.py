@@ -34,7 +34,7 @@ def test_repository_serves_versions_by_policy_and_flags_override_batching(tmp_pa
     for version in (1, 2, 3):
         publish_version(tmp_path, "digits", version, seed=version)
     repository = ModelRepository(
-        tmp_path,
+        [tmp_path],
         CPU,
         version_policy=VersionPolicy.parse("latest:2"),
         batching=BatchingOverrides(max_batch_size=16, max_queue_delay_us=0),
@@ -54,7 +54,7 @@ def test_repository_serves_versions_by_policy_and_flags_override_batching(tmp_pa
 def test_max_batch_size_from_the_command_line_leaves_a_model_that_does_not_batch_unbatched(tmp_path):
     publish_unbatched(tmp_path)
     publish_version(tmp_path, "digits", 1, seed=1)
-    repository = ModelRepository(tmp_path, CPU, batching=BatchingOverrides(max_batch_size=16))
+    repository = ModelRepository([tmp_path], CPU, batching=BatchingOverrides(max_batch_size=16))
     assert repository.load_all() == []
     unbatched, digits = repository.get("dense_onnx"), repository.get("digits")
     assert (unbatched.max_batch_size, unbatched.batcher.max_batch_size) == (0, 1)  # one request per call
@@ -80,7 +80,7 @@ def test_the_queue_timeout_follows_the_config_queue_policy_as_triton_does(
     publish_version(tmp_path, "digits", 1, seed=1)
     config = tmp_path / "digits" / "config.pbtxt"
     config.write_text(config.read_text().replace("max_queue_size: 256", f"max_queue_size: 256 {policy}"))
-    repository = ModelRepository(tmp_path, CPU)
+    repository = ModelRepository([tmp_path], CPU)
     assert repository.load_all() == []
     queue_policy = repository.get("digits").batching.default_policy
     assert (queue_policy.timeout_us(requested_us), queue_policy.rejects) == (timeout_us, rejects)
@@ -96,7 +96,7 @@ def test_priority_levels_map_a_request_priority_to_a_level_with_its_own_queue_po
         "default_timeout_microseconds: 7 } }"
     )
     config.write_text(config.read_text().replace("dynamic_batching {", f"dynamic_batching {{ {levels}", 1))
-    repository = ModelRepository(tmp_path, CPU, batching=BatchingOverrides(max_queue_size=32))
+    repository = ModelRepository([tmp_path], CPU, batching=BatchingOverrides(max_queue_size=32))
     assert repository.load_all() == []
     batching = repository.get("digits").batching
     # 0 and anything beyond the levels is the default level.
@@ -115,7 +115,7 @@ def test_a_config_without_dynamic_batching_runs_each_request_alone_and_says_so(t
     publish_version(tmp_path, "digits", 1, seed=1)
     config = tmp_path / "digits" / "config.pbtxt"
     config.write_text(replace_dynamic_batching(config.read_text()))
-    repository = ModelRepository(tmp_path, CPU)
+    repository = ModelRepository([tmp_path], CPU)
     assert repository.load_all() == []
     batching = repository.get("digits").batching
     assert not batching.merges and batching.max_batch_size == 1024  # it still takes batches from clients
@@ -127,7 +127,7 @@ def test_an_unknown_timeout_action_refuses_the_model_in_one_line(tmp_path):
     publish_version(tmp_path, "digits", 1, seed=1)
     config = tmp_path / "digits" / "config.pbtxt"
     config.write_text(config.read_text().replace("max_queue_size: 256", "max_queue_size: 256 timeout_action: 7"))
-    repository = ModelRepository(tmp_path, CPU)
+    repository = ModelRepository([tmp_path], CPU)
     repository.load_all()
     assert "timeout_action 7 is neither REJECT nor DELAY" in repository.unready_models()["digits"]
 
@@ -139,7 +139,7 @@ def test_threads_per_call_come_from_config_pbtxt_as_for_triton_unless_the_comman
         config.write('parameters { key: "intra_op_thread_count" value { string_value: "1" } }\n')
 
     def threads(options: RuntimeOptions) -> dict[str, int]:
-        repository = ModelRepository(tmp_path, options)
+        repository = ModelRepository([tmp_path], options)
         assert repository.load_all() == []
         return {s.name: s.model.session.get_session_options().intra_op_num_threads for s in repository.loaded()}
 
@@ -154,7 +154,7 @@ def test_a_model_whose_instance_groups_are_all_kind_cpu_runs_on_the_cpu_whatever
     publish_version(tmp_path, "on_cpu", 1, seed=1, instances=1)  # instance_group [ { count: 1 kind: KIND_CPU } ]
     publish_version(tmp_path, "anywhere", 1, seed=2)  # no instance_group: the device the server was asked for
     # This machine's ONNX Runtime has no CUDA: a model that --device cuda puts on a GPU is refused in one line.
-    repository = ModelRepository(tmp_path, RuntimeOptions(device="cuda", intra_op_threads=1))
+    repository = ModelRepository([tmp_path], RuntimeOptions(device="cuda", intra_op_threads=1))
     with caplog.at_level(logging.ERROR, logger="serving.repository"):
         repository.load_all()
     assert repository.get("on_cpu").model.providers == ["CPUExecutionProvider"]
@@ -170,7 +170,7 @@ def test_graph_optimizations_come_from_config_pbtxt_as_for_triton_unless_the_com
                 config.write(f"optimization {{ graph {{ level: {level} }} }}\n")
 
     def levels(options: RuntimeOptions) -> dict[str, str]:
-        repository = ModelRepository(tmp_path, options)
+        repository = ModelRepository([tmp_path], options)
         assert repository.load_all() == []
         applied = {s.name: s.model.session.get_session_options().graph_optimization_level for s in repository.loaded()}
         repository.take_all()
@@ -200,7 +200,7 @@ def test_instance_group_says_how_many_sessions_run_batches_at_once(tmp_path, ins
     publish_version(tmp_path, "digits", 1, seed=1)
     with open(tmp_path / "digits" / "config.pbtxt", "a") as config:
         config.write(instance_group + "\n")
-    repository = ModelRepository(tmp_path, RuntimeOptions(device="cpu"))
+    repository = ModelRepository([tmp_path], RuntimeOptions(device="cpu"))
     assert repository.load_all() == []
     served = repository.get("digits")
     assert served.batcher.instance_count == len(served.model.sessions) == instances
@@ -217,7 +217,7 @@ def test_instance_group_says_how_many_sessions_run_batches_at_once(tmp_path, ins
 
 def test_no_wide_session_where_the_threads_were_set(tmp_path):
     publish_version(tmp_path, "digits", 1, seed=1)
-    repository = ModelRepository(tmp_path, RuntimeOptions(device="cpu", intra_op_threads=1))
+    repository = ModelRepository([tmp_path], RuntimeOptions(device="cpu", intra_op_threads=1))
     assert repository.load_all() == []
     served = repository.get("digits")
     assert served.batcher.instance_count == 2 and served.model.wide_session is None
@@ -226,7 +226,7 @@ def test_no_wide_session_where_the_threads_were_set(tmp_path):
 @pytest.mark.parametrize("version", ["9" * 5000, "1" + "0" * 18, "0", "-1", "1.0", " 1", "١"])
 def test_any_version_string_is_not_found_never_an_error_of_the_server(tmp_path, version):
     publish_version(tmp_path, "digits", 1, seed=1)
-    repository = ModelRepository(tmp_path, CPU)
+    repository = ModelRepository([tmp_path], CPU)
     repository.load_all()
     with pytest.raises(ServingError) as raised:
         repository.get("digits", version)
@@ -240,7 +240,7 @@ def test_a_triton_repository_s_folder_names_are_served_but_none_that_could_leave
     publish_unbatched(tmp_path, "ResNet-50.v1")
     publish_unbatched(tmp_path, "-rf")
     (tmp_path / ".git").mkdir()
-    repository = ModelRepository(tmp_path, CPU)
+    repository = ModelRepository([tmp_path], CPU)
     repository.load_all()
     assert [served.name for served in repository.loaded()] == ["ResNet-50.v1"]
     states = {entry.name: (entry.state, entry.reason) for entry in repository.index()}
@@ -302,7 +302,7 @@ def test_a_bad_file_at_startup_refuses_only_its_model_with_one_line_naming_it(tm
     publish_version(tmp_path, "digits", 1, seed=1)
     break_files(tmp_path, "alpha", how)  # scanned before digits
     publish_version(tmp_path, "zulu", 1, seed=2)  # and one after
-    repository = ModelRepository(tmp_path, CPU)
+    repository = ModelRepository([tmp_path], CPU)
     with caplog.at_level(logging.INFO, logger="serving.repository"):
         repository.load_all()
     assert sorted(s.name for s in repository.loaded()) == ["digits", "zulu"]
@@ -321,7 +321,7 @@ def test_a_bad_file_at_startup_refuses_only_its_model_with_one_line_naming_it(tm
 
 def test_a_bad_file_during_polling_refuses_only_itself_and_a_fixed_version_is_retried(tmp_path, caplog):
     publish_version(tmp_path, "digits", 1, seed=1)
-    repository = ModelRepository(tmp_path, CPU)
+    repository = ModelRepository([tmp_path], CPU)
     repository.load_all()
     broken = publish_version(tmp_path, "digits", 2, seed=2, broken=True)
     publish_version(tmp_path, "alpha", 1, seed=3)
@@ -363,7 +363,7 @@ def test_an_onnx_model_kept_as_a_folder_with_external_data_serves_and_a_fix_insi
     weights = model_dir / "2" / "model.onnx" / "weights.bin"
     intact = weights.read_bytes()
     weights.write_bytes(intact[:100])  # version 2's external data is cut short
-    repository = ModelRepository(tmp_path, CPU, version_policy=VersionPolicy.parse("all"))
+    repository = ModelRepository([tmp_path], CPU, version_policy=VersionPolicy.parse("all"))
     with caplog.at_level(logging.INFO, logger="serving.repository"):
         repository.load_all()
         repository.load_all()
@@ -383,7 +383,7 @@ def test_a_version_refused_for_its_label_file_is_retried_when_the_label_file_is_
     labels = model_dir / "labels.txt"
     text = labels.read_text()
     labels.write_bytes(b"\xff\xfe not text")
-    repository = ModelRepository(tmp_path, CPU)
+    repository = ModelRepository([tmp_path], CPU)
     repository.load_all()
     assert repository.loaded() == [] and "digits" in repository.unready_models()
     labels.write_text(text)
@@ -395,7 +395,7 @@ def test_a_version_refused_for_its_label_file_is_retried_when_the_label_file_is_
 def test_a_poll_reloads_a_served_version_whose_files_changed_in_place_and_only_that_one(tmp_path):
     publish_version(tmp_path, "digits", 1, seed=1)
     v2 = publish_version(tmp_path, "digits", 2, seed=2)
-    repository = ModelRepository(tmp_path, CPU, version_policy=VersionPolicy.parse("all"))
+    repository = ModelRepository([tmp_path], CPU, version_policy=VersionPolicy.parse("all"))
     repository.load_all()
     first, second = repository.versions("digits")
     assert repository.load_all() == [], "nothing changed: nothing reloads"
@@ -414,7 +414,7 @@ def test_a_changed_configuration_reloads_every_version_and_an_edit_that_changes_
     rewritten as it was (every publish does) or a new index.html reloads nothing; a setting that changes does."""
     publish_version(tmp_path, "digits", 1, seed=1)
     publish_version(tmp_path, "digits", 2, seed=2)
-    repository = ModelRepository(tmp_path, CPU, version_policy=VersionPolicy.parse("all"))
+    repository = ModelRepository([tmp_path], CPU, version_policy=VersionPolicy.parse("all"))
     repository.load_all()
     served = repository.versions("digits")
     model_dir = tmp_path / "digits"
@@ -434,7 +434,7 @@ def test_a_changed_configuration_reloads_every_version_and_an_edit_that_changes_
 
 def test_a_triton_model_whose_label_file_changes_reloads_with_the_new_labels(tmp_path):
     model_dir, _ = triton_repository(tmp_path)
-    repository = ModelRepository(tmp_path, CPU)
+    repository = ModelRepository([tmp_path], CPU)
     repository.load_all()
     labels = model_dir / "labels.txt"
     labels.write_text(labels.read_text().replace("zero", "nought"))
@@ -445,7 +445,7 @@ def test_a_triton_model_whose_label_file_changes_reloads_with_the_new_labels(tmp
 
 def test_a_changed_version_that_fails_to_reload_serves_as_it_was_until_its_files_change_again(tmp_path, caplog):
     v1 = publish_version(tmp_path, "digits", 1, seed=1)
-    repository = ModelRepository(tmp_path, CPU)
+    repository = ModelRepository([tmp_path], CPU)
     repository.load_all()
     served = repository.get("digits")
     batch = images(2)
@@ -467,6 +467,40 @@ def test_a_changed_version_that_fails_to_reload_serves_as_it_was_until_its_files
     os.utime(v1 / "model.onnx", ns=(1, 1))
     assert repository.load_all() == [served]
     assert repository.get("digits") is not served
+    repository.take_all()
+
+
+def test_models_of_several_repositories_serve_together_and_a_name_in_two_serves_from_neither(tmp_path, caplog):
+    """Triton's repeated --model-repository: the models of every repository serve; a model name found in more than
+    one is served from none (unloaded if it served), with one line naming both folders, until only one holds it."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    publish_version(first, "digits", 1, seed=1)
+    publish_version(second, "letters", 1, seed=2)
+    repository = ModelRepository([first, second], CPU)
+    repository.load_all()
+    assert sorted(s.name for s in repository.loaded()) == ["digits", "letters"]
+    served = repository.get("digits")
+    publish_version(second, "digits", 1, seed=3)
+    with caplog.at_level(logging.INFO, logger="serving.repository"):
+        assert repository.load_all() == [served]
+        repository.load_all()
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [
+        f"model 'digits' is in more than one repository ({first / 'digits'}, {second / 'digits'}); it serves from none"
+    ]
+    assert [s.name for s in repository.loaded()] == ["letters"]
+    assert repository.unready_models() == {"digits": errors[0]}
+    assert [(e.name, e.state, e.reason) for e in repository.index() if e.name == "digits"] == [
+        ("digits", "UNAVAILABLE", errors[0])
+    ]
+    retired, failure = repository.load("digits")
+    assert failure == f"model 'digits' has no loadable version: {errors[0]}"
+    shutil.rmtree(first / "digits")
+    repository.load_all()
+    batch = images(2)
+    answer = repository.get("digits").model.run({"image": batch})["probabilities"]
+    np.testing.assert_allclose(answer, reference_probabilities(second / "digits" / "1", batch), rtol=1e-5, atol=1e-6)
+    assert repository.unready_models() == {}
     repository.take_all()
 
 
@@ -513,7 +547,7 @@ def test_a_damaged_onnx_or_labels_file_refuses_only_its_model_in_one_line(tmp_pa
     records, logger = _Records(), logging.getLogger("serving.repository")
     logger.addHandler(records)
     try:
-        repository = ModelRepository(repo, CPU)
+        repository = ModelRepository([repo], CPU)
         if serving_first:
             repository.load_all()
         damaged_file.write_bytes(data.draw(damaged(intact), label=damaged_file.name))

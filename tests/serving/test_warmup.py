@@ -160,7 +160,7 @@ def test_a_version_warms_up_before_it_serves_and_a_bad_data_file_refuses_it_unti
         'model_warmup { name: "real" batch_size: 16 inputs { key: "image" value: { data_type: TYPE_UINT8'
         ' dims: [ 8, 8 ] input_data_file: "pixels" } } }\n',
     )
-    repository = ModelRepository(tmp_path, CPU)
+    repository = ModelRepository([tmp_path], CPU)
     with caplog.at_level(logging.INFO, logger="serving"):
         repository.load_all()
         assert not repository.loaded()

@@ -4,6 +4,7 @@ The config is built as Triton's own ``ModelConfig`` protobuf message and written
 text_format, so what the builder writes is by construction what the server (and Triton) parses.
 """
 
+import functools
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -62,6 +63,10 @@ def write_config(model_dir: Path, config: model_config_pb2.ModelConfig) -> None:
     write_atomic(model_dir / CONFIG_FILE, format_config(config))
 
 
+# Configs up to this size are parsed once per distinct text (see _parsed); larger ones every time they are read.
+_CACHED_CONFIG_CHARS = 1 << 16
+
+
 def read_config(path: Path) -> model_config_pb2.ModelConfig:
     """Parses a config.pbtxt.
 
@@ -71,10 +76,24 @@ def read_config(path: Path) -> model_config_pb2.ModelConfig:
     text = _read_text(path)
     config = model_config_pb2.ModelConfig()
     try:
-        text_format.Parse(text, config)
+        config.CopyFrom(_parsed(text) if len(text) <= _CACHED_CONFIG_CHARS else _parse(text))
     except (text_format.ParseError, ValueError, RecursionError) as error:  # ValueError: a number out of range
         reason = " ".join(str(error).split())
         raise FormatError(f"{path}: not a valid Triton model config: {reason}") from error
+    return config
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(text: str) -> model_config_pb2.ModelConfig:
+    """``_parse``, kept by the text itself: a server's poll reads every model's config.pbtxt every few seconds,
+    and protobuf's text parser takes about 0.3 ms a config where reading the file takes microseconds. Keyed by the
+    text, not the file's times, a changed file is never answered from before. Callers get copies: never change it."""
+    return _parse(text)
+
+
+def _parse(text: str) -> model_config_pb2.ModelConfig:
+    config = model_config_pb2.ModelConfig()
+    text_format.Parse(text, config)
     return config
 
 

@@ -493,7 +493,7 @@ class ModelRepository:
 
     def _folders(self, name: str) -> list[Path]:
         """The folders named ``name`` in the repositories: one for a model that can serve."""
-        return [root / name for root in self.roots if (root / name).is_dir()]
+        return [folder for folder in (root / name for root in self.roots) if folder.is_dir()]
 
     def _model_dir(self, name: str) -> Path:
         """The model's folder: the first repository's that has it (for messages and reads; whether only one has it
@@ -860,17 +860,17 @@ def _version_state(model_dir: Path, version: int, model_state: tuple) -> tuple:
 def _files_state(folder: Path, depth: int = 0) -> tuple:
     """Name, size and modification time of each file in ``folder`` and, ``depth`` folders deep, in its folders."""
     state = []
-    folders = [(folder, 0)]
-    for current, level in folders:
+    folders = [(str(folder), "", 0)]
+    for path, prefix, level in folders:
         with contextlib.suppress(OSError):
-            for entry in os.scandir(current):
+            for entry in os.scandir(path):
                 with contextlib.suppress(OSError):
                     if entry.is_dir():
                         if level < depth:
-                            folders.append((Path(entry.path), level + 1))
+                            folders.append((entry.path, f"{prefix}{entry.name}/", level + 1))
                         continue
                     stat = entry.stat()
-                    state.append((str(Path(entry.path).relative_to(folder)), stat.st_size, stat.st_mtime_ns))
+                    state.append((prefix + entry.name, stat.st_size, stat.st_mtime_ns))
     return tuple(sorted(state))
 
 

@@ -93,6 +93,23 @@ def test_config_written_is_the_config_parsed(tmp_path: Path) -> None:
     assert modelrepo.read_labels(tmp_path / "labels.txt") == _manifest().class_names
 
 
+def test_a_config_read_again_is_a_copy_of_its_parse_and_any_other_text_is_parsed_anew(tmp_path: Path) -> None:
+    """Parses are kept by the file's text (a server reads every config at every poll): a caller that changes what
+    it got changes no later read, and a file rewritten with the same size and time reads as its new text."""
+    path = tmp_path / "config.pbtxt"
+    modelrepo.write_config(tmp_path, modelrepo.model_config(_manifest(), max_batch_size=64))
+    first = modelrepo.read_config(path)
+    first.max_batch_size = 1
+    assert modelrepo.read_config(path).max_batch_size == 64
+    times = os.stat(path).st_atime_ns, os.stat(path).st_mtime_ns
+    path.write_text(path.read_text().replace("max_batch_size: 64", "max_batch_size: 32"))
+    os.utime(path, ns=times)
+    assert modelrepo.read_config(path).max_batch_size == 32
+    path.write_text("max_batch_size: many")
+    with pytest.raises(FormatError, match="config.pbtxt: not a valid Triton model config"):
+        modelrepo.read_config(path)
+
+
 def test_config_parses_like_tritonclient(tmp_path: Path) -> None:
     """Triton's own stubs read the file the same way (the descriptor names are shared)."""
     from google.protobuf import text_format

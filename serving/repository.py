@@ -31,6 +31,13 @@ from pathlib import Path
 
 import modelrepo
 from modelrepo import CONFIG_FILE, MODEL_NAME, VERSION_NAME, list_versions
+from serving.backend_config import (
+    graph_optimization_level,
+    instance_count,
+    intra_op_thread_count,
+    placed_on_cpu,
+    session_settings,
+)
 from serving.batcher import DynamicBatcher
 from serving.codec import shown
 from serving.ensemble import ENSEMBLE_PLATFORM, Step, check_steps, dependency_order, read_steps, step_models
@@ -47,11 +54,6 @@ log = logging.getLogger(__name__)
 
 # Triton treats max_queue_size 0 as unbounded; serving never queues without limit, so 0 means this default.
 DEFAULT_MAX_QUEUE_SIZE = 256
-# Execution instances of a version when config.pbtxt names no count: Triton's defaults for ONNX Runtime models.
-DEFAULT_CPU_INSTANCES = 2
-DEFAULT_GPU_INSTANCES = 1
-# More sessions than this of one version is a typo, not a deployment; each holds the weights and a thread.
-MAX_INSTANCES = 64
 
 
 @dataclass(frozen=True)
@@ -711,10 +713,11 @@ class ModelRepository:
                 " -> ".join(f"'{step.model}'" for step in steps),
             )
             return served
-        configured_threads = _intra_op_thread_count(config, version_dir.parent)  # checked even when overridden
-        device = "cpu" if _placed_on_cpu(config) else self.runtime_options.device
+        configured_threads = intra_op_thread_count(config, version_dir.parent)  # checked even when overridden
+        device = "cpu" if placed_on_cpu(config) else self.runtime_options.device
         on_gpu = requests_cuda(device)
-        instances = _instance_count(config, version_dir.parent, on_gpu)
+        settings = session_settings(config, version_dir.parent, on_gpu)
+        instances = instance_count(config, version_dir.parent, on_gpu)
         threads = self.runtime_options.intra_op_threads
         if threads is None:  # the command line did not set it for every model
             threads = configured_threads
@@ -729,8 +732,18 @@ class ModelRepository:
             self.runtime_options,
             device=device,
             intra_op_threads=threads,
-            graph_optimization_level=self.runtime_options.graph_optimization_level or _graph_optimization_level(config),
+            graph_optimization_level=self.runtime_options.graph_optimization_level or graph_optimization_level(config),
+            session=settings,
         )
+        if settings.not_applied:
+            log.warning(
+                "model '%s' version %d: %s asks for %s, which serving does not run; ONNX Runtime's %s provider runs it",
+                name,
+                manifest.version,
+                version_dir.parent / CONFIG_FILE,
+                " and ".join(settings.not_applied),
+                "CUDA" if on_gpu else "CPU",
+            )
         model = OnnxModel(
             manifest.onnx_path, manifest.signature, options, instances, wide_threads, declared_in=manifest.declared_in
         )
@@ -888,69 +901,3 @@ def _naming(path: Path, error: BaseException) -> str:
         if isinstance(error, ModelLoadError | ValueError)
         else f"{path}: {type(error).__name__}: {first}"
     )
-
-
-def _instance_count(config: model_config_pb2.ModelConfig, model_dir: Path, on_gpu: bool) -> int:
-    """How many execution instances config.pbtxt's ``instance_group`` asks for, counted as Triton counts them: the
-    sum over its groups of ``count`` (per listed GPU), a group without a count, or a config without groups, taking
-    Triton's default for ONNX Runtime (2 on the CPU, 1 on a GPU). Every instance runs on the device ``--device``
-    chose; one ONNX Runtime process does not split a version between devices.
-
-    Raises:
-        ModelLoadError: a negative count, KIND_MODEL, or more than MAX_INSTANCES in all.
-    """
-    default = DEFAULT_GPU_INSTANCES if on_gpu else DEFAULT_CPU_INSTANCES
-    if not config.instance_group:
-        return default
-    total = 0
-    for index, group in enumerate(config.instance_group):
-        where = f"{model_dir / 'config.pbtxt'}: instance_group {shown(group.name) if group.name else index}"
-        if group.kind == model_config_pb2.ModelInstanceGroup.KIND_MODEL:
-            raise ModelLoadError(
-                f"{where}: KIND_MODEL is for backends that place the model themselves; use KIND_CPU, KIND_GPU or "
-                "KIND_AUTO"
-            )
-        if group.count < 0:
-            raise ModelLoadError(f"{where}: count {group.count} must be at least 1 (or left out for the default)")
-        total += (group.count or default) * max(1, len(group.gpus))
-    if total > MAX_INSTANCES:
-        raise ModelLoadError(
-            f"{model_dir / 'config.pbtxt'}: instance_group asks for {total} instances of the model; at most "
-            f"{MAX_INSTANCES}"
-        )
-    return total
-
-
-def _placed_on_cpu(config: model_config_pb2.ModelConfig) -> bool:
-    """Whether config.pbtxt puts every instance on the CPU (each ``instance_group`` of ``kind: KIND_CPU``): Triton
-    then runs the model on the CPU whatever GPUs the machine has, often to leave GPU memory to other models, and
-    so does this server whatever ``--device`` says. (A KIND_CPU group beside a GPU group runs on the GPU.)"""
-    return bool(config.instance_group) and all(
-        group.kind == model_config_pb2.ModelInstanceGroup.KIND_CPU for group in config.instance_group
-    )
-
-
-def _graph_optimization_level(config: model_config_pb2.ModelConfig) -> str:
-    """config.pbtxt's ``optimization { graph { level } }`` as Triton's onnxruntime backend maps it to ONNX Runtime's
-    levels: -1 basic, 1 extended, 2 none, anything else all. A model that an optimization breaks is served by
-    turning it down here, as its users do under Triton."""
-    return {-1: "basic", 1: "extended", 2: "disable"}.get(config.optimization.graph.level, "all")
-
-
-def _intra_op_thread_count(config: model_config_pb2.ModelConfig, model_dir: Path) -> int:
-    """The ``intra_op_thread_count`` parameter of config.pbtxt, which Triton's onnxruntime backend reads too (0 or
-    absent: one thread per core). Small models serve faster on one: splitting a call of a few microseconds per
-    operator costs more in thread wake-ups than it saves.
-
-    Raises:
-        ModelLoadError: the value is not an integer >= 0.
-    """
-    if "intra_op_thread_count" not in config.parameters:
-        return 0
-    text = config.parameters["intra_op_thread_count"].string_value.strip()
-    if not text.isascii() or not text.isdigit() or len(text) > 4:
-        raise ModelLoadError(
-            f"{model_dir / 'config.pbtxt'}: parameter intra_op_thread_count {text[:40]!r} must be an integer "
-            "from 0 (one thread per core) to 9999"
-        )
-    return int(text)

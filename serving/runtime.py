@@ -34,17 +34,34 @@ DEVICES = ("auto", "cuda", "cpu")
 
 
 @dataclass(frozen=True)
+class SessionSettings:
+    """A model's own session settings (its config.pbtxt, read by ``serving.backend_config``), beyond threads and
+    graph optimizations. None leaves a setting as serving sets it; ``cuda_options`` apply where CUDA runs the
+    model; ``not_applied`` names the accelerators the config asks for that serving does not run, for the log."""
+
+    parallel_execution: bool = False
+    inter_op_threads: int | None = None
+    cpu_mem_arena: bool | None = None
+    mem_pattern: bool | None = None
+    session_config: tuple[tuple[str, str], ...] = ()
+    run_config: tuple[tuple[str, str], ...] = ()
+    cuda_options: tuple[tuple[str, str], ...] = ()
+    not_applied: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class RuntimeOptions:
     """How sessions are created. ``intra_op_threads`` 0 lets ONNX Runtime use one thread per core (the repository
     shares the cores among a version's instances first), and None leaves it to each model's config.pbtxt
     (``intra_op_thread_count``, else 0); ``graph_optimization_level`` None leaves it to each model's config.pbtxt
     too (``optimization { graph { level } }``, else "all"); ``intra_op_spinning`` lets its idle threads spin for
-    work instead of sleeping."""
+    work instead of sleeping; ``session`` holds a model's own settings."""
 
     device: str = "auto"
     intra_op_threads: int | None = None
     graph_optimization_level: str | None = None
     intra_op_spinning: bool = False
+    session: SessionSettings = SessionSettings()
 
 
 def check_device_available(device: str) -> None:
@@ -84,11 +101,27 @@ def _requested_providers(device: str) -> list[str]:
     return [CPU]
 
 
+def _providers(options: RuntimeOptions) -> list[str | tuple[str, dict[str, str]]]:
+    """The providers a session asks for, CUDA with the model's options when it has any."""
+    cuda_options = dict(options.session.cuda_options)
+    return [
+        (name, cuda_options) if name == CUDA and cuda_options else name for name in _requested_providers(options.device)
+    ]
+
+
 def _session_options(options: RuntimeOptions, intra_op_threads: int) -> ort.SessionOptions:
+    """ONNX Runtime's options for one session of a model: serving's defaults, then the model's own settings."""
+    settings = options.session
     session_options = ort.SessionOptions()
     session_options.intra_op_num_threads = intra_op_threads
-    # One inter-op thread: the models are sequential graphs; concurrency comes from the instances.
-    session_options.inter_op_num_threads = 1
+    # One inter-op thread unless the model runs its branches in parallel: concurrency comes from the instances.
+    session_options.inter_op_num_threads = 1 if settings.inter_op_threads is None else settings.inter_op_threads
+    if settings.parallel_execution:
+        session_options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+    if settings.cpu_mem_arena is not None:
+        session_options.enable_cpu_mem_arena = settings.cpu_mem_arena
+    if settings.mem_pattern is not None:
+        session_options.enable_mem_pattern = settings.mem_pattern
     session_options.graph_optimization_level = GRAPH_OPTIMIZATION_LEVELS[options.graph_optimization_level or "all"]
     session_options.log_severity_level = 3
     # Spinning intra-op threads burn CPU between calls that the event loop needs for the network; without it the
@@ -96,6 +129,8 @@ def _session_options(options: RuntimeOptions, intra_op_threads: int) -> ort.Sess
     session_options.add_session_config_entry(
         "session.intra_op.allow_spinning", "1" if options.intra_op_spinning else "0"
     )
+    for key, value in settings.session_config:
+        session_options.add_session_config_entry(key, value)
     return session_options
 
 
@@ -126,16 +161,17 @@ class OnnxModel:
                 and inactive.
         """
         requested = _requested_providers(options.device)
+        providers = _providers(options)
         instance_options = _session_options(options, options.intra_op_threads or 0)
         try:
             self.sessions = tuple(
-                ort.InferenceSession(str(path), sess_options=instance_options, providers=requested)
+                ort.InferenceSession(str(path), sess_options=instance_options, providers=providers)
                 for _ in range(instances)
             )
             self.wide_session = None
             if wide_threads > 0:
                 wide_options = _session_options(options, wide_threads)
-                self.wide_session = ort.InferenceSession(str(path), sess_options=wide_options, providers=requested)
+                self.wide_session = ort.InferenceSession(str(path), sess_options=wide_options, providers=providers)
         except Exception as error:  # ONNX Runtime raises several unrelated types for a bad file
             raise ModelLoadError(f"{path}: ONNX Runtime cannot load it: {first_line(error)}") from error
         self.session = self.sessions[0]
@@ -157,16 +193,21 @@ class OnnxModel:
         signature = self._check_signature(path, signature)
         self.signature = signature
         names = signature.output_names()
+        run_options = None
+        if options.session.run_config:
+            run_options = ort.RunOptions()
+            for key, value in options.session.run_config:
+                run_options.add_run_config_entry(key, value)
 
         def runner(session: ort.InferenceSession) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
             # What the batcher calls: the session's run with the outputs named, nothing more. A model that does
             # not batch is queued as a single row, which its tensors do not have.
             if signature.batched:
-                return lambda inputs: dict(zip(names, session.run(names, inputs), strict=True))
+                return lambda inputs: dict(zip(names, session.run(names, inputs, run_options), strict=True))
             return lambda inputs: {
                 name: output[np.newaxis]
                 for name, output in zip(
-                    names, session.run(names, {key: rows[0] for key, rows in inputs.items()}), strict=True
+                    names, session.run(names, {key: rows[0] for key, rows in inputs.items()}, run_options), strict=True
                 )
             }
 

@@ -6,6 +6,9 @@ leaves the others' figures:
 1. environment: the onnxruntime that is imported (the carried CUDA 13 build), its providers, the GPU.
 2. cuda_active: an ONNX Runtime session on each model has CUDAExecutionProvider ACTIVE (``get_providers()``,
    not merely available), and its outputs match the CPU provider's within 1e-4.
+2b. cuda_config_options: a copy of the Fashion-MNIST model whose config.pbtxt sets Triton's onnxruntime backend
+   CUDA parameters (``cudnn_conv_algo_search``, ``gpu_mem_limit``) loads through the serving repository with
+   ``--device cuda``, and its session's CUDA provider options read back as the backend maps them.
 3. cuda_hidden_fails_loudly: with CUDA hidden (``CUDA_VISIBLE_DEVICES=""``), ``python -m serving --device cuda``
    refuses (exits non-zero, or serves no model) with an error naming CUDA; it must never serve on the CPU.
 4. server: ``python -m serving --device cuda`` reports the CUDA provider for each model; batch-1 latency (p50,
@@ -24,7 +27,6 @@ assertions are skipped, but the refusal in step 3 is still required.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -37,7 +39,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -80,8 +82,9 @@ class Run:
     def left(self) -> float:
         return self.deadline - time.monotonic()
 
-    @contextlib.contextmanager
-    def step(self, name: str) -> Iterator[dict]:
+    def step(self, name: str, action: Callable[..., None], *args: object) -> dict:
+        """Runs ``action(self, record, *args)`` as the step ``name`` and returns its record; a step that would
+        start with under 10 s of the budget left is skipped, so the results are still written."""
         record: dict = {"status": "passed"}
         self.results["steps"][name] = record
         started = time.monotonic()
@@ -89,7 +92,7 @@ class Run:
         try:
             if self.left() < 10:
                 raise Skipped("out of time (--budget-s)")
-            yield record
+            action(self, record, *args)
         except Skipped as reason:
             record.update(status="skipped", reason=str(reason))
         except Exception as error:  # one step's failure must not cost the others' figures
@@ -97,6 +100,7 @@ class Run:
         record["seconds"] = round(time.monotonic() - started, 2)
         detail = record.get("error") or record.get("reason")
         print(f"   {record['status']}{': ' + detail if detail else ''} ({record['seconds']} s)", flush=True)
+        return record
 
 
 def free_port() -> int:
@@ -175,6 +179,30 @@ def cuda_active(run: Run, record: dict, models: list[Model]) -> None:
         record[model.name] = {"active_providers": active, "max_abs_difference_vs_cpu": difference}
         if difference > PARITY:
             raise CheckFailed(f"{model.name}: CUDA differs from CPU by {difference:.2e} > {PARITY}")
+
+
+def cuda_config_options(run: Run, record: dict, repository: Path) -> None:
+    from serving.repository import ModelRepository
+    from serving.runtime import RuntimeOptions
+
+    wanted = {"cudnn_conv_algo_search": "HEURISTIC", "gpu_mem_limit": "2147483648"}
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copytree(repository / "fashion_mnist_mlp", Path(folder) / "fashion_mnist_mlp")
+        with (Path(folder) / "fashion_mnist_mlp" / "config.pbtxt").open("a") as config:
+            config.write('parameters { key: "cudnn_conv_algo_search" value { string_value: "1" } }\n')
+            config.write('parameters { key: "gpu_mem_limit" value { string_value: "2147483648" } }\n')
+        served_models = ModelRepository([Path(folder)], RuntimeOptions(device=run.device))
+        served_models.load_all()
+        try:
+            model = served_models.get("fashion_mnist_mlp").model
+            options = model.session.get_provider_options().get(CUDA, {})
+        finally:
+            served_models.take_all()
+    record.update(active_providers=model.providers, cuda_options={key: options.get(key) for key in wanted})
+    if run.dry:
+        raise Skipped("--cpu-dry-run: loaded on the CPU; the CUDA options apply only where CUDA runs")
+    if model.providers[0] != CUDA or any(options.get(key) != value for key, value in wanted.items()):
+        raise CheckFailed(f"CUDA provider options {record['cuda_options']} (active {model.providers}), wanted {wanted}")
 
 
 def server_command(repository: Path, device: str, port: int) -> list[str]:
@@ -532,21 +560,14 @@ def main() -> int:
     repository = args.workspace / "build-out" / "models"
     models = [Model(repository, name) for name in MODELS]
 
-    with run.step("environment") as record:
-        environment(run, record)
-        run.results["machine"] = record.get("gpu", platform.node())
-    with run.step("cuda_active") as record:
-        cuda_active(run, record, models)
-    with run.step("cuda_hidden_fails_loudly") as record:
-        cuda_hidden_fails_loudly(run, record, repository)
-    with run.step("server") as record:
-        server(run, record, repository, models)
-    with run.step("inprocess") as record:
-        inprocess(run, record, models)
-    with run.step("serve_bench") as record:
-        serve_bench(run, record, repository, args.out)
-    with run.step("predict") as record:
-        predict(run, record, args.workspace, models)
+    run.results["machine"] = run.step("environment", environment).get("gpu", platform.node())
+    run.step("cuda_active", cuda_active, models)
+    run.step("cuda_config_options", cuda_config_options, repository)
+    run.step("cuda_hidden_fails_loudly", cuda_hidden_fails_loudly, repository)
+    run.step("server", server, repository, models)
+    run.step("inprocess", inprocess, models)
+    run.step("serve_bench", serve_bench, repository, args.out)
+    run.step("predict", predict, args.workspace, models)
 
     goals(run)
     run.results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -302,6 +302,8 @@ class ModelRepository:
         # Served versions whose files changed but failed to reload (they serve as they were), with the state that
         # failed: a poll tries them again only when it changes once more.
         self._failed_reloads: dict[tuple[str, int], tuple] = {}
+        # Repositories that the last scan could not list, and why (logged when that changes).
+        self._listing_errors: dict[Path, str] = {}
 
     # --- lookups (request path) ---------------------------------------------------------------------------
 
@@ -354,7 +356,9 @@ class ModelRepository:
     # --- loading (blocking: call from a worker thread) -----------------------------------------------------
 
     def load_all(self) -> list[ServedVersion]:
-        """Scans the repository once and loads every model by its policy (at start and on every poll).
+        """Scans the repositories once and loads every model by its policy (at start and on every poll). While a
+        repository cannot be listed (gone, unreadable, a network mount that dropped), the models that served from
+        it go on serving as they were: the scan cannot tell what changed there. Its error is logged once.
 
         Returns:
             The versions no longer served, to retire.
@@ -362,12 +366,19 @@ class ModelRepository:
         retired: list[ServedVersion] = []
         with self._sync_lock:
             names = set(self._models)
+            unlisted = False
             for root in self.roots:
                 try:
                     entries = sorted(root.iterdir())
                 except OSError as error:
-                    log.error("cannot list repository %s: %s", root, error.strerror)
-                    entries = []
+                    unlisted = True
+                    reason = error.strerror or type(error).__name__
+                    if self._listing_errors.get(root) != reason:
+                        log.error("cannot list repository %s: %s; what serves from it stays", root, reason)
+                    self._listing_errors[root] = reason
+                    continue
+                if self._listing_errors.pop(root, None) is not None:
+                    log.info("repository %s can be listed again", root)
                 for entry in entries:
                     if entry.is_dir() and MODEL_NAME.match(entry.name):
                         names.add(entry.name)
@@ -375,6 +386,8 @@ class ModelRepository:
                         self._note_model_error(entry.name, f"{entry}: folder name does not match {MODEL_NAME.pattern}")
             # Ensembles after the models their steps run, which they are checked against and need loaded.
             for name in dependency_order(names, self._step_models):
+                if unlisted and name in self._models and not self._folders(name):
+                    continue  # its repository may be the one that cannot be listed
                 try:
                     retired += self._sync(name)
                 except Exception as error:  # one model's files must never stop the scan of the others

@@ -504,6 +504,30 @@ def test_models_of_several_repositories_serve_together_and_a_name_in_two_serves_
     repository.take_all()
 
 
+def test_a_repository_that_cannot_be_listed_leaves_what_served_from_it_serving_and_says_so_once(tmp_path, caplog):
+    first, second = tmp_path / "first", tmp_path / "second"
+    publish_version(first, "digits", 1, seed=1)
+    publish_version(second, "letters", 1, seed=2)
+    repository = ModelRepository([first, second], CPU)
+    repository.load_all()
+    served = repository.get("digits")
+    os.rename(first, tmp_path / "away")  # as a network mount that dropped
+    publish_version(second, "zulu", 1, seed=3)
+    with caplog.at_level(logging.INFO, logger="serving.repository"):
+        assert repository.load_all() == []
+        assert repository.load_all() == []
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [f"cannot list repository {first}: No such file or directory; what serves from it stays"]
+    assert repository.get("digits") is served and {s.name for s in repository.loaded()} == {"digits", "letters", "zulu"}
+    caplog.clear()
+    os.rename(tmp_path / "away", first)
+    with caplog.at_level(logging.INFO, logger="serving.repository"):
+        assert repository.load_all() == []
+    assert [r.getMessage() for r in caplog.records] == [f"repository {first} can be listed again"]
+    assert repository.get("digits") is served
+    repository.take_all()
+
+
 class _Records(logging.Handler):
     """The repository's log records of one example (caplog is function-scoped, and examples share a function)."""
 

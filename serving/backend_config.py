@@ -93,9 +93,16 @@ def session_settings(config: model_config_pb2.ModelConfig, model_dir: Path, on_g
     backend does not use it either.
 
     Raises:
-        ModelLoadError: a value the backend would refuse too, or an accelerator it does not know.
+        ModelLoadError: a value the backend would refuse too, an accelerator it does not know, or a custom operator
+            library (``model_operations``): a shared library named by a repository would run its code in the
+            server, so serving loads none.
     """
     path = model_dir / "config.pbtxt"
+    if libraries := config.model_operations.op_library_filename:
+        raise ModelLoadError(
+            f"{path}: model_operations op_library_filename {shown(libraries[0])}: serving loads no operator library "
+            "that a repository names (its code would run in the server)"
+        )
     mode = _text(config, "execution_mode")
     if mode not in (None, "0", "1"):
         raise ModelLoadError(f"{path}: parameter execution_mode {mode[:40]!r} must be 0 (sequential) or 1 (parallel)")

@@ -114,6 +114,8 @@ def test_the_cuda_provider_gets_the_options_the_backend_maps_from_the_parameters
         ('optimization { execution_accelerators { gpu_execution_accelerator: [ { name: "cuda" parameters { '
          'key: "do_copy_in_default_stream" value: "2" } } ] } }',
          "cuda accelerator parameter do_copy_in_default_stream '2' must be true or false"),
+        ('model_operations { op_library_filename: [ "libcustom_ops.so" ] }',
+         "model_operations op_library_filename 'libcustom_ops.so': serving loads no operator library"),
     ],
 )  # fmt: skip
 def test_a_value_the_backend_would_refuse_refuses_the_model_in_one_line_naming_config_pbtxt(tmp_path, text, message):

@@ -6,7 +6,8 @@ header files (tests/remote/), the output tree's manifest.json and config.pbtxt (
 files of a served model repository, model.onnx and labels.txt included, and a load request's JSON config
 (tests/serving/test_model_files.py, tests/serving/test_repository.py), ensemble configs checked against their
 steps' models (tests/serving/test_ensemble.py), the onnxruntime backend's parameters and accelerators
-(tests/serving/test_backend_config.py), model_warmup samples and their data files
+(tests/serving/test_backend_config.py), the object keys of a repository in object storage
+(tests/serving/test_mirror.py), model_warmup samples and their data files
 (tests/serving/test_warmup.py), the REST codec's bodies (tests/serving/test_rest_codec.py), and BYTES tensors' raw
 layout and declared shapes (tests/serving/test_codec.py). The running server's front ends are bench/fuzz_serve.py's.
 
@@ -43,6 +44,7 @@ def main() -> int:
         "tests/serving/test_repository.py",
         "tests/serving/test_ensemble.py",
         "tests/serving/test_backend_config.py",
+        "tests/serving/test_mirror.py",
         "tests/serving/test_warmup.py",
         "tests/serving/test_rest_codec.py",
         "tests/serving/test_codec.py",

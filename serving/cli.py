@@ -42,11 +42,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "--repository",
         "--model-repository",
         dest="repositories",
-        type=Path,
         action="append",
-        metavar="PATH",
-        help="model repository (default build-out/models); repeatable, as Triton's --model-repository: a model name "
-        "found in more than one is served from none",
+        metavar="PATH_OR_URL",
+        help="model repository (default build-out/models): a folder, or s3:// or gs:// object storage (mirrored "
+        "locally; needs fsspec with s3fs or gcsfs); repeatable, as Triton's --model-repository: a model name found in "
+        "more than one is served from none",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: local only)")
     # Triton's ports (HTTP 8000, gRPC 8001, metrics 8002). 0 picks a free port (the front ends' are logged);
@@ -179,6 +179,7 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from serving.mirror import is_remote
     from serving.repository import BatchingOverrides
     from serving.response_cache import parse_cache_config
     from serving.runtime import RuntimeOptions
@@ -189,7 +190,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         policy = VersionPolicy.parse(args.version_policy) if args.version_policy else None
         settings = ServerSettings(
-            repositories=tuple(args.repositories or [Path("build-out/models")]),
+            repositories=tuple(
+                location if is_remote(location) else Path(location)
+                for location in args.repositories or ["build-out/models"]
+            ),
             host=args.host,
             port=None if args.no_grpc else args.port,
             http_port=None if args.no_http else args.http_port,

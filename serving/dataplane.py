@@ -30,6 +30,7 @@ from serving.ensemble import Step, run_steps
 from serving.errors import ModelLoadError, ServingError, Status
 from serving.log_settings import LogControl
 from serving.metrics import Metrics, VersionState
+from serving.mirror import RepositoryMirror
 from serving.model_files import parse_config_json
 from serving.protocol import model_config_pb2
 from serving.repository import Batching, BatchingOverrides, IndexEntry, ModelRepository, ServedVersion
@@ -199,7 +200,7 @@ class DataPlane:
 
     def __init__(
         self,
-        repositories: Sequence[Path],
+        repositories: Sequence[Path | RepositoryMirror],
         runtime: RuntimeOptions,
         *,
         version_policy: VersionPolicy | None = None,
@@ -274,7 +275,7 @@ class DataPlane:
                 log.error(
                     "--load-model %s: there is no such model folder in %s",
                     codec.shown(name),
-                    ", ".join(map(str, self.repository.roots)),
+                    ", ".join(self.repository.locations),
                 )
         self._retire(await asyncio.to_thread(self.repository.load_all))
         if self.poll_interval_s > 0 and self.model_control == "poll":

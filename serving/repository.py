@@ -42,6 +42,7 @@ from serving.batcher import DynamicBatcher
 from serving.codec import shown
 from serving.ensemble import ENSEMBLE_PLATFORM, Step, check_steps, dependency_order, read_steps, step_models
 from serving.errors import ModelLoadError, ServingError, Status, first_line
+from serving.mirror import RepositoryMirror
 from serving.model_files import Manifest, read_config, read_version
 from serving.protocol import model_config_pb2
 from serving.runtime import OnnxModel, RuntimeOptions, requests_cuda, shared_threads
@@ -262,7 +263,7 @@ class ModelRepository:
 
     def __init__(
         self,
-        roots: Sequence[Path],
+        repositories: Sequence[Path | RepositoryMirror],
         runtime_options: RuntimeOptions,
         *,
         version_policy: VersionPolicy | None = None,
@@ -273,11 +274,13 @@ class ModelRepository:
         """Creates the repository; nothing is loaded before ``load_all()``.
 
         Args:
-            roots: the repository folders, each holding model folders.
+            repositories: the repository folders, each holding model folders, or mirrors of repositories in object
+                storage (synced before each scan and load, then served from their local folders).
             caches_answers: whether the server keeps a response cache (``--cache-config``); a model whose config
                 enables ``response_cache`` without one is told so when it loads.
         """
-        self.roots = tuple(roots)
+        self.roots = tuple(r.folder if isinstance(r, RepositoryMirror) else r for r in repositories)
+        self._mirrors = {r.folder: r for r in repositories if isinstance(r, RepositoryMirror)}
         self.caches_answers = caches_answers
         self.runtime_options = runtime_options
         self.version_policy = version_policy
@@ -366,24 +369,12 @@ class ModelRepository:
         retired: list[ServedVersion] = []
         with self._sync_lock:
             names = set(self._models)
-            unlisted = False
-            for root in self.roots:
-                try:
-                    entries = sorted(root.iterdir())
-                except OSError as error:
-                    unlisted = True
-                    reason = error.strerror or type(error).__name__
-                    if self._listing_errors.get(root) != reason:
-                        log.error("cannot list repository %s: %s; what serves from it stays", root, reason)
-                    self._listing_errors[root] = reason
-                    continue
-                if self._listing_errors.pop(root, None) is not None:
-                    log.info("repository %s can be listed again", root)
-                for entry in entries:
-                    if entry.is_dir() and MODEL_NAME.match(entry.name):
-                        names.add(entry.name)
-                    elif entry.is_dir() and not entry.name.startswith("."):
-                        self._note_model_error(entry.name, f"{entry}: folder name does not match {MODEL_NAME.pattern}")
+            entries, unlisted = self._scan_roots()
+            for entry in entries:
+                if entry.is_dir() and MODEL_NAME.match(entry.name):
+                    names.add(entry.name)
+                elif entry.is_dir() and not entry.name.startswith("."):
+                    self._note_model_error(entry.name, f"{entry}: folder name does not match {MODEL_NAME.pattern}")
             # Ensembles after the models their steps run, which they are checked against and need loaded.
             for name in dependency_order(names, self._step_models):
                 if unlisted and name in self._models and not self._folders(name):
@@ -414,6 +405,8 @@ class ModelRepository:
             ServingError: NOT_FOUND when no such model folder exists; INVALID_ARGUMENT for a ``config`` that
                 serving cannot use (nothing changes then).
         """
+        with self._sync_lock:
+            self._scan_roots()  # a model added to a store since the last scan is fetched
         self._check_name(name)
         if config is not None:
             try:
@@ -489,7 +482,9 @@ class ModelRepository:
                 wanted.add(model)
                 self._pulled_in.add(model)
                 runs.append(model)
-        for name in self._folder_names():
+        with self._sync_lock:
+            entries, _ = self._scan_roots()
+        for name in {entry.name for entry in entries if entry.is_dir() and MODEL_NAME.match(entry.name)}:
             if keep is not None and name not in wanted:
                 self._unloaded[name] = "not loaded: with --model-control-mode explicit a load request loads it"
         return sorted(name for name in keep or () if not self._folders(name))
@@ -505,6 +500,36 @@ class ModelRepository:
             raise ServingError(Status.NOT_FOUND, f"unknown model {shown(name)}: model names match {MODEL_NAME.pattern}")
         if not self._folders(name) and name not in self._models:
             raise ServingError(Status.NOT_FOUND, f"unknown model '{name}' in {_listed(self.roots)}")
+
+    def _scan_roots(self) -> tuple[list[Path], bool]:
+        """The entries of every repository folder, each mirror synced with its store first, and whether one could
+        not be listed (each cause logged once, caller holds _sync_lock)."""
+        entries: list[Path] = []
+        unlisted = False
+        for root in self.roots:
+            try:
+                if root in self._mirrors:
+                    self._mirrors[root].sync()
+                entries += sorted(root.iterdir())
+            except OSError as error:
+                unlisted = True
+                reason = error.strerror or str(error) or type(error).__name__
+                if self._listing_errors.get(root) != reason:
+                    log.error("cannot list repository %s: %s; what serves from it stays", self._shown(root), reason)
+                self._listing_errors[root] = reason
+                continue
+            if self._listing_errors.pop(root, None) is not None:
+                log.info("repository %s can be listed again", self._shown(root))
+        return entries, unlisted
+
+    @property
+    def locations(self) -> list[str]:
+        """The repositories as their user named them (a mirror by its store's URL)."""
+        return [self._shown(root) for root in self.roots]
+
+    def _shown(self, root: Path) -> str:
+        """A repository as its user named it: a mirror by its store's URL."""
+        return str(self._mirrors.get(root, root))
 
     def _folders(self, name: str) -> list[Path]:
         """The folders named ``name`` in the repositories: one for a model that can serve."""

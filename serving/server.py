@@ -8,9 +8,11 @@ the process exits 0. uvloop runs the loop when it is installed (it measured fast
 """
 
 import asyncio
+import contextlib
 import importlib.util
 import logging
 import signal
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -22,6 +24,7 @@ from serving.dataplane import SERVER_NAME, DataPlane
 from serving.grpc_frontend import GrpcFrontend
 from serving.log_settings import LogControl
 from serving.metrics import Metrics
+from serving.mirror import MirrorError, RepositoryMirror
 from serving.repository import BatchingOverrides
 from serving.response_cache import ResponseCache
 from serving.rest.server import HttpFrontend
@@ -60,8 +63,9 @@ class FrontEnd(Protocol):
 
 @dataclass
 class ServerSettings:
-    # The repository folders (Triton's --model-repository, repeatable): a model name must be in only one of them.
-    repositories: tuple[Path, ...] = (Path("build-out/models"),)
+    # The repositories (Triton's --model-repository, repeatable): local folders, or object storage URLs (s3://, gs://)
+    # served from a local mirror. A model name must be in only one of them.
+    repositories: tuple[Path | str, ...] = (Path("build-out/models"),)
     host: str = "127.0.0.1"
     port: int | None = 8001  # gRPC; None: off
     http_port: int | None = 8000  # HTTP/REST; None: off
@@ -135,14 +139,14 @@ def _check(settings: ServerSettings) -> Security:
     if settings.port is None and settings.http_port is None:
         raise StartupError("--no-grpc and --no-http leave nothing to serve; keep at least one front end")
     for repository in settings.repositories:
-        if not repository.is_dir():
+        if isinstance(repository, Path) and not repository.is_dir():
             raise StartupError(
                 f"model repository {repository} does not exist; build a model first "
                 "(python -m buildsys build ...) or pass --repository"
             )
-    resolved = [repository.resolve() for repository in settings.repositories]
+    resolved = [r.resolve() if isinstance(r, Path) else r.rstrip("/") for r in settings.repositories]
     if len(set(resolved)) < len(resolved):
-        twice = next(r for r in settings.repositories if resolved.count(r.resolve()) > 1)
+        twice = next(r for r, same in zip(settings.repositories, resolved, strict=True) if resolved.count(same) > 1)
         raise StartupError(f"model repository {twice} is given twice; each of its models would be in two repositories")
     try:
         check_device_available(settings.runtime.device)
@@ -153,10 +157,11 @@ def _check(settings: ServerSettings) -> Security:
             "--trace-config mode=opentelemetry needs OpenTelemetry's SDK and OTLP exporter: "
             "pip install 'buildsys[otel]'"
         )
+    local = [repository for repository in settings.repositories if isinstance(repository, Path)]
     missing = [
         name
         for name in settings.load_models
-        if name != "*" and not any((repository / name).is_dir() for repository in settings.repositories)
+        if name != "*" and len(local) == len(settings.repositories) and not any((r / name).is_dir() for r in local)
     ]
     if missing:
         folders = ", ".join(map(str, settings.repositories))
@@ -204,19 +209,34 @@ def serve(settings: ServerSettings) -> int:
         StartupError: a flag or file that makes serving impossible (the caller prints it and exits 2).
     """
     security = _check(settings)
+    with contextlib.ExitStack() as scratch:  # each mirror's local folder, removed at exit
+        repositories: list[Path | RepositoryMirror] = []
+        for repository in settings.repositories:
+            if isinstance(repository, Path):
+                repositories.append(repository)
+            else:
+                folder = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="serving-mirror-")))
+                repositories.append(_mirror(repository, folder))
+        try:
+            import uvloop
+        except ImportError:
+            return asyncio.run(_serve(settings, security, repositories))
+        return uvloop.run(_serve(settings, security, repositories))
+
+
+def _mirror(url: str, folder: Path) -> RepositoryMirror:
     try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(_serve(settings, security))
-    return uvloop.run(_serve(settings, security))
+        return RepositoryMirror(url, folder)
+    except MirrorError as error:
+        raise StartupError(str(error)) from None
 
 
-async def _serve(settings: ServerSettings, security: Security) -> int:
+async def _serve(settings: ServerSettings, security: Security, repositories: list[Path | RepositoryMirror]) -> int:
     metrics = Metrics()
     log_control = LogControl(settings.log_level)
     log_control.install(logging.getLogger())
     dataplane = DataPlane(
-        settings.repositories,
+        repositories,
         settings.runtime,
         version_policy=settings.version_policy,
         batching=settings.batching,

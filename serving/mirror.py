@@ -1,0 +1,163 @@
+"""Model repositories in object storage (``s3://``, ``gs://``, as Triton's --model-repository takes them), served
+from a local mirror.
+
+Triton copies a remote model's folder to a local one before it loads it. Here each remote repository is mirrored
+into a private local folder before every scan (start, poll, load request), through fsspec (s3fs, gcsfs), and the
+repository serves that folder as it serves any other: hot reload, refusals and all. A sync lists the objects once
+and fetches only those whose size or version tag (ETag, generation) changed since they were fetched, each into a
+staging folder; only when every fetch has succeeded are they moved into place and the files of objects gone from
+the store removed, so a scan never sees a version half new. A sync that fails changes nothing in the mirror, and
+the scan treats the repository as one it cannot list: what serves from it goes on serving.
+
+Object keys come from outside: each is checked before anything is written, and one that would leave the mirror
+(``..``, empty segments), that no model folder holds, that lies deeper than a model's files are read, or that a
+local folder cannot hold beside another key, is skipped with one log line.
+"""
+
+import contextlib
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from modelrepo import MODEL_NAME
+from serving.errors import first_line
+
+log = logging.getLogger(__name__)
+
+# The URL schemes served through a mirror (fsspec's s3fs and gcsfs).
+REMOTE_SCHEMES = ("s3", "gs", "gcs")
+# model/file, model/version/file, model/version/folder/file (an ONNX model kept as a folder): the deepest a model's
+# files are read.
+MAX_KEY_PARTS = 4
+# The staging folder inside the mirror; a scan passes over folders whose name starts with a dot.
+STAGING = ".incoming"
+
+
+class MirrorError(Exception):
+    """A remote repository that cannot be mirrored at all (no storage library, a URL fsspec cannot open)."""
+
+
+def is_remote(location: str) -> bool:
+    """Whether a --model-repository value is an object storage URL rather than a local folder."""
+    scheme, separator, _ = location.partition("://")
+    return bool(separator) and scheme.lower() in REMOTE_SCHEMES
+
+
+class RepositoryMirror:
+    """One remote repository and the local folder that mirrors it."""
+
+    def __init__(self, url: str, folder: Path) -> None:
+        """Opens the store; nothing is fetched before ``sync()``.
+
+        Raises:
+            MirrorError: fsspec or the scheme's storage library is missing, or fsspec cannot open the URL.
+        """
+        try:
+            import fsspec
+        except ImportError:
+            raise MirrorError(
+                f"{url}: serving from object storage needs fsspec: pip install 'buildsys[s3]' (or [gcs])"
+            ) from None
+        try:
+            self.fs, root = fsspec.core.url_to_fs(url)
+        except (ImportError, ValueError) as error:
+            raise MirrorError(f"{url}: {first_line(error)}") from None
+        self.url = url.rstrip("/")
+        self.root = root.rstrip("/")
+        self.folder = folder
+        # Each key's (size, version tag) as it was fetched: what is in the mirror now.
+        self._fetched: dict[str, tuple] = {}
+        self._skipped: set[str] = set()
+
+    def __str__(self) -> str:
+        return self.url
+
+    def sync(self) -> None:
+        """Brings the mirror in line with the store.
+
+        Raises:
+            OSError: one line naming the store, when it cannot be listed or an object cannot be fetched (the
+                mirror is then as it was).
+        """
+        try:
+            self.fs.invalidate_cache()
+            listing = self.fs.find(self.root, detail=True)
+        except Exception as error:  # a storage library's own exception types as well as OSError
+            raise OSError(f"listing failed: {first_line(error)}") from None
+        objects = self._objects(listing)
+        changed = sorted(key for key, tag in objects.items() if self._fetched.get(key) != tag)
+        staging = self.folder / STAGING
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            for key in changed:
+                (staging / key).parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    self.fs.get_file(f"{self.root}/{key}", str(staging / key))
+                except Exception as error:  # as above
+                    raise OSError(f"fetching {key} failed: {first_line(error)}") from None
+            for key in changed:
+                (self.folder / key).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(staging / key, self.folder / key)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        for key in sorted(self._fetched.keys() - objects.keys()):
+            with contextlib.suppress(FileNotFoundError):
+                (self.folder / key).unlink()
+            _remove_empty_folders((self.folder / key).parent, self.folder)
+        if changed:
+            log.info("%s: fetched %d object(s) into %s", self.url, len(changed), self.folder)
+        self._fetched = objects
+
+    def _objects(self, listing: dict[str, dict]) -> dict[str, tuple]:
+        """The keys (relative to the root) worth mirroring, with their size and version tag."""
+        keys = {}
+        for path, info in listing.items():
+            if info.get("type") == "directory":
+                continue
+            key = path[len(self.root) + 1 :] if path.startswith(f"{self.root}/") else ""
+            keys[key] = (info.get("size"), _version_tag(info))
+        kept = {}
+        folders = {key.rsplit("/", i)[0] for key in keys for i in range(1, key.count("/") + 1)}
+        for key, tag in keys.items():
+            reason = _refused_key(key)
+            if reason is None and key in folders:
+                reason = "a folder of other objects has its name"
+            if reason is None:
+                kept[key] = tag
+            elif reason and key not in self._skipped:
+                self._skipped.add(key)
+                log.warning("%s: object %r skipped: %s", self.url, key[:200], reason)
+        return kept
+
+
+def _version_tag(info: dict) -> object:
+    """What changes when an object is rewritten, whichever store listed it."""
+    for field in ("ETag", "etag", "generation", "md5Hash", "LastModified", "mtime", "updated"):
+        if info.get(field) is not None:
+            return str(info[field])
+    return None
+
+
+def _refused_key(key: str) -> str | None:
+    """Why an object key is not mirrored ("" for a key that is simply not a model's file), or None."""
+    parts = key.split("/")
+    if key.endswith("/") and "//" not in key:
+        return ""  # a folder marker, as consoles create them
+    if not key or "\0" in key or any(part in ("", ".", "..") for part in parts):
+        return "not a path inside the repository"
+    if len(parts) == 1:
+        return ""  # a file beside the model folders: Triton reads none
+    if not MODEL_NAME.match(parts[0]):
+        return f"folder name does not match {MODEL_NAME.pattern}"
+    if len(parts) > MAX_KEY_PARTS:
+        return f"deeper than a model's files are read ({MAX_KEY_PARTS} levels)"
+    if any(len(part.encode()) > 255 for part in parts):
+        return "a name longer than a local file name can be"
+    return None
+
+
+def _remove_empty_folders(folder: Path, top: Path) -> None:
+    while folder != top and folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+        folder = folder.parent

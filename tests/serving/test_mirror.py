@@ -1,0 +1,173 @@
+"""serving.mirror: model repositories in object storage (moto's S3 server, the GCS emulator) served from a local
+mirror, with hot reload, and object keys that can never write outside it."""
+
+import logging
+import uuid
+from pathlib import Path
+
+import boto3
+import fsspec
+import numpy as np
+import onnx
+import s3fs
+import tritonclient.grpc as grpcclient
+from hypothesis import given
+from hypothesis import strategies as st
+
+from modelrepo import MODEL_NAME
+from serving.mirror import RepositoryMirror, is_remote
+from serving.repository import ModelRepository
+from tests.conftest import fuzz_settings
+from tests.remote.gcs import gcs_server  # noqa: F401 - fixture
+from tests.remote.s3 import BUCKET, s3  # noqa: F401 - fixture
+from tests.serving.conftest import classifier_onnx, images, publish_version, reference_probabilities
+from tests.serving.test_reload import wait_until
+from tests.serving.test_repository import CPU
+
+URL = f"s3://{BUCKET}/models"
+
+
+def upload(local_repo: Path, url: str) -> None:
+    fs, root = fsspec.core.url_to_fs(url)
+    for path in sorted(p for p in local_repo.rglob("*") if p.is_file() and ".staging" not in str(p)):
+        fs.put_file(str(path), f"{root}/{path.relative_to(local_repo).as_posix()}")
+
+
+def test_urls_of_object_storage_are_mirrored_and_everything_else_is_a_folder():
+    assert is_remote("s3://bucket/models") and is_remote("GS://bucket") and is_remote("gcs://b/p")
+    assert not is_remote("build-out/models") and not is_remote("/models") and not is_remote("file:///models")
+
+
+def test_a_repository_in_s3_serves_and_hot_reloads_from_its_mirror(s3, tmp_path, caplog):  # noqa: F811
+    local = tmp_path / "local"
+    publish_version(local, "digits", 1, seed=1)
+    upload(local, URL)
+    repository = ModelRepository([RepositoryMirror(URL, tmp_path / "mirror")], CPU)
+    repository.load_all()
+    batch = images(2)
+    served = repository.get("digits")
+    answer = served.model.run({"image": batch})["probabilities"]
+    np.testing.assert_allclose(answer, reference_probabilities(local / "digits" / "1", batch), rtol=1e-5, atol=1e-6)
+    assert repository.load_all() == [], "nothing changed in the store: nothing is fetched or reloaded"
+
+    onnx.save(classifier_onnx(3), local / "digits" / "1" / "model.onnx")  # rewritten in place in the store
+    upload(local, URL)
+    assert repository.load_all() == [served]
+    answer = repository.get("digits").model.run({"image": batch})["probabilities"]
+    np.testing.assert_allclose(answer, reference_probabilities(local / "digits" / "1", batch), rtol=1e-5, atol=1e-6)
+
+    publish_version(local, "digits", 2, seed=2)
+    upload(local, URL)
+    repository.load_all()
+    assert [s.version for s in repository.versions("digits")] == [2]
+    s3fs.S3FileSystem().rm(f"{BUCKET}/models/digits/2", recursive=True)
+    repository.load_all()
+    assert [s.version for s in repository.versions("digits")] == [1]
+    assert not (tmp_path / "mirror" / "digits" / "2").exists(), "a version gone from the store is gone from the mirror"
+
+    served = repository.get("digits")
+    s3.stop()  # the store becomes unreachable: what serves stays, said once
+    with caplog.at_level(logging.INFO, logger="serving.repository"):
+        assert repository.load_all() == []
+        assert repository.load_all() == []
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and errors[0].startswith(f"cannot list repository {URL}: listing failed: "), errors
+    assert errors[0].endswith("; what serves from it stays") and repository.get("digits") is served
+    repository.take_all()
+
+
+def test_a_repository_in_google_cloud_storage_serves_from_its_mirror(gcs_server, tmp_path):  # noqa: F811
+    local = tmp_path / "local"
+    publish_version(local, "digits", 1, seed=1)
+    url = f"gs://{BUCKET}/models"
+    upload(local, url)
+    repository = ModelRepository([RepositoryMirror(url, tmp_path / "mirror")], CPU)
+    repository.load_all()
+    batch = images(2)
+    answer = repository.get("digits").model.run({"image": batch})["probabilities"]
+    np.testing.assert_allclose(answer, reference_probabilities(local / "digits" / "1", batch), rtol=1e-5, atol=1e-6)
+    repository.take_all()
+
+
+def test_object_keys_that_would_leave_the_mirror_or_that_no_model_holds_are_skipped_once_each(
+    s3,  # noqa: F811
+    tmp_path,
+    caplog,
+):
+    local = tmp_path / "local"
+    publish_version(local, "digits", 1, seed=1)
+    upload(local, URL)
+    client = boto3.client("s3")
+    for key in [
+        "models/digits/1/../../../../escape.txt",
+        "models//digits/1/model.onnx",
+        "models/bad name/1/model.onnx",
+        "models/digits/1/nested/deeper/model.onnx",
+        "models/digits/1/model.onnx/part",
+        "models/README.md",
+        "models/letters/",
+    ]:
+        client.put_object(Bucket=BUCKET, Key=key, Body=b"x")
+    mirror = tmp_path / "mirror"
+    repository = ModelRepository([RepositoryMirror(URL, mirror)], CPU)
+    with caplog.at_level(logging.INFO, logger="serving.mirror"):
+        repository.load_all()
+        repository.load_all()
+    warnings = sorted(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert warnings == [
+        f"{URL}: object '/digits/1/model.onnx' skipped: not a path inside the repository",
+        f"{URL}: object 'bad name/1/model.onnx' skipped: folder name does not match {MODEL_NAME.pattern}",
+        f"{URL}: object 'digits/1/../../../../escape.txt' skipped: not a path inside the repository",
+        f"{URL}: object 'digits/1/model.onnx' skipped: a folder of other objects has its name",
+        f"{URL}: object 'digits/1/nested/deeper/model.onnx' skipped: deeper than a model's files are read (4 levels)",
+    ]
+    assert not list(tmp_path.rglob("escape.txt")) and not (mirror / "README.md").exists()
+    # The folder digits/1/model.onnx/ (holding "part") stands where the model file would: the version is refused.
+    assert repository.loaded() == [] and "model.onnx/model.onnx" in repository.index()[0].reason
+    repository.take_all()
+
+
+SEGMENTS = st.sampled_from(["..", ".", "", "digits", "1", "model.onnx", "a" * 300, "x/", "é", "warmup", "\0"])
+
+
+@fuzz_settings(200)
+@given(keys=st.lists(st.lists(SEGMENTS | st.text(max_size=6), min_size=1, max_size=6).map("/".join), max_size=8))
+def test_any_object_keys_mirror_inside_the_mirror_folder_or_not_at_all(tmp_path_factory, keys):
+    """A store holding any keys (fsspec's in-memory store): a sync writes only inside the mirror, every kept key is
+    a file there, and it raises nothing but OSError."""
+    store = fsspec.filesystem("memory")
+    root = f"/fuzz-{uuid.uuid4().hex}"
+    for key in keys:
+        try:
+            store.pipe_file(f"{root}/repo/{key}", b"content")
+        except Exception:  # what the store itself cannot hold never reaches the mirror
+            continue
+    top = tmp_path_factory.mktemp("mirror")
+    folder = top / "inside"
+    mirror = RepositoryMirror(f"memory://{root}/repo", folder)
+    try:
+        mirror.sync()
+    except OSError:
+        return
+    for path in top.rglob("*"):
+        assert path.resolve().is_relative_to(folder.resolve()), path
+    for path in folder.rglob("*"):
+        assert path.is_dir() or path.read_bytes() == b"content"
+
+
+def test_a_server_serves_an_s3_repository_named_as_tritonserver_names_it(s3, start_server, tmp_path):  # noqa: F811
+    local = tmp_path / "local"
+    publish_version(local, "digits", 1, seed=1)
+    upload(local, URL)
+    (tmp_path / "empty").mkdir()
+    server = start_server(tmp_path / "empty", "--model-repository", URL, "--repository-poll-secs", "0.3")
+    batch = images(2)
+    with grpcclient.InferenceServerClient(server.url) as client:
+        tensor = grpcclient.InferInput("image", list(batch.shape), "UINT8")
+        tensor.set_data_from_numpy(batch)
+        answer = client.infer("digits", [tensor]).as_numpy("probabilities")
+        np.testing.assert_allclose(answer, reference_probabilities(local / "digits" / "1", batch), rtol=1e-5, atol=1e-6)
+        publish_version(local, "letters", 1, seed=2)
+        upload(local, URL)
+        wait_until(lambda: client.is_model_ready("letters"), what="the model added to the store to serve")
+    assert URL in server.log()

@@ -96,15 +96,17 @@ class RepositoryMirror:
                     self.fs.get_file(f"{self.root}/{key}", str(staging / key))
                 except Exception as error:  # as above
                     raise OSError(f"fetching {key} failed: {first_line(error)}") from None
+            # Every object has arrived: the files of objects gone from the store go first (a file may stand where
+            # a new key needs a folder, or the reverse), then the new ones move into place.
+            for key in sorted(self._fetched.keys() - objects.keys()):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.folder / key).unlink()
+                _remove_empty_folders((self.folder / key).parent, self.folder)
             for key in changed:
                 (self.folder / key).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(staging / key, self.folder / key)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        for key in sorted(self._fetched.keys() - objects.keys()):
-            with contextlib.suppress(FileNotFoundError):
-                (self.folder / key).unlink()
-            _remove_empty_folders((self.folder / key).parent, self.folder)
         if changed:
             log.info("%s: fetched %d object(s) into %s", self.url, len(changed), self.folder)
         self._fetched = objects
@@ -133,7 +135,7 @@ class RepositoryMirror:
 
 def _version_tag(info: dict) -> object:
     """What changes when an object is rewritten, whichever store listed it."""
-    for field in ("ETag", "etag", "generation", "md5Hash", "LastModified", "mtime", "updated"):
+    for field in ("ETag", "etag", "generation", "md5Hash", "LastModified", "mtime", "updated", "created"):
         if info.get(field) is not None:
             return str(info[field])
     return None

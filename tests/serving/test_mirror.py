@@ -130,29 +130,36 @@ def test_object_keys_that_would_leave_the_mirror_or_that_no_model_holds_are_skip
 SEGMENTS = st.sampled_from(["..", ".", "", "digits", "1", "model.onnx", "a" * 300, "x/", "é", "warmup", "\0"])
 
 
+KEYS = st.lists(st.lists(SEGMENTS | st.text(max_size=6), min_size=1, max_size=6).map("/".join), max_size=8)
+
+
 @fuzz_settings(200)
-@given(keys=st.lists(st.lists(SEGMENTS | st.text(max_size=6), min_size=1, max_size=6).map("/".join), max_size=8))
-def test_any_object_keys_mirror_inside_the_mirror_folder_or_not_at_all(tmp_path_factory, keys):
-    """A store holding any keys (fsspec's in-memory store): a sync writes only inside the mirror, every kept key is
-    a file there, and it raises nothing but OSError."""
+@given(before=KEYS, after=KEYS)
+def test_any_object_keys_mirror_inside_the_mirror_folder_or_not_at_all(tmp_path_factory, before, after):
+    """A store holding any keys (fsspec's in-memory store), then any others: each sync writes only inside the
+    mirror and raises nothing but OSError, and after the second nothing of the first is left (a file may have to
+    give way to a folder of the same name, or the reverse)."""
     store = fsspec.filesystem("memory")
-    root = f"/fuzz-{uuid.uuid4().hex}"
-    for key in keys:
-        try:
-            store.pipe_file(f"{root}/repo/{key}", b"content")
-        except Exception:  # what the store itself cannot hold never reaches the mirror
-            continue
+    root = f"/fuzz-{uuid.uuid4().hex}/repo"
     top = tmp_path_factory.mktemp("mirror")
     folder = top / "inside"
-    mirror = RepositoryMirror(f"memory://{root}/repo", folder)
-    try:
-        mirror.sync()
-    except OSError:
-        return
-    for path in top.rglob("*"):
-        assert path.resolve().is_relative_to(folder.resolve()), path
-    for path in folder.rglob("*"):
-        assert path.is_dir() or path.read_bytes() == b"content"
+    mirror = RepositoryMirror(f"memory://{root}", folder)
+    for keys, content in ((before, b"before"), (before[::2] + after, b"after!")):  # rewritten at the same size
+        for path in [path for path in store.store if path.startswith(root)]:  # the store emptied, even of what
+            del store.store[path]  # its own rm cannot remove (a key "..")
+        for key in keys:
+            try:
+                store.pipe_file(f"{root}/{key}", content)
+            except Exception:  # what the store itself cannot hold never reaches the mirror
+                continue
+        try:
+            mirror.sync()
+        except OSError:
+            return
+        for path in top.rglob("*"):
+            assert path.resolve().is_relative_to(folder.resolve()), path
+        for path in folder.rglob("*"):
+            assert path.is_dir() or path.read_bytes() == content, path
 
 
 def test_a_server_serves_an_s3_repository_named_as_tritonserver_names_it(s3, start_server, tmp_path):  # noqa: F811

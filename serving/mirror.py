@@ -2,12 +2,14 @@
 from a local mirror.
 
 Triton copies a remote model's folder to a local one before it loads it. Here each remote repository is mirrored
-into a private local folder before every scan (start, poll, load request), through fsspec (s3fs, gcsfs), and the
-repository serves that folder as it serves any other: hot reload, refusals and all. A sync lists the objects once
-and fetches only those whose size or version tag (ETag, generation) changed since they were fetched, each into a
-staging folder; only when every fetch has succeeded are they moved into place and the files of objects gone from
-the store removed, so a scan never sees a version half new. A sync that fails changes nothing in the mirror, and
-the scan treats the repository as one it cannot list: what serves from it goes on serving.
+into a private local folder, through fsspec (s3fs, gcsfs), and the repository serves that folder as it serves any
+other: hot reload, refusals and all. Every scan (start, poll, load request) lists the store once and brings the
+model-level files (config.pbtxt, labels) of every model up to date, which is all a scan reads of a model it does not
+load; before a model is read to be loaded, its own files are brought up to date, so a repository served in part
+(explicit model control) is fetched in part. Only objects whose size or version tag (ETag, generation) changed are
+fetched, each into a staging folder first, and moved into place only once all have arrived, so a version is never
+seen half new. A listing or fetch that fails changes nothing in the mirror: the scan treats the repository as one
+it cannot list, and a model it cannot fetch goes on serving as it was.
 
 Object keys come from outside: each is checked before anything is written, and one that would leave the mirror
 (``..``, empty segments), that no model folder holds, that lies deeper than a model's files are read, or that a
@@ -18,6 +20,7 @@ import contextlib
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from modelrepo import MODEL_NAME
@@ -36,6 +39,10 @@ STAGING = ".incoming"
 
 class MirrorError(Exception):
     """A remote repository that cannot be mirrored at all (no storage library, a URL fsspec cannot open)."""
+
+
+class FetchError(OSError):
+    """An object of the store could not be fetched; the mirror is as it was."""
 
 
 def is_remote(location: str) -> bool:
@@ -66,27 +73,56 @@ class RepositoryMirror:
         self.url = url.rstrip("/")
         self.root = root.rstrip("/")
         self.folder = folder
-        # Each key's (size, version tag) as it was fetched: what is in the mirror now.
+        # Each key's (size, version tag): as the last listing had it, and as it was fetched (what the mirror holds).
+        self._listed: dict[str, tuple] = {}
         self._fetched: dict[str, tuple] = {}
         self._skipped: set[str] = set()
 
     def __str__(self) -> str:
         return self.url
 
-    def sync(self) -> None:
-        """Brings the mirror in line with the store.
+    def refresh(self) -> None:
+        """Lists the store and brings the model-level files (config.pbtxt, labels) of every model in line with it,
+        which is all a scan reads of a model it does not load; a model gone from the store goes from the mirror.
 
         Raises:
-            OSError: one line naming the store, when it cannot be listed or an object cannot be fetched (the
-                mirror is then as it was).
+            OSError: one line, when the store cannot be listed or an object cannot be fetched (the mirror is then
+                as it was).
         """
         try:
             self.fs.invalidate_cache()
             listing = self.fs.find(self.root, detail=True)
         except Exception as error:  # a storage library's own exception types as well as OSError
             raise OSError(f"listing failed: {first_line(error)}") from None
-        objects = self._objects(listing)
-        changed = sorted(key for key, tag in objects.items() if self._fetched.get(key) != tag)
+        self._listed = self._objects(listing)
+        models = {key.split("/", 1)[0] for key in self._listed}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for model in models:  # a model without config.pbtxt is seen by its folder (its config comes from its file)
+            (self.folder / model).mkdir(parents=True, exist_ok=True)
+        for entry in self.folder.iterdir():
+            if entry.is_dir() and not entry.name.startswith(".") and entry.name not in models:
+                shutil.rmtree(entry)
+        self._fetched = {key: tag for key, tag in self._fetched.items() if key.split("/", 1)[0] in models}
+        self._update(lambda key: key.count("/") == 1)
+
+    def fetch(self, model: str) -> None:
+        """Brings every file of one model in line with the last listing: what a scan does before it reads a model
+        it loads, so that a repository served in part (explicit model control) is fetched in part.
+
+        Raises:
+            FetchError: one line, when an object cannot be fetched (the model's folder is then as it was).
+        """
+        self._update(lambda key: key.split("/", 1)[0] == model)
+
+    def _update(self, concerned: Callable[[str], bool]) -> None:
+        """Fetches the listed keys that ``concerned`` picks and that changed since fetched, into a staging folder;
+        once all have arrived, removes the files of the picked keys no longer listed, then moves the new ones in
+        (a file may stand where a new key needs a folder, or the reverse)."""
+        wanted = {key: tag for key, tag in self._listed.items() if concerned(key)}
+        changed = sorted(key for key, tag in wanted.items() if self._fetched.get(key) != tag)
+        gone = sorted(key for key in self._fetched if concerned(key) and key not in wanted)
+        if not changed and not gone:
+            return
         staging = self.folder / STAGING
         shutil.rmtree(staging, ignore_errors=True)
         try:
@@ -95,21 +131,20 @@ class RepositoryMirror:
                 try:
                     self.fs.get_file(f"{self.root}/{key}", str(staging / key))
                 except Exception as error:  # as above
-                    raise OSError(f"fetching {key} failed: {first_line(error)}") from None
-            # Every object has arrived: the files of objects gone from the store go first (a file may stand where
-            # a new key needs a folder, or the reverse), then the new ones move into place.
-            for key in sorted(self._fetched.keys() - objects.keys()):
+                    raise FetchError(f"fetching {key} failed: {first_line(error)}") from None
+            for key in gone:
                 with contextlib.suppress(FileNotFoundError):
                     (self.folder / key).unlink()
                 _remove_empty_folders((self.folder / key).parent, self.folder)
+                del self._fetched[key]
             for key in changed:
                 (self.folder / key).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(staging / key, self.folder / key)
+                self._fetched[key] = wanted[key]
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         if changed:
             log.info("%s: fetched %d object(s) into %s", self.url, len(changed), self.folder)
-        self._fetched = objects
 
     def _objects(self, listing: dict[str, dict]) -> dict[str, tuple]:
         """The keys (relative to the root) worth mirroring, with their size and version tag."""

@@ -42,7 +42,7 @@ from serving.batcher import DynamicBatcher
 from serving.codec import shown
 from serving.ensemble import ENSEMBLE_PLATFORM, Step, check_steps, dependency_order, read_steps, step_models
 from serving.errors import ModelLoadError, ServingError, Status, first_line
-from serving.mirror import RepositoryMirror
+from serving.mirror import FetchError, RepositoryMirror
 from serving.model_files import Manifest, read_config, read_version
 from serving.protocol import model_config_pb2
 from serving.runtime import OnnxModel, RuntimeOptions, requests_cuda, shared_threads
@@ -509,7 +509,7 @@ class ModelRepository:
         for root in self.roots:
             try:
                 if root in self._mirrors:
-                    self._mirrors[root].sync()
+                    self._mirrors[root].refresh()
                 entries += sorted(root.iterdir())
             except OSError as error:
                 unlisted = True
@@ -648,10 +648,16 @@ class ModelRepository:
         elif name not in self._unloaded and folders:
             config_path = model_dir / "config.pbtxt"
             try:
+                if model_dir.parent in self._mirrors:
+                    self._mirrors[model_dir.parent].fetch(name)
                 config = read_config(model_dir, self._config_overrides.get(name))
             except Exception as error:  # not only ModelLoadError: any unreadable config refuses only this model
                 # Keep serving what already serves: a config being rewritten or broken must not take it down.
-                self._note_model_error(name, f"model '{name}' not (re)loaded: {_naming(config_path, error)}")
+                if isinstance(error, FetchError):
+                    detail = f"{self._mirrors[model_dir.parent]}: {error}"
+                else:
+                    detail = _naming(config_path, error)
+                self._note_model_error(name, f"model '{name}' not (re)loaded: {detail}")
                 if not current:
                     self._unready[name] = self._model_errors[name]
                 return []

@@ -153,13 +153,64 @@ def test_any_object_keys_mirror_inside_the_mirror_folder_or_not_at_all(tmp_path_
             except Exception:  # what the store itself cannot hold never reaches the mirror
                 continue
         try:
-            mirror.sync()
+            mirror.refresh()
+            for model in folder.iterdir():
+                if not model.name.startswith("."):
+                    mirror.fetch(model.name)
         except OSError:
             return
         for path in top.rglob("*"):
             assert path.resolve().is_relative_to(folder.resolve()), path
         for path in folder.rglob("*"):
             assert path.is_dir() or path.read_bytes() == content, path
+
+
+def test_under_explicit_model_control_only_the_models_loaded_are_fetched(s3, tmp_path):  # noqa: F811
+    """As Triton fetches only the models a load names: the others' model-level files come (the index lists them),
+    their versions only when a load request asks for them."""
+    local = tmp_path / "local"
+    publish_version(local, "digits", 1, seed=1)
+    publish_version(local, "letters", 1, seed=2)
+    upload(local, URL)
+    mirror = tmp_path / "mirror"
+    repository = ModelRepository([RepositoryMirror(URL, mirror)], CPU)
+    assert repository.hold_back({"digits"}) == []
+    repository.load_all()
+    assert [s.name for s in repository.loaded()] == ["digits"]
+    assert (mirror / "letters" / "config.pbtxt").is_file() and not (mirror / "letters" / "1").exists()
+    assert {(e.name, e.state) for e in repository.index()} == {("digits", "READY"), ("letters", "UNAVAILABLE")}
+    retired, failure = repository.load("letters")
+    assert failure is None and (mirror / "letters" / "1" / "model.onnx").is_file()
+    batch = images(2)
+    answer = repository.get("letters").model.run({"image": batch})["probabilities"]
+    np.testing.assert_allclose(answer, reference_probabilities(local / "letters" / "1", batch), rtol=1e-5, atol=1e-6)
+    repository.take_all()
+
+
+def test_a_model_whose_objects_cannot_be_fetched_serves_as_it_was_and_says_which_store(s3, tmp_path, caplog):  # noqa: F811
+    local = tmp_path / "local"
+    publish_version(local, "digits", 1, seed=1)
+    upload(local, URL)
+    mirror = RepositoryMirror(URL, tmp_path / "mirror")
+    repository = ModelRepository([mirror], CPU)
+    repository.load_all()
+    served = repository.get("digits")
+    onnx.save(classifier_onnx(3), local / "digits" / "1" / "model.onnx")
+    upload(local, URL)
+
+    def unreachable(*args, **kwargs):
+        raise ConnectionError("the connection was reset")
+
+    mirror.fs.get_file = unreachable  # the listing still answers; the object does not arrive
+    with caplog.at_level(logging.INFO, logger="serving.repository"):
+        assert repository.load_all() == []
+        assert repository.load_all() == []
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [
+        f"model 'digits' not (re)loaded: {URL}: fetching digits/1/model.onnx failed: the connection was reset"
+    ]
+    assert repository.get("digits") is served
+    repository.take_all()
 
 
 def test_a_server_serves_an_s3_repository_named_as_tritonserver_names_it(s3, start_server, tmp_path):  # noqa: F811

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
+import re
 import signal
 import tempfile
 from dataclasses import dataclass, field
@@ -215,7 +216,9 @@ def serve(settings: ServerSettings) -> int:
             if isinstance(repository, Path):
                 repositories.append(repository)
             else:
-                folder = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix="serving-mirror-")))
+                # Named after the store, so that a message naming a mirrored file says where it came from.
+                readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", repository)[:80]
+                folder = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix=f"mirror-of-{readable}-")))
                 repositories.append(_mirror(repository, folder))
         try:
             import uvloop

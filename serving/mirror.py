@@ -94,8 +94,10 @@ class RepositoryMirror:
             listing = self.fs.find(self.root, detail=True)
         except Exception as error:  # a storage library's own exception types as well as OSError
             raise OSError(f"listing failed: {first_line(error)}") from None
-        self._listed = self._objects(listing)
-        models = {key.split("/", 1)[0] for key in self._listed}
+        listed = self._objects(listing)
+        self._update(listed, lambda key: key.count("/") == 1)  # when it fails, nothing has changed
+        self._listed = listed
+        models = {key.split("/", 1)[0] for key in listed}
         self.folder.mkdir(parents=True, exist_ok=True)
         for model in models:  # a model without config.pbtxt is seen by its folder (its config comes from its file)
             (self.folder / model).mkdir(parents=True, exist_ok=True)
@@ -103,7 +105,6 @@ class RepositoryMirror:
             if entry.is_dir() and not entry.name.startswith(".") and entry.name not in models:
                 shutil.rmtree(entry)
         self._fetched = {key: tag for key, tag in self._fetched.items() if key.split("/", 1)[0] in models}
-        self._update(lambda key: key.count("/") == 1)
 
     def fetch(self, model: str) -> None:
         """Brings every file of one model in line with the last listing: what a scan does before it reads a model
@@ -112,19 +113,20 @@ class RepositoryMirror:
         Raises:
             FetchError: one line, when an object cannot be fetched (the model's folder is then as it was).
         """
-        self._update(lambda key: key.split("/", 1)[0] == model)
+        self._update(self._listed, lambda key: key.split("/", 1)[0] == model)
 
-    def _update(self, concerned: Callable[[str], bool]) -> None:
-        """Fetches the listed keys that ``concerned`` picks and that changed since fetched, into a staging folder;
-        once all have arrived, removes the files of the picked keys no longer listed, then moves the new ones in
-        (a file may stand where a new key needs a folder, or the reverse)."""
-        wanted = {key: tag for key, tag in self._listed.items() if concerned(key)}
+    def _update(self, listed: dict[str, tuple], concerned: Callable[[str], bool]) -> None:
+        """Fetches the ``listed`` keys that ``concerned`` picks and that changed since fetched, into a staging
+        folder; once all have arrived, removes the files of the picked keys no longer listed, then moves the new
+        ones in (a file may stand where a new key needs a folder, or the reverse)."""
+        wanted = {key: tag for key, tag in listed.items() if concerned(key)}
         changed = sorted(key for key, tag in wanted.items() if self._fetched.get(key) != tag)
         gone = sorted(key for key in self._fetched if concerned(key) and key not in wanted)
         if not changed and not gone:
             return
         staging = self.folder / STAGING
         shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
         try:
             for key in changed:
                 (staging / key).parent.mkdir(parents=True, exist_ok=True)

@@ -136,9 +136,9 @@ KEYS = st.lists(st.lists(SEGMENTS | st.text(max_size=6), min_size=1, max_size=6)
 @fuzz_settings(200)
 @given(before=KEYS, after=KEYS)
 def test_any_object_keys_mirror_inside_the_mirror_folder_or_not_at_all(tmp_path_factory, before, after):
-    """A store holding any keys (fsspec's in-memory store), then any others: each sync writes only inside the
-    mirror and raises nothing but OSError, and after the second nothing of the first is left (a file may have to
-    give way to a folder of the same name, or the reverse)."""
+    """A store holding any keys (fsspec's in-memory store), then any others: each sync succeeds and writes only
+    inside the mirror, and after the second nothing of the first is left (a file may have to give way to a folder
+    of the same name, or the reverse)."""
     store = fsspec.filesystem("memory")
     root = f"/fuzz-{uuid.uuid4().hex}/repo"
     top = tmp_path_factory.mktemp("mirror")
@@ -148,17 +148,16 @@ def test_any_object_keys_mirror_inside_the_mirror_folder_or_not_at_all(tmp_path_
         for path in [path for path in store.store if path.startswith(root)]:  # the store emptied, even of what
             del store.store[path]  # its own rm cannot remove (a key "..")
         for key in keys:
+            if any(other.startswith(f"{key}/") or key.startswith(f"{other}/") for other in keys if other != key):
+                continue  # a file and a folder of one name: S3 holds both, fsspec's memory store not (S3 test above)
             try:
                 store.pipe_file(f"{root}/{key}", content)
             except Exception:  # what the store itself cannot hold never reaches the mirror
                 continue
-        try:
-            mirror.refresh()
-            for model in folder.iterdir():
-                if not model.name.startswith("."):
-                    mirror.fetch(model.name)
-        except OSError:
-            return
+        mirror.refresh()  # a store that answers never fails a sync, whatever its keys: they are skipped
+        for model in folder.iterdir():
+            if not model.name.startswith("."):
+                mirror.fetch(model.name)
         for path in top.rglob("*"):
             assert path.resolve().is_relative_to(folder.resolve()), path
         for path in folder.rglob("*"):

@@ -12,8 +12,8 @@ seen half new. A listing or fetch that fails changes nothing in the mirror: the 
 it cannot list, and a model it cannot fetch goes on serving as it was.
 
 Object keys come from outside: each is checked before anything is written, and one that would leave the mirror
-(``..``, empty segments), that no model folder holds, that lies deeper than a model's files are read, or that a
-local folder cannot hold beside another key, is skipped with one log line.
+(``..``, empty segments), that holds a control character, that no model folder holds, that lies deeper than a
+model's files are read, or that a local folder cannot hold beside another key, is skipped with one log line.
 """
 
 import contextlib
@@ -185,6 +185,8 @@ def _refused_key(key: str) -> str | None:
         return ""  # a folder marker, as consoles create them
     if not key or "\0" in key or any(part in ("", ".", "..") for part in parts):
         return "not a path inside the repository"
+    if any(ord(character) < 32 or ord(character) == 127 for character in key):
+        return "a control character in its name (it would break the log lines that name the file)"
     if len(parts) == 1:
         return ""  # a file beside the model folders: Triton reads none
     if not MODEL_NAME.match(parts[0]):

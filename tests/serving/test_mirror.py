@@ -106,6 +106,7 @@ def test_object_keys_that_would_leave_the_mirror_or_that_no_model_holds_are_skip
         "models/digits/1/model.onnx/part",
         "models/README.md",
         "models/letters/",
+        "models/digits/1/tab\tseparated",
     ]:
         client.put_object(Bucket=BUCKET, Key=key, Body=b"x")
     mirror = tmp_path / "mirror"
@@ -120,6 +121,8 @@ def test_object_keys_that_would_leave_the_mirror_or_that_no_model_holds_are_skip
         f"{URL}: object 'digits/1/../../../../escape.txt' skipped: not a path inside the repository",
         f"{URL}: object 'digits/1/model.onnx' skipped: a folder of other objects has its name",
         f"{URL}: object 'digits/1/nested/deeper/model.onnx' skipped: deeper than a model's files are read (4 levels)",
+        f"{URL}: object 'digits/1/tab\\tseparated' skipped: a control character in its name (it would break the log "
+        "lines that name the file)",
     ]
     assert not list(tmp_path.rglob("escape.txt")) and not (mirror / "README.md").exists()
     # The folder digits/1/model.onnx/ (holding "part") stands where the model file would: the version is refused.

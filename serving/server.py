@@ -158,15 +158,16 @@ def _check(settings: ServerSettings) -> Security:
             "--trace-config mode=opentelemetry needs OpenTelemetry's SDK and OTLP exporter: "
             "pip install 'buildsys[otel]'"
         )
-    local = [repository for repository in settings.repositories if isinstance(repository, Path)]
-    missing = [
-        name
-        for name in settings.load_models
-        if name != "*" and len(local) == len(settings.repositories) and not any((r / name).is_dir() for r in local)
-    ]
-    if missing:
-        folders = ", ".join(map(str, settings.repositories))
-        raise StartupError(f"--load-model {missing[0][:80]}: no such model folder in {folders}")
+    # A store's models are known only once it is listed; the data plane names a missing one then.
+    if all(isinstance(repository, Path) for repository in settings.repositories):
+        missing = [
+            name
+            for name in settings.load_models
+            if name != "*" and not any((repository / name).is_dir() for repository in settings.repositories)
+        ]
+        if missing:
+            folders = ", ".join(map(str, settings.repositories))
+            raise StartupError(f"--load-model {missing[0][:80]}: no such model folder in {folders}")
     trace_folder = Path(settings.trace.file).parent
     if settings.trace.file and not trace_folder.is_dir():
         raise StartupError(f"the trace file's folder {trace_folder} does not exist (--trace-config triton,file=...)")

@@ -55,7 +55,7 @@ class RepositoryMirror:
     """One remote repository and the local folder that mirrors it."""
 
     def __init__(self, url: str, folder: Path) -> None:
-        """Opens the store; nothing is fetched before ``sync()``.
+        """Opens the store; nothing is listed or fetched before ``refresh()``.
 
         Raises:
             MirrorError: fsspec or the scheme's storage library is missing, or fsspec cannot open the URL.

@@ -499,7 +499,7 @@ class ModelRepository:
         if not MODEL_NAME.match(name):
             raise ServingError(Status.NOT_FOUND, f"unknown model {shown(name)}: model names match {MODEL_NAME.pattern}")
         if not self._folders(name) and name not in self._models:
-            raise ServingError(Status.NOT_FOUND, f"unknown model '{name}' in {_listed(self.roots)}")
+            raise ServingError(Status.NOT_FOUND, f"unknown model '{name}' in {', '.join(self.locations)}")
 
     def _scan_roots(self) -> tuple[list[Path], bool]:
         """The entries of every repository folder, each mirror synced with its store first, and whether one could

@@ -9,12 +9,14 @@ import boto3
 import fsspec
 import numpy as np
 import onnx
+import pytest
 import s3fs
 import tritonclient.grpc as grpcclient
 from hypothesis import given
 from hypothesis import strategies as st
 
 from modelrepo import MODEL_NAME
+from serving.errors import ServingError
 from serving.mirror import RepositoryMirror, is_remote
 from serving.repository import ModelRepository
 from tests.conftest import fuzz_settings
@@ -181,6 +183,8 @@ def test_under_explicit_model_control_only_the_models_loaded_are_fetched(s3, tmp
     assert [s.name for s in repository.loaded()] == ["digits"]
     assert (mirror / "letters" / "config.pbtxt").is_file() and not (mirror / "letters" / "1").exists()
     assert {(e.name, e.state) for e in repository.index()} == {("digits", "READY"), ("letters", "UNAVAILABLE")}
+    with pytest.raises(ServingError, match=f"unknown model 'ghost' in {URL}$"):  # named as the user named it
+        repository.load("ghost")
     retired, failure = repository.load("letters")
     assert failure is None and (mirror / "letters" / "1" / "model.onnx").is_file()
     batch = images(2)

@@ -302,9 +302,9 @@ class ModelRepository:
         # Models loaded only because an ensemble that runs them was (explicit model control), as Triton's composing
         # models are: an unload with unload_dependents takes them out with it.
         self._pulled_in: set[str] = set()
-        # Served versions whose files changed but failed to reload (they serve as they were), with the state that
-        # failed: a poll tries them again only when it changes once more.
-        self._failed_reloads: dict[tuple[str, int], tuple] = {}
+        # Served versions whose files changed but failed to reload (they serve as they were), with why and the state
+        # that failed: a poll tries them again only when it changes once more, and the index shows the reason.
+        self._failed_reloads: dict[tuple[str, int], _Refusal] = {}
         # Repositories that the last scan could not list, and why (logged when that changes).
         self._listing_errors: dict[Path, str] = {}
 
@@ -420,7 +420,7 @@ class ModelRepository:
             self._unloaded.pop(name, None)
             self._pulled_in.discard(name)  # asked for by name: an unload of an ensemble that runs it keeps it
             self._failures = {key: refusal for key, refusal in self._failures.items() if key[0] != name}
-            self._failed_reloads = {key: state for key, state in self._failed_reloads.items() if key[0] != name}
+            self._failed_reloads = {key: failed for key, failed in self._failed_reloads.items() if key[0] != name}
             self._model_errors.pop(name, None)
             retired = self._pull_in(self._step_models(name), {name})
             reload_failures: list[str] = []
@@ -672,10 +672,11 @@ class ModelRepository:
             if reload_failures is not None:  # a load request: every version afresh
                 kept = {}
             else:  # a poll: what serves stays, unless its files changed since it loaded or last failed to reload
+                failed_states = {v: failed.state for (n, v), failed in self._failed_reloads.items() if n == name}
                 kept = {
                     v: served
                     for v, served in current.items()
-                    if states.get(v) in (None, served.loaded_from, self._failed_reloads.get((name, v)))
+                    if states.get(v) in (None, served.loaded_from, failed_states.get(v))
                 }
             wanted = policy.select(candidates)
             while missing := sorted(wanted - kept.keys() - loaded_now.keys()):
@@ -691,7 +692,7 @@ class ModelRepository:
                             reason = f"model '{name}' version {version} failed to reload: {detail}"
                             if reload_failures is None:
                                 reason = reason.replace(": ", ", serves as it was: ", 1)
-                                self._failed_reloads[(name, version)] = state
+                                self._failed_reloads[(name, version)] = _Refusal(reason, state)
                             else:  # see below
                                 reload_failures.append(reason)
                         else:
@@ -717,7 +718,7 @@ class ModelRepository:
             models.pop(name, None)
         self._models = models
         self._failed_reloads = {
-            key: state for key, state in self._failed_reloads.items() if key[0] != name or key[1] in target
+            key: failed for key, failed in self._failed_reloads.items() if key[0] != name or key[1] in target
         }
         retired += [served for version, served in current.items() if target.get(version) is not served]
         if target.keys() != current.keys():
@@ -862,13 +863,18 @@ class ModelRepository:
     # --- reporting ------------------------------------------------------------------------------------------
 
     def index(self) -> list[IndexEntry]:
-        """Every model folder and loaded version with its state, and the reason for what does not serve."""
+        """Every model folder and loaded version with its state, and the reason for what does not serve or serves
+        as it was because its changed files failed to reload (Triton leaves that reason empty; an operator who sees
+        READY after replacing a file would otherwise believe the new file serves)."""
         models = {name: sorted(versions) for name, versions in self._models.items()}
         failures = dict(self._failures)
+        reload_failures = {key: failed.reason for key, failed in self._failed_reloads.items()}
         names = set(models) | set(self._unloaded) | set(self._model_errors) | self._folder_names()
         entries = []
         for name in sorted(names):
-            entries += [IndexEntry(name, str(v), "READY", "") for v in models.get(name, [])]
+            entries += [
+                IndexEntry(name, str(v), "READY", reload_failures.get((name, v), "")) for v in models.get(name, [])
+            ]
             entries += [
                 IndexEntry(n, str(v), "UNAVAILABLE", refusal.reason)
                 for (n, v), refusal in sorted(failures.items())

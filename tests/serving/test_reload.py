@@ -102,6 +102,9 @@ def test_a_model_file_replaced_in_place_reloads_under_load_with_no_failed_reques
         replacement.write_bytes(b"not an onnx file")
         os.replace(replacement, v1 / "model.onnx")
         server.wait_for_log("model 'digits' version 1 failed to reload, serves as it was")
+        with grpcclient.InferenceServerClient(server.url) as client:
+            (entry,) = client.get_model_repository_index().models
+        assert (entry.version, entry.state) == ("1", "READY") and "failed to reload" in entry.reason, entry
         count = len(load.answers)
         wait_until(lambda: len(load.answers) > count + 20, what="answers after the failed reload")
         onnx.save(classifier_onnx(2), replacement)

@@ -460,13 +460,14 @@ def test_a_changed_version_that_fails_to_reload_serves_as_it_was_until_its_files
     assert errors[0].startswith("model 'digits' version 1 failed to reload, serves as it was: ")
     assert str(v1 / "model.onnx") in errors[0]
     assert repository.get("digits") is served and repository.unready_models() == {}
-    assert [(e.version, e.state) for e in repository.index()] == [("1", "READY")]
+    assert [(e.version, e.state, e.reason) for e in repository.index()] == [("1", "READY", errors[0])]
     answer = served.model.run({"image": batch})["probabilities"]
     np.testing.assert_allclose(answer, expected, rtol=1e-5, atol=1e-6)
     (v1 / "model.onnx").write_bytes(intact)
     os.utime(v1 / "model.onnx", ns=(1, 1))
     assert repository.load_all() == [served]
     assert repository.get("digits") is not served
+    assert [(e.version, e.state, e.reason) for e in repository.index()] == [("1", "READY", "")]
     repository.take_all()
 
 

@@ -1,5 +1,5 @@
-"""Model repositories in object storage (``s3://``, ``gs://``, as Triton's --model-repository takes them), served
-from a local mirror.
+"""Model repositories in object storage (``s3://``, ``gs://``, as Triton's --model-repository takes them), served from
+a local mirror.
 
 Triton copies a remote model's folder to a local one before it loads it. Here each remote repository is mirrored
 into a private local folder, through fsspec (s3fs, gcsfs), and the repository serves that folder as it serves any
@@ -7,9 +7,11 @@ other: hot reload, refusals and all. Every scan (start, poll, load request) list
 model-level files (config.pbtxt, labels) of every model up to date, which is all a scan reads of a model it does not
 load; before a model is read to be loaded, its own files are brought up to date, so a repository served in part
 (explicit model control) is fetched in part. Only objects whose size or version tag (ETag, generation) changed are
-fetched, each into a staging folder first, and moved into place only once all have arrived, so a version is never
-seen half new. A listing or fetch that fails changes nothing in the mirror: the scan treats the repository as one
-it cannot list, and a model it cannot fetch goes on serving as it was.
+fetched, several at a time (a repository is many small files, so a store's round trips, not its bandwidth, are what
+a fetch waits for), each into a staging folder first, and moved into place only once all have arrived, so a version
+is never seen half new. A scan that will load many models fetches them in one batch first. A listing or fetch that
+fails changes nothing in the mirror: the scan treats the repository as one it cannot list, and a model it cannot
+fetch goes on serving as it was.
 
 Object keys come from outside: each is checked before anything is written, and one that would leave the mirror
 (``..``, empty segments), that holds a control character, that no model folder holds, that lies deeper than a
@@ -20,7 +22,8 @@ import contextlib
 import logging
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from modelrepo import MODEL_NAME
@@ -35,6 +38,8 @@ REMOTE_SCHEMES = ("s3", "gs", "gcs")
 MAX_KEY_PARTS = 4
 # The staging folder inside the mirror; a scan passes over folders whose name starts with a dot.
 STAGING = ".incoming"
+# Objects fetched at once, each on a thread of its own (s3fs and gcsfs keep larger connection pools than this).
+FETCH_THREADS = 8
 
 
 class MirrorError(Exception):
@@ -115,6 +120,13 @@ class RepositoryMirror:
         """
         self._update(self._listed, lambda key: key.split("/", 1)[0] == model)
 
+    def prefetch(self, models: Collection[str]) -> None:
+        """``fetch`` for several models in one batch, so that their round trips to the store overlap: what a scan
+        about to load them all (start, poll) does first. Best effort: when an object fails, nothing changes here,
+        and the ``fetch`` of each model that follows says which of its objects failed."""
+        with contextlib.suppress(FetchError):
+            self._update(self._listed, lambda key: key.split("/", 1)[0] in models)
+
     def _update(self, listed: dict[str, tuple], concerned: Callable[[str], bool]) -> None:
         """Fetches the ``listed`` keys that ``concerned`` picks and that changed since fetched, into a staging
         folder; once all have arrived, removes the files of the picked keys no longer listed, then moves the new
@@ -128,12 +140,7 @@ class RepositoryMirror:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         try:
-            for key in changed:
-                (staging / key).parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    self.fs.get_file(f"{self.root}/{key}", str(staging / key))
-                except Exception as error:  # as above
-                    raise FetchError(f"fetching {key} failed: {first_line(error)}") from None
+            self._get_all(changed, wanted, staging)
             for key in gone:
                 with contextlib.suppress(FileNotFoundError):
                     (self.folder / key).unlink()
@@ -147,6 +154,27 @@ class RepositoryMirror:
             shutil.rmtree(staging, ignore_errors=True)
         if changed:
             log.info("%s: fetched %d object(s) into %s", self.url, len(changed), self.folder)
+
+    def _get_all(self, keys: list[str], tags: dict[str, tuple], staging: Path) -> None:
+        """Fetches ``keys`` into ``staging``, ``FETCH_THREADS`` at a time, largest first (the longest fetch starts
+        at once instead of last). On the first failure the fetches not yet started are dropped; once those under way
+        are done (none writes after this returns), the failure of the first failing key in key order is raised."""
+        if not keys:
+            return
+        for key in keys:
+            (staging / key).parent.mkdir(parents=True, exist_ok=True)
+        order = sorted(keys, key=lambda key: (-_size(tags[key]), key))
+        with ThreadPoolExecutor(min(FETCH_THREADS, len(order)), thread_name_prefix="mirror") as pool:
+            futures = {key: pool.submit(self.fs.get_file, f"{self.root}/{key}", str(staging / key)) for key in order}
+            done, _ = wait(futures.values(), return_when=FIRST_EXCEPTION)
+            if any(future.exception() for future in done):
+                for future in futures.values():
+                    future.cancel()
+        for key in sorted(keys):
+            future = futures[key]
+            # A storage library's own exception types as well as OSError.
+            if not future.cancelled() and (error := future.exception()) is not None:
+                raise FetchError(f"fetching {key} failed: {first_line(error)}") from None
 
     def _objects(self, listing: dict[str, dict]) -> dict[str, tuple]:
         """The keys (relative to the root) worth mirroring, with their size and version tag."""
@@ -176,6 +204,12 @@ def _version_tag(info: dict) -> object:
         if info.get(field) is not None:
             return str(info[field])
     return None
+
+
+def _size(tag: tuple) -> int:
+    """An object's size as listed (0 when the store gave none usable)."""
+    size = tag[0]
+    return size if isinstance(size, int) else 0
 
 
 def _refused_key(key: str) -> str | None:

@@ -375,6 +375,8 @@ class ModelRepository:
                     names.add(entry.name)
                 elif entry.is_dir() and not entry.name.startswith("."):
                     self._note_model_error(entry.name, f"{entry}: folder name does not match {MODEL_NAME.pattern}")
+            for mirror in self._mirrors.values():
+                mirror.prefetch({name for name in names if name not in self._unloaded})
             # Ensembles after the models their steps run, which they are checked against and need loaded.
             for name in dependency_order(names, self._step_models):
                 if unlisted and name in self._models and not self._folders(name):

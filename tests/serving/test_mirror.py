@@ -2,6 +2,8 @@
 mirror, with hot reload, and object keys that can never write outside it."""
 
 import logging
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from hypothesis import strategies as st
 
 from modelrepo import MODEL_NAME
 from serving.errors import ServingError
-from serving.mirror import RepositoryMirror, is_remote
+from serving.mirror import FETCH_THREADS, FetchError, RepositoryMirror, is_remote
 from serving.repository import ModelRepository
 from tests.conftest import fuzz_settings
 from tests.remote.gcs import gcs_server  # noqa: F401 - fixture
@@ -160,13 +162,92 @@ def test_any_object_keys_mirror_inside_the_mirror_folder_or_not_at_all(tmp_path_
             except Exception:  # what the store itself cannot hold never reaches the mirror
                 continue
         mirror.refresh()  # a store that answers never fails a sync, whatever its keys: they are skipped
-        for model in folder.iterdir():
-            if not model.name.startswith("."):
-                mirror.fetch(model.name)
+        models = {model.name for model in folder.iterdir() if not model.name.startswith(".")}
+        mirror.prefetch(models)
+        for model in sorted(models):
+            mirror.fetch(model)
         for path in top.rglob("*"):
             assert path.resolve().is_relative_to(folder.resolve()), path
         for path in folder.rglob("*"):
             assert path.is_dir() or path.read_bytes() == content, path
+
+
+def memory_store(models: list[str], files_per_model: int = 1) -> str:
+    """A repository in fsspec's in-memory store: each model's config.pbtxt and version 1's files; its URL."""
+    store = fsspec.filesystem("memory")
+    root = f"/mirror-{uuid.uuid4().hex}/repo"
+    for model in models:
+        store.pipe_file(f"{root}/{model}/config.pbtxt", b"config")
+        for index in range(files_per_model):
+            store.pipe_file(f"{root}/{model}/1/file{index}", b"version one" * (index + 1))
+    return f"memory://{root}"
+
+
+def test_objects_are_fetched_several_at_a_time_and_models_in_one_batch(tmp_path, monkeypatch):
+    mirror = RepositoryMirror(memory_store(["alpha", "beta"]), tmp_path / "mirror")
+    fetch = mirror.fs.get_file
+    together = threading.Barrier(2, timeout=10)
+
+    def get_file(remote, local):
+        together.wait()  # passes only while two fetches are under way at once
+        fetch(remote, local)
+
+    monkeypatch.setattr(mirror.fs, "get_file", get_file)
+    mirror.refresh()  # alpha/config.pbtxt and beta/config.pbtxt together
+    mirror.prefetch({"alpha", "beta"})  # alpha/1/file0 and beta/1/file0 together, though of two models
+    assert (tmp_path / "mirror" / "alpha" / "1" / "file0").read_bytes() == b"version one"
+    assert (tmp_path / "mirror" / "beta" / "1" / "file0").read_bytes() == b"version one"
+
+
+def test_no_more_than_fetch_threads_objects_are_fetched_at_once(tmp_path, monkeypatch):
+    mirror = RepositoryMirror(memory_store(["alpha"], files_per_model=3 * FETCH_THREADS), tmp_path / "mirror")
+    fetch = mirror.fs.get_file
+    lock, under_way, most = threading.Lock(), [0], [0]
+
+    def get_file(remote, local):
+        with lock:
+            under_way[0] += 1
+            most[0] = max(most[0], under_way[0])
+        time.sleep(0.01)  # long enough for the others to start, if they would
+        fetch(remote, local)
+        with lock:
+            under_way[0] -= 1
+
+    monkeypatch.setattr(mirror.fs, "get_file", get_file)
+    mirror.refresh()
+    mirror.fetch("alpha")
+    assert 1 < most[0] <= FETCH_THREADS
+    assert len(list((tmp_path / "mirror" / "alpha" / "1").iterdir())) == 3 * FETCH_THREADS
+
+
+def test_a_failed_batch_moves_nothing_and_names_its_first_failing_object(tmp_path, monkeypatch, caplog):
+    """Every fetch under way finishes before the failure is raised (nothing writes after), none of the batch is
+    moved into place, and the line names the first failing key in key order, whichever failed first in time."""
+    folder = tmp_path / "mirror"
+    mirror = RepositoryMirror(memory_store(["alpha", "beta"], files_per_model=2), folder)
+    mirror.refresh()
+    fetch = mirror.fs.get_file
+    file0_under_way = threading.Event()
+
+    def get_file(remote, local):
+        if remote.endswith("beta/1/file1"):  # the larger, so fetched first
+            file0_under_way.wait(timeout=10)
+            raise ConnectionError("the connection was reset")
+        if remote.endswith("beta/1/file0"):
+            file0_under_way.set()
+            time.sleep(0.05)  # fails after file1 did
+            raise TimeoutError("timed out")
+        fetch(remote, local)
+
+    monkeypatch.setattr(mirror.fs, "get_file", get_file)
+    with pytest.raises(FetchError, match="^fetching beta/1/file0 failed: timed out$"):
+        mirror.fetch("beta")
+    assert not (folder / "beta" / "1").exists() and not (folder / ".incoming").exists()
+    with caplog.at_level(logging.INFO, logger="serving.mirror"):
+        mirror.prefetch({"alpha", "beta"})  # best effort: says nothing, changes nothing
+    assert not (folder / "alpha" / "1").exists() and caplog.records == []
+    mirror.fetch("alpha")  # a model's own fetch is not held back by the other's
+    assert (folder / "alpha" / "1" / "file1").read_bytes() == b"version one" * 2
 
 
 def test_under_explicit_model_control_only_the_models_loaded_are_fetched(s3, tmp_path):  # noqa: F811

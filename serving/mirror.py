@@ -13,6 +13,9 @@ is never seen half new. A scan that will load many models fetches them in one ba
 fails changes nothing in the mirror: the scan treats the repository as one it cannot list, and a model it cannot
 fetch goes on serving as it was.
 
+An empty object whose key ends with a slash (a folder marker, as the S3 console makes them) is mirrored as a folder,
+as Triton mirrors it: it is how an ensemble's empty version folder is kept in a store.
+
 Object keys come from outside: each is checked before anything is written, and one that would leave the mirror
 (``..``, empty segments), that holds a control character, that no model folder holds, that lies deeper than a
 model's files are read, or that a local folder cannot hold beside another key, is skipped with one log line.
@@ -140,15 +143,21 @@ class RepositoryMirror:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         try:
-            self._get_all(changed, wanted, staging)
+            self._get_all([key for key in changed if not _is_marker(key)], wanted, staging)
             for key in gone:
-                with contextlib.suppress(FileNotFoundError):
-                    (self.folder / key).unlink()
-                _remove_empty_folders((self.folder / key).parent, self.folder)
+                if _is_marker(key):  # the folder goes once nothing else keeps it
+                    _remove_empty_folders(self.folder / key, self.folder)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        (self.folder / key).unlink()
+                    _remove_empty_folders((self.folder / key).parent, self.folder)
                 del self._fetched[key]
             for key in changed:
-                (self.folder / key).parent.mkdir(parents=True, exist_ok=True)
-                os.replace(staging / key, self.folder / key)
+                if _is_marker(key):
+                    (self.folder / key).mkdir(parents=True, exist_ok=True)
+                else:
+                    (self.folder / key).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(staging / key, self.folder / key)
                 self._fetched[key] = wanted[key]
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -212,20 +221,30 @@ def _size(tag: tuple) -> int:
     return size if isinstance(size, int) else 0
 
 
+def _is_marker(key: str) -> bool:
+    """Whether a key is a folder marker: an empty object named with a trailing slash, as the S3 console's "Create
+    folder" makes them. It is how an ensemble's empty version folder is kept in a store, and Triton mirrors it as
+    a folder, so the mirror makes it one."""
+    return key.endswith("/")
+
+
 def _refused_key(key: str) -> str | None:
     """Why an object key is not mirrored ("" for a key that is simply not a model's file), or None."""
+    marker = _is_marker(key)
+    if marker:  # checked as the folder it makes, which holds files one level deeper
+        key = key[:-1]
     parts = key.split("/")
-    if key.endswith("/") and "//" not in key:
-        return ""  # a folder marker, as consoles create them
+    if not key and marker:
+        return ""  # the repository's own marker
     if not key or "\0" in key or any(part in ("", ".", "..") for part in parts):
         return "not a path inside the repository"
     if any(ord(character) < 32 or ord(character) == 127 for character in key):
         return "a control character in its name (it would break the log lines that name the file)"
     if len(parts) == 1:
-        return ""  # a file beside the model folders: Triton reads none
+        return ""  # a file beside the model folders (Triton reads none), or a model folder's marker
     if not MODEL_NAME.match(parts[0]):
         return f"folder name does not match {MODEL_NAME.pattern}"
-    if len(parts) > MAX_KEY_PARTS:
+    if len(parts) + marker > MAX_KEY_PARTS:
         return f"deeper than a model's files are read ({MAX_KEY_PARTS} levels)"
     if any(len(part.encode()) > 255 for part in parts):
         return "a name longer than a local file name can be"

@@ -375,8 +375,7 @@ class ModelRepository:
                     names.add(entry.name)
                 elif entry.is_dir() and not entry.name.startswith("."):
                     self._note_model_error(entry.name, f"{entry}: folder name does not match {MODEL_NAME.pattern}")
-            for mirror in self._mirrors.values():
-                mirror.prefetch({name for name in names if name not in self._unloaded})
+            self._prefetch({name for name in names if name not in self._unloaded})
             # Ensembles after the models their steps run, which they are checked against and need loaded.
             for name in dependency_order(names, self._step_models):
                 if unlisted and name in self._models and not self._folders(name):
@@ -424,6 +423,7 @@ class ModelRepository:
             self._failures = {key: refusal for key, refusal in self._failures.items() if key[0] != name}
             self._failed_reloads = {key: failed for key, failed in self._failed_reloads.items() if key[0] != name}
             self._model_errors.pop(name, None)
+            self._prefetch(self._with_steps(name))
             retired = self._pull_in(self._step_models(name), {name})
             reload_failures: list[str] = []
             retired += self._sync(name, reload_failures)
@@ -477,15 +477,11 @@ class ModelRepository:
         Returns:
             The names in ``keep`` that are not model folders of the repository.
         """
-        wanted = set(keep or ())
-        runs = list(wanted)
-        while runs:  # an ensemble's steps' models load with it, and a nested ensemble's in turn
-            for model in self._step_models(runs.pop()) - wanted:
-                wanted.add(model)
-                self._pulled_in.add(model)
-                runs.append(model)
         with self._sync_lock:
-            entries, _ = self._scan_roots()
+            entries, _ = self._scan_roots()  # first: a store's config.pbtxt files are read from its mirror
+        # An ensemble's steps' models load with it, and a nested ensemble's in turn.
+        wanted = set().union(*(self._with_steps(name) for name in keep or ()))
+        self._pulled_in |= wanted - set(keep or ())
         for name in {entry.name for entry in entries if entry.is_dir() and MODEL_NAME.match(entry.name)}:
             if keep is not None and name not in wanted:
                 self._unloaded[name] = "not loaded: with --model-control-mode explicit a load request loads it"
@@ -824,6 +820,22 @@ class ModelRepository:
             batching.describe(),
         )
         return served
+
+    def _prefetch(self, models: set[str]) -> None:
+        """Fetches the files of the models about to be synced from every store in one batch (see
+        ``RepositoryMirror.prefetch``); each model's own sync still fetches, and reports, what this could not."""
+        for mirror in self._mirrors.values():
+            mirror.prefetch(models)
+
+    def _with_steps(self, name: str) -> set[str]:
+        """A model and the models its ensemble steps run, theirs in turn."""
+        found, waiting = set(), [name]
+        while waiting:
+            model = waiting.pop()
+            if model not in found:
+                found.add(model)
+                waiting += self._step_models(model)
+        return found
 
     def _step_models(self, name: str) -> frozenset[str]:
         """The models an ensemble's config (a load request's, else config.pbtxt) runs; none for another model or

@@ -24,7 +24,13 @@ from serving.repository import ModelRepository
 from tests.conftest import fuzz_settings
 from tests.remote.gcs import gcs_server  # noqa: F401 - fixture
 from tests.remote.s3 import BUCKET, s3  # noqa: F401 - fixture
-from tests.serving.conftest import classifier_onnx, images, publish_version, reference_probabilities
+from tests.serving.conftest import (
+    classifier_onnx,
+    images,
+    publish_ensemble,
+    publish_version,
+    reference_probabilities,
+)
 from tests.serving.test_reload import wait_until
 from tests.serving.test_repository import CPU
 
@@ -271,6 +277,37 @@ def test_under_explicit_model_control_only_the_models_loaded_are_fetched(s3, tmp
     batch = images(2)
     answer = repository.get("letters").model.run({"image": batch})["probabilities"]
     np.testing.assert_allclose(answer, reference_probabilities(local / "letters" / "1", batch), rtol=1e-5, atol=1e-6)
+    repository.take_all()
+
+
+def test_an_ensemble_whose_version_folder_is_a_folder_marker_serves_and_loads_its_steps_in_one_batch(
+    s3,  # noqa: F811
+    tmp_path,
+    monkeypatch,
+):
+    """An ensemble's version folder is empty, and a store keeps an empty folder only as a folder marker (an empty
+    object named "pipeline/1/", as the S3 console's "Create folder" makes it): the mirror makes it a folder, as
+    Triton does. A load request for the ensemble fetches the files of its steps' models in one batch."""
+    local = tmp_path / "local"
+    publish_ensemble(local)
+    upload(local, URL)
+    boto3.client("s3").put_object(Bucket=BUCKET, Key="models/pipeline/1/", Body=b"")
+    mirror = RepositoryMirror(URL, tmp_path / "mirror")
+    batches = []
+    get_all = mirror._get_all
+    monkeypatch.setattr(mirror, "_get_all", lambda keys, *args: (batches.append(keys), get_all(keys, *args)))
+    repository = ModelRepository([mirror], CPU)
+    assert repository.hold_back({"pipeline"}) == []
+    repository.load_all()
+    assert sorted(s.name for s in repository.loaded()) == ["argmax", "digits", "pipeline"]
+    assert (tmp_path / "mirror" / "pipeline" / "1").is_dir()
+    version_batches = [{key.split("/")[0] for key in keys if key.count("/") > 1} for keys in batches]
+    assert {"argmax", "digits"} in version_batches, batches
+
+    boto3.client("s3").delete_object(Bucket=BUCKET, Key="models/pipeline/1/")
+    repository.load_all()
+    assert sorted(s.name for s in repository.loaded()) == ["argmax", "digits"]
+    assert not (tmp_path / "mirror" / "pipeline" / "1").exists(), "the folder goes with its marker"
     repository.take_all()
 
 

@@ -24,6 +24,7 @@ model's files are read, or that a local folder cannot hold beside another key, i
 import contextlib
 import logging
 import os
+import re
 import shutil
 from collections.abc import Callable, Collection
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -36,6 +37,12 @@ log = logging.getLogger(__name__)
 
 # The URL schemes served through a mirror (fsspec's s3fs and gcsfs).
 REMOTE_SCHEMES = ("s3", "gs", "gcs")
+# Where Triton makes a store's local copy when these are set (a temporary folder inside); by default the system's
+# temporary folder.
+MOUNT_DIRECTORY_VARIABLES = {"s3": "TRITON_AWS_MOUNT_DIRECTORY", "gs": "TRITON_GCS_MOUNT_DIRECTORY"}
+# Triton's form for an S3-compatible store of one's own (MinIO, Ceph...): s3://[http://|https://]host:port/bucket/path
+# (HTTP unless https:// is named).
+S3_WITH_ENDPOINT = re.compile(r"s3://(https?://)?([0-9A-Za-z.-]+):([0-9]+)/(.*)")
 # model/file, model/version/file, model/version/folder/file (an ONNX model kept as a folder): the deepest a model's
 # files are read.
 MAX_KEY_PARTS = 4
@@ -59,6 +66,13 @@ def is_remote(location: str) -> bool:
     return bool(separator) and scheme.lower() in REMOTE_SCHEMES
 
 
+def mount_variable(url: str) -> str:
+    """Triton's environment variable that names the folder where the local copies of ``url``'s kind of store are
+    made."""
+    scheme = url.partition("://")[0].lower()
+    return MOUNT_DIRECTORY_VARIABLES["gs" if scheme == "gcs" else scheme]
+
+
 class RepositoryMirror:
     """One remote repository and the local folder that mirrors it."""
 
@@ -75,7 +89,11 @@ class RepositoryMirror:
                 f"{url}: serving from object storage needs fsspec: pip install 'buildsys[s3]' (or [gcs])"
             ) from None
         try:
-            self.fs, root = fsspec.core.url_to_fs(url)
+            if endpoint := S3_WITH_ENDPOINT.fullmatch(url):
+                protocol, host, port, root = endpoint.groups()
+                self.fs = fsspec.filesystem("s3", endpoint_url=f"{protocol or 'http://'}{host}:{port}")
+            else:
+                self.fs, root = fsspec.core.url_to_fs(url)
         except (ImportError, ValueError) as error:
             raise MirrorError(f"{url}: {first_line(error)}") from None
         self.url = url.rstrip("/")

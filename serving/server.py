@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import importlib.util
 import logging
+import os
 import re
 import signal
 import tempfile
@@ -25,7 +26,7 @@ from serving.dataplane import SERVER_NAME, DataPlane
 from serving.grpc_frontend import GrpcFrontend
 from serving.log_settings import LogControl
 from serving.metrics import Metrics
-from serving.mirror import MirrorError, RepositoryMirror
+from serving.mirror import MirrorError, RepositoryMirror, mount_variable
 from serving.repository import BatchingOverrides
 from serving.response_cache import ResponseCache
 from serving.rest.server import HttpFrontend
@@ -212,15 +213,7 @@ def serve(settings: ServerSettings) -> int:
     """
     security = _check(settings)
     with contextlib.ExitStack() as scratch:  # each mirror's local folder, removed at exit
-        repositories: list[Path | RepositoryMirror] = []
-        for repository in settings.repositories:
-            if isinstance(repository, Path):
-                repositories.append(repository)
-            else:
-                # Named after the store, so that a message naming a mirrored file says where it came from.
-                readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", repository)[:80]
-                folder = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix=f"mirror-of-{readable}-")))
-                repositories.append(_mirror(repository, folder))
+        repositories = [r if isinstance(r, Path) else _mirror(r, scratch) for r in settings.repositories]
         try:
             import uvloop
         except ImportError:
@@ -228,7 +221,18 @@ def serve(settings: ServerSettings) -> int:
         return uvloop.run(_serve(settings, security, repositories))
 
 
-def _mirror(url: str, folder: Path) -> RepositoryMirror:
+def _mirror(url: str, scratch: contextlib.ExitStack) -> RepositoryMirror:
+    """The mirror of a store, in a temporary folder of its own that ``scratch`` removes: inside the folder that
+    Triton's mount variable names when it is set (as Triton makes its copies), else in the system's temporary
+    folder. The folder is named after the store, so that a message naming a mirrored file says where it came from."""
+    variable = mount_variable(url)
+    mount = os.environ.get(variable) or None
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "_", url)[:80]
+    try:
+        folder = Path(scratch.enter_context(tempfile.TemporaryDirectory(prefix=f"mirror-of-{readable}-", dir=mount)))
+    except OSError as error:
+        where = f"{variable}={mount}" if mount else "the temporary folder"
+        raise StartupError(f"{where}: {error.strerror or error} (the local copy of {url} is made there)") from None
     try:
         return RepositoryMirror(url, folder)
     except MirrorError as error:

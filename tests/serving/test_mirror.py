@@ -2,6 +2,9 @@
 mirror, with hot reload, and object keys that can never write outside it."""
 
 import logging
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -337,12 +340,32 @@ def test_a_model_whose_objects_cannot_be_fetched_serves_as_it_was_and_says_which
     repository.take_all()
 
 
-def test_a_server_serves_an_s3_repository_named_as_tritonserver_names_it(s3, start_server, tmp_path):  # noqa: F811
+def test_triton_s_url_for_an_s3_store_of_one_s_own_names_its_endpoint(tmp_path):
+    for url, endpoint, root in [
+        ("s3://minio.example:9000/bucket/models", "http://minio.example:9000", "bucket/models"),
+        ("s3://http://minio.example:9000/bucket", "http://minio.example:9000", "bucket"),
+        ("s3://https://10.0.0.7:443/bucket/team/models/", "https://10.0.0.7:443", "bucket/team/models"),
+    ]:
+        mirror = RepositoryMirror(url, tmp_path)
+        assert (mirror.fs.endpoint_url, mirror.root, mirror.url) == (endpoint, root, url.rstrip("/"))
+    assert RepositoryMirror("s3://bucket/models", tmp_path).root == "bucket/models"
+
+
+def test_a_server_serves_an_s3_repository_named_as_tritonserver_names_it(s3, start_server, tmp_path, monkeypatch):  # noqa: F811
+    """Named by Triton's URL for a store of one's own (s3://host:port/bucket/path), the endpoint in the URL alone,
+    and copied into a folder of its own inside TRITON_AWS_MOUNT_DIRECTORY, as Triton copies it."""
     local = tmp_path / "local"
     publish_version(local, "digits", 1, seed=1)
     upload(local, URL)
     (tmp_path / "empty").mkdir()
-    server = start_server(tmp_path / "empty", "--model-repository", URL, "--repository-poll-secs", "0.3")
+    host, port = s3.get_host_and_port()
+    url = f"s3://{host}:{port}/{BUCKET}/models"
+    mount = tmp_path / "mount"
+    mount.mkdir()
+    with monkeypatch.context() as server_environment:
+        server_environment.delenv("AWS_ENDPOINT_URL")
+        server_environment.setenv("TRITON_AWS_MOUNT_DIRECTORY", str(mount))
+        server = start_server(tmp_path / "empty", "--model-repository", url, "--repository-poll-secs", "0.3")
     batch = images(2)
     with grpcclient.InferenceServerClient(server.url) as client:
         tensor = grpcclient.InferInput("image", list(batch.shape), "UINT8")
@@ -352,4 +375,18 @@ def test_a_server_serves_an_s3_repository_named_as_tritonserver_names_it(s3, sta
         publish_version(local, "letters", 1, seed=2)
         upload(local, URL)
         wait_until(lambda: client.is_model_ready("letters"), what="the model added to the store to serve")
-    assert URL in server.log()
+    assert url in server.log()
+    (copy,) = mount.iterdir()
+    assert copy.name.startswith("mirror-of-s3_") and (copy / "letters" / "1" / "model.onnx").is_file()
+
+
+def test_a_mount_directory_that_is_not_there_stops_the_server_at_start_in_one_line(tmp_path):
+    (tmp_path / "empty").mkdir()
+    command = [sys.executable, "-m", "serving", "--model-repository", URL, "--no-grpc", "--http-port", "0"]
+    environment = {**os.environ, "TRITON_AWS_MOUNT_DIRECTORY": str(tmp_path / "gone")}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, env=environment, cwd=tmp_path)
+    assert result.returncode == 2, result
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"serve: error: TRITON_AWS_MOUNT_DIRECTORY={tmp_path / 'gone'}: No such file or directory (the local copy "
+        f"of {URL} is made there)"
+    )

@@ -44,9 +44,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         dest="repositories",
         action="append",
         metavar="PATH_OR_URL",
-        help="model repository (default build-out/models): a folder, or s3:// or gs:// object storage (mirrored "
-        "locally; needs fsspec with s3fs or gcsfs); repeatable, as Triton's --model-repository: a model name found in "
-        "more than one is served from none",
+        help="model repository (default build-out/models): a folder, or s3://, gs:// or as:// object storage "
+        "(mirrored locally; the s3, gcs or azure extra); repeatable, as Triton's --model-repository: a model name "
+        "found in more than one is served from none",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: local only)")
     # Triton's ports (HTTP 8000, gRPC 8001, metrics 8002). 0 picks a free port (the front ends' are logged);

@@ -1,8 +1,8 @@
-"""Model repositories in object storage (``s3://``, ``gs://``, as Triton's --model-repository takes them), served from
-a local mirror.
+"""Model repositories in object storage (``s3://``, ``gs://``, ``as://``, as Triton's --model-repository takes them),
+served from a local mirror.
 
 Triton copies a remote model's folder to a local one before it loads it. Here each remote repository is mirrored
-into a private local folder, through fsspec (s3fs, gcsfs), and the repository serves that folder as it serves any
+into a private local folder, through fsspec (s3fs, gcsfs, adlfs), and the repository serves that folder as it serves any
 other: hot reload, refusals and all. Every scan (start, poll, load request) lists the store once and brings the
 model-level files (config.pbtxt, labels) of every model up to date, which is all a scan reads of a model it does not
 load; before a model is read to be loaded, its own files are brought up to date, so a repository served in part
@@ -13,8 +13,9 @@ is never seen half new. A scan that will load many models fetches them in one ba
 fails changes nothing in the mirror: the scan treats the repository as one it cannot list, and a model it cannot
 fetch goes on serving as it was.
 
-An empty object whose key ends with a slash (a folder marker, as the S3 console makes them) is mirrored as a folder,
-as Triton mirrors it: it is how an ensemble's empty version folder is kept in a store.
+An empty folder is mirrored as a folder, as Triton mirrors it: it is how an ensemble's empty version folder is kept
+in a store, as an empty object whose key ends with a slash (a folder marker, as the S3 console makes them) or, in
+Azure, as a folder blob.
 
 Object keys come from outside: each is checked before anything is written, and one that would leave the mirror
 (``..``, empty segments), that holds a control character, that no model folder holds, that lies deeper than a
@@ -35,14 +36,20 @@ from serving.errors import first_line
 
 log = logging.getLogger(__name__)
 
-# The URL schemes served through a mirror (fsspec's s3fs and gcsfs).
-REMOTE_SCHEMES = ("s3", "gs", "gcs")
+# The URL schemes served through a mirror (fsspec's s3fs, gcsfs and adlfs), as Triton names them.
+REMOTE_SCHEMES = ("s3", "gs", "gcs", "as")
 # Where Triton makes a store's local copy when these are set (a temporary folder inside); by default the system's
 # temporary folder.
-MOUNT_DIRECTORY_VARIABLES = {"s3": "TRITON_AWS_MOUNT_DIRECTORY", "gs": "TRITON_GCS_MOUNT_DIRECTORY"}
+MOUNT_DIRECTORY_VARIABLES = {
+    "s3": "TRITON_AWS_MOUNT_DIRECTORY",
+    "gs": "TRITON_GCS_MOUNT_DIRECTORY",
+    "as": "TRITON_AZURE_MOUNT_DIRECTORY",
+}
 # Triton's form for an S3-compatible store of one's own (MinIO, Ceph...): s3://[http://|https://]host:port/bucket/path
 # (HTTP unless https:// is named).
 S3_WITH_ENDPOINT = re.compile(r"s3://(https?://)?([0-9A-Za-z.-]+):([0-9]+)/(.*)")
+# Triton's Azure Storage URL: as://account/container[/path].
+AZURE_URL = re.compile(r"as://([^/]+)/([^/?]+)(?:/([^?]*))?")
 # model/file, model/version/file, model/version/folder/file (an ONNX model kept as a folder): the deepest a model's
 # files are read.
 MAX_KEY_PARTS = 4
@@ -83,21 +90,15 @@ class RepositoryMirror:
             MirrorError: fsspec or the scheme's storage library is missing, or fsspec cannot open the URL.
         """
         try:
-            import fsspec
-        except ImportError:
-            raise MirrorError(
-                f"{url}: serving from object storage needs fsspec: pip install 'buildsys[s3]' (or [gcs])"
-            ) from None
-        try:
-            if endpoint := S3_WITH_ENDPOINT.fullmatch(url):
-                protocol, host, port, root = endpoint.groups()
-                self.fs = fsspec.filesystem("s3", endpoint_url=f"{protocol or 'http://'}{host}:{port}")
-            else:
-                self.fs, root = fsspec.core.url_to_fs(url)
+            self.fs, root = _open_store(url)
         except (ImportError, ValueError) as error:
             raise MirrorError(f"{url}: {first_line(error)}") from None
         self.url = url.rstrip("/")
         self.root = root.rstrip("/")
+        # Azure keeps an empty folder (an ensemble's version folder) as a blob that only a listing with folders
+        # shows. Elsewhere that listing would hide a file that shares its name with a folder (they are one key of
+        # fsspec's answer), and a store's empty folders are markers that any listing shows.
+        self._folders_listed = AZURE_URL.fullmatch(url) is not None
         self.folder = folder
         # Each key's (size, version tag): as the last listing had it, and as it was fetched (what the mirror holds).
         self._listed: dict[str, tuple] = {}
@@ -117,7 +118,7 @@ class RepositoryMirror:
         """
         try:
             self.fs.invalidate_cache()
-            listing = self.fs.find(self.root, detail=True)
+            listing = self.fs.find(self.root, detail=True, withdirs=self._folders_listed)
         except Exception as error:  # a storage library's own exception types as well as OSError
             raise OSError(f"listing failed: {first_line(error)}") from None
         listed = self._objects(listing)
@@ -205,12 +206,16 @@ class RepositoryMirror:
 
     def _objects(self, listing: dict[str, dict]) -> dict[str, tuple]:
         """The keys (relative to the root) worth mirroring, with their size and version tag."""
-        keys = {}
+        keys, directories = {}, set()
         for path, info in listing.items():
-            if info.get("type") == "directory":
-                continue
             key = path[len(self.root) + 1 :] if path.startswith(f"{self.root}/") else ""
-            keys[key] = (info.get("size"), _version_tag(info))
+            if info.get("type") == "directory":
+                directories.add(key.rstrip("/"))
+            else:
+                keys[key] = (info.get("size"), _version_tag(info))
+        holding = {key.rsplit("/", i)[0] for key in [*keys, *directories] for i in range(1, key.count("/") + 1)}
+        for directory in directories - holding - {""}:  # an empty folder (Azure's folder blobs, as a marker makes)
+            keys.setdefault(f"{directory}/", (0, None))
         kept = {}
         folders = {key.rsplit("/", i)[0] for key in keys for i in range(1, key.count("/") + 1)}
         for key, tag in keys.items():
@@ -223,6 +228,26 @@ class RepositoryMirror:
                 self._skipped.add(key)
                 log.warning("%s: object %r skipped: %s", self.url, key[:200], reason)
         return kept
+
+
+def _open_store(url: str) -> tuple[object, str]:
+    """The fsspec filesystem of a store and the path of the repository in it, from the URL as Triton reads it."""
+    try:
+        import fsspec
+    except ImportError:
+        raise ImportError(
+            "serving from object storage needs fsspec: pip install 'buildsys[s3]' (or [gcs], [azure])"
+        ) from None
+    if endpoint := S3_WITH_ENDPOINT.fullmatch(url):
+        protocol, host, port, root = endpoint.groups()
+        return fsspec.filesystem("s3", endpoint_url=f"{protocol or 'http://'}{host}:{port}"), root
+    if azure := AZURE_URL.fullmatch(url):
+        account, container, path = azure.groups()
+        # Triton's shared key when it is set; otherwise adlfs' own chain: AZURE_STORAGE_CONNECTION_STRING, a SAS
+        # token, then DefaultAzureCredential (a managed identity, the Azure CLI's login...).
+        key = os.environ.get("AZURE_STORAGE_KEY") or None
+        return fsspec.filesystem("abfs", account_name=account, account_key=key), f"{container}/{path or ''}"
+    return fsspec.core.url_to_fs(url)
 
 
 def _version_tag(info: dict) -> object:

@@ -25,6 +25,7 @@ from serving.errors import ServingError
 from serving.mirror import FETCH_THREADS, FetchError, RepositoryMirror, is_remote
 from serving.repository import ModelRepository
 from tests.conftest import fuzz_settings
+from tests.remote.azurite import ACCOUNT, CONTAINER, azurite  # noqa: F401 - fixture
 from tests.remote.gcs import gcs_server  # noqa: F401 - fixture
 from tests.remote.s3 import BUCKET, s3  # noqa: F401 - fixture
 from tests.serving.conftest import (
@@ -102,6 +103,33 @@ def test_a_repository_in_google_cloud_storage_serves_from_its_mirror(gcs_server,
     repository.take_all()
 
 
+def test_a_repository_in_azure_storage_serves_from_its_mirror_with_its_empty_folders(azurite, tmp_path):  # noqa: F811
+    """Named as Triton names it (as://account/container/path). Azure keeps an empty folder (the ensemble's version
+    folder) as a blob of its own, which the mirror makes a folder."""
+    local = tmp_path / "local"
+    publish_ensemble(local)
+    container = azurite.get_container_client(CONTAINER)
+    for path in sorted(p for p in local.rglob("*") if p.is_file()):
+        container.upload_blob(f"models/{path.relative_to(local).as_posix()}", path.read_bytes())
+    container.upload_blob("models/pipeline/1", b"", metadata={"hdi_isfolder": "true"})  # as Storage Explorer does
+    url = f"as://{ACCOUNT}/{CONTAINER}/models"
+    repository = ModelRepository([RepositoryMirror(url, tmp_path / "mirror")], CPU)
+    repository.load_all()
+    assert sorted(s.name for s in repository.loaded()) == ["argmax", "digits", "pipeline"]
+    batch = images(2)
+    answer = repository.get("digits").model.run({"image": batch})["probabilities"]
+    np.testing.assert_allclose(answer, reference_probabilities(local / "digits" / "1", batch), rtol=1e-5, atol=1e-6)
+    served = repository.get("digits")
+    onnx.save(classifier_onnx(3), local / "digits" / "1" / "model.onnx")
+    container.upload_blob("models/digits/1/model.onnx", (local / "digits" / "1" / "model.onnx").read_bytes(),
+                          overwrite=True)  # fmt: skip
+    assert repository.load_all() == [served], "a blob rewritten in place reloads its version"
+    container.delete_blob("models/pipeline/1")
+    repository.load_all()
+    assert sorted(s.name for s in repository.loaded()) == ["argmax", "digits"]
+    repository.take_all()
+
+
 def test_object_keys_that_would_leave_the_mirror_or_that_no_model_holds_are_skipped_once_each(
     s3,  # noqa: F811
     tmp_path,
@@ -150,21 +178,23 @@ KEYS = st.lists(st.lists(SEGMENTS | st.text(max_size=6), min_size=1, max_size=6)
 
 
 @fuzz_settings(200)
-@given(before=KEYS, after=KEYS)
-def test_any_object_keys_mirror_inside_the_mirror_folder_or_not_at_all(tmp_path_factory, before, after):
+@given(before=KEYS, after=KEYS, folders_listed=st.booleans())
+def test_any_object_keys_mirror_inside_the_mirror_folder_or_not_at_all(tmp_path_factory, before, after, folders_listed):
     """A store holding any keys (fsspec's in-memory store), then any others: each sync succeeds and writes only
     inside the mirror, and after the second nothing of the first is left (a file may have to give way to a folder
-    of the same name, or the reverse)."""
+    of the same name, or the reverse). The store's folders are listed too, as they are for Azure, or not."""
     store = fsspec.filesystem("memory")
     root = f"/fuzz-{uuid.uuid4().hex}/repo"
     top = tmp_path_factory.mktemp("mirror")
     folder = top / "inside"
     mirror = RepositoryMirror(f"memory://{root}", folder)
+    mirror._folders_listed = folders_listed
     for keys, content in ((before, b"before"), (before[::2] + after, b"after!")):  # rewritten at the same size
         for path in [path for path in store.store if path.startswith(root)]:  # the store emptied, even of what
             del store.store[path]  # its own rm cannot remove (a key "..")
-        for key in keys:
-            if any(other.startswith(f"{key}/") or key.startswith(f"{other}/") for other in keys if other != key):
+        stored = {key: key.rstrip("/") for key in keys}  # the memory store drops a trailing slash
+        for key, name in stored.items():
+            if any(other.startswith(f"{name}/") or name.startswith(f"{other}/") for other in stored.values()):
                 continue  # a file and a folder of one name: S3 holds both, fsspec's memory store not (S3 test above)
             try:
                 store.pipe_file(f"{root}/{key}", content)
@@ -349,6 +379,13 @@ def test_triton_s_url_for_an_s3_store_of_one_s_own_names_its_endpoint(tmp_path):
         mirror = RepositoryMirror(url, tmp_path)
         assert (mirror.fs.endpoint_url, mirror.root, mirror.url) == (endpoint, root, url.rstrip("/"))
     assert RepositoryMirror("s3://bucket/models", tmp_path).root == "bucket/models"
+
+
+def test_triton_s_url_for_azure_storage_names_the_account_and_the_container(tmp_path):
+    mirror = RepositoryMirror("as://teamaccount/models/path/to/repository", tmp_path)
+    assert (mirror.fs.account_name, mirror.root) == ("teamaccount", "models/path/to/repository")
+    assert RepositoryMirror("as://teamaccount/models", tmp_path).root == "models"
+    assert is_remote("as://teamaccount/models")
 
 
 def test_a_server_serves_an_s3_repository_named_as_tritonserver_names_it(s3, start_server, tmp_path, monkeypatch):  # noqa: F811

@@ -47,9 +47,11 @@ MOUNT_DIRECTORY_VARIABLES = {
 }
 # Triton's form for an S3-compatible store of one's own (MinIO, Ceph...): s3://[http://|https://]host:port/bucket/path
 # (HTTP unless https:// is named).
-S3_WITH_ENDPOINT = re.compile(r"s3://(https?://)?([0-9A-Za-z.-]+):([0-9]+)/(.*)")
+S3_WITH_ENDPOINT = re.compile(r"s3://(https?://)?([0-9A-Za-z.-]+):([0-9]+)/(.*)", re.IGNORECASE)
+# The extra that installs each scheme's storage library.
+STORAGE_EXTRAS = {"s3": "s3", "gs": "gcs", "gcs": "gcs", "as": "azure"}
 # Triton's Azure Storage URL: as://account/container[/path].
-AZURE_URL = re.compile(r"as://([^/]+)/([^/?]+)(?:/([^?]*))?")
+AZURE_URL = re.compile(r"as://([^/]+)/([^/?]+)(?:/([^?]*))?", re.IGNORECASE)
 # model/file, model/version/file, model/version/folder/file (an ONNX model kept as a folder): the deepest a model's
 # files are read.
 MAX_KEY_PARTS = 4
@@ -91,7 +93,10 @@ class RepositoryMirror:
         """
         try:
             self.fs, root = _open_store(url)
-        except (ImportError, ValueError) as error:
+        except ImportError as error:  # fsspec, or the scheme's storage library
+            extra = STORAGE_EXTRAS[url.partition("://")[0].lower()]
+            raise MirrorError(f"{url}: {first_line(error)}: pip install 'buildsys[{extra}]'") from None
+        except ValueError as error:
             raise MirrorError(f"{url}: {first_line(error)}") from None
         self.url = url.rstrip("/")
         self.root = root.rstrip("/")
@@ -232,16 +237,15 @@ class RepositoryMirror:
 
 def _open_store(url: str) -> tuple[object, str]:
     """The fsspec filesystem of a store and the path of the repository in it, from the URL as Triton reads it."""
-    try:
-        import fsspec
-    except ImportError:
-        raise ImportError(
-            "serving from object storage needs fsspec: pip install 'buildsys[s3]' (or [gcs], [azure])"
-        ) from None
+    import fsspec
+
     if endpoint := S3_WITH_ENDPOINT.fullmatch(url):
         protocol, host, port, root = endpoint.groups()
         return fsspec.filesystem("s3", endpoint_url=f"{protocol or 'http://'}{host}:{port}"), root
-    if azure := AZURE_URL.fullmatch(url):
+    if url.lower().startswith("as://"):
+        azure = AZURE_URL.fullmatch(url)
+        if azure is None:
+            raise ValueError("an Azure Storage repository is named as://account/container[/path]")
         account, container, path = azure.groups()
         # Triton's shared key when it is set; otherwise adlfs' own chain: AZURE_STORAGE_CONNECTION_STRING, a SAS
         # token, then DefaultAzureCredential (a managed identity, the Azure CLI's login...).

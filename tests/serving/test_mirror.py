@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from modelrepo import MODEL_NAME
 from serving.errors import ServingError
-from serving.mirror import FETCH_THREADS, FetchError, RepositoryMirror, is_remote
+from serving.mirror import FETCH_THREADS, FetchError, MirrorError, RepositoryMirror, is_remote
 from serving.repository import ModelRepository
 from tests.conftest import fuzz_settings
 from tests.remote.azurite import ACCOUNT, CONTAINER, azurite  # noqa: F401 - fixture
@@ -384,8 +384,10 @@ def test_triton_s_url_for_an_s3_store_of_one_s_own_names_its_endpoint(tmp_path):
 def test_triton_s_url_for_azure_storage_names_the_account_and_the_container(tmp_path):
     mirror = RepositoryMirror("as://teamaccount/models/path/to/repository", tmp_path)
     assert (mirror.fs.account_name, mirror.root) == ("teamaccount", "models/path/to/repository")
-    assert RepositoryMirror("as://teamaccount/models", tmp_path).root == "models"
+    assert RepositoryMirror("AS://teamaccount/models", tmp_path).root == "models"
     assert is_remote("as://teamaccount/models")
+    with pytest.raises(MirrorError, match=r"^as://teamaccount: an Azure Storage repository is named as://account/"):
+        RepositoryMirror("as://teamaccount", tmp_path)
 
 
 def test_a_server_serves_an_s3_repository_named_as_tritonserver_names_it(s3, start_server, tmp_path, monkeypatch):  # noqa: F811

@@ -251,7 +251,8 @@ def _open_store(url: str) -> tuple[object, str]:
         # token, then DefaultAzureCredential (a managed identity, the Azure CLI's login...).
         key = os.environ.get("AZURE_STORAGE_KEY") or None
         return fsspec.filesystem("abfs", account_name=account, account_key=key), f"{container}/{path or ''}"
-    return fsspec.core.url_to_fs(url)
+    scheme, _, rest = url.partition("://")
+    return fsspec.core.url_to_fs(f"{scheme.lower()}://{rest}")
 
 
 def _version_tag(info: dict) -> object:

@@ -378,7 +378,7 @@ def test_triton_s_url_for_an_s3_store_of_one_s_own_names_its_endpoint(tmp_path):
     ]:
         mirror = RepositoryMirror(url, tmp_path)
         assert (mirror.fs.endpoint_url, mirror.root, mirror.url) == (endpoint, root, url.rstrip("/"))
-    assert RepositoryMirror("s3://bucket/models", tmp_path).root == "bucket/models"
+    assert RepositoryMirror("S3://bucket/models", tmp_path).root == "bucket/models"
 
 
 def test_triton_s_url_for_azure_storage_names_the_account_and_the_container(tmp_path):

@@ -149,9 +149,9 @@ class RepositoryMirror:
 
     def prefetch(self, models: Collection[str]) -> None:
         """``fetch`` for several models in one batch, so that their round trips to the store overlap: what a scan
-        about to load them all (start, poll) does first. Best effort: when an object fails, nothing changes here,
-        and the ``fetch`` of each model that follows says which of its objects failed."""
-        with contextlib.suppress(FetchError):
+        about to load them all (start, poll) does first. Best effort: when an object fails (or the local disk),
+        nothing changes here, and the ``fetch`` of each model that follows says which of its objects failed."""
+        with contextlib.suppress(OSError):  # FetchError among them
             self._update(self._listed, lambda key: key.split("/", 1)[0] in models)
 
     def _update(self, listed: dict[str, tuple], concerned: Callable[[str], bool]) -> None:

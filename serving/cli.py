@@ -116,6 +116,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="seconds between rescans (0: no hot reload; Triton's --repository-poll-secs)",
     )
     repository.add_argument(
+        "--model-load-thread-count",
+        type=_positive_int,
+        help="model versions loaded at once, at start and when new models appear (default 4, as Triton's)",
+    )
+    repository.add_argument(
         "--version-policy",
         help="versions to serve: latest, latest:N, all or specific:1,3 (default: config.pbtxt's policy)",
     )
@@ -180,7 +185,7 @@ def run(args: argparse.Namespace) -> int:
         stream=sys.stderr,
     )
     from serving.mirror import is_remote
-    from serving.repository import BatchingOverrides
+    from serving.repository import DEFAULT_LOAD_THREADS, BatchingOverrides
     from serving.response_cache import parse_cache_config
     from serving.runtime import RuntimeOptions
     from serving.server import ServerSettings, StartupError, serve
@@ -221,6 +226,7 @@ def run(args: argparse.Namespace) -> int:
             trace=TraceSettings.from_flags(args.trace_config),
             model_control=args.model_control_mode,
             load_models=_load_models(args.model_control_mode, args.load_model),
+            model_load_threads=args.model_load_thread_count or DEFAULT_LOAD_THREADS,
             response_cache_bytes=parse_cache_config(args.cache_config),
         )
         return serve(settings)

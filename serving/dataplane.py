@@ -33,7 +33,14 @@ from serving.metrics import Metrics, VersionState
 from serving.mirror import RepositoryMirror
 from serving.model_files import parse_config_json
 from serving.protocol import model_config_pb2
-from serving.repository import Batching, BatchingOverrides, IndexEntry, ModelRepository, ServedVersion
+from serving.repository import (
+    DEFAULT_LOAD_THREADS,
+    Batching,
+    BatchingOverrides,
+    IndexEntry,
+    ModelRepository,
+    ServedVersion,
+)
 from serving.response_cache import ResponseCache
 from serving.runtime import CUDA, RuntimeOptions
 from serving.shared_memory import SharedMemorySlice, SystemSharedMemory
@@ -214,6 +221,7 @@ class DataPlane:
         response_cache: ResponseCache | None = None,
         model_control: str = "poll",
         load_models: tuple[str, ...] = ("*",),
+        model_load_threads: int = DEFAULT_LOAD_THREADS,
     ) -> None:
         """Creates the data plane; models load in ``start()``.
 
@@ -231,6 +239,7 @@ class DataPlane:
                 (default: none kept).
             model_control: one of ``MODEL_CONTROL_MODES``; ``poll_interval_s`` applies only to "poll".
             load_models: with "explicit", the models loaded at start ("*": all of them).
+            model_load_threads: versions loaded at once by a scan (see ``ModelRepository``).
         """
         self.metrics = metrics or Metrics()
         self.max_inflight = max_inflight
@@ -247,6 +256,7 @@ class DataPlane:
             batching=batching or BatchingOverrides(),
             on_batch=self.metrics.observe_batch,
             caches_answers=response_cache is not None,
+            load_threads=model_load_threads,
         )
         self.metrics.watch_queue_depth(self.repository.queue_depths)
         self.metrics.watch_versions(

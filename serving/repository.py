@@ -25,7 +25,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 
 # Triton treats max_queue_size 0 as unbounded; serving never queues without limit, so 0 means this default.
 DEFAULT_MAX_QUEUE_SIZE = 256
+# Versions a scan loads at once: Triton's --model-load-thread-count default. Creating a session releases the GIL.
+DEFAULT_LOAD_THREADS = 4
 
 
 @dataclass(frozen=True)
@@ -270,6 +273,7 @@ class ModelRepository:
         batching: BatchingOverrides = BatchingOverrides(),
         on_batch: Callable[[str, int], None] = lambda model, size: None,
         caches_answers: bool = False,
+        load_threads: int = DEFAULT_LOAD_THREADS,
     ) -> None:
         """Creates the repository; nothing is loaded before ``load_all()``.
 
@@ -278,10 +282,13 @@ class ModelRepository:
                 storage (synced before each scan and load, then served from their local folders).
             caches_answers: whether the server keeps a response cache (``--cache-config``); a model whose config
                 enables ``response_cache`` without one is told so when it loads.
+            load_threads: versions a scan loads at once (Triton's --model-load-thread-count); 1 loads one after
+                another.
         """
         self.roots = tuple(r.folder if isinstance(r, RepositoryMirror) else r for r in repositories)
         self._mirrors = {r.folder: r for r in repositories if isinstance(r, RepositoryMirror)}
         self.caches_answers = caches_answers
+        self.load_threads = load_threads
         self.runtime_options = runtime_options
         self.version_policy = version_policy
         self.batching = batching
@@ -307,6 +314,8 @@ class ModelRepository:
         self._failed_reloads: dict[tuple[str, int], _Refusal] = {}
         # Repositories that the last scan could not list, and why (logged when that changes).
         self._listing_errors: dict[Path, str] = {}
+        # Loads started ahead of a scan's syncs (``_preloading``), by version folder and the state they loaded.
+        self._preloaded: dict[tuple[Path, tuple], Future[ServedVersion]] = {}
 
     # --- lookups (request path) ---------------------------------------------------------------------------
 
@@ -376,17 +385,18 @@ class ModelRepository:
                 elif entry.is_dir() and not entry.name.startswith("."):
                     self._note_model_error(entry.name, f"{entry}: folder name does not match {MODEL_NAME.pattern}")
             self._prefetch({name for name in names if name not in self._unloaded})
-            # Ensembles after the models their steps run, which they are checked against and need loaded.
-            for name in dependency_order(names, self._step_models):
-                if unlisted and name in self._models and not self._folders(name):
-                    continue  # its repository may be the one that cannot be listed
-                try:
-                    retired += self._sync(name)
-                except Exception as error:  # one model's files must never stop the scan of the others
-                    reason = f"model '{name}' not (re)loaded: {_naming(self._model_dir(name), error)}"
-                    self._note_model_error(name, reason)
-                    self._unready[name] = self._model_errors[name]
-        return retired
+            with self._preloading(names) as unused:
+                # Ensembles after the models their steps run, which they are checked against and need loaded.
+                for name in dependency_order(names, self._step_models):
+                    if unlisted and name in self._models and not self._folders(name):
+                        continue  # its repository may be the one that cannot be listed
+                    try:
+                        retired += self._sync(name)
+                    except Exception as error:  # one model's files must never stop the scan of the others
+                        reason = f"model '{name}' not (re)loaded: {_naming(self._model_dir(name), error)}"
+                        self._note_model_error(name, reason)
+                        self._unready[name] = self._model_errors[name]
+        return retired + unused
 
     def load(
         self, name: str, config: model_config_pb2.ModelConfig | None = None
@@ -734,7 +744,62 @@ class ModelRepository:
         log.info("model '%s' version %d: its files changed since it was refused; trying again", name, version)
         return True
 
+    @contextlib.contextmanager
+    def _preloading(self, names: Iterable[str]) -> Iterator[list[ServedVersion]]:
+        """Loads, ``load_threads`` at a time, the versions that the syncs of ``names`` are due to load (see
+        ``_loads_due``), while the syncs run one model after another as they always do: ``_load_version`` takes a
+        load from here when it is of the same files, and waits for it if it is still running. A sync that decides
+        otherwise (a version failed, and the policy picks an older one) loads as before. On exit the loads no sync
+        took are put in the list yielded, for the caller to retire with the versions no longer served."""
+        unused: list[ServedVersion] = []
+        due = [load for name in sorted(names) for load in self._loads_due(name)] if self.load_threads > 1 else []
+        if len(due) < 2:  # nothing to run side by side
+            yield unused
+            return
+        with ThreadPoolExecutor(min(self.load_threads, len(due)), thread_name_prefix="model-load") as pool:
+            for version_dir, config, state in due:
+                self._preloaded[(version_dir, state)] = pool.submit(self._load, version_dir, config, state)
+            try:
+                yield unused
+            finally:
+                for future in self._preloaded.values():
+                    with contextlib.suppress(Exception):  # a load that failed and that no sync asked for
+                        unused.append(future.result())
+                self._preloaded.clear()
+
+    def _loads_due(self, name: str) -> list[tuple[Path, model_config_pb2.ModelConfig, tuple]]:
+        """For a model that serves no version yet (every model at start, a model new to the repository), the
+        versions its sync will load if every load succeeds, as ``_sync_model`` decides them. None for a model that
+        serves (a scan that changes nothing must cost no more than it did; a new or changed version of a served
+        model loads as before), for an ensemble (checked against its steps' models, once they have loaded), a
+        model kept unloaded or in several repositories, or one whose configuration cannot be read (its sync says
+        why)."""
+        folders = self._folders(name)
+        if name in self._models or name in self._unloaded or len(folders) != 1:
+            return []
+        try:
+            config = read_config(folders[0], self._config_overrides.get(name))
+        except Exception:  # as in _sync_model: whatever the files raise; the sync reports it in one line
+            return []
+        if config.platform == ENSEMBLE_PLATFORM:
+            return []
+        policy = self.version_policy or VersionPolicy.from_config(config)
+        model_state = _model_state(folders[0], config)
+        candidates = [v for v in list_versions(folders[0]) if self._may_try(name, v, folders[0], model_state)]
+        return [
+            (folders[0] / str(v), config, _version_state(folders[0], v, model_state)) for v in policy.select(candidates)
+        ]
+
     def _load_version(self, version_dir: Path, config: model_config_pb2.ModelConfig, state: tuple) -> ServedVersion:
+        """A version loaded from its files, or taken from ``_preloading`` when it loaded the same files."""
+        preloaded = self._preloaded.pop((version_dir, state), None)
+        if preloaded is not None:
+            return preloaded.result()  # or raises as the load did
+        return self._load(version_dir, config, state)
+
+    def _load(self, version_dir: Path, config: model_config_pb2.ModelConfig, state: tuple) -> ServedVersion:
+        """Reads and checks a version's files and creates its sessions; touches no state of the repository but
+        ``_models`` (read, for an ensemble), so that ``_preloading`` runs it on several threads."""
         name = version_dir.parent.name
         manifest = read_version(version_dir, config)
         if config.response_cache.enable and not self.caches_answers:

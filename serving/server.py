@@ -27,7 +27,7 @@ from serving.grpc_frontend import GrpcFrontend
 from serving.log_settings import LogControl
 from serving.metrics import Metrics
 from serving.mirror import MirrorError, RepositoryMirror, mount_variable
-from serving.repository import BatchingOverrides
+from serving.repository import DEFAULT_LOAD_THREADS, BatchingOverrides
 from serving.response_cache import ResponseCache
 from serving.rest.server import HttpFrontend
 from serving.runtime import RuntimeOptions, check_device_available
@@ -93,6 +93,8 @@ class ServerSettings:
     # Triton's model control mode (DataPlane's MODEL_CONTROL_MODES) and, for "explicit", the models loaded at start.
     model_control: str = "poll"
     load_models: tuple[str, ...] = ()
+    # Versions a scan loads at once (Triton's --model-load-thread-count).
+    model_load_threads: int = DEFAULT_LOAD_THREADS
 
 
 @dataclass(frozen=True)
@@ -257,6 +259,7 @@ async def _serve(settings: ServerSettings, security: Security, repositories: lis
         response_cache=ResponseCache(settings.response_cache_bytes) if settings.response_cache_bytes else None,
         model_control=settings.model_control,
         load_models=settings.load_models,
+        model_load_threads=settings.model_load_threads,
     )
     await dataplane.start()
     loaded = dataplane.repository.loaded()

@@ -186,12 +186,14 @@ def test_repository_unload_and_load(start_server, tmp_path):
 
 
 def test_several_repositories_under_tritonserver_s_own_flags(start_server, tmp_path):
-    """--model-repository repeated and --repository-poll-secs, as a tritonserver command line has them: a model
-    name that appears in a second repository stops serving (the server is not ready) until only one holds it."""
+    """--model-repository repeated, --repository-poll-secs and --model-load-thread-count, as a tritonserver
+    command line has them: a model name that appears in a second repository stops serving (the server is not
+    ready) until only one holds it."""
     first, second = tmp_path / "first", tmp_path / "second"
     publish_version(first, "digits", 1, seed=1)
     publish_version(second, "letters", 1, seed=2)
-    server = start_server(first, "--model-repository", str(second), "--repository-poll-secs", "0.2")
+    flags = ["--model-repository", str(second), "--repository-poll-secs", "0.2", "--model-load-thread-count", "2"]
+    server = start_server(first, *flags)
     batch = images(2)
     with grpcclient.InferenceServerClient(server.url) as client:
         assert client.is_model_ready("digits") and client.is_model_ready("letters")

@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 
 import numpy as np
 import onnx
@@ -596,4 +597,55 @@ def test_a_damaged_onnx_or_labels_file_refuses_only_its_model_in_one_line(tmp_pa
     assert list(whole.manifest.class_names["probabilities"]) == CLASS_NAMES
     answer = whole.model.run({"image": batch})["probabilities"]
     np.testing.assert_allclose(answer, reference_probabilities(version_dir, batch), rtol=1e-5, atol=1e-6)
+    repository.take_all()
+
+
+def test_a_scan_loads_new_models_side_by_side_and_each_sync_takes_the_load_of_its_files(tmp_path, monkeypatch):
+    """Triton's --model-load-thread-count: the models that serve nothing yet load several at once (two loads
+    must be under way together to pass the barrier), and each serves what a load one after another would."""
+    for index in range(4):
+        publish_version(tmp_path, f"model{index}", 1, seed=index)
+    repository = ModelRepository([tmp_path], CPU, load_threads=2)
+    load = repository._load
+    together = threading.Barrier(2, timeout=20)
+
+    def side_by_side(version_dir, config, state):
+        together.wait()
+        return load(version_dir, config, state)
+
+    monkeypatch.setattr(repository, "_load", side_by_side)
+    assert repository.load_all() == []
+    batch = images(2)
+    for index in range(4):
+        answer = repository.get(f"model{index}").model.run({"image": batch})["probabilities"]
+        expected = reference_probabilities(tmp_path / f"model{index}" / "1", batch)
+        np.testing.assert_allclose(answer, expected, rtol=1e-5, atol=1e-6)
+    repository.take_all()
+
+
+def test_a_load_ahead_of_its_sync_that_failed_or_went_stale_changes_nothing_the_sync_decides(tmp_path, monkeypatch):
+    """A version whose load fails is refused in the same one line as when it loads alone, and the policy falls
+    back as before; a load whose files changed before its model's sync is not served, but retired."""
+    publish_version(tmp_path, "digits", 1, seed=1)
+    publish_version(tmp_path, "digits", 2, seed=2)
+    (tmp_path / "digits" / "2" / "model.onnx").write_bytes(b"not an onnx file")
+    publish_version(tmp_path, "letters", 1, seed=3)
+    repository = ModelRepository([tmp_path], CPU, version_policy=VersionPolicy.parse("latest:1"), load_threads=4)
+    load = repository._load
+    stale = []
+
+    def then_touched(version_dir, config, state):
+        served = load(version_dir, config, state)
+        if version_dir.parent.name == "letters" and not stale:  # its files change once the first load read them
+            os.utime(version_dir / "model.onnx", ns=(1, 1))
+            stale.append(served)
+        return served
+
+    monkeypatch.setattr(repository, "_load", then_touched)
+    retired = repository.load_all()
+    assert [(s.name, s.version) for s in repository.loaded()] == [("digits", 1), ("letters", 1)]
+    assert retired == stale and repository.get("letters") is not stale[0]
+    assert repository.load_all() == [], "what serves was loaded from the files as they are"
+    (refusal,) = [e for e in repository.index() if e.state == "UNAVAILABLE"]
+    assert refusal.reason.startswith("model 'digits' version 2 refused: ") and "\n" not in refusal.reason
     repository.take_all()

@@ -21,6 +21,7 @@ from google.protobuf import json_format
 import modelrepo
 from modelrepo import CONFIG_FILE, MANIFEST_FILE, MODEL_NAME, ONNX_FILE, PLATFORM, VERSION_NAME, FormatError
 from modelrepo import list_versions as list_versions
+from serving.codec import shown
 from serving.ensemble import ENSEMBLE_PLATFORM, read_steps
 from serving.errors import ModelLoadError, first_line
 from serving.protocol import model_config_pb2
@@ -124,13 +125,16 @@ def read_config(model_dir: Path, override: model_config_pb2.ModelConfig | None =
         except FormatError as error:
             raise _load_error(error) from error
     if config.name and config.name != model_dir.name:
-        raise ModelLoadError(f"{path}: name '{config.name[:80]}' does not match its folder '{model_dir.name}'")
+        raise ModelLoadError(f"{path}: name {shown(config.name)} does not match its folder '{model_dir.name}'")
+    for kind, tensors in (("input", config.input), ("output", config.output)):
+        for tensor in tensors:  # every message that names a tensor stays one line
+            _check_printable(tensor.name, path, kind)
     if config.platform == ENSEMBLE_PLATFORM:
         _check_ensemble(config, model_dir.name, path)
     elif config.platform not in ("", PLATFORM) or config.backend not in ("", ONNX_BACKEND):
         given = config.platform if config.platform not in ("", PLATFORM) else config.backend
         raise ModelLoadError(
-            f"{path}: platform/backend '{given[:80]}' is not supported; expected '{PLATFORM}' or '{ENSEMBLE_PLATFORM}'"
+            f"{path}: platform/backend {shown(given)} is not supported; expected '{PLATFORM}' or '{ENSEMBLE_PLATFORM}'"
         )
     if config.max_batch_size < 0:
         raise ModelLoadError(
@@ -309,6 +313,7 @@ def onnx_signature(path: Path, batched: bool | None = None) -> ModelSignature:
     specs: dict[str, list[TensorSpec]] = {"input": [], "output": []}
     for kind, nodes in (("input", session.get_inputs()), ("output", session.get_outputs())):
         for node in nodes:
+            _check_printable(node.name, path, kind)
             datatype = ONNX_DATATYPES.get(node.type)
             if datatype is None:
                 raise ModelLoadError(f"{path}: {kind} '{node.name}' is {node.type}, which serving cannot carry")
@@ -370,7 +375,15 @@ def _from_manifest(version_dir: Path, config: model_config_pb2.ModelConfig) -> M
     return served
 
 
+def _check_printable(name: str, path: Path | str, kind: str) -> None:
+    """Refuses a tensor name with a line break or another character that cannot be printed: every message that
+    names the tensor, in the log and in answers, must stay one line."""
+    if not name.isprintable():
+        raise ModelLoadError(f"{path}: {kind} {shown(name)} has a character that cannot be printed in its name")
+
+
 def _spec(path: Path, kind: str, tensor: modelrepo.Tensor) -> TensorSpec:
+    _check_printable(tensor.name, path, kind)
     if tensor.datatype not in DATATYPES:
         raise ModelLoadError(
             f"{path}: {kind} '{tensor.name}' has datatype {tensor.datatype}; serving supports {', '.join(DATATYPES)}"

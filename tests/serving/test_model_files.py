@@ -364,6 +364,24 @@ def test_any_manifest_bytes_read_or_raise_model_load_error(tmp_path_factory, dat
         assert "\n" not in str(error)
 
 
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (('name: "digits"', 'name: "dig\\nits"'), "name 'dig\\nits' does not match its folder"),
+        (('platform: "onnxruntime_onnx"', 'platform: "onnx\\nruntime"'), "platform/backend 'onnx\\nruntime' is not"),
+        (('name: "image"', 'name: "im\\nage"'), "input 'im\\nage' has a character that cannot be printed"),
+    ],
+)
+def test_names_with_line_breaks_in_a_config_are_refused_in_one_line(tmp_path, edit, words):
+    """Found by the fuzz below at 600 examples: the config's own strings were put in the message as they were."""
+    publish_version(tmp_path, "digits", 1, seed=1)
+    config_path = tmp_path / "digits" / "config.pbtxt"
+    config_path.write_text(config_path.read_text().replace(*edit, 1))
+    with pytest.raises(ModelLoadError) as caught:
+        read_config(tmp_path / "digits")
+    assert words in str(caught.value) and "\n" not in str(caught.value), caught.value
+
+
 @fuzz_settings(60)
 @given(data=st.data())
 def test_any_config_bytes_read_or_raise_model_load_error(tmp_path_factory, data):

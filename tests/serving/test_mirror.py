@@ -91,12 +91,15 @@ def test_a_repository_in_s3_serves_and_hot_reloads_from_its_mirror(s3, tmp_path,
 
 
 def test_a_repository_in_google_cloud_storage_serves_from_its_mirror(gcs_server, tmp_path):  # noqa: F811
+    """With an ensemble whose version folder is a folder marker, as the Cloud console's "Create folder" makes it."""
     local = tmp_path / "local"
-    publish_version(local, "digits", 1, seed=1)
+    publish_ensemble(local)
     url = f"gs://{BUCKET}/models"
     upload(local, url)
+    fsspec.filesystem("gs").pipe_file(f"{BUCKET}/models/pipeline/1/", b"")
     repository = ModelRepository([RepositoryMirror(url, tmp_path / "mirror")], CPU)
     repository.load_all()
+    assert sorted(s.name for s in repository.loaded()) == ["argmax", "digits", "pipeline"]
     batch = images(2)
     answer = repository.get("digits").model.run({"image": batch})["probabilities"]
     np.testing.assert_allclose(answer, reference_probabilities(local / "digits" / "1", batch), rtol=1e-5, atol=1e-6)

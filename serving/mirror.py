@@ -247,12 +247,33 @@ def _open_store(url: str) -> tuple[object, str]:
         if azure is None:
             raise ValueError("an Azure Storage repository is named as://account/container[/path]")
         account, container, path = azure.groups()
-        # Triton's shared key when it is set; otherwise adlfs' own chain: AZURE_STORAGE_CONNECTION_STRING, a SAS
-        # token, then DefaultAzureCredential (a managed identity, the Azure CLI's login...).
-        key = os.environ.get("AZURE_STORAGE_KEY") or None
-        return fsspec.filesystem("abfs", account_name=account, account_key=key), f"{container}/{path or ''}"
+        return fsspec.filesystem("abfs", account_name=account, **_azure_credentials()), f"{container}/{path or ''}"
     scheme, _, rest = url.partition("://")
     return fsspec.core.url_to_fs(f"{scheme.lower()}://{rest}")
+
+
+def _azure_credentials() -> dict[str, object]:
+    """adlfs' credential arguments from Triton's variables: AZURE_STORAGE_AUTH_TYPE "managed_identity" (with
+    AZURE_STORAGE_CLIENT_ID for a user-assigned identity) or "default" (DefaultAzureCredential's chain), else
+    ("key", Triton's default) the shared key AZURE_STORAGE_KEY. Without any of them, adlfs' own: a connection
+    string, a SAS token, then DefaultAzureCredential. An identity is passed explicitly because adlfs would read
+    AZURE_STORAGE_CLIENT_ID alone as half of a service principal.
+
+    Raises:
+        ValueError: an AZURE_STORAGE_AUTH_TYPE that Triton does not take.
+    """
+    auth_type = os.environ.get("AZURE_STORAGE_AUTH_TYPE", "").strip().lower()
+    if auth_type == "managed_identity":
+        from azure.identity.aio import ManagedIdentityCredential
+
+        return {"credential": ManagedIdentityCredential(client_id=os.environ.get("AZURE_STORAGE_CLIENT_ID") or None)}
+    if auth_type == "default":
+        from azure.identity.aio import DefaultAzureCredential
+
+        return {"credential": DefaultAzureCredential()}
+    if auth_type not in ("", "key"):
+        raise ValueError(f"AZURE_STORAGE_AUTH_TYPE {auth_type!r}: expected key, managed_identity or default")
+    return {"account_key": os.environ.get("AZURE_STORAGE_KEY") or None}
 
 
 def _version_tag(info: dict) -> object:

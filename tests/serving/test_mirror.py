@@ -25,7 +25,7 @@ from serving.errors import ServingError
 from serving.mirror import FETCH_THREADS, FetchError, MirrorError, RepositoryMirror, is_remote
 from serving.repository import ModelRepository
 from tests.conftest import fuzz_settings
-from tests.remote.azurite import ACCOUNT, CONTAINER, azurite  # noqa: F401 - fixture
+from tests.remote.azurite import ACCOUNT, ACCOUNT_KEY, CONTAINER, azurite  # noqa: F401 - fixture
 from tests.remote.gcs import gcs_server  # noqa: F401 - fixture
 from tests.remote.s3 import BUCKET, s3  # noqa: F401 - fixture
 from tests.serving.conftest import (
@@ -391,6 +391,24 @@ def test_triton_s_url_for_azure_storage_names_the_account_and_the_container(tmp_
     assert is_remote("as://teamaccount/models")
     with pytest.raises(MirrorError, match=r"^as://teamaccount: an Azure Storage repository is named as://account/"):
         RepositoryMirror("as://teamaccount", tmp_path)
+
+
+def test_triton_s_azure_authentication_variables_choose_the_credential(tmp_path, monkeypatch):
+    """AZURE_STORAGE_AUTH_TYPE as Triton reads it. A managed identity's client id goes to the identity: adlfs alone
+    would take AZURE_STORAGE_CLIENT_ID for half of a service principal."""
+    from azure.identity.aio import DefaultAzureCredential, ManagedIdentityCredential
+
+    monkeypatch.delenv("AZURE_STORAGE_CONNECTION_STRING", raising=False)
+    monkeypatch.setenv("AZURE_STORAGE_KEY", ACCOUNT_KEY)
+    assert RepositoryMirror("as://keyed/models", tmp_path).fs.account_key == ACCOUNT_KEY
+    monkeypatch.setenv("AZURE_STORAGE_AUTH_TYPE", "managed_identity")
+    monkeypatch.setenv("AZURE_STORAGE_CLIENT_ID", "00000000-0000-0000-0000-000000000001")
+    assert isinstance(RepositoryMirror("as://identity/models", tmp_path).fs.credential, ManagedIdentityCredential)
+    monkeypatch.setenv("AZURE_STORAGE_AUTH_TYPE", "default")
+    assert isinstance(RepositoryMirror("as://chain/models", tmp_path).fs.credential, DefaultAzureCredential)
+    monkeypatch.setenv("AZURE_STORAGE_AUTH_TYPE", "sas")
+    with pytest.raises(MirrorError, match="^as://other/models: AZURE_STORAGE_AUTH_TYPE 'sas': expected key, "):
+        RepositoryMirror("as://other/models", tmp_path)
 
 
 def test_a_server_serves_an_s3_repository_named_as_tritonserver_names_it(s3, start_server, tmp_path, monkeypatch):  # noqa: F811

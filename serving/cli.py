@@ -36,11 +36,23 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+# A boolean flag's values as tritonserver reads them.
+BOOLEANS = {"true": True, "on": True, "1": True, "false": False, "off": False, "0": False}
+
+
+def _boolean(text: str) -> bool:
+    value = BOOLEANS.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Adds the serve flags to ``parser``."""
     parser.add_argument(
         "--repository",
         "--model-repository",
+        "--model-store",
         dest="repositories",
         action="append",
         metavar="PATH_OR_URL",
@@ -57,6 +69,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--http-port", type=_non_negative_int, default=8000, help="HTTP/REST port (default 8000)")
     parser.add_argument("--no-grpc", action="store_true", help="do not serve gRPC")
     parser.add_argument("--no-http", action="store_true", help="do not serve HTTP/REST")
+    # tritonserver's spellings of the same switches, so that a command line written for it runs here.
+    for name, what in (("grpc", "gRPC"), ("http", "HTTP/REST"), ("metrics", "Prometheus /metrics")):
+        parser.add_argument(
+            f"--allow-{name}", type=_boolean, default=True, metavar="BOOL", help=f"serve {what} (default true)"
+        )
     parser.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA when available")
     runtime = parser.add_argument_group("ONNX Runtime")
     runtime.add_argument(
@@ -152,6 +169,22 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "as Triton's --allow-client-shm=true; off by default, since a region lets a client have the server read "
         "and write any shared memory object this user can open",
     )
+    security.add_argument(
+        "--strict-readiness",
+        type=_boolean,
+        default=True,
+        metavar="BOOL",
+        help="true (default): ready only while every model its policy asks for serves; false: ready whenever the "
+        "server answers (Triton's flag)",
+    )
+    security.add_argument(
+        "--exit-on-error",
+        type=_boolean,
+        default=False,
+        metavar="BOOL",
+        help="true: stop at start, exit code 2, when a model or version does not load (Triton's default); false "
+        "(default here): serve the others, each refusal in the log and RepositoryIndex",
+    )
     security.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
     security.add_argument(
         "--trace-config",
@@ -200,8 +233,8 @@ def run(args: argparse.Namespace) -> int:
                 for location in args.repositories or ["build-out/models"]
             ),
             host=args.host,
-            port=None if args.no_grpc else args.port,
-            http_port=None if args.no_http else args.http_port,
+            port=None if args.no_grpc or not args.allow_grpc else args.port,
+            http_port=None if args.no_http or not args.allow_http else args.http_port,
             runtime=RuntimeOptions(
                 device=args.device,
                 intra_op_threads=args.intra_op_threads,
@@ -218,7 +251,9 @@ def run(args: argparse.Namespace) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             auth_token_file=args.auth_token_file,
-            metrics_port=None if args.no_metrics else args.metrics_port,
+            metrics_port=None if args.no_metrics or not args.allow_metrics else args.metrics_port,
+            strict_readiness=args.strict_readiness,
+            exit_on_error=args.exit_on_error,
             grace_period_s=args.grace_period,
             max_concurrent_requests=args.max_concurrent_requests,
             allow_client_shm=args.allow_client_shm,

@@ -222,6 +222,7 @@ class DataPlane:
         model_control: str = "poll",
         load_models: tuple[str, ...] = ("*",),
         model_load_threads: int = DEFAULT_LOAD_THREADS,
+        strict_readiness: bool = True,
     ) -> None:
         """Creates the data plane; models load in ``start()``.
 
@@ -240,6 +241,8 @@ class DataPlane:
             model_control: one of ``MODEL_CONTROL_MODES``; ``poll_interval_s`` applies only to "poll".
             load_models: with "explicit", the models loaded at start ("*": all of them).
             model_load_threads: versions loaded at once by a scan (see ``ModelRepository``).
+            strict_readiness: whether readiness asks every model its policy selects to serve (Triton's
+                --strict-readiness), or only that the server runs and is not shutting down.
         """
         self.metrics = metrics or Metrics()
         self.max_inflight = max_inflight
@@ -249,6 +252,7 @@ class DataPlane:
         self.response_cache = response_cache
         self.model_control = model_control
         self.load_models = load_models
+        self.strict_readiness = strict_readiness
         self.repository = ModelRepository(
             repositories,
             runtime,
@@ -361,8 +365,9 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        """True when not shutting down and every model that its policy asks for serves at least one version."""
-        return not self.draining and not self.repository.unready_models()
+        """True when not shutting down and (with strict readiness) every model that its policy asks for serves at
+        least one version."""
+        return not self.draining and not (self.strict_readiness and self.repository.unready_models())
 
     def server_metadata(self) -> ServerMetadata:
         # The protocol has no field for warnings; an extension string is what every client prints.

@@ -365,6 +365,14 @@ class ModelRepository:
         """Models in the repository that serve no version although their policy selects one, with the reason."""
         return dict(self._unready)
 
+    def refusals(self) -> list[str]:
+        """Why each version and model that should serve does not, or serves as it was (the log's lines): refused
+        versions, failed reloads, unreadable or duplicated models; not those kept unloaded on purpose."""
+        reasons = [failed.reason for _, failed in sorted({**self._failures, **self._failed_reloads}.items())]
+        reasons += [reason for name, reason in sorted(self._model_errors.items()) if name not in self._unloaded]
+        reasons += [reason for _, reason in sorted(self._unready.items())]
+        return list(dict.fromkeys(reasons))
+
     # --- loading (blocking: call from a worker thread) -----------------------------------------------------
 
     def load_all(self) -> list[ServedVersion]:

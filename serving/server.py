@@ -95,6 +95,10 @@ class ServerSettings:
     load_models: tuple[str, ...] = ()
     # Versions a scan loads at once (Triton's --model-load-thread-count).
     model_load_threads: int = DEFAULT_LOAD_THREADS
+    # Triton's --strict-readiness (ready only while every model serves) and --exit-on-error (a refusal at start stops
+    # the server; off by default here: a bad file refuses only itself).
+    strict_readiness: bool = True
+    exit_on_error: bool = False
 
 
 @dataclass(frozen=True)
@@ -260,8 +264,13 @@ async def _serve(settings: ServerSettings, security: Security, repositories: lis
         model_control=settings.model_control,
         load_models=settings.load_models,
         model_load_threads=settings.model_load_threads,
+        strict_readiness=settings.strict_readiness,
     )
     await dataplane.start()
+    refusals = dataplane.repository.refusals()
+    if settings.exit_on_error and refusals:
+        await dataplane.close()
+        raise StartupError(f"--exit-on-error: not everything loaded at start: {'; '.join(refusals)}")
     loaded = dataplane.repository.loaded()
     if not loaded and settings.model_control == "explicit" and not settings.load_models:
         log.info("no model loaded at start (--model-control-mode explicit): load requests load them")
@@ -302,7 +311,7 @@ async def _serve(settings: ServerSettings, security: Security, repositories: lis
         " with TLS" if security.tls else "",
         " and a bearer token" if security.token else "",
         ", clients' shared memory allowed" if settings.allow_client_shm else "",
-        "ready" if not unready else f"not ready: {'; '.join(unready.values())}",
+        "ready" if dataplane.ready() else f"not ready: {'; '.join(unready.values())}",
     )
     await stop.wait()
 

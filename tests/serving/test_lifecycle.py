@@ -28,6 +28,7 @@ from tests.serving.conftest import (
     images,
     infer_request,
     probabilities,
+    publish_version,
     reference_probabilities,
     scrape,
     stream_answers,
@@ -243,6 +244,42 @@ def test_startup_errors_are_one_clear_line_and_exit_2(digits_repo, args, message
     assert completed.returncode == 2, completed.stderr
     error_lines = [line for line in completed.stderr.splitlines() if line.startswith("serve: error:")]
     assert len(error_lines) == 1 and message in error_lines[0], completed.stderr
+    assert "Traceback" not in completed.stderr
+
+
+def test_a_tritonserver_command_line_runs_here_and_its_readiness_flag_is_read(start_server, tmp_path):
+    """tritonserver's spellings, as a Triton or KServe deployment passes them: --model-store, --allow-grpc=false,
+    --allow-metrics=false, and --strict-readiness=false, which keeps the server ready while a model is refused."""
+    repo = tmp_path / "models"
+    publish_version(repo, "digits", 1, seed=1)
+    broken = publish_version(repo, "broken", 1, seed=2)
+    (broken / "model.onnx").write_bytes(b"not an onnx file")
+    (tmp_path / "empty").mkdir()
+    flags = ["--model-store", str(repo), "--allow-grpc=false", "--allow-metrics", "off", "--strict-readiness=false"]
+    server = start_server(tmp_path / "empty", *flags)
+    assert "(ready)" in server.log()
+    connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+    for path, status in [("/v2/health/ready", 200), ("/v2/models/digits/ready", 200), ("/v2/models/broken/ready", 400)]:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()
+        assert response.status == status, (path, response.status)
+    assert "grpc on" not in server.log().lower(), "--allow-grpc=false serves no gRPC"
+    assert "metrics on" not in server.log().lower()
+
+
+def test_exit_on_error_stops_a_server_whose_model_is_refused_at_start_in_one_line(tmp_path):
+    repo = tmp_path / "models"
+    publish_version(repo, "digits", 1, seed=1)
+    broken = publish_version(repo, "broken", 1, seed=2)
+    (broken / "model.onnx").write_bytes(b"not an onnx file")
+    completed = run_serving("--model-repository", str(repo), "--port", "0", "--http-port", "0", "--exit-on-error=true")
+    assert completed.returncode == 2, completed.stderr
+    error_lines = [line for line in completed.stderr.splitlines() if line.startswith("serve: error:")]
+    assert len(error_lines) == 1, completed.stderr
+    assert error_lines[0].startswith(
+        "serve: error: --exit-on-error: not everything loaded at start: model 'broken' version 1 refused: "
+    )
     assert "Traceback" not in completed.stderr
 
 

@@ -649,3 +649,18 @@ def test_a_load_ahead_of_its_sync_that_failed_or_went_stale_changes_nothing_the_
     (refusal,) = [e for e in repository.index() if e.state == "UNAVAILABLE"]
     assert refusal.reason.startswith("model 'digits' version 2 refused: ") and "\n" not in refusal.reason
     repository.take_all()
+
+
+def test_refusals_name_what_should_serve_and_does_not_but_not_what_is_kept_unloaded(tmp_path):
+    """What --exit-on-error stops the server for: a refused version and the model it leaves without one; a model
+    held back by explicit model control is not a refusal."""
+    publish_version(tmp_path, "digits", 1, seed=1)
+    publish_version(tmp_path, "letters", 1, seed=2)
+    broken = publish_version(tmp_path, "broken", 1, seed=3)
+    (broken / "model.onnx").write_bytes(b"not an onnx file")
+    repository = ModelRepository([tmp_path], CPU)
+    assert repository.hold_back({"digits", "broken"}) == []
+    repository.load_all()
+    refusals = repository.refusals()
+    assert [r.split(":")[0] for r in refusals] == ["model 'broken' version 1 refused", "model 'broken'"], refusals
+    repository.take_all()

@@ -186,6 +186,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "(default here): serve the others, each refusal in the log and RepositoryIndex",
     )
     security.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    # tritonserver's log flags: the logging extension's settings (serving.log_settings) as the server starts.
+    security.add_argument("--log-verbose", type=_non_negative_int, metavar="N", help="> 0: the server's DEBUG lines")
+    for level in ("info", "warning", "error"):
+        security.add_argument(f"--log-{level}", type=_boolean, metavar="BOOL", help=f"write {level} lines or not")
+    security.add_argument("--log-format", choices=("default", "ISO8601"), help="ISO8601: ISO 8601 times")
+    security.add_argument("--log-file", type=Path, help="write the log to this file instead of standard error")
     security.add_argument(
         "--trace-config",
         action="append",
@@ -212,11 +218,15 @@ def _load_models(mode: str, names: list[str]) -> tuple[str, ...]:
 
 def run(args: argparse.Namespace) -> int:
     """Starts the server with the parsed flags; returns the exit code (2 for a configuration error)."""
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    try:
+        logging.basicConfig(
+            level=args.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            **({"filename": args.log_file} if args.log_file else {"stream": sys.stderr}),
+        )
+    except OSError as error:
+        print(f"serve: error: --log-file {args.log_file}: {error.strerror or error}", file=sys.stderr)
+        return 2
     from serving.mirror import is_remote
     from serving.repository import DEFAULT_LOAD_THREADS, BatchingOverrides
     from serving.response_cache import parse_cache_config
@@ -258,6 +268,18 @@ def run(args: argparse.Namespace) -> int:
             max_concurrent_requests=args.max_concurrent_requests,
             allow_client_shm=args.allow_client_shm,
             log_level=args.log_level,
+            log_file=str(args.log_file or ""),
+            log_changes=tuple(
+                (name, value)
+                for name, value in [
+                    ("log_verbose_level", args.log_verbose),
+                    ("log_info", args.log_info),
+                    ("log_warning", args.log_warning),
+                    ("log_error", args.log_error),
+                    ("log_format", args.log_format),
+                ]
+                if value is not None
+            ),
             trace=TraceSettings.from_flags(args.trace_config),
             model_control=args.model_control_mode,
             load_models=_load_models(args.model_control_mode, args.load_model),

@@ -52,12 +52,15 @@ class LogControl(logging.Filter):
     Args:
         level: the ``--log-level`` the server started with, the settings' starting point.
         verbose_logger: the logger whose records ``log_verbose_level`` > 0 lets through at DEBUG (the server's).
+        log_file: the file the log goes to (``--log-file``), "" for standard error; reported, never changed.
     """
 
-    def __init__(self, level: str = "info", verbose_logger: str = "serving") -> None:
+    def __init__(self, level: str = "info", verbose_logger: str = "serving", log_file: str = "") -> None:
         super().__init__()
         info, warning, error, verbose = LEVEL_SWITCHES[level]
-        self.settings = LogSettings(log_info=info, log_warning=warning, log_error=error, log_verbose_level=verbose)
+        self.settings = LogSettings(
+            log_file=log_file, log_info=info, log_warning=warning, log_error=error, log_verbose_level=verbose
+        )
         self._logger: logging.Logger | None = None
         self._verbose_logger = logging.getLogger(verbose_logger)
         self._handlers: list[logging.Handler] = []

@@ -86,6 +86,10 @@ class ServerSettings:
     allow_client_shm: bool = False
     # The --log-level the process's logging was configured with: where the log settings that clients see start.
     log_level: str = "info"
+    # tritonserver's --log-file (where the log is written, reported by the logging extension) and its other log flags,
+    # as the logging extension's settings that they set: (name, value) pairs.
+    log_file: str = ""
+    log_changes: tuple[tuple[str, object], ...] = ()
     # The --trace-config settings: the trace file, and where the trace settings that clients see start.
     trace: TraceSettings = field(default_factory=TraceSettings)
     # The response cache's size (--cache-config local,size=BYTES), or None for none.
@@ -247,8 +251,9 @@ def _mirror(url: str, scratch: contextlib.ExitStack) -> RepositoryMirror:
 
 async def _serve(settings: ServerSettings, security: Security, repositories: list[Path | RepositoryMirror]) -> int:
     metrics = Metrics()
-    log_control = LogControl(settings.log_level)
+    log_control = LogControl(settings.log_level, log_file=settings.log_file)
     log_control.install(logging.getLogger())
+    log_control.update(dict(settings.log_changes))
     dataplane = DataPlane(
         repositories,
         settings.runtime,

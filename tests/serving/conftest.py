@@ -468,12 +468,14 @@ class ServerProcess:
         *args: str,
         command: tuple[str, ...] = ("-m", "serving"),
         forbidden: tuple[str, ...] = FORBIDDEN_MODULES,
+        ready_in: Path | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"127.0.0.1:{self.port}"
         self.http_port = free_port()
         self.http_url = f"127.0.0.1:{self.http_port}"
         self.log_path = log_dir / f"server-{self.port}.log"
+        self.ready_in = ready_in or self.log_path  # the log the server writes ready in (its --log-file, if given)
         self.forbidden_log = log_dir / f"forbidden-imports-{self.port}.log"
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(guard), str(PROJECT_ROOT)])
@@ -502,7 +504,8 @@ class ServerProcess:
     def _wait_ready(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if "(ready)" in self.log() or "(not ready:" in self.log():
+            written = self.ready_in.read_text() if self.ready_in.exists() else ""
+            if "(ready)" in written or "(not ready:" in written:
                 return
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()}")

@@ -110,3 +110,43 @@ def test_a_client_turns_a_live_servers_info_lines_off_and_on_over_both_front_end
     assert "infer 'digits' version 1 id 'seen': image UINT8 [2, 8, 8] -> probabilities [2, 10]" in log
     assert "model 'digits/1': one call for 1 request(s), 2 sample(s)" in log
     assert "'unseen'" not in log and "cygrpc" not in log, "only the server's own lines, only while verbose"
+
+
+def test_tritonserver_s_log_flags_set_the_settings_the_server_starts_with(start_server, digits_repo, tmp_path):
+    """--log-file, --log-verbose, --log-info, --log-format as tritonserver takes them: the log goes to the file,
+    and a client reads the settings they set."""
+    log_file = tmp_path / "server.log"
+    flags = ["--log-file", str(log_file), "--log-verbose=1", "--log-warning=false", "--log-format", "ISO8601"]
+    server = start_server(digits_repo, *flags, ready_in=log_file)
+    http = httpclient.InferenceServerClient(server.http_url)
+    try:
+        settings = http.get_log_settings()
+        assert settings == {
+            "log_file": str(log_file),
+            "log_info": True,
+            "log_warning": False,
+            "log_error": True,
+            "log_verbose_level": 1,
+            "log_format": "ISO8601",
+        }
+    finally:
+        http.close()
+    with grpcclient.InferenceServerClient(server.url) as client:
+        tensor = grpcclient.InferInput("image", [2, 8, 8], "UINT8")
+        tensor.set_data_from_numpy(images(2))
+        client.infer("digits", [tensor], request_id="verbose")
+    assert server.stop() == 0
+    written = log_file.read_text()
+    assert "infer 'digits' version 1 id 'verbose'" in written and "(ready)" in written
+    assert written.splitlines()[0].split(" ")[0].count("T") == 1, "ISO 8601 times"
+    assert "serving" not in server.log(), "nothing of the server's log on standard error"
+
+
+def test_a_log_file_that_cannot_be_written_stops_the_server_in_one_line(digits_repo, tmp_path):
+    from tests.serving.test_lifecycle import run_serving
+
+    completed = run_serving("--repository", str(digits_repo), "--log-file", str(tmp_path / "missing" / "server.log"))
+    assert completed.returncode == 2
+    assert completed.stderr.strip() == (
+        f"serve: error: --log-file {tmp_path / 'missing' / 'server.log'}: No such file or directory"
+    )

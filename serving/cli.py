@@ -133,6 +133,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help="seconds between rescans (0: no hot reload; Triton's --repository-poll-secs)",
     )
     repository.add_argument(
+        "--disable-auto-complete-config",
+        action="store_true",
+        help="refuse a model without config.pbtxt, or whose config lists no inputs or outputs, instead of taking them "
+        "from its ONNX file (Triton's flag)",
+    )
+    repository.add_argument(
+        "--strict-model-config",
+        type=_boolean,
+        default=False,
+        metavar="BOOL",
+        help="true: as --disable-auto-complete-config (Triton's older spelling)",
+    )
+    repository.add_argument(
         "--model-load-thread-count",
         type=_positive_int,
         help="model versions loaded at once, at start and when new models appear (default 4, as Triton's)",
@@ -263,6 +276,7 @@ def run(args: argparse.Namespace) -> int:
             auth_token_file=args.auth_token_file,
             metrics_port=None if args.no_metrics or not args.allow_metrics else args.metrics_port,
             strict_readiness=args.strict_readiness,
+            auto_complete_config=not (args.disable_auto_complete_config or args.strict_model_config),
             exit_on_error=args.exit_on_error,
             grace_period_s=args.grace_period,
             max_concurrent_requests=args.max_concurrent_requests,

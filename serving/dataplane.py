@@ -223,6 +223,7 @@ class DataPlane:
         load_models: tuple[str, ...] = ("*",),
         model_load_threads: int = DEFAULT_LOAD_THREADS,
         strict_readiness: bool = True,
+        auto_complete_config: bool = True,
     ) -> None:
         """Creates the data plane; models load in ``start()``.
 
@@ -243,6 +244,7 @@ class DataPlane:
             model_load_threads: versions loaded at once by a scan (see ``ModelRepository``).
             strict_readiness: whether readiness asks every model its policy selects to serve (Triton's
                 --strict-readiness), or only that the server runs and is not shutting down.
+            auto_complete_config: see ``ModelRepository``'s ``auto_complete``.
         """
         self.metrics = metrics or Metrics()
         self.max_inflight = max_inflight
@@ -261,6 +263,7 @@ class DataPlane:
             on_batch=self.metrics.observe_batch,
             caches_answers=response_cache is not None,
             load_threads=model_load_threads,
+            auto_complete=auto_complete_config,
         )
         self.metrics.watch_queue_depth(self.repository.queue_depths)
         self.metrics.watch_versions(

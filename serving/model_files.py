@@ -104,10 +104,12 @@ def parse_config_json(text: str, model: str) -> model_config_pb2.ModelConfig:
         raise ModelLoadError(f"the load request's config of '{model}' is not a model configuration: {reason}") from None
 
 
-def read_config(model_dir: Path, override: model_config_pb2.ModelConfig | None = None) -> model_config_pb2.ModelConfig:
-    """The model's config.pbtxt, checked for what serving needs; completed from the ONNX file when it is missing.
-    ``override``, the configuration that a load request carries (Triton's ``config`` load parameter), is checked the
-    same way and used instead of the file.
+def read_config(
+    model_dir: Path, override: model_config_pb2.ModelConfig | None = None, auto_complete: bool = True
+) -> model_config_pb2.ModelConfig:
+    """The model's config.pbtxt, checked for what serving needs; completed from the ONNX file when it is missing
+    (unless ``auto_complete`` is off: Triton's --disable-auto-complete-config). ``override``, the configuration that
+    a load request carries (Triton's ``config`` load parameter), is checked the same way and used instead of the file.
 
     Raises:
         ModelLoadError: unreadable, not UTF-8, not a valid Triton config, another model's name, another platform,
@@ -118,6 +120,8 @@ def read_config(model_dir: Path, override: model_config_pb2.ModelConfig | None =
     if override is not None:
         config, path = override, f"the load request's config of '{model_dir.name}'"
     elif not path.exists():
+        if not auto_complete:
+            raise ModelLoadError(f"{path}: missing, and auto-completion is off (--disable-auto-complete-config)")
         return _complete_config(model_dir)
     else:
         try:
@@ -329,16 +333,17 @@ def onnx_signature(path: Path, batched: bool | None = None) -> ModelSignature:
     return ModelSignature(inputs=tuple(specs["input"]), outputs=tuple(specs["output"]), batched=batched)
 
 
-def read_version(version_dir: Path, config: model_config_pb2.ModelConfig) -> Manifest:
+def read_version(version_dir: Path, config: model_config_pb2.ModelConfig, auto_complete: bool = True) -> Manifest:
     """What serving needs of one version: from manifest.json when the folder has one (checked against the config),
-    else from the config and the ONNX file alone.
+    else from the config and the ONNX file alone (the tensors from the file when the config lists none, unless
+    ``auto_complete`` is off).
 
     Raises:
         ModelLoadError: one line naming the file that is wrong and why.
     """
     if (version_dir / MANIFEST_FILE).exists() and config.platform != ENSEMBLE_PLATFORM:
         return _from_manifest(version_dir, config)
-    return _from_config(version_dir, config)
+    return _from_config(version_dir, config, auto_complete)
 
 
 def _from_manifest(version_dir: Path, config: model_config_pb2.ModelConfig) -> Manifest:
@@ -395,7 +400,7 @@ def _spec(path: Path, kind: str, tensor: modelrepo.Tensor) -> TensorSpec:
     return TensorSpec(tensor.name, tensor.datatype, tensor.shape)
 
 
-def _from_config(version_dir: Path, config: model_config_pb2.ModelConfig) -> Manifest:
+def _from_config(version_dir: Path, config: model_config_pb2.ModelConfig, auto_complete: bool) -> Manifest:
     """A Triton version folder: the config's tensors (or the ONNX file's, when the config lists none) and labels."""
     model_dir = version_dir.parent
     config_path = model_dir / CONFIG_FILE
@@ -409,6 +414,10 @@ def _from_config(version_dir: Path, config: model_config_pb2.ModelConfig) -> Man
             batched=batched,
         )
         declared_in = CONFIG_FILE if config_path.exists() else "the config completed from the newest version"
+    elif not auto_complete:
+        raise ModelLoadError(
+            f"{config_path}: lists no inputs or no outputs, and auto-completion is off (--disable-auto-complete-config)"
+        )
     else:
         signature = onnx_signature(onnx_path, batched)
         declared_in = f"{onnx_path.name}'s own declaration"

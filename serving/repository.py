@@ -274,6 +274,7 @@ class ModelRepository:
         on_batch: Callable[[str, int], None] = lambda model, size: None,
         caches_answers: bool = False,
         load_threads: int = DEFAULT_LOAD_THREADS,
+        auto_complete: bool = True,
     ) -> None:
         """Creates the repository; nothing is loaded before ``load_all()``.
 
@@ -284,11 +285,14 @@ class ModelRepository:
                 enables ``response_cache`` without one is told so when it loads.
             load_threads: versions a scan loads at once (Triton's --model-load-thread-count); 1 loads one after
                 another.
+            auto_complete: whether a model without config.pbtxt, or whose config lists no tensors, takes them from
+                its ONNX file, as Triton does unless --disable-auto-complete-config.
         """
         self.roots = tuple(r.folder if isinstance(r, RepositoryMirror) else r for r in repositories)
         self._mirrors = {r.folder: r for r in repositories if isinstance(r, RepositoryMirror)}
         self.caches_answers = caches_answers
         self.load_threads = load_threads
+        self.auto_complete = auto_complete
         self.runtime_options = runtime_options
         self.version_policy = version_policy
         self.batching = batching
@@ -429,7 +433,7 @@ class ModelRepository:
         self._check_name(name)
         if config is not None:
             try:
-                read_config(self._model_dir(name), config)
+                read_config(self._model_dir(name), config, self.auto_complete)
             except ModelLoadError as error:
                 raise ServingError(Status.INVALID_ARGUMENT, str(error)) from None
         with self._sync_lock:
@@ -666,7 +670,7 @@ class ModelRepository:
             try:
                 if model_dir.parent in self._mirrors:
                     self._mirrors[model_dir.parent].fetch(name)
-                config = read_config(model_dir, self._config_overrides.get(name))
+                config = read_config(model_dir, self._config_overrides.get(name), self.auto_complete)
             except Exception as error:  # not only ModelLoadError: any unreadable config refuses only this model
                 # Keep serving what already serves: a config being rewritten or broken must not take it down.
                 if isinstance(error, FetchError):
@@ -786,7 +790,7 @@ class ModelRepository:
         if name in self._models or name in self._unloaded or len(folders) != 1:
             return []
         try:
-            config = read_config(folders[0], self._config_overrides.get(name))
+            config = read_config(folders[0], self._config_overrides.get(name), self.auto_complete)
         except Exception:  # as in _sync_model: whatever the files raise; the sync reports it in one line
             return []
         if config.platform == ENSEMBLE_PLATFORM:
@@ -809,7 +813,7 @@ class ModelRepository:
         """Reads and checks a version's files and creates its sessions; touches no state of the repository but
         ``_models`` (read, for an ensemble), so that ``_preloading`` runs it on several threads."""
         name = version_dir.parent.name
-        manifest = read_version(version_dir, config)
+        manifest = read_version(version_dir, config, self.auto_complete)
         if config.response_cache.enable and not self.caches_answers:
             log.warning(
                 "model '%s': config.pbtxt enables response_cache, but the server keeps no response cache "

@@ -103,6 +103,9 @@ class ServerSettings:
     # the server; off by default here: a bad file refuses only itself).
     strict_readiness: bool = True
     exit_on_error: bool = False
+    # Whether a model without config.pbtxt, or one listing no tensors, takes them from its ONNX file (Triton's default;
+    # off with --disable-auto-complete-config).
+    auto_complete_config: bool = True
 
 
 @dataclass(frozen=True)
@@ -270,6 +273,7 @@ async def _serve(settings: ServerSettings, security: Security, repositories: lis
         load_models=settings.load_models,
         model_load_threads=settings.model_load_threads,
         strict_readiness=settings.strict_readiness,
+        auto_complete_config=settings.auto_complete_config,
     )
     await dataplane.start()
     refusals = dataplane.repository.refusals()

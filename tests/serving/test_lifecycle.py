@@ -255,7 +255,8 @@ def test_a_tritonserver_command_line_runs_here_and_its_readiness_flag_is_read(st
     broken = publish_version(repo, "broken", 1, seed=2)
     (broken / "model.onnx").write_bytes(b"not an onnx file")
     (tmp_path / "empty").mkdir()
-    flags = ["--model-store", str(repo), "--allow-grpc=false", "--allow-metrics", "off", "--strict-readiness=false"]
+    flags = ["--model-store", str(repo), "--allow-grpc=false", "--allow-metrics", "off", "--strict-readiness=false",
+             "--strict-model-config=false"]  # fmt: skip
     server = start_server(tmp_path / "empty", *flags)
     assert "(ready)" in server.log()
     connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
@@ -329,3 +330,14 @@ def test_cli_module_is_light_and_matches_the_runtime():
 
     assert cli.DEVICES == runtime.DEVICES
     assert tuple(runtime.GRAPH_OPTIMIZATION_LEVELS) == cli.GRAPH_OPTIMIZATION_LEVELS
+
+
+def test_disable_auto_complete_config_refuses_a_model_without_config_pbtxt(start_server, tmp_path):
+    from tests.serving.test_model_files import triton_repository
+
+    model_dir, _ = triton_repository(tmp_path / "models", config=False, labels=False)
+    server = start_server(model_dir.parent, "--disable-auto-complete-config")
+    with grpcclient.InferenceServerClient(server.url) as client:
+        assert not client.is_model_ready("digits") and not client.is_server_ready()
+        (entry,) = client.get_model_repository_index().models
+    assert entry.reason.endswith("config.pbtxt: missing, and auto-completion is off (--disable-auto-complete-config)")

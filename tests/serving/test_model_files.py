@@ -255,6 +255,20 @@ def test_a_missing_config_is_completed_from_the_onnx_file(tmp_path):
     assert served.signature.outputs == (TensorSpec("probabilities", "FP32", (-1, 10)),)
 
 
+def test_without_auto_completion_a_config_must_be_there_and_list_the_tensors(tmp_path):
+    """Triton's --disable-auto-complete-config: nothing is taken from the ONNX file."""
+    model_dir, version_dir = triton_repository(tmp_path / "missing", config=False, labels=False)
+    with pytest.raises(ModelLoadError, match=r"config.pbtxt: missing, and auto-completion is off"):
+        read_config(model_dir, auto_complete=False)
+    model_dir, version_dir = triton_repository(tmp_path / "partial", labels=False)
+    config_path = model_dir / "config.pbtxt"
+    config_path.write_text('name: "digits"\nplatform: "onnxruntime_onnx"\nmax_batch_size: 4\n')
+    config = read_config(model_dir, auto_complete=False)
+    with pytest.raises(ModelLoadError, match=r"lists no inputs or no outputs, and auto-completion is off"):
+        read_version(version_dir, config, auto_complete=False)
+    assert read_version(version_dir, config).signature.inputs == (TensorSpec("image", "UINT8", (-1, 8, 8)),)
+
+
 def test_a_missing_config_with_a_fixed_first_dimension_is_completed_as_a_model_that_does_not_batch(tmp_path):
     import onnx
     from onnx import TensorProto, helper

@@ -164,9 +164,11 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     security.add_argument("--no-metrics", action="store_true", help="do not serve Prometheus /metrics")
     security.add_argument(
         "--grace-period",
+        "--exit-timeout-secs",
+        dest="grace_period",
         type=_non_negative_float,
         default=30.0,
-        help="seconds in-flight requests get on SIGTERM",
+        help="seconds in-flight requests get on SIGTERM (Triton's --exit-timeout-secs)",
     )
     security.add_argument(
         "--max-concurrent-requests",

@@ -328,7 +328,7 @@ def wait_until(condition, timeout_s: float = 30.0) -> None:
 def test_sigterm_drains_http_requests_and_refuses_new_ones(start_server, slow_repo):
     metrics_port = free_port()
     server = start_server(
-        slow_repo, "--max-queue-delay-us", "1500000", "--metrics-port", str(metrics_port), "--grace-period", "20"
+        slow_repo, "--max-queue-delay-us", "1500000", "--metrics-port", str(metrics_port), "--exit-timeout-secs", "20"
     )
     outcome: dict[str, object] = {}
     batches = {"running": images(HOLDING_BATCH, seed=8), "queued": images(3, seed=9)}

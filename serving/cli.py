@@ -231,6 +231,18 @@ def _load_models(mode: str, names: list[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _log_changes(args: argparse.Namespace) -> tuple[tuple[str, object], ...]:
+    """tritonserver's log flags that were given, as the logging extension's settings they set."""
+    given = {
+        "log_verbose_level": args.log_verbose,
+        "log_info": args.log_info,
+        "log_warning": args.log_warning,
+        "log_error": args.log_error,
+        "log_format": args.log_format,
+    }
+    return tuple((name, value) for name, value in given.items() if value is not None)
+
+
 def run(args: argparse.Namespace) -> int:
     """Starts the server with the parsed flags; returns the exit code (2 for a configuration error)."""
     try:
@@ -285,17 +297,7 @@ def run(args: argparse.Namespace) -> int:
             allow_client_shm=args.allow_client_shm,
             log_level=args.log_level,
             log_file=str(args.log_file or ""),
-            log_changes=tuple(
-                (name, value)
-                for name, value in [
-                    ("log_verbose_level", args.log_verbose),
-                    ("log_info", args.log_info),
-                    ("log_warning", args.log_warning),
-                    ("log_error", args.log_error),
-                    ("log_format", args.log_format),
-                ]
-                if value is not None
-            ),
+            log_changes=_log_changes(args),
             trace=TraceSettings.from_flags(args.trace_config),
             model_control=args.model_control_mode,
             load_models=_load_models(args.model_control_mode, args.load_model),

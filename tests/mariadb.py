@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.ports import free_port
+from tests.processes import stop
 
 DATABASE = "buildsys_test"
 
@@ -56,12 +57,7 @@ def mariadb_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         _wait_and_create(port, process, folder / "error.log")
         yield f"mysql+pymysql://root@127.0.0.1:{port}/{DATABASE}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process, timeout_s=30)
 
 
 def _wait_and_create(port: int, process: subprocess.Popen, log: Path) -> None:

@@ -21,6 +21,7 @@ import pytest
 from azure.storage.blob import BlobServiceClient
 
 from tests.ports import free_port
+from tests.processes import stop
 
 # Where .ci/run installs it: npm install --prefix tests/remote/.azurite azurite
 INSTALLED = Path(__file__).resolve().parent / ".azurite" / "node_modules" / ".bin" / "azurite-blob"
@@ -61,12 +62,7 @@ def azurite(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFa
         client.create_container(CONTAINER)
         yield client
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop(process)
         process.stderr.close()
         adlfs.AzureBlobFileSystem.clear_instance_cache()
 

@@ -20,6 +20,7 @@ import pytest
 
 from tests.mariadb import _binary
 from tests.ports import free_port
+from tests.processes import stop
 from tests.tls import self_signed_certificate
 
 TOKEN = "test-token-0123456789"
@@ -89,12 +90,7 @@ class Nginx:
     def stop(self) -> None:
         if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop(self.process)
         self.process.stderr.close()
         self.process = None
 

@@ -47,6 +47,18 @@ def upload(local_repo: Path, url: str) -> None:
         fs.put_file(str(path), f"{root}/{path.relative_to(local_repo).as_posix()}")
 
 
+def serves_the_ensemble(url: str, local: Path, folder: Path) -> ModelRepository:
+    """A repository of the store at ``url``, which holds ``local``'s publish_ensemble, loaded: all three models
+    serve, and the classifier answers as its ONNX file does."""
+    repository = ModelRepository([RepositoryMirror(url, folder)], CPU)
+    repository.load_all()
+    assert sorted(s.name for s in repository.loaded()) == ["argmax", "digits", "pipeline"]
+    batch = images(2)
+    answer = repository.get("digits").model.run({"image": batch})["probabilities"]
+    np.testing.assert_allclose(answer, reference_probabilities(local / "digits" / "1", batch), rtol=1e-5, atol=1e-6)
+    return repository
+
+
 def test_urls_of_object_storage_are_mirrored_and_everything_else_is_a_folder():
     assert is_remote("s3://bucket/models") and is_remote("GS://bucket") and is_remote("gcs://b/p")
     assert not is_remote("build-out/models") and not is_remote("/models") and not is_remote("file:///models")
@@ -97,12 +109,7 @@ def test_a_repository_in_google_cloud_storage_serves_from_its_mirror(gcs_server,
     url = f"gs://{BUCKET}/models"
     upload(local, url)
     fsspec.filesystem("gs").pipe_file(f"{BUCKET}/models/pipeline/1/", b"")
-    repository = ModelRepository([RepositoryMirror(url, tmp_path / "mirror")], CPU)
-    repository.load_all()
-    assert sorted(s.name for s in repository.loaded()) == ["argmax", "digits", "pipeline"]
-    batch = images(2)
-    answer = repository.get("digits").model.run({"image": batch})["probabilities"]
-    np.testing.assert_allclose(answer, reference_probabilities(local / "digits" / "1", batch), rtol=1e-5, atol=1e-6)
+    repository = serves_the_ensemble(url, local, tmp_path / "mirror")
     repository.take_all()
 
 
@@ -115,13 +122,7 @@ def test_a_repository_in_azure_storage_serves_from_its_mirror_with_its_empty_fol
     for path in sorted(p for p in local.rglob("*") if p.is_file()):
         container.upload_blob(f"models/{path.relative_to(local).as_posix()}", path.read_bytes())
     container.upload_blob("models/pipeline/1", b"", metadata={"hdi_isfolder": "true"})  # as Storage Explorer does
-    url = f"as://{ACCOUNT}/{CONTAINER}/models"
-    repository = ModelRepository([RepositoryMirror(url, tmp_path / "mirror")], CPU)
-    repository.load_all()
-    assert sorted(s.name for s in repository.loaded()) == ["argmax", "digits", "pipeline"]
-    batch = images(2)
-    answer = repository.get("digits").model.run({"image": batch})["probabilities"]
-    np.testing.assert_allclose(answer, reference_probabilities(local / "digits" / "1", batch), rtol=1e-5, atol=1e-6)
+    repository = serves_the_ensemble(f"as://{ACCOUNT}/{CONTAINER}/models", local, tmp_path / "mirror")
     served = repository.get("digits")
     onnx.save(classifier_onnx(3), local / "digits" / "1" / "model.onnx")
     container.upload_blob("models/digits/1/model.onnx", (local / "digits" / "1" / "model.onnx").read_bytes(),

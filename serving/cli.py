@@ -61,6 +61,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         "found in more than one is served from none",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: local only)")
+    for name in ("grpc", "http", "metrics"):  # tritonserver's per-front-end addresses
+        parser.add_argument(f"--{name}-address", metavar="HOST", help=f"address of the {name} port (default: --host)")
     # Triton's ports (HTTP 8000, gRPC 8001, metrics 8002). 0 picks a free port (the front ends' are logged);
     # --no-grpc / --no-http / --no-metrics turn one off.
     parser.add_argument(
@@ -270,6 +272,9 @@ def run(args: argparse.Namespace) -> int:
                 for location in args.repositories or ["build-out/models"]
             ),
             host=args.host,
+            grpc_host=args.grpc_address,
+            http_host=args.http_address,
+            metrics_host=args.metrics_address,
             port=None if args.no_grpc or not args.allow_grpc else args.port,
             http_port=None if args.no_http or not args.allow_http else args.http_port,
             runtime=RuntimeOptions(

@@ -69,6 +69,10 @@ class ServerSettings:
     # served from a local mirror. A model name must be in only one of them.
     repositories: tuple[Path | str, ...] = (Path("build-out/models"),)
     host: str = "127.0.0.1"
+    # Triton's --grpc-address, --http-address and --metrics-address: one front end's address, else ``host``'s.
+    grpc_host: str | None = None
+    http_host: str | None = None
+    metrics_host: str | None = None
     port: int | None = 8001  # gRPC; None: off
     http_port: int | None = 8000  # HTTP/REST; None: off
     runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
@@ -196,7 +200,7 @@ def build_frontends(dataplane: DataPlane, settings: ServerSettings, security: Se
         frontends.append(
             GrpcFrontend(
                 dataplane,
-                settings.host,
+                settings.grpc_host or settings.host,
                 settings.port,
                 credentials=credentials,
                 token=security.token,
@@ -207,7 +211,7 @@ def build_frontends(dataplane: DataPlane, settings: ServerSettings, security: Se
         frontends.append(
             HttpFrontend(
                 dataplane,
-                settings.host,
+                settings.http_host or settings.host,
                 settings.http_port,
                 tls_cert=security.tls_cert,
                 tls_key=security.tls_key,
@@ -298,9 +302,10 @@ async def _serve(settings: ServerSettings, security: Security, repositories: lis
             started.append(frontend)
         if settings.metrics_port is not None:
             try:
-                metrics.serve_http(settings.host, settings.metrics_port)
+                metrics_host = settings.metrics_host or settings.host
+                metrics.serve_http(metrics_host, settings.metrics_port)
             except OSError as error:
-                raise OSError(f"cannot serve metrics on {settings.host}:{settings.metrics_port}: {error}") from error
+                raise OSError(f"cannot serve metrics on {metrics_host}:{settings.metrics_port}: {error}") from error
     except OSError as error:
         for frontend in started:
             await frontend.stop(0)

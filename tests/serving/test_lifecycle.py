@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -341,3 +342,17 @@ def test_disable_auto_complete_config_refuses_a_model_without_config_pbtxt(start
         assert not client.is_model_ready("digits") and not client.is_server_ready()
         (entry,) = client.get_model_repository_index().models
     assert entry.reason.endswith("config.pbtxt: missing, and auto-completion is off (--disable-auto-complete-config)")
+
+
+def test_each_front_end_binds_the_address_tritonserver_s_flag_gives_it(start_server, digits_repo):
+    """--grpc-address and --http-address (127.0.0.2 is loopback too): each front end listens there and only there."""
+    server = start_server(digits_repo, "--grpc-address", "127.0.0.2", "--http-address", "127.0.0.1")
+    with grpcclient.InferenceServerClient(f"127.0.0.2:{server.port}") as client:
+        assert client.is_server_ready()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=5).close()
+    connection = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+    connection.request("GET", "/v2/health/ready")
+    assert connection.getresponse().status == 200
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.2", server.http_port), timeout=5).close()

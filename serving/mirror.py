@@ -36,20 +36,18 @@ from serving.errors import first_line
 
 log = logging.getLogger(__name__)
 
-# The URL schemes served through a mirror (fsspec's s3fs, gcsfs and adlfs), as Triton names them.
-REMOTE_SCHEMES = ("s3", "gs", "gcs", "as")
-# Where Triton makes a store's local copy when these are set (a temporary folder inside); by default the system's
-# temporary folder.
-MOUNT_DIRECTORY_VARIABLES = {
-    "s3": "TRITON_AWS_MOUNT_DIRECTORY",
-    "gs": "TRITON_GCS_MOUNT_DIRECTORY",
-    "as": "TRITON_AZURE_MOUNT_DIRECTORY",
+# The URL schemes served through a mirror, as Triton names them: for each, the extra that installs its fsspec
+# library (s3fs, gcsfs, adlfs), and Triton's variable naming the folder where its local copies are made (a temporary
+# folder inside; by default the system's temporary folder).
+STORES = {
+    "s3": ("s3", "TRITON_AWS_MOUNT_DIRECTORY"),
+    "gs": ("gcs", "TRITON_GCS_MOUNT_DIRECTORY"),
+    "gcs": ("gcs", "TRITON_GCS_MOUNT_DIRECTORY"),
+    "as": ("azure", "TRITON_AZURE_MOUNT_DIRECTORY"),
 }
 # Triton's form for an S3-compatible store of one's own (MinIO, Ceph...): s3://[http://|https://]host:port/bucket/path
 # (HTTP unless https:// is named).
 S3_WITH_ENDPOINT = re.compile(r"s3://(https?://)?([0-9A-Za-z.-]+):([0-9]+)/(.*)", re.IGNORECASE)
-# The extra that installs each scheme's storage library.
-STORAGE_EXTRAS = {"s3": "s3", "gs": "gcs", "gcs": "gcs", "as": "azure"}
 # Triton's Azure Storage URL: as://account/container[/path].
 AZURE_URL = re.compile(r"as://([^/]+)/([^/?]+)(?:/([^?]*))?", re.IGNORECASE)
 # model/file, model/version/file, model/version/folder/file (an ONNX model kept as a folder): the deepest a model's
@@ -72,14 +70,17 @@ class FetchError(OSError):
 def is_remote(location: str) -> bool:
     """Whether a --model-repository value is an object storage URL rather than a local folder."""
     scheme, separator, _ = location.partition("://")
-    return bool(separator) and scheme.lower() in REMOTE_SCHEMES
+    return bool(separator) and scheme.lower() in STORES
 
 
 def mount_variable(url: str) -> str:
     """Triton's environment variable that names the folder where the local copies of ``url``'s kind of store are
     made."""
-    scheme = url.partition("://")[0].lower()
-    return MOUNT_DIRECTORY_VARIABLES["gs" if scheme == "gcs" else scheme]
+    return STORES[_scheme(url)][1]
+
+
+def _scheme(url: str) -> str:
+    return url.partition("://")[0].lower()
 
 
 class RepositoryMirror:
@@ -94,8 +95,9 @@ class RepositoryMirror:
         try:
             self.fs, root = _open_store(url)
         except ImportError as error:  # fsspec, or the scheme's storage library
-            extra = STORAGE_EXTRAS[url.partition("://")[0].lower()]
-            raise MirrorError(f"{url}: {first_line(error)}: pip install 'buildsys[{extra}]'") from None
+            scheme = _scheme(url)
+            extra = f": pip install 'buildsys[{STORES[scheme][0]}]'" if scheme in STORES else ""
+            raise MirrorError(f"{url}: {first_line(error)}{extra}") from None
         except ValueError as error:
             raise MirrorError(f"{url}: {first_line(error)}") from None
         self.url = url.rstrip("/")
@@ -248,8 +250,7 @@ def _open_store(url: str) -> tuple[object, str]:
             raise ValueError("an Azure Storage repository is named as://account/container[/path]")
         account, container, path = azure.groups()
         return fsspec.filesystem("abfs", account_name=account, **_azure_credentials()), f"{container}/{path or ''}"
-    scheme, _, rest = url.partition("://")
-    return fsspec.core.url_to_fs(f"{scheme.lower()}://{rest}")
+    return fsspec.core.url_to_fs(f"{_scheme(url)}://{url.partition('://')[2]}")
 
 
 def _azure_credentials() -> dict[str, object]:

@@ -21,6 +21,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from modelrepo import MODEL_NAME
+from serving import mirror as mirror_module
 from serving.errors import ServingError
 from serving.mirror import FETCH_THREADS, FetchError, MirrorError, RepositoryMirror, is_remote
 from serving.repository import ModelRepository
@@ -392,6 +393,17 @@ def test_triton_s_url_for_azure_storage_names_the_account_and_the_container(tmp_
     assert is_remote("as://teamaccount/models")
     with pytest.raises(MirrorError, match=r"^as://teamaccount: an Azure Storage repository is named as://account/"):
         RepositoryMirror("as://teamaccount", tmp_path)
+
+
+@pytest.mark.parametrize(("url", "extra"), [("s3://b/m", "s3"), ("GS://b/m", "gcs"), ("as://a/c/m", "azure")])
+def test_a_store_whose_library_is_missing_names_the_extra_that_installs_it(tmp_path, monkeypatch, url, extra):
+    def missing(url):
+        raise ImportError("No module named 'the_storage_library'")
+
+    monkeypatch.setattr(mirror_module, "_open_store", missing)
+    with pytest.raises(MirrorError) as caught:
+        RepositoryMirror(url, tmp_path)
+    assert str(caught.value) == f"{url}: No module named 'the_storage_library': pip install 'buildsys[{extra}]'"
 
 
 def test_triton_s_azure_authentication_variables_choose_the_credential(tmp_path, monkeypatch):

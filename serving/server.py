@@ -65,7 +65,7 @@ class FrontEnd(Protocol):
 
 @dataclass
 class ServerSettings:
-    # The repositories (Triton's --model-repository, repeatable): local folders, or object storage URLs (s3://, gs://)
+    # The repositories (Triton's --model-repository, repeatable): local folders, or object storage URLs (s3://, gs://, as://)
     # served from a local mirror. A model name must be in only one of them.
     repositories: tuple[Path | str, ...] = (Path("build-out/models"),)
     host: str = "127.0.0.1"
